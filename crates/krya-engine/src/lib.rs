@@ -1,0 +1,27 @@
+//! Krya's native inference engine: the Stable Diffusion family on candle, faithful to
+//! diffusers on the same weights and noise.
+//!
+//! Layout:
+//! - `model`: where models come from (registry names, Hugging Face repos, diffusers
+//!   folders, single-file checkpoints) and how their configs become components;
+//! - `pipelines::stable_diffusion`: tokenizer, text encoders, UNet, VAE and the denoising
+//!   loop (step callback, cancel token);
+//! - `schedulers`: one file per sampling algorithm;
+//! - `rng`: a PyTorch-compatible generator so seeds match diffusers;
+//! - `weights`: tensor sources that check every stored tensor is used;
+//! - `image_io`: image tensors, previews and PNGs with A1111 parameters.
+
+pub mod cancel;
+pub mod device;
+pub mod error;
+pub mod image_io;
+pub mod model;
+pub mod pipelines;
+pub mod rng;
+pub mod schedulers;
+pub mod weights;
+
+pub use cancel::CancelToken;
+pub use error::{EngineError, Result};
+pub use pipelines::stable_diffusion::{GenerateRequest, Generated, StableDiffusion, StepProgress};
+pub use schedulers::SchedulerKind;

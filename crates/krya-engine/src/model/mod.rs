@@ -1,0 +1,60 @@
+//! Where models come from and how their files become a pipeline.
+//!
+//! A model is named by a diffusers folder, a single-file checkpoint, or a Hugging Face
+//! repo id (fetched into the standard HF cache). Its architecture is always read from its
+//! own config files; presets only fill in what a single-file checkpoint lacks.
+
+pub mod diffusers;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::pipelines::stable_diffusion::StableDiffusion;
+use crate::{EngineError, Result};
+
+/// A model reference as the user gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A folder in diffusers layout (`model_index.json`, `unet/`, `vae/`, ...).
+    Folder(PathBuf),
+    /// A single `.safetensors` checkpoint in the A1111/CivitAI layout.
+    Checkpoint(PathBuf),
+    /// A Hugging Face repo id, e.g. `stabilityai/sd-turbo`.
+    Hub { repo: String, revision: String },
+}
+
+impl ModelSource {
+    /// Interprets `spec`: an existing folder or file, else a `owner/name[@revision]` repo id.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Ok(ModelSource::Folder(path.to_path_buf()));
+        }
+        if path.is_file() {
+            return Ok(ModelSource::Checkpoint(path.to_path_buf()));
+        }
+        let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+        let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        match repo.split_once('/') {
+            Some((owner, name)) if valid(owner) && valid(name) && !spec.starts_with('.') => {
+                Ok(ModelSource::Hub { repo: repo.to_string(), revision: revision.to_string() })
+            }
+            _ => Err(EngineError::NotFound(format!(
+                "model {spec:?} is not a folder, a checkpoint file or a Hugging Face repo id (owner/name)"
+            ))),
+        }
+    }
+}
+
+/// Loads a model from a local source (folders and checkpoints).
+pub fn load_local(source: &ModelSource, device: &Device, dtype: DType) -> Result<StableDiffusion> {
+    match source {
+        ModelSource::Folder(dir) => diffusers::load(dir, device, dtype),
+        ModelSource::Checkpoint(path) => Err(EngineError::InvalidInput(format!(
+            "{}: single-file checkpoints are not supported yet; convert it to a diffusers folder",
+            path.display()
+        ))),
+        ModelSource::Hub { repo, .. } => Err(EngineError::NotFound(format!("{repo} is a hub model; fetch it first"))),
+    }
+}

@@ -1,0 +1,3 @@
+//! Pipelines: each turns a request into images with a step callback and a cancel token.
+
+pub mod stable_diffusion;

@@ -1,0 +1,170 @@
+//! Building blocks shared by the UNet and the VAE, named as in diffusers
+//! (`models/resnet.rs`, `models/attention_processor.py`, `models/downsampling.py`,
+//! `models/upsampling.py`) so weight names load as they are stored.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder, conv2d, group_norm, linear, linear_b};
+
+use crate::Result;
+
+/// The activation named by a config's `act_fn`.
+#[derive(Debug, Clone, Copy)]
+pub enum Act {
+    Silu,
+    Gelu,
+}
+
+impl Act {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "silu" | "swish" => Ok(Act::Silu),
+            "gelu" => Ok(Act::Gelu),
+            other => Err(crate::invalid!("activation {other:?} is not supported")),
+        }
+    }
+    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Act::Silu => x.silu(),
+            Act::Gelu => x.gelu_erf(),
+        }
+    }
+}
+
+pub fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+    Ok(conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)?)
+}
+
+/// diffusers' `ResnetBlock2D` with the "default" time-embedding mode.
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Option<Linear>,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+    act: Act,
+    output_scale_factor: f64,
+}
+
+pub struct ResnetParams {
+    pub temb_channels: Option<usize>,
+    pub groups: usize,
+    pub eps: f64,
+    pub act: Act,
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock2D {
+    pub fn new(vb: VarBuilder, cin: usize, cout: usize, p: &ResnetParams) -> Result<Self> {
+        Ok(Self {
+            norm1: group_norm(p.groups, cin, p.eps, vb.pp("norm1"))?,
+            conv1: conv(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
+            time_emb_proj: match p.temb_channels {
+                Some(t) => Some(linear(t, cout, vb.pp("time_emb_proj"))?),
+                None => None,
+            },
+            norm2: group_norm(p.groups, cout, p.eps, vb.pp("norm2"))?,
+            conv2: conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
+            shortcut: if cin != cout { Some(conv(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
+            act: p.act,
+            output_scale_factor: p.output_scale_factor,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let mut h = self.conv1.forward(&self.act.apply(&self.norm1.forward(x)?)?)?;
+        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
+            let t = proj.forward(&self.act.apply(temb)?)?.unsqueeze(2)?.unsqueeze(3)?;
+            h = h.broadcast_add(&t)?;
+        }
+        let h = self.conv2.forward(&self.act.apply(&self.norm2.forward(&h)?)?)?;
+        let skip = match &self.shortcut {
+            Some(s) => s.forward(x)?,
+            None => x.clone(),
+        };
+        let out = (skip + h)?;
+        if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
+    }
+}
+
+/// diffusers' `Downsample2D` with a convolution. `padding == 0` pads right and bottom by
+/// one first, as the VAE encoder does.
+pub struct Downsample2D {
+    conv: Conv2d,
+    padding: usize,
+}
+
+impl Downsample2D {
+    pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
+        Ok(Self { conv: conv(vb.pp("conv"), channels, channels, 3, 2, padding)?, padding })
+    }
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.padding == 0 {
+            let x = x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+            self.conv.forward(&x)
+        } else {
+            self.conv.forward(x)
+        }
+    }
+}
+
+/// diffusers' `Upsample2D`: nearest ×2 (or to the skip connection's size), then a 3×3 conv.
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
+        Ok(Self { conv: conv(vb.pp("conv"), channels, channels, 3, 1, 1)? })
+    }
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
+        self.conv.forward(&x.upsample_nearest2d(th, tw)?)
+    }
+}
+
+/// diffusers' `Attention` over token sequences `[batch, tokens, channels]`.
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    /// `context_dim`: the channels of the cross-attention context (`None`: self-attention).
+    pub fn new(vb: VarBuilder, query_dim: usize, context_dim: Option<usize>, heads: usize, head_dim: usize, qkv_bias: bool) -> Result<Self> {
+        let inner = heads * head_dim;
+        let ctx = context_dim.unwrap_or(query_dim);
+        Ok(Self {
+            to_q: linear_b(query_dim, inner, qkv_bias, vb.pp("to_q"))?,
+            to_k: linear_b(ctx, inner, qkv_bias, vb.pp("to_k"))?,
+            to_v: linear_b(ctx, inner, qkv_bias, vb.pp("to_v"))?,
+            to_out: linear(inner, query_dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: (head_dim as f64).powf(-0.5),
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let ctx = context.unwrap_or(x);
+        let (b, n, _) = x.dims3()?;
+        let q = self.to_q.forward(x)?;
+        let k = self.to_k.forward(ctx)?;
+        let v = self.to_v.forward(ctx)?;
+        let inner = q.dim(2)?;
+        let hd = inner / self.heads;
+        let split = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let m = t.dim(1)?;
+            t.reshape((b, m, self.heads, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?;
+        self.to_out.forward(&o)
+    }
+}

@@ -1,0 +1,434 @@
+//! The Stable Diffusion family (1.x, 2.x, XL, Turbo, LCM; inpainting UNets) as one
+//! config-driven pipeline, following diffusers' `StableDiffusionPipeline`,
+//! `StableDiffusionImg2ImgPipeline`, `StableDiffusionInpaintPipeline` and
+//! `StableDiffusionXLPipeline` step for step, including the order in which each image's
+//! generator is drawn from, so a seed gives diffusers' image.
+//!
+//! Layout: `tokenizer`, `clip`, `unet`, `vae` are the components (`blocks` their shared
+//! layers); `prompt_weighting` parses A1111 emphasis; this file holds the model bundle
+//! and the denoising loop with its step callback and cancel token.
+
+pub mod blocks;
+pub mod clip;
+pub mod prompt_weighting;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use image::{GrayImage, RgbImage};
+
+use crate::cancel::CancelToken;
+use crate::image_io::{self, latent_preview};
+use crate::rng::BatchRng;
+use crate::schedulers::{SchedulerConfig, SchedulerKind};
+use crate::{EngineError, Result, invalid};
+
+use clip::ClipTextModel;
+use tokenizer::ClipTokenizer;
+use unet::{AddedCond, UNet2DConditionModel};
+use vae::AutoencoderKL;
+
+/// Generation defaults a model suggests (turbo: 1 step without guidance).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Defaults {
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// A loaded Stable Diffusion model: every component, built from the model's own configs.
+pub struct StableDiffusion {
+    pub name: String,
+    pub tokenizers: Vec<ClipTokenizer>,
+    pub text_encoders: Vec<ClipTextModel>,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    pub scheduler_config: SchedulerConfig,
+    /// SDXL: an absent negative prompt gives zero embeddings (model_index.json).
+    pub force_zeros_for_empty_prompt: bool,
+    pub defaults: Defaults,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// What to generate. `None` fields take the model's defaults.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub scheduler: Option<SchedulerKind>,
+    /// Image `i` of the batch uses seed `seed + i`.
+    pub seed: u64,
+    pub batch: usize,
+    pub init_image: Option<RgbImage>,
+    pub strength: f64,
+    pub mask: Option<GrayImage>,
+    /// Initial latent noise `[batch, latent_channels, h/f, w/f]` instead of drawing it.
+    pub init_noise: Option<Tensor>,
+    /// Number of final text-encoder layers to skip (A1111's "clip skip" minus one).
+    pub clip_skip: usize,
+    /// Emit a latent preview every this many steps (0: none).
+    pub preview_every: usize,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: None,
+            width: None,
+            height: None,
+            steps: None,
+            guidance: None,
+            scheduler: None,
+            seed: 0,
+            batch: 1,
+            init_image: None,
+            strength: 0.8,
+            mask: None,
+            init_noise: None,
+            clip_skip: 0,
+            preview_every: 1,
+        }
+    }
+}
+
+/// Reported after each denoising step.
+pub struct StepProgress<'a> {
+    pub step: usize,
+    pub total: usize,
+    /// A cheap RGB rendering of the current clean-latent estimate (first image).
+    pub preview: Option<&'a RgbImage>,
+}
+
+/// The images and the settings that made them (for the PNG `parameters` chunk).
+pub struct Generated {
+    pub images: Vec<RgbImage>,
+    pub seeds: Vec<u64>,
+    pub steps: usize,
+    pub guidance: f64,
+    pub scheduler: SchedulerKind,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Prompt conditioning for the UNet, unconditional half first when guidance is on.
+struct Conditioning {
+    context: Tensor,
+    pooled: Option<Tensor>,
+}
+
+impl StableDiffusion {
+    pub fn vae_scale_factor(&self) -> usize {
+        self.vae.config.scale_factor()
+    }
+
+    pub fn latent_channels(&self) -> usize {
+        self.vae.config.latent_channels
+    }
+
+    pub fn is_inpainting_unet(&self) -> bool {
+        self.unet.config.in_channels == 2 * self.latent_channels() + 1
+    }
+
+    /// Token ids and per-token weights of one prompt for tokenizer `k`.
+    fn tokenize(&self, k: usize, prompt: &str) -> (Vec<u32>, Vec<f32>) {
+        let tok = &self.tokenizers[k];
+        let pieces = prompt_weighting::parse(prompt);
+        let mut ids = Vec::new();
+        let mut weights = Vec::new();
+        for p in &pieces {
+            let t = tok.encode_words(&p.text);
+            weights.extend(std::iter::repeat_n(p.weight as f32, t.len()));
+            ids.extend(t);
+        }
+        let padded = tok.pad(ids);
+        weights.truncate(tok.max_len - 2);
+        let mut w = vec![1.0f32];
+        w.extend(weights);
+        w.resize(tok.max_len, 1.0);
+        (padded, w)
+    }
+
+    /// Encodes prompts with every text encoder: `(context [n, seq, dim], pooled [n, dim])`.
+    fn encode_prompts(&self, prompts: &[&str], clip_skip: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let sdxl_style = self.unet.needs_added_cond();
+        let mut contexts = Vec::new();
+        let mut pooled = None;
+        for (k, enc) in self.text_encoders.iter().enumerate() {
+            let (ids, weights): (Vec<_>, Vec<_>) = prompts.iter().map(|p| self.tokenize(k, p)).unzip();
+            let out = enc.forward(&ids, &self.device)?;
+            let n = out.hidden_states.len();
+            let hidden = if sdxl_style {
+                // SDXL uses the penultimate layer (before the final layer norm).
+                let idx = n.checked_sub(2 + clip_skip).ok_or_else(|| invalid!("clip_skip {clip_skip} is larger than the text encoder"))?;
+                out.hidden_states[idx].clone()
+            } else if clip_skip > 0 {
+                let idx = n.checked_sub(1 + clip_skip).ok_or_else(|| invalid!("clip_skip {clip_skip} is larger than the text encoder"))?;
+                enc.final_norm(&out.hidden_states[idx])?
+            } else {
+                out.last_hidden_state
+            };
+            let hidden = if weights.iter().flatten().any(|&w| w != 1.0) {
+                let rows = (0..prompts.len())
+                    .map(|i| prompt_weighting::apply(&hidden.i(i..i + 1)?, &weights[i]))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            } else {
+                hidden
+            };
+            contexts.push(hidden);
+            pooled = Some(out.pooled);
+        }
+        let context = Tensor::cat(&contexts, 2)?;
+        Ok((context, if sdxl_style { pooled } else { None }))
+    }
+
+    fn conditioning(&self, req: &GenerateRequest, batch: usize, cfg: bool) -> Result<Conditioning> {
+        let (pos, pos_pooled) = self.encode_prompts(&[&req.prompt], req.clip_skip)?;
+        let repeat = |t: &Tensor| -> candle_core::Result<Tensor> { Tensor::cat(&vec![t.clone(); batch], 0) };
+        let (pos, pos_pooled) = (repeat(&pos)?, pos_pooled.map(|p| repeat(&p)).transpose()?);
+        if !cfg {
+            return Ok(Conditioning { context: pos, pooled: pos_pooled });
+        }
+        let (neg, neg_pooled) = if req.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
+            (pos.zeros_like()?, pos_pooled.as_ref().map(|p| p.zeros_like()).transpose()?)
+        } else {
+            let (n, np) = self.encode_prompts(&[req.negative_prompt.as_deref().unwrap_or("")], req.clip_skip)?;
+            (repeat(&n)?, np.map(|p| repeat(&p)).transpose()?)
+        };
+        let pooled = match (neg_pooled, pos_pooled) {
+            (Some(n), Some(p)) => Some(Tensor::cat(&[n, p], 0)?),
+            _ => None,
+        };
+        Ok(Conditioning { context: Tensor::cat(&[neg, pos], 0)?, pooled })
+    }
+
+    /// Posterior sample of the VAE for one image `[1, 3, h, w]`, drawn from image `i`'s generator.
+    fn encode_sample(&self, image: &Tensor, rng: &mut BatchRng, i: usize) -> Result<Tensor> {
+        let (mean, std) = self.vae.encode(image)?;
+        let eps = rng.randn_one(i, &mean.dims()[1..], &self.device)?.unsqueeze(0)?.to_dtype(mean.dtype())?;
+        self.vae.scale_latents(&(mean + (std * eps)?)?)
+    }
+
+    /// Checks a request against this model and fills in defaults.
+    pub fn resolve(&self, req: &GenerateRequest) -> Result<(usize, usize, usize, f64, SchedulerKind)> {
+        let f = self.vae_scale_factor();
+        let (iw, ih) = req.init_image.as_ref().map(|i| (i.width() as usize, i.height() as usize)).unzip();
+        let width = req.width.or(iw).unwrap_or(self.defaults.width);
+        let height = req.height.or(ih).unwrap_or(self.defaults.height);
+        if width == 0 || height == 0 || width % f != 0 || height % f != 0 {
+            return Err(invalid!("width and height must be positive multiples of {f} for this model (got {width}x{height})"));
+        }
+        if width * height > 4096 * 4096 {
+            return Err(invalid!("{width}x{height} is larger than the 4096x4096 this engine allows"));
+        }
+        if !(1..=64).contains(&req.batch) {
+            return Err(invalid!("batch must be between 1 and 64 (got {})", req.batch));
+        }
+        if req.init_image.is_some() && !(0.0..=1.0).contains(&req.strength) {
+            return Err(invalid!("strength must be between 0 and 1 (got {})", req.strength));
+        }
+        if req.mask.is_some() && req.init_image.is_none() {
+            return Err(invalid!("a mask needs an init image to inpaint"));
+        }
+        if self.is_inpainting_unet() && req.mask.is_none() {
+            return Err(invalid!("this is an inpainting model: give an init image and a mask"));
+        }
+        let steps = req.steps.unwrap_or(self.defaults.steps);
+        let guidance = req.guidance.unwrap_or(self.defaults.guidance);
+        if !guidance.is_finite() || guidance < 0.0 {
+            return Err(invalid!("guidance must be a number >= 0 (got {guidance})"));
+        }
+        let kind = match req.scheduler {
+            Some(k) => k,
+            None => SchedulerKind::from_config(&self.scheduler_config)?,
+        };
+        Ok((width, height, steps, guidance, kind))
+    }
+
+    /// Runs text-to-image, image-to-image or inpainting, depending on the request.
+    pub fn generate(&self, req: &GenerateRequest, on_step: &mut dyn FnMut(StepProgress), cancel: &CancelToken) -> Result<Generated> {
+        let (width, height, steps, guidance, kind) = self.resolve(req)?;
+        let b = req.batch;
+        let f = self.vae_scale_factor();
+        let lc = self.latent_channels();
+        let (lh, lw) = (height / f, width / f);
+        let latent_shape = [lc, lh, lw];
+        let seeds: Vec<u64> = (0..b as u64).map(|i| req.seed.wrapping_add(i)).collect();
+        let mut rng = BatchRng::new(&seeds);
+        let dev = &self.device;
+
+        let cond_dim = self.unet.config.time_cond_proj_dim;
+        let cfg = guidance > 1.0 && cond_dim.is_none();
+        let cond = self.conditioning(req, b, cfg)?;
+        let timestep_cond = match cond_dim {
+            Some(d) => {
+                let w = Tensor::full((guidance - 1.0) as f32 * 1000.0, b, dev)?;
+                Some(unet::timestep_embedding(&w, d, false, 1.0)?.to_dtype(self.dtype)?)
+            }
+            None => None,
+        };
+        let time_ids = if self.unet.needs_added_cond() {
+            let ids = [height as f32, width as f32, 0., 0., height as f32, width as f32];
+            let n = if cfg { 2 * b } else { b };
+            Some(Tensor::from_slice(&ids, (1, 6), dev)?.repeat((n, 1))?.to_dtype(self.dtype)?)
+        } else {
+            None
+        };
+
+        let mut scheduler = kind.build(&self.scheduler_config, steps)?;
+        let all_timesteps = scheduler.timesteps().to_vec();
+        let n = all_timesteps.len();
+        // Image-to-image and inpainting start part-way through the schedule.
+        let t_start = if req.init_image.is_some() {
+            let init = ((steps as f64 * req.strength) as usize).min(steps);
+            let start = steps.saturating_sub(init);
+            if start >= n {
+                return Err(invalid!("strength {} with {steps} steps leaves no denoising step; raise one of them", req.strength));
+            }
+            start
+        } else {
+            0
+        };
+
+        let draw_noise = |rng: &mut BatchRng| -> Result<Tensor> {
+            match &req.init_noise {
+                Some(t) => {
+                    let want = [b, lc, lh, lw];
+                    if t.dims() != want {
+                        return Err(invalid!("init noise has shape {:?}; this request needs {want:?}", t.dims()));
+                    }
+                    Ok(t.to_device(dev)?.to_dtype(self.dtype)?)
+                }
+                None => Ok(rng.randn(&latent_shape, dev)?.to_dtype(self.dtype)?),
+            }
+        };
+
+        let init_image = req.init_image.as_ref().map(|img| image_io::to_tensor(img, width, height, dev)).transpose()?.map(|t| t.to_dtype(self.dtype)).transpose()?;
+        let mut inpaint: Option<Inpaint> = None;
+        let mut latents = match (&init_image, &req.mask) {
+            (None, _) => (draw_noise(&mut rng)? * scheduler.init_noise_sigma())?,
+            (Some(image), None) => {
+                // Img2img: the image is repeated to the batch and each copy encoded with its own generator.
+                let init = (0..b).map(|i| self.encode_sample(image, &mut rng, i)).collect::<Result<Vec<_>>>()?;
+                let init = Tensor::cat(&init, 0)?;
+                let noise = draw_noise(&mut rng)?;
+                scheduler.add_noise(&init, &noise, t_start)?
+            }
+            (Some(image), Some(mask)) => {
+                let strength_max = req.strength == 1.0;
+                let four_channel = !self.is_inpainting_unet();
+                let mask_full = image_io::mask_to_tensor(mask, width, height, dev)?.to_dtype(self.dtype)?;
+                // The inpainting pipeline encodes the single init image with the first generator only.
+                let image_latents = if four_channel || !strength_max {
+                    Some(self.encode_sample(image, &mut rng, 0)?.repeat((b, 1, 1, 1))?)
+                } else {
+                    None
+                };
+                let noise = draw_noise(&mut rng)?;
+                let latents = if strength_max {
+                    (&noise * scheduler.init_noise_sigma())?
+                } else {
+                    scheduler.add_noise(image_latents.as_ref().unwrap(), &noise, t_start)?
+                };
+                let keep = mask_full.lt(0.5)?.to_dtype(self.dtype)?;
+                let masked = image.broadcast_mul(&keep)?;
+                let masked_latents = self.encode_sample(&masked, &mut rng, 0)?.repeat((b, 1, 1, 1))?;
+                let mask_lat = nearest_downsample(&mask_full, lh, lw)?.repeat((b, 1, 1, 1))?;
+                inpaint = Some(Inpaint { mask: mask_lat, masked_latents, image_latents, noise });
+                latents
+            }
+        };
+
+        let total = n - t_start;
+        for (k, i) in (t_start..n).enumerate() {
+            cancel.check()?;
+            let t = all_timesteps[i];
+            let input = if cfg { Tensor::cat(&[&latents, &latents], 0)? } else { latents.clone() };
+            let mut input = scheduler.scale_model_input(&input, i)?;
+            if let (Some(ip), true) = (&inpaint, self.is_inpainting_unet()) {
+                let (m, ml) = if cfg {
+                    (Tensor::cat(&[&ip.mask, &ip.mask], 0)?, Tensor::cat(&[&ip.masked_latents, &ip.masked_latents], 0)?)
+                } else {
+                    (ip.mask.clone(), ip.masked_latents.clone())
+                };
+                input = Tensor::cat(&[input, m, ml], 1)?;
+            }
+            let added = match (&cond.pooled, &time_ids) {
+                (Some(p), Some(ids)) => Some(AddedCond { text_embeds: p, time_ids: ids }),
+                _ => None,
+            };
+            let out = self.unet.forward(&input, t, &cond.context, timestep_cond.as_ref(), added)?;
+            let noise_pred = if cfg {
+                let (u, c) = (out.i(0..b)?, out.i(b..2 * b)?);
+                (&u + ((c - &u)? * guidance)?)?
+            } else {
+                out
+            };
+            let step = scheduler.step(&noise_pred, i, &latents, &mut rng)?;
+            latents = step.prev_sample;
+            if let Some(ip) = &inpaint {
+                if let (Some(orig), false) = (&ip.image_latents, self.is_inpainting_unet()) {
+                    // Ordinary models inpaint by pasting the (re-noised) original outside the mask.
+                    let proper = if i + 1 < n { scheduler.add_noise(orig, &ip.noise, i + 1)? } else { orig.clone() };
+                    let inv = (1.0 - &ip.mask)?;
+                    latents = ((inv * proper)? + (&ip.mask * &latents)?)?;
+                }
+            }
+            let preview = if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {
+                Some(latent_preview(&step.denoised.i(0)?)?)
+            } else {
+                None
+            };
+            on_step(StepProgress { step: k + 1, total, preview: preview.as_ref() });
+        }
+        cancel.check()?;
+
+        let images = self.decode(&latents)?;
+        Ok(Generated { images, seeds, steps, guidance, scheduler: kind, width, height })
+    }
+
+    /// Decodes UNet-space latents to 8-bit images, as diffusers' `postprocess` ("pil").
+    pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        let b = latents.dim(0)?;
+        let mut images = Vec::with_capacity(b);
+        for i in 0..b {
+            let z = self.vae.unscale_latents(&latents.i(i..i + 1)?)?;
+            let x = self.vae.decode(&z)?;
+            images.push(image_io::from_tensor(&x.i(0)?)?);
+        }
+        Ok(images)
+    }
+}
+
+struct Inpaint {
+    /// 1 where the model paints, at latent size `[b, 1, h/f, w/f]`.
+    mask: Tensor,
+    masked_latents: Tensor,
+    /// The clean init latents (ordinary 4-channel models paste them back outside the mask).
+    image_latents: Option<Tensor>,
+    noise: Tensor,
+}
+
+/// torch's `interpolate(mode="nearest")` to a smaller size: source index `floor(i * in / out)`.
+fn nearest_downsample(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (_, _, ih, iw) = x.dims4()?;
+    let rows: Vec<u32> = (0..h).map(|i| (i * ih / h) as u32).collect();
+    let cols: Vec<u32> = (0..w).map(|j| (j * iw / w) as u32).collect();
+    let dev = x.device();
+    let x = x.index_select(&Tensor::from_vec(rows, h, dev)?, 2)?;
+    Ok(x.index_select(&Tensor::from_vec(cols, w, dev)?, 3)?)
+}
+
+impl From<image::ImageError> for EngineError {
+    fn from(e: image::ImageError) -> Self {
+        EngineError::InvalidInput(format!("image: {e}"))
+    }
+}

@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""Makes the engine's reference files: tiny random Stable Diffusion models in diffusers
+layout, and diffusers' outputs for their components and for full pipelines.
+
+    python -m venv /tmp/golden-venv && /tmp/golden-venv/bin/pip install -r tools/golden/requirements.txt
+    /tmp/golden-venv/bin/python tools/golden/make.py   # writes crates/krya-engine/tests/golden/
+
+Each model's configs are deliberately unlike any preset (odd widths, per-block lists), so
+the Rust engine must read them from the files. Pipelines use one torch CPU generator per
+image, as a list, which the engine reproduces from the same seeds.
+"""
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import diffusers
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelPipeline, StableDiffusionImg2ImgPipeline,
+                       StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+OUT = Path(__file__).resolve().parents[2] / "crates/krya-engine/tests/golden"
+torch.set_num_threads(2)
+
+CORPUS = """a photo of a cat sitting on a red sofa, highly detailed, studio lighting
+portrait of an astronaut riding a horse on the moon, digital painting, trending
+a watercolor landscape with mountains and a lake at sunset, soft colors
+blurry, low quality, ugly, deformed hands, text, watermark, jpeg artifacts
+cyberpunk city street at night with neon signs and rain, cinematic
+""" * 3
+
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def make_tokenizer(path: Path, n_merges: int, pad_token: str):
+    """A small CLIP-style BPE vocabulary learned from CORPUS."""
+    bmap = bytes_to_unicode()
+    words = Counter()
+    for w in CORPUS.lower().replace(",", " ,").split():
+        chars = [bmap[b] for b in w.encode()]
+        chars[-1] += "</w>"
+        words[tuple(chars)] += 1
+    merges = []
+    for _ in range(n_merges):
+        pairs = Counter()
+        for w, c in words.items():
+            for a, b in zip(w, w[1:]):
+                pairs[(a, b)] += c
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))
+        merges.append(best)
+        new = Counter()
+        for w, c in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new[tuple(out)] += c
+        words = new
+    base = list(bmap.values())
+    vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token=pad_token, model_max_length=77)
+    tok.save_pretrained(str(path))
+    return tok, len(vocab)
+
+
+def text_encoder(vocab, hidden, layers, heads, inter, act, projection=None, eos=None):
+    cfg = CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, max_position_embeddings=77, hidden_act=act,
+                         projection_dim=projection or hidden, eos_token_id=eos if eos is not None else 2)
+    model = CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
+    return model.eval()
+
+
+def randomize(module, scale=1.0):
+    """Default init leaves many layers near identity; spread the weights so every path matters."""
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) * scale / fan_in ** 0.5)
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return module
+
+
+def tiny_vae(block_out, latent_channels, groups, scaling):
+    n = len(block_out)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * n,
+                        up_block_types=["UpDecoderBlock2D"] * n, block_out_channels=block_out, layers_per_block=1,
+                        latent_channels=latent_channels, norm_num_groups=groups, sample_size=32, scaling_factor=scaling)
+    return randomize(vae).eval()
+
+
+def save_model(path, pipe_cls, **components):
+    pipe = pipe_cls(**components, **({"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+                                     if pipe_cls in (StableDiffusionPipeline, StableDiffusionInpaintPipeline, LatentConsistencyModelPipeline) else {}))
+    if path.exists():
+        shutil.rmtree(path)
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    return pipe
+
+
+def models():
+    """Builds every tiny model; returns {name: (pipeline, pipeline class)}."""
+    torch.manual_seed(0)
+    out = {}
+    tok1, v1 = make_tokenizer(OUT / "_tok/sd1", 120, "<|endoftext|>")
+    tok2, v2 = make_tokenizer(OUT / "_tok/sd2", 90, "!")
+
+    # SD 1.x-like: quick GELU text encoder, conv projections, Euler (leading) from config.
+    te = randomize(text_encoder(v1, 32, 2, 4, 37, "quick_gelu"))
+    unet = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 48], layers_per_block=1,
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)).eval()
+    vae = tiny_vae([16, 24, 24], 4, 8, 0.18215)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                   timestep_spacing="leading")
+    out["sd1"] = save_model(OUT / "sd1", StableDiffusionPipeline, vae=vae, text_encoder=te, tokenizer=tok1, unet=unet, scheduler=sched)
+
+    # SD 1.x inpainting UNet (9 input channels).
+    unet9 = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=9, out_channels=4, block_out_channels=[32, 48], layers_per_block=1,
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)).eval()
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    out["inpaint"] = save_model(OUT / "inpaint", StableDiffusionInpaintPipeline, vae=vae, text_encoder=te, tokenizer=tok1, unet=unet9, scheduler=sched)
+
+    # SD 2.x-like: exact GELU, linear projections, per-block heads, v-prediction DDIM, "!" padding.
+    te2 = randomize(text_encoder(v2, 40, 3, 5, 72, "gelu"))
+    unet2 = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=[24, 40], layers_per_block=[1, 2],
+        down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=40, attention_head_dim=[2, 5], use_linear_projection=True, norm_num_groups=8)).eval()
+    vae2 = tiny_vae([16, 32], 4, 8, 0.3)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
+    out["sd2v"] = save_model(OUT / "sd2v", StableDiffusionPipeline, vae=vae2, text_encoder=te2, tokenizer=tok2, unet=unet2, scheduler=sched)
+
+    # Turbo-like: trailing Euler, meant for one step without guidance.
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing")
+    out["turbo"] = save_model(OUT / "turbo", StableDiffusionPipeline, vae=vae2, text_encoder=te2, tokenizer=tok2, unet=unet2, scheduler=sched)
+
+    # SDXL-like: two text encoders (the second with projection), text_time embedding, 3 latent channels.
+    te_a = randomize(text_encoder(v1, 32, 2, 4, 48, "quick_gelu"))
+    te_b = randomize(text_encoder(v1, 24, 3, 3, 40, "gelu", projection=20, eos=v1 - 1))
+    unet_xl = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=[16, 32], layers_per_block=1,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        cross_attention_dim=56, attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2], use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=20 + 6 * 8,
+        norm_num_groups=8)).eval()
+    vae_xl = tiny_vae([16, 24], 3, 8, 0.13025)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                   timestep_spacing="leading")
+    out["sdxl"] = save_model(OUT / "sdxl", StableDiffusionXLPipeline, vae=vae_xl, text_encoder=te_a, tokenizer=tok1,
+                             text_encoder_2=te_b, tokenizer_2=tok1, unet=unet_xl, scheduler=sched)
+
+    # LCM-distilled: guidance embedded through time_cond_proj_dim, LCM scheduler.
+    unet_lcm = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 48], layers_per_block=1,
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8, time_cond_proj_dim=12)).eval()
+    sched = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=True)
+    out["lcm"] = save_model(OUT / "lcm", LatentConsistencyModelPipeline, vae=vae, text_encoder=te, tokenizer=tok1, unet=unet_lcm, scheduler=sched)
+    shutil.rmtree(OUT / "_tok")
+    return out
+
+
+SCHEDULERS = {
+    "euler": lambda c: EulerDiscreteScheduler.from_config(c),
+    "euler_a": lambda c: EulerAncestralDiscreteScheduler.from_config(c),
+    "ddim": lambda c: DDIMScheduler.from_config(c),
+    "dpmpp_2m": lambda c: DPMSolverMultistepScheduler.from_config(c, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=False),
+    "dpmpp_2m_karras": lambda c: DPMSolverMultistepScheduler.from_config(c, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True),
+    "lcm": lambda c: LCMScheduler.from_config(c),
+}
+
+
+def components(name, pipe, tensors):
+    g = torch.Generator().manual_seed(7)
+    prompts = ["a photo of a cat, highly detailed", "", "Portrait of an ASTRONAUT riding a horse!! 42 times"]
+    for k, (tok, enc) in enumerate([(pipe.tokenizer, pipe.text_encoder), (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None))]):
+        if enc is None:
+            continue
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            o = enc(ids, output_hidden_states=True)
+        tensors[f"{name}.te{k}.ids"] = ids.to(torch.int64)
+        tensors[f"{name}.te{k}.last"] = o.last_hidden_state if hasattr(o, "last_hidden_state") and o.last_hidden_state is not None else o[0]
+        tensors[f"{name}.te{k}.penultimate"] = o.hidden_states[-2]
+        tensors[f"{name}.te{k}.pooled"] = o.text_embeds if hasattr(o, "text_embeds") else o.pooler_output
+    unet = pipe.unet
+    lc = unet.config.in_channels
+    ctx_dim = unet.config.cross_attention_dim
+    sample = torch.randn(2, lc, 8, 12, generator=g)
+    ctx = torch.randn(2, 77, ctx_dim, generator=g)
+    kw = {}
+    if unet.config.addition_embed_type == "text_time":
+        kw["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 20, generator=g),
+                                   "time_ids": torch.tensor([[64., 48., 0., 0., 64., 48.]] * 2)}
+        tensors[f"{name}.unet.text_embeds"] = kw["added_cond_kwargs"]["text_embeds"]
+        tensors[f"{name}.unet.time_ids"] = kw["added_cond_kwargs"]["time_ids"]
+    if unet.config.time_cond_proj_dim:
+        kw["timestep_cond"] = torch.randn(2, unet.config.time_cond_proj_dim, generator=g)
+        tensors[f"{name}.unet.timestep_cond"] = kw["timestep_cond"]
+    with torch.no_grad():
+        out = unet(sample, 421.5, encoder_hidden_states=ctx, **kw).sample
+    tensors[f"{name}.unet.sample"], tensors[f"{name}.unet.context"], tensors[f"{name}.unet.out"] = sample, ctx, out
+    img = torch.rand(1, 3, 40, 56, generator=g) * 2 - 1
+    with torch.no_grad():
+        post = pipe.vae.encode(img).latent_dist
+        lat = torch.randn(1, pipe.vae.config.latent_channels, 6, 10, generator=g)
+        dec = pipe.vae.decode(lat).sample
+    tensors[f"{name}.vae.image"], tensors[f"{name}.vae.mean"], tensors[f"{name}.vae.std"] = img, post.mean, post.std
+    tensors[f"{name}.vae.latents"], tensors[f"{name}.vae.decoded"] = lat, dec
+
+
+def init_image(w, h):
+    y, x = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(3)
+    arr = np.stack([(x * 255 // w), (y * 255 // h), ((x + y) * 4) % 256], -1) + rng.integers(0, 40, (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def mask_image(w, h):
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4: 3 * h // 4, w // 3: w - 4] = 255
+    return Image.fromarray(m)
+
+
+def run_cases(pipes, tensors):
+    w, h = 64, 48
+    init, mask = init_image(w, h), mask_image(w, h)
+    init.save(OUT / "init.png")
+    mask.save(OUT / "mask.png")
+    cases = []
+
+    def case(cid, model, mode="txt2img", scheduler=None, **p):
+        pipe = pipes[model]
+        original = pipe.scheduler
+        if scheduler:
+            pipe.scheduler = SCHEDULERS[scheduler](pipe.scheduler.config)
+        batch = p.pop("batch", 1)
+        seed = p.pop("seed", 0)
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+        kw = dict(prompt=p["prompt"], num_inference_steps=p["steps"], guidance_scale=p["guidance"], generator=gens,
+                  num_images_per_prompt=batch, output_type="np")
+        if p.get("negative_prompt") is not None:
+            kw["negative_prompt"] = p["negative_prompt"]
+        if mode == "txt2img":
+            kw.update(width=w, height=h)
+            if p.get("init_noise"):
+                vae_f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+                noise = torch.randn(batch, pipe.vae.config.latent_channels, h // vae_f, w // vae_f, generator=torch.Generator().manual_seed(99))
+                kw["latents"] = noise
+                np.save(OUT / f"{cid}.noise.npy", noise.numpy())
+            call = pipe
+        elif mode == "img2img":
+            call = StableDiffusionImg2ImgPipeline(**{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            kw.update(image=init, strength=p["strength"])
+        else:
+            call = pipe if isinstance(pipe, StableDiffusionInpaintPipeline) else StableDiffusionInpaintPipeline(
+                **{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            kw.update(image=init, mask_image=mask, strength=p["strength"], width=w, height=h)
+        with torch.no_grad():
+            images = call(**kw).images
+        u8 = (images * 255).round().astype(np.uint8)
+        tensors[f"case.{cid}"] = torch.from_numpy(u8)
+        cases.append(dict(id=cid, model=model, mode=mode, scheduler=scheduler, batch=batch, seed=seed, width=w, height=h, **p))
+        pipe.scheduler = original
+        print(cid, u8.shape, round(u8.mean(), 2), round(u8.std(), 2), np.unique(u8).size)
+
+    base = dict(prompt="a photo of a cat, highly detailed", negative_prompt="blurry, low quality")
+    case("sd1_default", "sd1", steps=4, guidance=7.5, batch=2, seed=42, **base)
+    for s in ["euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm"]:
+        case(f"sd1_{s}", "sd1", scheduler=s, steps=5, guidance=6.0, seed=7, **base)
+    case("sd1_no_cfg", "sd1", steps=3, guidance=1.0, seed=3, prompt="a watercolor landscape", negative_prompt=None)
+    case("sd1_init_noise", "sd1", steps=3, guidance=4.0, init_noise=True, batch=2, seed=0, **base)
+    case("sd1_img2img", "sd1", mode="img2img", scheduler="euler_a", steps=5, guidance=5.0, strength=0.6, batch=2, seed=11, **base)
+    case("sd1_img2img_dpm", "sd1", mode="img2img", scheduler="dpmpp_2m", steps=6, guidance=5.0, strength=0.5, seed=12, **base)
+    case("sd1_inpaint_blend", "sd1", mode="inpaint", scheduler="ddim", steps=5, guidance=5.0, strength=0.75, batch=2, seed=13, **base)
+    case("inpaint_unet", "inpaint", mode="inpaint", steps=4, guidance=5.0, strength=1.0, seed=14, **base)
+    case("inpaint_unet_euler_a", "inpaint", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=0.8, batch=2, seed=15, **base)
+    case("sd2v_default", "sd2v", steps=4, guidance=7.0, seed=21, **base)
+    case("sd2v_dpmpp_2m_karras", "sd2v", scheduler="dpmpp_2m_karras", steps=5, guidance=7.0, seed=22, **base)
+    case("turbo_default", "turbo", steps=1, guidance=0.0, seed=31, prompt=base["prompt"], negative_prompt=None)
+    case("turbo_euler_a_2", "turbo", scheduler="euler_a", steps=2, guidance=0.0, seed=32, prompt=base["prompt"], negative_prompt=None)
+    case("sdxl_default", "sdxl", steps=3, guidance=5.0, seed=41, prompt=base["prompt"], negative_prompt=None)
+    case("sdxl_negative_euler_a", "sdxl", scheduler="euler_a", steps=3, guidance=5.0, batch=2, seed=42, **base)
+    case("lcm_default", "lcm", steps=2, guidance=8.0, seed=51, prompt=base["prompt"], negative_prompt=None)
+    case("lcm_4", "lcm", steps=4, guidance=3.0, batch=2, seed=52, prompt=base["prompt"], negative_prompt=None)
+    return cases
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    pipes = models()
+    tensors = {}
+    for name, pipe in pipes.items():
+        components(name, pipe, tensors)
+    cases = run_cases(pipes, tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "reference.safetensors"))
+    (OUT / "cases.json").write_text(json.dumps(cases, indent=1))
+    (OUT / "VERSIONS").write_text(f"torch {torch.__version__}\ndiffusers {diffusers.__version__}\n"
+                                  f"transformers {__import__('transformers').__version__}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
