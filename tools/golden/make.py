@@ -316,6 +316,8 @@ def run_cases(pipes, tensors):
     case("sd1_inpaint_blend", "sd1", mode="inpaint", scheduler="ddim", steps=5, guidance=5.0, strength=0.75, batch=2, seed=13, **base)
     case("inpaint_unet", "inpaint", mode="inpaint", steps=4, guidance=5.0, strength=1.0, seed=14, **base)
     case("inpaint_unet_euler_a", "inpaint", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=0.8, batch=2, seed=15, **base)
+    case("inpaint_unet_ddim_08", "inpaint", mode="inpaint", steps=4, guidance=5.0, strength=0.8, seed=16, **base)
+    case("inpaint_unet_euler_a_1", "inpaint", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=1.0, seed=17, **base)
     case("sd2v_default", "sd2v", steps=4, guidance=7.0, seed=21, **base)
     case("sd2v_dpmpp_2m_karras", "sd2v", scheduler="dpmpp_2m_karras", steps=5, guidance=7.0, seed=22, **base)
     case("turbo_default", "turbo", steps=1, guidance=0.0, seed=31, prompt=base["prompt"], negative_prompt=None)

@@ -379,7 +379,7 @@ impl StableDiffusion {
                     // Ordinary models inpaint by pasting the (re-noised) original outside the mask.
                     let proper = if i + 1 < n { scheduler.add_noise(orig, &ip.noise, i + 1)? } else { orig.clone() };
                     let inv = (1.0 - &ip.mask)?;
-                    latents = ((inv * proper)? + (&ip.mask * &latents)?)?;
+                    latents = (inv.broadcast_mul(&proper)? + ip.mask.broadcast_mul(&latents)?)?;
                 }
             }
             let preview = if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {

@@ -26,6 +26,9 @@ pub struct ClipTokenizer {
     pub pad_id: u32,
     /// Sequence length fed to the text encoder, start and end tokens included.
     pub max_len: usize,
+    /// Special tokens other than start/end (e.g. SD 2.x's `!` pad token): transformers
+    /// splits them out of the text before BPE, whole.
+    specials: Vec<(String, u32)>,
     cache: Mutex<HashMap<String, Vec<u32>>>,
 }
 
@@ -130,22 +133,42 @@ impl ClipTokenizer {
             .map(|v| v as usize)
             .unwrap_or(77);
 
+        let mut specials = Vec::new();
+        for key in ["pad_token", "unk_token"] {
+            if let Some(t) = config.get(key).and_then(token_text) {
+                if t != BOS && t != EOS && !specials.iter().any(|(s, _)| *s == t) {
+                    specials.push((t.clone(), id_of(&t)?));
+                }
+            }
+        }
         let pattern = regex::Regex::new(
             r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
         )
         .expect("static regex");
-        Ok(Self { vocab, ranks, byte_map: bytes_to_unicode(), pattern, bos_id, eos_id, pad_id, max_len, cache: Mutex::new(HashMap::new()) })
+        Ok(Self { vocab, ranks, byte_map: bytes_to_unicode(), pattern, bos_id, eos_id, pad_id, max_len, specials, cache: Mutex::new(HashMap::new()) })
     }
 
     /// Token ids of `text` without start, end or padding tokens.
     pub fn encode_words(&self, text: &str) -> Vec<u32> {
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
         let mut ids = Vec::new();
-        for m in self.pattern.find_iter(&text) {
+        self.encode_segment(&text, &mut ids);
+        ids
+    }
+
+    fn encode_segment(&self, text: &str, ids: &mut Vec<u32>) {
+        // Split on the first special token found, encode both sides.
+        let hit = self.specials.iter().filter_map(|(s, id)| text.find(s.as_str()).map(|p| (p, s.len(), *id))).min();
+        if let Some((pos, len, id)) = hit {
+            self.encode_segment(&text[..pos], ids);
+            ids.push(id);
+            self.encode_segment(&text[pos + len..], ids);
+            return;
+        }
+        for m in self.pattern.find_iter(text) {
             let word: String = m.as_str().bytes().map(|b| self.byte_map[b as usize]).collect();
             ids.extend(self.bpe(&word));
         }
-        ids
     }
 
     /// `[bos] + ids (truncated) + [eos] + [pad]*` of exactly `max_len`, as the SD pipelines
