@@ -1,1 +1,65 @@
-fn main(){}
+//! `krya`: the Krya binary.
+//!
+//! Layout: `generate` (text/image-to-image and inpainting on the native engine),
+//! `models` (the local model registry and the Hugging Face cache). Errors the user can fix
+//! print one line and exit with status 2; anything else exits with 1.
+
+mod generate;
+mod models;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "krya", version, about = "Krya: a self-hostable AI creative studio")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate images with a local model.
+    Generate(generate::Args),
+    /// Manage models: list, add, remove.
+    #[command(subcommand)]
+    Models(models::Command),
+}
+
+/// An error with the exit status it calls for.
+pub struct CliError {
+    pub message: String,
+    /// 2: the user's input or environment; 1: an internal failure.
+    pub status: u8,
+}
+
+impl CliError {
+    pub fn user(message: impl Into<String>) -> Self {
+        Self { message: message.into(), status: 2 }
+    }
+}
+
+impl From<krya_engine::EngineError> for CliError {
+    fn from(e: krya_engine::EngineError) -> Self {
+        let status = if e.is_user_error() { 2 } else { 1 };
+        Self { message: e.to_string(), status }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Models(cmd) => models::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line: the first line of the message.
+            let line = e.message.lines().next().unwrap_or("error").to_string();
+            eprintln!("krya: {line}");
+            ExitCode::from(e.status)
+        }
+    }
+}

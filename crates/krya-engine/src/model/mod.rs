@@ -5,6 +5,7 @@
 //! own config files; presets only fill in what a single-file checkpoint lacks.
 
 pub mod diffusers;
+pub mod hub;
 
 use std::path::{Path, PathBuf};
 
@@ -47,14 +48,14 @@ impl ModelSource {
     }
 }
 
-/// Loads a model from a local source (folders and checkpoints).
-pub fn load_local(source: &ModelSource, device: &Device, dtype: DType) -> Result<StableDiffusion> {
+/// Loads a model from a folder, a checkpoint, or a repo already in the HF cache.
+pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<StableDiffusion> {
     match source {
         ModelSource::Folder(dir) => diffusers::load(dir, device, dtype),
         ModelSource::Checkpoint(path) => Err(EngineError::InvalidInput(format!(
             "{}: single-file checkpoints are not supported yet; convert it to a diffusers folder",
             path.display()
         ))),
-        ModelSource::Hub { repo, .. } => Err(EngineError::NotFound(format!("{repo} is a hub model; fetch it first"))),
+        ModelSource::Hub { repo, revision } => diffusers::load(&hub::require_snapshot(repo, revision)?, device, dtype),
     }
 }

@@ -238,6 +238,12 @@ impl StableDiffusion {
         if req.mask.is_some() && req.init_image.is_none() {
             return Err(invalid!("a mask needs an init image to inpaint"));
         }
+        if let (Some(mask), Some(img)) = (&req.mask, &req.init_image) {
+            if mask.dimensions() != img.dimensions() {
+                let ((mw, mh), (iw, ih)) = (mask.dimensions(), img.dimensions());
+                return Err(invalid!("the mask is {mw}x{mh} but the image is {iw}x{ih}; give a mask of the same size"));
+            }
+        }
         if self.is_inpainting_unet() && req.mask.is_none() {
             return Err(invalid!("this is an inpainting model: give an init image and a mask"));
         }
