@@ -19,6 +19,10 @@ impl CancelToken {
     }
     /// `Err(Cancelled)` once cancelled: the pipeline calls it at every step.
     pub fn check(&self) -> crate::Result<()> {
-        if self.is_cancelled() { Err(crate::EngineError::Cancelled) } else { Ok(()) }
+        if self.is_cancelled() {
+            Err(crate::EngineError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
 }

@@ -20,5 +20,9 @@ pub fn best_device() -> Result<Device> {
 
 /// f32 on the CPU (half precision is slow there), f16 on accelerators.
 pub fn default_dtype(device: &Device) -> DType {
-    if device.is_cpu() { DType::F32 } else { DType::F16 }
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::F16
+    }
 }

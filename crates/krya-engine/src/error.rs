@@ -49,11 +49,17 @@ impl EngineError {
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.into(), source }
+        EngineError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn bad_model(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        EngineError::BadModel { path: path.into(), message: message.into() }
+        EngineError::BadModel {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -25,7 +25,9 @@ impl TorchRng {
         state[0] = (seed & 0xffff_ffff) as u32;
         for i in 1..N {
             let prev = state[i - 1];
-            state[i] = 1812433253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
+            state[i] = 1812433253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
         }
         Self { state, index: N }
     }
@@ -80,7 +82,11 @@ impl TorchRng {
     }
 
     /// A float32 tensor of standard normals with the given shape.
-    pub fn randn(&mut self, shape: impl Into<Shape>, device: &Device) -> candle_core::Result<Tensor> {
+    pub fn randn(
+        &mut self,
+        shape: impl Into<Shape>,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let shape = shape.into();
         let data = self.randn_vec(shape.elem_count());
         Tensor::from_vec(data, shape, device)
@@ -106,7 +112,9 @@ pub struct BatchRng {
 
 impl BatchRng {
     pub fn new(seeds: &[u64]) -> Self {
-        Self { rngs: seeds.iter().map(|&s| TorchRng::new(s)).collect() }
+        Self {
+            rngs: seeds.iter().map(|&s| TorchRng::new(s)).collect(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -128,7 +136,12 @@ impl BatchRng {
     }
 
     /// Normals for image `i` only (diffusers draws VAE posterior samples image by image).
-    pub fn randn_one(&mut self, i: usize, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+    pub fn randn_one(
+        &mut self,
+        i: usize,
+        shape: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.rngs[i].randn(shape.to_vec(), device)
     }
 }

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
 
 use crate::{EngineError, Result};
 
@@ -24,14 +24,21 @@ pub enum Source {
     /// The stored tensor with trailing size-1 dims dropped (1×1 conv weights used as linear).
     Squeeze(String),
     /// Rows `start..start+len` along dim 0 (a fused qkv projection split in three).
-    Rows { name: String, start: usize, len: usize },
+    Rows {
+        name: String,
+        start: usize,
+        len: usize,
+    },
 }
 
 enum Store {
     /// Names used as they are stored.
     Direct(MmapedSafetensors),
     /// Model names mapped onto the stored ones (single-file checkpoints).
-    Mapped { st: Arc<MmapedSafetensors>, map: HashMap<String, Source> },
+    Mapped {
+        st: Arc<MmapedSafetensors>,
+        map: HashMap<String, Source>,
+    },
     /// Tensors in memory (tests, random weights).
     Memory(HashMap<String, Tensor>),
 }
@@ -45,14 +52,19 @@ impl Tracked {
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
         let t = match &self.store {
             Store::Direct(st) => st.load(name, dev)?,
-            Store::Memory(m) => m
-                .get(name)
-                .cloned()
-                .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())?,
+            Store::Memory(m) => m.get(name).cloned().ok_or_else(|| {
+                candle_core::Error::CannotFindTensor {
+                    path: name.to_string(),
+                }
+                .bt()
+            })?,
             Store::Mapped { st, map } => {
-                let src = map
-                    .get(name)
-                    .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() }.bt())?;
+                let src = map.get(name).ok_or_else(|| {
+                    candle_core::Error::CannotFindTensor {
+                        path: name.to_string(),
+                    }
+                    .bt()
+                })?;
                 match src {
                     Source::Same(n) => st.load(n, dev)?,
                     Source::Squeeze(n) => {
@@ -63,7 +75,9 @@ impl Tracked {
                         }
                         t.reshape(dims)?
                     }
-                    Source::Rows { name, start, len } => st.load(name, dev)?.narrow(0, *start, *len)?.contiguous()?,
+                    Source::Rows { name, start, len } => {
+                        st.load(name, dev)?.narrow(0, *start, *len)?.contiguous()?
+                    }
                 }
             }
         };
@@ -91,7 +105,14 @@ impl Tracked {
 struct Backend(Arc<Tracked>);
 
 impl SimpleBackend for Backend {
-    fn get(&self, s: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let t = self.0.load(name, dev)?.to_dtype(dtype)?;
         if t.shape() != &s {
             return Err(candle_core::Error::UnexpectedShape {
@@ -125,8 +146,9 @@ impl Weights {
         let origin = paths.first().cloned().unwrap_or_default();
         // SAFETY: the files are opened read-only; a file changed under a running model is
         // outside what the engine promises, as with every mmap-based loader.
-        let st = unsafe { MmapedSafetensors::multi(paths) }
-            .map_err(|e| EngineError::bad_model(&origin, format!("cannot read safetensors: {e}")))?;
+        let st = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| {
+            EngineError::bad_model(&origin, format!("cannot read safetensors: {e}"))
+        })?;
         Ok(Self::new(Store::Direct(st), origin))
     }
 
@@ -140,11 +162,21 @@ impl Weights {
     }
 
     fn new(store: Store, origin: PathBuf) -> Self {
-        Self { tracked: Arc::new(Tracked { store, used: Mutex::new(HashSet::new()) }), origin }
+        Self {
+            tracked: Arc::new(Tracked {
+                store,
+                used: Mutex::new(HashSet::new()),
+            }),
+            origin,
+        }
     }
 
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(Backend(self.tracked.clone())), dtype, device.clone())
+        VarBuilder::from_backend(
+            Box::new(Backend(self.tracked.clone())),
+            dtype,
+            device.clone(),
+        )
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -172,7 +204,10 @@ impl Weights {
         unused.truncate(5);
         Err(EngineError::bad_model(
             &self.origin,
-            format!("{n} tensors are not used by the architecture its config describes (e.g. {})", unused.join(", ")),
+            format!(
+                "{n} tensors are not used by the architecture its config describes (e.g. {})",
+                unused.join(", ")
+            ),
         ))
     }
 }

@@ -18,11 +18,15 @@ fn dir() -> PathBuf {
 
 fn reference() -> &'static HashMap<String, Tensor> {
     static R: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    R.get_or_init(|| candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu).unwrap())
+    R.get_or_init(|| {
+        candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu).unwrap()
+    })
 }
 
 fn r(name: &str) -> &'static Tensor {
-    reference().get(name).unwrap_or_else(|| panic!("no reference tensor {name}"))
+    reference()
+        .get(name)
+        .unwrap_or_else(|| panic!("no reference tensor {name}"))
 }
 
 fn load(name: &str) -> StableDiffusion {
@@ -31,7 +35,16 @@ fn load(name: &str) -> StableDiffusion {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
@@ -43,7 +56,11 @@ const MODELS: &[&str] = &["sd1", "inpaint", "sd2v", "turbo", "sdxl", "lcm"];
 
 #[test]
 fn tokenizers_match_transformers() {
-    let prompts = ["a photo of a cat, highly detailed", "", "Portrait of an ASTRONAUT riding a horse!! 42 times"];
+    let prompts = [
+        "a photo of a cat, highly detailed",
+        "",
+        "Portrait of an ASTRONAUT riding a horse!! 42 times",
+    ];
     for name in MODELS {
         let m = load(name);
         for (k, tok) in m.tokenizers.iter().enumerate() {
@@ -68,10 +85,25 @@ fn text_encoders_match_transformers() {
                 .map(|row| row.into_iter().map(|v| v as u32).collect())
                 .collect();
             let out = enc.forward(&ids, &Device::Cpu).unwrap();
-            assert_close(&format!("{name} te{k} last"), &out.last_hidden_state, r(&format!("{name}.te{k}.last")), 1e-4);
+            assert_close(
+                &format!("{name} te{k} last"),
+                &out.last_hidden_state,
+                r(&format!("{name}.te{k}.last")),
+                1e-4,
+            );
             let n = out.hidden_states.len();
-            assert_close(&format!("{name} te{k} penultimate"), &out.hidden_states[n - 2], r(&format!("{name}.te{k}.penultimate")), 1e-4);
-            assert_close(&format!("{name} te{k} pooled"), &out.pooled, r(&format!("{name}.te{k}.pooled")), 1e-4);
+            assert_close(
+                &format!("{name} te{k} penultimate"),
+                &out.hidden_states[n - 2],
+                r(&format!("{name}.te{k}.penultimate")),
+                1e-4,
+            );
+            assert_close(
+                &format!("{name} te{k} pooled"),
+                &out.pooled,
+                r(&format!("{name}.te{k}.pooled")),
+                1e-4,
+            );
         }
     }
 }
@@ -84,10 +116,22 @@ fn unets_match_diffusers() {
         let text_embeds = reference().get(&key("text_embeds"));
         let time_ids = reference().get(&key("time_ids"));
         let added = match (text_embeds, time_ids) {
-            (Some(t), Some(i)) => Some(AddedCond { text_embeds: t, time_ids: i }),
+            (Some(t), Some(i)) => Some(AddedCond {
+                text_embeds: t,
+                time_ids: i,
+            }),
             _ => None,
         };
-        let out = m.unet.forward(r(&key("sample")), 421.5, r(&key("context")), reference().get(&key("timestep_cond")), added).unwrap();
+        let out = m
+            .unet
+            .forward(
+                r(&key("sample")),
+                421.5,
+                r(&key("context")),
+                reference().get(&key("timestep_cond")),
+                added,
+            )
+            .unwrap();
         assert_close(&format!("{name} unet"), &out, r(&key("out")), 1e-4);
     }
 }
@@ -97,10 +141,25 @@ fn vaes_match_diffusers() {
     for name in MODELS {
         let m = load(name);
         let (mean, std) = m.vae.encode(r(&format!("{name}.vae.image"))).unwrap();
-        assert_close(&format!("{name} vae mean"), &mean, r(&format!("{name}.vae.mean")), 1e-4);
-        assert_close(&format!("{name} vae std"), &std, r(&format!("{name}.vae.std")), 1e-4);
+        assert_close(
+            &format!("{name} vae mean"),
+            &mean,
+            r(&format!("{name}.vae.mean")),
+            1e-4,
+        );
+        assert_close(
+            &format!("{name} vae std"),
+            &std,
+            r(&format!("{name}.vae.std")),
+            1e-4,
+        );
         let dec = m.vae.decode(r(&format!("{name}.vae.latents"))).unwrap();
-        assert_close(&format!("{name} vae decode"), &dec, r(&format!("{name}.vae.decoded")), 1e-4);
+        assert_close(
+            &format!("{name} vae decode"),
+            &dec,
+            r(&format!("{name}.vae.decoded")),
+            1e-4,
+        );
     }
 }
 
@@ -108,7 +167,9 @@ fn vaes_match_diffusers() {
 fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
     let id = case["id"].as_str().unwrap();
     let model_name = case["model"].as_str().unwrap();
-    let m = models.entry(model_name.to_string()).or_insert_with(|| load(model_name));
+    let m = models
+        .entry(model_name.to_string())
+        .or_insert_with(|| load(model_name));
     let mode = case["mode"].as_str().unwrap();
     let mut req = GenerateRequest {
         prompt: case["prompt"].as_str().unwrap().to_string(),
@@ -117,7 +178,9 @@ fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
         height: Some(case["height"].as_u64().unwrap() as usize),
         steps: Some(case["steps"].as_u64().unwrap() as usize),
         guidance: Some(case["guidance"].as_f64().unwrap()),
-        scheduler: case["scheduler"].as_str().map(|s| SchedulerKind::parse(s).unwrap()),
+        scheduler: case["scheduler"]
+            .as_str()
+            .map(|s| SchedulerKind::parse(s).unwrap()),
         seed: case["seed"].as_u64().unwrap(),
         batch: case["batch"].as_u64().unwrap() as usize,
         strength: case["strength"].as_f64().unwrap_or(1.0),
@@ -133,7 +196,9 @@ fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
         req.mask = Some(image_io::load_mask(&dir().join("mask.png")).unwrap());
     }
     let mut steps_seen = 0;
-    let out = m.generate(&req, &mut |p| steps_seen = p.step, &CancelToken::new()).unwrap();
+    let out = m
+        .generate(&req, &mut |p| steps_seen = p.step, &CancelToken::new())
+        .unwrap();
     assert!(steps_seen > 0, "{id}: no step reported");
     let want = r(&format!("case.{id}"));
     assert_eq!(out.images.len(), want.dim(0).unwrap(), "{id}: batch size");
@@ -142,11 +207,17 @@ fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
         let want: Vec<u8> = want.i(i).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let got = img.as_raw();
         assert_eq!(got.len(), want.len(), "{id}: image size");
-        let diffs: Vec<f64> = got.iter().zip(&want).map(|(a, b)| (*a as f64 - *b as f64).abs()).collect();
+        let diffs: Vec<f64> = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .collect();
         let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
         let max = diffs.iter().cloned().fold(0.0, f64::max);
         if mean > 0.5 || max > 3.0 {
-            bad.push(format!("image {i}: mean abs diff {mean:.3}/255, max {max}/255"));
+            bad.push(format!(
+                "image {i}: mean abs diff {mean:.3}/255, max {max}/255"
+            ));
         }
     }
     assert!(bad.is_empty(), "{id}: {}", bad.join("; "));
@@ -159,51 +230,87 @@ const KNOWN_DIFFERENT: &[&str] = &["inpaint_unet_euler_a", "inpaint_unet_euler_a
 
 #[test]
 fn pipelines_match_diffusers() {
-    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap();
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap();
     assert!(cases.len() >= 20);
     let mut models = HashMap::new();
     let mut failures = Vec::new();
     for case in &cases {
         let id = case["id"].as_str().unwrap().to_string();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, &mut models)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, &mut models)));
         match (result, KNOWN_DIFFERENT.contains(&id.as_str())) {
             (Err(e), false) => {
-                let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
                 failures.push(format!("{id}: {msg}"));
             }
-            (Ok(()), true) => failures.push(format!("{id} now matches diffusers: remove it from KNOWN_DIFFERENT")),
+            (Ok(()), true) => failures.push(format!(
+                "{id} now matches diffusers: remove it from KNOWN_DIFFERENT"
+            )),
             _ => {}
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ from diffusers:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ from diffusers:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn same_seed_gives_identical_png_bytes() {
     let m = load("turbo");
-    let req = GenerateRequest { prompt: "a cat".into(), width: Some(32), height: Some(32), seed: 5, ..Default::default() };
+    let req = GenerateRequest {
+        prompt: "a cat".into(),
+        width: Some(32),
+        height: Some(32),
+        seed: 5,
+        ..Default::default()
+    };
     let png = |req: &GenerateRequest| {
         let out = m.generate(req, &mut |_| {}, &CancelToken::new()).unwrap();
         image_io::png_bytes(&out.images[0], "a cat").unwrap()
     };
     let a = png(&req);
     assert_eq!(a, png(&req));
-    assert_ne!(a, png(&GenerateRequest { seed: 6, ..req.clone() }));
+    assert_ne!(
+        a,
+        png(&GenerateRequest {
+            seed: 6,
+            ..req.clone()
+        })
+    );
 }
 
 #[test]
 fn cancel_stops_at_the_next_step() {
     let m = load("sd1");
     let cancel = CancelToken::new();
-    let req = GenerateRequest { prompt: "a cat".into(), width: Some(32), height: Some(32), steps: Some(10), ..Default::default() };
+    let req = GenerateRequest {
+        prompt: "a cat".into(),
+        width: Some(32),
+        height: Some(32),
+        steps: Some(10),
+        ..Default::default()
+    };
     let mut seen = 0;
     let err = m
-        .generate(&req, &mut |p| {
-            seen = p.step;
-            if p.step == 2 {
-                cancel.cancel();
-            }
-        }, &cancel)
+        .generate(
+            &req,
+            &mut |p| {
+                seen = p.step;
+                if p.step == 2 {
+                    cancel.cancel();
+                }
+            },
+            &cancel,
+        )
         .err()
         .expect("cancelled");
     assert_eq!(err.code(), "cancelled");

@@ -61,7 +61,10 @@ pub struct Args {
 fn must_exist(p: &Option<PathBuf>, what: &str) -> Result<(), CliError> {
     if let Some(p) = p {
         if !p.is_file() {
-            return Err(CliError::user(format!("{what} {} does not exist or is not a file", p.display())));
+            return Err(CliError::user(format!(
+                "{what} {} does not exist or is not a file",
+                p.display()
+            )));
         }
     }
     Ok(())
@@ -72,35 +75,66 @@ pub fn output_paths(out: &Path, batch: usize) -> Vec<PathBuf> {
     if batch == 1 {
         return vec![out.to_path_buf()];
     }
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let ext = out.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_else(|| "png".into());
-    (1..=batch).map(|i| out.with_file_name(format!("{stem}-{i}.{ext}"))).collect()
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    (1..=batch)
+        .map(|i| out.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
     // Cheap checks first, before a model is loaded.
-    let scheduler = a.scheduler.as_deref().map(SchedulerKind::parse).transpose()?;
+    let scheduler = a
+        .scheduler
+        .as_deref()
+        .map(SchedulerKind::parse)
+        .transpose()?;
     must_exist(&a.init_image, "init image")?;
     must_exist(&a.mask, "mask")?;
     must_exist(&a.init_noise, "init noise file")?;
     if a.mask.is_some() && a.init_image.is_none() {
-        return Err(CliError::user("--mask needs --init-image (the image to inpaint)"));
+        return Err(CliError::user(
+            "--mask needs --init-image (the image to inpaint)",
+        ));
     }
     if !(1..=64).contains(&a.batch) {
-        return Err(CliError::user(format!("--batch must be between 1 and 64 (got {})", a.batch)));
+        return Err(CliError::user(format!(
+            "--batch must be between 1 and 64 (got {})",
+            a.batch
+        )));
     }
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
-            return Err(CliError::user(format!("output folder {} does not exist", dir.display())));
+            return Err(CliError::user(format!(
+                "output folder {} does not exist",
+                dir.display()
+            )));
         }
     }
-    let init_image = a.init_image.as_deref().map(image_io::load_rgb).transpose()?;
+    let init_image = a
+        .init_image
+        .as_deref()
+        .map(image_io::load_rgb)
+        .transpose()?;
     let mask = a.mask.as_deref().map(image_io::load_mask).transpose()?;
     let init_noise = match &a.init_noise {
-        Some(p) => Some(Tensor::read_npy(p).map_err(|e| CliError::user(format!("{}: not a float32 .npy file ({e})", p.display())))?),
+        Some(p) => Some(Tensor::read_npy(p).map_err(|e| {
+            CliError::user(format!("{}: not a float32 .npy file ({e})", p.display()))
+        })?),
         None => None,
     };
-    let seed = a.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64 % 4_294_967_296).unwrap_or(0));
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 % 4_294_967_296)
+            .unwrap_or(0)
+    });
 
     let (name, source) = models::resolve(&a.model)?;
     let dev = device::best_device()?;
@@ -133,7 +167,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
     // Validate against the model before the progress bar appears.
     let (_, _, steps, _, _) = m.resolve(&req)?;
     let bar = ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} (eta {eta})").unwrap().progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} (eta {eta})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
     );
     let cancel = CancelToken::new();
     let t1 = Instant::now();
@@ -163,10 +201,15 @@ pub fn run(a: Args) -> Result<(), CliError> {
         if req.clip_skip > 0 {
             settings.push(("Clip skip", (req.clip_skip + 1).to_string()));
         }
-        let params = image_io::a1111_parameters(&req.prompt, req.negative_prompt.as_deref(), &settings);
+        let params =
+            image_io::a1111_parameters(&req.prompt, req.negative_prompt.as_deref(), &settings);
         image_io::write_png(path, img, &params)?;
         println!("{}", path.display());
     }
-    eprintln!("generated {} image(s) in {:.1}s (seed {seed})", out.images.len(), t1.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {} image(s) in {:.1}s (seed {seed})",
+        out.images.len(),
+        t1.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "krya", version, about = "Krya: a self-hostable AI creative studio")]
+#[command(
+    name = "krya",
+    version,
+    about = "Krya: a self-hostable AI creative studio"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,14 +40,20 @@ pub struct CliError {
 
 impl CliError {
     pub fn user(message: impl Into<String>) -> Self {
-        Self { message: message.into(), status: 2 }
+        Self {
+            message: message.into(),
+            status: 2,
+        }
     }
 }
 
 impl From<krya_engine::EngineError> for CliError {
     fn from(e: krya_engine::EngineError) -> Self {
         let status = if e.is_user_error() { 2 } else { 1 };
-        Self { message: e.to_string(), status }
+        Self {
+            message: e.to_string(),
+            status,
+        }
     }
 }
 

@@ -26,7 +26,9 @@ pub fn home() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("krya");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/krya")
 }
 
@@ -37,43 +39,66 @@ fn registry_path() -> PathBuf {
 pub fn load_registry() -> Result<BTreeMap<String, String>, CliError> {
     let path = registry_path();
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| CliError::user(format!("{} is not valid JSON ({e}); fix or delete it", path.display()))),
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            CliError::user(format!(
+                "{} is not valid JSON ({e}); fix or delete it",
+                path.display()
+            ))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(CliError::user(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(CliError::user(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
 fn save_registry(reg: &BTreeMap<String, String>) -> Result<(), CliError> {
     let path = registry_path();
     let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir).map_err(|e| CliError::user(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CliError::user(format!("cannot create {}: {e}", dir.display())))?;
     let tmp = path.with_extension("json.part");
-    std::fs::write(&tmp, serde_json::to_string_pretty(reg).unwrap()).map_err(|e| CliError::user(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(|e| CliError::user(format!("cannot write {}: {e}", path.display())))
+    std::fs::write(&tmp, serde_json::to_string_pretty(reg).unwrap())
+        .map_err(|e| CliError::user(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| CliError::user(format!("cannot write {}: {e}", path.display())))
 }
 
 /// What `--model M` names: a registered name first, then a path or repo id.
 pub fn resolve(spec: &str) -> Result<(String, ModelSource), CliError> {
     let reg = load_registry()?;
     if let Some(src) = reg.get(spec) {
-        return Ok((spec.to_string(), ModelSource::parse(src).map_err(CliError::from)?));
+        return Ok((
+            spec.to_string(),
+            ModelSource::parse(src).map_err(CliError::from)?,
+        ));
     }
     let source = ModelSource::parse(spec)?;
     let name = match &source {
-        ModelSource::Folder(p) | ModelSource::Checkpoint(p) => {
-            p.file_name().map(|n| n.to_string_lossy().trim_end_matches(".safetensors").to_string()).unwrap_or_else(|| spec.to_string())
-        }
+        ModelSource::Folder(p) | ModelSource::Checkpoint(p) => p
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(".safetensors")
+                    .to_string()
+            })
+            .unwrap_or_else(|| spec.to_string()),
         ModelSource::Hub { repo, .. } => repo.clone(),
     };
     Ok((name, source))
 }
 
 fn dir_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::metadata(p) else { return 0 };
+    let Ok(meta) = std::fs::metadata(p) else {
+        return 0;
+    };
     if meta.is_file() {
         return meta.len();
     }
-    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
 }
 
 fn human(bytes: u64) -> String {
@@ -94,10 +119,16 @@ pub fn run(cmd: Command) -> Result<(), CliError> {
             println!("{:<28} {:>10}  SOURCE", "NAME", "SIZE");
             for (name, src) in &reg {
                 let size = match ModelSource::parse(src) {
-                    Ok(ModelSource::Folder(p)) | Ok(ModelSource::Checkpoint(p)) => human(dir_size(&p)),
+                    Ok(ModelSource::Folder(p)) | Ok(ModelSource::Checkpoint(p)) => {
+                        human(dir_size(&p))
+                    }
                     Ok(ModelSource::Hub { repo, .. }) => {
                         let d = hub::repo_dir(&repo);
-                        if d.is_dir() { human(dir_size(&d.join("blobs"))) } else { "not pulled".into() }
+                        if d.is_dir() {
+                            human(dir_size(&d.join("blobs")))
+                        } else {
+                            "not pulled".into()
+                        }
                     }
                     Err(_) => "missing".into(),
                 };
@@ -107,23 +138,36 @@ pub fn run(cmd: Command) -> Result<(), CliError> {
             if let Ok(rd) = std::fs::read_dir(hub::cache_dir()) {
                 let mut repos: Vec<_> = rd
                     .flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("models--")).map(|n| (n.replacen("--", "/", 1), e.path())))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("models--"))
+                            .map(|n| (n.replacen("--", "/", 1), e.path()))
+                    })
                     .filter(|(repo, _)| !reg.values().any(|v| v == repo))
                     .collect();
                 repos.sort();
                 for (repo, path) in repos {
-                    println!("{repo:<28} {:>10}  (Hugging Face cache)", human(dir_size(&path.join("blobs"))));
+                    println!(
+                        "{repo:<28} {:>10}  (Hugging Face cache)",
+                        human(dir_size(&path.join("blobs")))
+                    );
                 }
             }
             Ok(())
         }
         Command::Add { name, source } => {
             if name.is_empty() || name.contains('/') || Path::new(&name).exists() {
-                return Err(CliError::user(format!("{name:?} cannot be a model name: use a short name without '/' that is not a path")));
+                return Err(CliError::user(format!(
+                    "{name:?} cannot be a model name: use a short name without '/' that is not a path"
+                )));
             }
             let parsed = ModelSource::parse(&source)?;
             let stored = match parsed {
-                ModelSource::Folder(p) | ModelSource::Checkpoint(p) => std::fs::canonicalize(&p).unwrap_or(p).to_string_lossy().into_owned(),
+                ModelSource::Folder(p) | ModelSource::Checkpoint(p) => std::fs::canonicalize(&p)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned(),
                 ModelSource::Hub { .. } => source,
             };
             let mut reg = load_registry()?;
@@ -135,7 +179,9 @@ pub fn run(cmd: Command) -> Result<(), CliError> {
         Command::Rm { name } => {
             let mut reg = load_registry()?;
             if reg.remove(&name).is_none() {
-                return Err(CliError::user(format!("no model named {name:?} is registered (see `krya models list`)")));
+                return Err(CliError::user(format!(
+                    "no model named {name:?} is registered (see `krya models list`)"
+                )));
             }
             save_registry(&reg)?;
             println!("removed {name}");

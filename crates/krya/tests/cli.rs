@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../krya-engine/tests/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden")
+        .join(name)
 }
 
 fn krya(home: &Path, args: &[&str]) -> Output {
@@ -28,7 +30,11 @@ fn assert_user_error(o: &Output, needle: &str) {
     assert_eq!(o.status.code(), Some(2), "stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("krya:")).collect();
     assert_eq!(lines.len(), 1, "stderr: {err}");
-    assert!(lines[0].contains(needle), "{needle:?} not in {:?}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{needle:?} not in {:?}",
+        lines[0]
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -42,11 +48,34 @@ fn generate_writes_pngs_with_parameters() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cat.png");
     let model = golden("sd1");
-    let o = krya(tmp.path(), &[
-        "generate", "--model", model.to_str().unwrap(), "--prompt", "a (cat:1.2)", "--negative-prompt", "blurry",
-        "--steps", "2", "--guidance", "5", "--scheduler", "dpmpp_2m_karras", "--seed", "9", "--width", "32", "--height", "24",
-        "--batch", "2", "--out", out.to_str().unwrap(),
-    ]);
+    let o = krya(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a (cat:1.2)",
+            "--negative-prompt",
+            "blurry",
+            "--steps",
+            "2",
+            "--guidance",
+            "5",
+            "--scheduler",
+            "dpmpp_2m_karras",
+            "--seed",
+            "9",
+            "--width",
+            "32",
+            "--height",
+            "24",
+            "--batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     for (i, seed) in [(1, 9), (2, 10)] {
         let p = tmp.path().join(format!("cat-{i}.png"));
@@ -55,20 +84,51 @@ fn generate_writes_pngs_with_parameters() {
         let params = png_parameters(&p);
         assert_eq!(
             params,
-            format!("a (cat:1.2)\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M Karras, CFG scale: 5, Seed: {seed}, Size: 32x24, Model: sd1")
+            format!(
+                "a (cat:1.2)\nNegative prompt: blurry\nSteps: 2, Sampler: DPM++ 2M Karras, CFG scale: 5, Seed: {seed}, Size: 32x24, Model: sd1"
+            )
         );
     }
     // The same seed and inputs give the same bytes.
     let again = tmp.path().join("again.png");
-    let o = krya(tmp.path(), &[
-        "generate", "--model", model.to_str().unwrap(), "--prompt", "a (cat:1.2)", "--negative-prompt", "blurry",
-        "--steps", "2", "--guidance", "5", "--scheduler", "dpmpp_2m_karras", "--seed", "9", "--width", "32", "--height", "24",
-        "--batch", "2", "--out", again.to_str().unwrap(),
-    ]);
+    let o = krya(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a (cat:1.2)",
+            "--negative-prompt",
+            "blurry",
+            "--steps",
+            "2",
+            "--guidance",
+            "5",
+            "--scheduler",
+            "dpmpp_2m_karras",
+            "--seed",
+            "9",
+            "--width",
+            "32",
+            "--height",
+            "24",
+            "--batch",
+            "2",
+            "--out",
+            again.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     for i in 1..=2 {
-        let (a, b) = (tmp.path().join(format!("again-{i}.png")), tmp.path().join(format!("cat-{i}.png")));
-        assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "image {i} differs between identical runs");
+        let (a, b) = (
+            tmp.path().join(format!("again-{i}.png")),
+            tmp.path().join(format!("cat-{i}.png")),
+        );
+        assert!(
+            std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+            "image {i} differs between identical runs"
+        );
     }
 }
 
@@ -76,21 +136,47 @@ fn generate_writes_pngs_with_parameters() {
 fn turbo_defaults_and_registry_names() {
     let tmp = tempfile::tempdir().unwrap();
     let model = golden("turbo");
-    let o = krya(tmp.path(), &["models", "add", "tiny-turbo", model.to_str().unwrap()]);
+    let o = krya(
+        tmp.path(),
+        &["models", "add", "tiny-turbo", model.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let list = krya(tmp.path(), &["models", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(text.contains("tiny-turbo") && text.contains(" MB "), "{text}");
+    assert!(
+        text.contains("tiny-turbo") && text.contains(" MB "),
+        "{text}"
+    );
     let out = tmp.path().join("t.png");
-    let o = krya(tmp.path(), &["generate", "--model", "tiny-turbo", "--prompt", "a cat", "--seed", "1", "--out", out.to_str().unwrap()]);
+    let o = krya(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny-turbo",
+            "--prompt",
+            "a cat",
+            "--seed",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     // A turbo model (trailing Euler schedule) defaults to one step without guidance, at
     // its UNet's sample size times the VAE factor (8 x 2).
     let params = png_parameters(&out);
-    assert!(params.contains("Steps: 1, Sampler: Euler, CFG scale: 0,") && params.contains("Size: 16x16, Model: tiny-turbo"), "{params}");
+    assert!(
+        params.contains("Steps: 1, Sampler: Euler, CFG scale: 0,")
+            && params.contains("Size: 16x16, Model: tiny-turbo"),
+        "{params}"
+    );
     let o = krya(tmp.path(), &["models", "rm", "tiny-turbo"]);
     assert!(o.status.success());
-    assert_user_error(&krya(tmp.path(), &["models", "rm", "tiny-turbo"]), "no model named");
+    assert_user_error(
+        &krya(tmp.path(), &["models", "rm", "tiny-turbo"]),
+        "no model named",
+    );
 }
 
 #[test]
@@ -102,33 +188,107 @@ fn bad_input_is_one_line_and_exit_2() {
     let out = t.join("o.png");
     let out = out.to_str().unwrap();
     let base = |extra: &[&str]| {
-        let mut v = vec!["generate", "--model", sd1, "--prompt", "x", "--steps", "1", "--out", out];
+        let mut v = vec![
+            "generate", "--model", sd1, "--prompt", "x", "--steps", "1", "--out", out,
+        ];
         v.extend_from_slice(extra);
         krya(t, &v)
     };
-    assert_user_error(&base(&["--width", "30", "--height", "32"]), "multiples of 4");
-    assert_user_error(&base(&["--scheduler", "heun"]), "unknown scheduler \"heun\"");
-    assert_user_error(&base(&["--init-image", "/nonexistent.png"]), "init image /nonexistent.png does not exist");
+    assert_user_error(
+        &base(&["--width", "30", "--height", "32"]),
+        "multiples of 4",
+    );
+    assert_user_error(
+        &base(&["--scheduler", "heun"]),
+        "unknown scheduler \"heun\"",
+    );
+    assert_user_error(
+        &base(&["--init-image", "/nonexistent.png"]),
+        "init image /nonexistent.png does not exist",
+    );
     let not_image = t.join("notes.png");
     std::fs::write(&not_image, b"hello, not a picture").unwrap();
-    assert_user_error(&base(&["--init-image", not_image.to_str().unwrap()]), "notes.png");
+    assert_user_error(
+        &base(&["--init-image", not_image.to_str().unwrap()]),
+        "notes.png",
+    );
     let init = golden("init.png");
     let small_mask = t.join("mask.png");
     image::GrayImage::new(8, 8).save(&small_mask).unwrap();
     assert_user_error(
-        &base(&["--init-image", init.to_str().unwrap(), "--mask", small_mask.to_str().unwrap()]),
+        &base(&[
+            "--init-image",
+            init.to_str().unwrap(),
+            "--mask",
+            small_mask.to_str().unwrap(),
+        ]),
         "the mask is 8x8 but the image is 64x48",
     );
-    assert_user_error(&base(&["--mask", small_mask.to_str().unwrap()]), "--mask needs --init-image");
+    assert_user_error(
+        &base(&["--mask", small_mask.to_str().unwrap()]),
+        "--mask needs --init-image",
+    );
     let noise = golden("sd1_init_noise.noise.npy");
-    assert_user_error(&base(&["--init-noise", noise.to_str().unwrap(), "--width", "32", "--height", "32"]), "init noise has shape");
-    assert_user_error(&krya(t, &["generate", "--model", "nobody/nothing", "--prompt", "x", "--out", out]), "not in the Hugging Face cache");
-    assert_user_error(&krya(t, &["generate", "--model", "./no-such-dir", "--prompt", "x", "--out", out]), "is not a folder");
+    assert_user_error(
+        &base(&[
+            "--init-noise",
+            noise.to_str().unwrap(),
+            "--width",
+            "32",
+            "--height",
+            "32",
+        ]),
+        "init noise has shape",
+    );
+    assert_user_error(
+        &krya(
+            t,
+            &[
+                "generate",
+                "--model",
+                "nobody/nothing",
+                "--prompt",
+                "x",
+                "--out",
+                out,
+            ],
+        ),
+        "not in the Hugging Face cache",
+    );
+    assert_user_error(
+        &krya(
+            t,
+            &[
+                "generate",
+                "--model",
+                "./no-such-dir",
+                "--prompt",
+                "x",
+                "--out",
+                out,
+            ],
+        ),
+        "is not a folder",
+    );
     assert_user_error(&base(&["--batch", "0"]), "--batch must be between 1 and 64");
     let broken = t.join("broken");
     std::fs::create_dir_all(broken.join("unet")).unwrap();
     std::fs::create_dir_all(broken.join("vae")).unwrap();
     std::fs::write(broken.join("unet/config.json"), "{ not json").unwrap();
-    assert_user_error(&krya(t, &["generate", "--model", broken.to_str().unwrap(), "--prompt", "x", "--out", out]), "unet config");
+    assert_user_error(
+        &krya(
+            t,
+            &[
+                "generate",
+                "--model",
+                broken.to_str().unwrap(),
+                "--prompt",
+                "x",
+                "--out",
+                out,
+            ],
+        ),
+        "unet config",
+    );
     assert!(!Path::new(out).exists(), "no output on failure");
 }

@@ -16,7 +16,9 @@ use crate::{EngineError, Result};
 
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => EngineError::NotFound(format!("{} is missing", path.display())),
+        std::io::ErrorKind::NotFound => {
+            EngineError::NotFound(format!("{} is missing", path.display()))
+        }
         _ => EngineError::io(path, e),
     })
 }
@@ -32,19 +34,30 @@ fn with_path<T>(r: Result<T>, path: &Path) -> Result<T> {
 /// variant, then a sharded index.
 pub fn component_weights(dir: &Path) -> Result<Vec<PathBuf>> {
     for stem in ["diffusion_pytorch_model", "model"] {
-        for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
+        for name in [
+            format!("{stem}.safetensors"),
+            format!("{stem}.fp16.safetensors"),
+        ] {
             let p = dir.join(&name);
             if p.is_file() {
                 return Ok(vec![p]);
             }
         }
-        for name in [format!("{stem}.safetensors.index.json"), format!("{stem}.safetensors.index.fp16.json")] {
+        for name in [
+            format!("{stem}.safetensors.index.json"),
+            format!("{stem}.safetensors.index.fp16.json"),
+        ] {
             let p = dir.join(&name);
             if p.is_file() {
-                let index: Value = serde_json::from_str(&read_text(&p)?).map_err(|e| EngineError::bad_model(&p, e.to_string()))?;
+                let index: Value = serde_json::from_str(&read_text(&p)?)
+                    .map_err(|e| EngineError::bad_model(&p, e.to_string()))?;
                 let mut files: Vec<String> = index["weight_map"]
                     .as_object()
-                    .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|m| {
+                        m.values()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 files.sort();
                 files.dedup();
@@ -52,11 +65,15 @@ pub fn component_weights(dir: &Path) -> Result<Vec<PathBuf>> {
             }
         }
     }
-    Err(EngineError::NotFound(format!("{}: no .safetensors weights found", dir.display())))
+    Err(EngineError::NotFound(format!(
+        "{}: no .safetensors weights found",
+        dir.display()
+    )))
 }
 
 fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    serde_json::from_str(&read_text(path)?).map_err(|e| EngineError::bad_model(path, format!("invalid config: {e}")))
+    serde_json::from_str(&read_text(path)?)
+        .map_err(|e| EngineError::bad_model(path, format!("invalid config: {e}")))
 }
 
 /// Loads the UNet, VAE, text encoders, tokenizers and scheduler config of a diffusers folder.
@@ -67,22 +84,38 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
             dir.display()
         )));
     }
-    let index: Value = if dir.join("model_index.json").is_file() { load_json(&dir.join("model_index.json"))? } else { Value::Null };
+    let index: Value = if dir.join("model_index.json").is_file() {
+        load_json(&dir.join("model_index.json"))?
+    } else {
+        Value::Null
+    };
 
     let unet_cfg_path = dir.join("unet/config.json");
-    let unet_cfg = with_path(UNetConfig::from_json(&read_text(&unet_cfg_path)?), &unet_cfg_path)?;
+    let unet_cfg = with_path(
+        UNetConfig::from_json(&read_text(&unet_cfg_path)?),
+        &unet_cfg_path,
+    )?;
     let w = Weights::mmap(&component_weights(&dir.join("unet"))?)?;
-    let unet = with_path(UNet2DConditionModel::new(unet_cfg, w.var_builder(dtype, device)), &unet_cfg_path)?;
+    let unet = with_path(
+        UNet2DConditionModel::new(unet_cfg, w.var_builder(dtype, device)),
+        &unet_cfg_path,
+    )?;
     w.check_all_used()?;
 
     let vae_cfg: VaeConfig = load_json(&dir.join("vae/config.json"))?;
     let w = Weights::mmap(&component_weights(&dir.join("vae"))?)?;
-    let vae = with_path(AutoencoderKL::new(vae_cfg, w.var_builder(dtype, device)), &dir.join("vae/config.json"))?;
+    let vae = with_path(
+        AutoencoderKL::new(vae_cfg, w.var_builder(dtype, device)),
+        &dir.join("vae/config.json"),
+    )?;
     w.check_all_used()?;
 
     let mut tokenizers = Vec::new();
     let mut text_encoders = Vec::new();
-    for (enc, tok) in [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")] {
+    for (enc, tok) in [
+        ("text_encoder", "tokenizer"),
+        ("text_encoder_2", "tokenizer_2"),
+    ] {
         let enc_dir = dir.join(enc);
         if !enc_dir.is_dir() {
             continue;
@@ -90,22 +123,50 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
         let cfg_path = enc_dir.join("config.json");
         let cfg: ClipTextConfig = load_json(&cfg_path)?;
         let w = Weights::mmap(&component_weights(&enc_dir)?)?;
-        text_encoders.push(with_path(ClipTextModel::new(cfg, w.var_builder(dtype, device)), &cfg_path)?);
+        text_encoders.push(with_path(
+            ClipTextModel::new(cfg, w.var_builder(dtype, device)),
+            &cfg_path,
+        )?);
         w.check_all_used()?;
         tokenizers.push(ClipTokenizer::from_dir(&dir.join(tok))?);
     }
     if text_encoders.is_empty() {
-        return Err(EngineError::NotFound(format!("{}: no text_encoder/ folder", dir.display())));
+        return Err(EngineError::NotFound(format!(
+            "{}: no text_encoder/ folder",
+            dir.display()
+        )));
     }
 
     let sched_path = dir.join("scheduler/scheduler_config.json");
-    let scheduler_config =
-        if sched_path.is_file() { with_path(SchedulerConfig::from_json(&read_text(&sched_path)?), &sched_path)? } else { SchedulerConfig::default() };
+    let scheduler_config = if sched_path.is_file() {
+        with_path(
+            SchedulerConfig::from_json(&read_text(&sched_path)?),
+            &sched_path,
+        )?
+    } else {
+        SchedulerConfig::default()
+    };
 
     let sdxl = unet.needs_added_cond();
-    let force_zeros = index.get("force_zeros_for_empty_prompt").and_then(|v| v.as_bool()).unwrap_or(sdxl);
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let model = assemble(name, tokenizers, text_encoders, unet, vae, scheduler_config, force_zeros, device, dtype)?;
+    let force_zeros = index
+        .get("force_zeros_for_empty_prompt")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(sdxl);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let model = assemble(
+        name,
+        tokenizers,
+        text_encoders,
+        unet,
+        vae,
+        scheduler_config,
+        force_zeros,
+        device,
+        dtype,
+    )?;
     Ok(model)
 }
 
@@ -131,23 +192,40 @@ pub(crate) fn assemble(
     if cross != ctx {
         return Err(EngineError::bad_model(
             &name,
-            format!("the UNet expects {cross}-wide text embeddings but the text encoders give {ctx}"),
+            format!(
+                "the UNet expects {cross}-wide text embeddings but the text encoders give {ctx}"
+            ),
         ));
     }
     let lc = vae.config.latent_channels;
     let inc = unet.config.in_channels;
     if inc != lc && inc != 2 * lc + 1 {
-        return Err(EngineError::bad_model(&name, format!("UNet in_channels {inc} fits neither {lc} latent channels nor inpainting")));
+        return Err(EngineError::bad_model(
+            &name,
+            format!("UNet in_channels {inc} fits neither {lc} latent channels nor inpainting"),
+        ));
     }
     if let Some((input, tdim)) = unet.added_cond_dims() {
         let pooled = text_encoders.last().map(|e| e.pooled_dim()).unwrap_or(0);
         if input != pooled + 6 * tdim {
-            return Err(EngineError::bad_model(&name, format!("add_embedding takes {input} inputs but pooled text ({pooled}) + 6 x {tdim} time ids differ")));
+            return Err(EngineError::bad_model(
+                &name,
+                format!(
+                    "add_embedding takes {input} inputs but pooled text ({pooled}) + 6 x {tdim} time ids differ"
+                ),
+            ));
         }
     }
     let size = unet.config.sample_size.unwrap_or(64) * vae.config.scale_factor();
     let (steps, guidance) = match scheduler_config.class_name.as_deref() {
-        Some("LCMScheduler") => (4, if unet.config.time_cond_proj_dim.is_some() { 8.0 } else { 1.0 }),
+        Some("LCMScheduler") => (
+            4,
+            if unet.config.time_cond_proj_dim.is_some() {
+                8.0
+            } else {
+                1.0
+            },
+        ),
         // Distilled one-step models (SD-Turbo, SDXL-Turbo) ship trailing Euler schedules.
         _ if scheduler_config.timestep_spacing == Some(TimestepSpacing::Trailing) => (1, 0.0),
         _ => (30, if unet.needs_added_cond() { 5.0 } else { 7.5 }),
@@ -160,7 +238,12 @@ pub(crate) fn assemble(
         vae,
         scheduler_config,
         force_zeros_for_empty_prompt,
-        defaults: Defaults { steps, guidance, width: size, height: size },
+        defaults: Defaults {
+            steps,
+            guidance,
+            width: size,
+            height: size,
+        },
         device: device.clone(),
         dtype,
     })

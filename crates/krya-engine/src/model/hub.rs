@@ -15,7 +15,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache/huggingface/hub")
 }
 
@@ -27,7 +29,10 @@ pub fn repo_dir(repo: &str) -> PathBuf {
 /// The snapshot folder of `repo` at `revision` if it is in the cache.
 pub fn cached_snapshot(repo: &str, revision: &str) -> Option<PathBuf> {
     let dir = repo_dir(repo);
-    let commit = std::fs::read_to_string(dir.join("refs").join(revision)).ok().map(|s| s.trim().to_string()).unwrap_or_else(|| revision.to_string());
+    let commit = std::fs::read_to_string(dir.join("refs").join(revision))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| revision.to_string());
     let snap = dir.join("snapshots").join(commit);
     snap.join("model_index.json").is_file().then_some(snap)
 }

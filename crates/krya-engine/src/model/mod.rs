@@ -36,10 +36,17 @@ impl ModelSource {
             return Ok(ModelSource::Checkpoint(path.to_path_buf()));
         }
         let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
-        let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
         match repo.split_once('/') {
             Some((owner, name)) if valid(owner) && valid(name) && !spec.starts_with('.') => {
-                Ok(ModelSource::Hub { repo: repo.to_string(), revision: revision.to_string() })
+                Ok(ModelSource::Hub {
+                    repo: repo.to_string(),
+                    revision: revision.to_string(),
+                })
             }
             _ => Err(EngineError::NotFound(format!(
                 "model {spec:?} is not a folder, a checkpoint file or a Hugging Face repo id (owner/name)"
@@ -56,6 +63,8 @@ pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<Stabl
             "{}: single-file checkpoints are not supported yet; convert it to a diffusers folder",
             path.display()
         ))),
-        ModelSource::Hub { repo, revision } => diffusers::load(&hub::require_snapshot(repo, revision)?, device, dtype),
+        ModelSource::Hub { repo, revision } => {
+            diffusers::load(&hub::require_snapshot(repo, revision)?, device, dtype)
+        }
     }
 }

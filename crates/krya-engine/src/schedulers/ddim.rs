@@ -2,7 +2,10 @@
 
 use candle_core::Tensor;
 
-use super::{PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, alpha_pred_original, arange, linspace};
+use super::{
+    PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, alpha_pred_original,
+    arange, linspace,
+};
 use crate::Result;
 use crate::rng::BatchRng;
 
@@ -16,17 +19,29 @@ pub struct Ddim {
 }
 
 /// Integer timesteps for DDIM-style schedulers (DDIM, and the DDPM `add_noise`).
-pub(crate) fn integer_timesteps(c: &SchedulerConfig, steps: usize, default: TimestepSpacing) -> Vec<f64> {
+pub(crate) fn integer_timesteps(
+    c: &SchedulerConfig,
+    steps: usize,
+    default: TimestepSpacing,
+) -> Vec<f64> {
     let n = c.num_train_timesteps;
     match c.spacing_or(default) {
-        TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps).into_iter().rev().map(f64::round_ties_even).collect(),
+        TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(f64::round_ties_even)
+            .collect(),
         TimestepSpacing::Leading => {
             let ratio = n / steps;
-            (0..steps).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio + c.steps_offset) as f64)
+                .collect()
         }
-        TimestepSpacing::Trailing => {
-            arange(n as f64, 0.0, -(n as f64 / steps as f64)).into_iter().map(|t| t.round_ties_even() - 1.0).collect()
-        }
+        TimestepSpacing::Trailing => arange(n as f64, 0.0, -(n as f64 / steps as f64))
+            .into_iter()
+            .map(|t| t.round_ties_even() - 1.0)
+            .collect(),
     }
 }
 
@@ -59,11 +74,21 @@ impl Scheduler for Ddim {
     fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
         Ok(sample.clone())
     }
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, _rng: &mut BatchRng) -> Result<StepOutput> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        _rng: &mut BatchRng,
+    ) -> Result<StepOutput> {
         let t = self.timesteps[i] as i64;
         let prev_t = t - self.step_ratio as i64;
         let a_t = self.ac[t as usize];
-        let a_prev = if prev_t >= 0 { self.ac[prev_t as usize] } else { self.final_alpha_cumprod };
+        let a_prev = if prev_t >= 0 {
+            self.ac[prev_t as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
         let b_t = 1.0 - a_t;
         let mut x0 = alpha_pred_original(self.pred, model_output, sample, a_t)?;
         let eps = match self.pred {
@@ -75,7 +100,10 @@ impl Scheduler for Ddim {
             x0 = x0.clamp(-r as f32, r as f32)?;
         }
         let prev_sample = ((&x0 * a_prev.sqrt())? + (eps * (1.0 - a_prev).sqrt())?)?;
-        Ok(StepOutput { prev_sample, denoised: x0 })
+        Ok(StepOutput {
+            prev_sample,
+            denoised: x0,
+        })
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         ddpm_add_noise(original, noise, self.ac[self.timesteps[i] as usize])

@@ -4,7 +4,10 @@
 
 use candle_core::Tensor;
 
-use super::{PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, arange, f32r, interp_index, karras_sigmas, linspace, sigma_to_t, train_sigmas};
+use super::{
+    PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, arange, f32r,
+    interp_index, karras_sigmas, linspace, sigma_to_t, train_sigmas,
+};
 use crate::rng::BatchRng;
 use crate::{Result, invalid};
 
@@ -35,17 +38,25 @@ impl DpmPp2m {
         let n = c.num_train_timesteps;
         let mut timesteps: Vec<f64> = match c.spacing_or(TimestepSpacing::Linspace) {
             TimestepSpacing::Linspace => {
-                let mut t: Vec<f64> = linspace(0.0, (n - 1) as f64, steps + 1).into_iter().map(f64::round_ties_even).rev().collect();
+                let mut t: Vec<f64> = linspace(0.0, (n - 1) as f64, steps + 1)
+                    .into_iter()
+                    .map(f64::round_ties_even)
+                    .rev()
+                    .collect();
                 t.pop();
                 t
             }
             TimestepSpacing::Leading => {
                 let ratio = n / (steps + 1);
-                (1..=steps).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
+                (1..=steps)
+                    .rev()
+                    .map(|i| (i * ratio + c.steps_offset) as f64)
+                    .collect()
             }
-            TimestepSpacing::Trailing => {
-                arange(n as f64, 0.0, -(n as f64 / steps as f64)).into_iter().map(|t| t.round_ties_even() - 1.0).collect()
-            }
+            TimestepSpacing::Trailing => arange(n as f64, 0.0, -(n as f64 / steps as f64))
+                .into_iter()
+                .map(|t| t.round_ties_even() - 1.0)
+                .collect(),
         };
         let train = train_sigmas(&ac);
         let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
@@ -70,7 +81,11 @@ impl DpmPp2m {
                 sigmas.push(train[0]);
                 false
             }
-            other => return Err(invalid!("scheduler config: final_sigmas_type {other:?} is not supported")),
+            other => {
+                return Err(invalid!(
+                    "scheduler config: final_sigmas_type {other:?} is not supported"
+                ));
+            }
         };
         Ok(Self {
             timesteps,
@@ -93,7 +108,13 @@ impl Scheduler for DpmPp2m {
     fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
         Ok(sample.clone())
     }
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, _rng: &mut BatchRng) -> Result<StepOutput> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        _rng: &mut BatchRng,
+    ) -> Result<StepOutput> {
         let n = self.timesteps.len();
         let lower_order_final = i == n - 1 && (n < 15 || self.final_zero);
         let lower_order_second = i + 2 == n && n < 15;
@@ -110,7 +131,8 @@ impl Scheduler for DpmPp2m {
         let st = self.sigmas[i + 1];
         let (alpha_t, sigma_t) = alpha_sigma(st);
         let h = lambda(st) - lambda(s0);
-        let first_order = self.lower_order_nums < 1 || lower_order_final || self.prev_output.is_none();
+        let first_order =
+            self.lower_order_nums < 1 || lower_order_final || self.prev_output.is_none();
         let coef = alpha_t * ((-h).exp() - 1.0);
         let ratio = sigma_t / sigma_s0;
         let prev_sample = if first_order {
@@ -128,7 +150,10 @@ impl Scheduler for DpmPp2m {
             self.lower_order_nums += 1;
         }
         self.prev_output = Some(x0.clone());
-        Ok(StepOutput { prev_sample, denoised: x0 })
+        Ok(StepOutput {
+            prev_sample,
+            denoised: x0,
+        })
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         let (a, s) = alpha_sigma(self.sigmas[i]);

@@ -2,7 +2,10 @@
 
 use candle_core::Tensor;
 
-use super::{PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, arange, f32r, interp_index, karras_sigmas, linspace, sigma_pred_original, sigma_to_t, train_sigmas};
+use super::{
+    PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, arange, f32r,
+    interp_index, karras_sigmas, linspace, sigma_pred_original, sigma_to_t, train_sigmas,
+};
 use crate::rng::BatchRng;
 use crate::{Result, invalid};
 
@@ -24,14 +27,21 @@ impl SigmaSchedule {
         let n = c.num_train_timesteps;
         let spacing = c.spacing_or(TimestepSpacing::Linspace);
         let mut timesteps: Vec<f64> = match spacing {
-            TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps).into_iter().rev().collect(),
+            TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
+                .into_iter()
+                .rev()
+                .collect(),
             TimestepSpacing::Leading => {
                 let ratio = n / steps;
-                (0..steps).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
+                (0..steps)
+                    .rev()
+                    .map(|i| (i * ratio + c.steps_offset) as f64)
+                    .collect()
             }
-            TimestepSpacing::Trailing => {
-                arange(n as f64, 0.0, -(n as f64 / steps as f64)).into_iter().map(|t| t.round_ties_even() - 1.0).collect()
-            }
+            TimestepSpacing::Trailing => arange(n as f64, 0.0, -(n as f64 / steps as f64))
+                .into_iter()
+                .map(|t| t.round_ties_even() - 1.0)
+                .collect(),
         };
         let train = train_sigmas(&ac);
         let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
@@ -41,7 +51,11 @@ impl SigmaSchedule {
                 let (lo, hi) = (train[0].ln(), train[n - 1].ln());
                 linspace(hi, lo, steps).into_iter().map(f64::exp).collect()
             }
-            other => return Err(invalid!("scheduler config: interpolation_type {other:?} is not supported")),
+            other => {
+                return Err(invalid!(
+                    "scheduler config: interpolation_type {other:?} is not supported"
+                ));
+            }
         };
         if c.use_karras_sigmas && allow_karras {
             let smin = c.sigma_min.unwrap_or(*sigmas.last().unwrap());
@@ -49,13 +63,19 @@ impl SigmaSchedule {
             sigmas = karras_sigmas(smin, smax, steps);
             timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
         }
-        if c.timestep_type.as_deref() == Some("continuous") && c.prediction_type == PredictionType::VPrediction {
+        if c.timestep_type.as_deref() == Some("continuous")
+            && c.prediction_type == PredictionType::VPrediction
+        {
             timesteps = sigmas.iter().map(|s| 0.25 * s.ln()).collect();
         }
         let last = match c.final_sigmas_type.as_deref().unwrap_or("zero") {
             "zero" => 0.0,
             "sigma_min" => train[0],
-            other => return Err(invalid!("scheduler config: final_sigmas_type {other:?} is not supported")),
+            other => {
+                return Err(invalid!(
+                    "scheduler config: final_sigmas_type {other:?} is not supported"
+                ));
+            }
         };
         sigmas.push(last);
         let sigmas: Vec<f64> = sigmas.into_iter().map(f32r).collect();
@@ -65,7 +85,11 @@ impl SigmaSchedule {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
             TimestepSpacing::Leading => f32r((max * max + 1.0).sqrt()),
         };
-        Ok(Self { timesteps, sigmas, init_noise_sigma })
+        Ok(Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+        })
     }
 
     pub fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
@@ -86,7 +110,10 @@ pub struct Euler {
 
 impl Euler {
     pub fn new(c: &SchedulerConfig, steps: usize) -> Result<Self> {
-        Ok(Self { s: SigmaSchedule::new(c, steps, true)?, pred: c.prediction_type })
+        Ok(Self {
+            s: SigmaSchedule::new(c, steps, true)?,
+            pred: c.prediction_type,
+        })
     }
 }
 
@@ -100,13 +127,22 @@ impl Scheduler for Euler {
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor> {
         self.s.scale_model_input(sample, i)
     }
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, _rng: &mut BatchRng) -> Result<StepOutput> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        _rng: &mut BatchRng,
+    ) -> Result<StepOutput> {
         let sigma = self.s.sigmas[i];
         let denoised = sigma_pred_original(self.pred, model_output, sample, sigma)?;
         let derivative = ((sample - &denoised)? / sigma)?;
         let dt = self.s.sigmas[i + 1] - sigma;
         let prev_sample = (sample + (derivative * dt)?)?;
-        Ok(StepOutput { prev_sample, denoised })
+        Ok(StepOutput {
+            prev_sample,
+            denoised,
+        })
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         self.s.add_noise(original, noise, i)

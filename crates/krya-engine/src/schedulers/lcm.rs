@@ -4,8 +4,10 @@
 
 use candle_core::Tensor;
 
-use super::{PredictionType, Scheduler, SchedulerConfig, StepOutput, alpha_pred_original, noise_like};
 use super::ddim::ddpm_add_noise;
+use super::{
+    PredictionType, Scheduler, SchedulerConfig, StepOutput, alpha_pred_original, noise_like,
+};
 use crate::rng::BatchRng;
 use crate::{Result, invalid};
 
@@ -23,18 +25,25 @@ impl Lcm {
         let original = c.original_inference_steps;
         let k = c.num_train_timesteps / original;
         if steps > original {
-            return Err(invalid!("LCM: steps ({steps}) cannot exceed original_inference_steps ({original})"));
+            return Err(invalid!(
+                "LCM: steps ({steps}) cannot exceed original_inference_steps ({original})"
+            ));
         }
         // lcm_origin_timesteps = [1..=original] * k - 1, reversed; then evenly indexed.
         let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
         let len = origin.len();
-        let timesteps = (0..steps).map(|i| origin[(i as f64 * len as f64 / steps as f64).floor() as usize] as f64).collect();
+        let timesteps = (0..steps)
+            .map(|i| origin[(i as f64 * len as f64 / steps as f64).floor() as usize] as f64)
+            .collect();
         Ok(Self {
             timesteps,
             ac,
             pred: c.prediction_type,
             timestep_scaling: c.timestep_scaling,
-            clip: c.clip_sample.unwrap_or(false).then_some(c.clip_sample_range),
+            clip: c
+                .clip_sample
+                .unwrap_or(false)
+                .then_some(c.clip_sample_range),
         })
     }
 }
@@ -49,11 +58,21 @@ impl Scheduler for Lcm {
     fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
         Ok(sample.clone())
     }
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, rng: &mut BatchRng) -> Result<StepOutput> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        rng: &mut BatchRng,
+    ) -> Result<StepOutput> {
         let t = self.timesteps[i];
         let last = i + 1 == self.timesteps.len();
         let a_t = self.ac[t as usize];
-        let a_prev = if last { a_t } else { self.ac[self.timesteps[i + 1] as usize] };
+        let a_prev = if last {
+            a_t
+        } else {
+            self.ac[self.timesteps[i + 1] as usize]
+        };
         // Boundary condition scalings (sigma_data = 0.5).
         let scaled = t * self.timestep_scaling;
         let c_skip = 0.25 / (scaled * scaled + 0.25);
@@ -69,7 +88,10 @@ impl Scheduler for Lcm {
             let noise = noise_like(model_output, rng)?;
             ddpm_add_noise(&denoised, &noise, a_prev)?
         };
-        Ok(StepOutput { prev_sample, denoised })
+        Ok(StepOutput {
+            prev_sample,
+            denoised,
+        })
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         ddpm_add_noise(original, noise, self.ac[self.timesteps[i] as usize])

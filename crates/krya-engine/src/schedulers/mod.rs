@@ -131,20 +131,48 @@ impl SchedulerConfig {
     pub fn alphas_cumprod(&self) -> Result<Vec<f64>> {
         let n = self.num_train_timesteps;
         let betas: Vec<f64> = match self.beta_schedule.as_str() {
-            "linear" => linspace(self.beta_start, self.beta_end, n).into_iter().map(f32r).collect(),
-            "scaled_linear" => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n).into_iter().map(|b| f32r(f32r(b).powi(2))).collect(),
+            "linear" => linspace(self.beta_start, self.beta_end, n)
+                .into_iter()
+                .map(f32r)
+                .collect(),
+            "scaled_linear" => linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| f32r(f32r(b).powi(2)))
+                .collect(),
             "squaredcos_cap_v2" => {
-                let f = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
-                (0..n).map(|i| f32r((1.0 - f((i + 1) as f64 / n as f64) / f(i as f64 / n as f64)).min(0.999))).collect()
+                let f = |t: f64| {
+                    ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                        .cos()
+                        .powi(2)
+                };
+                (0..n)
+                    .map(|i| {
+                        f32r(
+                            (1.0 - f((i + 1) as f64 / n as f64) / f(i as f64 / n as f64))
+                                .min(0.999),
+                        )
+                    })
+                    .collect()
             }
-            other => return Err(invalid!("scheduler config: beta_schedule {other:?} is not supported")),
+            other => {
+                return Err(invalid!(
+                    "scheduler config: beta_schedule {other:?} is not supported"
+                ));
+            }
         };
-        let betas = if self.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas };
+        let betas = if self.rescale_betas_zero_snr {
+            rescale_zero_terminal_snr(&betas)
+        } else {
+            betas
+        };
         let mut acc = 1.0f32;
-        Ok(betas.iter().map(|b| {
-            acc *= 1.0 - *b as f32;
-            acc as f64
-        }).collect())
+        Ok(betas
+            .iter()
+            .map(|b| {
+                acc *= 1.0 - *b as f32;
+                acc as f64
+            })
+            .collect())
     }
 
     pub fn spacing_or(&self, default: TimestepSpacing) -> TimestepSpacing {
@@ -160,10 +188,13 @@ pub(crate) fn f32r(x: f64) -> f64 {
 /// diffusers' `rescale_zero_terminal_snr` (arXiv:2305.08891, algorithm 1).
 fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
     let mut acc = 1.0;
-    let mut sqrt_ac: Vec<f64> = betas.iter().map(|b| {
-        acc *= 1.0 - b;
-        f64::sqrt(acc)
-    }).collect();
+    let mut sqrt_ac: Vec<f64> = betas
+        .iter()
+        .map(|b| {
+            acc *= 1.0 - b;
+            f64::sqrt(acc)
+        })
+        .collect();
     let (first, last) = (sqrt_ac[0], *sqrt_ac.last().unwrap());
     for v in &mut sqrt_ac {
         *v = (*v - last) * first / (first - last);
@@ -205,7 +236,11 @@ pub(crate) fn interp_index(x: f64, fp: &[f64]) -> f64 {
     }
     let i = x.floor() as usize;
     let w = x - i as f64;
-    if w == 0.0 { fp[i] } else { fp[i] + (fp[i + 1] - fp[i]) * w }
+    if w == 0.0 {
+        fp[i]
+    } else {
+        fp[i] + (fp[i + 1] - fp[i]) * w
+    }
 }
 
 /// `((1 - ac) / ac) ** 0.5` per training step, as float32.
@@ -217,7 +252,10 @@ pub(crate) fn train_sigmas(ac: &[f64]) -> Vec<f64> {
 pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
     let rho = 7.0;
     let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
-    linspace(0.0, 1.0, n).into_iter().map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho)).collect()
+    linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+        .collect()
 }
 
 /// diffusers' `_sigma_to_t`: the fractional training step whose sigma is `sigma`,
@@ -226,13 +264,20 @@ pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     let count = log_sigmas.iter().filter(|&&l| log_sigma - l >= 0.0).count();
     // argmax of the cumulative sum of (dists >= 0): the last index where it holds.
-    let low = if count == 0 { 0 } else {
+    let low = if count == 0 {
+        0
+    } else {
         let mut cum = 0;
         let mut best = 0;
         let mut best_val = -1i64;
         for (i, &l) in log_sigmas.iter().enumerate() {
-            if log_sigma - l >= 0.0 { cum += 1; }
-            if cum > best_val { best_val = cum; best = i; }
+            if log_sigma - l >= 0.0 {
+                cum += 1;
+            }
+            if cum > best_val {
+                best_val = cum;
+                best = i;
+            }
         }
         best
     };
@@ -258,7 +303,13 @@ pub trait Scheduler: Send {
     /// Scales the UNet input at step `i` (sigma-based schedulers divide by `sqrt(σ²+1)`).
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor>;
     /// Advances `sample` from step `i`; ancestral schedulers draw noise from `rng`.
-    fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor, rng: &mut BatchRng) -> Result<StepOutput>;
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        rng: &mut BatchRng,
+    ) -> Result<StepOutput>;
     /// Noises clean latents to the level of step `i` (image-to-image, inpainting).
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor>;
 }
@@ -275,7 +326,14 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
-    pub const NAMES: &'static [&'static str] = &["euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm"];
+    pub const NAMES: &'static [&'static str] = &[
+        "euler",
+        "euler_a",
+        "ddim",
+        "dpmpp_2m",
+        "dpmpp_2m_karras",
+        "lcm",
+    ];
 
     pub fn parse(name: &str) -> Result<Self> {
         Ok(match name {
@@ -285,7 +343,12 @@ impl SchedulerKind {
             "dpmpp_2m" => Self::DpmPp2m,
             "dpmpp_2m_karras" => Self::DpmPp2mKarras,
             "lcm" => Self::Lcm,
-            other => return Err(invalid!("unknown scheduler {other:?}; use one of {}", Self::NAMES.join(", "))),
+            other => {
+                return Err(invalid!(
+                    "unknown scheduler {other:?}; use one of {}",
+                    Self::NAMES.join(", ")
+                ));
+            }
         })
     }
 
@@ -314,18 +377,24 @@ impl SchedulerKind {
 
     /// The scheduler a model ships with, from its config's `_class_name`.
     pub fn from_config(config: &SchedulerConfig) -> Result<Self> {
-        Ok(match config.class_name.as_deref().unwrap_or("PNDMScheduler") {
-            "EulerDiscreteScheduler" => Self::Euler,
-            "EulerAncestralDiscreteScheduler" => Self::EulerAncestral,
-            "DDIMScheduler" => Self::Ddim,
-            "DPMSolverMultistepScheduler" => {
-                if config.use_karras_sigmas { Self::DpmPp2mKarras } else { Self::DpmPp2m }
-            }
-            "LCMScheduler" => Self::Lcm,
-            // PNDM (the SD 1.x default) and others without an implementation here:
-            // Euler is the closest general-purpose sampler.
-            _ => Self::Euler,
-        })
+        Ok(
+            match config.class_name.as_deref().unwrap_or("PNDMScheduler") {
+                "EulerDiscreteScheduler" => Self::Euler,
+                "EulerAncestralDiscreteScheduler" => Self::EulerAncestral,
+                "DDIMScheduler" => Self::Ddim,
+                "DPMSolverMultistepScheduler" => {
+                    if config.use_karras_sigmas {
+                        Self::DpmPp2mKarras
+                    } else {
+                        Self::DpmPp2m
+                    }
+                }
+                "LCMScheduler" => Self::Lcm,
+                // PNDM (the SD 1.x default) and others without an implementation here:
+                // Euler is the closest general-purpose sampler.
+                _ => Self::Euler,
+            },
+        )
     }
 
     /// Sets up the scheduler for `steps` inference steps.
@@ -334,7 +403,10 @@ impl SchedulerKind {
             return Err(invalid!("steps must be at least 1"));
         }
         if steps > config.num_train_timesteps {
-            return Err(invalid!("steps ({steps}) cannot exceed the model's {} training timesteps", config.num_train_timesteps));
+            return Err(invalid!(
+                "steps ({steps}) cannot exceed the model's {} training timesteps",
+                config.num_train_timesteps
+            ));
         }
         Ok(match self {
             Self::Euler => Box::new(Euler::new(config, steps)?),
@@ -349,7 +421,12 @@ impl SchedulerKind {
 
 /// The clean-sample estimate from a model output at noise level `sigma`
 /// (k-diffusion parameterisation: `x = x0 + σ ε`).
-pub(crate) fn sigma_pred_original(pred: PredictionType, model_output: &Tensor, sample: &Tensor, sigma: f64) -> Result<Tensor> {
+pub(crate) fn sigma_pred_original(
+    pred: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    sigma: f64,
+) -> Result<Tensor> {
     Ok(match pred {
         PredictionType::Epsilon => (sample - (model_output * sigma)?)?,
         PredictionType::VPrediction => {
@@ -361,11 +438,20 @@ pub(crate) fn sigma_pred_original(pred: PredictionType, model_output: &Tensor, s
 }
 
 /// The clean-sample estimate from a model output at `alpha_prod_t` (DDPM parameterisation).
-pub(crate) fn alpha_pred_original(pred: PredictionType, model_output: &Tensor, sample: &Tensor, alpha_prod_t: f64) -> Result<Tensor> {
+pub(crate) fn alpha_pred_original(
+    pred: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    alpha_prod_t: f64,
+) -> Result<Tensor> {
     let beta = 1.0 - alpha_prod_t;
     Ok(match pred {
-        PredictionType::Epsilon => ((sample - (model_output * beta.sqrt())?)? / alpha_prod_t.sqrt())?,
-        PredictionType::VPrediction => ((sample * alpha_prod_t.sqrt())? - (model_output * beta.sqrt())?)?,
+        PredictionType::Epsilon => {
+            ((sample - (model_output * beta.sqrt())?)? / alpha_prod_t.sqrt())?
+        }
+        PredictionType::VPrediction => {
+            ((sample * alpha_prod_t.sqrt())? - (model_output * beta.sqrt())?)?
+        }
         PredictionType::Sample => model_output.clone(),
     })
 }
@@ -373,7 +459,9 @@ pub(crate) fn alpha_pred_original(pred: PredictionType, model_output: &Tensor, s
 /// Per-image noise shaped like `like` (one generator per image).
 pub(crate) fn noise_like(like: &Tensor, rng: &mut BatchRng) -> Result<Tensor> {
     let dims = like.dims();
-    Ok(rng.randn(&dims[1..], like.device())?.to_dtype(like.dtype())?)
+    Ok(rng
+        .randn(&dims[1..], like.device())?
+        .to_dtype(like.dtype())?)
 }
 
 #[cfg(test)]
@@ -383,7 +471,10 @@ mod tests {
     #[test]
     fn numpy_helpers() {
         assert_eq!(linspace(0.0, 999.0, 4), vec![0.0, 333.0, 666.0, 999.0]);
-        assert_eq!(arange(1000.0, 0.0, -250.0), vec![1000.0, 750.0, 500.0, 250.0]);
+        assert_eq!(
+            arange(1000.0, 0.0, -250.0),
+            vec![1000.0, 750.0, 500.0, 250.0]
+        );
         assert_eq!(arange(1000.0, 0.0, -1000.0 / 3.0).len(), 3);
         assert_eq!(interp_index(1.5, &[0.0, 1.0, 3.0]), 2.0);
     }

@@ -3,7 +3,9 @@
 //! `models/upsampling.py`) so weight names load as they are stored.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder, conv2d, group_norm, linear, linear_b};
+use candle_nn::{
+    Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder, conv2d, group_norm, linear, linear_b,
+};
 
 use crate::Result;
 
@@ -30,8 +32,25 @@ impl Act {
     }
 }
 
-pub fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> Result<Conv2d> {
-    Ok(conv2d(cin, cout, k, Conv2dConfig { padding, stride, ..Default::default() }, vb)?)
+pub fn conv(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
+    Ok(conv2d(
+        cin,
+        cout,
+        k,
+        Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        },
+        vb,
+    )?)
 }
 
 /// diffusers' `ResnetBlock2D` with the "default" time-embedding mode.
@@ -65,25 +84,40 @@ impl ResnetBlock2D {
             },
             norm2: group_norm(p.groups, cout, p.eps, vb.pp("norm2"))?,
             conv2: conv(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
-            shortcut: if cin != cout { Some(conv(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
+            shortcut: if cin != cout {
+                Some(conv(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
+            } else {
+                None
+            },
             act: p.act,
             output_scale_factor: p.output_scale_factor,
         })
     }
 
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let mut h = self.conv1.forward(&self.act.apply(&self.norm1.forward(x)?)?)?;
+        let mut h = self
+            .conv1
+            .forward(&self.act.apply(&self.norm1.forward(x)?)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&self.act.apply(temb)?)?.unsqueeze(2)?.unsqueeze(3)?;
+            let t = proj
+                .forward(&self.act.apply(temb)?)?
+                .unsqueeze(2)?
+                .unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
-        let h = self.conv2.forward(&self.act.apply(&self.norm2.forward(&h)?)?)?;
+        let h = self
+            .conv2
+            .forward(&self.act.apply(&self.norm2.forward(&h)?)?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
         let out = (skip + h)?;
-        if self.output_scale_factor == 1.0 { Ok(out) } else { out / self.output_scale_factor }
+        if self.output_scale_factor == 1.0 {
+            Ok(out)
+        } else {
+            out / self.output_scale_factor
+        }
     }
 }
 
@@ -96,7 +130,10 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn new(vb: VarBuilder, channels: usize, padding: usize) -> Result<Self> {
-        Ok(Self { conv: conv(vb.pp("conv"), channels, channels, 3, 2, padding)?, padding })
+        Ok(Self {
+            conv: conv(vb.pp("conv"), channels, channels, 3, 2, padding)?,
+            padding,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.padding == 0 {
@@ -115,7 +152,9 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     pub fn new(vb: VarBuilder, channels: usize) -> Result<Self> {
-        Ok(Self { conv: conv(vb.pp("conv"), channels, channels, 3, 1, 1)? })
+        Ok(Self {
+            conv: conv(vb.pp("conv"), channels, channels, 3, 1, 1)?,
+        })
     }
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
@@ -136,7 +175,14 @@ pub struct Attention {
 
 impl Attention {
     /// `context_dim`: the channels of the cross-attention context (`None`: self-attention).
-    pub fn new(vb: VarBuilder, query_dim: usize, context_dim: Option<usize>, heads: usize, head_dim: usize, qkv_bias: bool) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        head_dim: usize,
+        qkv_bias: bool,
+    ) -> Result<Self> {
         let inner = heads * head_dim;
         let ctx = context_dim.unwrap_or(query_dim);
         Ok(Self {
@@ -159,7 +205,9 @@ impl Attention {
         let hd = inner / self.heads;
         let split = |t: &Tensor| -> candle_core::Result<Tensor> {
             let m = t.dim(1)?;
-            t.reshape((b, m, self.heads, hd))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, m, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
         let scores = (q.matmul(&k.t()?)? * self.scale)?;

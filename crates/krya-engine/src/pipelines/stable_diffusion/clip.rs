@@ -42,7 +42,9 @@ fn default_eos() -> u32 {
 
 impl ClipTextConfig {
     pub fn has_projection(&self) -> bool {
-        self.architectures.iter().any(|a| a.contains("WithProjection"))
+        self.architectures
+            .iter()
+            .any(|a| a.contains("WithProjection"))
     }
 }
 
@@ -61,7 +63,11 @@ impl Activation {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
             "relu" => Activation::Relu,
-            other => return Err(crate::invalid!("text encoder activation {other:?} is not supported")),
+            other => {
+                return Err(crate::invalid!(
+                    "text encoder activation {other:?} is not supported"
+                ));
+            }
         })
     }
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -98,7 +104,11 @@ impl Attention {
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s, c) = x.dims3()?;
-        let split = |t: Tensor| t.reshape((b, s, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous();
+        let split = |t: Tensor| {
+            t.reshape((b, s, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let q = split((self.q.forward(x)? * (self.head_dim as f64).powf(-0.5))?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
@@ -121,7 +131,9 @@ struct EncoderLayer {
 impl EncoderLayer {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
-        let m = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
+        let m = self
+            .fc2
+            .forward(&self.act.apply(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
         h + m
     }
 }
@@ -149,7 +161,11 @@ pub struct ClipOutput {
 impl ClipTextModel {
     pub fn new(config: ClipTextConfig, vb: VarBuilder) -> Result<Self> {
         // transformers 5 saves `CLIPTextModel` keys without the `text_model.` prefix.
-        let tm = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb.clone() };
+        let tm = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb.clone()
+        };
         let c = &config;
         let act = Activation::parse(&c.hidden_act)?;
         let ln = |vb: VarBuilder| layer_norm(c.hidden_size, c.layer_norm_eps, vb);
@@ -168,13 +184,25 @@ impl ClipTextModel {
             .collect::<Result<Vec<_>>>()?;
         let projection = if c.has_projection() {
             let dim = c.projection_dim.unwrap_or(c.hidden_size);
-            Some(linear_no_bias(c.hidden_size, dim, vb.pp("text_projection"))?)
+            Some(linear_no_bias(
+                c.hidden_size,
+                dim,
+                vb.pp("text_projection"),
+            )?)
         } else {
             None
         };
         Ok(Self {
-            token_embedding: embedding(c.vocab_size, c.hidden_size, tm.pp("embeddings.token_embedding"))?,
-            position_embedding: embedding(c.max_position_embeddings, c.hidden_size, tm.pp("embeddings.position_embedding"))?,
+            token_embedding: embedding(
+                c.vocab_size,
+                c.hidden_size,
+                tm.pp("embeddings.token_embedding"),
+            )?,
+            position_embedding: embedding(
+                c.max_position_embeddings,
+                c.hidden_size,
+                tm.pp("embeddings.position_embedding"),
+            )?,
             layers,
             final_layer_norm: ln(tm.pp("final_layer_norm"))?,
             projection,
@@ -184,11 +212,19 @@ impl ClipTextModel {
 
     /// Dimension of `pooled`.
     pub fn pooled_dim(&self) -> usize {
-        if self.projection.is_some() { self.config.projection_dim.unwrap_or(self.config.hidden_size) } else { self.config.hidden_size }
+        if self.projection.is_some() {
+            self.config
+                .projection_dim
+                .unwrap_or(self.config.hidden_size)
+        } else {
+            self.config.hidden_size
+        }
     }
 
     fn causal_mask(s: usize, device: &Device) -> candle_core::Result<Tensor> {
-        let mask: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask: Vec<f32> = (0..s)
+            .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
         Tensor::from_vec(mask, (s, s), device)
     }
 
@@ -197,12 +233,18 @@ impl ClipTextModel {
         let b = ids.len();
         let s = ids[0].len();
         if s > self.config.max_position_embeddings {
-            return Err(crate::invalid!("{s} tokens exceed the text encoder's {} positions", self.config.max_position_embeddings));
+            return Err(crate::invalid!(
+                "{s} tokens exceed the text encoder's {} positions",
+                self.config.max_position_embeddings
+            ));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let input = Tensor::from_vec(flat, (b, s), device)?;
         let pos = Tensor::arange(0u32, s as u32, device)?;
-        let mut x = self.token_embedding.forward(&input)?.broadcast_add(&self.position_embedding.forward(&pos)?)?;
+        let mut x = self
+            .token_embedding
+            .forward(&input)?
+            .broadcast_add(&self.position_embedding.forward(&pos)?)?;
         let mask = Self::causal_mask(s, device)?.to_dtype(x.dtype())?;
         let mut hidden_states = vec![x.clone()];
         for layer in &self.layers {
@@ -216,18 +258,32 @@ impl ClipTextModel {
             .iter()
             .map(|row| {
                 if self.config.eos_token_id == 2 {
-                    row.iter().enumerate().max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i))).map(|(i, _)| i).unwrap_or(0)
+                    row.iter()
+                        .enumerate()
+                        .max_by_key(|(i, v)| (**v, std::cmp::Reverse(*i)))
+                        .map(|(i, _)| i)
+                        .unwrap_or(0)
                 } else {
-                    row.iter().position(|&t| t == self.config.eos_token_id).unwrap_or(0)
+                    row.iter()
+                        .position(|&t| t == self.config.eos_token_id)
+                        .unwrap_or(0)
                 }
             })
             .collect();
-        let pooled = positions.iter().enumerate().map(|(i, &p)| last.i((i, p))).collect::<candle_core::Result<Vec<_>>>()?;
+        let pooled = positions
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| last.i((i, p)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let mut pooled = Tensor::stack(&pooled, 0)?;
         if let Some(p) = &self.projection {
             pooled = p.forward(&pooled)?;
         }
-        Ok(ClipOutput { hidden_states, last_hidden_state: last, pooled })
+        Ok(ClipOutput {
+            hidden_states,
+            last_hidden_state: last,
+            pooled,
+        })
     }
 
     /// Applies the final layer norm to an intermediate hidden state (clip skip).

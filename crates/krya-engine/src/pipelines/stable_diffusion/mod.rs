@@ -157,20 +157,29 @@ impl StableDiffusion {
     }
 
     /// Encodes prompts with every text encoder: `(context [n, seq, dim], pooled [n, dim])`.
-    fn encode_prompts(&self, prompts: &[&str], clip_skip: usize) -> Result<(Tensor, Option<Tensor>)> {
+    fn encode_prompts(
+        &self,
+        prompts: &[&str],
+        clip_skip: usize,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let sdxl_style = self.unet.needs_added_cond();
         let mut contexts = Vec::new();
         let mut pooled = None;
         for (k, enc) in self.text_encoders.iter().enumerate() {
-            let (ids, weights): (Vec<_>, Vec<_>) = prompts.iter().map(|p| self.tokenize(k, p)).unzip();
+            let (ids, weights): (Vec<_>, Vec<_>) =
+                prompts.iter().map(|p| self.tokenize(k, p)).unzip();
             let out = enc.forward(&ids, &self.device)?;
             let n = out.hidden_states.len();
             let hidden = if sdxl_style {
                 // SDXL uses the penultimate layer (before the final layer norm).
-                let idx = n.checked_sub(2 + clip_skip).ok_or_else(|| invalid!("clip_skip {clip_skip} is larger than the text encoder"))?;
+                let idx = n.checked_sub(2 + clip_skip).ok_or_else(|| {
+                    invalid!("clip_skip {clip_skip} is larger than the text encoder")
+                })?;
                 out.hidden_states[idx].clone()
             } else if clip_skip > 0 {
-                let idx = n.checked_sub(1 + clip_skip).ok_or_else(|| invalid!("clip_skip {clip_skip} is larger than the text encoder"))?;
+                let idx = n.checked_sub(1 + clip_skip).ok_or_else(|| {
+                    invalid!("clip_skip {clip_skip} is larger than the text encoder")
+                })?;
                 enc.final_norm(&out.hidden_states[idx])?
             } else {
                 out.last_hidden_state
@@ -192,48 +201,82 @@ impl StableDiffusion {
 
     fn conditioning(&self, req: &GenerateRequest, batch: usize, cfg: bool) -> Result<Conditioning> {
         let (pos, pos_pooled) = self.encode_prompts(&[&req.prompt], req.clip_skip)?;
-        let repeat = |t: &Tensor| -> candle_core::Result<Tensor> { Tensor::cat(&vec![t.clone(); batch], 0) };
+        let repeat =
+            |t: &Tensor| -> candle_core::Result<Tensor> { Tensor::cat(&vec![t.clone(); batch], 0) };
         let (pos, pos_pooled) = (repeat(&pos)?, pos_pooled.map(|p| repeat(&p)).transpose()?);
         if !cfg {
-            return Ok(Conditioning { context: pos, pooled: pos_pooled });
+            return Ok(Conditioning {
+                context: pos,
+                pooled: pos_pooled,
+            });
         }
-        let (neg, neg_pooled) = if req.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
-            (pos.zeros_like()?, pos_pooled.as_ref().map(|p| p.zeros_like()).transpose()?)
-        } else {
-            let (n, np) = self.encode_prompts(&[req.negative_prompt.as_deref().unwrap_or("")], req.clip_skip)?;
-            (repeat(&n)?, np.map(|p| repeat(&p)).transpose()?)
-        };
+        let (neg, neg_pooled) =
+            if req.negative_prompt.is_none() && self.force_zeros_for_empty_prompt {
+                (
+                    pos.zeros_like()?,
+                    pos_pooled.as_ref().map(|p| p.zeros_like()).transpose()?,
+                )
+            } else {
+                let (n, np) = self.encode_prompts(
+                    &[req.negative_prompt.as_deref().unwrap_or("")],
+                    req.clip_skip,
+                )?;
+                (repeat(&n)?, np.map(|p| repeat(&p)).transpose()?)
+            };
         let pooled = match (neg_pooled, pos_pooled) {
             (Some(n), Some(p)) => Some(Tensor::cat(&[n, p], 0)?),
             _ => None,
         };
-        Ok(Conditioning { context: Tensor::cat(&[neg, pos], 0)?, pooled })
+        Ok(Conditioning {
+            context: Tensor::cat(&[neg, pos], 0)?,
+            pooled,
+        })
     }
 
     /// Posterior sample of the VAE for one image `[1, 3, h, w]`, drawn from image `i`'s generator.
     fn encode_sample(&self, image: &Tensor, rng: &mut BatchRng, i: usize) -> Result<Tensor> {
         let (mean, std) = self.vae.encode(image)?;
-        let eps = rng.randn_one(i, &mean.dims()[1..], &self.device)?.unsqueeze(0)?.to_dtype(mean.dtype())?;
+        let eps = rng
+            .randn_one(i, &mean.dims()[1..], &self.device)?
+            .unsqueeze(0)?
+            .to_dtype(mean.dtype())?;
         self.vae.scale_latents(&(mean + (std * eps)?)?)
     }
 
     /// Checks a request against this model and fills in defaults.
-    pub fn resolve(&self, req: &GenerateRequest) -> Result<(usize, usize, usize, f64, SchedulerKind)> {
+    pub fn resolve(
+        &self,
+        req: &GenerateRequest,
+    ) -> Result<(usize, usize, usize, f64, SchedulerKind)> {
         let f = self.vae_scale_factor();
-        let (iw, ih) = req.init_image.as_ref().map(|i| (i.width() as usize, i.height() as usize)).unzip();
+        let (iw, ih) = req
+            .init_image
+            .as_ref()
+            .map(|i| (i.width() as usize, i.height() as usize))
+            .unzip();
         let width = req.width.or(iw).unwrap_or(self.defaults.width);
         let height = req.height.or(ih).unwrap_or(self.defaults.height);
         if width == 0 || height == 0 || width % f != 0 || height % f != 0 {
-            return Err(invalid!("width and height must be positive multiples of {f} for this model (got {width}x{height})"));
+            return Err(invalid!(
+                "width and height must be positive multiples of {f} for this model (got {width}x{height})"
+            ));
         }
         if width * height > 4096 * 4096 {
-            return Err(invalid!("{width}x{height} is larger than the 4096x4096 this engine allows"));
+            return Err(invalid!(
+                "{width}x{height} is larger than the 4096x4096 this engine allows"
+            ));
         }
         if !(1..=64).contains(&req.batch) {
-            return Err(invalid!("batch must be between 1 and 64 (got {})", req.batch));
+            return Err(invalid!(
+                "batch must be between 1 and 64 (got {})",
+                req.batch
+            ));
         }
         if req.init_image.is_some() && !(0.0..=1.0).contains(&req.strength) {
-            return Err(invalid!("strength must be between 0 and 1 (got {})", req.strength));
+            return Err(invalid!(
+                "strength must be between 0 and 1 (got {})",
+                req.strength
+            ));
         }
         if req.mask.is_some() && req.init_image.is_none() {
             return Err(invalid!("a mask needs an init image to inpaint"));
@@ -241,11 +284,15 @@ impl StableDiffusion {
         if let (Some(mask), Some(img)) = (&req.mask, &req.init_image) {
             if mask.dimensions() != img.dimensions() {
                 let ((mw, mh), (iw, ih)) = (mask.dimensions(), img.dimensions());
-                return Err(invalid!("the mask is {mw}x{mh} but the image is {iw}x{ih}; give a mask of the same size"));
+                return Err(invalid!(
+                    "the mask is {mw}x{mh} but the image is {iw}x{ih}; give a mask of the same size"
+                ));
             }
         }
         if self.is_inpainting_unet() && req.mask.is_none() {
-            return Err(invalid!("this is an inpainting model: give an init image and a mask"));
+            return Err(invalid!(
+                "this is an inpainting model: give an init image and a mask"
+            ));
         }
         let steps = req.steps.unwrap_or(self.defaults.steps);
         let guidance = req.guidance.unwrap_or(self.defaults.guidance);
@@ -260,7 +307,12 @@ impl StableDiffusion {
     }
 
     /// Runs text-to-image, image-to-image or inpainting, depending on the request.
-    pub fn generate(&self, req: &GenerateRequest, on_step: &mut dyn FnMut(StepProgress), cancel: &CancelToken) -> Result<Generated> {
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        on_step: &mut dyn FnMut(StepProgress),
+        cancel: &CancelToken,
+    ) -> Result<Generated> {
         let (width, height, steps, guidance, kind) = self.resolve(req)?;
         let b = req.batch;
         let f = self.vae_scale_factor();
@@ -282,9 +334,20 @@ impl StableDiffusion {
             None => None,
         };
         let time_ids = if self.unet.needs_added_cond() {
-            let ids = [height as f32, width as f32, 0., 0., height as f32, width as f32];
+            let ids = [
+                height as f32,
+                width as f32,
+                0.,
+                0.,
+                height as f32,
+                width as f32,
+            ];
             let n = if cfg { 2 * b } else { b };
-            Some(Tensor::from_slice(&ids, (1, 6), dev)?.repeat((n, 1))?.to_dtype(self.dtype)?)
+            Some(
+                Tensor::from_slice(&ids, (1, 6), dev)?
+                    .repeat((n, 1))?
+                    .to_dtype(self.dtype)?,
+            )
         } else {
             None
         };
@@ -297,7 +360,10 @@ impl StableDiffusion {
             let init = ((steps as f64 * req.strength) as usize).min(steps);
             let start = steps.saturating_sub(init);
             if start >= n {
-                return Err(invalid!("strength {} with {steps} steps leaves no denoising step; raise one of them", req.strength));
+                return Err(invalid!(
+                    "strength {} with {steps} steps leaves no denoising step; raise one of them",
+                    req.strength
+                ));
             }
             start
         } else {
@@ -309,7 +375,10 @@ impl StableDiffusion {
                 Some(t) => {
                     let want = [b, lc, lh, lw];
                     if t.dims() != want {
-                        return Err(invalid!("init noise has shape {:?}; this request needs {want:?}", t.dims()));
+                        return Err(invalid!(
+                            "init noise has shape {:?}; this request needs {want:?}",
+                            t.dims()
+                        ));
                     }
                     Ok(t.to_device(dev)?.to_dtype(self.dtype)?)
                 }
@@ -317,13 +386,21 @@ impl StableDiffusion {
             }
         };
 
-        let init_image = req.init_image.as_ref().map(|img| image_io::to_tensor(img, width, height, dev)).transpose()?.map(|t| t.to_dtype(self.dtype)).transpose()?;
+        let init_image = req
+            .init_image
+            .as_ref()
+            .map(|img| image_io::to_tensor(img, width, height, dev))
+            .transpose()?
+            .map(|t| t.to_dtype(self.dtype))
+            .transpose()?;
         let mut inpaint: Option<Inpaint> = None;
         let mut latents = match (&init_image, &req.mask) {
             (None, _) => (draw_noise(&mut rng)? * scheduler.init_noise_sigma())?,
             (Some(image), None) => {
                 // Img2img: the image is repeated to the batch and each copy encoded with its own generator.
-                let init = (0..b).map(|i| self.encode_sample(image, &mut rng, i)).collect::<Result<Vec<_>>>()?;
+                let init = (0..b)
+                    .map(|i| self.encode_sample(image, &mut rng, i))
+                    .collect::<Result<Vec<_>>>()?;
                 let init = Tensor::cat(&init, 0)?;
                 let noise = draw_noise(&mut rng)?;
                 scheduler.add_noise(&init, &noise, t_start)?
@@ -331,10 +408,14 @@ impl StableDiffusion {
             (Some(image), Some(mask)) => {
                 let strength_max = req.strength == 1.0;
                 let four_channel = !self.is_inpainting_unet();
-                let mask_full = image_io::mask_to_tensor(mask, width, height, dev)?.to_dtype(self.dtype)?;
+                let mask_full =
+                    image_io::mask_to_tensor(mask, width, height, dev)?.to_dtype(self.dtype)?;
                 // The inpainting pipeline encodes the single init image with the first generator only.
                 let image_latents = if four_channel || !strength_max {
-                    Some(self.encode_sample(image, &mut rng, 0)?.repeat((b, 1, 1, 1))?)
+                    Some(
+                        self.encode_sample(image, &mut rng, 0)?
+                            .repeat((b, 1, 1, 1))?,
+                    )
                 } else {
                     None
                 };
@@ -346,9 +427,16 @@ impl StableDiffusion {
                 };
                 let keep = mask_full.lt(0.5)?.to_dtype(self.dtype)?;
                 let masked = image.broadcast_mul(&keep)?;
-                let masked_latents = self.encode_sample(&masked, &mut rng, 0)?.repeat((b, 1, 1, 1))?;
+                let masked_latents = self
+                    .encode_sample(&masked, &mut rng, 0)?
+                    .repeat((b, 1, 1, 1))?;
                 let mask_lat = nearest_downsample(&mask_full, lh, lw)?.repeat((b, 1, 1, 1))?;
-                inpaint = Some(Inpaint { mask: mask_lat, masked_latents, image_latents, noise });
+                inpaint = Some(Inpaint {
+                    mask: mask_lat,
+                    masked_latents,
+                    image_latents,
+                    noise,
+                });
                 latents
             }
         };
@@ -357,21 +445,33 @@ impl StableDiffusion {
         for (k, i) in (t_start..n).enumerate() {
             cancel.check()?;
             let t = all_timesteps[i];
-            let input = if cfg { Tensor::cat(&[&latents, &latents], 0)? } else { latents.clone() };
+            let input = if cfg {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
             let mut input = scheduler.scale_model_input(&input, i)?;
             if let (Some(ip), true) = (&inpaint, self.is_inpainting_unet()) {
                 let (m, ml) = if cfg {
-                    (Tensor::cat(&[&ip.mask, &ip.mask], 0)?, Tensor::cat(&[&ip.masked_latents, &ip.masked_latents], 0)?)
+                    (
+                        Tensor::cat(&[&ip.mask, &ip.mask], 0)?,
+                        Tensor::cat(&[&ip.masked_latents, &ip.masked_latents], 0)?,
+                    )
                 } else {
                     (ip.mask.clone(), ip.masked_latents.clone())
                 };
                 input = Tensor::cat(&[input, m, ml], 1)?;
             }
             let added = match (&cond.pooled, &time_ids) {
-                (Some(p), Some(ids)) => Some(AddedCond { text_embeds: p, time_ids: ids }),
+                (Some(p), Some(ids)) => Some(AddedCond {
+                    text_embeds: p,
+                    time_ids: ids,
+                }),
                 _ => None,
             };
-            let out = self.unet.forward(&input, t, &cond.context, timestep_cond.as_ref(), added)?;
+            let out = self
+                .unet
+                .forward(&input, t, &cond.context, timestep_cond.as_ref(), added)?;
             let noise_pred = if cfg {
                 let (u, c) = (out.i(0..b)?, out.i(b..2 * b)?);
                 (&u + ((c - &u)? * guidance)?)?
@@ -383,22 +483,39 @@ impl StableDiffusion {
             if let Some(ip) = &inpaint {
                 if let (Some(orig), false) = (&ip.image_latents, self.is_inpainting_unet()) {
                     // Ordinary models inpaint by pasting the (re-noised) original outside the mask.
-                    let proper = if i + 1 < n { scheduler.add_noise(orig, &ip.noise, i + 1)? } else { orig.clone() };
+                    let proper = if i + 1 < n {
+                        scheduler.add_noise(orig, &ip.noise, i + 1)?
+                    } else {
+                        orig.clone()
+                    };
                     let inv = (1.0 - &ip.mask)?;
                     latents = (inv.broadcast_mul(&proper)? + ip.mask.broadcast_mul(&latents)?)?;
                 }
             }
-            let preview = if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {
-                Some(latent_preview(&step.denoised.i(0)?)?)
-            } else {
-                None
-            };
-            on_step(StepProgress { step: k + 1, total, preview: preview.as_ref() });
+            let preview =
+                if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {
+                    Some(latent_preview(&step.denoised.i(0)?)?)
+                } else {
+                    None
+                };
+            on_step(StepProgress {
+                step: k + 1,
+                total,
+                preview: preview.as_ref(),
+            });
         }
         cancel.check()?;
 
         let images = self.decode(&latents)?;
-        Ok(Generated { images, seeds, steps, guidance, scheduler: kind, width, height })
+        Ok(Generated {
+            images,
+            seeds,
+            steps,
+            guidance,
+            scheduler: kind,
+            width,
+            height,
+        })
     }
 
     /// Decodes UNet-space latents to 8-bit images, as diffusers' `postprocess` ("pil").

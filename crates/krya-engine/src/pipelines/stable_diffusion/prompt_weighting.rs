@@ -24,7 +24,10 @@ pub fn parse(prompt: &str) -> Vec<Weighted> {
     let mut text = String::new();
     let flush = |text: &mut String, out: &mut Vec<Weighted>| {
         if !text.is_empty() {
-            out.push(Weighted { text: std::mem::take(text), weight: 1.0 });
+            out.push(Weighted {
+                text: std::mem::take(text),
+                weight: 1.0,
+            });
         }
     };
     let scale = |out: &mut Vec<Weighted>, from: usize, m: f64| {
@@ -84,7 +87,10 @@ pub fn parse(prompt: &str) -> Vec<Weighted> {
         }
     }
     if merged.is_empty() {
-        merged.push(Weighted { text: String::new(), weight: 1.0 });
+        merged.push(Weighted {
+            text: String::new(),
+            weight: 1.0,
+        });
     }
     merged
 }
@@ -103,7 +109,11 @@ pub fn apply(embeddings: &Tensor, weights: &[f32]) -> candle_core::Result<Tensor
     let w = Tensor::from_slice(weights, (1, weights.len(), 1), z.device())?;
     let z = z.broadcast_mul(&w)?;
     let new_mean = z.mean_all()?.to_scalar::<f32>()?;
-    let z = if new_mean != 0.0 { (z * (original_mean / new_mean) as f64)? } else { z };
+    let z = if new_mean != 0.0 {
+        (z * (original_mean / new_mean) as f64)?
+    } else {
+        z
+    };
     z.to_dtype(dtype)
 }
 
@@ -112,20 +122,32 @@ mod tests {
     use super::*;
 
     fn w(text: &str, weight: f64) -> Weighted {
-        Weighted { text: text.into(), weight }
+        Weighted {
+            text: text.into(),
+            weight,
+        }
     }
 
     fn close(a: &[Weighted], b: &[Weighted]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.text == y.text && (x.weight - y.weight).abs() < 1e-9)
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.text == y.text && (x.weight - y.weight).abs() < 1e-9)
     }
 
     #[test]
     fn parses_a1111_emphasis() {
         assert!(close(&parse("a cat"), &[w("a cat", 1.0)]));
-        assert!(close(&parse("a (cat) sat"), &[w("a ", 1.0), w("cat", 1.1), w(" sat", 1.0)]));
+        assert!(close(
+            &parse("a (cat) sat"),
+            &[w("a ", 1.0), w("cat", 1.1), w(" sat", 1.0)]
+        ));
         assert!(close(&parse("((cat))"), &[w("cat", 1.1 * 1.1)]));
         assert!(close(&parse("[dog]"), &[w("dog", 1.0 / 1.1)]));
-        assert!(close(&parse("a (red cat:1.3), x"), &[w("a ", 1.0), w("red cat", 1.3), w(", x", 1.0)]));
+        assert!(close(
+            &parse("a (red cat:1.3), x"),
+            &[w("a ", 1.0), w("red cat", 1.3), w(", x", 1.0)]
+        ));
         assert!(close(&parse("(a (b:2))"), &[w("a ", 1.1), w("b", 2.2)]));
         assert!(close(&parse(r"\(literal\)"), &[w("(literal)", 1.0)]));
         assert!(close(&parse("(time: noon)"), &[w("time: noon", 1.1)]));
@@ -134,7 +156,12 @@ mod tests {
 
     #[test]
     fn weighting_scales_tokens_and_keeps_the_mean() {
-        let z = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], (1, 3, 2), &candle_core::Device::Cpu).unwrap();
+        let z = Tensor::from_vec(
+            vec![1f32, 2., 3., 4., 5., 6.],
+            (1, 3, 2),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         let out = apply(&z, &[1.0, 2.0, 1.0]).unwrap();
         let v: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
         // Weighted: [1,2,6,8,5,6] (mean 14/3); rescaled to the original mean 3.5.

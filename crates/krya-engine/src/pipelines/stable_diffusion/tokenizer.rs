@@ -51,14 +51,18 @@ fn bytes_to_unicode() -> [char; 256] {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| EngineError::bad_model(path, format!("invalid JSON: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| EngineError::bad_model(path, format!("invalid JSON: {e}")))
 }
 
 /// A special token in tokenizer_config/special_tokens_map: a string or `{"content": ...}`.
 fn token_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -66,10 +70,12 @@ fn token_text(v: &Value) -> Option<String> {
 impl ClipTokenizer {
     /// Loads the tokenizer from a diffusers `tokenizer/` (or `tokenizer_2/`) folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let (vocab, merges) = if dir.join("vocab.json").exists() && dir.join("merges.txt").exists() {
+        let (vocab, merges) = if dir.join("vocab.json").exists() && dir.join("merges.txt").exists()
+        {
             let vocab = read_json(&dir.join("vocab.json"))?;
             let merges_path = dir.join("merges.txt");
-            let merges = std::fs::read_to_string(&merges_path).map_err(|e| EngineError::io(&merges_path, e))?;
+            let merges = std::fs::read_to_string(&merges_path)
+                .map_err(|e| EngineError::io(&merges_path, e))?;
             let merges = merges
                 .lines()
                 .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
@@ -85,7 +91,9 @@ impl ClipTokenizer {
                     a.iter()
                         .filter_map(|m| match m {
                             Value::String(s) => Some(s.clone()),
-                            Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
+                            Value::Array(p) => {
+                                Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+                            }
                             _ => None,
                         })
                         .collect()
@@ -93,7 +101,10 @@ impl ClipTokenizer {
                 .unwrap_or_default();
             (model["vocab"].clone(), merges)
         } else {
-            return Err(EngineError::bad_model(dir, "no vocab.json + merges.txt or tokenizer.json"));
+            return Err(EngineError::bad_model(
+                dir,
+                "no vocab.json + merges.txt or tokenizer.json",
+            ));
         };
         let vocab: HashMap<String, u32> = vocab
             .as_object()
@@ -118,10 +129,22 @@ impl ClipTokenizer {
             }
         }
         let id_of = |tok: &str| -> Result<u32> {
-            vocab.get(tok).copied().ok_or_else(|| EngineError::bad_model(dir, format!("token {tok:?} is not in the vocabulary")))
+            vocab.get(tok).copied().ok_or_else(|| {
+                EngineError::bad_model(dir, format!("token {tok:?} is not in the vocabulary"))
+            })
         };
-        let bos_id = id_of(&config.get("bos_token").and_then(token_text).unwrap_or(BOS.into()))?;
-        let eos_id = id_of(&config.get("eos_token").and_then(token_text).unwrap_or(EOS.into()))?;
+        let bos_id = id_of(
+            &config
+                .get("bos_token")
+                .and_then(token_text)
+                .unwrap_or(BOS.into()),
+        )?;
+        let eos_id = id_of(
+            &config
+                .get("eos_token")
+                .and_then(token_text)
+                .unwrap_or(EOS.into()),
+        )?;
         let pad_id = match config.get("pad_token").and_then(token_text) {
             Some(t) => id_of(&t)?,
             None => eos_id,
@@ -145,12 +168,27 @@ impl ClipTokenizer {
             r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
         )
         .expect("static regex");
-        Ok(Self { vocab, ranks, byte_map: bytes_to_unicode(), pattern, bos_id, eos_id, pad_id, max_len, specials, cache: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            vocab,
+            ranks,
+            byte_map: bytes_to_unicode(),
+            pattern,
+            bos_id,
+            eos_id,
+            pad_id,
+            max_len,
+            specials,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Token ids of `text` without start, end or padding tokens.
     pub fn encode_words(&self, text: &str) -> Vec<u32> {
-        let text = text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let text = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
         let mut ids = Vec::new();
         self.encode_segment(&text, &mut ids);
         ids
@@ -158,7 +196,11 @@ impl ClipTokenizer {
 
     fn encode_segment(&self, text: &str, ids: &mut Vec<u32>) {
         // Split on the first special token found, encode both sides.
-        let hit = self.specials.iter().filter_map(|(s, id)| text.find(s.as_str()).map(|p| (p, s.len(), *id))).min();
+        let hit = self
+            .specials
+            .iter()
+            .filter_map(|(s, id)| text.find(s.as_str()).map(|p| (p, s.len(), *id)))
+            .min();
         if let Some((pos, len, id)) = hit {
             self.encode_segment(&text[..pos], ids);
             ids.push(id);
@@ -166,7 +208,11 @@ impl ClipTokenizer {
             return;
         }
         for m in self.pattern.find_iter(text) {
-            let word: String = m.as_str().bytes().map(|b| self.byte_map[b as usize]).collect();
+            let word: String = m
+                .as_str()
+                .bytes()
+                .map(|b| self.byte_map[b as usize])
+                .collect();
             ids.extend(self.bpe(&word));
         }
     }
@@ -201,7 +247,11 @@ impl ClipTokenizer {
             let best = parts
                 .windows(2)
                 .enumerate()
-                .filter_map(|(i, w)| self.ranks.get(&(w[0].clone(), w[1].clone())).map(|&r| (r, i)))
+                .filter_map(|(i, w)| {
+                    self.ranks
+                        .get(&(w[0].clone(), w[1].clone()))
+                        .map(|&r| (r, i))
+                })
                 .min();
             let Some((_, _)) = best else { break };
             let (first, second) = {
@@ -223,8 +273,14 @@ impl ClipTokenizer {
             parts = merged;
         }
         let unk = self.eos_id;
-        let ids: Vec<u32> = parts.iter().map(|p| self.vocab.get(p).copied().unwrap_or(unk)).collect();
-        self.cache.lock().unwrap().insert(word.to_string(), ids.clone());
+        let ids: Vec<u32> = parts
+            .iter()
+            .map(|p| self.vocab.get(p).copied().unwrap_or(unk))
+            .collect();
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(word.to_string(), ids.clone());
         ids
     }
 }

@@ -6,7 +6,9 @@
 //! a number or a list, as in diffusers.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder, group_norm, layer_norm, linear, linear_b};
+use candle_nn::{
+    Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder, group_norm, layer_norm, linear, linear_b,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -159,16 +161,33 @@ impl UNetConfig {
 }
 
 /// Sinusoidal timestep features, as diffusers' `get_timestep_embedding`.
-pub fn timestep_embedding(t: &Tensor, dim: usize, flip_sin_to_cos: bool, shift: f64) -> candle_core::Result<Tensor> {
+pub fn timestep_embedding(
+    t: &Tensor,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    shift: f64,
+) -> candle_core::Result<Tensor> {
     let half = dim / 2;
     let device = t.device();
-    let exponent: Vec<f32> =
-        (0..half).map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32).collect();
+    let exponent: Vec<f32> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / (half as f64 - shift)).exp() as f32)
+        .collect();
     let freqs = Tensor::from_vec(exponent, (1, half), device)?;
-    let args = t.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    let args = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
     let (sin, cos) = (args.sin()?, args.cos()?);
-    let emb = if flip_sin_to_cos { Tensor::cat(&[cos, sin], 1)? } else { Tensor::cat(&[sin, cos], 1)? };
-    if dim % 2 == 1 { emb.pad_with_zeros(1, 0, 1) } else { Ok(emb) }
+    let emb = if flip_sin_to_cos {
+        Tensor::cat(&[cos, sin], 1)?
+    } else {
+        Tensor::cat(&[sin, cos], 1)?
+    };
+    if dim % 2 == 1 {
+        emb.pad_with_zeros(1, 0, 1)
+    } else {
+        Ok(emb)
+    }
 }
 
 struct TimestepEmbedding {
@@ -179,7 +198,13 @@ struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    fn new(vb: VarBuilder, cin: usize, dim: usize, act: Act, cond_dim: Option<usize>) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        cin: usize,
+        dim: usize,
+        act: Act,
+        cond_dim: Option<usize>,
+    ) -> Result<Self> {
         Ok(Self {
             cond_proj: match cond_dim {
                 Some(c) => Some(linear_b(c, cin, false, vb.pp("cond_proj"))?),
@@ -195,7 +220,8 @@ impl TimestepEmbedding {
             (Some(p), Some(c)) => (x + p.forward(c)?)?,
             _ => x.clone(),
         };
-        self.linear_2.forward(&self.act.apply(&self.linear_1.forward(&x)?)?)
+        self.linear_2
+            .forward(&self.act.apply(&self.linear_1.forward(&x)?)?)
     }
 }
 
@@ -211,11 +237,25 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(vb: VarBuilder, dim: usize, heads: usize, head_dim: usize, cross: usize, only_cross: bool) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        cross: usize,
+        only_cross: bool,
+    ) -> Result<Self> {
         let inner_ff = dim * 4;
         Ok(Self {
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: Attention::new(vb.pp("attn1"), dim, if only_cross { Some(cross) } else { None }, heads, head_dim, false)?,
+            attn1: Attention::new(
+                vb.pp("attn1"),
+                dim,
+                if only_cross { Some(cross) } else { None },
+                heads,
+                head_dim,
+                false,
+            )?,
             norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, Some(cross), heads, head_dim, false)?,
             norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
@@ -262,13 +302,26 @@ impl Transformer2DModel {
         let head_dim = channels / s.heads;
         let inner = s.heads * head_dim;
         let proj = |vb: VarBuilder, a: usize, b: usize| -> Result<Proj> {
-            Ok(if s.linear { Proj::Linear(linear(a, b, vb)?) } else { Proj::Conv(conv(vb, a, b, 1, 1, 0)?) })
+            Ok(if s.linear {
+                Proj::Linear(linear(a, b, vb)?)
+            } else {
+                Proj::Conv(conv(vb, a, b, 1, 1, 0)?)
+            })
         };
         Ok(Self {
             norm: group_norm(s.groups, channels, 1e-6, vb.pp("norm"))?,
             proj_in: proj(vb.pp("proj_in"), channels, inner)?,
             blocks: (0..s.layers)
-                .map(|i| BasicTransformerBlock::new(vb.pp(format!("transformer_blocks.{i}")), inner, s.heads, head_dim, s.cross, s.only_cross))
+                .map(|i| {
+                    BasicTransformerBlock::new(
+                        vb.pp(format!("transformer_blocks.{i}")),
+                        inner,
+                        s.heads,
+                        head_dim,
+                        s.cross,
+                        s.only_cross,
+                    )
+                })
                 .collect::<Result<_>>()?,
             proj_out: proj(vb.pp("proj_out"), inner, channels)?,
         })
@@ -291,8 +344,15 @@ impl Transformer2DModel {
         }
         let inner = t.dim(2)?;
         let out = match &self.proj_out {
-            Proj::Conv(p) => p.forward(&t.reshape((b, h, w, inner))?.permute((0, 3, 1, 2))?.contiguous()?)?,
-            Proj::Linear(p) => p.forward(&t)?.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?,
+            Proj::Conv(p) => p.forward(
+                &t.reshape((b, h, w, inner))?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?,
+            )?,
+            Proj::Linear(p) => p
+                .forward(&t)?
+                .reshape((b, h, w, c))?
+                .permute((0, 3, 1, 2))?,
         };
         out + residual
     }
@@ -335,26 +395,49 @@ impl UNet2DConditionModel {
         let c = &config;
         let n = c.block_out_channels.len();
         if c.down_block_types.len() != n || c.up_block_types.len() != n {
-            return Err(crate::invalid!("unet config: down/up block types must match block_out_channels ({n})"));
+            return Err(crate::invalid!(
+                "unet config: down/up block types must match block_out_channels ({n})"
+            ));
         }
         if c.class_embed_type.is_some() || c.encoder_hid_dim.is_some() {
-            return Err(crate::invalid!("unet config: class embeddings and encoder_hid_dim are not supported"));
+            return Err(crate::invalid!(
+                "unet config: class embeddings and encoder_hid_dim are not supported"
+            ));
         }
-        if c.resnet_time_scale_shift != "default" || c.conv_in_kernel != 3 || c.conv_out_kernel != 3 {
-            return Err(crate::invalid!("unet config: only the default time-scale shift and 3x3 in/out convs are supported"));
+        if c.resnet_time_scale_shift != "default" || c.conv_in_kernel != 3 || c.conv_out_kernel != 3
+        {
+            return Err(crate::invalid!(
+                "unet config: only the default time-scale shift and 3x3 in/out convs are supported"
+            ));
         }
         let act = Act::parse(&c.act_fn)?;
-        let heads = per_block(c.num_attention_heads.as_ref().unwrap_or(&c.attention_head_dim), n, "attention heads")?;
+        let heads = per_block(
+            c.num_attention_heads
+                .as_ref()
+                .unwrap_or(&c.attention_head_dim),
+            n,
+            "attention heads",
+        )?;
         let layers = per_block(&c.layers_per_block, n, "layers_per_block")?;
         let cross = per_block(&c.cross_attention_dim, n, "cross_attention_dim")?;
-        let tlayers = per_block(&c.transformer_layers_per_block, n, "transformer_layers_per_block")?;
+        let tlayers = per_block(
+            &c.transformer_layers_per_block,
+            n,
+            "transformer_layers_per_block",
+        )?;
         let rev_tlayers = match &c.reverse_transformer_layers_per_block {
             Some(v) => per_block(v, n, "reverse_transformer_layers_per_block")?,
             None => tlayers.iter().rev().copied().collect(),
         };
         let only_cross = per_block_bool(&c.only_cross_attention, n);
         let time_dim = c.block_out_channels[0] * 4;
-        let rp = |scale: f64| ResnetParams { temb_channels: Some(time_dim), groups: c.norm_num_groups, eps: c.norm_eps, act, output_scale_factor: scale };
+        let rp = |scale: f64| ResnetParams {
+            temb_channels: Some(time_dim),
+            groups: c.norm_num_groups,
+            eps: c.norm_eps,
+            act,
+            output_scale_factor: scale,
+        };
         let spec = |i: usize, layers: usize| AttnSpec {
             heads: heads[i],
             layers,
@@ -365,15 +448,34 @@ impl UNet2DConditionModel {
         };
         let has_attn = |t: &str| t.starts_with("CrossAttn");
 
-        let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c.block_out_channels[0], time_dim, act, c.time_cond_proj_dim)?;
+        let time_embedding = TimestepEmbedding::new(
+            vb.pp("time_embedding"),
+            c.block_out_channels[0],
+            time_dim,
+            act,
+            c.time_cond_proj_dim,
+        )?;
         let add_embedding = match c.addition_embed_type.as_deref() {
             None => None,
             Some("text_time") => {
-                let input = c.projection_class_embeddings_input_dim.ok_or_else(|| crate::invalid!("unet config: text_time needs projection_class_embeddings_input_dim"))?;
-                let tdim = c.addition_time_embed_dim.ok_or_else(|| crate::invalid!("unet config: text_time needs addition_time_embed_dim"))?;
-                Some((TimestepEmbedding::new(vb.pp("add_embedding"), input, time_dim, act, None)?, tdim))
+                let input = c.projection_class_embeddings_input_dim.ok_or_else(|| {
+                    crate::invalid!(
+                        "unet config: text_time needs projection_class_embeddings_input_dim"
+                    )
+                })?;
+                let tdim = c.addition_time_embed_dim.ok_or_else(|| {
+                    crate::invalid!("unet config: text_time needs addition_time_embed_dim")
+                })?;
+                Some((
+                    TimestepEmbedding::new(vb.pp("add_embedding"), input, time_dim, act, None)?,
+                    tdim,
+                ))
             }
-            Some(other) => return Err(crate::invalid!("unet config: addition_embed_type {other:?} is not supported")),
+            Some(other) => {
+                return Err(crate::invalid!(
+                    "unet config: addition_embed_type {other:?} is not supported"
+                ));
+            }
         };
 
         let mut down = Vec::with_capacity(n);
@@ -382,15 +484,33 @@ impl UNet2DConditionModel {
             let in_ch = out_ch;
             out_ch = c.block_out_channels[i];
             let vb = vb.pp(format!("down_blocks.{i}"));
-            let mut block = Block { resnets: vec![], attentions: vec![], down: None, up: None };
+            let mut block = Block {
+                resnets: vec![],
+                attentions: vec![],
+                down: None,
+                up: None,
+            };
             for j in 0..layers[i] {
-                block.resnets.push(ResnetBlock2D::new(vb.pp(format!("resnets.{j}")), if j == 0 { in_ch } else { out_ch }, out_ch, &rp(1.0))?);
+                block.resnets.push(ResnetBlock2D::new(
+                    vb.pp(format!("resnets.{j}")),
+                    if j == 0 { in_ch } else { out_ch },
+                    out_ch,
+                    &rp(1.0),
+                )?);
                 if has_attn(ty) {
-                    block.attentions.push(Transformer2DModel::new(vb.pp(format!("attentions.{j}")), out_ch, &spec(i, tlayers[i]))?);
+                    block.attentions.push(Transformer2DModel::new(
+                        vb.pp(format!("attentions.{j}")),
+                        out_ch,
+                        &spec(i, tlayers[i]),
+                    )?);
                 }
             }
             if i + 1 < n {
-                block.down = Some(Downsample2D::new(vb.pp("downsamplers.0"), out_ch, c.downsample_padding)?);
+                block.down = Some(Downsample2D::new(
+                    vb.pp("downsamplers.0"),
+                    out_ch,
+                    c.downsample_padding,
+                )?);
             }
             down.push(block);
         }
@@ -400,14 +520,35 @@ impl UNet2DConditionModel {
             None => None,
             Some(ty @ ("UNetMidBlock2DCrossAttn" | "UNetMidBlock2D")) => {
                 let vb = vb.pp("mid_block");
-                let mut m = MidBlock { resnets: vec![ResnetBlock2D::new(vb.pp("resnets.0"), last, last, &rp(c.mid_block_scale_factor))?], attentions: vec![] };
+                let mut m = MidBlock {
+                    resnets: vec![ResnetBlock2D::new(
+                        vb.pp("resnets.0"),
+                        last,
+                        last,
+                        &rp(c.mid_block_scale_factor),
+                    )?],
+                    attentions: vec![],
+                };
                 if ty == "UNetMidBlock2DCrossAttn" {
-                    m.attentions.push(Transformer2DModel::new(vb.pp("attentions.0"), last, &spec(n - 1, tlayers[n - 1]))?);
+                    m.attentions.push(Transformer2DModel::new(
+                        vb.pp("attentions.0"),
+                        last,
+                        &spec(n - 1, tlayers[n - 1]),
+                    )?);
                 }
-                m.resnets.push(ResnetBlock2D::new(vb.pp("resnets.1"), last, last, &rp(c.mid_block_scale_factor))?);
+                m.resnets.push(ResnetBlock2D::new(
+                    vb.pp("resnets.1"),
+                    last,
+                    last,
+                    &rp(c.mid_block_scale_factor),
+                )?);
                 Some(m)
             }
-            Some(other) => return Err(crate::invalid!("unet config: mid block {other:?} is not supported")),
+            Some(other) => {
+                return Err(crate::invalid!(
+                    "unet config: mid block {other:?} is not supported"
+                ));
+            }
         };
 
         let rev_out: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
@@ -420,13 +561,27 @@ impl UNet2DConditionModel {
             let bi = n - 1 - i; // the matching down block's settings
             let vb = vb.pp(format!("up_blocks.{i}"));
             let num = layers[bi] + 1;
-            let mut block = Block { resnets: vec![], attentions: vec![], down: None, up: None };
+            let mut block = Block {
+                resnets: vec![],
+                attentions: vec![],
+                down: None,
+                up: None,
+            };
             for j in 0..num {
                 let skip = if j == num - 1 { in_ch } else { out_ch };
                 let rin = if j == 0 { prev } else { out_ch };
-                block.resnets.push(ResnetBlock2D::new(vb.pp(format!("resnets.{j}")), rin + skip, out_ch, &rp(1.0))?);
+                block.resnets.push(ResnetBlock2D::new(
+                    vb.pp(format!("resnets.{j}")),
+                    rin + skip,
+                    out_ch,
+                    &rp(1.0),
+                )?);
                 if has_attn(ty) {
-                    block.attentions.push(Transformer2DModel::new(vb.pp(format!("attentions.{j}")), out_ch, &spec(bi, rev_tlayers[i]))?);
+                    block.attentions.push(Transformer2DModel::new(
+                        vb.pp(format!("attentions.{j}")),
+                        out_ch,
+                        &spec(bi, rev_tlayers[i]),
+                    )?);
                 }
             }
             if i + 1 < n {
@@ -438,12 +593,31 @@ impl UNet2DConditionModel {
         Ok(Self {
             time_embedding,
             add_embedding,
-            conv_in: conv(vb.pp("conv_in"), c.in_channels, c.block_out_channels[0], 3, 1, 1)?,
+            conv_in: conv(
+                vb.pp("conv_in"),
+                c.in_channels,
+                c.block_out_channels[0],
+                3,
+                1,
+                1,
+            )?,
             down,
             mid,
             up,
-            norm_out: group_norm(c.norm_num_groups, c.block_out_channels[0], c.norm_eps, vb.pp("conv_norm_out"))?,
-            conv_out: conv(vb.pp("conv_out"), c.block_out_channels[0], c.out_channels, 3, 1, 1)?,
+            norm_out: group_norm(
+                c.norm_num_groups,
+                c.block_out_channels[0],
+                c.norm_eps,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_out: conv(
+                vb.pp("conv_out"),
+                c.block_out_channels[0],
+                c.out_channels,
+                3,
+                1,
+                1,
+            )?,
             act,
             config,
         })
@@ -464,12 +638,18 @@ impl UNet2DConditionModel {
         let dtype = sample.dtype();
         let c = &self.config;
         let t = Tensor::full(timestep as f32, b, device)?;
-        let t_emb = timestep_embedding(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?.to_dtype(dtype)?;
+        let t_emb =
+            timestep_embedding(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?
+                .to_dtype(dtype)?;
         let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
         if let Some((add, tdim)) = &self.add_embedding {
-            let added = added.ok_or_else(|| crate::invalid!("this UNet needs pooled text embeddings and time ids (SDXL)"))?;
+            let added = added.ok_or_else(|| {
+                crate::invalid!("this UNet needs pooled text embeddings and time ids (SDXL)")
+            })?;
             let ids = added.time_ids.flatten_all()?;
-            let time_embeds = timestep_embedding(&ids, *tdim, c.flip_sin_to_cos, c.freq_shift)?.reshape((b, ()))?.to_dtype(dtype)?;
+            let time_embeds = timestep_embedding(&ids, *tdim, c.flip_sin_to_cos, c.freq_shift)?
+                .reshape((b, ()))?
+                .to_dtype(dtype)?;
             let add_in = Tensor::cat(&[added.text_embeds, &time_embeds], 1)?;
             emb = (emb + add.forward(&add_in, None)?)?;
         }
@@ -503,7 +683,9 @@ impl UNet2DConditionModel {
         }
         for block in &self.up {
             for (j, r) in block.resnets.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| crate::invalid!("unet: skip connections do not match"))?;
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| crate::invalid!("unet: skip connections do not match"))?;
                 x = r.forward(&Tensor::cat(&[&x, &skip], 1)?, Some(&emb))?;
                 if let Some(a) = block.attentions.get(j) {
                     x = a.forward(&x, context)?;
@@ -511,14 +693,21 @@ impl UNet2DConditionModel {
             }
             if let Some(u) = &block.up {
                 let size = if odd_size {
-                    skips.last().map(|s| -> candle_core::Result<(usize, usize)> { Ok((s.dim(2)?, s.dim(3)?)) }).transpose()?
+                    skips
+                        .last()
+                        .map(|s| -> candle_core::Result<(usize, usize)> {
+                            Ok((s.dim(2)?, s.dim(3)?))
+                        })
+                        .transpose()?
                 } else {
                     None
                 };
                 x = u.forward(&x, size)?;
             }
         }
-        let x = self.conv_out.forward(&self.act.apply(&self.norm_out.forward(&x)?)?)?;
+        let x = self
+            .conv_out
+            .forward(&self.act.apply(&self.norm_out.forward(&x)?)?)?;
         Ok(x)
     }
 
@@ -529,6 +718,13 @@ impl UNet2DConditionModel {
 
     /// Input size of `add_embedding` (pooled text dim + 6 × time-id embedding dim).
     pub fn added_cond_dims(&self) -> Option<(usize, usize)> {
-        self.add_embedding.as_ref().map(|(_, tdim)| (self.config.projection_class_embeddings_input_dim.unwrap_or(0), *tdim))
+        self.add_embedding.as_ref().map(|(_, tdim)| {
+            (
+                self.config
+                    .projection_class_embeddings_input_dim
+                    .unwrap_or(0),
+                *tdim,
+            )
+        })
     }
 }

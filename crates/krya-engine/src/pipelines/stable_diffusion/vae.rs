@@ -78,11 +78,18 @@ impl MidBlock {
     fn new(vb: VarBuilder, ch: usize, p: &ResnetParams, attention: bool) -> Result<Self> {
         let attn = if attention {
             let vb = vb.pp("attentions.0");
-            Some((group_norm(p.groups, ch, 1e-6, vb.pp("group_norm"))?, Attention::new(vb, ch, None, 1, ch, true)?))
+            Some((
+                group_norm(p.groups, ch, 1e-6, vb.pp("group_norm"))?,
+                Attention::new(vb, ch, None, 1, ch, true)?,
+            ))
         } else {
             None
         };
-        Ok(Self { resnet0: ResnetBlock2D::new(vb.pp("resnets.0"), ch, ch, p)?, attn, resnet1: ResnetBlock2D::new(vb.pp("resnets.1"), ch, ch, p)? })
+        Ok(Self {
+            resnet0: ResnetBlock2D::new(vb.pp("resnets.0"), ch, ch, p)?,
+            attn,
+            resnet1: ResnetBlock2D::new(vb.pp("resnets.1"), ch, ch, p)?,
+        })
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = self.resnet0.forward(x, None)?;
@@ -126,7 +133,13 @@ impl AutoencoderKL {
     pub fn new(config: VaeConfig, vb: VarBuilder) -> Result<Self> {
         let c = &config;
         let act = Act::parse(&c.act_fn)?;
-        let p = ResnetParams { temb_channels: None, groups: c.norm_num_groups, eps: 1e-6, act, output_scale_factor: 1.0 };
+        let p = ResnetParams {
+            temb_channels: None,
+            groups: c.norm_num_groups,
+            eps: 1e-6,
+            act,
+            output_scale_factor: 1.0,
+        };
         let n = c.block_out_channels.len();
         let last = c.block_out_channels[n - 1];
         let lc = c.latent_channels;
@@ -139,13 +152,31 @@ impl AutoencoderKL {
             out_ch = c.block_out_channels[i];
             let vb = e.pp(format!("down_blocks.{i}"));
             let resnets = (0..c.layers_per_block)
-                .map(|j| ResnetBlock2D::new(vb.pp(format!("resnets.{j}")), if j == 0 { in_ch } else { out_ch }, out_ch, &p))
+                .map(|j| {
+                    ResnetBlock2D::new(
+                        vb.pp(format!("resnets.{j}")),
+                        if j == 0 { in_ch } else { out_ch },
+                        out_ch,
+                        &p,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
-            let down = if i + 1 < n { Some(Downsample2D::new(vb.pp("downsamplers.0"), out_ch, 0)?) } else { None };
+            let down = if i + 1 < n {
+                Some(Downsample2D::new(vb.pp("downsamplers.0"), out_ch, 0)?)
+            } else {
+                None
+            };
             blocks.push((resnets, down));
         }
         let encoder = Encoder {
-            conv_in: conv(e.pp("conv_in"), c.in_channels, c.block_out_channels[0], 3, 1, 1)?,
+            conv_in: conv(
+                e.pp("conv_in"),
+                c.in_channels,
+                c.block_out_channels[0],
+                3,
+                1,
+                1,
+            )?,
             blocks,
             mid: MidBlock::new(e.pp("mid_block"), last, &p, c.mid_block_add_attention)?,
             norm_out: group_norm(c.norm_num_groups, last, 1e-6, e.pp("conv_norm_out"))?,
@@ -162,24 +193,55 @@ impl AutoencoderKL {
             out_ch = rev[i];
             let vb = d.pp(format!("up_blocks.{i}"));
             let resnets = (0..=c.layers_per_block)
-                .map(|j| ResnetBlock2D::new(vb.pp(format!("resnets.{j}")), if j == 0 { prev } else { out_ch }, out_ch, &p))
+                .map(|j| {
+                    ResnetBlock2D::new(
+                        vb.pp(format!("resnets.{j}")),
+                        if j == 0 { prev } else { out_ch },
+                        out_ch,
+                        &p,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
-            let up = if i + 1 < n { Some(Upsample2D::new(vb.pp("upsamplers.0"), out_ch)?) } else { None };
+            let up = if i + 1 < n {
+                Some(Upsample2D::new(vb.pp("upsamplers.0"), out_ch)?)
+            } else {
+                None
+            };
             blocks.push((resnets, up));
         }
         let decoder = Decoder {
             conv_in: conv(d.pp("conv_in"), lc, last, 3, 1, 1)?,
             mid: MidBlock::new(d.pp("mid_block"), last, &p, c.mid_block_add_attention)?,
             blocks,
-            norm_out: group_norm(c.norm_num_groups, c.block_out_channels[0], 1e-6, d.pp("conv_norm_out"))?,
-            conv_out: conv(d.pp("conv_out"), c.block_out_channels[0], c.out_channels, 3, 1, 1)?,
+            norm_out: group_norm(
+                c.norm_num_groups,
+                c.block_out_channels[0],
+                1e-6,
+                d.pp("conv_norm_out"),
+            )?,
+            conv_out: conv(
+                d.pp("conv_out"),
+                c.block_out_channels[0],
+                c.out_channels,
+                3,
+                1,
+                1,
+            )?,
             act,
         };
         Ok(Self {
             encoder,
             decoder,
-            quant_conv: if c.use_quant_conv { Some(conv(vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 1, 0)?) } else { None },
-            post_quant_conv: if c.use_post_quant_conv { Some(conv(vb.pp("post_quant_conv"), lc, lc, 1, 1, 0)?) } else { None },
+            quant_conv: if c.use_quant_conv {
+                Some(conv(vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 1, 0)?)
+            } else {
+                None
+            },
+            post_quant_conv: if c.use_post_quant_conv {
+                Some(conv(vb.pp("post_quant_conv"), lc, lc, 1, 1, 0)?)
+            } else {
+                None
+            },
             config,
         })
     }
@@ -197,7 +259,9 @@ impl AutoencoderKL {
             }
         }
         x = e.mid.forward(&x)?;
-        x = e.conv_out.forward(&e.act.apply(&e.norm_out.forward(&x)?)?)?;
+        x = e
+            .conv_out
+            .forward(&e.act.apply(&e.norm_out.forward(&x)?)?)?;
         if let Some(q) = &self.quant_conv {
             x = q.forward(&x)?;
         }
@@ -225,13 +289,17 @@ impl AutoencoderKL {
                 x = u.forward(&x, None)?;
             }
         }
-        Ok(d.conv_out.forward(&d.act.apply(&d.norm_out.forward(&x)?)?)?)
+        Ok(d.conv_out
+            .forward(&d.act.apply(&d.norm_out.forward(&x)?)?)?)
     }
 
     /// Latents as the UNet sees them from raw ones: `(z - shift) * scaling`.
     pub fn scale_latents(&self, z: &Tensor) -> Result<Tensor> {
         let shift = self.config.shift_factor.unwrap_or(0.0);
-        Ok(z.affine(self.config.scaling_factor, -shift * self.config.scaling_factor)?)
+        Ok(z.affine(
+            self.config.scaling_factor,
+            -shift * self.config.scaling_factor,
+        )?)
     }
 
     /// Raw latents from UNet-space ones: `z / scaling + shift`.
