@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 import diffusers
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelPipeline, StableDiffusionImg2ImgPipeline,
+                       EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelPipeline, PNDMScheduler, StableDiffusionImg2ImgPipeline,
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -206,6 +206,7 @@ SCHEDULERS = {
     "dpmpp_2m": lambda c: DPMSolverMultistepScheduler.from_config(c, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=False),
     "dpmpp_2m_karras": lambda c: DPMSolverMultistepScheduler.from_config(c, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True),
     "lcm": lambda c: LCMScheduler.from_config(c),
+    "pndm": lambda c: PNDMScheduler.from_config(c, skip_prk_steps=True),
 }
 
 
@@ -307,12 +308,13 @@ def run_cases(pipes, tensors):
 
     base = dict(prompt="a photo of a cat, highly detailed", negative_prompt="blurry, low quality")
     case("sd1_default", "sd1", steps=4, guidance=7.5, batch=2, seed=42, **base)
-    for s in ["euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm"]:
+    for s in ["euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "lcm", "pndm"]:
         case(f"sd1_{s}", "sd1", scheduler=s, steps=5, guidance=6.0, seed=7, **base)
     case("sd1_no_cfg", "sd1", steps=3, guidance=1.0, seed=3, prompt="a watercolor landscape", negative_prompt=None)
     case("sd1_init_noise", "sd1", steps=3, guidance=4.0, init_noise=True, batch=2, seed=0, **base)
     case("sd1_img2img", "sd1", mode="img2img", scheduler="euler_a", steps=5, guidance=5.0, strength=0.6, batch=2, seed=11, **base)
     case("sd1_img2img_dpm", "sd1", mode="img2img", scheduler="dpmpp_2m", steps=6, guidance=5.0, strength=0.5, seed=12, **base)
+    case("sd1_img2img_pndm", "sd1", mode="img2img", scheduler="pndm", steps=6, guidance=5.0, strength=0.7, seed=18, **base)
     case("sd1_inpaint_blend", "sd1", mode="inpaint", scheduler="ddim", steps=5, guidance=5.0, strength=0.75, batch=2, seed=13, **base)
     case("inpaint_unet", "inpaint", mode="inpaint", steps=4, guidance=5.0, strength=1.0, seed=14, **base)
     case("inpaint_unet_euler_a", "inpaint", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=0.8, batch=2, seed=15, **base)
@@ -336,10 +338,167 @@ def main():
     for name, pipe in pipes.items():
         components(name, pipe, tensors)
     cases = run_cases(pipes, tensors)
+    checkpoint_case(tensors, cases)
+    dedupe()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "reference.safetensors"))
     (OUT / "cases.json").write_text(json.dumps(cases, indent=1))
     (OUT / "VERSIONS").write_text(f"torch {torch.__version__}\ndiffusers {diffusers.__version__}\n"
                                   f"transformers {__import__('transformers').__version__}\n")
+
+
+
+def dedupe():
+    """Models that share a component point at one copy (relative symlinks keep the repo small)."""
+    shared = {"turbo": ("sd2v", ["unet", "vae", "text_encoder", "tokenizer"]),
+              "inpaint": ("sd1", ["vae", "text_encoder", "tokenizer"]),
+              "lcm": ("sd1", ["vae", "text_encoder", "tokenizer"])}
+    for model, (source, comps) in shared.items():
+        for c in comps:
+            a, b = OUT / model / c, OUT / source / c
+            same = all((a / f.name).read_bytes() == f.read_bytes() for f in b.iterdir())
+            if same:
+                shutil.rmtree(a)
+                os.symlink(f"../{source}/{c}", a)
+
+
+# --- Single-file (original / A1111 layout) checkpoint -------------------------------------
+# Names follow diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py.
+
+def unet_to_original(sd, layers_per_block, n_levels, up_has_attn):
+    per = layers_per_block + 1
+    out = {}
+    for k, v in sd.items():
+        n = k
+        for a, b in [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
+                     ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2.")]:
+            if n.startswith(a):
+                n = b + n[len(a):]
+        parts = n.split(".")
+        if parts[0] == "down_blocks":
+            i, kind, j = int(parts[1]), parts[2], int(parts[3])
+            rest = ".".join(parts[4:])
+            if kind == "resnets":
+                n = f"input_blocks.{per * i + j + 1}.0.{rest}"
+            elif kind == "attentions":
+                n = f"input_blocks.{per * i + j + 1}.1.{rest}"
+            else:  # downsamplers.0.conv.*
+                n = f"input_blocks.{per * (i + 1)}.0.op.{'.'.join(parts[5:])}"
+        elif parts[0] == "mid_block":
+            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            n = f"middle_block.{1 if kind == 'attentions' else 2 * j}.{rest}"
+        elif parts[0] == "up_blocks":
+            i, kind, j = int(parts[1]), parts[2], int(parts[3])
+            rest = ".".join(parts[4:])
+            if kind == "resnets":
+                n = f"output_blocks.{per * i + j}.0.{rest}"
+            elif kind == "attentions":
+                n = f"output_blocks.{per * i + j}.1.{rest}"
+            else:
+                n = f"output_blocks.{per * i + layers_per_block}.{2 if up_has_attn[i] else 1}.{rest}"
+        if ".resnets." not in k:
+            pass
+        for a, b in [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
+                     ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]:
+            if "resnets" in k:
+                n = n.replace("." + a, "." + b)
+        out["model.diffusion_model." + n] = v
+    return out
+
+
+def vae_to_original(sd, n_levels):
+    out = {}
+    for k, v in sd.items():
+        n = k.replace("conv_norm_out.", "norm_out.").replace("conv_shortcut.", "nin_shortcut.")
+        parts = n.split(".")
+        if len(parts) > 2 and parts[1] in ("down_blocks", "up_blocks"):
+            i = int(parts[2])
+            lvl = i if parts[1] == "down_blocks" else n_levels - 1 - i
+            name = "down" if parts[1] == "down_blocks" else "up"
+            if parts[3] == "resnets":
+                n = f"{parts[0]}.{name}.{lvl}.block.{parts[4]}.{'.'.join(parts[5:])}"
+            else:
+                n = f"{parts[0]}.{name}.{lvl}.{'downsample' if name == 'down' else 'upsample'}.{'.'.join(parts[5:])}"
+        elif len(parts) > 2 and parts[1] == "mid_block":
+            if parts[2] == "resnets":
+                n = f"{parts[0]}.mid.block_{int(parts[3]) + 1}.{'.'.join(parts[4:])}"
+            else:
+                a = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}[parts[4]]
+                rest = parts[-1]
+                n = f"{parts[0]}.mid.attn_1.{a}.{rest}"
+                if a != "norm" and rest == "weight":
+                    v = v[:, :, None, None]  # linear -> 1x1 conv
+        out["first_stage_model." + n] = v
+    return out
+
+
+def clip_vocab_tokenizer(path: Path):
+    """transformers' CLIPTokenizer on CLIP's own merges (the engine bundles the same file)."""
+    merges_file = Path(__file__).resolve().parents[2] / "crates/krya-engine/assets/clip_merges.txt"
+    merges = merges_file.read_text().splitlines()[1:]
+    base = list(bytes_to_unicode().values())
+    vocab = base + [v + "</w>" for v in base] + [m.replace(" ", "", 1) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    shutil.copy(merges_file, path / "merges.txt")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|endoftext|>", model_max_length=77)
+    return tok, len(vocab)
+
+
+def make_checkpoint():
+    """An SD1-layout checkpoint whose sizes the engine must read from shapes alone (heads and
+    groups follow the presets: 64 channels per head at this context width, 32 groups)."""
+    torch.manual_seed(5)
+    tmp = OUT / "_ckpt_folder"
+    tok, vocab = clip_vocab_tokenizer(OUT / "_ckpt_tok")
+    te = randomize(text_encoder(vocab, 32, 2, 1, 40, "quick_gelu"))
+    unet = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64], layers_per_block=1,
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=32, attention_head_dim=1, norm_num_groups=32)).eval()
+    vae = tiny_vae([32, 64], 4, 32, 0.18215)
+    for m in (te, unet, vae):  # fp16-representable, so the fp16 file holds the same values
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(p.half().float())
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                   timestep_spacing="leading")
+    pipe = save_model(tmp, StableDiffusionPipeline, vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched)
+    ckpt = {}
+    ckpt.update(unet_to_original(unet.state_dict(), 1, 2, [False, True]))
+    ckpt.update(vae_to_original(vae.state_dict(), 2))
+    # Hub checkpoints name CLIP's tensors `text_model.*` (transformers 5 drops the prefix).
+    ckpt.update({"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+                 for k, v in te.state_dict().items()})
+    save_file({k: v.half().contiguous() for k, v in ckpt.items()}, str(OUT / "sd1_checkpoint.safetensors"))
+    return pipe, tmp
+
+
+def checkpoint_case(tensors, cases):
+    pipe, folder = make_checkpoint()
+    # The bundled CLIP vocabulary against transformers' tokenizer, both pad tokens.
+    prompts = ["a photo of a cat, highly detailed", "", "Ein Kätzchen im Schnee — 4K!! (masterpiece:1.2) <|endoftext|> don't",
+               "a " * 100]
+    for pad, key in [("<|endoftext|>", "eot"), ("!", "bang")]:
+        tok = CLIPTokenizer(str(OUT / "_ckpt_tok/vocab.json"), str(OUT / "_ckpt_tok/merges.txt"), pad_token=pad, model_max_length=77)
+        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        tensors[f"clip_tokenizer.{key}"] = ids.to(torch.int64)
+    (OUT / "clip_tokenizer_prompts.json").write_text(json.dumps(prompts, ensure_ascii=False))
+    kw = dict(prompt="a photo of a cat, highly detailed", negative_prompt="blurry, low quality", num_inference_steps=3,
+              guidance_scale=5.0, width=64, height=48, output_type="np")
+    with torch.no_grad():
+        images = pipe(generator=[torch.Generator().manual_seed(61)], **kw).images
+        # diffusers' own single-file loader reads the checkpoint (offline, with the folder's
+        # configs) and must give the folder's image: the conversion above is checked by it.
+        single = StableDiffusionPipeline.from_single_file(str(OUT / "sd1_checkpoint.safetensors"), config=str(folder),
+                                                          safety_checker=None, local_files_only=True)
+        again = single(generator=[torch.Generator().manual_seed(61)], **kw).images
+        assert np.abs(again - images).max() < 1e-6, "from_single_file disagrees with the folder"
+    u8 = (images * 255).round().astype(np.uint8)
+    tensors["case.ckpt_sd1"] = torch.from_numpy(u8)
+    cases.append(dict(id="ckpt_sd1", model="sd1_checkpoint.safetensors", mode="txt2img", scheduler=None, batch=1, seed=61,
+                      width=64, height=48, steps=3, guidance=5.0, prompt=kw["prompt"], negative_prompt=kw["negative_prompt"]))
+    shutil.rmtree(folder)
+    shutil.rmtree(OUT / "_ckpt_tok")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ pub enum Source {
         start: usize,
         len: usize,
     },
+    /// The stored matrix transposed (OpenCLIP's `x @ P` projection as a linear weight).
+    Transpose(String),
 }
 
 enum Store {
@@ -46,6 +48,8 @@ enum Store {
 struct Tracked {
     store: Store,
     used: Mutex<HashSet<String>>,
+    /// Elements of the tensors handed out (for memory accounting).
+    elements: std::sync::atomic::AtomicU64,
 }
 
 impl Tracked {
@@ -78,10 +82,14 @@ impl Tracked {
                     Source::Rows { name, start, len } => {
                         st.load(name, dev)?.narrow(0, *start, *len)?.contiguous()?
                     }
+                    Source::Transpose(n) => st.load(n, dev)?.t()?.contiguous()?,
                 }
             }
         };
-        self.used.lock().unwrap().insert(name.to_string());
+        if self.used.lock().unwrap().insert(name.to_string()) {
+            self.elements
+                .fetch_add(t.elem_count() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(t)
     }
 
@@ -166,6 +174,7 @@ impl Weights {
             tracked: Arc::new(Tracked {
                 store,
                 used: Mutex::new(HashSet::new()),
+                elements: Default::default(),
             }),
             origin,
         }
@@ -177,6 +186,13 @@ impl Weights {
             dtype,
             device.clone(),
         )
+    }
+
+    /// Parameters loaded so far.
+    pub fn loaded_elements(&self) -> u64 {
+        self.tracked
+            .elements
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn contains(&self, name: &str) -> bool {

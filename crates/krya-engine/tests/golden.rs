@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use krya_engine::model::diffusers;
+use krya_engine::model::{self, ModelSource};
+use krya_engine::pipelines::stable_diffusion::tokenizer::ClipTokenizer;
 use krya_engine::pipelines::stable_diffusion::unet::AddedCond;
 use krya_engine::{CancelToken, GenerateRequest, SchedulerKind, StableDiffusion, image_io};
 use serde_json::Value;
@@ -30,7 +31,8 @@ fn r(name: &str) -> &'static Tensor {
 }
 
 fn load(name: &str) -> StableDiffusion {
-    diffusers::load(&dir().join(name), &Device::Cpu, DType::F32).unwrap()
+    let source = ModelSource::parse(dir().join(name).to_str().unwrap()).unwrap();
+    model::load(&source, &Device::Cpu, DType::F32).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -71,6 +73,70 @@ fn tokenizers_match_transformers() {
             }
         }
     }
+}
+
+#[test]
+fn bundled_clip_tokenizer_matches_transformers() {
+    let prompts: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(dir().join("clip_tokenizer_prompts.json")).unwrap(),
+    )
+    .unwrap();
+    for (pad, key) in [("<|endoftext|>", "eot"), ("!", "bang")] {
+        let tok = ClipTokenizer::standard_clip(pad).unwrap();
+        let want: Vec<Vec<i64>> = r(&format!("clip_tokenizer.{key}")).to_vec2().unwrap();
+        for (p, w) in prompts.iter().zip(want) {
+            let got: Vec<i64> = tok.encode_padded(p).into_iter().map(i64::from).collect();
+            assert_eq!(got, w, "pad {pad:?}, prompt {p:?}");
+        }
+    }
+}
+
+#[test]
+fn single_file_checkpoint_loads_every_tensor() {
+    // Loading fails if any UNet, VAE or text-encoder tensor of the file is left unused;
+    // the pipeline case `ckpt_sd1` compares its image with diffusers' on the source folder.
+    let m = load("sd1_checkpoint.safetensors");
+    assert_eq!(m.vae_scale_factor(), 2);
+    assert_eq!(m.unet.config.block_out_channels, vec![32, 64]);
+    assert_eq!(m.text_encoders[0].config.vocab_size, 49408);
+    let file_elements: u64 =
+        candle_core::safetensors::load(dir().join("sd1_checkpoint.safetensors"), &Device::Cpu)
+            .unwrap()
+            .values()
+            .map(|t| t.elem_count() as u64)
+            .sum();
+    assert_eq!(m.parameter_count, file_elements);
+}
+
+#[test]
+fn model_cache_evicts_least_recently_used() {
+    use krya_engine::model::cache::{ModelCache, model_bytes};
+    let loads = std::cell::Cell::new(0);
+    let loader = |name: &'static str| {
+        let loads = &loads;
+        move || {
+            loads.set(loads.get() + 1);
+            let m = load(name);
+            let b = model_bytes(&m);
+            Ok((m, b))
+        }
+    };
+    let sd1 = load("sd1");
+    let one = model_bytes(&sd1);
+    assert_eq!(one, sd1.parameter_count * 4);
+    assert!(one > 100_000);
+    // Room for two models of this size, not three.
+    let cache = ModelCache::new(one * 2 + one / 2);
+    let a = cache.get_or_load("sd1", loader("sd1")).unwrap();
+    let a2 = cache.get_or_load("sd1", loader("sd1")).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &a2));
+    assert_eq!(loads.get(), 1);
+    cache.get_or_load("lcm", loader("lcm")).unwrap();
+    cache.get_or_load("sd1", loader("sd1")).unwrap(); // sd1 is now the most recent
+    cache.get_or_load("inpaint", loader("inpaint")).unwrap(); // evicts lcm
+    assert_eq!(cache.keys(), vec!["sd1".to_string(), "inpaint".to_string()]);
+    assert_eq!(loads.get(), 3);
+    assert!(cache.used_bytes() <= one * 2 + one / 2);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
+use krya_engine::model::ModelSource;
 use krya_engine::{CancelToken, GenerateRequest, SchedulerKind, device, image_io, model};
 
 use crate::{CliError, models};
@@ -136,7 +137,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
             .unwrap_or(0)
     });
 
-    let (name, source) = models::resolve(&a.model)?;
+    let (name, mut source) = models::resolve(&a.model)?;
+    // A hub model not in the cache yet is pulled first (or fails with the offline error).
+    if let ModelSource::Hub { repo, revision } = &source {
+        if krya_engine::model::hub::cached_snapshot(repo, revision).is_none() {
+            source = ModelSource::Folder(models::pull_with_progress(repo, revision)?);
+        }
+    }
     let dev = device::best_device()?;
     let dtype = device::default_dtype(&dev);
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {name}"));

@@ -1,9 +1,10 @@
 //! `krya`: the Krya binary.
 //!
 //! Layout: `generate` (text/image-to-image and inpainting on the native engine),
-//! `models` (the local model registry and the Hugging Face cache). Errors the user can fix
+//! `models` (the local model registry and the Hugging Face cache), `bench` (component timings). Errors the user can fix
 //! print one line and exit with status 2; anything else exits with 1.
 
+mod bench;
 mod generate;
 mod models;
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Generate images with a local model.
     Generate(generate::Args),
+    /// Time each model component (text encoder, UNet, VAE) on real or random weights.
+    Bench(bench::Args),
     /// Manage models: list, add, remove.
     #[command(subcommand)]
     Models(models::Command),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Models(cmd) => models::run(cmd),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

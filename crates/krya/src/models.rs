@@ -17,6 +17,9 @@ pub enum Command {
     Add { name: String, source: String },
     /// Forget a registered name (files are left alone).
     Rm { name: String },
+    /// Download a Hugging Face repo (owner/name[@revision]) into the HF cache: resumable,
+    /// verified against the hub's sha256 sums.
+    Pull { repo: String },
 }
 
 pub fn home() -> PathBuf {
@@ -87,6 +90,40 @@ pub fn resolve(spec: &str) -> Result<(String, ModelSource), CliError> {
         ModelSource::Hub { repo, .. } => repo.clone(),
     };
     Ok((name, source))
+}
+
+/// Downloads a repo with a progress bar (and a line per file when stderr is not a terminal).
+pub fn pull_with_progress(repo: &str, revision: &str) -> Result<PathBuf, CliError> {
+    use std::io::IsTerminal;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    let tty = std::io::stderr().is_terminal();
+    let mut current = String::new();
+    let mut last: Option<(String, u64)> = None;
+    let result = hub::pull(repo, revision, &mut |p| {
+        if p.file != current {
+            if let Some((f, n)) = last.take() {
+                if !tty {
+                    eprintln!("pulled {f} ({})", human(n));
+                }
+            }
+            current = p.file.to_string();
+            bar.set_message(format!("[{}/{}] {}", p.file_index + 1, p.files, p.file));
+            bar.set_length(p.total.unwrap_or(0));
+        }
+        bar.set_position(p.done);
+        last = Some((p.file.to_string(), p.done));
+    });
+    bar.finish_and_clear();
+    if let (Some((f, n)), false) = (last, tty) {
+        eprintln!("pulled {f} ({})", human(n));
+    }
+    Ok(result?)
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -174,6 +211,19 @@ pub fn run(cmd: Command) -> Result<(), CliError> {
             reg.insert(name.clone(), stored.clone());
             save_registry(&reg)?;
             println!("added {name} -> {stored}");
+            Ok(())
+        }
+        Command::Pull { repo } => {
+            let (repo, revision) = match ModelSource::parse(&repo)? {
+                ModelSource::Hub { repo, revision } => (repo, revision),
+                _ => {
+                    return Err(CliError::user(format!(
+                        "{repo:?} is a local path; pull takes a Hugging Face repo id (owner/name)"
+                    )));
+                }
+            };
+            let snapshot = pull_with_progress(&repo, &revision)?;
+            println!("{}", snapshot.display());
             Ok(())
         }
         Command::Rm { name } => {

@@ -15,6 +15,9 @@ fn krya(home: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("KRYA_HOME", home)
         .env("HF_HUB_CACHE", home.join("hf"))
+        // Never the real hub: offline, and a closed loopback port if anything asked.
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:1")
         .env_remove("HF_HOME")
         .output()
         .expect("run krya")

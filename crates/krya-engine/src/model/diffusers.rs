@@ -101,6 +101,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
         &unet_cfg_path,
     )?;
     w.check_all_used()?;
+    let mut params = w.loaded_elements();
 
     let vae_cfg: VaeConfig = load_json(&dir.join("vae/config.json"))?;
     let w = Weights::mmap(&component_weights(&dir.join("vae"))?)?;
@@ -109,6 +110,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
         &dir.join("vae/config.json"),
     )?;
     w.check_all_used()?;
+    params += w.loaded_elements();
 
     let mut tokenizers = Vec::new();
     let mut text_encoders = Vec::new();
@@ -128,6 +130,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
             &cfg_path,
         )?);
         w.check_all_used()?;
+        params += w.loaded_elements();
         tokenizers.push(ClipTokenizer::from_dir(&dir.join(tok))?);
     }
     if text_encoders.is_empty() {
@@ -156,7 +159,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let model = assemble(
+    let mut model = assemble(
         name,
         tokenizers,
         text_encoders,
@@ -167,6 +170,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
         device,
         dtype,
     )?;
+    model.parameter_count = params;
     Ok(model)
 }
 
@@ -244,7 +248,47 @@ pub(crate) fn assemble(
             width: size,
             height: size,
         },
+        parameter_count: 0,
         device: device.clone(),
         dtype,
+    })
+}
+
+/// The components of a model built from its config files alone, with random weights, for
+/// speed measurements (time does not depend on weight values). Tokenizers are not needed.
+pub struct RandomComponents {
+    pub text_encoders: Vec<ClipTextModel>,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+}
+
+pub fn load_random(dir: &Path, device: &Device, dtype: DType) -> Result<RandomComponents> {
+    let vb = || {
+        let vm = candle_nn::VarMap::new();
+        candle_nn::VarBuilder::from_varmap(&vm, dtype, device)
+    };
+    let unet_cfg_path = dir.join("unet/config.json");
+    let unet = with_path(
+        UNet2DConditionModel::new(
+            with_path(
+                UNetConfig::from_json(&read_text(&unet_cfg_path)?),
+                &unet_cfg_path,
+            )?,
+            vb(),
+        ),
+        &unet_cfg_path,
+    )?;
+    let vae = AutoencoderKL::new(load_json(&dir.join("vae/config.json"))?, vb())?;
+    let mut text_encoders = Vec::new();
+    for enc in ["text_encoder", "text_encoder_2"] {
+        let p = dir.join(enc).join("config.json");
+        if p.is_file() {
+            text_encoders.push(ClipTextModel::new(load_json(&p)?, vb())?);
+        }
+    }
+    Ok(RandomComponents {
+        text_encoders,
+        unet,
+        vae,
     })
 }

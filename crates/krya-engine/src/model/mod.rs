@@ -4,8 +4,10 @@
 //! repo id (fetched into the standard HF cache). Its architecture is always read from its
 //! own config files; presets only fill in what a single-file checkpoint lacks.
 
+pub mod cache;
 pub mod diffusers;
 pub mod hub;
+pub mod single_file;
 
 use std::path::{Path, PathBuf};
 
@@ -59,10 +61,15 @@ impl ModelSource {
 pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<StableDiffusion> {
     match source {
         ModelSource::Folder(dir) => diffusers::load(dir, device, dtype),
-        ModelSource::Checkpoint(path) => Err(EngineError::InvalidInput(format!(
-            "{}: single-file checkpoints are not supported yet; convert it to a diffusers folder",
-            path.display()
-        ))),
+        ModelSource::Checkpoint(path) => {
+            if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+                return Err(EngineError::InvalidInput(format!(
+                    "{}: only .safetensors checkpoints are read (pickled .ckpt files can run code; convert them first)",
+                    path.display()
+                )));
+            }
+            single_file::load(path, device, dtype)
+        }
         ModelSource::Hub { repo, revision } => {
             diffusers::load(&hub::require_snapshot(repo, revision)?, device, dtype)
         }

@@ -55,7 +55,11 @@ impl Ddim {
         let ac = c.alphas_cumprod()?;
         Ok(Self {
             timesteps: integer_timesteps(c, steps, TimestepSpacing::Leading),
-            final_alpha_cumprod: if c.set_alpha_to_one { 1.0 } else { ac[0] },
+            final_alpha_cumprod: if c.set_alpha_to_one.unwrap_or(true) {
+                1.0
+            } else {
+                ac[0]
+            },
             ac,
             step_ratio: c.num_train_timesteps / steps,
             pred: c.prediction_type,

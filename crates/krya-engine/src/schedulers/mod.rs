@@ -10,6 +10,7 @@ mod dpmpp_2m;
 mod euler;
 mod euler_ancestral;
 mod lcm;
+mod pndm;
 
 use candle_core::Tensor;
 use serde::Deserialize;
@@ -22,6 +23,7 @@ pub use dpmpp_2m::DpmPp2m;
 pub use euler::Euler;
 pub use euler_ancestral::EulerAncestral;
 pub use lcm::Lcm;
+pub use pndm::Pndm;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,8 +66,11 @@ pub struct SchedulerConfig {
     pub clip_sample: Option<bool>,
     #[serde(default = "d_clip_range")]
     pub clip_sample_range: f64,
-    #[serde(default = "d_true")]
-    pub set_alpha_to_one: bool,
+    /// Absent: each class's own default (DDIM and LCM: true, PNDM: false).
+    #[serde(default)]
+    pub set_alpha_to_one: Option<bool>,
+    #[serde(default)]
+    pub skip_prk_steps: Option<bool>,
     #[serde(default)]
     pub rescale_betas_zero_snr: bool,
     #[serde(default)]
@@ -105,9 +110,6 @@ fn d_pred() -> PredictionType {
 }
 fn d_clip_range() -> f64 {
     1.0
-}
-fn d_true() -> bool {
-    true
 }
 fn d_orig_steps() -> usize {
     50
@@ -323,6 +325,7 @@ pub enum SchedulerKind {
     DpmPp2m,
     DpmPp2mKarras,
     Lcm,
+    Pndm,
 }
 
 impl SchedulerKind {
@@ -343,6 +346,7 @@ impl SchedulerKind {
             "dpmpp_2m" => Self::DpmPp2m,
             "dpmpp_2m_karras" => Self::DpmPp2mKarras,
             "lcm" => Self::Lcm,
+            "pndm" | "plms" => Self::Pndm,
             other => {
                 return Err(invalid!(
                     "unknown scheduler {other:?}; use one of {}",
@@ -360,6 +364,7 @@ impl SchedulerKind {
             Self::DpmPp2m => "dpmpp_2m",
             Self::DpmPp2mKarras => "dpmpp_2m_karras",
             Self::Lcm => "lcm",
+            Self::Pndm => "pndm",
         }
     }
 
@@ -372,6 +377,7 @@ impl SchedulerKind {
             Self::DpmPp2m => "DPM++ 2M",
             Self::DpmPp2mKarras => "DPM++ 2M Karras",
             Self::Lcm => "LCM",
+            Self::Pndm => "PLMS",
         }
     }
 
@@ -415,6 +421,7 @@ impl SchedulerKind {
             Self::DpmPp2m => Box::new(DpmPp2m::new(config, steps, false)?),
             Self::DpmPp2mKarras => Box::new(DpmPp2m::new(config, steps, true)?),
             Self::Lcm => Box::new(Lcm::new(config, steps)?),
+            Self::Pndm => Box::new(Pndm::new(config, steps)?),
         })
     }
 }

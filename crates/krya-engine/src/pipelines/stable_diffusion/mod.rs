@@ -49,6 +49,8 @@ pub struct StableDiffusion {
     /// SDXL: an absent negative prompt gives zero embeddings (model_index.json).
     pub force_zeros_for_empty_prompt: bool,
     pub defaults: Defaults,
+    /// Learned parameters loaded (all components), for memory accounting.
+    pub parameter_count: u64,
     pub device: Device,
     pub dtype: DType,
 }

@@ -26,8 +26,8 @@ pub struct ClipTokenizer {
     pub pad_id: u32,
     /// Sequence length fed to the text encoder, start and end tokens included.
     pub max_len: usize,
-    /// Special tokens other than start/end (e.g. SD 2.x's `!` pad token): transformers
-    /// splits them out of the text before BPE, whole.
+    /// Special tokens (start, end, and e.g. SD 2.x's `!` pad token): transformers splits
+    /// them out of the text before BPE, whole.
     specials: Vec<(String, u32)>,
     cache: Mutex<HashMap<String, Vec<u32>>>,
 }
@@ -112,13 +112,6 @@ impl ClipTokenizer {
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.as_u64()? as u32)))
             .collect();
-        let mut ranks = HashMap::new();
-        for (rank, line) in merges.iter().enumerate() {
-            if let Some((a, b)) = line.split_once(' ') {
-                ranks.insert((a.to_string(), b.to_string()), rank);
-            }
-        }
-
         let mut config = serde_json::Map::new();
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             let p = dir.join(name);
@@ -126,6 +119,58 @@ impl ClipTokenizer {
                 if let Value::Object(o) = read_json(&p)? {
                     config.extend(o);
                 }
+            }
+        }
+        Self::from_parts(vocab, &merges, &config, dir)
+    }
+
+    /// CLIP's own vocabulary (bundled: single-file checkpoints carry no tokenizer), with
+    /// the given pad token: `<|endoftext|>` for SD 1.x and SDXL's first encoder, `!` for
+    /// OpenCLIP encoders (SD 2.x, SDXL's second).
+    pub fn standard_clip(pad_token: &str) -> Result<Self> {
+        const MERGES: &str = include_str!("../../../assets/clip_merges.txt");
+        let merges: Vec<String> = MERGES.lines().skip(1).map(str::to_string).collect();
+        // CLIP's vocabulary lists the byte symbols in `bytes_to_unicode`'s dict order:
+        // the printable bytes first, then the others.
+        let map = bytes_to_unicode();
+        let printable = |b: usize| {
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+        };
+        let order: Vec<usize> = (0..256)
+            .filter(|&b| printable(b))
+            .chain((0..256).filter(|&b| !printable(b)))
+            .collect();
+        let bytes: Vec<char> = order.iter().map(|&b| map[b]).collect();
+        let mut tokens: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
+        tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
+        tokens.extend(merges.iter().map(|m| m.replacen(' ', "", 1)));
+        tokens.push(BOS.into());
+        tokens.push(EOS.into());
+        let vocab = tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
+        let mut config = serde_json::Map::new();
+        config.insert("pad_token".into(), Value::String(pad_token.into()));
+        Self::from_parts(
+            vocab,
+            &merges,
+            &config,
+            Path::new("<bundled CLIP tokenizer>"),
+        )
+    }
+
+    fn from_parts(
+        vocab: HashMap<String, u32>,
+        merges: &[String],
+        config: &serde_json::Map<String, Value>,
+        dir: &Path,
+    ) -> Result<Self> {
+        let mut ranks = HashMap::new();
+        for (rank, line) in merges.iter().enumerate() {
+            if let Some((a, b)) = line.split_once(' ') {
+                ranks.insert((a.to_string(), b.to_string()), rank);
             }
         }
         let id_of = |tok: &str| -> Result<u32> {
@@ -156,10 +201,11 @@ impl ClipTokenizer {
             .map(|v| v as usize)
             .unwrap_or(77);
 
-        let mut specials = Vec::new();
+        // Start/end markers typed into a prompt are the special tokens, not text.
+        let mut specials = vec![(BOS.to_string(), bos_id), (EOS.to_string(), eos_id)];
         for key in ["pad_token", "unk_token"] {
             if let Some(t) = config.get(key).and_then(token_text) {
-                if t != BOS && t != EOS && !specials.iter().any(|(s, _)| *s == t) {
+                if !specials.iter().any(|(s, _)| *s == t) {
                     specials.push((t.clone(), id_of(&t)?));
                 }
             }
