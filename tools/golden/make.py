@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import diffusers
-from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+from diffusers import (AutoencoderKL, DiffusionPipeline, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelPipeline, PNDMScheduler, StableDiffusionImg2ImgPipeline,
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
                        UNet2DConditionModel)
@@ -128,7 +128,10 @@ def save_model(path, pipe_cls, **components):
     if path.exists():
         shutil.rmtree(path)
     pipe.save_pretrained(str(path), safe_serialization=True)
-    return pipe
+    # References come from the pipeline as loaded from disk, as users (and the engine) load it:
+    # an in-memory scheduler config omits defaults that `from_config` then does not carry
+    # over (timestep_spacing), so the same files would give another image.
+    return DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
 
 
 def models():

@@ -289,11 +289,6 @@ fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
     assert!(bad.is_empty(), "{id}: {}", bad.join("; "));
 }
 
-/// Cases that still differ from diffusers, tracked here so the gap stays visible: an
-/// inpainting (9-channel) UNet with an ancestral scheduler. The test fails if one of them
-/// starts to match (then remove it from this list) as well as if any other case differs.
-const KNOWN_DIFFERENT: &[&str] = &["inpaint_unet_euler_a", "inpaint_unet_euler_a_1"];
-
 #[test]
 fn pipelines_match_diffusers() {
     let cases: Vec<Value> =
@@ -305,19 +300,13 @@ fn pipelines_match_diffusers() {
         let id = case["id"].as_str().unwrap().to_string();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(case, &mut models)));
-        match (result, KNOWN_DIFFERENT.contains(&id.as_str())) {
-            (Err(e), false) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                failures.push(format!("{id}: {msg}"));
-            }
-            (Ok(()), true) => failures.push(format!(
-                "{id} now matches diffusers: remove it from KNOWN_DIFFERENT"
-            )),
-            _ => {}
+        if let Err(e) = result {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("{id}: {msg}"));
         }
     }
     assert!(
