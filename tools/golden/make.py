@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 import diffusers
 from diffusers import (AutoencoderKL, DiffusionPipeline, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelPipeline, PNDMScheduler, StableDiffusionImg2ImgPipeline,
-                       StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                       StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -191,6 +191,19 @@ def models():
     out["sdxl"] = save_model(OUT / "sdxl", StableDiffusionXLPipeline, vae=vae_xl, text_encoder=te_a, tokenizer=tok1,
                              text_encoder_2=te_b, tokenizer_2=tok1, unet=unet_xl, scheduler=sched)
 
+    # SDXL inpainting UNet (9 channels: diffusers' SDXL inpainting needs 4 latent channels).
+    unet_xl9 = randomize(UNet2DConditionModel(
+        sample_size=8, in_channels=9, out_channels=4, block_out_channels=[16, 32], layers_per_block=1,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        cross_attention_dim=56, attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2], use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=20 + 6 * 8,
+        norm_num_groups=8)).eval()
+    vae_xl4 = tiny_vae([16, 24], 4, 8, 0.13025)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                   timestep_spacing="leading")
+    out["sdxl_inpaint"] = save_model(OUT / "sdxl_inpaint", StableDiffusionXLInpaintPipeline, vae=vae_xl4, text_encoder=te_a,
+                                     tokenizer=tok1, text_encoder_2=te_b, tokenizer_2=tok1, unet=unet_xl9, scheduler=sched)
+
     # LCM-distilled: guidance embedded through time_cond_proj_dim, LCM scheduler.
     unet_lcm = randomize(UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 48], layers_per_block=1,
@@ -297,7 +310,7 @@ def run_cases(pipes, tensors):
                                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             kw.update(image=init, strength=p["strength"])
         else:
-            call = pipe if isinstance(pipe, StableDiffusionInpaintPipeline) else StableDiffusionInpaintPipeline(
+            call = pipe if isinstance(pipe, (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline)) else StableDiffusionInpaintPipeline(
                 **{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             kw.update(image=init, mask_image=mask, strength=p["strength"], width=w, height=h)
@@ -329,6 +342,8 @@ def run_cases(pipes, tensors):
     case("turbo_euler_a_2", "turbo", scheduler="euler_a", steps=2, guidance=0.0, seed=32, prompt=base["prompt"], negative_prompt=None)
     case("sdxl_default", "sdxl", steps=3, guidance=5.0, seed=41, prompt=base["prompt"], negative_prompt=None)
     case("sdxl_negative_euler_a", "sdxl", scheduler="euler_a", steps=3, guidance=5.0, batch=2, seed=42, **base)
+    case("sdxl_inpaint_unet", "sdxl_inpaint", mode="inpaint", steps=3, guidance=5.0, strength=1.0, seed=43, prompt=base["prompt"], negative_prompt=None)
+    case("sdxl_inpaint_unet_euler_a", "sdxl_inpaint", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=0.8, batch=2, seed=44, **base)
     case("lcm_default", "lcm", steps=2, guidance=8.0, seed=51, prompt=base["prompt"], negative_prompt=None)
     case("lcm_4", "lcm", steps=4, guidance=3.0, batch=2, seed=52, prompt=base["prompt"], negative_prompt=None)
     return cases
@@ -353,6 +368,7 @@ def main():
 def dedupe():
     """Models that share a component point at one copy (relative symlinks keep the repo small)."""
     shared = {"turbo": ("sd2v", ["unet", "vae", "text_encoder", "tokenizer"]),
+              "sdxl_inpaint": ("sdxl", ["text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"]),
               "inpaint": ("sd1", ["vae", "text_encoder", "tokenizer"]),
               "lcm": ("sd1", ["vae", "text_encoder", "tokenizer"])}
     for model, (source, comps) in shared.items():
@@ -453,11 +469,11 @@ def make_checkpoint():
     torch.manual_seed(5)
     tmp = OUT / "_ckpt_folder"
     tok, vocab = clip_vocab_tokenizer(OUT / "_ckpt_tok")
-    te = randomize(text_encoder(vocab, 32, 2, 1, 40, "quick_gelu"))
+    te = randomize(text_encoder(vocab, 16, 2, 1, 24, "quick_gelu"))
     unet = randomize(UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 64], layers_per_block=1,
         down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-        cross_attention_dim=32, attention_head_dim=1, norm_num_groups=32)).eval()
+        cross_attention_dim=16, attention_head_dim=1, norm_num_groups=32)).eval()
     vae = tiny_vae([32, 64], 4, 32, 0.18215)
     for m in (te, unet, vae):  # fp16-representable, so the fp16 file holds the same values
         with torch.no_grad():

@@ -54,7 +54,15 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
     assert!(d <= tol, "{what}: max abs diff {d} > {tol}");
 }
 
-const MODELS: &[&str] = &["sd1", "inpaint", "sd2v", "turbo", "sdxl", "lcm"];
+const MODELS: &[&str] = &[
+    "sd1",
+    "inpaint",
+    "sd2v",
+    "turbo",
+    "sdxl",
+    "sdxl_inpaint",
+    "lcm",
+];
 
 #[test]
 fn tokenizers_match_transformers() {
