@@ -109,7 +109,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     let load_s = t0.elapsed().as_secs_f64();
     let f = c.vae.config.scale_factor();
-    if a.width % f != 0 || a.height % f != 0 {
+    if !a.width.is_multiple_of(f) || !a.height.is_multiple_of(f) {
         return Err(CliError::user(format!(
             "width and height must be multiples of {f}"
         )));

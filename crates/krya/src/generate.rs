@@ -60,13 +60,13 @@ pub struct Args {
 }
 
 fn must_exist(p: &Option<PathBuf>, what: &str) -> Result<(), CliError> {
-    if let Some(p) = p {
-        if !p.is_file() {
-            return Err(CliError::user(format!(
-                "{what} {} does not exist or is not a file",
-                p.display()
-            )));
-        }
+    if let Some(p) = p
+        && !p.is_file()
+    {
+        return Err(CliError::user(format!(
+            "{what} {} does not exist or is not a file",
+            p.display()
+        )));
     }
     Ok(())
 }
@@ -110,13 +110,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
             a.batch
         )));
     }
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            return Err(CliError::user(format!(
-                "output folder {} does not exist",
-                dir.display()
-            )));
-        }
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(CliError::user(format!(
+            "output folder {} does not exist",
+            dir.display()
+        )));
     }
     let init_image = a
         .init_image
@@ -139,10 +139,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
 
     let (name, mut source) = models::resolve(&a.model)?;
     // A hub model not in the cache yet is pulled first (or fails with the offline error).
-    if let ModelSource::Hub { repo, revision } = &source {
-        if krya_engine::model::hub::cached_snapshot(repo, revision).is_none() {
-            source = ModelSource::Folder(models::pull_with_progress(repo, revision)?);
-        }
+    if let ModelSource::Hub { repo, revision } = &source
+        && krya_engine::model::hub::cached_snapshot(repo, revision).is_none()
+    {
+        source = ModelSource::Folder(models::pull_with_progress(repo, revision)?);
     }
     let dev = device::best_device()?;
     let dtype = device::default_dtype(&dev);

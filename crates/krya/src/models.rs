@@ -107,10 +107,10 @@ pub fn pull_with_progress(repo: &str, revision: &str) -> Result<PathBuf, CliErro
     let mut last: Option<(String, u64)> = None;
     let result = hub::pull(repo, revision, &mut |p| {
         if p.file != current {
-            if let Some((f, n)) = last.take() {
-                if !tty {
-                    eprintln!("pulled {f} ({})", human(n));
-                }
+            if let Some((f, n)) = last.take()
+                && !tty
+            {
+                eprintln!("pulled {f} ({})", human(n));
             }
             current = p.file.to_string();
             bar.set_message(format!("[{}/{}] {}", p.file_index + 1, p.files, p.file));

@@ -109,10 +109,10 @@ fn serve(
         if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("range")
+        {
+            range = Some(v.trim().to_string());
         }
     }
     let respond = |s: &mut TcpStream, status: &str, body: &[u8], extra: &str| {

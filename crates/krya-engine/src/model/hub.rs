@@ -395,13 +395,13 @@ fn fetch_file(
         }
         file.sync_all().map_err(|e| EngineError::io(&part, e))?;
         drop(file);
-        if let Some(t) = total {
-            if done < t {
-                return Err(EngineError::Download(format!(
-                    "{repo}/{}: transfer interrupted at {done} of {t} bytes; run the pull again to resume",
-                    f.path
-                )));
-            }
+        if let Some(t) = total
+            && done < t
+        {
+            return Err(EngineError::Download(format!(
+                "{repo}/{}: transfer interrupted at {done} of {t} bytes; run the pull again to resume",
+                f.path
+            )));
         }
         if let Some(want) = &f.sha256 {
             let mut h = sha2::Sha256::new();

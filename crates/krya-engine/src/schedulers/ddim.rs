@@ -2,9 +2,9 @@
 
 use candle_core::Tensor;
 
+use super::spaced_timesteps;
 use super::{
     PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, alpha_pred_original,
-    arange, linspace,
 };
 use crate::Result;
 use crate::rng::BatchRng;
@@ -18,33 +18,6 @@ pub struct Ddim {
     clip: Option<f64>,
 }
 
-/// Integer timesteps for DDIM-style schedulers (DDIM, and the DDPM `add_noise`).
-pub(crate) fn integer_timesteps(
-    c: &SchedulerConfig,
-    steps: usize,
-    default: TimestepSpacing,
-) -> Vec<f64> {
-    let n = c.num_train_timesteps;
-    match c.spacing_or(default) {
-        TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
-            .into_iter()
-            .rev()
-            .map(f64::round_ties_even)
-            .collect(),
-        TimestepSpacing::Leading => {
-            let ratio = n / steps;
-            (0..steps)
-                .rev()
-                .map(|i| (i * ratio + c.steps_offset) as f64)
-                .collect()
-        }
-        TimestepSpacing::Trailing => arange(n as f64, 0.0, -(n as f64 / steps as f64))
-            .into_iter()
-            .map(|t| t.round_ties_even() - 1.0)
-            .collect(),
-    }
-}
-
 /// `sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε`, as DDPM-family schedulers noise clean latents.
 pub(crate) fn ddpm_add_noise(original: &Tensor, noise: &Tensor, alpha_prod: f64) -> Result<Tensor> {
     Ok(((original * alpha_prod.sqrt())? + (noise * (1.0 - alpha_prod).sqrt())?)?)
@@ -54,7 +27,7 @@ impl Ddim {
     pub fn new(c: &SchedulerConfig, steps: usize) -> Result<Self> {
         let ac = c.alphas_cumprod()?;
         Ok(Self {
-            timesteps: integer_timesteps(c, steps, TimestepSpacing::Leading),
+            timesteps: spaced_timesteps(c, steps, TimestepSpacing::Leading, true),
             final_alpha_cumprod: if c.set_alpha_to_one.unwrap_or(true) {
                 1.0
             } else {
@@ -71,12 +44,6 @@ impl Ddim {
 impl Scheduler for Ddim {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(sample.clone())
     }
     fn step(
         &mut self,

@@ -2,9 +2,10 @@
 
 use candle_core::Tensor;
 
+use super::spaced_timesteps;
 use super::{
-    PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, arange, f32r,
-    interp_index, karras_sigmas, linspace, sigma_pred_original, sigma_to_t, train_sigmas,
+    PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, f32r, interp_index,
+    karras_sigmas, linspace, sigma_pred_original, sigma_to_t, train_sigmas,
 };
 use crate::rng::BatchRng;
 use crate::{Result, invalid};
@@ -26,23 +27,7 @@ impl SigmaSchedule {
         }
         let n = c.num_train_timesteps;
         let spacing = c.spacing_or(TimestepSpacing::Linspace);
-        let mut timesteps: Vec<f64> = match spacing {
-            TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
-                .into_iter()
-                .rev()
-                .collect(),
-            TimestepSpacing::Leading => {
-                let ratio = n / steps;
-                (0..steps)
-                    .rev()
-                    .map(|i| (i * ratio + c.steps_offset) as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => arange(n as f64, 0.0, -(n as f64 / steps as f64))
-                .into_iter()
-                .map(|t| t.round_ties_even() - 1.0)
-                .collect(),
-        };
+        let mut timesteps = spaced_timesteps(c, steps, TimestepSpacing::Linspace, false);
         let train = train_sigmas(&ac);
         let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln()).collect();
         let mut sigmas: Vec<f64> = match c.interpolation_type.as_deref().unwrap_or("linear") {

@@ -52,12 +52,6 @@ impl Scheduler for Lcm {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
     }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(sample.clone())
-    }
     fn step(
         &mut self,
         model_output: &Tensor,

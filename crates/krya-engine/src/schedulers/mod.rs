@@ -182,6 +182,42 @@ impl SchedulerConfig {
     }
 }
 
+/// Inference timesteps, first to last, for a spacing (the config's, else `default`):
+/// `linspace` is rounded for integer-timestep schedulers (DDIM, PNDM) and kept fractional
+/// for sigma-based ones (Euler), as in diffusers.
+pub(crate) fn spaced_timesteps(
+    c: &SchedulerConfig,
+    steps: usize,
+    default: TimestepSpacing,
+    round_linspace: bool,
+) -> Vec<f64> {
+    let n = c.num_train_timesteps;
+    match c.spacing_or(default) {
+        TimestepSpacing::Linspace => linspace(0.0, (n - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(|t| {
+                if round_linspace {
+                    t.round_ties_even()
+                } else {
+                    t
+                }
+            })
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = n / steps;
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio + c.steps_offset) as f64)
+                .collect()
+        }
+        TimestepSpacing::Trailing => arange(n as f64, 0.0, -(n as f64 / steps as f64))
+            .into_iter()
+            .map(|t| t.round_ties_even() - 1.0)
+            .collect(),
+    }
+}
+
 /// Rounds through float32, where diffusers keeps a value in a float32 tensor.
 pub(crate) fn f32r(x: f64) -> f64 {
     x as f32 as f64
@@ -301,9 +337,14 @@ pub struct StepOutput {
 pub trait Scheduler: Send {
     /// Timesteps fed to the UNet, first to last.
     fn timesteps(&self) -> &[f64];
-    fn init_noise_sigma(&self) -> f64;
+    /// The initial noise's scale (1 for DDPM-style schedulers).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
     /// Scales the UNet input at step `i` (sigma-based schedulers divide by `sqrt(σ²+1)`).
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor>;
+    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
     /// Advances `sample` from step `i`; ancestral schedulers draw noise from `rng`.
     fn step(
         &mut self,

@@ -3,7 +3,8 @@
 
 use candle_core::Tensor;
 
-use super::ddim::{ddpm_add_noise, integer_timesteps};
+use super::ddim::ddpm_add_noise;
+use super::spaced_timesteps;
 use super::{
     PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing, alpha_pred_original,
 };
@@ -35,7 +36,7 @@ impl Pndm {
         }
         let ac = c.alphas_cumprod()?;
         // Ascending integer timesteps, then the PLMS order: the second-to-last repeated.
-        let mut t: Vec<f64> = integer_timesteps(c, steps, TimestepSpacing::Leading);
+        let mut t: Vec<f64> = spaced_timesteps(c, steps, TimestepSpacing::Leading, true);
         t.reverse();
         let n = t.len();
         let mut plms: Vec<f64> = t[..n - 1].to_vec();
@@ -81,12 +82,6 @@ impl Pndm {
 impl Scheduler for Pndm {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(sample.clone())
     }
     fn step(
         &mut self,

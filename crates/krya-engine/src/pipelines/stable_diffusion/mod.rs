@@ -258,7 +258,7 @@ impl StableDiffusion {
             .unzip();
         let width = req.width.or(iw).unwrap_or(self.defaults.width);
         let height = req.height.or(ih).unwrap_or(self.defaults.height);
-        if width == 0 || height == 0 || width % f != 0 || height % f != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(f) || !height.is_multiple_of(f) {
             return Err(invalid!(
                 "width and height must be positive multiples of {f} for this model (got {width}x{height})"
             ));
@@ -283,13 +283,13 @@ impl StableDiffusion {
         if req.mask.is_some() && req.init_image.is_none() {
             return Err(invalid!("a mask needs an init image to inpaint"));
         }
-        if let (Some(mask), Some(img)) = (&req.mask, &req.init_image) {
-            if mask.dimensions() != img.dimensions() {
-                let ((mw, mh), (iw, ih)) = (mask.dimensions(), img.dimensions());
-                return Err(invalid!(
-                    "the mask is {mw}x{mh} but the image is {iw}x{ih}; give a mask of the same size"
-                ));
-            }
+        if let (Some(mask), Some(img)) = (&req.mask, &req.init_image)
+            && mask.dimensions() != img.dimensions()
+        {
+            let ((mw, mh), (iw, ih)) = (mask.dimensions(), img.dimensions());
+            return Err(invalid!(
+                "the mask is {mw}x{mh} but the image is {iw}x{ih}; give a mask of the same size"
+            ));
         }
         if self.is_inpainting_unet() && req.mask.is_none() {
             return Err(invalid!(
@@ -482,17 +482,17 @@ impl StableDiffusion {
             };
             let step = scheduler.step(&noise_pred, i, &latents, &mut rng)?;
             latents = step.prev_sample;
-            if let Some(ip) = &inpaint {
-                if let (Some(orig), false) = (&ip.image_latents, self.is_inpainting_unet()) {
-                    // Ordinary models inpaint by pasting the (re-noised) original outside the mask.
-                    let proper = if i + 1 < n {
-                        scheduler.add_noise(orig, &ip.noise, i + 1)?
-                    } else {
-                        orig.clone()
-                    };
-                    let inv = (1.0 - &ip.mask)?;
-                    latents = (inv.broadcast_mul(&proper)? + ip.mask.broadcast_mul(&latents)?)?;
-                }
+            if let Some(ip) = &inpaint
+                && let (Some(orig), false) = (&ip.image_latents, self.is_inpainting_unet())
+            {
+                // Ordinary models inpaint by pasting the (re-noised) original outside the mask.
+                let proper = if i + 1 < n {
+                    scheduler.add_noise(orig, &ip.noise, i + 1)?
+                } else {
+                    orig.clone()
+                };
+                let inv = (1.0 - &ip.mask)?;
+                latents = (inv.broadcast_mul(&proper)? + ip.mask.broadcast_mul(&latents)?)?;
             }
             let preview =
                 if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {

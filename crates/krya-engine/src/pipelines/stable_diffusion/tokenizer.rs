@@ -115,10 +115,10 @@ impl ClipTokenizer {
         let mut config = serde_json::Map::new();
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             let p = dir.join(name);
-            if p.exists() {
-                if let Value::Object(o) = read_json(&p)? {
-                    config.extend(o);
-                }
+            if p.exists()
+                && let Value::Object(o) = read_json(&p)?
+            {
+                config.extend(o);
             }
         }
         Self::from_parts(vocab, &merges, &config, dir)
@@ -197,17 +197,17 @@ impl ClipTokenizer {
         let max_len = config
             .get("model_max_length")
             .and_then(|v| v.as_f64())
-            .filter(|&v| v >= 2.0 && v < 1e6)
+            .filter(|&v| (2.0..1e6).contains(&v))
             .map(|v| v as usize)
             .unwrap_or(77);
 
         // Start/end markers typed into a prompt are the special tokens, not text.
         let mut specials = vec![(BOS.to_string(), bos_id), (EOS.to_string(), eos_id)];
         for key in ["pad_token", "unk_token"] {
-            if let Some(t) = config.get(key).and_then(token_text) {
-                if !specials.iter().any(|(s, _)| *s == t) {
-                    specials.push((t.clone(), id_of(&t)?));
-                }
+            if let Some(t) = config.get(key).and_then(token_text)
+                && !specials.iter().any(|(s, _)| *s == t)
+            {
+                specials.push((t.clone(), id_of(&t)?));
             }
         }
         let pattern = regex::Regex::new(
