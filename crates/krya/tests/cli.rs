@@ -295,3 +295,119 @@ fn bad_input_is_one_line_and_exit_2() {
     );
     assert!(!Path::new(out).exists(), "no output on failure");
 }
+
+#[test]
+fn bench_reports_each_component() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = golden("sdxl");
+    let o = krya(
+        tmp.path(),
+        &[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--random-weights",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["random_weights"], true);
+    for c in ["text-encoder", "unet", "vae-decode", "vae-encode"] {
+        let runs = v["components"][c]["runs_s"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{c}");
+        let median = v["components"][c]["median_s"].as_f64().unwrap();
+        assert!(
+            median > 0.0 && runs.iter().all(|r| r.as_f64().unwrap() > 0.0),
+            "{c}: {v}"
+        );
+    }
+    assert_user_error(
+        &krya(
+            tmp.path(),
+            &[
+                "bench",
+                "--model",
+                model.to_str().unwrap(),
+                "--components",
+                "unet,flux",
+            ],
+        ),
+        "unknown component \"flux\"",
+    );
+}
+
+#[test]
+fn single_file_checkpoints_generate_and_bad_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = golden("sd1_checkpoint.safetensors");
+    let out = tmp.path().join("c.png");
+    let o = krya(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--steps",
+            "2",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--seed",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        png_parameters(&out).ends_with("Model: sd1_checkpoint"),
+        "{}",
+        png_parameters(&out)
+    );
+    let junk = tmp.path().join("junk.safetensors");
+    std::fs::write(&junk, b"definitely not safetensors").unwrap();
+    assert_user_error(
+        &krya(
+            tmp.path(),
+            &[
+                "generate",
+                "--model",
+                junk.to_str().unwrap(),
+                "--prompt",
+                "x",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ),
+        "cannot read safetensors",
+    );
+    let pickle = tmp.path().join("old.ckpt");
+    std::fs::write(&pickle, b"PK").unwrap();
+    assert_user_error(
+        &krya(
+            tmp.path(),
+            &[
+                "generate",
+                "--model",
+                pickle.to_str().unwrap(),
+                "--prompt",
+                "x",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ),
+        "only .safetensors checkpoints",
+    );
+}
