@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import diffusers
-from diffusers import (AutoencoderKL, DiffusionPipeline, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+from diffusers import (AutoencoderKL, AutoencoderTiny, DiffusionPipeline, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelPipeline, PNDMScheduler, StableDiffusionImg2ImgPipeline,
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
                        UNet2DConditionModel)
@@ -357,12 +357,31 @@ def main():
         components(name, pipe, tensors)
     cases = run_cases(pipes, tensors)
     checkpoint_case(tensors, cases)
+    tiny_vae_reference(tensors)
     dedupe()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "reference.safetensors"))
     (OUT / "cases.json").write_text(json.dumps(cases, indent=1))
     (OUT / "VERSIONS").write_text(f"torch {torch.__version__}\ndiffusers {diffusers.__version__}\n"
                                   f"transformers {__import__('transformers').__version__}\n")
 
+
+
+def tiny_vae_reference(tensors):
+    """A TAESD-shaped AutoencoderTiny (diffusers layout, as madebyollin/taesd ships it)."""
+    torch.manual_seed(9)
+    taesd = randomize(AutoencoderTiny(encoder_block_out_channels=(16, 16, 16), decoder_block_out_channels=(16, 16, 16),
+                                      num_encoder_blocks=(1, 2, 1), num_decoder_blocks=(1, 2, 1), latent_channels=4)).eval()
+    path = OUT / "taesd"
+    if path.exists():
+        shutil.rmtree(path)
+    taesd.save_pretrained(str(path), safe_serialization=True)
+    taesd = AutoencoderTiny.from_pretrained(str(path)).eval()
+    g = torch.Generator().manual_seed(10)
+    img = torch.rand(1, 3, 32, 48, generator=g) * 2 - 1
+    lat = torch.randn(1, 4, 8, 12, generator=g) * 2
+    with torch.no_grad():
+        tensors["taesd.image"], tensors["taesd.encoded"] = img, taesd.encode(img).latents
+        tensors["taesd.latents"], tensors["taesd.decoded"] = lat, taesd.decode(lat).sample
 
 
 def dedupe():

@@ -237,6 +237,17 @@ fn vaes_match_diffusers() {
     }
 }
 
+#[test]
+fn tiny_vae_matches_diffusers() {
+    let taesd =
+        model::diffusers::load_tiny_vae(&dir().join("taesd"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(taesd.config.scale_factor(), 4);
+    let enc = taesd.encode(r("taesd.image")).unwrap();
+    assert_close("taesd encode", &enc, r("taesd.encoded"), 1e-4);
+    let dec = taesd.decode(r("taesd.latents")).unwrap();
+    assert_close("taesd decode", &dec, r("taesd.decoded"), 1e-4);
+}
+
 /// Runs one case of `cases.json` and compares its images with diffusers'.
 fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
     let id = case["id"].as_str().unwrap();
@@ -349,6 +360,41 @@ fn same_seed_gives_identical_png_bytes() {
             ..req.clone()
         })
     );
+}
+
+#[test]
+fn previews_use_taesd_when_attached() {
+    let mut m = load("sd1");
+    let req = GenerateRequest {
+        prompt: "a cat".into(),
+        width: Some(32),
+        height: Some(24),
+        steps: Some(2),
+        ..Default::default()
+    };
+    let mut plain = Vec::new();
+    m.generate(
+        &req,
+        &mut |p| plain.push(p.preview.cloned().unwrap()),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    // Without TAESD: the latent map, one pixel per latent (sd1's VAE factor is 4).
+    assert_eq!(plain[0].dimensions(), (8, 6));
+    m.preview_vae = Some(
+        model::diffusers::load_tiny_vae(&dir().join("taesd"), &Device::Cpu, DType::F32).unwrap(),
+    );
+    let mut tiny = Vec::new();
+    m.generate(
+        &req,
+        &mut |p| tiny.push(p.preview.cloned().unwrap()),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(tiny.len(), 2);
+    // TAESD decodes the estimate to full size, one preview per step.
+    assert_eq!(tiny[1].dimensions(), (32, 24));
+    assert_ne!(tiny[0], tiny[1], "previews should follow the steps");
 }
 
 #[test]

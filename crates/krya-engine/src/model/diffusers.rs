@@ -249,6 +249,7 @@ pub(crate) fn assemble(
             height: size,
         },
         parameter_count: 0,
+        preview_vae: None,
         device: device.clone(),
         dtype,
     })
@@ -291,4 +292,21 @@ pub fn load_random(dir: &Path, device: &Device, dtype: DType) -> Result<RandomCo
         unet,
         vae,
     })
+}
+
+/// Loads a tiny autoencoder (TAESD) folder: `config.json` and its safetensors weights.
+pub fn load_tiny_vae(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<crate::pipelines::stable_diffusion::vae_tiny::AutoencoderTiny> {
+    use crate::pipelines::stable_diffusion::vae_tiny::AutoencoderTiny;
+    let cfg_path = dir.join("config.json");
+    let w = Weights::mmap(&component_weights(dir)?)?;
+    let vae = with_path(
+        AutoencoderTiny::new(load_json(&cfg_path)?, w.var_builder(dtype, device)),
+        &cfg_path,
+    )?;
+    w.check_all_used()?;
+    Ok(vae)
 }

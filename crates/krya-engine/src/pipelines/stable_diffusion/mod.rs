@@ -14,6 +14,7 @@ pub mod prompt_weighting;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vae_tiny;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use image::{GrayImage, RgbImage};
@@ -51,6 +52,9 @@ pub struct StableDiffusion {
     pub defaults: Defaults,
     /// Learned parameters loaded (all components), for memory accounting.
     pub parameter_count: u64,
+    /// A tiny autoencoder (TAESD) for step previews; without one, previews are a fixed
+    /// linear map of the latents.
+    pub preview_vae: Option<vae_tiny::AutoencoderTiny>,
     pub device: Device,
     pub dtype: DType,
 }
@@ -496,7 +500,7 @@ impl StableDiffusion {
             }
             let preview =
                 if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {
-                    Some(latent_preview(&step.denoised.i(0)?)?)
+                    Some(self.preview(&step.denoised.i(0..1)?)?)
                 } else {
                     None
                 };
@@ -518,6 +522,17 @@ impl StableDiffusion {
             width,
             height,
         })
+    }
+
+    /// A preview of one image's clean-latent estimate `[1, c, h, w]`: TAESD-decoded when
+    /// the model has a preview VAE with matching latent channels.
+    pub fn preview(&self, latent: &Tensor) -> Result<RgbImage> {
+        match &self.preview_vae {
+            Some(t) if t.config.latent_channels == self.latent_channels() => {
+                image_io::from_tensor(&t.decode(latent)?.i(0)?)
+            }
+            _ => latent_preview(&latent.i(0)?),
+        }
     }
 
     /// Decodes UNet-space latents to 8-bit images, as diffusers' `postprocess` ("pil").
