@@ -1,12 +1,13 @@
 //! `krya`: the Krya binary.
 //!
-//! Layout: `generate` (text/image-to-image and inpainting on the native engine),
+//! Layout: `serve` (the API server), `default-config`, `generate` (text/image-to-image and inpainting on the native engine),
 //! `models` (the local model registry and the Hugging Face cache), `bench` (component timings). Errors the user can fix
 //! print one line and exit with status 2; anything else exits with 1.
 
 mod bench;
 mod generate;
 mod models;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,10 @@ struct Cli {
 enum Command {
     /// Generate images with a local model.
     Generate(generate::Args),
+    /// Run the API server.
+    Serve(serve::Args),
+    /// Print a commented example krya.toml with every setting and its default.
+    DefaultConfig,
     /// Time each model component (text encoder, UNet, VAE) on real or random weights.
     Bench(bench::Args),
     /// Manage models: list, add, remove.
@@ -66,6 +71,11 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::DefaultConfig => {
+            print!("{}", krya_server::config::EXAMPLE);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

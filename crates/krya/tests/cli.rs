@@ -411,3 +411,48 @@ fn single_file_checkpoints_generate_and_bad_files_are_refused() {
         "only .safetensors checkpoints",
     );
 }
+
+#[test]
+fn serve_prints_its_address_and_answers_health() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_krya"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env("KRYA_HOME", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("Krya listening on ")
+        .expect("address line")
+        .to_string();
+    let body = ureq::get(format!("{url}/api/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    assert!(data.is_dir(), "the data directory is created");
+
+    // A typo in the settings is one readable line, exit 2.
+    std::fs::write(data.join("krya.toml"), "[server]\nlisen = 1\n").unwrap();
+    let o = krya(tmp.path(), &["serve", "--data-dir", data.to_str().unwrap()]);
+    assert_user_error(&o, "lisen");
+    let o = krya(tmp.path(), &["default-config"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("[server]"));
+}

@@ -1,0 +1,283 @@
+//! Settings, layered: built-in defaults, then `krya.toml`, then `KRYA__SECTION__KEY`
+//! environment variables, then command-line flags. Unknown keys are errors (a typo must not
+//! silently fall back to a default). Secrets are redacted in `Debug`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub database: Database,
+    pub storage: Storage,
+    pub models: Models,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded database and files live.
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// Empty: SQLite at `data_dir/krya.db`. Or `postgres://user@host/db`.
+    pub url: String,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Empty: files under `data_dir/blobs`. Or `s3://bucket/prefix`.
+    pub url: String,
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("Storage")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redact(&self.secret_access_key))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    /// Memory for loaded models, in MiB; the least recently used is dropped beyond it.
+    pub cache_budget_mb: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("KRYA_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/krya")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Server {
+                listen: "127.0.0.1:7860".parse().unwrap(),
+                data_dir: default_data_dir(),
+                max_body_bytes: 20 * 1024 * 1024,
+            },
+            database: Database { url: String::new() },
+            storage: Storage {
+                url: String::new(),
+                endpoint: String::new(),
+                region: "us-east-1".into(),
+                access_key_id: String::new(),
+                secret_access_key: String::new(),
+            },
+            models: Models {
+                cache_budget_mb: 8192,
+            },
+        }
+    }
+}
+
+/// The commented example `krya default-config` prints; every key with its default.
+pub const EXAMPLE: &str = r#"# Krya settings. Every key is optional; shown with its default.
+# Override any key with an environment variable KRYA__SECTION__KEY (e.g. KRYA__SERVER__LISTEN),
+# and some with flags (`krya serve --listen ... --data-dir ...`).
+
+[server]
+# Address to listen on.
+listen = "127.0.0.1:7860"
+# Where the embedded database (krya.db) and files (blobs/) live. Default: $KRYA_HOME,
+# else ~/.local/share/krya.
+# data_dir = "/var/lib/krya"
+# Largest request body accepted, in bytes.
+max_body_bytes = 20971520
+
+[database]
+# Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".
+url = ""
+
+[storage]
+# Empty: files under data_dir/blobs. For many workers: "s3://bucket/prefix".
+url = ""
+# S3-compatible endpoint (empty: AWS), region and keys.
+endpoint = ""
+region = "us-east-1"
+access_key_id = ""
+secret_access_key = ""
+
+[models]
+# Memory for loaded models, in MiB; the least recently used model is dropped beyond it.
+cache_budget_mb = 8192
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(String, String),
+}
+
+/// Values set on the command line (highest precedence).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Builds the settings from defaults, `file` (if given), `env` (pairs such as
+    /// `KRYA__SERVER__LISTEN=...`; other names are ignored) and `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Parse("defaults".into(), e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+            let t: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError::Parse(path.display().to_string(), e.to_string())
+            })?;
+            merge(&mut table, t);
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("KRYA__") else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let [section, key] = parts.as_slice() else {
+                return Err(ConfigError::Parse(
+                    name.clone(),
+                    "expected KRYA__SECTION__KEY".into(),
+                ));
+            };
+            // Numbers and booleans as TOML reads them; anything else as a string.
+            let v = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value));
+            let mut t = toml::Table::new();
+            let mut inner = toml::Table::new();
+            inner.insert(key.clone(), v);
+            t.insert(section.clone(), toml::Value::Table(inner));
+            merge(&mut table, t);
+        }
+        let mut config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse("settings".into(), e.to_string()))?;
+        if let Some(l) = flags.listen {
+            config.server.listen = l;
+        }
+        if let Some(d) = &flags.data_dir {
+            config.server.data_dir = d.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_is_valid_and_matches_the_defaults() {
+        let parsed: toml::Table = EXAMPLE.parse().unwrap();
+        let mut table = toml::Table::try_from(Config::default()).unwrap();
+        merge(&mut table, parsed);
+        let c: Config = table.try_into().unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("krya.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 10\n[database]\nurl = \"postgres://a@b/c\"\n").unwrap();
+        let env = vec![
+            ("KRYA__SERVER__MAX_BODY_BYTES".to_string(), "20".to_string()),
+            (
+                "KRYA__STORAGE__SECRET_ACCESS_KEY".to_string(),
+                "hunter2".to_string(),
+            ),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9100".parse().unwrap()),
+            data_dir: Some("/tmp/k".into()),
+        };
+        let c = Config::load(Some(&file), env, &flags).unwrap();
+        assert_eq!(c.server.listen.port(), 9100); // flag beats file
+        assert_eq!(c.server.max_body_bytes, 20); // env beats file
+        assert_eq!(c.database.url, "postgres://a@b/c"); // file beats default
+        assert_eq!(c.models.cache_budget_mb, 8192); // default
+        assert_eq!(c.server.data_dir, PathBuf::from("/tmp/k"));
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("krya.toml");
+        std::fs::write(&file, "[server]\nlisen = \"127.0.0.1:9000\"\n").unwrap();
+        let e = Config::load(Some(&file), vec![], &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::load(
+            None,
+            vec![("KRYA__SERVER__LISTEN".into(), "nowhere".into())],
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listen") || e.contains("socket"), "{e}");
+        let e = Config::load(
+            Some(Path::new("/nonexistent/krya.toml")),
+            vec![],
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/krya.toml"), "{e}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The API's errors: one type, one table from stable code to HTTP status, one JSON shape
+//! `{"error": {"code", "message"}}`. Internal errors are logged, never sent.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Stable error codes, shared with jobs that fail and with the studio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidInput,
+    Unauthorized,
+    InsufficientCredits,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    TooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The table: code string and HTTP status.
+    pub fn info(self) -> (&'static str, StatusCode) {
+        use ErrorCode::*;
+        match self {
+            InvalidJson => ("invalid-json", StatusCode::BAD_REQUEST),
+            InvalidInput => ("invalid-input", StatusCode::UNPROCESSABLE_ENTITY),
+            Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
+            InsufficientCredits => ("insufficient-credits", StatusCode::PAYMENT_REQUIRED),
+            Forbidden => ("forbidden", StatusCode::FORBIDDEN),
+            NotFound => ("not-found", StatusCode::NOT_FOUND),
+            MethodNotAllowed => ("method-not-allowed", StatusCode::METHOD_NOT_ALLOWED),
+            Conflict => ("conflict", StatusCode::CONFLICT),
+            TooLarge => ("too-large", StatusCode::PAYLOAD_TOO_LARGE),
+            UnsupportedMediaType => ("unsupported-media-type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            RateLimited => ("rate-limited", StatusCode::TOO_MANY_REQUESTS),
+            Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, what)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, status) = self.code.info();
+        let message = if self.code == ErrorCode::Internal {
+            eprintln!("internal error: {}", self.message);
+            "internal error".to_string()
+        } else {
+            self.message
+        };
+        (
+            status,
+            Json(serde_json::json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection::*;
+        match r {
+            JsonDataError(e) => ApiError::new(ErrorCode::InvalidInput, e.body_text()),
+            JsonSyntaxError(e) => ApiError::new(ErrorCode::InvalidJson, e.body_text()),
+            MissingJsonContentType(_) => ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "expected Content-Type: application/json",
+            ),
+            other => ApiError::new(ErrorCode::InvalidJson, other.body_text()),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Krya's server: the REST API (seed §6) behind `krya serve`.
+//!
+//! Layout: `config` (layered settings: defaults, `krya.toml`, `KRYA__SECTION__KEY`
+//! environment, flags), `error` (the one error type and its table of stable codes),
+//! `router` (the route table). `launch` serves on a given listener until a shutdown signal,
+//! so tests run the real server on `127.0.0.1:0`.
+
+pub mod config;
+pub mod error;
+pub mod router;
+
+use std::future::Future;
+
+pub use config::Config;
+pub use error::{ApiError, ErrorCode};
+
+/// Shared state of a running server.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: std::sync::Arc<Config>,
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains open requests.
+pub async fn launch(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState {
+        config: std::sync::Arc::new(config),
+    };
+    axum::serve(listener, router::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
