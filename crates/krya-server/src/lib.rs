@@ -6,6 +6,7 @@
 //! so tests run the real server on `127.0.0.1:0`.
 
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod router;
 

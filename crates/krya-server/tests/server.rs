@@ -72,3 +72,14 @@ fn health_errors_and_shutdown() {
         "server still answering after shutdown"
     );
 }
+
+#[test]
+fn databases_connect_and_migrate() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("krya.db").display());
+        let db = krya_server::db::Db::connect(&url).await.unwrap();
+        assert_eq!(db.probe().await.unwrap(), 0);
+    });
+}
