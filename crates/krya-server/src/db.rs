@@ -20,12 +20,27 @@ impl Db {
     /// Connects (creating a SQLite file if needed) and runs pending migrations.
     pub async fn connect(url: &str) -> Result<Db, sqlx::Error> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
-        let url = if backend == Backend::Sqlite && !url.contains("mode=") { format!("{url}?mode=rwc") } else { url.to_string() };
-        let pool = AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 1 } else { 8 }).connect(&url).await?;
+        let backend = if url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
+        let url = if backend == Backend::Sqlite && !url.contains("mode=") {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
+            .connect(&url)
+            .await?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&pool)
+                .await?;
         }
         let db = Db { pool, backend };
         db.migrate().await?;
@@ -35,13 +50,142 @@ impl Db {
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
         }
         Ok(())
     }
 
-    pub async fn probe(&self) -> Result<i64, sqlx::Error> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE email = $1").bind("x@y").fetch_one(&self.pool).await?;
-        row.try_get::<i64, _>("n")
+    pub async fn user_count(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>("n")
+    }
+
+    pub async fn handle_taken(&self, handle: &str) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE handle = $1")
+            .bind(handle)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Inserts a user; `Ok(false)` when the email is already registered.
+    pub async fn insert_user(&self, u: &User, password_hash: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "INSERT INTO users (id, email, name, handle, password_hash, is_admin, credits_remaining, subscription_tier, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        )
+        .bind(&u.id)
+        .bind(&u.email)
+        .bind(&u.name)
+        .bind(&u.handle)
+        .bind(password_hash)
+        .bind(u.is_admin as i64)
+        .bind(u.credits_remaining)
+        .bind(&u.subscription_tier)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A user and their password hash, by email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<(User, String)>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1"
+        )))
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((User::from_row(&r)?, r.try_get("password_hash")?)))
+            .transpose()
+    }
+
+    pub async fn insert_session(
+        &self,
+        id: &str,
+        user_id: &str,
+        access_hash: &str,
+        access_exp: i64,
+        refresh_hash: &str,
+        refresh_exp: i64,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, access_hash, access_expires_at, refresh_hash, refresh_expires_at, revoked, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(access_hash)
+        .bind(access_exp)
+        .bind(refresh_hash)
+        .bind(refresh_exp)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The user an unexpired, unrevoked access token belongs to.
+    pub async fn user_by_access(
+        &self,
+        access_hash: &str,
+        now: i64,
+    ) -> Result<Option<User>, sqlx::Error> {
+        let cols = USER_COLUMNS
+            .split(", ")
+            .map(|c| format!("u.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Built only from the constant column list above.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {cols} FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.access_hash = $1 AND s.revoked = 0 AND s.access_expires_at > $2"
+        )))
+        .bind(access_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| User::from_row(&r)).transpose()
+    }
+}
+
+const USER_COLUMNS: &str =
+    "id, email, name, handle, is_admin, credits_remaining, subscription_tier, created_at";
+
+/// An account as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub handle: String,
+    pub is_admin: bool,
+    pub credits_remaining: i64,
+    pub subscription_tier: String,
+    pub created_at: i64,
+}
+
+impl User {
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
+        Ok(User {
+            id: r.try_get("id")?,
+            email: r.try_get("email")?,
+            name: r.try_get("name")?,
+            handle: r.try_get("handle")?,
+            is_admin: r.try_get::<i64, _>("is_admin")? != 0,
+            credits_remaining: r.try_get("credits_remaining")?,
+            subscription_tier: r.try_get("subscription_tier")?,
+            created_at: r.try_get("created_at")?,
+        })
     }
 }

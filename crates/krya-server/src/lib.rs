@@ -5,6 +5,7 @@
 //! `router` (the route table). `launch` serves on a given listener until a shutdown signal,
 //! so tests run the real server on `127.0.0.1:0`.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -19,6 +20,21 @@ pub use error::{ApiError, ErrorCode};
 #[derive(Clone)]
 pub struct AppState {
     pub config: std::sync::Arc<Config>,
+    pub db: db::Db,
+}
+
+/// Connects the configured database (SQLite at `data_dir/krya.db` when none is set) and
+/// runs its migrations.
+pub async fn open_database(config: &Config) -> Result<db::Db, sqlx::Error> {
+    let url = if config.database.url.is_empty() {
+        format!(
+            "sqlite://{}",
+            config.server.data_dir.join("krya.db").display()
+        )
+    } else {
+        config.database.url.clone()
+    };
+    db::Db::connect(&url).await
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then drains open requests.
@@ -27,8 +43,12 @@ pub async fn launch(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let db = open_database(&config)
+        .await
+        .map_err(std::io::Error::other)?;
     let state = AppState {
         config: std::sync::Arc::new(config),
+        db,
     };
     axum::serve(listener, router::router(state))
         .with_graceful_shutdown(shutdown)

@@ -2,16 +2,19 @@
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use crate::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::{AppState, auth};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes as usize;
     Router::new()
         .route("/api/health", get(health))
+        .route("/api/auth/register", post(auth::register))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/me", get(auth::me))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -1,15 +1,17 @@
 //! The real server on 127.0.0.1:0: health, the JSON error shape for unknown routes and
-//! methods, and a graceful shutdown.
+//! methods, graceful shutdown, and accounts on SQLite and on PostgreSQL (a schema per run).
 
 use std::time::Duration;
 
 use krya_server::{Config, launch};
 
-fn start() -> (
+type Running = (
     String,
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<std::io::Result<()>>,
-) {
+);
+
+fn start_with(config: Config) -> Running {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
@@ -21,7 +23,7 @@ fn start() -> (
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            launch(listener, Config::default(), async move {
+            launch(listener, config, async move {
                 let _ = stop_rx.await;
             })
             .await
@@ -42,9 +44,57 @@ fn json(resp: &mut ureq::http::Response<ureq::Body>) -> serde_json::Value {
     serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
 }
 
+/// A server on SQLite in a fresh data directory.
+fn start() -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    let (a, b, c) = start_with(config);
+    (a, b, c, dir)
+}
+
+/// Runs one statement on the test database.
+fn pg_exec(sql: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(PG)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (database test)");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+}
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A PostgreSQL URL whose connections use a schema of their own (created here), and the schema.
+fn postgres_schema() -> (String, String) {
+    let schema = format!(
+        "krya_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    pg_exec(format!("CREATE SCHEMA {schema}"));
+    (format!("{PG}?options=-c%20search_path%3D{schema}"), schema)
+}
+
 #[test]
 fn health_errors_and_shutdown() {
-    let (base, stop, handle) = start();
+    let (base, stop, handle, _dir) = start();
     let a = agent();
     let mut r = a.get(format!("{base}/api/health")).call().unwrap();
     assert_eq!(r.status(), 200);
@@ -73,13 +123,168 @@ fn health_errors_and_shutdown() {
     );
 }
 
+fn post(a: &ureq::Agent, url: &str, body: &str) -> ureq::http::Response<ureq::Body> {
+    a.post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap()
+}
+
+/// Register, log in and `me` on one server; run on SQLite and on PostgreSQL.
+fn accounts(base: &str) {
+    let a = agent();
+    let reg = format!("{base}/api/auth/register");
+    let mut r = post(
+        &a,
+        &reg,
+        r#"{"email":"Alice@Example.com","password":"correct horse","name":"Alice"}"#,
+    );
+    assert_eq!(r.status(), 201);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.starts_with("krya_session=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    let body = json(&mut r);
+    assert_eq!(body["user"]["email"], "alice@example.com");
+    assert_eq!(body["user"]["is_admin"], true, "the first user is admin");
+    assert_eq!(body["user"]["credits_remaining"], 50);
+    assert_eq!(body["user"]["handle"], "alice");
+    assert!(
+        body["access_token"].as_str().unwrap().len() >= 32 && body["refresh_token"].is_string()
+    );
+
+    let mut r = post(
+        &a,
+        &reg,
+        r#"{"email":"bob@example.com","password":"hunter2hunter2","name":"Bob"}"#,
+    );
+    assert_eq!(r.status(), 201);
+    assert_eq!(json(&mut r)["user"]["is_admin"], false);
+
+    let mut r = post(
+        &a,
+        &reg,
+        r#"{"email":"alice@example.com","password":"another one","name":"A2"}"#,
+    );
+    assert_eq!(r.status(), 409);
+    assert_eq!(json(&mut r)["error"]["code"], "conflict");
+
+    for (body, status, code, needle) in [
+        (
+            r#"{"email":"not-an-email","password":"longenough","name":"X"}"#,
+            422,
+            "invalid-input",
+            "email",
+        ),
+        (
+            r#"{"email":"x@example.com","password":"short","name":"X"}"#,
+            422,
+            "invalid-input",
+            "password",
+        ),
+        (
+            r#"{"email":"x@example.com","password":"longenough","name":"  "}"#,
+            422,
+            "invalid-input",
+            "name",
+        ),
+        (
+            r#"{"email":"x@example.com","password":"longenough"}"#,
+            422,
+            "invalid-input",
+            "name",
+        ),
+        (r#"{"email": "x@example.com", "#, 400, "invalid-json", ""),
+    ] {
+        let mut r = post(&a, &reg, body);
+        assert_eq!(r.status(), status, "{body}");
+        let e = json(&mut r);
+        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}: {e}"
+        );
+    }
+    let mut r = a
+        .post(&reg)
+        .header("Content-Type", "text/plain")
+        .send("{}")
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(json(&mut r)["error"]["code"], "unsupported-media-type");
+
+    let login = format!("{base}/api/auth/login");
+    for body in [
+        r#"{"email":"alice@example.com","password":"wrong password"}"#,
+        r#"{"email":"nobody@example.com","password":"whatever1"}"#,
+    ] {
+        let mut r = post(&a, &login, body);
+        assert_eq!(r.status(), 401);
+        assert_eq!(json(&mut r)["error"]["message"], "wrong email or password");
+    }
+    let mut r = post(
+        &a,
+        &login,
+        r#"{"email":"ALICE@example.com","password":"correct horse"}"#,
+    );
+    assert_eq!(r.status(), 200);
+    let token = json(&mut r)["access_token"].as_str().unwrap().to_string();
+
+    let me = format!("{base}/api/auth/me");
+    let mut r = a
+        .get(&me)
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&mut r)["email"], "alice@example.com");
+    let mut r = a
+        .get(&me)
+        .header("Cookie", format!("theme=dark; krya_session={token}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(&mut r)["name"], "Alice");
+    for auth in ["Bearer nonsense", "Basic abc"] {
+        let mut r = a.get(&me).header("Authorization", auth).call().unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(json(&mut r)["error"]["code"], "unauthorized");
+    }
+    assert_eq!(a.get(&me).call().unwrap().status(), 401);
+}
+
 #[test]
-fn databases_connect_and_migrate() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("krya.db").display());
-        let db = krya_server::db::Db::connect(&url).await.unwrap();
-        assert_eq!(db.probe().await.unwrap(), 0);
-    });
+fn accounts_on_sqlite() {
+    let (base, stop, handle, dir) = start();
+    accounts(&base);
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+    assert!(dir.path().join("krya.db").is_file());
+}
+
+#[test]
+fn accounts_on_postgres() {
+    let mut config = Config::default();
+    let dir = tempfile::tempdir().unwrap();
+    config.server.data_dir = dir.path().to_path_buf();
+    let (url, schema) = postgres_schema();
+    config.database.url = url;
+    let (base, stop, handle) = start_with(config);
+    accounts(&base);
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+    pg_exec(format!("DROP SCHEMA {schema} CASCADE"));
+    assert!(
+        !dir.path().join("krya.db").exists(),
+        "PostgreSQL was configured, not SQLite"
+    );
 }

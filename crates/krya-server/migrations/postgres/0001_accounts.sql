@@ -4,7 +4,7 @@ CREATE TABLE users (
     name TEXT NOT NULL,
     handle TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
-    is_admin INTEGER NOT NULL DEFAULT 0,
+    is_admin BIGINT NOT NULL DEFAULT 0,
     credits_remaining BIGINT NOT NULL DEFAULT 50,
     subscription_tier TEXT NOT NULL DEFAULT 'free',
     created_at BIGINT NOT NULL,

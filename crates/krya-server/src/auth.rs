@@ -1,0 +1,221 @@
+//! Accounts (seed §6.1 Authentication): register, log in, who am I. Passwords are hashed
+//! with Argon2id off the async threads; tokens are random, stored only as SHA-256 hashes.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::db::User;
+use crate::error::{ApiError, ErrorCode};
+
+pub const ACCESS_TTL_SECS: i64 = 15 * 60;
+pub const REFRESH_TTL_SECS: i64 = 30 * 24 * 3600;
+pub const COOKIE: &str = "krya_session";
+/// A new account's free daily allowance (seed App. C).
+pub const FREE_CREDITS: i64 = 50;
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+fn invalid(field: &str, message: &str) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, format!("{field}: {message}"))
+}
+
+#[derive(Deserialize)]
+pub struct Register {
+    email: String,
+    password: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+pub struct Login {
+    email: String,
+    password: String,
+}
+
+fn normalize_email(email: &str) -> Result<String, ApiError> {
+    let e = email.trim().to_lowercase();
+    let valid = e.len() <= 254
+        && e.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+        })
+        && !e.contains(char::is_whitespace);
+    if valid {
+        Ok(e)
+    } else {
+        Err(invalid("email", "not a valid email address"))
+    }
+}
+
+/// A session's tokens and the user, as register and login return them.
+async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Response, ApiError> {
+    let access = random_hex(32);
+    let refresh = random_hex(32);
+    let t = now();
+    state
+        .db
+        .insert_session(
+            &random_hex(16),
+            &user.id,
+            &token_hash(&access),
+            t + ACCESS_TTL_SECS,
+            &token_hash(&refresh),
+            t + REFRESH_TTL_SECS,
+            t,
+        )
+        .await
+        .map_err(internal)?;
+    let cookie =
+        format!("{COOKIE}={access}; HttpOnly; SameSite=Lax; Path=/; Max-Age={ACCESS_TTL_SECS}");
+    let body = serde_json::json!({"access_token": access, "refresh_token": refresh, "token_type": "bearer", "expires_in": ACCESS_TTL_SECS, "user": user});
+    Ok((status, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    body: Result<Json<Register>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    let email = normalize_email(&r.email)?;
+    let name = r.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(invalid("name", "must be 1 to 100 characters"));
+    }
+    if r.password.chars().count() < 8 || r.password.len() > 1024 {
+        return Err(invalid("password", "must be at least 8 characters"));
+    }
+    let password = r.password.clone();
+    let hash = tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::PasswordHasher;
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    // A public handle from the email's local part, made unique with a suffix if needed.
+    let base: String = email
+        .split('@')
+        .next()
+        .unwrap_or("user")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(24)
+        .collect();
+    let base = if base.is_empty() {
+        "user".to_string()
+    } else {
+        base
+    };
+    let mut handle = base.clone();
+    while state.db.handle_taken(&handle).await.map_err(internal)? {
+        handle = format!("{base}-{}", &random_hex(2));
+    }
+    let first = state.db.user_count().await.map_err(internal)? == 0;
+    let user = User {
+        id: random_hex(16),
+        email,
+        name,
+        handle,
+        is_admin: first,
+        credits_remaining: FREE_CREDITS,
+        subscription_tier: "free".into(),
+        created_at: now(),
+    };
+    if !state.db.insert_user(&user, &hash).await.map_err(internal)? {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "email: an account with this email already exists",
+        ));
+    }
+    issue(&state, user, StatusCode::CREATED).await
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(l) = body?;
+    let wrong = || ApiError::new(ErrorCode::Unauthorized, "wrong email or password");
+    let email = normalize_email(&l.email).map_err(|_| wrong())?;
+    let found = state.db.user_by_email(&email).await.map_err(internal)?;
+    let Some((user, hash)) = found else {
+        return Err(wrong());
+    };
+    let password = l.password.clone();
+    let ok = tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::PasswordVerifier;
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok()
+    })
+    .await
+    .map_err(internal)?;
+    if !ok {
+        return Err(wrong());
+    }
+    issue(&state, user, StatusCode::OK).await
+}
+
+/// The signed-in user, from `Authorization: Bearer` or the session cookie.
+pub async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| {
+            kv.trim()
+                .strip_prefix(&format!("{COOKIE}="))
+                .map(str::to_string)
+        })
+        .next();
+    let token = bearer
+        .map(str::to_string)
+        .or(cookie)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "sign in first"))?;
+    state
+        .db
+        .user_by_access(&token_hash(&token), now())
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the token is invalid or expired"))
+}
+
+pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<User>, ApiError> {
+    Ok(Json(current_user(&state, &headers).await?))
+}
