@@ -186,27 +186,91 @@ pub async fn login(
     issue(&state, user, StatusCode::OK).await
 }
 
-/// The signed-in user, from `Authorization: Bearer` or the session cookie.
-pub async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
+#[derive(Deserialize)]
+pub struct Refresh {
+    refresh_token: String,
+}
+
+/// Exchanges a refresh token for a new session; the old one is revoked (single use). A
+/// token used twice is a sign of theft: every session of its user is revoked.
+pub async fn refresh(
+    State(state): State<AppState>,
+    body: Result<Json<Refresh>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(r) = body?;
+    let expired = || {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "the refresh token is invalid, expired or already used",
+        )
+    };
+    match state
+        .db
+        .take_refresh(&token_hash(&r.refresh_token), now())
+        .await
+        .map_err(internal)?
+    {
+        Ok(Some(user_id)) => {
+            let user = state
+                .db
+                .user_by_id(&user_id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(expired)?;
+            issue(&state, user, StatusCode::OK).await
+        }
+        Ok(None) => Err(expired()),
+        Err(user_id) => {
+            state
+                .db
+                .revoke_user_sessions(&user_id)
+                .await
+                .map_err(internal)?;
+            Err(expired())
+        }
+    }
+}
+
+/// Ends the current session (its access and refresh tokens) and clears the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = request_token(&headers)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "sign in first"))?;
+    state
+        .db
+        .revoke_access(&token_hash(&token))
+        .await
+        .map_err(internal)?;
+    let clear = format!("{COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+}
+
+/// The token a request carries: `Authorization: Bearer`, else the session cookie.
+fn request_token(headers: &HeaderMap) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| {
-            kv.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_string)
-        })
-        .next();
-    let token = bearer
-        .map(str::to_string)
-        .or(cookie)
+        .map(|t| t.trim().to_string());
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                kv.trim()
+                    .strip_prefix(&format!("{COOKIE}="))
+                    .map(str::to_string)
+            })
+    })
+}
+
+/// The signed-in user, from `Authorization: Bearer` or the session cookie.
+pub async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
+    let token = request_token(headers)
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "sign in first"))?;
     state
         .db

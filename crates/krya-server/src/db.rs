@@ -159,6 +159,69 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Marks a refresh token used: `Some(user_id)` for the one caller that wins a valid,
+    /// unexpired, unrevoked token (single use, safe under concurrent refreshes); `Err` with
+    /// the owner when the token was already used (a replay), `Ok(None)` when unknown.
+    pub async fn take_refresh(
+        &self,
+        refresh_hash: &str,
+        now: i64,
+    ) -> Result<Result<Option<String>, String>, sqlx::Error> {
+        let Some(row) = sqlx::query(
+            "SELECT id, user_id, revoked, refresh_expires_at FROM sessions WHERE refresh_hash = $1",
+        )
+        .bind(refresh_hash)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(Ok(None));
+        };
+        let (id, user): (String, String) = (row.try_get("id")?, row.try_get("user_id")?);
+        if row.try_get::<i64, _>("revoked")? != 0 {
+            return Ok(Err(user));
+        }
+        if row.try_get::<i64, _>("refresh_expires_at")? <= now {
+            return Ok(Ok(None));
+        }
+        let done = sqlx::query("UPDATE sessions SET revoked = 1 WHERE id = $1 AND revoked = 0")
+            .bind(&id)
+            .execute(&self.pool)
+            .await?;
+        Ok(if done.rows_affected() == 1 {
+            Ok(Some(user))
+        } else {
+            Err(user)
+        })
+    }
+
+    pub async fn revoke_user_sessions(&self, user_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sessions SET revoked = 1 WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn revoke_access(&self, access_hash: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sessions SET revoked = 1 WHERE access_hash = $1")
+            .bind(access_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| User::from_row(&r)).transpose()
+    }
+}
+
 const USER_COLUMNS: &str =
     "id, email, name, handle, is_admin, credits_remaining, subscription_tier, created_at";
 

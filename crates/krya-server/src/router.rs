@@ -14,6 +14,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/health", get(health))
         .route("/api/auth/register", post(auth::register))
         .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/refresh", post(auth::refresh))
+        .route("/api/auth/logout", post(auth::logout))
         .route("/api/auth/me", get(auth::me))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)

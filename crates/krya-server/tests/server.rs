@@ -260,6 +260,92 @@ fn accounts(base: &str) {
         assert_eq!(json(&mut r)["error"]["code"], "unauthorized");
     }
     assert_eq!(a.get(&me).call().unwrap().status(), 401);
+
+    // Refresh rotates: the new pair works, the old refresh token is single-use, and
+    // replaying it revokes every session of the user.
+    let mut r = post(
+        &a,
+        &login,
+        r#"{"email":"bob@example.com","password":"hunter2hunter2"}"#,
+    );
+    let b = json(&mut r);
+    let (bob_access, bob_refresh) = (
+        b["access_token"].as_str().unwrap().to_string(),
+        b["refresh_token"].as_str().unwrap().to_string(),
+    );
+    let refresh = format!("{base}/api/auth/refresh");
+    let mut r = post(
+        &a,
+        &refresh,
+        &format!(r#"{{"refresh_token":"{bob_refresh}"}}"#),
+    );
+    assert_eq!(r.status(), 200);
+    let n = json(&mut r);
+    let new_access = n["access_token"].as_str().unwrap().to_string();
+    assert_ne!(new_access, bob_access);
+    assert_eq!(
+        a.get(&me)
+            .header("Authorization", format!("Bearer {bob_access}"))
+            .call()
+            .unwrap()
+            .status(),
+        401,
+        "the old access token ends with its session"
+    );
+    assert_eq!(
+        a.get(&me)
+            .header("Authorization", format!("Bearer {new_access}"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut r = post(
+        &a,
+        &refresh,
+        &format!(r#"{{"refresh_token":"{bob_refresh}"}}"#),
+    );
+    assert_eq!(r.status(), 401);
+    assert_eq!(json(&mut r)["error"]["code"], "unauthorized");
+    assert_eq!(
+        a.get(&me)
+            .header("Authorization", format!("Bearer {new_access}"))
+            .call()
+            .unwrap()
+            .status(),
+        401,
+        "a replayed refresh token revokes all sessions"
+    );
+    assert_eq!(
+        post(&a, &refresh, r#"{"refresh_token":"made-up"}"#).status(),
+        401
+    );
+
+    // Logout ends the session and clears the cookie.
+    let logout = format!("{base}/api/auth/logout");
+    let r = a
+        .post(&logout)
+        .header("Authorization", format!("Bearer {token}"))
+        .send("")
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        a.get(&me)
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(a.post(&logout).send("").unwrap().status(), 401);
 }
 
 #[test]
