@@ -272,14 +272,76 @@ fn request_token(headers: &HeaderMap) -> Option<String> {
 pub async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
     let token = request_token(headers)
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "sign in first"))?;
-    state
-        .db
-        .user_by_access(&token_hash(&token), now())
-        .await
-        .map_err(internal)?
+    let hash = token_hash(&token);
+    let user = if token.starts_with(API_KEY_PREFIX) {
+        state.db.user_by_api_key(&hash).await
+    } else {
+        state.db.user_by_access(&hash, now()).await
+    };
+    user.map_err(internal)?
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the token is invalid or expired"))
 }
 
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<User>, ApiError> {
     Ok(Json(current_user(&state, &headers).await?))
+}
+
+/// API keys start with this, so a bearer token's kind is known without two look-ups.
+pub const API_KEY_PREFIX: &str = "krya_";
+
+#[derive(Deserialize)]
+pub struct NewApiKey {
+    name: String,
+}
+
+/// Creates an API key; the key itself is shown in this response only.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewApiKey>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let user = current_user(&state, &headers).await?;
+    let Json(k) = body?;
+    let name = k.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(invalid("name", "must be 1 to 100 characters"));
+    }
+    let key = format!("{API_KEY_PREFIX}{}", random_hex(24));
+    let prefix: String = key.chars().take(API_KEY_PREFIX.len() + 6).collect();
+    let id = random_hex(16);
+    let t = now();
+    state
+        .db
+        .insert_api_key(&id, &user.id, &name, &token_hash(&key), &prefix, t)
+        .await
+        .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({"id": id, "name": name, "key": key, "prefix": prefix, "created_at": t}))).into_response())
+}
+
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = current_user(&state, &headers).await?;
+    let keys = state.db.api_keys(&user.id).await.map_err(internal)?;
+    let items: Vec<_> = keys.into_iter().map(|(id, name, prefix, created_at)| serde_json::json!({"id": id, "name": name, "prefix": prefix, "created_at": created_at})).collect();
+    Ok(Json(serde_json::json!({"items": items})))
+}
+
+pub async fn delete_api_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = current_user(&state, &headers).await?;
+    if state
+        .db
+        .revoke_api_key(&user.id, &id)
+        .await
+        .map_err(internal)?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no such API key"))
+    }
 }

@@ -211,6 +211,74 @@ impl Db {
         Ok(())
     }
 
+    pub async fn insert_api_key(
+        &self,
+        id: &str,
+        user_id: &str,
+        name: &str,
+        key_hash: &str,
+        prefix: &str,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO api_keys (id, user_id, name, key_hash, prefix, created_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, 0)")
+            .bind(id)
+            .bind(user_id)
+            .bind(name)
+            .bind(key_hash)
+            .bind(prefix)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The caller's live keys: `(id, name, prefix, created_at)`, newest first.
+    pub async fn api_keys(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(String, String, String, i64)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, name, prefix, created_at FROM api_keys WHERE user_id = $1 AND revoked = 0 ORDER BY created_at DESC, id")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    r.try_get("name")?,
+                    r.try_get("prefix")?,
+                    r.try_get("created_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Revokes one of the caller's keys; `false` when they have no such live key.
+    pub async fn revoke_api_key(&self, user_id: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET revoked = 1 WHERE id = $1 AND user_id = $2 AND revoked = 0",
+        )
+        .bind(id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn user_by_api_key(&self, key_hash: &str) -> Result<Option<User>, sqlx::Error> {
+        let cols = USER_COLUMNS
+            .split(", ")
+            .map(|c| format!("u.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Built only from the constant column list.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {cols} FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1 AND k.revoked = 0")))
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| User::from_row(&r)).transpose()
+    }
+
     pub async fn user_by_id(&self, id: &str) -> Result<Option<User>, sqlx::Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {USER_COLUMNS} FROM users WHERE id = $1"

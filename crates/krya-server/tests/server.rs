@@ -321,6 +321,90 @@ fn accounts(base: &str) {
         401
     );
 
+    // API keys: shown once, listed by prefix, accepted as bearer tokens, revocable only by
+    // their owner.
+    let keys = format!("{base}/api/user/api-keys");
+    let bearer = format!("Bearer {token}");
+    let mut r = a
+        .post(&keys)
+        .header("Authorization", &bearer)
+        .header("Content-Type", "application/json")
+        .send(r#"{"name":"ci"}"#)
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let k = json(&mut r);
+    let key = k["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("krya_") && key.starts_with(k["prefix"].as_str().unwrap()));
+    let mut r = a
+        .get(&keys)
+        .header("Authorization", &bearer)
+        .call()
+        .unwrap();
+    let listed = json(&mut r);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert!(
+        listed["items"][0].get("key").is_none(),
+        "the key is never listed"
+    );
+    let mut r = a
+        .get(&me)
+        .header("Authorization", format!("Bearer {key}"))
+        .call()
+        .unwrap();
+    let body = json(&mut r);
+    assert_eq!(body["email"], "alice@example.com", "{body}");
+    let mut r = post(
+        &a,
+        &login,
+        r#"{"email":"bob@example.com","password":"hunter2hunter2"}"#,
+    );
+    let bob = json(&mut r)["access_token"].as_str().unwrap().to_string();
+    let del = format!("{keys}/{}", k["id"].as_str().unwrap());
+    assert_eq!(
+        a.delete(&del)
+            .header("Authorization", format!("Bearer {bob}"))
+            .call()
+            .unwrap()
+            .status(),
+        404,
+        "not bob's key"
+    );
+    assert_eq!(
+        a.get(&keys)
+            .header("Authorization", format!("Bearer {bob}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+        r#"{"items":[]}"#
+    );
+    assert_eq!(
+        a.delete(&del)
+            .header("Authorization", &bearer)
+            .call()
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        a.get(&me)
+            .header("Authorization", format!("Bearer {key}"))
+            .call()
+            .unwrap()
+            .status(),
+        401,
+        "a revoked key stops working"
+    );
+    assert_eq!(
+        a.post(&keys)
+            .header("Content-Type", "application/json")
+            .send(r#"{"name":"x"}"#)
+            .unwrap()
+            .status(),
+        401
+    );
+
     // Logout ends the session and clears the cookie.
     let logout = format!("{base}/api/auth/logout");
     let r = a
