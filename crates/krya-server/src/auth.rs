@@ -162,27 +162,46 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     body: Result<Json<Login>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(l) = body?;
     let wrong = || ApiError::new(ErrorCode::Unauthorized, "wrong email or password");
     let email = normalize_email(&l.email).map_err(|_| wrong())?;
+    let (account, address) = (format!("account:{email}"), format!("address:{}", peer.ip()));
+    let throttle = &state.login_throttle;
+    for (limits, key) in [(&throttle.account, &account), (&throttle.address, &address)] {
+        if let Err(wait) = limits.check(key) {
+            let mut e = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("too many failed sign-ins; try again in {wait} s"),
+            );
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+    }
     let found = state.db.user_by_email(&email).await.map_err(internal)?;
-    let Some((user, hash)) = found else {
+    let verified = match found {
+        Some((user, hash)) => {
+            let password = l.password.clone();
+            let ok = tokio::task::spawn_blocking(move || {
+                use argon2::password_hash::PasswordVerifier;
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), hash.as_str())
+                    .is_ok()
+            })
+            .await
+            .map_err(internal)?;
+            ok.then_some(user)
+        }
+        None => None,
+    };
+    let Some(user) = verified else {
+        throttle.account.fail(&account);
+        throttle.address.fail(&address);
         return Err(wrong());
     };
-    let password = l.password.clone();
-    let ok = tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordVerifier;
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    })
-    .await
-    .map_err(internal)?;
-    if !ok {
-        return Err(wrong());
-    }
+    throttle.account.reset(&account);
     issue(&state, user, StatusCode::OK).await
 }
 

@@ -48,6 +48,8 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -55,6 +57,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn not_found(what: impl Into<String>) -> Self {
@@ -71,11 +74,16 @@ impl IntoResponse for ApiError {
         } else {
             self.message
         };
-        (
+        let mut resp = (
             status,
             Json(serde_json::json!({"error": {"code": code, "message": message}})),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

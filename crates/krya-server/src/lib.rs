@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod router;
+pub mod throttle;
 
 use std::future::Future;
 
@@ -21,6 +22,8 @@ pub use error::{ApiError, ErrorCode};
 pub struct AppState {
     pub config: std::sync::Arc<Config>,
     pub db: db::Db,
+    /// Failed logins per account and per client address.
+    pub login_throttle: std::sync::Arc<throttle::LoginThrottle>,
 }
 
 /// Connects the configured database (SQLite at `data_dir/krya.db` when none is set) and
@@ -49,8 +52,11 @@ pub async fn launch(
     let state = AppState {
         config: std::sync::Arc::new(config),
         db,
+        login_throttle: Default::default(),
     };
-    axum::serve(listener, router::router(state))
+    // Client addresses reach handlers (login throttling per address).
+    let app = router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

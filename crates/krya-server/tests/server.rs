@@ -433,6 +433,71 @@ fn accounts(base: &str) {
 }
 
 #[test]
+fn failed_logins_are_throttled_per_account() {
+    let (base, stop, handle, _dir) = start();
+    let a = agent();
+    assert_eq!(
+        post(
+            &a,
+            &format!("{base}/api/auth/register"),
+            r#"{"email":"carol@example.com","password":"right password","name":"Carol"}"#
+        )
+        .status(),
+        201
+    );
+    let login = format!("{base}/api/auth/login");
+    for _ in 0..5 {
+        assert_eq!(
+            post(
+                &a,
+                &login,
+                r#"{"email":"carol@example.com","password":"wrong guess"}"#
+            )
+            .status(),
+            401
+        );
+    }
+    // Now even the right password waits.
+    let mut r = post(
+        &a,
+        &login,
+        r#"{"email":"carol@example.com","password":"right password"}"#,
+    );
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r
+        .headers()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(wait > 0 && wait <= 15 * 60, "{wait}");
+    assert_eq!(json(&mut r)["error"]["code"], "rate-limited");
+    // Another account from the same address is not locked out.
+    assert_eq!(
+        post(
+            &a,
+            &format!("{base}/api/auth/register"),
+            r#"{"email":"dan@example.com","password":"dan's password","name":"Dan"}"#
+        )
+        .status(),
+        201
+    );
+    assert_eq!(
+        post(
+            &a,
+            &login,
+            r#"{"email":"dan@example.com","password":"dan's password"}"#
+        )
+        .status(),
+        200
+    );
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+}
+
+#[test]
 fn accounts_on_sqlite() {
     let (base, stop, handle, dir) = start();
     accounts(&base);
