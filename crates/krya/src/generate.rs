@@ -26,7 +26,7 @@ pub struct Args {
     /// Classifier-free guidance scale; <= 1 turns guidance off (default: the model's).
     #[arg(long)]
     guidance: Option<f64>,
-    /// euler | euler_a | ddim | dpmpp_2m | dpmpp_2m_karras | lcm (default: the model's own).
+    /// euler | euler_a | ddim | dpmpp_2m | dpmpp_2m_karras | lcm | pndm (default: the model's own).
     #[arg(long)]
     scheduler: Option<String>,
     /// Seed of the first image; image i uses seed + i (default: random, printed).

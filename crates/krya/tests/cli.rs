@@ -51,34 +51,21 @@ fn generate_writes_pngs_with_parameters() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cat.png");
     let model = golden("sd1");
-    let o = krya(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "a (cat:1.2)",
-            "--negative-prompt",
-            "blurry",
-            "--steps",
-            "2",
-            "--guidance",
-            "5",
-            "--scheduler",
-            "dpmpp_2m_karras",
-            "--seed",
-            "9",
-            "--width",
-            "32",
-            "--height",
-            "24",
-            "--batch",
-            "2",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let run = |out: &Path| {
+        let args = "generate --prompt a~(cat:1.2) --negative-prompt blurry --steps 2 --guidance 5 --scheduler dpmpp_2m_karras --seed 9 --width 32 --height 24 --batch 2";
+        let mut v: Vec<String> = args.split(' ').map(|a| a.replace('~', " ")).collect();
+        v.extend([
+            "--model".into(),
+            model.to_str().unwrap().into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ]);
+        krya(
+            tmp.path(),
+            &v.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let o = run(&out);
     assert!(o.status.success(), "{}", stderr(&o));
     for (i, seed) in [(1, 9), (2, 10)] {
         let p = tmp.path().join(format!("cat-{i}.png"));
@@ -94,34 +81,7 @@ fn generate_writes_pngs_with_parameters() {
     }
     // The same seed and inputs give the same bytes.
     let again = tmp.path().join("again.png");
-    let o = krya(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "a (cat:1.2)",
-            "--negative-prompt",
-            "blurry",
-            "--steps",
-            "2",
-            "--guidance",
-            "5",
-            "--scheduler",
-            "dpmpp_2m_karras",
-            "--seed",
-            "9",
-            "--width",
-            "32",
-            "--height",
-            "24",
-            "--batch",
-            "2",
-            "--out",
-            again.to_str().unwrap(),
-        ],
-    );
+    let o = run(&again);
     assert!(o.status.success(), "{}", stderr(&o));
     for i in 1..=2 {
         let (a, b) = (

@@ -377,6 +377,7 @@ impl SchedulerKind {
         "dpmpp_2m",
         "dpmpp_2m_karras",
         "lcm",
+        "pndm",
     ];
 
     pub fn parse(name: &str) -> Result<Self> {
@@ -530,6 +531,9 @@ mod tests {
     #[test]
     fn unknown_scheduler_names_the_choices() {
         let e = SchedulerKind::parse("heun").unwrap_err().to_string();
-        assert!(e.contains("dpmpp_2m_karras"), "{e}");
+        assert!(e.contains("dpmpp_2m_karras") && e.contains("pndm"), "{e}");
+        for name in SchedulerKind::NAMES {
+            assert_eq!(SchedulerKind::parse(name).unwrap().name(), *name);
+        }
     }
 }
