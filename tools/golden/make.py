@@ -332,6 +332,7 @@ def run_cases(pipes, tensors):
     case("sd1_img2img_dpm", "sd1", mode="img2img", scheduler="dpmpp_2m", steps=6, guidance=5.0, strength=0.5, seed=12, **base)
     case("sd1_img2img_pndm", "sd1", mode="img2img", scheduler="pndm", steps=6, guidance=5.0, strength=0.7, seed=18, **base)
     case("sd1_inpaint_blend", "sd1", mode="inpaint", scheduler="ddim", steps=5, guidance=5.0, strength=0.75, batch=2, seed=13, **base)
+    case("sd1_inpaint_blend_euler_a", "sd1", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=0.75, batch=2, seed=19, **base)
     case("inpaint_unet", "inpaint", mode="inpaint", steps=4, guidance=5.0, strength=1.0, seed=14, **base)
     case("inpaint_unet_euler_a", "inpaint", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=0.8, batch=2, seed=15, **base)
     case("inpaint_unet_ddim_08", "inpaint", mode="inpaint", steps=4, guidance=5.0, strength=0.8, seed=16, **base)

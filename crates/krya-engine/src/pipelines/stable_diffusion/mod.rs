@@ -431,15 +431,31 @@ impl StableDiffusion {
                 } else {
                     scheduler.add_noise(image_latents.as_ref().unwrap(), &noise, t_start)?
                 };
-                let keep = mask_full.lt(0.5)?.to_dtype(self.dtype)?;
-                let masked = image.broadcast_mul(&keep)?;
-                let masked_latents = self
-                    .encode_sample(&masked, &mut rng, 0)?
-                    .repeat((b, 1, 1, 1))?;
                 let mask_lat = nearest_downsample(&mask_full, lh, lw)?.repeat((b, 1, 1, 1))?;
+                let unet_extra = if four_channel {
+                    // diffusers still encodes the masked image here; only its draw from the
+                    // first generator matters for what follows, so draw without encoding.
+                    rng.randn_one(0, &latent_shape, dev)?;
+                    None
+                } else {
+                    let keep = mask_full.lt(0.5)?.to_dtype(self.dtype)?;
+                    let masked = image.broadcast_mul(&keep)?;
+                    let masked_latents = self
+                        .encode_sample(&masked, &mut rng, 0)?
+                        .repeat((b, 1, 1, 1))?;
+                    // Mask and masked-image channels the UNet sees at every step.
+                    let extra = Tensor::cat(&[&mask_lat, &masked_latents], 1)?;
+                    Some(if cfg {
+                        Tensor::cat(&[&extra, &extra], 0)?
+                    } else {
+                        extra
+                    })
+                };
+                let keep_original = (1.0 - &mask_lat)?;
                 inpaint = Some(Inpaint {
                     mask: mask_lat,
-                    masked_latents,
+                    keep_original,
+                    unet_extra,
                     image_latents,
                     noise,
                 });
@@ -457,16 +473,8 @@ impl StableDiffusion {
                 latents.clone()
             };
             let mut input = scheduler.scale_model_input(&input, i)?;
-            if let (Some(ip), true) = (&inpaint, self.is_inpainting_unet()) {
-                let (m, ml) = if cfg {
-                    (
-                        Tensor::cat(&[&ip.mask, &ip.mask], 0)?,
-                        Tensor::cat(&[&ip.masked_latents, &ip.masked_latents], 0)?,
-                    )
-                } else {
-                    (ip.mask.clone(), ip.masked_latents.clone())
-                };
-                input = Tensor::cat(&[input, m, ml], 1)?;
+            if let Some(extra) = inpaint.as_ref().and_then(|ip| ip.unet_extra.as_ref()) {
+                input = Tensor::cat(&[&input, extra], 1)?;
             }
             let added = match (&cond.pooled, &time_ids) {
                 (Some(p), Some(ids)) => Some(AddedCond {
@@ -495,8 +503,8 @@ impl StableDiffusion {
                 } else {
                     orig.clone()
                 };
-                let inv = (1.0 - &ip.mask)?;
-                latents = (inv.broadcast_mul(&proper)? + ip.mask.broadcast_mul(&latents)?)?;
+                latents = (ip.keep_original.broadcast_mul(&proper)?
+                    + ip.mask.broadcast_mul(&latents)?)?;
             }
             let preview =
                 if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {
@@ -551,7 +559,11 @@ impl StableDiffusion {
 struct Inpaint {
     /// 1 where the model paints, at latent size `[b, 1, h/f, w/f]`.
     mask: Tensor,
-    masked_latents: Tensor,
+    /// `1 - mask`, where the original is pasted back.
+    keep_original: Tensor,
+    /// Inpainting UNets: mask and masked-image latents to append to the input channels
+    /// (already doubled for guidance), built once for all steps.
+    unet_extra: Option<Tensor>,
     /// The clean init latents (ordinary 4-channel models paste them back outside the mask).
     image_latents: Option<Tensor>,
     noise: Tensor,

@@ -235,28 +235,15 @@ impl AutoencoderTiny {
             }
             let idx = decoder.len();
             let out = if last { c.out_channels } else { ch };
+            // Only the final conv has a bias, as in diffusers.
+            let cfg = Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            };
             decoder.push(Layer::Conv(if last {
-                conv2d(
-                    ch,
-                    out,
-                    3,
-                    Conv2dConfig {
-                        padding: 1,
-                        ..Default::default()
-                    },
-                    d.pp(idx),
-                )?
+                conv2d(ch, out, 3, cfg, d.pp(idx))?
             } else {
-                conv2d_no_bias(
-                    ch,
-                    out,
-                    3,
-                    Conv2dConfig {
-                        padding: 1,
-                        ..Default::default()
-                    },
-                    d.pp(idx),
-                )?
+                conv2d_no_bias(ch, out, 3, cfg, d.pp(idx))?
             }));
         }
         Ok(Self {
