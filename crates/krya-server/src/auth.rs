@@ -104,15 +104,28 @@ pub async fn register(
     body: Result<Json<Register>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    let email = normalize_email(&r.email)?;
-    let name = r.name.trim().to_string();
+    let user = create_user(&state.db, &r.email, &r.name, &r.password, None).await?;
+    issue(&state, user, StatusCode::CREATED).await
+}
+
+/// Creates an account. `admin: None` makes the first account an admin (registration);
+/// `Some(_)` sets it (`krya users create [--admin]`).
+pub async fn create_user(
+    db: &crate::db::Db,
+    email: &str,
+    name: &str,
+    password: &str,
+    admin: Option<bool>,
+) -> Result<User, ApiError> {
+    let email = normalize_email(email)?;
+    let name = name.trim().to_string();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(invalid("name", "must be 1 to 100 characters"));
     }
-    if r.password.chars().count() < 8 || r.password.len() > 1024 {
+    if password.chars().count() < 8 || password.len() > 1024 {
         return Err(invalid("password", "must be at least 8 characters"));
     }
-    let password = r.password.clone();
+    let password = password.to_string();
     let hash = tokio::task::spawn_blocking(move || {
         use argon2::password_hash::PasswordHasher;
         argon2::Argon2::default()
@@ -137,27 +150,30 @@ pub async fn register(
         base
     };
     let mut handle = base.clone();
-    while state.db.handle_taken(&handle).await.map_err(internal)? {
+    while db.handle_taken(&handle).await.map_err(internal)? {
         handle = format!("{base}-{}", &random_hex(2));
     }
-    let first = state.db.user_count().await.map_err(internal)? == 0;
+    let is_admin = match admin {
+        Some(a) => a,
+        None => db.user_count().await.map_err(internal)? == 0,
+    };
     let user = User {
         id: random_hex(16),
         email,
         name,
         handle,
-        is_admin: first,
+        is_admin,
         credits_remaining: FREE_CREDITS,
         subscription_tier: "free".into(),
         created_at: now(),
     };
-    if !state.db.insert_user(&user, &hash).await.map_err(internal)? {
+    if !db.insert_user(&user, &hash).await.map_err(internal)? {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             "email: an account with this email already exists",
         ));
     }
-    issue(&state, user, StatusCode::CREATED).await
+    Ok(user)
 }
 
 pub async fn login(

@@ -15,6 +15,7 @@ pub struct Config {
     pub database: Database,
     pub storage: Storage,
     pub models: Models,
+    pub jobs: Jobs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,6 +27,10 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// Largest upload (`POST /api/assets`), in bytes.
+    pub max_upload_bytes: u64,
+    /// Most pixels an uploaded image may have (checked before decoding).
+    pub max_upload_pixels: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +69,26 @@ impl fmt::Debug for Storage {
 pub struct Models {
     /// Memory for loaded models, in MiB; the least recently used is dropped beyond it.
     pub cache_budget_mb: u64,
+    /// Models offered besides the curated list and `DATA_DIR/models.json`: name = source
+    /// (a diffusers folder, a `.safetensors` checkpoint or a Hugging Face repo id).
+    #[serde(default)]
+    pub local: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Jobs {
+    /// Run jobs inside `krya serve`. Turn off when `krya worker` processes run them.
+    pub in_process: bool,
+    /// A running job's lease, in seconds: a job whose worker stops heartbeating is taken
+    /// by another worker this long after the last heartbeat.
+    pub lease_secs: f64,
+    /// Attempts per job (crashes and transient errors) before it fails.
+    pub max_attempts: u32,
+    /// How often an idle worker looks for jobs, in milliseconds.
+    pub poll_ms: u64,
+    /// First retry delay after a transient error, in milliseconds (doubles each attempt).
+    pub retry_base_ms: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -83,6 +108,8 @@ impl Default for Config {
                 listen: "127.0.0.1:7860".parse().unwrap(),
                 data_dir: default_data_dir(),
                 max_body_bytes: 20 * 1024 * 1024,
+                max_upload_bytes: 20 * 1024 * 1024,
+                max_upload_pixels: 4096 * 4096,
             },
             database: Database { url: String::new() },
             storage: Storage {
@@ -94,6 +121,14 @@ impl Default for Config {
             },
             models: Models {
                 cache_budget_mb: 8192,
+                local: Default::default(),
+            },
+            jobs: Jobs {
+                in_process: true,
+                lease_secs: 30.0,
+                max_attempts: 3,
+                poll_ms: 1000,
+                retry_base_ms: 2000,
             },
         }
     }
@@ -112,6 +147,10 @@ listen = "127.0.0.1:7860"
 # data_dir = "/var/lib/krya"
 # Largest request body accepted, in bytes.
 max_body_bytes = 20971520
+# Largest upload (POST /api/assets), in bytes, and most pixels an uploaded image may have
+# (read from its header before decoding).
+max_upload_bytes = 20971520
+max_upload_pixels = 16777216
 
 [database]
 # Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".
@@ -129,6 +168,25 @@ secret_access_key = ""
 [models]
 # Memory for loaded models, in MiB; the least recently used model is dropped beyond it.
 cache_budget_mb = 8192
+
+# Models offered besides the curated list (models/registry.toml) and those added with
+# `krya models add` (DATA_DIR/models.json): name = folder, checkpoint or repo id. Also
+# `krya serve --model NAME=SOURCE`.
+[models.local]
+# my-model = "/models/my-model.safetensors"
+
+[jobs]
+# Run generation jobs inside `krya serve`. Set false when `krya worker` processes (on GPU
+# machines, sharing the PostgreSQL database and S3 storage) run them.
+in_process = true
+# Seconds a running job's lease lasts without a heartbeat; then another worker takes it.
+lease_secs = 30.0
+# Attempts per job (worker crashes and transient errors) before it fails and is refunded.
+max_attempts = 3
+# How often an idle worker looks for new jobs, in milliseconds.
+poll_ms = 1000
+# First retry delay after a transient error, in milliseconds; doubles each attempt.
+retry_base_ms = 2000
 "#;
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +202,8 @@ pub enum ConfigError {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// `--model NAME=SOURCE` flags.
+    pub models: Vec<(String, String)>,
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -207,6 +267,7 @@ impl Config {
         if let Some(d) = &flags.data_dir {
             config.server.data_dir = d.clone();
         }
+        config.models.local.extend(flags.models.iter().cloned());
         Ok(config)
     }
 }
@@ -240,6 +301,7 @@ mod tests {
         let flags = Overrides {
             listen: Some("127.0.0.1:9100".parse().unwrap()),
             data_dir: Some("/tmp/k".into()),
+            models: vec![("tiny".into(), "/m/tiny".into())],
         };
         let c = Config::load(Some(&file), env, &flags).unwrap();
         assert_eq!(c.server.listen.port(), 9100); // flag beats file
@@ -247,6 +309,7 @@ mod tests {
         assert_eq!(c.database.url, "postgres://a@b/c"); // file beats default
         assert_eq!(c.models.cache_budget_mb, 8192); // default
         assert_eq!(c.server.data_dir, PathBuf::from("/tmp/k"));
+        assert_eq!(c.models.local["tiny"], "/m/tiny");
         let debug = format!("{c:?}");
         assert!(
             !debug.contains("hunter2") && debug.contains("<redacted>"),

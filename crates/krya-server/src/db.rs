@@ -77,8 +77,8 @@ impl Db {
     /// Inserts a user; `Ok(false)` when the email is already registered.
     pub async fn insert_user(&self, u: &User, password_hash: &str) -> Result<bool, sqlx::Error> {
         let r = sqlx::query(
-            "INSERT INTO users (id, email, name, handle, password_hash, is_admin, credits_remaining, subscription_tier, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            "INSERT INTO users (id, email, name, handle, password_hash, is_admin, credits_remaining, subscription_tier, created_at, updated_at, credits_day) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)",
         )
         .bind(&u.id)
         .bind(&u.email)
@@ -89,6 +89,7 @@ impl Db {
         .bind(u.credits_remaining)
         .bind(&u.subscription_tier)
         .bind(u.created_at)
+        .bind(u.created_at.div_euclid(86_400))
         .execute(&self.pool)
         .await;
         match r {

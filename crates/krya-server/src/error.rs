@@ -97,6 +97,9 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
                 ErrorCode::UnsupportedMediaType,
                 "expected Content-Type: application/json",
             ),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(ErrorCode::TooLarge, "body: the request body is too large")
+            }
             other => ApiError::new(ErrorCode::InvalidJson, other.body_text()),
         }
     }

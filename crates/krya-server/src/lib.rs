@@ -1,18 +1,33 @@
-//! Krya's server: the REST API (seed §6) behind `krya serve`.
+//! Krya's server: the REST API (seed §6) behind `krya serve`, and the job runner behind
+//! `krya worker`.
 //!
-//! Layout: `config` (layered settings: defaults, `krya.toml`, `KRYA__SECTION__KEY`
-//! environment, flags), `error` (the one error type and its table of stable codes),
-//! `router` (the route table). `launch` serves on a given listener until a shutdown signal,
-//! so tests run the real server on `127.0.0.1:0`.
+//! Layout: `config` (layered settings), `error` (the one error type and its table of
+//! stable codes), `router` (the route table), `db` + `jobs` (the database and the durable
+//! queue in it), `auth` (accounts, sessions, API keys), `generations` (the image API and
+//! credits), `media` (uploads and image files), `blobs` (file or S3 storage), `worker`
+//! (runs jobs on the engine), `events` (SSE), `webhooks`, `registry` (models and styles).
+//! `launch` serves on a given listener until a shutdown signal, so tests run the real
+//! server on `127.0.0.1:0`.
 
+pub mod account;
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod feed;
+pub mod generations;
+pub mod jobs;
+pub mod media;
+pub mod registry;
 pub mod router;
 pub mod throttle;
+pub mod webhooks;
+pub mod worker;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use config::Config;
 pub use error::{ApiError, ErrorCode};
@@ -20,10 +35,19 @@ pub use error::{ApiError, ErrorCode};
 /// Shared state of a running server.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: std::sync::Arc<Config>,
+    pub config: Arc<Config>,
     pub db: db::Db,
+    pub blobs: blobs::Blobs,
+    pub bus: events::Bus,
     /// Failed logins per account and per client address.
-    pub login_throttle: std::sync::Arc<throttle::LoginThrottle>,
+    pub login_throttle: Arc<throttle::LoginThrottle>,
+    /// Generations running in this process (to cancel them at once).
+    pub running: worker::Running,
+    /// Wakes the in-process worker when a job is submitted.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Becomes true when the server shuts down: long-lived streams (SSE) end then, so a
+    /// graceful shutdown does not wait for clients that never hang up.
+    pub shutting_down: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Connects the configured database (SQLite at `data_dir/krya.db` when none is set) and
@@ -40,23 +64,96 @@ pub async fn open_database(config: &Config) -> Result<db::Db, sqlx::Error> {
     db::Db::connect(&url).await
 }
 
+/// Opens the configured blob store (files under `data_dir/blobs` when none is set).
+pub fn open_blobs(config: &Config) -> std::io::Result<blobs::Blobs> {
+    if config.storage.url.is_empty() {
+        Ok(Arc::new(blobs::FileStore::new(
+            config.server.data_dir.join("blobs"),
+        )))
+    } else {
+        Err(std::io::Error::other(format!(
+            "storage url {:?}: only the file store is built yet (leave storage.url empty)",
+            config.storage.url
+        )))
+    }
+}
+
+async fn state(
+    config: Config,
+    shutting_down: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<AppState> {
+    std::fs::create_dir_all(&config.server.data_dir)?;
+    let db = open_database(&config)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(AppState {
+        blobs: open_blobs(&config)?,
+        config: Arc::new(config),
+        db,
+        bus: Default::default(),
+        login_throttle: Default::default(),
+        running: Default::default(),
+        wake: Default::default(),
+        shutting_down,
+    })
+}
+
+fn worker_for(state: &AppState) -> Arc<worker::Worker> {
+    let c = &state.config;
+    Arc::new(worker::Worker {
+        db: state.db.clone(),
+        blobs: state.blobs.clone(),
+        bus: state.bus.clone(),
+        data_dir: c.server.data_dir.clone(),
+        local_models: c.models.local.clone(),
+        config: c.jobs.clone(),
+        id: worker::worker_id(),
+        cache: Arc::new(krya_engine::model::cache::ModelCache::new(
+            c.models.cache_budget_mb * 1024 * 1024,
+        )),
+        running: state.running.clone(),
+        wake: state.wake.clone(),
+        stopping: Default::default(),
+    })
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then drains open requests.
+/// Jobs run in this process too unless `jobs.in_process` is off.
 pub async fn launch(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let db = open_database(&config)
-        .await
-        .map_err(std::io::Error::other)?;
-    let state = AppState {
-        config: std::sync::Arc::new(config),
-        db,
-        login_throttle: Default::default(),
-    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = state(config, stop_rx).await?;
+    let worker = state.config.jobs.in_process.then(|| worker_for(&state));
+    let handle = worker.clone().map(|w| tokio::spawn(w.run()));
     // Client addresses reach handlers (login throttling per address).
     let app = router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    if let (Some(w), Some(h)) = (worker, handle) {
+        w.stop();
+        let _ = h.await;
+    }
+    served
+}
+
+/// Runs jobs only (`krya worker`), against the configured database and storage, until
+/// `shutdown` completes; the job in hand is handed back to the queue.
+pub async fn run_worker(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = state(config, stop_rx).await?;
+    let w = worker_for(&state);
+    let handle = tokio::spawn(w.clone().run());
+    shutdown.await;
+    w.stop();
+    handle.await.map_err(std::io::Error::other)
 }

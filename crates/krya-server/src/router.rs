@@ -3,6 +3,8 @@
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{delete, get, post};
+
+use crate::{account, events, feed, generations, media, webhooks};
 use axum::{Json, Router};
 
 use crate::error::{ApiError, ErrorCode};
@@ -22,6 +24,39 @@ pub fn router(state: AppState) -> Router {
             post(auth::create_api_key).get(auth::list_api_keys),
         )
         .route("/api/user/api-keys/{id}", delete(auth::delete_api_key))
+        .route("/api/user/webhook-secret", get(webhooks::get_secret))
+        .route("/api/models", get(generations::models))
+        .route("/api/styles", get(generations::styles))
+        .route("/api/generate/image", post(generations::create))
+        .route("/api/generate/image/batch", post(generations::create_batch))
+        .route(
+            "/api/generate/image/{id}",
+            get(generations::get_one)
+                .delete(generations::delete_one)
+                .patch(generations::patch_one),
+        )
+        .route(
+            "/api/generate/image/{id}/cancel",
+            post(generations::cancel_one),
+        )
+        .route("/api/generate/images", get(generations::list))
+        .route("/api/assets", post(media::upload))
+        .route("/api/assets/{id}", get(media::get_asset))
+        .route("/api/images/{id}", get(media::image))
+        .route("/api/images/{id}/thumbnail", get(media::thumbnail))
+        .route("/api/events", get(events::stream))
+        .route("/api/feed", get(feed::feed))
+        .route("/api/feed/{id}", get(feed::get_item))
+        .route("/api/feed/{id}/like", post(feed::like))
+        .route("/api/feed/{id}/remix", post(feed::remix))
+        .route("/api/profiles/{handle}", get(feed::profile))
+        .route(
+            "/api/user/profile",
+            get(account::get_profile).put(account::put_profile),
+        )
+        .route("/api/user/usage", get(account::usage))
+        .route("/api/user/subscription", get(account::subscription))
+        .route("/api/admin/users/{id}/credits", post(account::grant))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -193,23 +193,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
     bar.finish_and_clear();
 
     let paths = output_paths(&a.out, out.images.len());
-    for ((img, seed), path) in out.images.iter().zip(&out.seeds).zip(&paths) {
-        let mut settings = vec![
-            ("Steps", out.steps.to_string()),
-            ("Sampler", out.scheduler.a1111_name().to_string()),
-            ("CFG scale", format!("{}", out.guidance)),
-            ("Seed", seed.to_string()),
-            ("Size", format!("{}x{}", out.width, out.height)),
-            ("Model", name.clone()),
-        ];
-        if req.init_image.is_some() {
-            settings.push(("Denoising strength", format!("{}", req.strength)));
-        }
-        if req.clip_skip > 0 {
-            settings.push(("Clip skip", (req.clip_skip + 1).to_string()));
-        }
-        let params =
-            image_io::a1111_parameters(&req.prompt, req.negative_prompt.as_deref(), &settings);
+    for (i, (img, path)) in out.images.iter().zip(&paths).enumerate() {
+        let params = out.parameters_text(&req, &name, i);
         image_io::write_png(path, img, &params)?;
         println!("{}", path.display());
     }

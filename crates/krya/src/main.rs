@@ -1,6 +1,6 @@
 //! `krya`: the Krya binary.
 //!
-//! Layout: `serve` (the API server), `default-config`, `generate` (text/image-to-image and inpainting on the native engine),
+//! Layout: `serve` (the API server, `worker`, `migrate`, `users`), `default-config`, `generate` (text/image-to-image and inpainting on the native engine),
 //! `models` (the local model registry and the Hugging Face cache), `bench` (component timings). Errors the user can fix
 //! print one line and exit with status 2; anything else exits with 1.
 
@@ -28,8 +28,15 @@ struct Cli {
 enum Command {
     /// Generate images with a local model.
     Generate(generate::Args),
-    /// Run the API server.
+    /// Run the API server (and, unless jobs.in_process is off, its jobs).
     Serve(serve::Args),
+    /// Run jobs only, from the configured (shared) database and storage.
+    Worker(serve::Settings),
+    /// Bring the database up to date (also done at start).
+    Migrate(serve::Settings),
+    /// Manage accounts.
+    #[command(subcommand)]
+    Users(serve::Users),
     /// Print a commented example krya.toml with every setting and its default.
     DefaultConfig,
     /// Time each model component (text encoder, UNet, VAE) on real or random weights.
@@ -72,6 +79,9 @@ fn main() -> ExitCode {
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Worker(s) => serve::worker(s),
+        Command::Migrate(s) => serve::migrate(s),
+        Command::Users(cmd) => serve::users(cmd),
         Command::DefaultConfig => {
             print!("{}", krya_server::config::EXAMPLE);
             Ok(())

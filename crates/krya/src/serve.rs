@@ -1,4 +1,5 @@
-//! `krya serve`: the API server on the embedded default (SQLite and files under the data
+//! `krya serve` (the API server), `krya worker` (jobs only), `krya migrate` and
+//! `krya users create`: all on the embedded default (SQLite and files under the data
 //! directory) or the configured database and storage.
 
 use std::net::SocketAddr;
@@ -8,11 +9,9 @@ use krya_server::config::{Config, Overrides};
 
 use crate::CliError;
 
+/// Where settings come from.
 #[derive(clap::Args)]
-pub struct Args {
-    /// Address to listen on (port 0 picks a free port; the address is printed).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
+pub struct Settings {
     /// Where the database and files live.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -21,15 +20,75 @@ pub struct Args {
     config: Option<PathBuf>,
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Offer a model under NAME: a diffusers folder, a .safetensors checkpoint or a Hugging
+    /// Face repo id (repeatable).
+    #[arg(long = "model", value_name = "NAME=SOURCE", value_parser = parse_model)]
+    models: Vec<(String, String)>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn parse_model(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, source))
+            if !name.is_empty()
+                && !source.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+        {
+            Ok((name.to_string(), source.to_string()))
+        }
+        _ => Err(format!(
+            "expected NAME=SOURCE (a name of letters, digits, '-', '_', '.'), got {s:?}"
+        )),
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum Users {
+    /// Create an account (`--admin` for an administrator).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        /// The password (or set KRYA_PASSWORD).
+        #[arg(long, env = "KRYA_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+fn internal(e: impl std::fmt::Display) -> CliError {
+    CliError {
+        message: e.to_string(),
+        status: 1,
+    }
+}
+
+fn load(
+    s: &Settings,
+    listen: Option<SocketAddr>,
+    models: Vec<(String, String)>,
+) -> Result<Config, CliError> {
     let flags = Overrides {
-        listen: a.listen,
-        data_dir: a.data_dir.clone(),
+        listen,
+        data_dir: s.data_dir.clone(),
+        models,
     };
-    let file = match &a.config {
+    let file = match &s.config {
         Some(p) => Some(p.clone()),
         None => {
-            let dir = a
+            let dir = s
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| Config::default().server.data_dir);
@@ -44,32 +103,114 @@ pub fn run(a: Args) -> Result<(), CliError> {
             config.server.data_dir.display()
         ))
     })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Ok(config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError {
-            message: e.to_string(),
-            status: 1,
-        })?;
-    rt.block_on(async move {
+        .map_err(internal)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub fn run(a: Args) -> Result<(), CliError> {
+    let mut models = a.models;
+    // A folder or file given relative to here keeps working whatever the server's cwd.
+    for (_, source) in &mut models {
+        if let Ok(p) = std::fs::canonicalize(&*source) {
+            *source = p.display().to_string();
+        }
+    }
+    let config = load(&a.settings, a.listen, models)?;
+    runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| {
                 CliError::user(format!("cannot listen on {}: {e}", config.server.listen))
             })?;
-        let addr = listener.local_addr().map_err(|e| CliError {
-            message: e.to_string(),
-            status: 1,
-        })?;
+        let addr = listener.local_addr().map_err(internal)?;
         println!("Krya listening on http://{addr}");
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        krya_server::launch(listener, config, shutdown)
+        krya_server::launch(listener, config, shutdown_signal())
             .await
-            .map_err(|e| CliError {
-                message: e.to_string(),
-                status: 1,
-            })
+            .map_err(internal)
     })
+}
+
+pub fn worker(s: Settings) -> Result<(), CliError> {
+    let config = load(&s, None, vec![])?;
+    runtime()?.block_on(async move {
+        println!("Krya worker running jobs from {}", describe_db(&config));
+        krya_server::run_worker(config, shutdown_signal())
+            .await
+            .map_err(internal)
+    })
+}
+
+fn describe_db(c: &Config) -> String {
+    if c.database.url.is_empty() {
+        c.server.data_dir.join("krya.db").display().to_string()
+    } else {
+        // Never print credentials.
+        let url = &c.database.url;
+        match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
+            _ => url.clone(),
+        }
+    }
+}
+
+pub fn migrate(s: Settings) -> Result<(), CliError> {
+    let config = load(&s, None, vec![])?;
+    runtime()?.block_on(async move {
+        krya_server::open_database(&config)
+            .await
+            .map_err(|e| CliError::user(format!("{}: {e}", describe_db(&config))))?;
+        println!("database {} is up to date", describe_db(&config));
+        Ok(())
+    })
+}
+
+pub fn users(cmd: Users) -> Result<(), CliError> {
+    match cmd {
+        Users::Create {
+            email,
+            name,
+            password,
+            admin,
+            settings,
+        } => {
+            let config = load(&settings, None, vec![])?;
+            runtime()?.block_on(async move {
+                let db = krya_server::open_database(&config)
+                    .await
+                    .map_err(|e| CliError::user(format!("{}: {e}", describe_db(&config))))?;
+                let user =
+                    krya_server::auth::create_user(&db, &email, &name, &password, Some(admin))
+                        .await
+                        .map_err(|e| CliError::user(e.message))?;
+                println!(
+                    "created {}{} ({})",
+                    user.email,
+                    if user.is_admin { " (admin)" } else { "" },
+                    user.handle
+                );
+                Ok(())
+            })
+        }
+    }
 }

@@ -9,6 +9,9 @@ use candle_nn::{
 
 use crate::Result;
 
+/// Largest attention score matrix computed at once, in bytes (see `Attention::forward`).
+pub const ATTENTION_CHUNK_BYTES: usize = 256 << 20;
+
 /// The activation named by a config's `act_fn`.
 #[derive(Debug, Clone, Copy)]
 pub enum Act {
@@ -196,6 +199,16 @@ impl Attention {
     }
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        self.forward_chunked(x, context, ATTENTION_CHUNK_BYTES)
+    }
+
+    /// `forward` with score matrices of at most `chunk_bytes` at a time.
+    pub fn forward_chunked(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        chunk_bytes: usize,
+    ) -> candle_core::Result<Tensor> {
         let ctx = context.unwrap_or(x);
         let (b, n, _) = x.dims3()?;
         let q = self.to_q.forward(x)?;
@@ -210,9 +223,57 @@ impl Attention {
                 .contiguous()
         };
         let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, inner))?;
+        let kt = k.t()?;
+        // The score matrix is heads x n x m; at large sizes (SD 1.5 at 2048², 65536
+        // tokens) it would take hundreds of GB. Queries are taken in chunks that keep it
+        // within ATTENTION_CHUNK_BYTES; each row's softmax is unchanged.
+        let m = k.dim(2)?;
+        let row_bytes = (b * self.heads * m * q.dtype().size_in_bytes()).max(1);
+        let rows = (chunk_bytes / row_bytes).clamp(1, n);
+        let attend = |q: &Tensor| -> candle_core::Result<Tensor> {
+            let scores = (q.matmul(&kt)? * self.scale)?;
+            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
+        };
+        let o = if rows >= n {
+            attend(&q)?
+        } else {
+            let chunks = (0..n)
+                .step_by(rows)
+                .map(|start| attend(&q.narrow(2, start, rows.min(n - start))?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&chunks, 2)?
+        };
+        let o = o.transpose(1, 2)?.reshape((b, n, inner))?;
         self.to_out.forward(&o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn chunked_attention_equals_whole() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        // VarMap initialises the weights randomly on first use.
+        let self_attn = Attention::new(vb.pp("self"), 16, None, 2, 8, true).unwrap();
+        let cross = Attention::new(vb.pp("cross"), 16, Some(12), 2, 8, true).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 37, 16), &dev).unwrap();
+        let ctx = Tensor::randn(0f32, 1.0, (2, 5, 12), &dev).unwrap();
+        for (attn, context) in [(&self_attn, None), (&cross, Some(&ctx))] {
+            let whole = attn.forward_chunked(&x, context, usize::MAX).unwrap();
+            // 1 and 3 query rows per chunk (uneven last chunk).
+            for rows in [1usize, 3] {
+                let m = context.map_or(37, |c| c.dim(1).unwrap());
+                let part = attn
+                    .forward_chunked(&x, context, rows * 2 * 2 * m * 4)
+                    .unwrap();
+                let diff = (&whole - &part).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+            }
+        }
     }
 }

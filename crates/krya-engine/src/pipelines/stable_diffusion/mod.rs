@@ -124,6 +124,28 @@ pub struct Generated {
     pub height: usize,
 }
 
+impl Generated {
+    /// The A1111 `parameters` text for image `index` of this result (prompt, negative
+    /// prompt, then `Steps: .., Sampler: .., CFG scale: .., Seed: .., Size: .., Model: ..`).
+    pub fn parameters_text(&self, req: &GenerateRequest, model: &str, index: usize) -> String {
+        let mut settings = vec![
+            ("Steps", self.steps.to_string()),
+            ("Sampler", self.scheduler.a1111_name().to_string()),
+            ("CFG scale", format!("{}", self.guidance)),
+            ("Seed", self.seeds[index].to_string()),
+            ("Size", format!("{}x{}", self.width, self.height)),
+            ("Model", model.to_string()),
+        ];
+        if req.init_image.is_some() {
+            settings.push(("Denoising strength", format!("{}", req.strength)));
+        }
+        if req.clip_skip > 0 {
+            settings.push(("Clip skip", (req.clip_skip + 1).to_string()));
+        }
+        crate::image_io::a1111_parameters(&req.prompt, req.negative_prompt.as_deref(), &settings)
+    }
+}
+
 /// Prompt conditioning for the UNet, unconditional half first when guidance is on.
 struct Conditioning {
     context: Tensor,

@@ -1,0 +1,243 @@
+//! The caller's own account (seed §6.1 User): profile, usage, subscription; and the admin's
+//! credit grants.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use sqlx::Row;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::generations::{daily_allowance, daily_top_up, internal, invalid, log_usage, today};
+use crate::{AppState, auth};
+
+async fn profile_json(state: &AppState, user_id: &str) -> Result<serde_json::Value, ApiError> {
+    let u = state
+        .db
+        .user_by_id(user_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let row = sqlx::query("SELECT bio, avatar_url FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(&state.db.pool)
+        .await
+        .map_err(internal)?;
+    let mut v = serde_json::to_value(&u).map_err(internal)?;
+    v["bio"] = row.try_get::<String, _>("bio").map_err(internal)?.into();
+    v["avatar_url"] = row
+        .try_get::<Option<String>, _>("avatar_url")
+        .map_err(internal)?
+        .into();
+    Ok(v)
+}
+
+pub async fn get_profile(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    Ok(Json(profile_json(&state, &user.id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    name: Option<String>,
+    handle: Option<String>,
+    bio: Option<String>,
+    avatar_url: Option<String>,
+}
+
+pub async fn put_profile(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ProfileUpdate>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let Json(p) = body?;
+    if let Some(n) = &p.name
+        && (n.trim().is_empty() || n.chars().count() > 100)
+    {
+        return Err(invalid("name", "must be 1 to 100 characters"));
+    }
+    if let Some(h) = &p.handle
+        && (h.len() < 2
+            || h.len() > 32
+            || !h
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(invalid(
+            "handle",
+            "must be 2 to 32 letters, digits, '_' or '-'",
+        ));
+    }
+    if let Some(b) = &p.bio
+        && b.chars().count() > 500
+    {
+        return Err(invalid("bio", "must be at most 500 characters"));
+    }
+    if let Some(a) = &p.avatar_url
+        && !(a.is_empty()
+            || ((a.starts_with("https://") || a.starts_with("/api/")) && a.len() <= 2048))
+    {
+        return Err(invalid("avatar_url", "must be an https URL or empty"));
+    }
+    let r = sqlx::query("UPDATE users SET name = COALESCE($1, name), handle = COALESCE($2, handle), bio = COALESCE($3, bio), avatar_url = COALESCE($4, avatar_url), updated_at = $5 WHERE id = $6")
+        .bind(p.name.map(|n| n.trim().to_string()))
+        .bind(p.handle)
+        .bind(p.bio)
+        .bind(p.avatar_url)
+        .bind(auth::now())
+        .bind(&user.id)
+        .execute(&state.db.pool)
+        .await;
+    match r {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "handle: this handle is taken",
+            ));
+        }
+        Err(e) => return Err(internal(e)),
+    }
+    Ok(Json(profile_json(&state, &user.id).await?))
+}
+
+/// `GET /api/user/usage`: balance, today's allowance and use, and the last 30 days.
+pub async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let mut conn = state.db.pool.acquire().await.map_err(internal)?;
+    daily_top_up(&mut conn, &user).await.map_err(internal)?;
+    drop(conn);
+    let user = state
+        .db
+        .user_by_id(&user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    let since = (today() - 29) * 86_400;
+    let rows = sqlx::query("SELECT action_type, credits_used, created_at FROM usage_logs WHERE user_id = $1 AND created_at >= $2 ORDER BY created_at")
+        .bind(&user.id)
+        .bind(since)
+        .fetch_all(&state.db.pool)
+        .await
+        .map_err(internal)?;
+    let mut days: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+    for r in &rows {
+        let credits: i64 = r.try_get("credits_used").map_err(internal)?;
+        let day = r
+            .try_get::<i64, _>("created_at")
+            .map_err(internal)?
+            .div_euclid(86_400);
+        let action: String = r.try_get("action_type").map_err(internal)?;
+        let e = days.entry(day).or_default();
+        e.0 += credits;
+        if action == "image_gen" {
+            e.1 += 1;
+        }
+    }
+    let today_used = days.get(&today()).map(|d| d.0).unwrap_or(0);
+    let history: Vec<_> = days
+        .iter()
+        .map(|(d, (c, n))| serde_json::json!({"day": d * 86_400, "credits_used": c, "generations": n}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "credits_remaining": user.credits_remaining,
+        "daily_allowance": daily_allowance(&user.subscription_tier),
+        "credits_used_today": today_used,
+        "resets_at": (today() + 1) * 86_400,
+        "tier": user.subscription_tier,
+        "history": history,
+    })))
+}
+
+/// `GET /api/user/subscription`: the tier and what it gives (self-hosted: no billing).
+pub async fn subscription(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let tiers: Vec<_> = ["free", "basic", "pro", "max", "team"]
+        .iter()
+        .map(|t| serde_json::json!({"tier": t, "daily_allowance": daily_allowance(t)}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "tier": user.subscription_tier,
+        "status": "active",
+        "daily_allowance": daily_allowance(&user.subscription_tier),
+        "credits_remaining": user.credits_remaining,
+        "resets_at": (today() + 1) * 86_400,
+        "tiers": tiers,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Credits to add (negative to take away; the balance never goes below zero).
+    amount: Option<i64>,
+    /// A new tier.
+    tier: Option<String>,
+}
+
+/// `POST /api/admin/users/:id/credits {amount?, tier?}` (admins only).
+pub async fn grant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Grant>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let admin = auth::current_user(&state, &headers).await?;
+    if !admin.is_admin {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "only administrators can grant credits",
+        ));
+    }
+    let Json(g) = body?;
+    if let Some(a) = g.amount
+        && a.abs() > 1_000_000_000
+    {
+        return Err(invalid("amount", "is out of range"));
+    }
+    if let Some(t) = &g.tier
+        && !["free", "basic", "pro", "max", "team"].contains(&t.as_str())
+    {
+        return Err(invalid("tier", "must be free, basic, pro, max or team"));
+    }
+    let target = state
+        .db
+        .user_by_id(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    let mut tx = state.db.pool.begin().await.map_err(internal)?;
+    if let Some(t) = &g.tier {
+        sqlx::query("UPDATE users SET subscription_tier = $1 WHERE id = $2")
+            .bind(t)
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+    }
+    if let Some(a) = g.amount {
+        sqlx::query("UPDATE users SET credits_remaining = CASE WHEN credits_remaining + $1 < 0 THEN 0 ELSE credits_remaining + $1 END WHERE id = $2")
+            .bind(a)
+            .bind(&target.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+        log_usage(&mut tx, &target.id, "grant", -a, &admin.id)
+            .await
+            .map_err(internal)?;
+    }
+    tx.commit().await.map_err(internal)?;
+    Ok(Json(profile_json(&state, &target.id).await?))
+}

@@ -1,0 +1,168 @@
+//! Blob storage for images and uploads. Keys are built by the server only (ids it made,
+//! never user input), so no key can escape the store. The embedded default keeps files
+//! under `data_dir/blobs`, written to a temporary name and renamed, so a crash never
+//! leaves a half-written blob under a real key.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub type BlobResult<T> = Result<T, BlobError>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("blob store: {0}")]
+pub struct BlobError(pub String);
+
+/// What every store does; implementations must be safe to share between tasks.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> BlobResult<()>;
+    /// `None` when there is no such blob.
+    async fn get(&self, key: &str) -> BlobResult<Option<Vec<u8>>>;
+    /// Deleting a missing blob is not an error.
+    async fn delete(&self, key: &str) -> BlobResult<()>;
+    /// Every key starting with `prefix` (a folder-like prefix ending in `/`).
+    async fn list(&self, prefix: &str) -> BlobResult<Vec<String>>;
+}
+
+pub type Blobs = Arc<dyn BlobStore>;
+
+/// Checks a server-made key: lowercase ASCII letters, digits, `-`, `_`, `.` and `/`
+/// separators, no empty or dot-only segments.
+pub fn check_key(key: &str) -> BlobResult<()> {
+    let ok = !key.is_empty()
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && !seg.chars().all(|c| c == '.')
+                && seg.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+                })
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(BlobError(format!("refused key {key:?}")))
+    }
+}
+
+/// Files under a root folder.
+pub struct FileStore {
+    root: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> BlobResult<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> BlobError {
+    BlobError(format!("{}: {e}", path.display()))
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FileStore {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> BlobResult<()> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("keys are under the root");
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io_err(dir, e))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.part",
+            path.file_name().unwrap().to_string_lossy(),
+            rand::random::<u64>()
+        ));
+        tokio::fs::write(&tmp, &bytes)
+            .await
+            .map_err(|e| io_err(&tmp, e))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| io_err(&path, e))
+    }
+
+    async fn get(&self, key: &str) -> BlobResult<Option<Vec<u8>>> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> BlobResult<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> BlobResult<Vec<String>> {
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let mut rd = match tokio::fs::read_dir(&d).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&d, e)),
+            };
+            while let Some(entry) = rd.next_entry().await.map_err(|e| io_err(&d, e))? {
+                let p = entry.path();
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with('.') {
+                    continue;
+                }
+                if entry.file_type().await.map_err(|e| io_err(&p, e))?.is_dir() {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(&self.root) {
+                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_escape() {
+        for bad in [
+            "",
+            "../x",
+            "a/../../b",
+            "/etc/passwd",
+            "a//b",
+            "A.png",
+            "a/./b",
+            "a\\b",
+        ] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+        check_key("generations/ab12/0-1.png").unwrap();
+    }
+
+    #[tokio::test]
+    async fn file_store_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStore::new(dir.path());
+        s.put("g/x/1.png", b"abc".to_vec()).await.unwrap();
+        s.put("g/x/2.png", b"de".to_vec()).await.unwrap();
+        assert_eq!(s.get("g/x/1.png").await.unwrap().unwrap(), b"abc");
+        assert_eq!(s.list("g/x/").await.unwrap(), ["g/x/1.png", "g/x/2.png"]);
+        s.delete("g/x/1.png").await.unwrap();
+        s.delete("g/x/1.png").await.unwrap();
+        assert!(s.get("g/x/1.png").await.unwrap().is_none());
+        assert_eq!(s.list("g/y/").await.unwrap(), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,282 @@
+//! The public gallery (seed §6.1 Gallery/Feed): public generations, newest or most liked,
+//! likes counted once per user, remix; and public profiles by handle.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use sqlx::Row;
+
+use crate::db::User;
+use crate::error::{ApiError, ErrorCode};
+use crate::generations::{self, GENERATION_COLUMNS, Generation, Page, internal, invalid};
+use crate::{AppState, auth};
+
+#[derive(Deserialize)]
+pub struct FeedQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// `new` (default) or `top`.
+    sort: Option<String>,
+}
+
+/// A feed item: the generation, its author and whether the viewer likes it.
+async fn item(
+    state: &AppState,
+    g: &Generation,
+    viewer: Option<&User>,
+) -> Result<serde_json::Value, ApiError> {
+    let mut v = generations::view(state, g, false).await?;
+    let author = sqlx::query("SELECT handle, name, avatar_url FROM users WHERE id = $1")
+        .bind(&g.user_id)
+        .fetch_one(&state.db.pool)
+        .await
+        .map_err(internal)?;
+    v["author"] = serde_json::json!({
+        "handle": author.try_get::<String, _>("handle").map_err(internal)?,
+        "name": author.try_get::<String, _>("name").map_err(internal)?,
+        "avatar_url": author.try_get::<Option<String>, _>("avatar_url").map_err(internal)?,
+    });
+    let liked = match viewer {
+        Some(u) => {
+            sqlx::query("SELECT 1 AS x FROM likes WHERE user_id = $1 AND generation_id = $2")
+                .bind(&u.id)
+                .bind(&g.id)
+                .fetch_optional(&state.db.pool)
+                .await
+                .map_err(internal)?
+                .is_some()
+        }
+        None => false,
+    };
+    v["liked"] = liked.into();
+    Ok(v)
+}
+
+async fn items(
+    state: &AppState,
+    gens: &[Generation],
+    viewer: Option<&User>,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut out = Vec::new();
+    for g in gens {
+        out.push(item(state, g, viewer).await?);
+    }
+    Ok(out)
+}
+
+/// `GET /api/feed`: completed public generations, `sort=new` (cursor) or `sort=top`.
+pub async fn feed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let viewer = auth::current_user(&state, &headers).await.ok();
+    match q.sort.as_deref().unwrap_or("new") {
+        "new" => {
+            let page = Page::new(q.limit, q.cursor.as_deref())?;
+            let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.is_public = 1 AND g.status = 'completed' \
+                 AND (g.created_at < $1 OR (g.created_at = $1 AND g.id < $2) OR $3 = 0) \
+                 ORDER BY g.created_at DESC, g.id DESC LIMIT $4"
+            )))
+            .bind(t)
+            .bind(&cid)
+            .bind(page.cursor.is_some() as i64)
+            .bind(page.limit)
+            .fetch_all(&state.db.pool)
+            .await
+            .map_err(internal)?;
+            let gens = rows
+                .iter()
+                .map(Generation::from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)?;
+            let next = page.next(&gens);
+            Ok(Json(
+                serde_json::json!({"items": items(&state, &gens, viewer.as_ref()).await?, "next_cursor": next}),
+            ))
+        }
+        "top" => {
+            let limit = q.limit.unwrap_or(20);
+            if !(1..=100).contains(&limit) {
+                return Err(invalid("limit", "must be from 1 to 100"));
+            }
+            // Most liked shifts as people like: an offset is the honest cursor here.
+            let offset: i64 = match &q.cursor {
+                Some(c) => c
+                    .parse()
+                    .ok()
+                    .filter(|o| *o >= 0)
+                    .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))?,
+                None => 0,
+            };
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.is_public = 1 AND g.status = 'completed' \
+                 ORDER BY g.likes_count DESC, g.created_at DESC, g.id DESC LIMIT $1 OFFSET $2"
+            )))
+            .bind(limit as i64)
+            .bind(offset)
+            .fetch_all(&state.db.pool)
+            .await
+            .map_err(internal)?;
+            let gens = rows
+                .iter()
+                .map(Generation::from_row)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)?;
+            let next = (gens.len() == limit as usize).then(|| (offset + limit as i64).to_string());
+            Ok(Json(
+                serde_json::json!({"items": items(&state, &gens, viewer.as_ref()).await?, "next_cursor": next}),
+            ))
+        }
+        _ => Err(invalid("sort", "must be new or top")),
+    }
+}
+
+/// A generation the viewer may see: public and completed, or their own.
+async fn visible(
+    state: &AppState,
+    id: &str,
+    viewer: Option<&User>,
+) -> Result<Generation, ApiError> {
+    match state.db.generation(id).await.map_err(internal)? {
+        Some(g)
+            if (g.is_public && g.status == "completed")
+                || viewer.is_some_and(|v| v.id == g.user_id) =>
+        {
+            Ok(g)
+        }
+        _ => Err(ApiError::not_found(format!("no public generation {id}"))),
+    }
+}
+
+pub async fn get_item(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let viewer = auth::current_user(&state, &headers).await.ok();
+    let g = visible(&state, &id, viewer.as_ref()).await?;
+    Ok(Json(item(&state, &g, viewer.as_ref()).await?))
+}
+
+/// `POST /api/feed/:id/like`: toggles the caller's like; the count is recomputed in the
+/// same transaction, so it is exact under concurrent likes.
+pub async fn like(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let g = visible(&state, &id, Some(&user)).await?;
+    let mut tx = state.db.pool.begin().await.map_err(internal)?;
+    let removed = sqlx::query("DELETE FROM likes WHERE user_id = $1 AND generation_id = $2")
+        .bind(&user.id)
+        .bind(&g.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?
+        .rows_affected();
+    if removed == 0 {
+        sqlx::query("INSERT INTO likes (user_id, generation_id, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(&user.id)
+            .bind(&g.id)
+            .bind(auth::now())
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+    }
+    sqlx::query("UPDATE generations SET likes_count = (SELECT COUNT(*) FROM likes WHERE generation_id = $1) WHERE id = $1")
+        .bind(&g.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+    let count: i64 = sqlx::query("SELECT likes_count FROM generations WHERE id = $1")
+        .bind(&g.id)
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|r| r.try_get("likes_count"))
+        .map_err(internal)?;
+    tx.commit().await.map_err(internal)?;
+    Ok(Json(
+        serde_json::json!({"id": g.id, "liked": removed == 0, "likes_count": count}),
+    ))
+}
+
+/// `POST /api/feed/:id/remix`: a new generation for the caller from this one's
+/// parameters, with the body's fields (any of `POST /api/generate/image`'s) on top.
+pub async fn remix(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let g = visible(&state, &id, Some(&user)).await?;
+    let overrides: serde_json::Value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("body: {e}")))?
+    };
+    let new_id = generations::remix(&state, &user, &g, overrides).await?;
+    generations::remix_response(&state, &new_id).await
+}
+
+/// `GET /api/profiles/:handle`: a public profile and its public generations.
+pub async fn profile(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(handle): Path<String>,
+    Query(q): Query<FeedQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let viewer = auth::current_user(&state, &headers).await.ok();
+    let row = sqlx::query(
+        "SELECT id, handle, name, bio, avatar_url, created_at FROM users WHERE handle = $1",
+    )
+    .bind(&handle)
+    .fetch_optional(&state.db.pool)
+    .await
+    .map_err(internal)?
+    .ok_or_else(|| ApiError::not_found(format!("no profile @{handle}")))?;
+    let uid: String = row.try_get("id").map_err(internal)?;
+    let page = Page::new(q.limit, q.cursor.as_deref())?;
+    let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.user_id = $1 AND g.is_public = 1 AND g.status = 'completed' \
+         AND (g.created_at < $2 OR (g.created_at = $2 AND g.id < $3) OR $4 = 0) \
+         ORDER BY g.created_at DESC, g.id DESC LIMIT $5"
+    )))
+    .bind(&uid)
+    .bind(t)
+    .bind(&cid)
+    .bind(page.cursor.is_some() as i64)
+    .bind(page.limit)
+    .fetch_all(&state.db.pool)
+    .await
+    .map_err(internal)?;
+    let gens = rows
+        .iter()
+        .map(Generation::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(internal)?;
+    let stats = sqlx::query("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(likes_count), 0) AS BIGINT) AS likes FROM generations WHERE user_id = $1 AND is_public = 1 AND status = 'completed'")
+        .bind(&uid)
+        .fetch_one(&state.db.pool)
+        .await
+        .map_err(internal)?;
+    Ok(Json(serde_json::json!({
+        "handle": row.try_get::<String, _>("handle").map_err(internal)?,
+        "name": row.try_get::<String, _>("name").map_err(internal)?,
+        "bio": row.try_get::<String, _>("bio").map_err(internal)?,
+        "avatar_url": row.try_get::<Option<String>, _>("avatar_url").map_err(internal)?,
+        "created_at": row.try_get::<i64, _>("created_at").map_err(internal)?,
+        "public_generations": stats.try_get::<i64, _>("n").map_err(internal)?,
+        "likes_received": stats.try_get::<i64, _>("likes").map_err(internal)?,
+        "items": items(&state, &gens, viewer.as_ref()).await?,
+        "next_cursor": page.next(&gens),
+    })))
+}

@@ -1,0 +1,1015 @@
+//! Image generation (seed §6.1, §6.3 shapes): submit, poll, list, cancel, delete, batch.
+//!
+//! A submission checks the request, reserves its credits, stores the generation and
+//! enqueues its job in one transaction: either all of it happens or none. Failed and
+//! cancelled generations are refunded in the transaction that ends them, so credits are
+//! charged exactly once whatever crashes when.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use krya_engine::SchedulerKind;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::auth::{self, now};
+use crate::db::{Db, User};
+use crate::error::{ApiError, ErrorCode};
+use crate::{AppState, jobs, registry};
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, format!("{field}: {message}"))
+}
+
+pub(crate) fn random_id() -> String {
+    use rand::RngCore;
+    let mut buf = [0u8; 12];
+    rand::rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `POST /api/generate/image`, as the seed's §6.3 shows it (plus what the studio sends).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub cfg_scale: Option<f64>,
+    /// Absent or -1: random.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    #[serde(default)]
+    pub scheduler: Option<String>,
+    /// `W:H`, used when width and height are not given.
+    #[serde(default)]
+    pub aspect_ratio: Option<String>,
+    #[serde(default)]
+    pub style: Option<String>,
+    /// Asset id of the image-to-image source.
+    #[serde(default)]
+    pub init_image: Option<String>,
+    #[serde(default)]
+    pub strength: Option<f64>,
+    /// Asset id of the inpainting mask (white = repaint).
+    #[serde(default)]
+    pub mask: Option<String>,
+    #[serde(default)]
+    pub is_public: Option<bool>,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub clip_skip: Option<u32>,
+}
+
+/// What a job needs besides the generation's columns, stored as its `parameters` JSON.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Params {
+    pub steps: Option<u32>,
+    pub cfg_scale: Option<f64>,
+    pub scheduler: Option<String>,
+    pub style: Option<String>,
+    pub aspect_ratio: Option<String>,
+    pub strength: Option<f64>,
+    pub init_image: Option<String>,
+    pub mask: Option<String>,
+    #[serde(default)]
+    pub clip_skip: u32,
+}
+
+/// A checked request, ready to store.
+struct Checked {
+    prompt: String,
+    negative_prompt: Option<String>,
+    model: String,
+    width: u32,
+    height: u32,
+    seed: i64,
+    batch: u32,
+    is_public: bool,
+    webhook_url: Option<String>,
+    params: Params,
+    cost: i64,
+}
+
+/// Credits a request costs: one per image per started megapixel (at least one).
+pub fn cost(width: u32, height: u32, batch: u32) -> i64 {
+    let mp = ((width as u64 * height as u64).div_ceil(1024 * 1024) as i64).max(1);
+    mp * batch as i64
+}
+
+fn parse_aspect(ar: &str) -> Option<(f64, f64)> {
+    let (a, b) = ar.split_once(':')?;
+    let (a, b): (f64, f64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a >= 1.0 && b >= 1.0 && a <= 32.0 && b <= 32.0 && a / b <= 4.0 && b / a <= 4.0)
+        .then_some((a, b))
+}
+
+async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked, ApiError> {
+    let prompt = r.prompt.trim().to_string();
+    if prompt.is_empty() {
+        return Err(invalid("prompt", "must not be empty"));
+    }
+    if prompt.chars().count() > 4000 {
+        return Err(invalid("prompt", "must be at most 4000 characters"));
+    }
+    if r.negative_prompt
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 4000)
+    {
+        return Err(invalid(
+            "negative_prompt",
+            "must be at most 4000 characters",
+        ));
+    }
+    let (data_dir, local) = (
+        state.config.server.data_dir.clone(),
+        state.config.models.local.clone(),
+    );
+    let models = tokio::task::spawn_blocking(move || registry::list(&data_dir, &local))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let entry = match &r.model {
+        Some(id) => models
+            .iter()
+            .find(|m| &m.id == id)
+            .ok_or_else(|| invalid("model", format!("no model {id:?} (see GET /api/models)")))?,
+        None => models.iter().find(|m| m.installed).ok_or_else(|| {
+            invalid(
+                "model",
+                "no model is installed; name one (see GET /api/models)",
+            )
+        })?,
+    };
+    let dims = |v: Option<u32>, field: &str| -> Result<Option<u32>, ApiError> {
+        match v {
+            Some(x) if !(8..=2048).contains(&x) || x % 8 != 0 => {
+                Err(invalid(field, "must be a multiple of 8 from 8 to 2048"))
+            }
+            v => Ok(v),
+        }
+    };
+    let (w, h) = (dims(r.width, "width")?, dims(r.height, "height")?);
+    let base = entry.resolution.unwrap_or(512) as f64;
+    let (width, height) = match (w, h, &r.aspect_ratio) {
+        (Some(w), Some(h), _) => (w, h),
+        (None, None, Some(ar)) => {
+            let (a, b) = parse_aspect(ar)
+                .ok_or_else(|| invalid("aspect_ratio", "must be W:H, like 16:9, at most 4:1"))?;
+            // Same pixel count as the model's native square, sides multiples of 64.
+            let scale = base / (a * b).sqrt();
+            let unit = if base >= 512.0 { 64.0 } else { 8.0 };
+            let snap = |x: f64| ((((x / unit).round() as u32).max(1) as f64 * unit) as u32).min(2048);
+            (snap(a * scale), snap(b * scale))
+        }
+        (Some(w), None, _) => (w, w),
+        (None, Some(h), _) => (h, h),
+        (None, None, None) => (0, 0),
+    };
+    if let Some(s) = r.steps
+        && !(1..=150).contains(&s)
+    {
+        return Err(invalid("steps", "must be from 1 to 150"));
+    }
+    if let Some(c) = r.cfg_scale
+        && !(c.is_finite() && (0.0..=30.0).contains(&c))
+    {
+        return Err(invalid("cfg_scale", "must be from 0 to 30"));
+    }
+    let seed = match r.seed {
+        None | Some(-1) => rand::random::<u32>() as i64,
+        Some(s) if (0..=u32::MAX as i64).contains(&s) => s,
+        Some(_) => {
+            return Err(invalid(
+                "seed",
+                "must be -1 (random) or from 0 to 4294967295",
+            ));
+        }
+    };
+    let batch = r.batch_size.unwrap_or(1);
+    if !(1..=4).contains(&batch) {
+        return Err(invalid("batch_size", "must be from 1 to 4"));
+    }
+    if let Some(s) = &r.scheduler {
+        SchedulerKind::parse(s).map_err(|e| invalid("scheduler", e))?;
+    }
+    let style = r.style.clone();
+    if let Some(s) = &style
+        && !registry::styles().iter().any(|x| &x.id == s)
+    {
+        return Err(invalid(
+            "style",
+            format!("no style {s:?} (see GET /api/styles)"),
+        ));
+    }
+    if let Some(s) = r.strength
+        && !(s.is_finite() && (0.0..=1.0).contains(&s))
+    {
+        return Err(invalid("strength", "must be from 0 to 1"));
+    }
+    if r.mask.is_some() && r.init_image.is_none() {
+        return Err(invalid("mask", "needs init_image (the image to inpaint)"));
+    }
+    for (field, id) in [("init_image", &r.init_image), ("mask", &r.mask)] {
+        if let Some(id) = id
+            && state
+                .db
+                .asset(id, &user.id)
+                .await
+                .map_err(internal)?
+                .is_none()
+        {
+            return Err(invalid(
+                field,
+                format!("no uploaded asset {id:?} (upload with POST /api/assets)"),
+            ));
+        }
+    }
+    if let Some(u) = &r.webhook_url {
+        let ok = (u.starts_with("https://") || u.starts_with("http://"))
+            && u.len() <= 2048
+            && !u.contains(char::is_whitespace);
+        if !ok {
+            return Err(invalid("webhook_url", "must be an http(s) URL"));
+        }
+    }
+    let clip_skip = r.clip_skip.unwrap_or(0);
+    if clip_skip > 4 {
+        return Err(invalid("clip_skip", "must be from 0 to 4"));
+    }
+    Ok(Checked {
+        prompt,
+        negative_prompt: r.negative_prompt.filter(|n| !n.trim().is_empty()),
+        model: entry.id.clone(),
+        width,
+        height,
+        seed,
+        batch,
+        is_public: r.is_public.unwrap_or(false),
+        webhook_url: r.webhook_url,
+        cost: cost(width, height, batch),
+        params: Params {
+            steps: r.steps.or(entry.default_steps),
+            cfg_scale: r.cfg_scale.or(entry.default_cfg),
+            scheduler: r.scheduler,
+            style,
+            aspect_ratio: r.aspect_ratio,
+            strength: r.strength,
+            init_image: r.init_image,
+            mask: r.mask,
+            clip_skip,
+        },
+    })
+}
+
+/// Credits per day for each tier (seed App. C; free: 50 images a day).
+pub fn daily_allowance(tier: &str) -> i64 {
+    match tier {
+        "basic" => 200,
+        "pro" => 1000,
+        "max" | "team" => 2000,
+        _ => 50,
+    }
+}
+
+pub fn today() -> i64 {
+    now().div_euclid(86_400)
+}
+
+/// Tops the balance up to the tier's daily allowance once per UTC day (unused grants above
+/// the allowance are kept).
+pub async fn daily_top_up(conn: &mut sqlx::AnyConnection, user: &User) -> Result<(), sqlx::Error> {
+    let allowance = daily_allowance(&user.subscription_tier);
+    sqlx::query("UPDATE users SET credits_remaining = CASE WHEN credits_remaining < $1 THEN $1 ELSE credits_remaining END, credits_day = $2 WHERE id = $3 AND credits_day < $2")
+        .bind(allowance)
+        .bind(today())
+        .bind(&user.id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn log_usage(
+    conn: &mut sqlx::AnyConnection,
+    user_id: &str,
+    action: &str,
+    credits: i64,
+    ref_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO usage_logs (id, user_id, action_type, credits_used, ref_id, metadata, created_at) VALUES ($1, $2, $3, $4, $5, '{}', $6)")
+        .bind(random_id())
+        .bind(user_id)
+        .bind(action)
+        .bind(credits)
+        .bind(ref_id)
+        .bind(now())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Gives a generation's reserved credits back (it failed or was cancelled).
+pub async fn refund(conn: &mut sqlx::AnyConnection, g: &Generation) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET credits_remaining = credits_remaining + $1 WHERE id = $2")
+        .bind(g.credits_used)
+        .bind(&g.user_id)
+        .execute(&mut *conn)
+        .await?;
+    log_usage(conn, &g.user_id, "refund", -g.credits_used, &g.id).await
+}
+
+/// Stores checked requests, reserving their credits and enqueuing their jobs, all or none.
+/// With an idempotency key (single requests only), a repeat returns the first generation.
+async fn submit(
+    state: &AppState,
+    user: &User,
+    items: Vec<Checked>,
+    idempotency_key: Option<&str>,
+    remix_of: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    if let Some(key) = idempotency_key
+        && let Some(id) = state
+            .db
+            .generation_by_key(&user.id, key)
+            .await
+            .map_err(internal)?
+    {
+        return Ok(vec![id]);
+    }
+    let total: i64 = items.iter().map(|c| c.cost).sum();
+    let mut tx = state.db.pool.begin().await.map_err(internal)?;
+    daily_top_up(&mut tx, user).await.map_err(internal)?;
+    let charged = sqlx::query("UPDATE users SET credits_remaining = credits_remaining - $1 WHERE id = $2 AND credits_remaining >= $1")
+        .bind(total)
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+    if charged.rows_affected() != 1 {
+        drop(tx);
+        let left = state
+            .db
+            .user_by_id(&user.id)
+            .await
+            .map_err(internal)?
+            .map(|u| u.credits_remaining)
+            .unwrap_or(0);
+        return Err(ApiError::new(
+            ErrorCode::InsufficientCredits,
+            format!("this needs {total} credits and {left} are left; they are topped up daily"),
+        ));
+    }
+    let mut ids = Vec::new();
+    let t = now();
+    for c in items {
+        let id = random_id();
+        let r = sqlx::query("INSERT INTO generations (id, user_id, type, prompt, negative_prompt, model, parameters, status, seed, width, height, batch_size, is_public, credits_used, idempotency_key, webhook_url, remix_of, created_at) \
+             VALUES ($1, $2, 'image', $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
+            .bind(&id)
+            .bind(&user.id)
+            .bind(&c.prompt)
+            .bind(&c.negative_prompt)
+            .bind(&c.model)
+            .bind(serde_json::to_string(&c.params).unwrap())
+            .bind(c.seed)
+            .bind(c.width as i64)
+            .bind(c.height as i64)
+            .bind(c.batch as i64)
+            .bind(c.is_public as i64)
+            .bind(c.cost)
+            .bind(idempotency_key)
+            .bind(&c.webhook_url)
+            .bind(remix_of)
+            .bind(t)
+            .execute(&mut *tx)
+            .await;
+        match r {
+            Ok(_) => {}
+            // The same key raced in from a concurrent retry: that one wins.
+            Err(sqlx::Error::Database(e))
+                if e.is_unique_violation() && idempotency_key.is_some() =>
+            {
+                drop(tx);
+                let id = state
+                    .db
+                    .generation_by_key(&user.id, idempotency_key.unwrap())
+                    .await
+                    .map_err(internal)?;
+                return id
+                    .map(|i| vec![i])
+                    .ok_or_else(|| internal("idempotency race"));
+            }
+            Err(e) => return Err(internal(e)),
+        }
+        log_usage(&mut tx, &user.id, "image_gen", c.cost, &id)
+            .await
+            .map_err(internal)?;
+        jobs::enqueue(
+            &mut tx,
+            &random_id(),
+            "image",
+            &id,
+            &user.id,
+            state.config.jobs.max_attempts as i64,
+        )
+        .await
+        .map_err(internal)?;
+        ids.push(id);
+    }
+    tx.commit().await.map_err(internal)?;
+    state.wake.notify_one();
+    for id in &ids {
+        state.bus.publish(
+            &user.id,
+            "queued",
+            id,
+            serde_json::json!({"status": "pending"}),
+        );
+    }
+    Ok(ids)
+}
+
+/// A generation row.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub id: String,
+    pub user_id: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub model: String,
+    pub params: Params,
+    pub status: String,
+    pub seed: i64,
+    pub width: i64,
+    pub height: i64,
+    pub batch_size: i64,
+    pub is_public: bool,
+    pub likes_count: i64,
+    pub credits_used: i64,
+    pub progress_step: i64,
+    pub progress_total: i64,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub webhook_url: Option<String>,
+    pub remix_of: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+pub const GENERATION_COLUMNS: &str = "g.id, g.user_id, g.prompt, g.negative_prompt, g.model, g.parameters, g.status, g.seed, g.width, g.height, g.batch_size, g.is_public, g.likes_count, g.credits_used, g.progress_step, g.progress_total, g.error_code, g.error_message, g.webhook_url, g.remix_of, g.created_at, g.started_at, g.completed_at";
+
+impl Generation {
+    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        let params: String = r.try_get("parameters")?;
+        Ok(Generation {
+            id: r.try_get("id")?,
+            user_id: r.try_get("user_id")?,
+            prompt: r.try_get("prompt")?,
+            negative_prompt: r.try_get("negative_prompt")?,
+            model: r.try_get("model")?,
+            params: serde_json::from_str(&params).unwrap_or_default(),
+            status: r.try_get("status")?,
+            seed: r.try_get("seed")?,
+            width: r.try_get("width")?,
+            height: r.try_get("height")?,
+            batch_size: r.try_get("batch_size")?,
+            is_public: r.try_get::<i64, _>("is_public")? != 0,
+            likes_count: r.try_get("likes_count")?,
+            credits_used: r.try_get("credits_used")?,
+            progress_step: r.try_get("progress_step")?,
+            progress_total: r.try_get("progress_total")?,
+            error_code: r.try_get("error_code")?,
+            error_message: r.try_get("error_message")?,
+            webhook_url: r.try_get("webhook_url")?,
+            remix_of: r.try_get("remix_of")?,
+            created_at: r.try_get("created_at")?,
+            started_at: r.try_get("started_at")?,
+            completed_at: r.try_get("completed_at")?,
+        })
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == "pending" || self.status == "processing"
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRow {
+    pub id: String,
+    pub idx: i64,
+    pub seed: i64,
+    pub width: i64,
+    pub height: i64,
+    #[serde(skip)]
+    pub png_key: String,
+    #[serde(skip)]
+    pub thumb_key: String,
+}
+
+impl Db {
+    pub async fn generation(&self, id: &str) -> Result<Option<Generation>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Generation::from_row(&r)).transpose()
+    }
+
+    async fn generation_by_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let row =
+            sqlx::query("SELECT id FROM generations WHERE user_id = $1 AND idempotency_key = $2")
+                .bind(user_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.try_get("id")).transpose()
+    }
+
+    pub async fn images(&self, generation_id: &str) -> Result<Vec<ImageRow>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, idx, seed, width, height, png_key, thumb_key FROM images WHERE generation_id = $1 ORDER BY idx")
+            .bind(generation_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ImageRow {
+                    id: r.try_get("id")?,
+                    idx: r.try_get("idx")?,
+                    seed: r.try_get("seed")?,
+                    width: r.try_get("width")?,
+                    height: r.try_get("height")?,
+                    png_key: r.try_get("png_key")?,
+                    thumb_key: r.try_get("thumb_key")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Seconds a job of `model` took recently (for estimates); 5 when there is no history.
+    pub async fn typical_seconds(&self, model: &str) -> Result<f64, sqlx::Error> {
+        let rows = sqlx::query("SELECT completed_at - started_at AS d FROM generations WHERE model = $1 AND status = 'completed' AND started_at IS NOT NULL ORDER BY completed_at DESC LIMIT 20")
+            .bind(model)
+            .fetch_all(&self.pool)
+            .await?;
+        let d: Vec<i64> = rows
+            .iter()
+            .filter_map(|r| r.try_get::<i64, _>("d").ok())
+            .collect();
+        Ok(if d.is_empty() {
+            5.0
+        } else {
+            (d.iter().sum::<i64>() as f64 / d.len() as f64).max(1.0)
+        })
+    }
+
+    /// Ends an active generation as `cancelled` (refunded) in the caller's transaction;
+    /// `false` when it was not active.
+    pub async fn cancel_generation(
+        tx: &mut sqlx::AnyConnection,
+        g: &Generation,
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("UPDATE generations SET status = 'cancelled', completed_at = $1 WHERE id = $2 AND status IN ('pending', 'processing')")
+            .bind(now())
+            .bind(&g.id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        Db::cancel_jobs(&mut *tx, &g.id).await?;
+        refund(tx, g).await?;
+        Ok(true)
+    }
+}
+
+/// The API's view of a generation (seed §6.3 polling response, plus its parameters).
+pub async fn view(
+    state: &AppState,
+    g: &Generation,
+    with_queue: bool,
+) -> Result<serde_json::Value, ApiError> {
+    let images = state.db.images(&g.id).await.map_err(internal)?;
+    let images: Vec<_> = images
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "id": i.id, "url": format!("/api/images/{}", i.id),
+                "thumbnail_url": format!("/api/images/{}/thumbnail", i.id),
+                "width": i.width, "height": i.height, "seed": i.seed,
+            })
+        })
+        .collect();
+    let (mut queue_position, mut estimated) = (serde_json::Value::Null, serde_json::Value::Null);
+    if with_queue && g.is_active() {
+        let typical = state.db.typical_seconds(&g.model).await.map_err(internal)?;
+        if g.status == "pending" {
+            let ahead = state
+                .db
+                .queue_position(&g.id)
+                .await
+                .map_err(internal)?
+                .unwrap_or(0);
+            queue_position = ahead.into();
+            estimated = ((ahead as f64 + 1.0) * typical).round().into();
+        } else {
+            let left = if g.progress_total > 0 {
+                1.0 - g.progress_step as f64 / g.progress_total as f64
+            } else {
+                1.0
+            };
+            queue_position = 0.into();
+            estimated = (left * typical).round().into();
+        }
+    }
+    let dim = |x: i64| {
+        if x > 0 {
+            serde_json::Value::from(x)
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    let error = g
+        .error_code
+        .as_ref()
+        .map(|c| serde_json::json!({"code": c, "message": g.error_message}));
+    Ok(serde_json::json!({
+        "id": g.id, "type": "image", "status": g.status,
+        "prompt": g.prompt, "negative_prompt": g.negative_prompt, "model": g.model,
+        "width": dim(g.width), "height": dim(g.height), "steps": g.params.steps, "cfg_scale": g.params.cfg_scale,
+        "scheduler": g.params.scheduler, "style": g.params.style, "aspect_ratio": g.params.aspect_ratio,
+        "strength": g.params.strength, "init_image": g.params.init_image, "mask": g.params.mask,
+        "clip_skip": g.params.clip_skip,
+        "seed": g.seed, "batch_size": g.batch_size, "is_public": g.is_public, "likes_count": g.likes_count,
+        "remix_of": g.remix_of,
+        "progress": {"step": g.progress_step, "total": g.progress_total},
+        "images": images, "credits_used": g.credits_used, "error": error,
+        "queue_position": queue_position, "estimated_time": estimated,
+        "created_at": g.created_at, "started_at": g.started_at, "completed_at": g.completed_at,
+    }))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| invalid("Idempotency-Key", "must be printable ASCII"))?;
+            if k.is_empty() || k.len() > 255 {
+                return Err(invalid("Idempotency-Key", "must be 1 to 255 characters"));
+            }
+            Ok(Some(k.to_string()))
+        }
+    }
+}
+
+/// The 202 body for a submitted generation: `{id, status, estimated_time, queue_position}`.
+async fn accepted(state: &AppState, id: &str) -> Result<serde_json::Value, ApiError> {
+    let g = state
+        .db
+        .generation(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal("vanished"))?;
+    let v = view(state, &g, true).await?;
+    Ok(
+        serde_json::json!({"id": id, "status": v["status"], "estimated_time": v["estimated_time"], "queue_position": v["queue_position"]}),
+    )
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ImageRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let Json(req) = body?;
+    let key = idempotency_key(&headers)?;
+    let checked = check(&state, &user, req).await?;
+    let ids = submit(&state, &user, vec![checked], key.as_deref(), None).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted(&state, &ids[0]).await?)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    requests: Vec<ImageRequest>,
+}
+
+pub async fn create_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let Json(b) = body?;
+    if b.requests.is_empty() || b.requests.len() > 4 {
+        return Err(invalid("requests", "must hold 1 to 4 requests"));
+    }
+    let mut checked = Vec::new();
+    for (i, r) in b.requests.into_iter().enumerate() {
+        checked.push(check(&state, &user, r).await.map_err(|mut e| {
+            e.message = format!("requests[{i}].{}", e.message);
+            e
+        })?);
+    }
+    let ids = submit(&state, &user, checked, None, None).await?;
+    let mut items = Vec::new();
+    for id in &ids {
+        items.push(accepted(&state, id).await?);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"items": items})),
+    )
+        .into_response())
+}
+
+/// The caller's own generation, or 404 (also for someone else's: ids are not confirmed).
+async fn own(state: &AppState, user: &User, id: &str) -> Result<Generation, ApiError> {
+    match state.db.generation(id).await.map_err(internal)? {
+        Some(g) if g.user_id == user.id => Ok(g),
+        _ => Err(ApiError::not_found(format!("no generation {id}"))),
+    }
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let g = own(&state, &user, &id).await?;
+    Ok(Json(view(&state, &g, true).await?))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    model: Option<String>,
+    status: Option<String>,
+}
+
+/// Cursor pagination, newest first: the cursor is `created_at.id` of the last item.
+fn parse_cursor(c: &str) -> Result<(i64, String), ApiError> {
+    c.split_once('.')
+        .and_then(|(t, id)| Some((t.parse().ok()?, id.to_string())))
+        .filter(|(_, id)| id.chars().all(|c| c.is_ascii_hexdigit()))
+        .ok_or_else(|| invalid("cursor", "is not a cursor this API returned"))
+}
+
+pub(crate) struct Page {
+    pub limit: i64,
+    pub cursor: Option<(i64, String)>,
+}
+
+impl Page {
+    pub fn new(limit: Option<u32>, cursor: Option<&str>) -> Result<Page, ApiError> {
+        let limit = limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(invalid("limit", "must be from 1 to 100"));
+        }
+        Ok(Page {
+            limit: limit as i64,
+            cursor: cursor.map(parse_cursor).transpose()?,
+        })
+    }
+
+    pub fn next(&self, items: &[Generation]) -> Option<String> {
+        (items.len() as i64 == self.limit)
+            .then(|| items.last().map(|g| format!("{}.{}", g.created_at, g.id)))
+            .flatten()
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let page = Page::new(q.limit, q.cursor.as_deref())?;
+    let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.user_id = $1 \
+         AND (g.created_at < $2 OR (g.created_at = $2 AND g.id < $3) OR $4 = 0) \
+         AND ($5 = '' OR g.model = $5) AND ($6 = '' OR g.status = $6) \
+         ORDER BY g.created_at DESC, g.id DESC LIMIT $7"
+    )))
+    .bind(&user.id)
+    .bind(t)
+    .bind(&cid)
+    .bind(page.cursor.is_some() as i64)
+    .bind(q.model.unwrap_or_default())
+    .bind(q.status.unwrap_or_default())
+    .bind(page.limit)
+    .fetch_all(&state.db.pool)
+    .await
+    .map_err(internal)?;
+    let gens = rows
+        .iter()
+        .map(Generation::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(internal)?;
+    let mut items = Vec::new();
+    for g in &gens {
+        items.push(view(&state, g, false).await?);
+    }
+    Ok(Json(
+        serde_json::json!({"items": items, "next_cursor": page.next(&gens)}),
+    ))
+}
+
+/// Cancels an active generation: refunds it, stops its job at the next denoising step.
+pub async fn cancel(state: &AppState, g: &Generation) -> Result<bool, ApiError> {
+    let mut tx = state.db.pool.begin().await.map_err(internal)?;
+    let done = Db::cancel_generation(&mut tx, g).await.map_err(internal)?;
+    tx.commit().await.map_err(internal)?;
+    if done {
+        if let Some(token) = state.running.lock().unwrap().get(&g.id) {
+            token.cancel();
+        }
+        state.bus.publish(
+            &g.user_id,
+            "cancelled",
+            &g.id,
+            serde_json::json!({"status": "cancelled"}),
+        );
+    }
+    Ok(done)
+}
+
+pub async fn cancel_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let g = own(&state, &user, &id).await?;
+    if !cancel(&state, &g).await? {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("generation {id} has already ended ({})", g.status),
+        ));
+    }
+    let g = own(&state, &user, &id).await?;
+    Ok(Json(view(&state, &g, false).await?))
+}
+
+/// Deletes a generation: cancels it if it is running, then removes its rows and files.
+pub async fn delete_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let g = own(&state, &user, &id).await?;
+    if g.is_active() {
+        cancel(&state, &g).await?;
+    }
+    let images = state.db.images(&g.id).await.map_err(internal)?;
+    let mut tx = state.db.pool.begin().await.map_err(internal)?;
+    for sql in [
+        "DELETE FROM images WHERE generation_id = $1",
+        "DELETE FROM likes WHERE generation_id = $1",
+        "DELETE FROM jobs WHERE ref_id = $1",
+        "DELETE FROM generations WHERE id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(&g.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(internal)?;
+    }
+    tx.commit().await.map_err(internal)?;
+    // Rows first, then files: a crash in between leaves unreferenced files, never
+    // references to missing ones.
+    for i in images {
+        for key in [&i.png_key, &i.thumb_key] {
+            if let Err(e) = state.blobs.delete(key).await {
+                eprintln!("deleting {key}: {e}");
+            }
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patch {
+    is_public: Option<bool>,
+}
+
+/// `PATCH /api/generate/image/:id {is_public}`: make a generation public or private.
+pub async fn patch_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<Patch>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let Json(p) = body?;
+    let g = own(&state, &user, &id).await?;
+    if let Some(public) = p.is_public {
+        sqlx::query("UPDATE generations SET is_public = $1 WHERE id = $2")
+            .bind(public as i64)
+            .bind(&g.id)
+            .execute(&state.db.pool)
+            .await
+            .map_err(internal)?;
+    }
+    let g = own(&state, &user, &id).await?;
+    Ok(Json(view(&state, &g, false).await?))
+}
+
+/// Submits a remix: `source`'s parameters with `overrides` on top, by `user`.
+pub async fn remix(
+    state: &AppState,
+    user: &User,
+    source: &Generation,
+    overrides: serde_json::Value,
+) -> Result<String, ApiError> {
+    let base = ImageRequest {
+        prompt: source.prompt.clone(),
+        negative_prompt: source.negative_prompt.clone(),
+        model: Some(source.model.clone()),
+        width: (source.width > 0).then_some(source.width as u32),
+        height: (source.height > 0).then_some(source.height as u32),
+        steps: source.params.steps,
+        cfg_scale: source.params.cfg_scale,
+        seed: Some(source.seed),
+        batch_size: Some(1),
+        scheduler: source.params.scheduler.clone(),
+        aspect_ratio: None,
+        style: source.params.style.clone(),
+        clip_skip: Some(source.params.clip_skip),
+        // Someone else's uploads are not the remixer's to use.
+        ..Default::default()
+    };
+    let mut merged = serde_json::to_value(&base).map_err(internal)?;
+    match overrides {
+        serde_json::Value::Object(o) => {
+            for (k, v) in o {
+                merged[k] = v;
+            }
+        }
+        serde_json::Value::Null => {}
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInput,
+                "body: must be a JSON object of overrides",
+            ));
+        }
+    }
+    let req: ImageRequest = serde_json::from_value(merged)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidInput, e.to_string()))?;
+    let checked = check(state, user, req).await?;
+    let ids = submit(state, user, vec![checked], None, Some(&source.id)).await?;
+    Ok(ids.into_iter().next().unwrap())
+}
+
+pub async fn remix_response(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(accepted(state, id).await?)).into_response())
+}
+
+pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (data_dir, local) = (
+        state.config.server.data_dir.clone(),
+        state.config.models.local.clone(),
+    );
+    let models = tokio::task::spawn_blocking(move || registry::list(&data_dir, &local))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    Ok(Json(serde_json::json!({"models": models})))
+}
+
+pub async fn styles() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"styles": registry::styles()}))
+}

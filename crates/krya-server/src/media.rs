@@ -1,0 +1,365 @@
+//! Uploads (`POST /api/assets`) and the images the server serves.
+//!
+//! An upload is read with a byte limit enforced while it streams, its type is sniffed from
+//! its first bytes (never the name or the Content-Type), and its pixel count is read from
+//! the header before anything is decoded, so a decompression bomb is refused cheaply. Its
+//! storage key is made from a server id. Images are served only to their owner, or to
+//! anyone once their generation is public; to everyone else they do not exist (404).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sqlx::Row;
+
+use crate::AppState;
+use crate::auth;
+use crate::db::Db;
+use crate::error::{ApiError, ErrorCode};
+use crate::generations::{internal, random_id};
+
+/// Image formats accepted for uploads, from their magic bytes.
+pub fn sniff(bytes: &[u8]) -> Option<(&'static str, image::ImageFormat)> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(("image/png", image::ImageFormat::Png))
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(("image/jpeg", image::ImageFormat::Jpeg))
+    } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some(("image/webp", image::ImageFormat::WebP))
+    } else {
+        None
+    }
+}
+
+/// Decodes an upload within limits: header first (size), then the pixels with the
+/// decoder's own allocation limit as a second guard.
+pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<image::DynamicImage, ApiError> {
+    let (_, format) = sniff(bytes).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "file: not a PNG, JPEG or WebP image",
+        )
+    })?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("file: unreadable image ({e})"),
+            )
+        })?;
+    check_pixels(w, h, max_pixels)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(max_pixels.saturating_mul(4).saturating_add(64 << 20));
+    reader.limits(limits);
+    reader.decode().map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("file: cannot decode the image ({e})"),
+        )
+    })
+}
+
+fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<(), ApiError> {
+    if w == 0 || h == 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            "file: the image is empty",
+        ));
+    }
+    if w as u64 * h as u64 > max_pixels {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("file: {w}x{h} is more than the {max_pixels} pixels allowed"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Asset {
+    pub id: String,
+    #[serde(skip)]
+    pub user_id: String,
+    #[serde(skip)]
+    pub blob_key: String,
+    pub mime: String,
+    pub width: i64,
+    pub height: i64,
+    pub bytes: i64,
+    pub created_at: i64,
+}
+
+impl Db {
+    /// The user's asset with this id.
+    pub async fn asset(&self, id: &str, user_id: &str) -> Result<Option<Asset>, sqlx::Error> {
+        let row = sqlx::query("SELECT id, user_id, blob_key, mime, width, height, bytes, created_at FROM assets WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Asset {
+                id: r.try_get("id")?,
+                user_id: r.try_get("user_id")?,
+                blob_key: r.try_get("blob_key")?,
+                mime: r.try_get("mime")?,
+                width: r.try_get("width")?,
+                height: r.try_get("height")?,
+                bytes: r.try_get("bytes")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// `POST /api/assets`: the body is the image file itself.
+pub async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let limit = state.config.server.max_upload_bytes as usize;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > DRAIN_CAP) {
+        return Err(too_large(limit));
+    }
+    let bytes = read_limited(body, limit).await?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            "file: the body is empty; send the image file as the request body",
+        ));
+    }
+    let (mime, _) = sniff(&bytes).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "file: not a PNG, JPEG or WebP image",
+        )
+    })?;
+    let max_pixels = state.config.server.max_upload_pixels;
+    let data = bytes.to_vec();
+    let img = tokio::task::spawn_blocking(move || {
+        decode_limited(&data, max_pixels).map(|i| (i.width(), i.height()))
+    })
+    .await
+    .map_err(internal)??;
+    let id = random_id();
+    let key = format!("assets/{id}");
+    state
+        .blobs
+        .put(&key, bytes.to_vec())
+        .await
+        .map_err(internal)?;
+    let t = auth::now();
+    sqlx::query("INSERT INTO assets (id, user_id, blob_key, mime, width, height, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(&id)
+        .bind(&user.id)
+        .bind(&key)
+        .bind(mime)
+        .bind(img.0 as i64)
+        .bind(img.1 as i64)
+        .bind(bytes.len() as i64)
+        .bind(t)
+        .execute(&state.db.pool)
+        .await
+        .map_err(internal)?;
+    let body = serde_json::json!({"id": id, "mime": mime, "width": img.0, "height": img.1, "bytes": bytes.len(), "url": format!("/api/assets/{id}"), "created_at": t});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Bytes of an over-limit body read and thrown away before answering 413, so a client
+/// that is still sending gets the answer instead of a reset connection.
+const DRAIN_CAP: u64 = 64 << 20;
+
+/// Reads a body, keeping at most `limit` bytes: 413 beyond it (after draining up to
+/// `DRAIN_CAP`), 422 when the client stops mid-body.
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let (mut buf, mut total) = (Vec::new(), 0u64);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("file: the upload was interrupted ({e})"),
+            )
+        })?;
+        total += chunk.len() as u64;
+        if total <= limit as u64 {
+            buf.extend_from_slice(&chunk);
+        } else if total > DRAIN_CAP {
+            break;
+        }
+    }
+    if total > limit as u64 {
+        return Err(too_large(limit));
+    }
+    Ok(buf)
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::TooLarge,
+        format!("file: uploads are limited to {limit} bytes"),
+    )
+}
+
+/// `GET /api/assets/:id`: the owner's upload, as uploaded.
+pub async fn get_asset(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let a = state
+        .db
+        .asset(&id, &user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no asset {id}")))?;
+    let bytes = state
+        .blobs
+        .get(&a.blob_key)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal(format!("asset {id}: blob missing")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, a.mime),
+            (header::CACHE_CONTROL, "private, max-age=3600".into()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ImageQuery {
+    download: Option<u8>,
+}
+
+async fn serve_image(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    thumbnail: bool,
+    download: bool,
+) -> Result<Response, ApiError> {
+    let viewer = auth::current_user(state, headers).await.ok();
+    let row = sqlx::query("SELECT i.png_key, i.thumb_key, i.idx, g.id AS gid, g.user_id, g.is_public FROM images i JOIN generations g ON g.id = i.generation_id WHERE i.id = $1")
+        .bind(id)
+        .fetch_optional(&state.db.pool)
+        .await
+        .map_err(internal)?;
+    let missing = || ApiError::not_found(format!("no image {id}"));
+    let row = row.ok_or_else(missing)?;
+    let owner: String = row.try_get("user_id").map_err(internal)?;
+    let public = row.try_get::<i64, _>("is_public").map_err(internal)? != 0;
+    if !public && viewer.as_ref().is_none_or(|v| v.id != owner) {
+        return Err(missing());
+    }
+    let key: String = row
+        .try_get(if thumbnail { "thumb_key" } else { "png_key" })
+        .map_err(internal)?;
+    let bytes = state
+        .blobs
+        .get(&key)
+        .await
+        .map_err(internal)?
+        .ok_or_else(missing)?;
+    let (mime, ext) = if thumbnail {
+        ("image/webp", "webp")
+    } else {
+        ("image/png", "png")
+    };
+    let gid: String = row.try_get("gid").map_err(internal)?;
+    let idx: i64 = row.try_get("idx").map_err(internal)?;
+    let disposition = format!(
+        "{}; filename=\"krya-{gid}-{idx}{}.{ext}\"",
+        if download { "attachment" } else { "inline" },
+        if thumbnail { "-thumb" } else { "" }
+    );
+    let cache = if public {
+        "public, max-age=300"
+    } else {
+        "private, max-age=300"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, mime.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CACHE_CONTROL, cache.into()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+pub async fn image(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ImageQuery>,
+) -> Result<Response, ApiError> {
+    serve_image(&state, &headers, &id, false, q.download.unwrap_or(0) != 0).await
+}
+
+pub async fn thumbnail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    serve_image(&state, &headers, &id, true, false).await
+}
+
+/// A WebP thumbnail, at most `max` pixels on its long side (lossless WebP: the image
+/// crate's encoder; small at this size).
+pub fn thumbnail_webp(img: &image::RgbImage, max: u32) -> Result<Vec<u8>, image::ImageError> {
+    let (w, h) = img.dimensions();
+    let s = (max as f64 / w.max(h) as f64).min(1.0);
+    let (tw, th) = (
+        ((w as f64 * s).round() as u32).max(1),
+        ((h as f64 * s).round() as u32).max(1),
+    );
+    let small = image::imageops::resize(img, tw, th, image::imageops::FilterType::Triangle);
+    let mut out = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(
+        small.as_raw(),
+        tw,
+        th,
+        image::ExtendedColorType::Rgb8,
+    )?;
+    Ok(out)
+}
+
+/// A small JPEG for progress previews, as a data URL.
+pub fn preview_data_url(img: &image::RgbImage) -> Option<String> {
+    use base64::Engine;
+    let (w, h) = img.dimensions();
+    let s = (128.0 / w.max(h) as f64).min(1.0);
+    let small = image::imageops::resize(
+        img,
+        ((w as f64 * s) as u32).max(1),
+        ((h as f64 * s) as u32).max(1),
+        image::imageops::FilterType::Triangle,
+    );
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 70)
+        .encode_image(&small)
+        .ok()?;
+    Some(format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(out)
+    ))
+}

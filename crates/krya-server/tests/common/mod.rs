@@ -1,0 +1,101 @@
+//! Shared by the server's integration tests: the real server on 127.0.0.1:0, an HTTP
+//! client, and a PostgreSQL schema per run.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use krya_server::{Config, launch};
+
+pub type Running = (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+);
+
+pub fn start_with(config: Config) -> Running {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            launch(listener, config, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (format!("http://{addr}"), stop_tx, handle)
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+pub fn json(resp: &mut ureq::http::Response<ureq::Body>) -> serde_json::Value {
+    serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// A server on SQLite in a fresh data directory.
+pub fn start() -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    let (a, b, c) = start_with(config);
+    (a, b, c, dir)
+}
+
+/// Runs one statement on the test database.
+pub fn pg_exec(sql: String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(PG)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (database test)");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+}
+
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A PostgreSQL URL whose connections use a schema of their own (created here), and the schema.
+pub fn postgres_schema() -> (String, String) {
+    let schema = format!(
+        "krya_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    pg_exec(format!("CREATE SCHEMA {schema}"));
+    (format!("{PG}?options=-c%20search_path%3D{schema}"), schema)
+}
+
+pub fn post(a: &ureq::Agent, url: &str, body: &str) -> ureq::http::Response<ureq::Body> {
+    a.post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+        .unwrap()
+}

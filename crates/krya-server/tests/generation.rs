@@ -1,0 +1,1044 @@
+//! The generation API end to end on the real server (127.0.0.1:0) with its in-process
+//! worker running the engine on the committed tiny model: results equal the engine's own
+//! output for the same request, credits are reserved and refunded, idempotency keys,
+//! cursors, events, cancel, isolation between users, the feed, and bad input. The core
+//! flow runs on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use krya_engine::model::ModelSource;
+use krya_engine::{CancelToken, GenerateRequest, device, image_io, model};
+use krya_server::Config;
+use serde_json::{Value, json};
+
+fn tiny_model() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../krya-engine/tests/golden/turbo"
+    ))
+}
+
+struct Server {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A server with the tiny model registered as `tiny` (and `broken`: a folder that is not a
+/// model), on SQLite or the given database URL.
+fn server(database_url: Option<String>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("not-a-model");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(
+        dir.path().join("models.json"),
+        json!({"tiny": tiny_model(), "broken": broken}).to_string(),
+    )
+    .unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.max_upload_bytes = 2 * 1024 * 1024;
+    config.server.max_upload_pixels = 1024 * 1024;
+    config.jobs.poll_ms = 50;
+    config.jobs.lease_secs = 2.0;
+    config.jobs.retry_base_ms = 100;
+    if let Some(url) = database_url {
+        config.database.url = url;
+    }
+    let (base, stop, handle) = start_with(config);
+    Server {
+        base,
+        stop: Some(stop),
+        handle: Some(handle),
+        dir,
+    }
+}
+
+struct Client {
+    a: ureq::Agent,
+    base: String,
+    token: String,
+    user: Value,
+}
+
+impl Client {
+    fn register(base: &str, email: &str) -> Client {
+        let a = agent();
+        let mut r = post(
+            &a,
+            &format!("{base}/api/auth/register"),
+            &json!({"email": email, "password": "password123", "name": email.split('@').next().unwrap()}).to_string(),
+        );
+        assert_eq!(r.status(), 201);
+        let body = json(&mut r);
+        Client {
+            a,
+            base: base.to_string(),
+            token: body["access_token"].as_str().unwrap().to_string(),
+            user: body["user"].clone(),
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let mut r = self
+            .a
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .unwrap();
+        let s = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut r = self
+            .a
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
+    }
+
+    fn send(&self, method: &str, path: &str, body: Value, extra: &[(&str, &str)]) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/json");
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let mut r = self.a.run(req.body(body).unwrap()).unwrap();
+        let s = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("POST", path, body, &[])
+    }
+
+    fn upload(&self, bytes: Vec<u8>, content_type: &str) -> (u16, Value) {
+        let mut r = self
+            .a
+            .post(format!("{}/api/assets", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", content_type)
+            .send(bytes)
+            .unwrap();
+        let s = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Polls until the generation has ended.
+    fn wait(&self, id: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let (s, g) = self.get(&format!("/api/generate/image/{id}"));
+            assert_eq!(s, 200, "{g}");
+            if ["completed", "failed", "cancelled"].contains(&g["status"].as_str().unwrap()) {
+                return g;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "generation {id} did not end: {g}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn credits(&self) -> i64 {
+        self.get("/api/auth/me").1["credits_remaining"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
+/// What the engine itself makes of a request on the tiny model.
+fn engine_images(req: &GenerateRequest) -> Vec<image::RgbImage> {
+    let dev = device::best_device().unwrap();
+    let m = model::load(
+        &ModelSource::Folder(tiny_model()),
+        &dev,
+        device::default_dtype(&dev),
+    )
+    .unwrap();
+    m.generate(req, &mut |_| {}, &CancelToken::new())
+        .unwrap()
+        .images
+}
+
+fn png_rgb(bytes: &[u8]) -> image::RgbImage {
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+    image::load_from_memory(bytes).unwrap().to_rgb8()
+}
+
+/// Submit, follow, fetch and check the images of one generation, on one database.
+fn generate_and_check(c: &Client) -> String {
+    let before = c.credits();
+    let (s, body) = c.post(
+        "/api/generate/image",
+        json!({"prompt": "a red fox", "negative_prompt": "blurry", "model": "tiny", "width": 64, "height": 48, "steps": 3, "cfg_scale": 5.0, "seed": 42, "batch_size": 2, "scheduler": "euler"}),
+    );
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    assert!(
+        ["pending", "processing"].contains(&body["status"].as_str().unwrap()),
+        "{body}"
+    );
+    assert!(
+        body["queue_position"].is_number() && body["estimated_time"].is_number(),
+        "{body}"
+    );
+    let g = c.wait(&id);
+    assert_eq!(g["status"], "completed", "{g}");
+    assert_eq!(g["seed"], 42);
+    assert_eq!(g["credits_used"], 2);
+    assert_eq!(g["progress"]["step"], 3);
+    assert_eq!(g["progress"]["total"], 3);
+    assert_eq!(c.credits(), before - 2);
+    let images = g["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+
+    let expected = engine_images(&GenerateRequest {
+        prompt: "a red fox".into(),
+        negative_prompt: Some("blurry".into()),
+        width: Some(64),
+        height: Some(48),
+        steps: Some(3),
+        guidance: Some(5.0),
+        scheduler: Some(krya_engine::SchedulerKind::parse("euler").unwrap()),
+        seed: 42,
+        batch: 2,
+        preview_every: 0,
+        ..Default::default()
+    });
+    for (i, img) in images.iter().enumerate() {
+        assert_eq!(
+            (img["width"].as_i64(), img["height"].as_i64()),
+            (Some(64), Some(48))
+        );
+        let (s, png) = c.bytes(img["url"].as_str().unwrap());
+        assert_eq!(s, 200);
+        let params = image_io::read_png_parameters(&png).expect("parameters chunk");
+        assert!(
+            params.starts_with("a red fox\nNegative prompt: blurry\n"),
+            "{params}"
+        );
+        assert!(
+            params.contains(&format!("Seed: {}", 42 + i))
+                && params.contains("Steps: 3")
+                && params.contains("Model: tiny"),
+            "{params}"
+        );
+        let got = png_rgb(&png);
+        assert_eq!(got.dimensions(), (64, 48));
+        assert!(
+            got.as_raw() == expected[i].as_raw(),
+            "image {i} differs from the engine's output for the same request"
+        );
+        let (s, thumb) = c.bytes(img["thumbnail_url"].as_str().unwrap());
+        assert_eq!(s, 200);
+        assert!(thumb.len() > 12 && &thumb[0..4] == b"RIFF" && &thumb[8..12] == b"WEBP");
+        let t = image::load_from_memory(&thumb).unwrap();
+        assert_eq!((t.width(), t.height()), (64, 48));
+    }
+    id
+}
+
+/// Cursor pagination, idempotency keys and batches.
+fn listing_idempotency_batch(c: &Client) {
+    let req = json!({"prompt": "a cat", "model": "tiny", "width": 64, "height": 64, "steps": 1, "seed": 1});
+    let (s1, a) = c.send(
+        "POST",
+        "/api/generate/image",
+        req.clone(),
+        &[("Idempotency-Key", "k-1")],
+    );
+    let (s2, b) = c.send(
+        "POST",
+        "/api/generate/image",
+        req.clone(),
+        &[("Idempotency-Key", "k-1")],
+    );
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(
+        a["id"], b["id"],
+        "a retried POST with the same key made a second job"
+    );
+    let before = c.credits();
+    let (s, batch) = c.post(
+        "/api/generate/image/batch",
+        json!({"requests": [req.clone(), req.clone(), req.clone()]}),
+    );
+    assert_eq!(s, 202, "{batch}");
+    assert_eq!(batch["items"].as_array().unwrap().len(), 3);
+    assert_eq!(c.credits(), before - 3);
+    let (s, e) = c.post(
+        "/api/generate/image/batch",
+        json!({"requests": [req.clone(), req.clone(), req.clone(), req.clone(), req.clone()]}),
+    );
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (422, Some("invalid-input"))
+    );
+    let (s, e) = c.post(
+        "/api/generate/image/batch",
+        json!({"requests": [req.clone(), {"prompt": ""}]}),
+    );
+    assert_eq!(s, 422);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("requests[1].prompt"),
+        "{e}"
+    );
+    for i in batch["items"].as_array().unwrap() {
+        c.wait(i["id"].as_str().unwrap());
+    }
+    c.wait(a["id"].as_str().unwrap());
+
+    // 5 generations in all (1 earlier + 1 + 3): pages of 2.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (s, page) = c.get(&format!("/api/generate/images?limit=2{cursor}"));
+        assert_eq!(s, 200, "{page}");
+        for it in page["items"].as_array().unwrap() {
+            seen.push(it["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(n) => cursor = format!("&cursor={n}"),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (5, 5), "{seen:?}");
+    let (s, _) = c.get("/api/generate/images?cursor=garbage");
+    assert_eq!(s, 422);
+    let (s, page) = c.get("/api/generate/images?model=nope");
+    assert_eq!((s, page["items"].as_array().unwrap().len()), (200, 0));
+}
+
+#[test]
+fn generation_on_sqlite() {
+    let s = server(None);
+    let c = Client::register(&s.base, "ann@example.com");
+    let (st, models) = c.get("/api/models");
+    assert_eq!(st, 200);
+    let models = models["models"].as_array().unwrap();
+    let tiny = models.iter().find(|m| m["id"] == "tiny").unwrap();
+    assert_eq!(
+        (tiny["installed"].as_bool(), tiny["local"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert!(
+        models
+            .iter()
+            .any(|m| m["id"] == "sd-turbo" && m["local"] == false)
+    );
+    generate_and_check(&c);
+    listing_idempotency_batch(&c);
+    // Exactly one set of files per image: no leftovers from attempts.
+    let blobs: Vec<_> = walk(&s.dir.path().join("blobs/generations"));
+    assert_eq!(blobs.len(), 2 * (2 + 1 + 3), "{blobs:?}");
+}
+
+#[test]
+fn generation_on_postgres() {
+    let (url, schema) = postgres_schema();
+    {
+        let s = server(Some(url));
+        let c = Client::register(&s.base, "pat@example.com");
+        generate_and_check(&c);
+        listing_idempotency_batch(&c);
+    }
+    pg_exec(format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Reads an SSE stream on a thread: `(event, data)` pairs on the returned channel.
+fn sse(c: &Client) -> std::sync::mpsc::Receiver<(String, Value)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let r =
+        c.a.get(format!("{}/api/events", c.base))
+            .header("Authorization", format!("Bearer {}", c.token))
+            .call()
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    std::thread::spawn(move || {
+        let reader = std::io::BufReader::new(r.into_body().into_reader());
+        let mut event = String::new();
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                let v = serde_json::from_str(d.trim()).unwrap_or(Value::Null);
+                if tx.send((event.clone(), v)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // The stream says it is ready once subscribed.
+    let (e, _) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(e, "ready");
+    rx
+}
+
+#[test]
+fn events_cancel_credits_and_failures() {
+    let s = server(None);
+    let a = Client::register(&s.base, "ann@example.com");
+    let b = Client::register(&s.base, "bob@example.com");
+    let a_events = sse(&a);
+    let b_events = sse(&b);
+    let (st, sub) = a.post("/api/generate/image", json!({"prompt": "a boat", "model": "tiny", "width": 64, "height": 64, "steps": 4, "seed": 3}));
+    assert_eq!(st, 202);
+    let id = sub["id"].as_str().unwrap();
+    let mut kinds = Vec::new();
+    let mut steps = Vec::new();
+    let mut preview = false;
+    loop {
+        let (e, d) = a_events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("events until completed");
+        assert_eq!(d["id"], id);
+        if e == "progress" {
+            steps.push(d["progress"]["step"].as_i64().unwrap());
+            preview |= d["preview"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("data:image/jpeg;base64,"));
+        }
+        kinds.push(e.clone());
+        if e == "completed" {
+            assert_eq!(d["images"].as_array().unwrap().len(), 1);
+            break;
+        }
+    }
+    assert_eq!(&kinds[..2], ["queued", "started"], "{kinds:?}");
+    assert_eq!(steps.last(), Some(&4), "{steps:?}");
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert!(preview, "no preview image in the progress events");
+    // B's stream saw nothing of A's.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        b_events.try_recv().is_err(),
+        "user B received user A's events"
+    );
+
+    // Cancel a long job while it runs: refunded, no images, the worker moves on.
+    let credits = a.credits();
+    let (st, sub) = a.post("/api/generate/image", json!({"prompt": "a long one", "model": "tiny", "width": 64, "height": 64, "steps": 100, "seed": 5}));
+    assert_eq!(st, 202);
+    let id = sub["id"].as_str().unwrap().to_string();
+    assert_eq!(a.credits(), credits - 1);
+    let t0 = Instant::now();
+    loop {
+        let (e, d) = a_events.recv_timeout(Duration::from_secs(60)).unwrap();
+        if e == "progress" && d["id"] == id.as_str() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60));
+    }
+    let (st, g) = a.post(&format!("/api/generate/image/{id}/cancel"), Value::Null);
+    assert_eq!((st, g["status"].as_str()), (200, Some("cancelled")), "{g}");
+    assert_eq!(a.credits(), credits);
+    let (st, e) = a.post(&format!("/api/generate/image/{id}/cancel"), Value::Null);
+    assert_eq!((st, e["error"]["code"].as_str()), (409, Some("conflict")));
+    // The worker stops at its next step and takes the next job.
+    let (_, next) = a.post(
+        "/api/generate/image",
+        json!({"prompt": "after", "model": "tiny", "width": 64, "height": 64, "steps": 1}),
+    );
+    let after = a.wait(next["id"].as_str().unwrap());
+    assert_eq!(after["status"], "completed");
+    let g = a.get(&format!("/api/generate/image/{id}")).1;
+    assert_eq!(
+        (g["status"].as_str(), g["images"].as_array().unwrap().len()),
+        (Some("cancelled"), 0)
+    );
+    assert!((g["progress"]["step"].as_i64().unwrap()) < 100, "{g}");
+
+    // A job whose model cannot load fails with a code and is refunded.
+    let credits = a.credits();
+    let (st, sub) = a.post(
+        "/api/generate/image",
+        json!({"prompt": "x", "model": "broken", "width": 64, "height": 64}),
+    );
+    assert_eq!(st, 202);
+    let g = a.wait(sub["id"].as_str().unwrap());
+    assert_eq!(g["status"], "failed");
+    assert_eq!(g["error"]["code"], "model-unavailable", "{g}");
+    assert_eq!(a.credits(), credits);
+
+    // Too few credits: 402. The first user is an admin and can take B's away.
+    let bid = b.user["id"].as_str().unwrap();
+    let (st, _) = b.post(
+        &format!("/api/admin/users/{bid}/credits"),
+        json!({"amount": 5}),
+    );
+    assert_eq!(st, 403);
+    let (st, u) = a.post(
+        &format!("/api/admin/users/{bid}/credits"),
+        json!({"amount": -48}),
+    );
+    assert_eq!((st, u["credits_remaining"].as_i64()), (200, Some(2)), "{u}");
+    let (st, e) = b.post(
+        "/api/generate/image",
+        json!({"prompt": "x", "model": "tiny", "width": 64, "height": 64, "batch_size": 3}),
+    );
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (402, Some("insufficient-credits")),
+        "{e}"
+    );
+    let (st, usage) = b.get("/api/user/usage");
+    assert_eq!(
+        (
+            st,
+            usage["credits_remaining"].as_i64(),
+            usage["daily_allowance"].as_i64()
+        ),
+        (200, Some(2), Some(50))
+    );
+    let (st, sub) = b.get("/api/user/subscription");
+    assert_eq!((st, sub["tier"].as_str()), (200, Some("free")));
+    // Usage shows A's charges and refunds netted: 1 + 1 (cancelled, refunded) + 1 + 1 (failed, refunded).
+    let usage = a.get("/api/user/usage").1;
+    assert_eq!(usage["credits_used_today"], 2, "{usage}");
+}
+
+#[test]
+fn isolation_feed_likes_remix() {
+    let s = server(None);
+    let a = Client::register(&s.base, "ann@example.com");
+    let b = Client::register(&s.base, "bob@example.com");
+    let (_, sub) = a.post("/api/generate/image", json!({"prompt": "a secret", "model": "tiny", "width": 64, "height": 64, "steps": 1, "seed": 9}));
+    let id = sub["id"].as_str().unwrap().to_string();
+    let g = a.wait(&id);
+    let url = g["images"][0]["url"].as_str().unwrap().to_string();
+    let thumb = g["images"][0]["thumbnail_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // B: A's private generation does not exist.
+    for path in [
+        format!("/api/generate/image/{id}"),
+        format!("/api/feed/{id}"),
+        url.clone(),
+        thumb.clone(),
+    ] {
+        assert_eq!(b.bytes(&path).0, 404, "{path}");
+    }
+    assert_eq!(
+        b.post(&format!("/api/generate/image/{id}/cancel"), Value::Null)
+            .0,
+        404
+    );
+    assert_eq!(
+        b.send(
+            "DELETE",
+            &format!("/api/generate/image/{id}"),
+            Value::Null,
+            &[]
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        b.send(
+            "PATCH",
+            &format!("/api/generate/image/{id}"),
+            json!({"is_public": true}),
+            &[]
+        )
+        .0,
+        404
+    );
+    assert_eq!(b.post(&format!("/api/feed/{id}/remix"), json!({})).0, 404);
+    assert_eq!(b.post(&format!("/api/feed/{id}/like"), Value::Null).0, 404);
+    assert_eq!(
+        agent()
+            .get(format!("{}{url}", s.base))
+            .call()
+            .unwrap()
+            .status(),
+        404
+    );
+    assert!(b.get("/api/feed").1["items"].as_array().unwrap().is_empty());
+    assert!(
+        b.get("/api/generate/images").1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A makes it public: B sees it in the feed, and its files.
+    let (st, g) = a.send(
+        "PATCH",
+        &format!("/api/generate/image/{id}"),
+        json!({"is_public": true}),
+        &[],
+    );
+    assert_eq!((st, g["is_public"].as_bool()), (200, Some(true)));
+    let feed = b.get("/api/feed").1;
+    assert_eq!(feed["items"][0]["id"], id.as_str());
+    assert_eq!(feed["items"][0]["author"]["handle"], a.user["handle"]);
+    assert_eq!(b.bytes(&url).0, 200);
+    assert_eq!(
+        agent()
+            .get(format!("{}{thumb}", s.base))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+    // Likes count once per user and toggle.
+    let (st, l) = b.post(&format!("/api/feed/{id}/like"), Value::Null);
+    assert_eq!(
+        (st, l["liked"].as_bool(), l["likes_count"].as_i64()),
+        (200, Some(true), Some(1))
+    );
+    assert_eq!(b.get(&format!("/api/feed/{id}")).1["likes_count"], 1);
+    assert_eq!(b.get(&format!("/api/feed/{id}")).1["liked"], true);
+    let (_, l) = b.post(&format!("/api/feed/{id}/like"), Value::Null);
+    assert_eq!(
+        (l["liked"].as_bool(), l["likes_count"].as_i64()),
+        (Some(false), Some(0))
+    );
+    let (_, l) = a.post(&format!("/api/feed/{id}/like"), Value::Null);
+    assert_eq!(l["likes_count"], 1);
+    let top = b.get("/api/feed?sort=top").1;
+    assert_eq!(top["items"][0]["likes_count"], 1);
+    let profile = b
+        .get(&format!(
+            "/api/profiles/{}",
+            a.user["handle"].as_str().unwrap()
+        ))
+        .1;
+    assert_eq!(
+        (
+            profile["public_generations"].as_i64(),
+            profile["likes_received"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+    // B remixes with a new prompt: B's own generation, same settings.
+    let (st, r) = b.post(
+        &format!("/api/feed/{id}/remix"),
+        json!({"prompt": "a secret, remixed"}),
+    );
+    assert_eq!(st, 202, "{r}");
+    let rg = b.wait(r["id"].as_str().unwrap());
+    assert_eq!(
+        (
+            rg["status"].as_str(),
+            rg["remix_of"].as_str(),
+            rg["seed"].as_i64()
+        ),
+        (Some("completed"), Some(id.as_str()), Some(9))
+    );
+    assert_eq!(rg["prompt"], "a secret, remixed");
+    assert_eq!(
+        a.bytes(rg["images"][0]["url"].as_str().unwrap()).0,
+        404,
+        "A sees B's private remix"
+    );
+    // A deletes it: gone from the feed, its files gone.
+    assert_eq!(
+        a.send(
+            "DELETE",
+            &format!("/api/generate/image/{id}"),
+            Value::Null,
+            &[]
+        )
+        .0,
+        204
+    );
+    assert_eq!(b.get(&format!("/api/feed/{id}")).0, 404);
+    assert_eq!(b.bytes(&url).0, 404);
+    assert!(b.get("/api/feed").1["items"].as_array().unwrap().is_empty());
+    assert_eq!(a.get(&format!("/api/generate/image/{id}")).0, 404);
+    // Profile edits.
+    let (st, p) = a.send(
+        "PUT",
+        "/api/user/profile",
+        json!({"bio": "I draw", "handle": "ann_draws"}),
+        &[],
+    );
+    assert_eq!(
+        (st, p["bio"].as_str(), p["handle"].as_str()),
+        (200, Some("I draw"), Some("ann_draws"))
+    );
+    let (st, e) = b.send(
+        "PUT",
+        "/api/user/profile",
+        json!({"handle": "ann_draws"}),
+        &[],
+    );
+    assert_eq!((st, e["error"]["code"].as_str()), (409, Some("conflict")));
+    let (st, e) = b.send("PUT", "/api/user/profile", json!({"handle": "../x"}), &[]);
+    assert_eq!(
+        (
+            st,
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("handle")
+        ),
+        (422, true)
+    );
+}
+
+/// A small PNG claiming `w` x `h` pixels: a decompression bomb's header.
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    // An empty zlib stream stands in for the pixels: no decoder may get that far.
+    for (kind, data) in [
+        (&b"IHDR"[..], &ihdr[..]),
+        (b"IDAT", &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]),
+        (b"IEND", &[]),
+    ] {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(data);
+        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn uploads_img2img_and_bad_input() {
+    let s = server(None);
+    let a = Client::register(&s.base, "ann@example.com");
+    let init = std::fs::read(tiny_model().join("../init.png")).unwrap();
+    // Content type is sniffed, not trusted.
+    let (st, asset) = a.upload(init.clone(), "text/plain");
+    assert_eq!(st, 201, "{asset}");
+    assert_eq!(asset["mime"], "image/png");
+    let aid = asset["id"].as_str().unwrap();
+    let (st, back) = a.bytes(&format!("/api/assets/{aid}"));
+    assert_eq!((st, back == init), (200, true));
+    let (st, sub) = a.post("/api/generate/image", json!({"prompt": "a painting", "model": "tiny", "steps": 4, "strength": 0.5, "seed": 11, "init_image": aid, "cfg_scale": 0}));
+    assert_eq!(st, 202, "{sub}");
+    let g = a.wait(sub["id"].as_str().unwrap());
+    assert_eq!(g["status"], "completed", "{g}");
+    let init_img = image::load_from_memory(&init).unwrap().to_rgb8();
+    let expected = engine_images(&GenerateRequest {
+        prompt: "a painting".into(),
+        steps: Some(4),
+        guidance: Some(0.0),
+        seed: 11,
+        init_image: Some(init_img.clone()),
+        strength: 0.5,
+        preview_every: 0,
+        ..Default::default()
+    });
+    let png = a.bytes(g["images"][0]["url"].as_str().unwrap()).1;
+    assert!(
+        png_rgb(&png).as_raw() == expected[0].as_raw(),
+        "img2img result differs from the engine's"
+    );
+
+    // Uploads: bombs, truncation, non-images, size.
+    let (st, e) = a.upload(png_bomb(100_000, 100_000), "image/png");
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (413, Some("too-large")),
+        "{e}"
+    );
+    let (st, e) = a.upload(init[..init.len() / 2].to_vec(), "image/png");
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (422, Some("invalid-input")),
+        "{e}"
+    );
+    let (st, e) = a.upload(b"GIF89a not accepted".to_vec(), "image/png");
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (415, Some("unsupported-media-type")),
+        "{e}"
+    );
+    let (st, e) = a.upload(vec![0u8; 3 * 1024 * 1024], "image/png");
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (413, Some("too-large")),
+        "{e}"
+    );
+    let (st, _) = a.upload(Vec::new(), "image/png");
+    assert_eq!(st, 422);
+    // A client that promises 1000 bytes, sends 10 and stops.
+    {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+        write!(tcp, "POST /api/assets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n", a.token).unwrap();
+        tcp.write_all(&init[..10]).unwrap();
+        tcp.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            "{answer}"
+        );
+    }
+    let (st, listed) = a.get("/api/health");
+    assert_eq!(st, 200, "{listed}");
+
+    // Each validation rule names its field.
+    let base = json!({"prompt": "x", "model": "tiny"});
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"prompt": "  "}), "prompt"),
+        (json!({"model": "no-such-model"}), "model"),
+        (json!({"width": 100, "height": 64}), "width"),
+        (json!({"width": 64, "height": 4096}), "height"),
+        (json!({"steps": 0}), "steps"),
+        (json!({"steps": 151}), "steps"),
+        (json!({"cfg_scale": -1}), "cfg_scale"),
+        (json!({"seed": -5}), "seed"),
+        (json!({"batch_size": 5}), "batch_size"),
+        (json!({"scheduler": "warp"}), "scheduler"),
+        (json!({"aspect_ratio": "9:1"}), "aspect_ratio"),
+        (json!({"style": "nope"}), "style"),
+        (json!({"init_image": aid, "strength": 2}), "strength"),
+        (json!({"mask": aid}), "mask"),
+        (json!({"init_image": "ffff"}), "init_image"),
+        (json!({"webhook_url": "ftp://x"}), "webhook_url"),
+        (json!({"clip_skip": 9}), "clip_skip"),
+    ];
+    for (over, field) in cases {
+        let mut req = base.clone();
+        for (k, v) in over.as_object().unwrap() {
+            req[k] = v.clone();
+        }
+        let (st, e) = a.post("/api/generate/image", req.clone());
+        assert_eq!(st, 422, "{req} -> {e}");
+        assert_eq!(e["error"]["code"], "invalid-input");
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with(field),
+            "{req} -> {e}"
+        );
+    }
+    let (st, e) = a.post(
+        "/api/generate/image",
+        json!({"prompt": "x", "colour": "red"}),
+    );
+    assert_eq!(st, 422, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("colour"));
+    let mut r =
+        a.a.post(format!("{}/api/generate/image", s.base))
+            .header("Authorization", format!("Bearer {}", a.token))
+            .header("Content-Type", "application/json")
+            .send("{\"prompt\": ")
+            .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            json(&mut r)["error"]["code"].as_str().map(str::to_string)
+        ),
+        (400, Some("invalid-json".into()))
+    );
+    let mut r =
+        a.a.post(format!("{}/api/generate/image", s.base))
+            .header("Authorization", format!("Bearer {}", a.token))
+            .header("Content-Type", "text/plain")
+            .send("{}")
+            .unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(json(&mut r)["error"]["code"], "unsupported-media-type");
+    // Unauthenticated.
+    let mut r = post(
+        &a.a,
+        &format!("{}/api/generate/image", s.base),
+        "{\"prompt\":\"x\"}",
+    );
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            json(&mut r)["error"]["code"].as_str().map(str::to_string)
+        ),
+        (401, Some("unauthorized".into()))
+    );
+    // A 50 MB body: refused, and the server is fine.
+    let big = vec![b' '; 50 * 1024 * 1024];
+    match a
+        .a
+        .post(format!("{}/api/generate/image", s.base))
+        .header("Authorization", format!("Bearer {}", a.token))
+        .header("Content-Type", "application/json")
+        .send(&big[..])
+    {
+        Ok(mut r) => assert_eq!(
+            (
+                r.status().as_u16(),
+                json(&mut r)["error"]["code"].as_str().map(str::to_string)
+            ),
+            (413, Some("too-large".into()))
+        ),
+        // The server may answer 413 and close before the client finished writing.
+        Err(e) => eprintln!("50 MB body: {e}"),
+    }
+    assert_eq!(a.get("/api/health").0, 200);
+    assert_eq!(
+        a.get("/api/styles").1["styles"].as_array().unwrap().len() > 3,
+        true
+    );
+}
+
+/// 20 clients submit 200 jobs at once; then one user's burst of 40 must not starve
+/// another user's single job.
+#[test]
+fn load_and_fairness() {
+    let s = server(None);
+    let clients: Vec<Client> = (0..20)
+        .map(|i| Client::register(&s.base, &format!("u{i}@example.com")))
+        .collect();
+    let req = json!({"prompt": "load", "model": "tiny", "width": 64, "height": 64, "steps": 1});
+    let ids: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let req = req.clone();
+                scope.spawn(move || {
+                    (0..10)
+                        .map(|_| {
+                            let (st, b) = c.post("/api/generate/image", req.clone());
+                            assert_eq!(st, 202, "{b}");
+                            b["id"].as_str().unwrap().to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (c, mine) in clients.iter().zip(&ids) {
+        let mut listed = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = c.get(&format!("/api/generate/images?limit=100{cursor}")).1;
+            listed.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["id"].as_str().unwrap().to_string()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(n) => cursor = format!("&cursor={n}"),
+                None => break,
+            }
+        }
+        listed.sort();
+        let mut want = mine.clone();
+        want.sort();
+        assert_eq!(listed, want, "a user's list is not exactly their jobs");
+        for id in mine {
+            let g = c.wait(id);
+            assert_eq!(g["status"], "completed", "{g}");
+            assert_eq!(g["images"].as_array().unwrap().len(), 1);
+        }
+        assert_eq!(c.credits(), 50 - 10);
+    }
+    assert_eq!(walk(&s.dir.path().join("blobs/generations")).len(), 2 * 200);
+
+    // Fairness: a burst of 40 from one user, then one job from another.
+    let (x, y) = (&clients[0], &clients[1]);
+    let burst: Vec<String> = (0..40)
+        .map(|_| {
+            x.post("/api/generate/image", req.clone()).1["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let (_, one) = y.post("/api/generate/image", req.clone());
+    let (_, view) = y.get(&format!(
+        "/api/generate/image/{}",
+        one["id"].as_str().unwrap()
+    ));
+    if view["status"] == "pending" {
+        assert!(view["queue_position"].as_i64().unwrap() <= 1, "{view}");
+    }
+    y.wait(one["id"].as_str().unwrap());
+    let still_waiting = x.get("/api/generate/images?status=pending&limit=100").1["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        still_waiting > 20,
+        "the single job waited behind the burst ({still_waiting} of 40 still pending)"
+    );
+    for id in &burst {
+        x.wait(id);
+    }
+}

@@ -1,0 +1,341 @@
+//! `krya serve` and `krya worker` as processes: a server killed with SIGKILL mid-job
+//! finishes the job after restart (one set of images, charged once); `krya worker`
+//! processes take jobs from PostgreSQL while `krya serve` only serves the API, and a
+//! worker killed mid-job is replaced by another; `krya users create --admin`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn tiny_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../krya-engine/tests/golden/turbo")
+}
+
+fn krya(data: &Path, env: &[(&str, String)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_krya"));
+    c.env("KRYA_HOME", data)
+        .env("HF_HUB_CACHE", data.join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:1")
+        .env_remove("HF_HOME")
+        .env("KRYA__JOBS__LEASE_SECS", "1")
+        .env("KRYA__JOBS__POLL_MS", "50");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `krya serve` on a free port; returns it and its base URL.
+fn serve(data: &Path, env: &[(&str, String)]) -> (Proc, String) {
+    let mut child = krya(data, env)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("Krya listening on ")
+        .expect(&line)
+        .to_string();
+    (Proc(child), base)
+}
+
+fn worker(data: &Path, env: &[(&str, String)]) -> Proc {
+    let child = krya(data, env)
+        .args(["worker", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("Content-Type", "application/json");
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut r = agent().run(req.body(body).unwrap()).unwrap();
+    let s = r.status().as_u16();
+    (
+        s,
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap_or(Value::Null),
+    )
+}
+
+fn register(base: &str, email: &str) -> String {
+    let (s, b) = call(
+        "POST",
+        &format!("{base}/api/auth/register"),
+        None,
+        Some(json!({"email": email, "password": "password123", "name": "Test"})),
+    );
+    assert_eq!(s, 201, "{b}");
+    b["access_token"].as_str().unwrap().to_string()
+}
+
+fn data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("models.json"),
+        json!({"tiny": tiny_model()}).to_string(),
+    )
+    .unwrap();
+    dir
+}
+
+/// A job long enough to be caught mid-run on the tiny model.
+const LONG: &str = r#"{"prompt": "a long job", "model": "tiny", "width": 64, "height": 64, "steps": 60, "seed": 77}"#;
+
+fn wait_until(base: &str, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let (s, g) = call(
+            "GET",
+            &format!("{base}/api/generate/image/{id}"),
+            Some(token),
+            None,
+        );
+        assert_eq!(s, 200, "{g}");
+        if done(&g) {
+            return g;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(180), "timed out: {g}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().count())
+        .unwrap_or(0)
+}
+
+/// Kills `victim` with SIGKILL once job `id` has made progress; returns the progress seen.
+fn kill_mid_job(victim: Proc, base: &str, token: &str, id: &str) -> i64 {
+    let g = wait_until(base, token, id, |g| {
+        g["status"] == "processing" && g["progress"]["step"].as_i64().unwrap_or(0) >= 1
+    });
+    drop(victim); // Child::kill is SIGKILL on Unix.
+    g["progress"]["step"].as_i64().unwrap()
+}
+
+#[test]
+fn server_killed_mid_job_finishes_it_after_restart() {
+    let data = data_dir();
+    let (server, base) = serve(data.path(), &[]);
+    let token = register(&base, "crash@example.com");
+    let (s, sub) = call(
+        "POST",
+        &format!("{base}/api/generate/image"),
+        Some(&token),
+        Some(serde_json::from_str(LONG).unwrap()),
+    );
+    assert_eq!(s, 202, "{sub}");
+    let id = sub["id"].as_str().unwrap().to_string();
+    let step = kill_mid_job(server, &base, &token, &id);
+    assert!(step < 60, "the job finished before the kill");
+
+    let (_server, base) = serve(data.path(), &[]);
+    let g = wait_until(&base, &token, &id, |g| {
+        g["status"] != "pending" && g["status"] != "processing"
+    });
+    assert_eq!(g["status"], "completed", "{g}");
+    assert_eq!(g["images"].as_array().unwrap().len(), 1);
+    // One PNG and one thumbnail: one set of images.
+    assert_eq!(
+        files_under(&data.path().join("blobs/generations").join(&id)),
+        2
+    );
+    let (_, me) = call("GET", &format!("{base}/api/auth/me"), Some(&token), None);
+    assert_eq!(me["credits_remaining"], 49, "charged more than once: {me}");
+    let (_, usage) = call("GET", &format!("{base}/api/user/usage"), Some(&token), None);
+    assert_eq!(usage["credits_used_today"], 1);
+}
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn pg(sql: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(PG)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (database test)");
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn workers_share_a_postgres_queue() {
+    let schema = format!("krya_cli_{}_{}", std::process::id(), rand_suffix());
+    pg(&format!("CREATE SCHEMA {schema}"));
+    let url = format!("{PG}?options=-c%20search_path%3D{schema}");
+    let data = data_dir();
+    let env = [
+        ("KRYA__DATABASE__URL", url.clone()),
+        ("KRYA__JOBS__IN_PROCESS", "false".to_string()),
+    ];
+    let (_server, base) = serve(data.path(), &env);
+    let token = register(&base, "worker@example.com");
+
+    // No worker yet: the job waits in the queue.
+    let (_, sub) = call(
+        "POST",
+        &format!("{base}/api/generate/image"),
+        Some(&token),
+        Some(serde_json::from_str(LONG).unwrap()),
+    );
+    let id = sub["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, g) = call(
+        "GET",
+        &format!("{base}/api/generate/image/{id}"),
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        (g["status"].as_str(), g["queue_position"].as_i64()),
+        (Some("pending"), Some(0)),
+        "{g}"
+    );
+
+    // A worker takes it; killed mid-job, a second worker finishes it.
+    let w1 = worker(data.path(), &env);
+    kill_mid_job(w1, &base, &token, &id);
+    let _w2 = worker(data.path(), &env);
+    let _w3 = worker(data.path(), &env);
+    let g = wait_until(&base, &token, &id, |g| g["status"] == "completed");
+    assert_eq!(g["images"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        files_under(&data.path().join("blobs/generations").join(&id)),
+        2
+    );
+
+    // Two workers share a burst: every job done once.
+    let ids: Vec<String> = (0..8)
+        .map(|_| {
+            let (s, b) = call(
+                "POST",
+                &format!("{base}/api/generate/image"),
+                Some(&token),
+                Some(
+                    json!({"prompt": "q", "model": "tiny", "width": 64, "height": 64, "steps": 1}),
+                ),
+            );
+            assert_eq!(s, 202);
+            b["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for id in &ids {
+        let g = wait_until(&base, &token, id, |g| g["status"] == "completed");
+        assert_eq!(g["images"].as_array().unwrap().len(), 1);
+    }
+    let (_, me) = call("GET", &format!("{base}/api/auth/me"), Some(&token), None);
+    assert_eq!(me["credits_remaining"], 50 - 9);
+    drop(_w2);
+    drop(_w3);
+    drop(_server);
+    pg(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000
+}
+
+#[test]
+fn users_create_admin() {
+    let data = data_dir();
+    let out = krya(data.path(), &[("KRYA_PASSWORD", "password123".into())])
+        .args([
+            "users",
+            "create",
+            "--email",
+            "Root@Example.com",
+            "--name",
+            "Root",
+            "--admin",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("root@example.com (admin)"));
+    let again = krya(data.path(), &[("KRYA_PASSWORD", "password123".into())])
+        .args([
+            "users",
+            "create",
+            "--email",
+            "root@example.com",
+            "--name",
+            "Root",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let out = krya(data.path(), &[])
+        .args(["migrate", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // The admin can sign in on the server; a later registrant is not an admin.
+    let (_server, base) = serve(data.path(), &[]);
+    let (s, login) = call(
+        "POST",
+        &format!("{base}/api/auth/login"),
+        None,
+        Some(json!({"email": "root@example.com", "password": "password123"})),
+    );
+    assert_eq!((s, login["user"]["is_admin"].as_bool()), (200, Some(true)));
+    let token = register(&base, "second@example.com");
+    let (_, me) = call("GET", &format!("{base}/api/auth/me"), Some(&token), None);
+    assert_eq!(me["is_admin"], false);
+}
