@@ -177,7 +177,8 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             // Same pixel count as the model's native square, sides multiples of 64.
             let scale = base / (a * b).sqrt();
             let unit = if base >= 512.0 { 64.0 } else { 8.0 };
-            let snap = |x: f64| ((((x / unit).round() as u32).max(1) as f64 * unit) as u32).min(2048);
+            let snap =
+                |x: f64| ((((x / unit).round() as u32).max(1) as f64 * unit) as u32).min(2048);
             (snap(a * scale), snap(b * scale))
         }
         (Some(w), None, _) => (w, w),

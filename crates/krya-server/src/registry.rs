@@ -66,7 +66,9 @@ fn native_resolution(source: &str) -> Option<u32> {
         serde_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
     };
     let sample = read("unet/config.json")?["sample_size"].as_u64()?;
-    let blocks = read("vae/config.json")?["block_out_channels"].as_array()?.len() as u32;
+    let blocks = read("vae/config.json")?["block_out_channels"]
+        .as_array()?
+        .len() as u32;
     Some((sample << blocks.saturating_sub(1)) as u32)
 }
 

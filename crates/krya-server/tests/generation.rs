@@ -1042,3 +1042,122 @@ fn load_and_fairness() {
         x.wait(id);
     }
 }
+
+/// A loopback receiver that answers 500 to the first delivery and 200 after; it hands
+/// each request's headers and body to the test.
+fn webhook_receiver() -> (
+    String,
+    std::sync::mpsc::Receiver<(Vec<(String, String)>, String)>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(": ") {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.parse().unwrap();
+                    }
+                    headers.push((k.to_ascii_lowercase(), v.to_string()));
+                }
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            let status = if n == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if tx
+                .send((headers, String::from_utf8(body).unwrap()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn webhooks_are_signed_and_retried() {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let s = server(None);
+    let a = Client::register(&s.base, "hook@example.com");
+    let secret = a.get("/api/user/webhook-secret").1["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(
+        a.get("/api/user/webhook-secret").1["secret"],
+        secret.as_str(),
+        "the secret changed"
+    );
+    let (url, deliveries) = webhook_receiver();
+    let (st, sub) = a.post("/api/generate/image", json!({"prompt": "hook", "model": "tiny", "width": 64, "height": 64, "steps": 1, "webhook_url": url}));
+    assert_eq!(st, 202);
+    let id = sub["id"].as_str().unwrap();
+    let first = deliveries
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a delivery");
+    let second = deliveries
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a retry after the 500");
+    for (headers, body) in [first, second] {
+        let h = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {k} header"))
+        };
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{}.{}.{}", h("webhook-id"), h("webhook-timestamp"), body).as_bytes());
+        let expected = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(
+            h("webhook-signature"),
+            expected,
+            "signature does not verify"
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["id"].as_str(), v["status"].as_str()),
+            (Some("generation.completed"), Some(id), Some("completed"))
+        );
+        assert_eq!(v["images"].as_array().unwrap().len(), 1);
+        // A tampered body does not verify.
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("{}.{}.{}x", h("webhook-id"), h("webhook-timestamp"), body).as_bytes());
+        assert_ne!(
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+            ),
+            h("webhook-signature")
+        );
+    }
+    // Delivered: no more attempts.
+    assert!(deliveries.recv_timeout(Duration::from_secs(2)).is_err());
+}
