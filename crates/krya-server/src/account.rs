@@ -10,6 +10,8 @@ use sqlx::Row;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::generations::{daily_allowance, daily_top_up, internal, invalid, log_usage, today};
+#[allow(unused_imports)]
+use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
 
 async fn profile_json(state: &AppState, user_id: &str) -> Result<serde_json::Value, ApiError> {
@@ -33,6 +35,7 @@ async fn profile_json(state: &AppState, user_id: &str) -> Result<serde_json::Val
     Ok(v)
 }
 
+#[utoipa::path(get, path = "/api/user/profile", tag = "accounts", responses((status = 200, description = "The caller's profile", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn get_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -41,7 +44,7 @@ pub async fn get_profile(
     Ok(Json(profile_json(&state, &user.id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
     name: Option<String>,
@@ -50,6 +53,7 @@ pub struct ProfileUpdate {
     avatar_url: Option<String>,
 }
 
+#[utoipa::path(put, path = "/api/user/profile", tag = "accounts", request_body = ProfileUpdate, responses((status = 200, description = "Updated profile", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 409, description = "Handle taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn put_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -108,6 +112,7 @@ pub async fn put_profile(
 }
 
 /// `GET /api/user/usage`: balance, today's allowance and use, and the last 30 days.
+#[utoipa::path(get, path = "/api/user/usage", tag = "accounts", responses((status = 200, description = "Balance, allowance, last 30 days", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -159,6 +164,7 @@ pub async fn usage(
 }
 
 /// `GET /api/user/subscription`: the tier and what it gives (self-hosted: no billing).
+#[utoipa::path(get, path = "/api/user/subscription", tag = "accounts", responses((status = 200, description = "Tier and allowances", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn subscription(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -178,7 +184,7 @@ pub async fn subscription(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     /// Credits to add (negative to take away; the balance never goes below zero).
@@ -188,6 +194,7 @@ pub struct Grant {
 }
 
 /// `POST /api/admin/users/:id/credits {amount?, tier?}` (admins only).
+#[utoipa::path(post, path = "/api/admin/users/{id}/credits", tag = "admin", request_body = Grant, params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user's profile after the grant", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn grant(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -11,6 +11,8 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
+#[allow(unused_imports)]
+use crate::openapi::{Accepted, ErrorBody, Object, Session};
 
 pub const ACCESS_TTL_SECS: i64 = 15 * 60;
 pub const REFRESH_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -48,14 +50,14 @@ fn invalid(field: &str, message: &str) -> ApiError {
     ApiError::new(ErrorCode::InvalidInput, format!("{field}: {message}"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Register {
     email: String,
     password: String,
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Login {
     email: String,
     password: String,
@@ -99,6 +101,7 @@ async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Respo
     Ok((status, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
 }
 
+#[utoipa::path(post, path = "/api/auth/register", tag = "accounts", request_body = Register, responses((status = 201, description = "Account created, signed in", body = Session), (status = 409, description = "Email taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     body: Result<Json<Register>, JsonRejection>,
@@ -176,6 +179,7 @@ pub async fn create_user(
     Ok(user)
 }
 
+#[utoipa::path(post, path = "/api/auth/login", tag = "accounts", request_body = Login, responses((status = 200, description = "Signed in", body = Session), (status = 401, description = "Not signed in", body = ErrorBody), (status = 429, description = "Too many failures; see Retry-After", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -221,13 +225,14 @@ pub async fn login(
     issue(&state, user, StatusCode::OK).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Refresh {
     refresh_token: String,
 }
 
 /// Exchanges a refresh token for a new session; the old one is revoked (single use). A
 /// token used twice is a sign of theft: every session of its user is revoked.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "accounts", request_body = Refresh, responses((status = 200, description = "A new session; the old refresh token is spent", body = Session), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
     body: Result<Json<Refresh>, JsonRejection>,
@@ -267,6 +272,7 @@ pub async fn refresh(
 }
 
 /// Ends the current session (its access and refresh tokens) and clears the cookie.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "accounts", responses((status = 204, description = "Signed out"), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -317,6 +323,7 @@ pub async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<User,
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the token is invalid or expired"))
 }
 
+#[utoipa::path(get, path = "/api/auth/me", tag = "accounts", responses((status = 200, description = "The caller", body = User), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<User>, ApiError> {
     Ok(Json(current_user(&state, &headers).await?))
 }
@@ -324,12 +331,13 @@ pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Jso
 /// API keys start with this, so a bearer token's kind is known without two look-ups.
 pub const API_KEY_PREFIX: &str = "krya_";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewApiKey {
     name: String,
 }
 
 /// Creates an API key; the key itself is shown in this response only.
+#[utoipa::path(post, path = "/api/user/api-keys", tag = "accounts", request_body = NewApiKey, responses((status = 201, description = "The key, shown once", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -353,6 +361,7 @@ pub async fn create_api_key(
     Ok((StatusCode::CREATED, Json(serde_json::json!({"id": id, "name": name, "key": key, "prefix": prefix, "created_at": t}))).into_response())
 }
 
+#[utoipa::path(get, path = "/api/user/api-keys", tag = "accounts", responses((status = 200, description = "Live keys (without the secret)", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn list_api_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -363,6 +372,7 @@ pub async fn list_api_keys(
     Ok(Json(serde_json::json!({"items": items})))
 }
 
+#[utoipa::path(delete, path = "/api/user/api-keys/{id}", tag = "accounts", params(("id" = String, Path, description = "Key id")), responses((status = 204, description = "Revoked"), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn delete_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,

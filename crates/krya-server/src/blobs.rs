@@ -166,3 +166,116 @@ mod tests {
         assert_eq!(s.list("g/y/").await.unwrap(), Vec::<String>::new());
     }
 }
+
+/// An S3-compatible bucket (`storage.url = "s3://bucket/prefix"`), through `object_store`.
+/// Keys live under the URL's prefix. The endpoint (for MinIO, Ceph, moto, …), region and
+/// keys come from the settings; empty keys fall back to the usual AWS environment.
+pub struct S3Store {
+    store: object_store::aws::AmazonS3,
+    prefix: String,
+}
+
+impl S3Store {
+    pub fn new(storage: &crate::config::Storage) -> BlobResult<Self> {
+        let rest = storage.url.strip_prefix("s3://").ok_or_else(|| {
+            BlobError(format!(
+                "storage url {:?}: expected s3://bucket/prefix",
+                storage.url
+            ))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(BlobError(format!(
+                "storage url {:?}: no bucket",
+                storage.url
+            )));
+        }
+        let mut b = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_region(&storage.region);
+        if !storage.endpoint.is_empty() {
+            b = b
+                .with_endpoint(&storage.endpoint)
+                .with_allow_http(storage.endpoint.starts_with("http://"))
+                .with_virtual_hosted_style_request(false);
+        }
+        if !storage.access_key_id.is_empty() {
+            b = b
+                .with_access_key_id(&storage.access_key_id)
+                .with_secret_access_key(&storage.secret_access_key);
+        }
+        let store = b.build().map_err(|e| BlobError(e.to_string()))?;
+        Ok(Self {
+            store,
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    fn path(&self, key: &str) -> BlobResult<object_store::path::Path> {
+        check_key(key)?;
+        let full = if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        };
+        object_store::path::Path::parse(full).map_err(|e| BlobError(e.to_string()))
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3Store {
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> BlobResult<()> {
+        use object_store::ObjectStoreExt;
+        self.store
+            .put(&self.path(key)?, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| BlobError(e.to_string()))
+    }
+
+    async fn get(&self, key: &str) -> BlobResult<Option<Vec<u8>>> {
+        use object_store::ObjectStoreExt;
+        match self.store.get(&self.path(key)?).await {
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .map_err(|e| BlobError(e.to_string()))?
+                    .to_vec(),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BlobError(e.to_string())),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> BlobResult<()> {
+        use object_store::ObjectStoreExt;
+        match self.store.delete(&self.path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(BlobError(e.to_string())),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> BlobResult<Vec<String>> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| BlobError(e.to_string()))?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut keys: Vec<String> = metas
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .filter_map(|k| k.strip_prefix(&strip).map(str::to_string))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}

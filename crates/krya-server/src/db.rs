@@ -295,7 +295,7 @@ const USER_COLUMNS: &str =
     "id, email, name, handle, is_admin, credits_remaining, subscription_tier, created_at";
 
 /// An account as the API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
     pub email: String,

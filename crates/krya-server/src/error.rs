@@ -69,8 +69,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, status) = self.code.info();
         let message = if self.code == ErrorCode::Internal {
-            eprintln!("internal error: {}", self.message);
-            "internal error".to_string()
+            let id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
+            eprintln!("internal error (request {id}): {}", self.message);
+            format!("internal error (request {id})")
         } else {
             self.message
         };
@@ -103,4 +104,26 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
             other => ApiError::new(ErrorCode::InvalidJson, other.body_text()),
         }
     }
+}
+
+tokio::task_local! {
+    /// The id of the request being handled (set by [`request_id`]).
+    pub static REQUEST_ID: String;
+}
+
+/// Middleware: gives each request an id (the client's `x-request-id` if it is short and
+/// printable, else a new one), echoed in the response and named in internal-error logs.
+pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }

@@ -1,7 +1,9 @@
 //! Job events for `GET /api/events` (Server-Sent Events): queued, started, progress (with a
 //! small preview image), completed, failed, cancelled. Each subscriber sees only its own
-//! user's events. Events are fanned out in-process; a subscriber that falls behind skips
-//! the events it missed (progress is a stream of states, the latest matters).
+//! user's events. On SQLite (one process) events are fanned out in-process. On PostgreSQL
+//! they travel through `NOTIFY krya_events`, so the events of a job run by a `krya worker`
+//! on another machine reach the server its owner is connected to. A subscriber that falls
+//! behind skips the events it missed (progress is a stream of states, the latest matters).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,41 +18,110 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::error::ApiError;
+#[allow(unused_imports)]
+use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct JobEvent {
-    #[serde(skip)]
     pub user_id: String,
     /// queued | started | progress | completed | failed | cancelled
-    pub event: &'static str,
+    pub event: String,
     /// The generation's id.
     pub id: String,
     pub data: serde_json::Value,
 }
 
+/// PostgreSQL's NOTIFY payloads must stay under 8000 bytes.
+const NOTIFY_LIMIT: usize = 7900;
+const CHANNEL: &str = "krya_events";
+
 #[derive(Clone)]
 pub struct Bus {
     tx: broadcast::Sender<Arc<JobEvent>>,
+    /// Set on PostgreSQL: events go out as NOTIFY payloads (in order, from one task) and
+    /// come back to every process, this one included, through its listener.
+    notify: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Default for Bus {
     fn default() -> Self {
         Self {
             tx: broadcast::channel(1024).0,
+            notify: None,
         }
     }
 }
 
 impl Bus {
+    /// A bus shared by every process on the PostgreSQL database at `url`.
+    pub async fn postgres(db: crate::db::Db, url: &str) -> Result<Bus, sqlx::Error> {
+        let bus = Bus::default();
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANNEL).await?;
+        let tx = bus.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        if let Ok(e) = serde_json::from_str::<JobEvent>(n.payload()) {
+                            let _ = tx.send(Arc::new(e));
+                        }
+                    }
+                    // The listener reconnects on the next recv.
+                    Err(e) => {
+                        eprintln!("event listener: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(payload) = nrx.recv().await {
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(&payload)
+                    .execute(&db.pool)
+                    .await
+                {
+                    eprintln!("publishing an event: {e}");
+                }
+            }
+        });
+        Ok(Bus {
+            notify: Some(ntx),
+            ..bus
+        })
+    }
+
     pub fn publish(&self, user_id: &str, event: &'static str, id: &str, data: serde_json::Value) {
-        // No subscribers is fine.
-        let _ = self.tx.send(Arc::new(JobEvent {
+        let e = JobEvent {
             user_id: user_id.to_string(),
-            event,
+            event: event.to_string(),
             id: id.to_string(),
             data,
-        }));
+        };
+        match &self.notify {
+            Some(n) => {
+                let mut payload = serde_json::to_string(&e).unwrap_or_default();
+                if payload.len() > NOTIFY_LIMIT {
+                    // Too big for NOTIFY: the preview image goes first.
+                    let mut slim = e.clone();
+                    if let Some(o) = slim.data.as_object_mut() {
+                        o.remove("preview");
+                    }
+                    payload = serde_json::to_string(&slim).unwrap_or_default();
+                }
+                if payload.len() <= NOTIFY_LIMIT {
+                    let _ = n.send(payload);
+                }
+            }
+            // No subscribers is fine.
+            None => {
+                let _ = self.tx.send(Arc::new(e));
+            }
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
@@ -60,6 +131,7 @@ impl Bus {
 
 /// `GET /api/events`: the caller's job events as SSE (`event:` is the kind, `data:` JSON
 /// `{id, ...}`).
+#[utoipa::path(get, path = "/api/events", tag = "generation", responses((status = 200, description = "Server-Sent Events: ready, queued, started, progress, completed, failed, cancelled", content_type = "text/event-stream", body = String), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -77,7 +149,9 @@ pub async fn stream(
             if let Some(obj) = data.as_object_mut() {
                 obj.insert("id".into(), e.id.clone().into());
             }
-            Some(Ok(Event::default().event(e.event).data(data.to_string())))
+            Some(Ok(Event::default()
+                .event(e.event.clone())
+                .data(data.to_string())))
         }
     });
     let hello =

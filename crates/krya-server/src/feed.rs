@@ -11,6 +11,8 @@ use sqlx::Row;
 use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
 use crate::generations::{self, GENERATION_COLUMNS, Generation, Page, internal, invalid};
+#[allow(unused_imports)]
+use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
 
 #[derive(Deserialize)]
@@ -67,6 +69,7 @@ async fn items(
 }
 
 /// `GET /api/feed`: completed public generations, `sort=new` (cursor) or `sort=top`.
+#[utoipa::path(get, path = "/api/feed", tag = "feed", params(("sort" = Option<String>, Query, description = "new (default) or top"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "Public generations", body = Object), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn feed(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -153,6 +156,7 @@ async fn visible(
     }
 }
 
+#[utoipa::path(get, path = "/api/feed/{id}", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "A public generation", body = Object), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_item(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -165,6 +169,7 @@ pub async fn get_item(
 
 /// `POST /api/feed/:id/like`: toggles the caller's like; the count is recomputed in the
 /// same transaction, so it is exact under concurrent likes.
+#[utoipa::path(post, path = "/api/feed/{id}/like", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "{liked, likes_count}", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn like(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -208,6 +213,7 @@ pub async fn like(
 
 /// `POST /api/feed/:id/remix`: a new generation for the caller from this one's
 /// parameters, with the body's fields (any of `POST /api/generate/image`'s) on top.
+#[utoipa::path(post, path = "/api/feed/{id}/remix", tag = "feed", params(("id" = String, Path, description = "Generation id")), request_body(content = Object, description = "Any fields of an image request, over the original's"), responses((status = 202, description = "Queued", body = Accepted), (status = 401, description = "Not signed in", body = ErrorBody), (status = 402, description = "Not enough credits", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn remix(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -227,6 +233,7 @@ pub async fn remix(
 }
 
 /// `GET /api/profiles/:handle`: a public profile and its public generations.
+#[utoipa::path(get, path = "/api/profiles/{handle}", tag = "feed", params(("handle" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "A public profile and its public generations", body = Object), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn profile(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -17,6 +17,8 @@ use sqlx::Row;
 use crate::auth::{self, now};
 use crate::db::{Db, User};
 use crate::error::{ApiError, ErrorCode};
+#[allow(unused_imports)]
+use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, jobs, registry};
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -35,7 +37,7 @@ pub(crate) fn random_id() -> String {
 }
 
 /// `POST /api/generate/image`, as the seed's §6.3 shows it (plus what the studio sends).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRequest {
     pub prompt: String,
@@ -703,6 +705,7 @@ async fn accepted(state: &AppState, id: &str) -> Result<serde_json::Value, ApiEr
     )
 }
 
+#[utoipa::path(post, path = "/api/generate/image", tag = "generation", request_body = ImageRequest, params(("Idempotency-Key" = Option<String>, Header, description = "A retried POST with the same key returns the same job")), responses((status = 202, description = "Queued", body = Accepted), (status = 400, description = "Malformed JSON", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 402, description = "Not enough credits", body = ErrorBody), (status = 413, description = "Body too large", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -716,12 +719,13 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(accepted(&state, &ids[0]).await?)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     requests: Vec<ImageRequest>,
 }
 
+#[utoipa::path(post, path = "/api/generate/image/batch", tag = "generation", request_body = BatchRequest, responses((status = 202, description = "All queued (or none)", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 402, description = "Not enough credits", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -759,6 +763,7 @@ async fn own(state: &AppState, user: &User, id: &str) -> Result<Generation, ApiE
     }
 }
 
+#[utoipa::path(get, path = "/api/generate/image/{id}", tag = "generation", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "Status, progress, images", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -809,6 +814,7 @@ impl Page {
     }
 }
 
+#[utoipa::path(get, path = "/api/generate/images", tag = "generation", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("model" = Option<String>, Query), ("status" = Option<String>, Query)), responses((status = 200, description = "The caller's generations, newest first", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -866,6 +872,7 @@ pub async fn cancel(state: &AppState, g: &Generation) -> Result<bool, ApiError> 
     Ok(done)
 }
 
+#[utoipa::path(post, path = "/api/generate/image/{id}/cancel", tag = "generation", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "Cancelled and refunded", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 409, description = "Already ended", body = ErrorBody)))]
 pub async fn cancel_one(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -884,6 +891,7 @@ pub async fn cancel_one(
 }
 
 /// Deletes a generation: cancels it if it is running, then removes its rows and files.
+#[utoipa::path(delete, path = "/api/generate/image/{id}", tag = "generation", params(("id" = String, Path, description = "Generation id")), responses((status = 204, description = "Cancelled if running; rows and files deleted"), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn delete_one(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -921,13 +929,14 @@ pub async fn delete_one(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Patch {
     is_public: Option<bool>,
 }
 
 /// `PATCH /api/generate/image/:id {is_public}`: make a generation public or private.
+#[utoipa::path(patch, path = "/api/generate/image/{id}", tag = "generation", params(("id" = String, Path, description = "Generation id")), request_body = Patch, responses((status = 200, description = "Updated", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn patch_one(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -999,6 +1008,7 @@ pub async fn remix_response(state: &AppState, id: &str) -> Result<Response, ApiE
     Ok((StatusCode::ACCEPTED, Json(accepted(state, id).await?)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/models", tag = "generation", responses((status = 200, description = "Curated and local models with installed state", body = Object)))]
 pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let (data_dir, local) = (
         state.config.server.data_dir.clone(),
@@ -1011,6 +1021,7 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(serde_json::json!({"models": models})))
 }
 
+#[utoipa::path(get, path = "/api/styles", tag = "generation", responses((status = 200, description = "Style presets", body = Object)))]
 pub async fn styles() -> Json<serde_json::Value> {
     Json(serde_json::json!({"styles": registry::styles()}))
 }

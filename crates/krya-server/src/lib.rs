@@ -20,6 +20,7 @@ pub mod feed;
 pub mod generations;
 pub mod jobs;
 pub mod media;
+pub mod openapi;
 pub mod registry;
 pub mod router;
 pub mod throttle;
@@ -64,17 +65,17 @@ pub async fn open_database(config: &Config) -> Result<db::Db, sqlx::Error> {
     db::Db::connect(&url).await
 }
 
-/// Opens the configured blob store (files under `data_dir/blobs` when none is set).
+/// Opens the configured blob store: files under `data_dir/blobs` when `storage.url` is
+/// empty, else an S3-compatible bucket (`s3://bucket/prefix`).
 pub fn open_blobs(config: &Config) -> std::io::Result<blobs::Blobs> {
     if config.storage.url.is_empty() {
         Ok(Arc::new(blobs::FileStore::new(
             config.server.data_dir.join("blobs"),
         )))
     } else {
-        Err(std::io::Error::other(format!(
-            "storage url {:?}: only the file store is built yet (leave storage.url empty)",
-            config.storage.url
-        )))
+        Ok(Arc::new(
+            blobs::S3Store::new(&config.storage).map_err(std::io::Error::other)?,
+        ))
     }
 }
 
@@ -86,11 +87,17 @@ async fn state(
     let db = open_database(&config)
         .await
         .map_err(std::io::Error::other)?;
+    let bus = match db.backend {
+        db::Backend::Postgres => events::Bus::postgres(db.clone(), &config.database.url)
+            .await
+            .map_err(std::io::Error::other)?,
+        db::Backend::Sqlite => events::Bus::default(),
+    };
     Ok(AppState {
         blobs: open_blobs(&config)?,
         config: Arc::new(config),
         db,
-        bus: Default::default(),
+        bus,
         login_throttle: Default::default(),
         running: Default::default(),
         wake: Default::default(),
@@ -138,7 +145,8 @@ pub async fn launch(
         .await;
     if let (Some(w), Some(h)) = (worker, handle) {
         w.stop();
-        let _ = h.await;
+        // A job stuck inside a long step is left to its lease (it runs again elsewhere).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), h).await;
     }
     served
 }
@@ -155,5 +163,6 @@ pub async fn run_worker(
     let handle = tokio::spawn(w.clone().run());
     shutdown.await;
     w.stop();
-    handle.await.map_err(std::io::Error::other)
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await;
+    Ok(())
 }

@@ -19,6 +19,8 @@ use crate::auth;
 use crate::db::Db;
 use crate::error::{ApiError, ErrorCode};
 use crate::generations::{internal, random_id};
+#[allow(unused_imports)]
+use crate::openapi::{Accepted, ErrorBody, Object, Session};
 
 /// Image formats accepted for uploads, from their magic bytes.
 pub fn sniff(bytes: &[u8]) -> Option<(&'static str, image::ImageFormat)> {
@@ -120,6 +122,7 @@ impl Db {
 }
 
 /// `POST /api/assets`: the body is the image file itself.
+#[utoipa::path(post, path = "/api/assets", tag = "media", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A PNG, JPEG or WebP file (type sniffed from the bytes)"), responses((status = 201, description = "Stored", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 413, description = "Too many bytes or pixels", body = ErrorBody), (status = 415, description = "Not an image", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -216,6 +219,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// `GET /api/assets/:id`: the owner's upload, as uploaded.
+#[utoipa::path(get, path = "/api/assets/{id}", tag = "media", params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The uploaded file", content_type = "application/octet-stream", body = Vec<u8>), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_asset(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -306,6 +310,7 @@ async fn serve_image(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/api/images/{id}", tag = "media", params(("id" = String, Path, description = "Image id"), ("download" = Option<u8>, Query, description = "1: as an attachment")), responses((status = 200, description = "PNG with the A1111 parameters chunk", content_type = "image/png", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn image(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -315,6 +320,7 @@ pub async fn image(
     serve_image(&state, &headers, &id, false, q.download.unwrap_or(0) != 0).await
 }
 
+#[utoipa::path(get, path = "/api/images/{id}/thumbnail", tag = "media", params(("id" = String, Path, description = "Image id")), responses((status = 200, description = "WebP thumbnail", content_type = "image/webp", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn thumbnail(
     State(state): State<AppState>,
     headers: HeaderMap,

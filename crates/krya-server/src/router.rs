@@ -1,70 +1,89 @@
-//! The route table: every endpoint in one readable place.
+//! The route table: every endpoint in one readable place. Each handler carries its own
+//! `#[utoipa::path]`; registering it here also adds it to the OpenAPI document served at
+//! `/api/openapi.json`.
+
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Uri};
-use axum::routing::{delete, get, post};
-
-use crate::{account, events, feed, generations, media, webhooks};
+use axum::http::{Method, Uri, header};
+use axum::response::IntoResponse;
 use axum::{Json, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::{AppState, auth};
+use crate::{AppState, account, auth, events, feed, generations, media, openapi, webhooks};
+
+/// The route table as an OpenAPI router (for the document) before state and layers.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::create_api_key, auth::list_api_keys))
+        .routes(routes!(auth::delete_api_key))
+        .routes(routes!(webhooks::get_secret))
+        .routes(routes!(account::get_profile, account::put_profile))
+        .routes(routes!(account::usage))
+        .routes(routes!(account::subscription))
+        .routes(routes!(account::grant))
+        .routes(routes!(generations::models))
+        .routes(routes!(generations::styles))
+        .routes(routes!(generations::create))
+        .routes(routes!(generations::create_batch))
+        .routes(routes!(
+            generations::get_one,
+            generations::delete_one,
+            generations::patch_one
+        ))
+        .routes(routes!(generations::cancel_one))
+        .routes(routes!(generations::list))
+        .routes(routes!(media::upload))
+        .routes(routes!(media::get_asset))
+        .routes(routes!(media::image))
+        .routes(routes!(media::thumbnail))
+        .routes(routes!(events::stream))
+        .routes(routes!(feed::feed))
+        .routes(routes!(feed::get_item))
+        .routes(routes!(feed::like))
+        .routes(routes!(feed::remix))
+        .routes(routes!(feed::profile))
+}
+
+/// The OpenAPI document, rendered once.
+static DOCUMENT: OnceLock<Arc<String>> = OnceLock::new();
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes as usize;
-    Router::new()
-        .route("/api/health", get(health))
-        .route("/api/auth/register", post(auth::register))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/refresh", post(auth::refresh))
-        .route("/api/auth/logout", post(auth::logout))
-        .route("/api/auth/me", get(auth::me))
-        .route(
-            "/api/user/api-keys",
-            post(auth::create_api_key).get(auth::list_api_keys),
-        )
-        .route("/api/user/api-keys/{id}", delete(auth::delete_api_key))
-        .route("/api/user/webhook-secret", get(webhooks::get_secret))
-        .route("/api/models", get(generations::models))
-        .route("/api/styles", get(generations::styles))
-        .route("/api/generate/image", post(generations::create))
-        .route("/api/generate/image/batch", post(generations::create_batch))
-        .route(
-            "/api/generate/image/{id}",
-            get(generations::get_one)
-                .delete(generations::delete_one)
-                .patch(generations::patch_one),
-        )
-        .route(
-            "/api/generate/image/{id}/cancel",
-            post(generations::cancel_one),
-        )
-        .route("/api/generate/images", get(generations::list))
-        .route("/api/assets", post(media::upload))
-        .route("/api/assets/{id}", get(media::get_asset))
-        .route("/api/images/{id}", get(media::image))
-        .route("/api/images/{id}/thumbnail", get(media::thumbnail))
-        .route("/api/events", get(events::stream))
-        .route("/api/feed", get(feed::feed))
-        .route("/api/feed/{id}", get(feed::get_item))
-        .route("/api/feed/{id}/like", post(feed::like))
-        .route("/api/feed/{id}/remix", post(feed::remix))
-        .route("/api/profiles/{handle}", get(feed::profile))
-        .route(
-            "/api/user/profile",
-            get(account::get_profile).put(account::put_profile),
-        )
-        .route("/api/user/usage", get(account::usage))
-        .route("/api/user/subscription", get(account::subscription))
-        .route("/api/admin/users/{id}/credits", post(account::grant))
+    let (routes, doc) = api().split_for_parts();
+    DOCUMENT.get_or_init(|| Arc::new(doc.to_pretty_json().unwrap_or_default()));
+    routes
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(crate::error::request_id))
         .with_state(state)
 }
 
+/// Liveness: the server answers.
+#[utoipa::path(get, path = "/api/health", tag = "server", security(), responses((status = 200, description = "{status: ok, version}", body = openapi::Object)))]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "server", security(), responses((status = 200, description = "OpenAPI 3.1", body = openapi::Object)))]
+async fn openapi_json() -> impl IntoResponse {
+    let doc = DOCUMENT.get().cloned().unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.as_str().to_owned(),
+    )
 }
 
 async fn fallback(uri: Uri) -> ApiError {

@@ -18,6 +18,8 @@ use sqlx::Row;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::generations::{Generation, internal};
+#[allow(unused_imports)]
+use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
 
 /// Attempts per delivery, and the first retry delay (doubling).
@@ -61,6 +63,7 @@ pub async fn secret(db: &Db, user_id: &str) -> Result<String, sqlx::Error> {
 }
 
 /// `GET /api/user/webhook-secret`.
+#[utoipa::path(get, path = "/api/user/webhook-secret", tag = "accounts", responses((status = 200, description = "The webhook signing secret (whsec_...)", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn get_secret(
     State(state): State<AppState>,
     headers: HeaderMap,

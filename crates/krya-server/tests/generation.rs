@@ -5,6 +5,8 @@
 //! flow runs on SQLite and on PostgreSQL.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -44,6 +46,10 @@ impl Drop for Server {
 /// A server with the tiny model registered as `tiny` (and `broken`: a folder that is not a
 /// model), on SQLite or the given database URL.
 fn server(database_url: Option<String>) -> Server {
+    server_with(database_url, |_| {})
+}
+
+fn server_with(database_url: Option<String>, adjust: impl FnOnce(&mut Config)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("not-a-model");
     std::fs::create_dir(&broken).unwrap();
@@ -62,6 +68,7 @@ fn server(database_url: Option<String>) -> Server {
     if let Some(url) = database_url {
         config.database.url = url;
     }
+    adjust(&mut config);
     let (base, stop, handle) = start_with(config);
     Server {
         base,
@@ -373,6 +380,13 @@ fn generation_on_sqlite() {
     assert_eq!(blobs.len(), 2 * (2 + 1 + 3), "{blobs:?}");
 }
 
+/// Runs `f` on a server over a PostgreSQL schema of its own.
+fn on_postgres(f: impl FnOnce(&Server)) {
+    let (url, schema) = postgres_schema();
+    f(&server(Some(url)));
+    pg_exec(format!("DROP SCHEMA {schema} CASCADE"));
+}
+
 #[test]
 fn generation_on_postgres() {
     let (url, schema) = postgres_schema();
@@ -435,9 +449,7 @@ fn sse(c: &Client) -> std::sync::mpsc::Receiver<(String, Value)> {
     rx
 }
 
-#[test]
-fn events_cancel_credits_and_failures() {
-    let s = server(None);
+fn events_cancel_credits_and_failures(s: &Server) {
     let a = Client::register(&s.base, "ann@example.com");
     let b = Client::register(&s.base, "bob@example.com");
     let a_events = sse(&a);
@@ -558,9 +570,7 @@ fn events_cancel_credits_and_failures() {
     assert_eq!(usage["credits_used_today"], 2, "{usage}");
 }
 
-#[test]
-fn isolation_feed_likes_remix() {
-    let s = server(None);
+fn isolation_feed_likes_remix(s: &Server) {
     let a = Client::register(&s.base, "ann@example.com");
     let b = Client::register(&s.base, "bob@example.com");
     let (_, sub) = a.post("/api/generate/image", json!({"prompt": "a secret", "model": "tiny", "width": 64, "height": 64, "steps": 1, "seed": 9}));
@@ -777,9 +787,7 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-#[test]
-fn uploads_img2img_and_bad_input() {
-    let s = server(None);
+fn uploads_img2img_and_bad_input(s: &Server) {
     let a = Client::register(&s.base, "ann@example.com");
     let init = std::fs::read(tiny_model().join("../init.png")).unwrap();
     // Content type is sniffed, not trusted.
@@ -956,13 +964,11 @@ fn uploads_img2img_and_bad_input() {
 
 /// 20 clients submit 200 jobs at once; then one user's burst of 40 must not starve
 /// another user's single job.
-#[test]
-fn load_and_fairness() {
-    let s = server(None);
+fn load_and_fairness(s: &Server) {
     let clients: Vec<Client> = (0..20)
         .map(|i| Client::register(&s.base, &format!("u{i}@example.com")))
         .collect();
-    let req = json!({"prompt": "load", "model": "tiny", "width": 64, "height": 64, "steps": 1});
+    let req = json!({"prompt": "load", "model": "tiny", "width": 32, "height": 32, "steps": 1});
     let ids: Vec<Vec<String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = clients
             .iter()
@@ -1093,11 +1099,9 @@ fn webhook_receiver() -> (
     (url, rx)
 }
 
-#[test]
-fn webhooks_are_signed_and_retried() {
+fn webhooks_are_signed_and_retried(s: &Server) {
     use base64::Engine;
     use hmac::{KeyInit, Mac};
-    let s = server(None);
     let a = Client::register(&s.base, "hook@example.com");
     let secret = a.get("/api/user/webhook-secret").1["secret"]
         .as_str()
@@ -1160,4 +1164,100 @@ fn webhooks_are_signed_and_retried() {
     }
     // Delivered: no more attempts.
     assert!(deliveries.recv_timeout(Duration::from_secs(2)).is_err());
+}
+
+#[test]
+fn events_cancel_credits_and_failures_on_sqlite() {
+    events_cancel_credits_and_failures(&server(None));
+}
+
+#[test]
+fn events_cancel_credits_and_failures_on_postgres() {
+    on_postgres(events_cancel_credits_and_failures);
+}
+
+#[test]
+fn isolation_feed_likes_remix_on_sqlite() {
+    isolation_feed_likes_remix(&server(None));
+}
+
+#[test]
+fn isolation_feed_likes_remix_on_postgres() {
+    on_postgres(isolation_feed_likes_remix);
+}
+
+#[test]
+fn uploads_img2img_and_bad_input_on_sqlite() {
+    uploads_img2img_and_bad_input(&server(None));
+}
+
+#[test]
+fn uploads_img2img_and_bad_input_on_postgres() {
+    on_postgres(uploads_img2img_and_bad_input);
+}
+
+#[test]
+fn load_and_fairness_on_sqlite() {
+    load_and_fairness(&server(None));
+}
+
+#[test]
+fn load_and_fairness_on_postgres() {
+    on_postgres(load_and_fairness);
+}
+
+#[test]
+fn webhooks_are_signed_and_retried_on_sqlite() {
+    webhooks_are_signed_and_retried(&server(None));
+}
+
+#[test]
+fn webhooks_are_signed_and_retried_on_postgres() {
+    on_postgres(webhooks_are_signed_and_retried);
+}
+
+/// Images and uploads on S3 (moto): generated, served with access checks, deleted.
+#[test]
+fn generation_on_s3() {
+    let moto = s3::start_moto();
+    let s = server_with(None, |c| {
+        c.storage.url = format!("s3://{}/k", moto.bucket);
+        c.storage.endpoint = moto.endpoint.clone();
+        c.storage.access_key_id = "test".into();
+        c.storage.secret_access_key = "test".into();
+    });
+    let a = Client::register(&s.base, "s3@example.com");
+    let id = generate_and_check(&a);
+    assert_eq!(
+        moto.keys(&format!("k/generations/{id}/")).len(),
+        4,
+        "2 PNGs + 2 thumbnails"
+    );
+    let init = std::fs::read(tiny_model().join("../init.png")).unwrap();
+    let (st, asset) = a.upload(init.clone(), "image/png");
+    assert_eq!(st, 201);
+    let aid = asset["id"].as_str().unwrap();
+    assert_eq!(a.bytes(&format!("/api/assets/{aid}")).1, init);
+    assert_eq!(moto.keys(&format!("k/assets/{aid}")).len(), 1);
+    let b = Client::register(&s.base, "other@example.com");
+    let g = a.get(&format!("/api/generate/image/{id}")).1;
+    assert_eq!(b.bytes(g["images"][0]["url"].as_str().unwrap()).0, 404);
+    assert_eq!(
+        a.send(
+            "DELETE",
+            &format!("/api/generate/image/{id}"),
+            Value::Null,
+            &[]
+        )
+        .0,
+        204
+    );
+    assert!(
+        moto.keys(&format!("k/generations/{id}/")).is_empty(),
+        "files left after delete"
+    );
+    assert!(
+        s.dir.path().join("blobs").read_dir().is_err(),
+        "wrote to the file store"
+    );
 }

@@ -25,6 +25,18 @@ fn health_errors_and_shutdown() {
             .contains("/api/no-such-thing")
     );
 
+    assert_eq!(
+        r.headers()["x-request-id"].len(),
+        16,
+        "every response names its request"
+    );
+    let r = a
+        .get(format!("{base}/api/health"))
+        .header("x-request-id", "abc-123")
+        .call()
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+
     let mut r = a.post(format!("{base}/api/health")).send("").unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(json(&mut r)["error"]["code"], "method-not-allowed");
@@ -429,4 +441,121 @@ fn accounts_on_postgres() {
         !dir.path().join("krya.db").exists(),
         "PostgreSQL was configured, not SQLite"
     );
+}
+
+/// The OpenAPI document lists exactly the server's endpoints, each with its responses, and
+/// request bodies where they take one.
+#[test]
+fn openapi_document_covers_every_endpoint() {
+    let (base, stop, handle, _dir) = start();
+    let a = agent();
+    let mut r = a.get(format!("{base}/api/openapi.json")).call().unwrap();
+    assert_eq!(r.status(), 200);
+    let doc = json(&mut r);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("get", "/api/health"),
+        ("get", "/api/openapi.json"),
+        ("post", "/api/auth/register"),
+        ("post", "/api/auth/login"),
+        ("post", "/api/auth/refresh"),
+        ("post", "/api/auth/logout"),
+        ("get", "/api/auth/me"),
+        ("post", "/api/user/api-keys"),
+        ("get", "/api/user/api-keys"),
+        ("delete", "/api/user/api-keys/{id}"),
+        ("get", "/api/user/webhook-secret"),
+        ("get", "/api/user/profile"),
+        ("put", "/api/user/profile"),
+        ("get", "/api/user/usage"),
+        ("get", "/api/user/subscription"),
+        ("post", "/api/admin/users/{id}/credits"),
+        ("get", "/api/models"),
+        ("get", "/api/styles"),
+        ("post", "/api/generate/image"),
+        ("post", "/api/generate/image/batch"),
+        ("get", "/api/generate/image/{id}"),
+        ("delete", "/api/generate/image/{id}"),
+        ("patch", "/api/generate/image/{id}"),
+        ("post", "/api/generate/image/{id}/cancel"),
+        ("get", "/api/generate/images"),
+        ("post", "/api/assets"),
+        ("get", "/api/assets/{id}"),
+        ("get", "/api/images/{id}"),
+        ("get", "/api/images/{id}/thumbnail"),
+        ("get", "/api/events"),
+        ("get", "/api/feed"),
+        ("get", "/api/feed/{id}"),
+        ("post", "/api/feed/{id}/like"),
+        ("post", "/api/feed/{id}/remix"),
+        ("get", "/api/profiles/{handle}"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    let listed: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(
+        listed,
+        expected.len(),
+        "{:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    for (method, path) in expected {
+        let op = &doc["paths"][path][method];
+        assert!(
+            op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+            "{method} {path}"
+        );
+        if path.contains('{') {
+            assert!(
+                op["parameters"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["in"] == "path")),
+                "{method} {path} has no path parameter"
+            );
+        }
+        // Every endpoint the router knows answers something other than the 404 fallback.
+        let url = format!(
+            "{base}{}",
+            path.replace("{id}", "x").replace("{handle}", "x")
+        );
+        let req = ureq::http::Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(url)
+            .body(String::new())
+            .unwrap();
+        let mut resp = a.run(req).unwrap();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        assert!(
+            !body.contains("no endpoint at"),
+            "{method} {path} is documented but not routed"
+        );
+    }
+    let create = &doc["paths"]["/api/generate/image"]["post"];
+    assert!(create["requestBody"]["content"]["application/json"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    for field in [
+        "prompt",
+        "negative_prompt",
+        "model",
+        "width",
+        "height",
+        "steps",
+        "cfg_scale",
+        "seed",
+        "batch_size",
+        "scheduler",
+        "aspect_ratio",
+        "style",
+        "init_image",
+        "strength",
+        "mask",
+        "is_public",
+        "webhook_url",
+    ] {
+        assert!(
+            schemas["ImageRequest"]["properties"][field].is_object(),
+            "ImageRequest.{field}"
+        );
+    }
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
 }

@@ -137,7 +137,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     let config = load(&a.settings, a.listen, models)?;
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| {
@@ -148,17 +149,23 @@ pub fn run(a: Args) -> Result<(), CliError> {
         krya_server::launch(listener, config, shutdown_signal())
             .await
             .map_err(internal)
-    })
+    });
+    // An engine step still running on a blocking thread must not keep the process alive.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 pub fn worker(s: Settings) -> Result<(), CliError> {
     let config = load(&s, None, vec![])?;
-    runtime()?.block_on(async move {
+    let rt = runtime()?;
+    let result = rt.block_on(async move {
         println!("Krya worker running jobs from {}", describe_db(&config));
         krya_server::run_worker(config, shutdown_signal())
             .await
             .map_err(internal)
-    })
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn describe_db(c: &Config) -> String {

@@ -1,7 +1,8 @@
 //! `krya serve` and `krya worker` as processes: a server killed with SIGKILL mid-job
 //! finishes the job after restart (one set of images, charged once); `krya worker`
-//! processes take jobs from PostgreSQL while `krya serve` only serves the API, and a
-//! worker killed mid-job is replaced by another; `krya users create --admin`.
+//! processes take jobs from PostgreSQL and write images to S3 (moto) while `krya serve`
+//! only serves the API, and a worker killed mid-job is replaced by another; `krya users
+//! create --admin`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+#[path = "../../krya-server/tests/common/s3.rs"]
+mod s3;
 
 fn tiny_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../krya-engine/tests/golden/turbo")
@@ -207,9 +211,15 @@ fn workers_share_a_postgres_queue() {
     pg(&format!("CREATE SCHEMA {schema}"));
     let url = format!("{PG}?options=-c%20search_path%3D{schema}");
     let data = data_dir();
+    // Images go to S3 (moto): the workers and the server share no disk.
+    let moto = s3::start_moto();
     let env = [
         ("KRYA__DATABASE__URL", url.clone()),
         ("KRYA__JOBS__IN_PROCESS", "false".to_string()),
+        ("KRYA__STORAGE__URL", format!("s3://{}/k", moto.bucket)),
+        ("KRYA__STORAGE__ENDPOINT", moto.endpoint.clone()),
+        ("KRYA__STORAGE__ACCESS_KEY_ID", "test".into()),
+        ("KRYA__STORAGE__SECRET_ACCESS_KEY", "test".into()),
     ];
     let (_server, base) = serve(data.path(), &env);
     let token = register(&base, "worker@example.com");
@@ -243,11 +253,28 @@ fn workers_share_a_postgres_queue() {
     let g = wait_until(&base, &token, &id, |g| g["status"] == "completed");
     assert_eq!(g["images"].as_array().unwrap().len(), 1);
     assert_eq!(
-        files_under(&data.path().join("blobs/generations").join(&id)),
-        2
+        moto.keys(&format!("k/generations/{id}/")).len(),
+        2,
+        "one PNG and one thumbnail"
     );
+    assert!(
+        !data.path().join("blobs").exists(),
+        "something wrote to the local disk"
+    );
+    // The server serves the image the worker stored.
+    let png = agent()
+        .get(format!("{base}{}", g["images"][0]["url"].as_str().unwrap()))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_vec()
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
 
-    // Two workers share a burst: every job done once.
+    // Two workers share a burst: every job done once, and its events reach the server's
+    // event stream although another process ran it.
+    let events = sse(&base, &token);
     let ids: Vec<String> = (0..8)
         .map(|_| {
             let (s, b) = call(
@@ -266,12 +293,53 @@ fn workers_share_a_postgres_queue() {
         let g = wait_until(&base, &token, id, |g| g["status"] == "completed");
         assert_eq!(g["images"].as_array().unwrap().len(), 1);
     }
+    let mut completed = std::collections::HashSet::new();
+    while completed.len() < ids.len() {
+        let (event, data) = events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("completed events from the workers");
+        if event == "completed" {
+            completed.insert(data["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(completed, ids.iter().cloned().collect());
     let (_, me) = call("GET", &format!("{base}/api/auth/me"), Some(&token), None);
     assert_eq!(me["credits_remaining"], 50 - 9);
     drop(_w2);
     drop(_w3);
     drop(_server);
     pg(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// The server's event stream, read on a thread: `(event, data)` pairs.
+fn sse(base: &str, token: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
+    let r = agent()
+        .get(format!("{base}/api/events"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut event = String::new();
+        for line in BufReader::new(r.into_body().into_reader()).lines() {
+            let Ok(line) = line else { return };
+            if let Some(e) = line.strip_prefix("event:") {
+                event = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:")
+                && tx
+                    .send((
+                        event.clone(),
+                        serde_json::from_str(d.trim()).unwrap_or(Value::Null),
+                    ))
+                    .is_err()
+            {
+                return;
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().0, "ready");
+    rx
 }
 
 fn rand_suffix() -> u128 {
