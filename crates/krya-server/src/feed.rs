@@ -10,7 +10,9 @@ use sqlx::Row;
 
 use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
-use crate::generations::{self, GENERATION_COLUMNS, Generation, Page, internal, invalid};
+use crate::generations::{
+    self, Filter, GENERATION_COLUMNS, Generation, Page, internal, invalid, page_of,
+};
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
@@ -79,24 +81,11 @@ pub async fn feed(
     match q.sort.as_deref().unwrap_or("new") {
         "new" => {
             let page = Page::new(q.limit, q.cursor.as_deref())?;
-            let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.is_public = 1 AND g.status = 'completed' \
-                 AND (g.created_at < $1 OR (g.created_at = $1 AND g.id < $2) OR $3 = 0) \
-                 ORDER BY g.created_at DESC, g.id DESC LIMIT $4"
-            )))
-            .bind(t)
-            .bind(&cid)
-            .bind(page.cursor.is_some() as i64)
-            .bind(page.limit)
-            .fetch_all(&state.db.pool)
-            .await
-            .map_err(internal)?;
-            let gens = rows
-                .iter()
-                .map(Generation::from_row)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(internal)?;
+            let filter = Filter {
+                public_only: true,
+                ..Default::default()
+            };
+            let gens = page_of(&state.db, &filter, &page).await?;
             let next = page.next(&gens);
             Ok(Json(
                 serde_json::json!({"items": items(&state, &gens, viewer.as_ref()).await?, "next_cursor": next}),
@@ -251,25 +240,12 @@ pub async fn profile(
     .ok_or_else(|| ApiError::not_found(format!("no profile @{handle}")))?;
     let uid: String = row.try_get("id").map_err(internal)?;
     let page = Page::new(q.limit, q.cursor.as_deref())?;
-    let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.user_id = $1 AND g.is_public = 1 AND g.status = 'completed' \
-         AND (g.created_at < $2 OR (g.created_at = $2 AND g.id < $3) OR $4 = 0) \
-         ORDER BY g.created_at DESC, g.id DESC LIMIT $5"
-    )))
-    .bind(&uid)
-    .bind(t)
-    .bind(&cid)
-    .bind(page.cursor.is_some() as i64)
-    .bind(page.limit)
-    .fetch_all(&state.db.pool)
-    .await
-    .map_err(internal)?;
-    let gens = rows
-        .iter()
-        .map(Generation::from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(internal)?;
+    let filter = Filter {
+        user_id: Some(&uid),
+        public_only: true,
+        ..Default::default()
+    };
+    let gens = page_of(&state.db, &filter, &page).await?;
     let stats = sqlx::query("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(likes_count), 0) AS BIGINT) AS likes FROM generations WHERE user_id = $1 AND is_public = 1 AND status = 'completed'")
         .bind(&uid)
         .fetch_one(&state.db.pool)

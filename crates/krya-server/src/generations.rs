@@ -141,14 +141,7 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             "must be at most 4000 characters",
         ));
     }
-    let (data_dir, local) = (
-        state.config.server.data_dir.clone(),
-        state.config.models.local.clone(),
-    );
-    let models = tokio::task::spawn_blocking(move || registry::list(&data_dir, &local))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    let models = offered_models(state).await?;
     let entry = match &r.model {
         Some(id) => models
             .iter()
@@ -814,6 +807,61 @@ impl Page {
     }
 }
 
+/// Which generations a listing shows; `None`/`false`: no condition.
+#[derive(Default)]
+pub(crate) struct Filter<'a> {
+    pub user_id: Option<&'a str>,
+    /// Only completed public generations (the feed, profiles).
+    pub public_only: bool,
+    pub model: Option<&'a str>,
+    pub status: Option<&'a str>,
+}
+
+/// One page of generations, newest first, after the page's cursor.
+pub(crate) async fn page_of(
+    db: &Db,
+    f: &Filter<'_>,
+    page: &Page,
+) -> Result<Vec<Generation>, ApiError> {
+    let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {GENERATION_COLUMNS} FROM generations g \
+         WHERE ($1 = '' OR g.user_id = $1) AND ($2 = 0 OR (g.is_public = 1 AND g.status = 'completed')) \
+         AND ($3 = '' OR g.model = $3) AND ($4 = '' OR g.status = $4) \
+         AND (g.created_at < $5 OR (g.created_at = $5 AND g.id < $6) OR $7 = 0) \
+         ORDER BY g.created_at DESC, g.id DESC LIMIT $8"
+    )))
+    .bind(f.user_id.unwrap_or(""))
+    .bind(f.public_only as i64)
+    .bind(f.model.unwrap_or(""))
+    .bind(f.status.unwrap_or(""))
+    .bind(t)
+    .bind(&cid)
+    .bind(page.cursor.is_some() as i64)
+    .bind(page.limit)
+    .fetch_all(&db.pool)
+    .await
+    .map_err(internal)?;
+    rows.iter()
+        .map(Generation::from_row)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(internal)
+}
+
+/// Every model this server offers (curated and local), with installed state.
+pub(crate) async fn offered_models(
+    state: &AppState,
+) -> Result<Vec<registry::ModelEntry>, ApiError> {
+    let (data_dir, local) = (
+        state.config.server.data_dir.clone(),
+        state.config.models.local.clone(),
+    );
+    tokio::task::spawn_blocking(move || registry::list(&data_dir, &local))
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+}
+
 #[utoipa::path(get, path = "/api/generate/images", tag = "generation", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("model" = Option<String>, Query), ("status" = Option<String>, Query)), responses((status = 200, description = "The caller's generations, newest first", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -822,28 +870,13 @@ pub async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let page = Page::new(q.limit, q.cursor.as_deref())?;
-    let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.user_id = $1 \
-         AND (g.created_at < $2 OR (g.created_at = $2 AND g.id < $3) OR $4 = 0) \
-         AND ($5 = '' OR g.model = $5) AND ($6 = '' OR g.status = $6) \
-         ORDER BY g.created_at DESC, g.id DESC LIMIT $7"
-    )))
-    .bind(&user.id)
-    .bind(t)
-    .bind(&cid)
-    .bind(page.cursor.is_some() as i64)
-    .bind(q.model.unwrap_or_default())
-    .bind(q.status.unwrap_or_default())
-    .bind(page.limit)
-    .fetch_all(&state.db.pool)
-    .await
-    .map_err(internal)?;
-    let gens = rows
-        .iter()
-        .map(Generation::from_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(internal)?;
+    let filter = Filter {
+        user_id: Some(&user.id),
+        model: q.model.as_deref(),
+        status: q.status.as_deref(),
+        ..Default::default()
+    };
+    let gens = page_of(&state.db, &filter, &page).await?;
     let mut items = Vec::new();
     for g in &gens {
         items.push(view(&state, g, false).await?);
@@ -1010,14 +1043,7 @@ pub async fn remix_response(state: &AppState, id: &str) -> Result<Response, ApiE
 
 #[utoipa::path(get, path = "/api/models", tag = "generation", responses((status = 200, description = "Curated and local models with installed state", body = Object)))]
 pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let (data_dir, local) = (
-        state.config.server.data_dir.clone(),
-        state.config.models.local.clone(),
-    );
-    let models = tokio::task::spawn_blocking(move || registry::list(&data_dir, &local))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    let models = offered_models(&state).await?;
     Ok(Json(serde_json::json!({"models": models})))
 }
 

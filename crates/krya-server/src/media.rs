@@ -181,6 +181,33 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// Middleware: a request whose declared body exceeds `limit` bytes (uploads have their own
+/// limit) is answered 413 after its body is drained, so the client reads the answer.
+pub async fn limit_body(
+    axum::extract::State(limit): axum::extract::State<u64>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limit && req.uri().path() != "/api/assets" => {
+            if len <= DRAIN_CAP {
+                let _ = read_limited(req.into_body(), 0).await;
+            }
+            ApiError::new(
+                ErrorCode::TooLarge,
+                format!("body: requests are limited to {limit} bytes"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 /// Bytes of an over-limit body read and thrown away before answering 413, so a client
 /// that is still sending gets the answer instead of a reset connection.
 const DRAIN_CAP: u64 = 64 << 20;

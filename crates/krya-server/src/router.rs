@@ -66,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            limit as u64,
+            media::limit_body,
+        ))
         .layer(axum::middleware::from_fn(crate::error::request_id))
         .with_state(state)
 }
