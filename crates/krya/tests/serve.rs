@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 #[path = "../../krya-server/tests/common/s3.rs"]
 mod s3;
+#[path = "../../krya-server/tests/common/mod.rs"]
+mod common;
 
 fn tiny_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../krya-engine/tests/golden/turbo")
@@ -186,30 +188,11 @@ fn server_killed_mid_job_finishes_it_after_restart() {
     assert_eq!(usage["credits_used_today"], 1);
 }
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn pg(sql: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(PG)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (database test)");
-        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(&pool)
-            .await
-            .unwrap();
-    });
-}
-
 #[test]
 fn workers_share_a_postgres_queue() {
     let schema = format!("krya_cli_{}_{}", std::process::id(), rand_suffix());
-    pg(&format!("CREATE SCHEMA {schema}"));
-    let url = format!("{PG}?options=-c%20search_path%3D{schema}");
+    common::pg_exec(format!("CREATE SCHEMA {schema}"));
+    let url = format!("{}?options=-c%20search_path%3D{schema}", common::PG);
     let data = data_dir();
     // Images go to S3 (moto): the workers and the server share no disk.
     let moto = s3::start_moto();
@@ -308,7 +291,7 @@ fn workers_share_a_postgres_queue() {
     drop(_w2);
     drop(_w3);
     drop(_server);
-    pg(&format!("DROP SCHEMA {schema} CASCADE"));
+    common::pg_exec(format!("DROP SCHEMA {schema} CASCADE"));
 }
 
 /// The server's event stream, read on a thread: `(event, data)` pairs.
