@@ -421,10 +421,11 @@ async fn submit(
         jobs::enqueue(
             &mut tx,
             &random_id(),
-            "image",
+            jobs::IMAGE,
             &id,
             &user.id,
             state.config.jobs.max_attempts as i64,
+            None,
         )
         .await
         .map_err(internal)?;
@@ -598,7 +599,14 @@ impl Db {
             return Ok(false);
         }
         Db::cancel_jobs(&mut *tx, &g.id).await?;
-        refund(tx, g).await?;
+        refund(&mut *tx, g).await?;
+        crate::webhooks::enqueue(
+            tx,
+            g,
+            "cancelled",
+            &serde_json::json!({"status": "cancelled"}),
+        )
+        .await?;
         Ok(true)
     }
 }
@@ -940,7 +948,7 @@ pub async fn delete_one(
     for sql in [
         "DELETE FROM images WHERE generation_id = $1",
         "DELETE FROM likes WHERE generation_id = $1",
-        "DELETE FROM jobs WHERE ref_id = $1",
+        "DELETE FROM jobs WHERE ref_id = $1 AND kind = 'image'",
         "DELETE FROM generations WHERE id = $1",
     ] {
         sqlx::query(sql)

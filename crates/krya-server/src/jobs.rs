@@ -21,6 +21,10 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Job kinds.
+pub const IMAGE: &str = "image";
+pub const WEBHOOK: &str = "webhook";
+
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: String,
@@ -30,32 +34,39 @@ pub struct Claimed {
     /// Including this one.
     pub attempts: i64,
     pub max_attempts: i64,
+    pub payload: Option<String>,
 }
 
 /// The runnable jobs: pending and due, or processing with an expired lease.
 const RUNNABLE: &str = "((j.status = 'pending' AND j.run_after <= $1) OR (j.status = 'processing' AND j.lease_expires_at < $1))";
 
-/// When each user was last served (their most recent claim).
-const SERVED: &str = "served AS (SELECT user_id, MAX(claimed_at) AS last FROM jobs WHERE claimed_at IS NOT NULL GROUP BY user_id)";
-
-/// Runnable jobs with their fair-order key `(rn, last, seq)`: rank within the user's
-/// runnable jobs, then the user served longest ago (never: first), then submission order.
-fn ranked_cte() -> String {
+/// Runnable jobs of `kind` with their fair-order key `(rn, last, seq)`: rank within the
+/// user's runnable jobs, then the user served longest ago (never: first; `last` is their
+/// latest claim), then submission order.
+fn ranked_cte(kind: &str) -> String {
+    // Kinds are the server's own constants; never user input.
+    assert!(
+        kind.chars().all(|c| c.is_ascii_lowercase()),
+        "job kind {kind:?}"
+    );
     format!(
-        "WITH {SERVED}, ranked AS (SELECT j.seq, j.ref_id, j.status, ROW_NUMBER() OVER (PARTITION BY j.user_id ORDER BY j.seq) AS rn, \
-         COALESCE(s.last, 0) AS last FROM jobs j LEFT JOIN served s ON s.user_id = j.user_id WHERE {RUNNABLE})"
+        "WITH served AS (SELECT user_id, MAX(claimed_at) AS last FROM jobs WHERE claimed_at IS NOT NULL AND kind = '{kind}' GROUP BY user_id), \
+         ranked AS (SELECT j.seq, j.ref_id, j.status, ROW_NUMBER() OVER (PARTITION BY j.user_id ORDER BY j.seq) AS rn, \
+         COALESCE(s.last, 0) AS last FROM jobs j LEFT JOIN served s ON s.user_id = j.user_id WHERE {RUNNABLE} AND j.kind = '{kind}')"
     )
 }
 
-/// The next runnable job in fair order (`extra`: a locking clause).
-fn fair_order_sql(extra: &str) -> String {
+/// The next runnable job of `kind` in fair order (`extra`: a locking clause).
+fn fair_order_sql(kind: &str, extra: &str) -> String {
     format!(
-        "{} SELECT j.id, j.kind, j.ref_id, j.user_id, j.attempts, j.max_attempts FROM jobs j JOIN ranked r ON r.seq = j.seq \
+        "{} SELECT j.id, j.kind, j.ref_id, j.user_id, j.attempts, j.max_attempts, j.payload FROM jobs j JOIN ranked r ON r.seq = j.seq \
          WHERE {RUNNABLE} ORDER BY r.rn, r.last, j.seq LIMIT 1{extra}",
-        ranked_cte()
+        ranked_cte(kind)
     )
 }
 
+/// Adds a job in the caller's transaction. `payload`: what the job needs besides `ref_id`.
+#[allow(clippy::too_many_arguments)]
 pub async fn enqueue(
     tx: &mut sqlx::AnyConnection,
     id: &str,
@@ -63,15 +74,17 @@ pub async fn enqueue(
     ref_id: &str,
     user_id: &str,
     max_attempts: i64,
+    payload: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     let t = now_ms();
-    sqlx::query("INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, created_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $6)")
+    sqlx::query("INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, payload, created_at) VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $6)")
         .bind(id)
         .bind(kind)
         .bind(ref_id)
         .bind(user_id)
         .bind(max_attempts)
         .bind(t)
+        .bind(payload)
         .execute(tx)
         .await?;
     Ok(())
@@ -83,6 +96,7 @@ impl Db {
         &self,
         owner: &str,
         lease_ms: i64,
+        kind: &str,
     ) -> Result<Option<Claimed>, sqlx::Error> {
         // A lost race (another worker took the job between our read and write, possible on
         // SQLite shared by several processes) is retried a few times.
@@ -94,7 +108,7 @@ impl Db {
             } else {
                 ""
             };
-            let row = sqlx::query(sqlx::AssertSqlSafe(fair_order_sql(lock)))
+            let row = sqlx::query(sqlx::AssertSqlSafe(fair_order_sql(kind, lock)))
                 .bind(now)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -109,6 +123,7 @@ impl Db {
                 user_id: row.try_get("user_id")?,
                 attempts: row.try_get("attempts")?,
                 max_attempts: row.try_get("max_attempts")?,
+                payload: row.try_get("payload")?,
             };
             let done = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE jobs SET status = 'processing', lease_owner = $2, lease_expires_at = $3, claimed_at = $1, attempts = attempts + 1 \
@@ -202,7 +217,7 @@ impl Db {
         let sql = format!(
             "{} SELECT me.status AS status, (SELECT COUNT(*) FROM ranked r WHERE r.rn < me.rn OR (r.rn = me.rn AND (r.last < me.last OR (r.last = me.last AND r.seq < me.seq)))) AS ahead \
              FROM ranked me WHERE me.ref_id = $2",
-            ranked_cte()
+            ranked_cte(IMAGE)
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now_ms())

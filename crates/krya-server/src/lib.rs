@@ -124,6 +124,19 @@ fn worker_for(state: &AppState) -> Arc<worker::Worker> {
     })
 }
 
+/// Starts delivering queued webhooks (every process does; the queue shares them out).
+fn spawn_dispatcher(
+    state: &AppState,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(webhooks::dispatch(
+        state.db.clone(),
+        format!("hooks-{}", worker::worker_id()),
+        std::time::Duration::from_millis(state.config.jobs.poll_ms),
+        stop,
+    ))
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then drains open requests.
 /// Jobs run in this process too unless `jobs.in_process` is off.
 pub async fn launch(
@@ -135,6 +148,8 @@ pub async fn launch(
     let state = state(config, stop_rx).await?;
     let worker = state.config.jobs.in_process.then(|| worker_for(&state));
     let handle = worker.clone().map(|w| tokio::spawn(w.run()));
+    let hooks_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hooks = spawn_dispatcher(&state, hooks_stop.clone());
     // Client addresses reach handlers (login throttling per address).
     let app = router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
@@ -143,6 +158,8 @@ pub async fn launch(
             let _ = stop_tx.send(true);
         })
         .await;
+    hooks_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), hooks).await;
     if let (Some(w), Some(h)) = (worker, handle) {
         w.stop();
         // A job stuck inside a long step is left to its lease (it runs again elsewhere).
@@ -161,7 +178,11 @@ pub async fn run_worker(
     let state = state(config, stop_rx).await?;
     let w = worker_for(&state);
     let handle = tokio::spawn(w.clone().run());
+    let hooks_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hooks = spawn_dispatcher(&state, hooks_stop.clone());
     shutdown.await;
+    hooks_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), hooks).await;
     w.stop();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await;
     Ok(())

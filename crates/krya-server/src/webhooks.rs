@@ -2,8 +2,9 @@
 //! the event, signed the Standard Webhooks way (as Replicate does): headers `webhook-id`,
 //! `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256>` over
 //! `"{id}.{timestamp}.{body}"`, keyed by the user's secret (`GET /api/user/webhook-secret`,
-//! `whsec_` + base64). A failed delivery (network error or non-2xx) is retried with
-//! exponential backoff.
+//! `whsec_` + base64). Deliveries are jobs in the durable queue, enqueued in the same
+//! transaction that ends the generation, so none is lost when a process dies; a failed one
+//! (network error or non-2xx) is retried with exponential backoff.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use sqlx::Row;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::generations::{Generation, internal};
+
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
@@ -73,58 +75,111 @@ pub async fn get_secret(
     Ok(Json(serde_json::json!({"secret": s})))
 }
 
-/// Sends `event` for `g` to its webhook URL in the background (no-op without one).
-pub async fn deliver(db: &Db, g: &Generation, event: &str, data: serde_json::Value) {
-    let Some(url) = g.webhook_url.clone() else {
-        return;
+/// Queues the `event` delivery for `g` in the caller's transaction (no-op without a URL).
+pub async fn enqueue(
+    tx: &mut sqlx::AnyConnection,
+    g: &Generation,
+    event: &str,
+    data: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let Some(url) = &g.webhook_url else {
+        return Ok(());
     };
-    let secret = match secret(db, &g.user_id).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("webhook for {}: {e}", g.id);
-            return;
-        }
-    };
-    let id = format!("{}-{event}", g.id);
     let mut body = serde_json::json!({"type": format!("generation.{event}"), "id": g.id});
     if let (Some(b), Some(d)) = (body.as_object_mut(), data.as_object()) {
         for (k, v) in d {
             b.insert(k.clone(), v.clone());
         }
     }
-    let body = body.to_string();
-    tokio::spawn(async move {
-        let mut delay = FIRST_RETRY;
-        for attempt in 1..=ATTEMPTS {
-            let ts = auth::now();
-            let sig = sign(&secret, &id, ts, &body);
-            let (u, b, i) = (url.clone(), body.clone(), id.clone());
-            let sent = tokio::task::spawn_blocking(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                agent
-                    .post(&u)
-                    .header("content-type", "application/json")
-                    .header("webhook-id", &i)
-                    .header("webhook-timestamp", ts.to_string())
-                    .header("webhook-signature", &sig)
-                    .send(b)
-                    .map(|r| r.status().as_u16())
-            })
-            .await;
-            match sent {
-                Ok(Ok(s)) if (200..300).contains(&s) => return,
-                Ok(Ok(s)) => eprintln!("webhook {id} attempt {attempt}: HTTP {s}"),
-                Ok(Err(e)) => eprintln!("webhook {id} attempt {attempt}: {e}"),
-                Err(e) => eprintln!("webhook {id} attempt {attempt}: {e}"),
+    let payload = serde_json::json!({"url": url, "webhook_id": format!("{}-{event}", g.id), "body": body.to_string()});
+    crate::jobs::enqueue(
+        tx,
+        &crate::generations::random_id(),
+        crate::jobs::WEBHOOK,
+        &g.id,
+        &g.user_id,
+        ATTEMPTS as i64,
+        Some(&payload.to_string()),
+    )
+    .await
+}
+
+/// Delivers queued webhooks until `stop` is set (runs in `krya serve` and `krya worker`).
+pub async fn dispatch(
+    db: Db,
+    owner: String,
+    poll: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::SeqCst) {
+        match db.claim_job(&owner, 60_000, crate::jobs::WEBHOOK).await {
+            Ok(Some(job)) => {
+                if let Err(e) = deliver(&db, &owner, &job).await {
+                    // The lease runs out and the delivery is tried again.
+                    eprintln!("webhook {}: {e}", job.id);
+                }
             }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+            Ok(None) => tokio::time::sleep(poll).await,
+            Err(e) => {
+                eprintln!("claiming a webhook: {e}");
+                tokio::time::sleep(poll).await;
+            }
         }
-    });
+    }
+}
+
+async fn deliver(db: &Db, owner: &str, job: &crate::jobs::Claimed) -> Result<(), sqlx::Error> {
+    let p: serde_json::Value =
+        serde_json::from_str(job.payload.as_deref().unwrap_or("{}")).unwrap_or_default();
+    let (url, id, body) = (
+        p["url"].as_str().unwrap_or_default().to_string(),
+        p["webhook_id"].as_str().unwrap_or_default().to_string(),
+        p["body"].as_str().unwrap_or_default().to_string(),
+    );
+    let secret = secret(db, &job.user_id).await?;
+    let ts = auth::now();
+    let sig = sign(&secret, &id, ts, &body);
+    let sent = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", &sig)
+            .send(body)
+            .map(|r| r.status().as_u16())
+    })
+    .await;
+    let failure = match sent {
+        Ok(Ok(s)) if (200..300).contains(&s) => None,
+        Ok(Ok(s)) => Some(format!("HTTP {s}")),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    let mut tx = db.pool.begin().await?;
+    match failure {
+        None => {
+            Db::finish_job(&mut tx, &job.id, owner, "completed", None).await?;
+        }
+        Some(e) if job.attempts < job.max_attempts => {
+            let delay = FIRST_RETRY.as_millis() as i64 * (1i64 << (job.attempts - 1).clamp(0, 16));
+            Db::retry_job(&mut tx, &job.id, owner, delay, &e).await?;
+        }
+        Some(e) => {
+            eprintln!(
+                "webhook {}: giving up after {} attempts: {e}",
+                job.id, job.attempts
+            );
+            Db::finish_job(&mut tx, &job.id, owner, "failed", Some(&e)).await?;
+        }
+    }
+    tx.commit().await
 }
 
 #[cfg(test)]

@@ -73,7 +73,11 @@ impl Worker {
     /// Runs jobs until `stop` is set, finishing (or handing back) the current one first.
     pub async fn run(self: Arc<Self>) {
         while !self.stopping.load(Ordering::SeqCst) {
-            match self.db.claim_job(&self.id, self.lease_ms()).await {
+            match self
+                .db
+                .claim_job(&self.id, self.lease_ms(), crate::jobs::IMAGE)
+                .await
+            {
                 Ok(Some(job)) => {
                     if let Err(e) = self.process(&job).await {
                         // The lease runs out and the job is tried again.
@@ -298,24 +302,16 @@ impl Worker {
             }
             keys.push((png, thumb));
         }
-        let won = self
+        let data = self
             .commit_images(job, g, &outputs, &keys)
             .await
             .map_err(|e| e.to_string())?;
-        if !won {
+        let Some(data) = data else {
             self.delete_blobs(keys.iter().flat_map(|(a, b)| [a, b]))
                 .await;
             return Ok(());
-        }
-        let images = self.db.images(&g.id).await.map_err(|e| e.to_string())?;
-        let images: Vec<_> = images
-            .iter()
-            .map(|i| serde_json::json!({"id": i.id, "url": format!("/api/images/{}", i.id), "thumbnail_url": format!("/api/images/{}/thumbnail", i.id), "width": i.width, "height": i.height, "seed": i.seed}))
-            .collect();
-        let data = serde_json::json!({"status": "completed", "images": images});
-        self.bus
-            .publish(&g.user_id, "completed", &g.id, data.clone());
-        webhooks::deliver(&self.db, g, "completed", data).await;
+        };
+        self.bus.publish(&g.user_id, "completed", &g.id, data);
         Ok(())
     }
 
@@ -325,10 +321,10 @@ impl Worker {
         g: &Generation,
         outputs: &[Output],
         keys: &[(String, String)],
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<serde_json::Value>, sqlx::Error> {
         let mut tx = self.db.pool.begin().await?;
         if !Db::finish_job(&mut tx, &job.id, &self.id, "completed", None).await? {
-            return Ok(false);
+            return Ok(None);
         }
         let (w, h) = outputs
             .first()
@@ -342,11 +338,14 @@ impl Worker {
             .execute(&mut *tx)
             .await?;
         if r.rows_affected() != 1 {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut images = Vec::new();
         for (i, (o, (png, thumb))) in outputs.iter().zip(keys).enumerate() {
+            let id = random_id();
+            images.push(serde_json::json!({"id": id, "url": format!("/api/images/{id}"), "thumbnail_url": format!("/api/images/{id}/thumbnail"), "width": o.width, "height": o.height, "seed": o.seed}));
             sqlx::query("INSERT INTO images (id, generation_id, idx, seed, width, height, png_key, thumb_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
-                .bind(random_id())
+                .bind(&id)
                 .bind(&g.id)
                 .bind(i as i64)
                 .bind(o.seed as i64)
@@ -357,8 +356,10 @@ impl Worker {
                 .execute(&mut *tx)
                 .await?;
         }
+        let data = serde_json::json!({"status": "completed", "images": images});
+        webhooks::enqueue(&mut tx, g, "completed", &data).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(data))
     }
 
     async fn delete_blobs<'a>(&self, keys: impl Iterator<Item = &'a String>) {
@@ -377,6 +378,8 @@ impl Worker {
         code: &str,
         message: &str,
     ) -> Result<(), String> {
+        let data =
+            serde_json::json!({"status": "failed", "error": {"code": code, "message": message}});
         let ended = async {
             let mut tx = self.db.pool.begin().await?;
             if !Db::finish_job(&mut tx, &job.id, &self.id, "failed", Some(message)).await? {
@@ -393,15 +396,14 @@ impl Worker {
                 return Ok(false);
             }
             refund(&mut tx, g).await?;
+            webhooks::enqueue(&mut tx, g, "failed", &data).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(true)
         }
         .await
         .map_err(|e| e.to_string())?;
         if ended {
-            let data = serde_json::json!({"status": "failed", "error": {"code": code, "message": message}});
-            self.bus.publish(&g.user_id, "failed", &g.id, data.clone());
-            webhooks::deliver(&self.db, g, "failed", data).await;
+            self.bus.publish(&g.user_id, "failed", &g.id, data);
         }
         Ok(())
     }

@@ -28,9 +28,17 @@ async fn enqueue(db: &Db, user: &str, n: usize) -> Vec<String> {
     for _ in 0..n {
         let id = format!("{:x}", rand::random::<u64>());
         let mut conn = db.pool.acquire().await.unwrap();
-        jobs::enqueue(&mut conn, &id, "test", &format!("ref-{id}"), user, 3)
-            .await
-            .unwrap();
+        jobs::enqueue(
+            &mut conn,
+            &id,
+            jobs::IMAGE,
+            &format!("ref-{id}"),
+            user,
+            3,
+            None,
+        )
+        .await
+        .unwrap();
         ids.push(id);
     }
     ids
@@ -65,7 +73,7 @@ async fn queue_behaviour(db: Db) {
         Some(3)
     );
     let mut order = Vec::new();
-    while let Some(j) = db.claim_job("w1", 60_000).await.unwrap() {
+    while let Some(j) = db.claim_job("w1", 60_000, jobs::IMAGE).await.unwrap() {
         assert_eq!(j.attempts, 1);
         order.push(j.id.clone());
         let mut tx = db.pool.begin().await.unwrap();
@@ -85,14 +93,25 @@ async fn queue_behaviour(db: Db) {
 
     // A lease that runs out is taken over; the first holder can no longer end the job.
     let ids = enqueue(&db, &u1, 1).await;
-    let first = db.claim_job("w-dead", 50).await.unwrap().unwrap();
+    let first = db
+        .claim_job("w-dead", 50, jobs::IMAGE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.id, ids[0]);
     assert!(
-        db.claim_job("w2", 60_000).await.unwrap().is_none(),
+        db.claim_job("w2", 60_000, jobs::IMAGE)
+            .await
+            .unwrap()
+            .is_none(),
         "claimed a leased job"
     );
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
-    let again = db.claim_job("w2", 60_000).await.unwrap().unwrap();
+    let again = db
+        .claim_job("w2", 60_000, jobs::IMAGE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((again.id.as_str(), again.attempts), (ids[0].as_str(), 2));
     assert!(!db.heartbeat(&ids[0], "w-dead", 60_000).await.unwrap());
     assert!(db.heartbeat(&ids[0], "w2", 60_000).await.unwrap());
@@ -108,7 +127,11 @@ async fn queue_behaviour(db: Db) {
             .unwrap()
     );
     tx.commit().await.unwrap();
-    let third = db.claim_job("w3", 60_000).await.unwrap().unwrap();
+    let third = db
+        .claim_job("w3", 60_000, jobs::IMAGE)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(third.attempts, 3);
     let mut tx = db.pool.begin().await.unwrap();
     assert_eq!(Db::cancel_jobs(&mut tx, &third.ref_id).await.unwrap(), 1);
@@ -129,7 +152,11 @@ async fn queue_behaviour(db: Db) {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(j) = db.claim_job(&format!("racer-{w}"), 60_000).await.unwrap() {
+            while let Some(j) = db
+                .claim_job(&format!("racer-{w}"), 60_000, jobs::IMAGE)
+                .await
+                .unwrap()
+            {
                 let mut tx = db.pool.begin().await.unwrap();
                 assert!(
                     Db::finish_job(&mut tx, &j.id, &format!("racer-{w}"), "completed", None)

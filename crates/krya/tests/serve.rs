@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-#[path = "../../krya-server/tests/common/s3.rs"]
-mod s3;
 #[path = "../../krya-server/tests/common/mod.rs"]
 mod common;
+#[path = "../../krya-server/tests/common/s3.rs"]
+mod s3;
 
 fn tiny_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../krya-engine/tests/golden/turbo")

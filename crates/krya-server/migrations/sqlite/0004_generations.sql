@@ -68,6 +68,8 @@ CREATE TABLE jobs (
     -- When the job was last claimed: fair order serves the user served longest ago first.
     claimed_at BIGINT,
     last_error TEXT,
+    -- What the job needs besides ref_id (a webhook's URL and body).
+    payload TEXT,
     created_at BIGINT NOT NULL
 );
 CREATE INDEX idx_jobs_status ON jobs(status, run_after);
