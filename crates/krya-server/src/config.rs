@@ -16,6 +16,7 @@ pub struct Config {
     pub storage: Storage,
     pub models: Models,
     pub jobs: Jobs,
+    pub webhooks: Webhooks,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,6 +92,14 @@ pub struct Jobs {
     pub retry_base_ms: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    /// Allow webhook URLs that resolve to loopback, private or link-local addresses. Off by
+    /// default: on a shared server they would let users probe the host's own network.
+    pub allow_private: bool,
+}
+
 fn default_data_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("KRYA_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
@@ -129,6 +138,9 @@ impl Default for Config {
                 max_attempts: 3,
                 poll_ms: 1000,
                 retry_base_ms: 2000,
+            },
+            webhooks: Webhooks {
+                allow_private: false,
             },
         }
     }
@@ -187,6 +199,11 @@ max_attempts = 3
 poll_ms = 1000
 # First retry delay after a transient error, in milliseconds; doubles each attempt.
 retry_base_ms = 2000
+
+[webhooks]
+# Allow webhook URLs on loopback, private or link-local addresses (refused by default: on a
+# shared server they would let users reach the host's own network).
+allow_private = false
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -240,12 +240,12 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
         }
     }
     if let Some(u) = &r.webhook_url {
-        let ok = (u.starts_with("https://") || u.starts_with("http://"))
-            && u.len() <= 2048
-            && !u.contains(char::is_whitespace);
-        if !ok {
+        if u.len() > 2048 || u.contains(char::is_whitespace) {
             return Err(invalid("webhook_url", "must be an http(s) URL"));
         }
+        crate::webhooks::check_target(u, state.config.webhooks.allow_private)
+            .await
+            .map_err(|e| invalid("webhook_url", e))?;
     }
     let clip_skip = r.clip_skip.unwrap_or(0);
     if clip_skip > 4 {

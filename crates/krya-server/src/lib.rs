@@ -133,6 +133,7 @@ fn spawn_dispatcher(
         state.db.clone(),
         format!("hooks-{}", worker::worker_id()),
         std::time::Duration::from_millis(state.config.jobs.poll_ms),
+        state.config.webhooks.allow_private,
         stop,
     ))
 }

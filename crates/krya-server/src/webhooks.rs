@@ -75,6 +75,79 @@ pub async fn get_secret(
     Ok(Json(serde_json::json!({"secret": s})))
 }
 
+/// Whether an address is one a shared server must not call on a user's behalf.
+pub fn is_private(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets()[0] == 0
+                // 100.64.0.0/10 (carrier-grade NAT)
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                // fc00::/7 unique local, fe80::/10 link local
+                || (v6.segments()[0] & 0xFE00) == 0xFC00
+                || (v6.segments()[0] & 0xFFC0) == 0xFE80
+        }
+    }
+}
+
+/// Checks that `url` (http or https) resolves only to public addresses; the error says why
+/// not. With `allow_private` any resolvable host passes.
+pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
+    let (rest, default_port) = if let Some(r) = url.strip_prefix("https://") {
+        (r, 443)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (r, 80)
+    } else {
+        return Err("must be an http(s) URL".into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("has a malformed IPv6 host")?;
+        let port = after
+            .strip_prefix(':')
+            .map(|p| p.parse::<u16>())
+            .transpose()
+            .map_err(|_| "has a bad port")?;
+        (h.to_string(), port.unwrap_or(default_port))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>().map_err(|_| "has a bad port")?,
+            ),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("host {host:?} does not resolve ({e})"))?
+        .collect();
+    if !allow_private && addrs.iter().any(|a| is_private(a.ip())) {
+        return Err(format!(
+            "{host} is a loopback, private or link-local address (allowed only with webhooks.allow_private)"
+        ));
+    }
+    Ok(())
+}
+
 /// Queues the `event` delivery for `g` in the caller's transaction (no-op without a URL).
 pub async fn enqueue(
     tx: &mut sqlx::AnyConnection,
@@ -109,13 +182,14 @@ pub async fn dispatch(
     db: Db,
     owner: String,
     poll: Duration,
+    allow_private: bool,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use std::sync::atomic::Ordering;
     while !stop.load(Ordering::SeqCst) {
         match db.claim_job(&owner, 60_000, crate::jobs::WEBHOOK).await {
             Ok(Some(job)) => {
-                if let Err(e) = deliver(&db, &owner, &job).await {
+                if let Err(e) = deliver(&db, &owner, &job, allow_private).await {
                     // The lease runs out and the delivery is tried again.
                     eprintln!("webhook {}: {e}", job.id);
                 }
@@ -129,7 +203,12 @@ pub async fn dispatch(
     }
 }
 
-async fn deliver(db: &Db, owner: &str, job: &crate::jobs::Claimed) -> Result<(), sqlx::Error> {
+async fn deliver(
+    db: &Db,
+    owner: &str,
+    job: &crate::jobs::Claimed,
+    allow_private: bool,
+) -> Result<(), sqlx::Error> {
     let p: serde_json::Value =
         serde_json::from_str(job.payload.as_deref().unwrap_or("{}")).unwrap_or_default();
     let (url, id, body) = (
@@ -137,6 +216,12 @@ async fn deliver(db: &Db, owner: &str, job: &crate::jobs::Claimed) -> Result<(),
         p["webhook_id"].as_str().unwrap_or_default().to_string(),
         p["body"].as_str().unwrap_or_default().to_string(),
     );
+    // Checked again at delivery: the name may resolve elsewhere now.
+    if let Err(e) = check_target(&url, allow_private).await {
+        let mut tx = db.pool.begin().await?;
+        Db::finish_job(&mut tx, &job.id, owner, "failed", Some(&e)).await?;
+        return tx.commit().await;
+    }
     let secret = secret(db, &job.user_id).await?;
     let ts = auth::now();
     let sig = sign(&secret, &id, ts, &body);
@@ -184,6 +269,53 @@ async fn deliver(db: &Db, owner: &str, job: &crate::jobs::Claimed) -> Result<(),
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn private_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.9",
+            "172.16.5.5",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(super::is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!super::is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[tokio::test]
+    async fn targets() {
+        use super::check_target;
+        assert!(
+            check_target("http://127.0.0.1:9/x", false)
+                .await
+                .unwrap_err()
+                .contains("allow_private")
+        );
+        assert!(check_target("http://[::1]/x", false).await.is_err());
+        assert!(
+            check_target("http://user@localhost:8080/x", false)
+                .await
+                .is_err()
+        );
+        check_target("http://127.0.0.1:9/x", true).await.unwrap();
+        assert!(check_target("ftp://x", true).await.is_err());
+        assert!(check_target("http://:80/", true).await.is_err());
+        assert!(
+            check_target("http://127.0.0.1:notaport/", true)
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn signature_matches_the_standard_webhooks_example() {
         // The example from the Standard Webhooks specification.

@@ -65,6 +65,8 @@ fn server_with(database_url: Option<String>, adjust: impl FnOnce(&mut Config)) -
     config.jobs.poll_ms = 50;
     config.jobs.lease_secs = 2.0;
     config.jobs.retry_base_ms = 100;
+    // The webhook receiver in these tests is on loopback.
+    config.webhooks.allow_private = true;
     if let Some(url) = database_url {
         config.database.url = url;
     }

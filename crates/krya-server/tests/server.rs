@@ -559,3 +559,42 @@ fn openapi_document_covers_every_endpoint() {
     stop.send(()).unwrap();
     handle.join().unwrap().unwrap();
 }
+
+/// By default a webhook may not target the server's own network.
+#[test]
+fn webhooks_to_private_addresses_are_refused() {
+    let (base, stop, handle, _dir) = start();
+    let a = agent();
+    let mut r = post(
+        &a,
+        &format!("{base}/api/auth/register"),
+        r#"{"email":"w@example.com","password":"password123","name":"W"}"#,
+    );
+    let token = json(&mut r)["access_token"].as_str().unwrap().to_string();
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x",
+        "http://localhost/x",
+    ] {
+        let body =
+            serde_json::json!({"prompt": "x", "model": "sd-turbo", "webhook_url": url}).to_string();
+        let mut r = a
+            .post(format!("{base}/api/generate/image"))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "application/json")
+            .send(&body)
+            .unwrap();
+        assert_eq!(r.status(), 422, "{url}");
+        let e = json(&mut r);
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("webhook_url"),
+            "{e}"
+        );
+    }
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+}
