@@ -156,8 +156,8 @@ pub async fn get_item(
     Ok(Json(item(&state, &g, viewer.as_ref()).await?))
 }
 
-/// `POST /api/feed/:id/like`: toggles the caller's like; the count is recomputed in the
-/// same transaction, so it is exact under concurrent likes.
+/// `POST /api/feed/:id/like`: toggles the caller's like; the count moves by the rows the
+/// same transaction changed, so it stays exact under concurrent likes.
 #[utoipa::path(post, path = "/api/feed/{id}/like", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "{liked, likes_count}", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn like(
     State(state): State<AppState>,
@@ -174,16 +174,21 @@ pub async fn like(
         .await
         .map_err(internal)?
         .rows_affected();
-    if removed == 0 {
+    let added = if removed == 0 {
         sqlx::query("INSERT INTO likes (user_id, generation_id, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(&user.id)
             .bind(&g.id)
             .bind(auth::now())
             .execute(&mut *tx)
             .await
-            .map_err(internal)?;
-    }
-    sqlx::query("UPDATE generations SET likes_count = (SELECT COUNT(*) FROM likes WHERE generation_id = $1) WHERE id = $1")
+            .map_err(internal)?
+            .rows_affected()
+    } else {
+        0
+    };
+    // A delta, not a recount: a recount's snapshot can miss a like committed meanwhile.
+    sqlx::query("UPDATE generations SET likes_count = likes_count + $1 WHERE id = $2")
+        .bind(added as i64 - removed as i64)
         .bind(&g.id)
         .execute(&mut *tx)
         .await

@@ -224,21 +224,36 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
     if r.mask.is_some() && r.init_image.is_none() {
         return Err(invalid("mask", "needs init_image (the image to inpaint)"));
     }
+    let mut init_size = None;
     for (field, id) in [("init_image", &r.init_image), ("mask", &r.mask)] {
-        if let Some(id) = id
-            && state
-                .db
-                .asset(id, &user.id)
-                .await
-                .map_err(internal)?
-                .is_none()
-        {
-            return Err(invalid(
-                field,
-                format!("no uploaded asset {id:?} (upload with POST /api/assets)"),
-            ));
+        if let Some(id) = id {
+            let asset = state.db.asset(id, &user.id).await.map_err(internal)?;
+            let Some(asset) = asset else {
+                return Err(invalid(
+                    field,
+                    format!("no uploaded asset {id:?} (upload with POST /api/assets)"),
+                ));
+            };
+            if field == "init_image" {
+                init_size = Some((asset.width, asset.height));
+            }
         }
     }
+    // Image-to-image without a size renders at the init image's size (down to multiples
+    // of 8): that is the size to check and to price.
+    let (width, height) = match ((width, height), init_size) {
+        ((0, 0), Some((iw, ih))) => {
+            let (w, h) = ((iw / 8 * 8) as u32, (ih / 8 * 8) as u32);
+            if !(8..=2048).contains(&w) || !(8..=2048).contains(&h) {
+                return Err(invalid(
+                    "init_image",
+                    format!("is {iw}x{ih}; give width and height (at most 2048) to scale it"),
+                ));
+            }
+            (w, h)
+        }
+        (size, _) => size,
+    };
     if let Some(u) = &r.webhook_url {
         if u.len() > 2048 || u.contains(char::is_whitespace) {
             return Err(invalid("webhook_url", "must be an http(s) URL"));
@@ -261,7 +276,13 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
         batch,
         is_public: r.is_public.unwrap_or(false),
         webhook_url: r.webhook_url,
-        cost: cost(width, height, batch),
+        // Unknown size (the model's default): priced at its native resolution.
+        cost: if width == 0 {
+            let r = entry.resolution.unwrap_or(512);
+            cost(r, r, batch)
+        } else {
+            cost(width, height, batch)
+        },
         params: Params {
             steps: r.steps.or(entry.default_steps),
             cfg_scale: r.cfg_scale.or(entry.default_cfg),
@@ -590,6 +611,8 @@ impl Db {
         tx: &mut sqlx::AnyConnection,
         g: &Generation,
     ) -> Result<bool, sqlx::Error> {
+        // Jobs first, then the generation: the same lock order as the worker's.
+        Db::cancel_jobs(&mut *tx, &g.id).await?;
         let r = sqlx::query("UPDATE generations SET status = 'cancelled', completed_at = $1 WHERE id = $2 AND status IN ('pending', 'processing')")
             .bind(now())
             .bind(&g.id)
@@ -598,7 +621,6 @@ impl Db {
         if r.rows_affected() != 1 {
             return Ok(false);
         }
-        Db::cancel_jobs(&mut *tx, &g.id).await?;
         refund(&mut *tx, g).await?;
         crate::webhooks::enqueue(
             tx,

@@ -199,12 +199,13 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Cancels the jobs working on `ref_id` that have not ended; returns how many.
+    /// Cancels the image jobs working on `ref_id` that have not ended (webhook deliveries
+    /// are left to run); returns how many.
     pub async fn cancel_jobs(
         tx: &mut sqlx::AnyConnection,
         ref_id: &str,
     ) -> Result<u64, sqlx::Error> {
-        let r = sqlx::query("UPDATE jobs SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL WHERE ref_id = $1 AND status IN ('pending', 'processing')")
+        let r = sqlx::query("UPDATE jobs SET status = 'cancelled', lease_owner = NULL, lease_expires_at = NULL WHERE ref_id = $1 AND kind = 'image' AND status IN ('pending', 'processing')")
             .bind(ref_id)
             .execute(tx)
             .await?;

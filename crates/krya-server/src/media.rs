@@ -321,10 +321,11 @@ async fn serve_image(
         if download { "attachment" } else { "inline" },
         if thumbnail { "-thumb" } else { "" }
     );
+    // Short: a generation made private must stop being served from caches soon.
     let cache = if public {
-        "public, max-age=300"
+        "public, max-age=60"
     } else {
-        "private, max-age=300"
+        "private, max-age=60"
     };
     Ok((
         [

@@ -229,6 +229,8 @@ async fn deliver(
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .http_status_as_error(false)
+            // A redirect could point at an address the check refused.
+            .max_redirects(0)
             .build()
             .into();
         agent

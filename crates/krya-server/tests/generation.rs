@@ -61,7 +61,7 @@ fn server_with(database_url: Option<String>, adjust: impl FnOnce(&mut Config)) -
     let mut config = Config::default();
     config.server.data_dir = dir.path().to_path_buf();
     config.server.max_upload_bytes = 2 * 1024 * 1024;
-    config.server.max_upload_pixels = 1024 * 1024;
+    config.server.max_upload_pixels = 4 * 1024 * 1024;
     config.jobs.poll_ms = 50;
     config.jobs.lease_secs = 2.0;
     config.jobs.retry_base_ms = 100;
@@ -818,6 +818,56 @@ fn uploads_img2img_and_bad_input(s: &Server) {
     assert!(
         png_rgb(&png).as_raw() == expected[0].as_raw(),
         "img2img result differs from the engine's"
+    );
+
+    // Image-to-image without a size renders, and is priced, at the init image's size.
+    let png = |w: u32, h: u32| {
+        let mut out = Vec::new();
+        image::RgbImage::from_pixel(w, h, image::Rgb([40, 90, 160]))
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    };
+    let (st, big) = a.upload(png(2048, 1024), "image/png");
+    assert_eq!(st, 201, "{big}");
+    let credits = a.credits();
+    // `broken` fails at load, so nothing renders at this size on the tiny model.
+    let (st, sub) = a.post(
+        "/api/generate/image",
+        json!({"prompt": "x", "model": "broken", "init_image": big["id"], "batch_size": 2}),
+    );
+    assert_eq!(st, 202, "{sub}");
+    let g = a
+        .get(&format!(
+            "/api/generate/image/{}",
+            sub["id"].as_str().unwrap()
+        ))
+        .1;
+    assert_eq!(
+        (
+            g["width"].as_i64(),
+            g["height"].as_i64(),
+            g["credits_used"].as_i64()
+        ),
+        (Some(2048), Some(1024), Some(4)),
+        "2 images of 2 started megapixels: {g}"
+    );
+    // (The failure may already have refunded them: it comes fast.)
+    assert_eq!(a.wait(sub["id"].as_str().unwrap())["status"], "failed");
+    assert_eq!(a.credits(), credits, "not refunded");
+    let (st, wide) = a.upload(png(3000, 1000), "image/png");
+    assert_eq!(st, 201);
+    let (st, e) = a.post(
+        "/api/generate/image",
+        json!({"prompt": "x", "model": "tiny", "init_image": wide["id"]}),
+    );
+    assert_eq!(st, 422);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("init_image"),
+        "{e}"
     );
 
     // Uploads: bombs, truncation, non-images, size.
