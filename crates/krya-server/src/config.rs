@@ -32,6 +32,8 @@ pub struct Server {
     pub max_upload_bytes: u64,
     /// Most pixels an uploaded image may have (checked before decoding).
     pub max_upload_pixels: u64,
+    /// How often an open event stream re-checks its token, in seconds.
+    pub stream_auth_check_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -119,6 +121,7 @@ impl Default for Config {
                 max_body_bytes: 20 * 1024 * 1024,
                 max_upload_bytes: 20 * 1024 * 1024,
                 max_upload_pixels: 4096 * 4096,
+                stream_auth_check_secs: 30.0,
             },
             database: Database { url: String::new() },
             storage: Storage {
@@ -163,6 +166,9 @@ max_body_bytes = 20971520
 # (read from its header before decoding).
 max_upload_bytes = 20971520
 max_upload_pixels = 16777216
+# How often an open event stream (/api/events) re-checks its token, in seconds: a stream
+# opened with a token that was since revoked or expired ends.
+stream_auth_check_secs = 30.0
 
 [database]
 # Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".

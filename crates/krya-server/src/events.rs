@@ -157,8 +157,23 @@ pub async fn stream(
     let hello =
         futures_util::stream::once(async { Ok(Event::default().event("ready").data("{}")) });
     let mut stop = state.shutting_down.clone();
+    // The stream ends when the server shuts down, or when the token it was opened with
+    // stops being valid (logout, revoked key, expiry): EventSource clients reconnect
+    // with their current credentials.
+    let every = Duration::from_secs_f64(state.config.server.stream_auth_check_secs.max(0.05));
     let ended = async move {
-        let _ = stop.wait_for(|down| *down).await;
+        let revoked = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if auth::current_user(&state, &headers).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|down| *down) => {}
+            _ = revoked => {}
+        }
     };
     Ok(Sse::new(hello.chain(events).take_until(ended))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

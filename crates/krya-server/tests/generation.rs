@@ -65,6 +65,7 @@ fn server_with(database_url: Option<String>, adjust: impl FnOnce(&mut Config)) -
     config.jobs.poll_ms = 50;
     config.jobs.lease_secs = 2.0;
     config.jobs.retry_base_ms = 100;
+    config.server.stream_auth_check_secs = 0.2;
     // The webhook receiver in these tests is on loopback.
     config.webhooks.allow_private = true;
     if let Some(url) = database_url {
@@ -453,7 +454,7 @@ fn sse(c: &Client) -> std::sync::mpsc::Receiver<(String, Value)> {
 
 fn events_cancel_credits_and_failures(s: &Server) {
     let a = Client::register(&s.base, "ann@example.com");
-    let b = Client::register(&s.base, "bob@example.com");
+    let mut b = Client::register(&s.base, "bob@example.com");
     let a_events = sse(&a);
     let b_events = sse(&b);
     let (st, sub) = a.post("/api/generate/image", json!({"prompt": "a boat", "model": "tiny", "width": 64, "height": 64, "steps": 4, "seed": 3}));
@@ -489,6 +490,21 @@ fn events_cancel_credits_and_failures(s: &Server) {
         b_events.try_recv().is_err(),
         "user B received user A's events"
     );
+    // B signs out: B's open stream ends (the reader thread's channel closes).
+    assert_eq!(b.post("/api/auth/logout", Value::Null).0, 204);
+    assert!(
+        matches!(
+            b_events.recv_timeout(Duration::from_secs(10)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        ),
+        "a stream outlived its revoked token"
+    );
+    let (st, again) = b.post(
+        "/api/auth/login",
+        json!({"email": "bob@example.com", "password": "password123"}),
+    );
+    assert_eq!(st, 200);
+    b.token = again["access_token"].as_str().unwrap().to_string();
 
     // Cancel a long job while it runs: refunded, no images, the worker moves on.
     let credits = a.credits();
