@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::db::User;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, internal, invalid};
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 
@@ -27,7 +27,7 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
@@ -40,14 +40,6 @@ fn token_hash(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::Internal, e.to_string())
-}
-
-fn invalid(field: &str, message: &str) -> ApiError {
-    ApiError::new(ErrorCode::InvalidInput, format!("{field}: {message}"))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -65,6 +65,16 @@ impl ApiError {
     }
 }
 
+/// An internal error (logged with the request id, never sent).
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+/// A validation error naming its field: `"{field}: {message}"`.
+pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::InvalidInput, format!("{field}: {message}"))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, status) = self.code.info();

@@ -21,19 +21,20 @@ use crate::error::{ApiError, ErrorCode};
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, jobs, registry};
 
-pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::Internal, e.to_string())
-}
+pub(crate) use crate::error::{internal, invalid};
 
-pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::InvalidInput, format!("{field}: {message}"))
-}
-
+/// A new row id: 12 random bytes in hex.
 pub(crate) fn random_id() -> String {
-    use rand::RngCore;
-    let mut buf = [0u8; 12];
-    rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    auth::random_hex(12)
+}
+
+/// An image as the API shows it (generation views, `completed` events, webhooks).
+pub fn image_json(id: &str, width: i64, height: i64, seed: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "url": format!("/api/images/{id}"),
+        "thumbnail_url": format!("/api/images/{id}/thumbnail"),
+        "width": width, "height": height, "seed": seed,
+    })
 }
 
 /// `POST /api/generate/image`, as the seed's §6.3 shows it (plus what the studio sends).
@@ -642,13 +643,7 @@ pub async fn view(
     let images = state.db.images(&g.id).await.map_err(internal)?;
     let images: Vec<_> = images
         .iter()
-        .map(|i| {
-            serde_json::json!({
-                "id": i.id, "url": format!("/api/images/{}", i.id),
-                "thumbnail_url": format!("/api/images/{}/thumbnail", i.id),
-                "width": i.width, "height": i.height, "seed": i.seed,
-            })
-        })
+        .map(|i| image_json(&i.id, i.width, i.height, i.seed))
         .collect();
     let (mut queue_position, mut estimated) = (serde_json::Value::Null, serde_json::Value::Null);
     if with_queue && g.is_active() {

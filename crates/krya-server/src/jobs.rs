@@ -232,15 +232,4 @@ impl Db {
             _ => Ok(None),
         }
     }
-
-    /// Jobs being run now (for estimates).
-    pub async fn running_jobs(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query(
-            "SELECT COUNT(*) AS n FROM jobs WHERE status = 'processing' AND lease_expires_at >= $1",
-        )
-        .bind(now_ms())
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")
-    }
 }

@@ -360,34 +360,35 @@ pub async fn thumbnail(
 /// A WebP thumbnail, at most `max` pixels on its long side (lossless WebP: the image
 /// crate's encoder; small at this size).
 pub fn thumbnail_webp(img: &image::RgbImage, max: u32) -> Result<Vec<u8>, image::ImageError> {
-    let (w, h) = img.dimensions();
-    let s = (max as f64 / w.max(h) as f64).min(1.0);
-    let (tw, th) = (
-        ((w as f64 * s).round() as u32).max(1),
-        ((h as f64 * s).round() as u32).max(1),
-    );
-    let small = image::imageops::resize(img, tw, th, image::imageops::FilterType::Triangle);
+    let small = fit(img, max);
     let mut out = Vec::new();
     image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(
         small.as_raw(),
-        tw,
-        th,
+        small.width(),
+        small.height(),
         image::ExtendedColorType::Rgb8,
     )?;
     Ok(out)
 }
 
+/// `img` scaled down to at most `max` pixels on its long side (a copy when it fits).
+fn fit(img: &image::RgbImage, max: u32) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    if w.max(h) <= max {
+        return img.clone();
+    }
+    let s = max as f64 / w.max(h) as f64;
+    let (tw, th) = (
+        ((w as f64 * s).round() as u32).max(1),
+        ((h as f64 * s).round() as u32).max(1),
+    );
+    image::imageops::resize(img, tw, th, image::imageops::FilterType::Triangle)
+}
+
 /// A small JPEG for progress previews, as a data URL.
 pub fn preview_data_url(img: &image::RgbImage) -> Option<String> {
     use base64::Engine;
-    let (w, h) = img.dimensions();
-    let s = (128.0 / w.max(h) as f64).min(1.0);
-    let small = image::imageops::resize(
-        img,
-        ((w as f64 * s) as u32).max(1),
-        ((h as f64 * s) as u32).max(1),
-        image::imageops::FilterType::Triangle,
-    );
+    let small = fit(img, 128);
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 70)
         .encode_image(&small)

@@ -343,7 +343,12 @@ impl Worker {
         let mut images = Vec::new();
         for (i, (o, (png, thumb))) in outputs.iter().zip(keys).enumerate() {
             let id = random_id();
-            images.push(serde_json::json!({"id": id, "url": format!("/api/images/{id}"), "thumbnail_url": format!("/api/images/{id}/thumbnail"), "width": o.width, "height": o.height, "seed": o.seed}));
+            images.push(crate::generations::image_json(
+                &id,
+                o.width as i64,
+                o.height as i64,
+                o.seed as i64,
+            ));
             sqlx::query("INSERT INTO images (id, generation_id, idx, seed, width, height, png_key, thumb_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(&id)
                 .bind(&g.id)
