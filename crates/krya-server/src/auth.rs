@@ -17,6 +17,9 @@ use crate::openapi::{Accepted, ErrorBody, Object, Session};
 pub const ACCESS_TTL_SECS: i64 = 15 * 60;
 pub const REFRESH_TTL_SECS: i64 = 30 * 24 * 3600;
 pub const COOKIE: &str = "krya_session";
+/// The browser's refresh token: HttpOnly, sent only to `/api/auth` (refresh, logout), so
+/// the studio keeps no token where scripts can read it.
+pub const REFRESH_COOKIE: &str = "krya_refresh";
 /// A new account's free daily allowance (seed App. C).
 pub const FREE_CREDITS: i64 = 50;
 
@@ -89,8 +92,20 @@ async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Respo
         .map_err(internal)?;
     let cookie =
         format!("{COOKIE}={access}; HttpOnly; SameSite=Lax; Path=/; Max-Age={ACCESS_TTL_SECS}");
+    let refresh_cookie = format!(
+        "{REFRESH_COOKIE}={refresh}; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age={REFRESH_TTL_SECS}"
+    );
     let body = serde_json::json!({"access_token": access, "refresh_token": refresh, "token_type": "bearer", "expires_in": ACCESS_TTL_SECS, "user": user});
-    Ok((status, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
+    // Appended: two headers of one name (a plain array would keep only the last).
+    Ok((
+        status,
+        axum::response::AppendHeaders([
+            (header::SET_COOKIE, cookie),
+            (header::SET_COOKIE, refresh_cookie),
+        ]),
+        Json(body),
+    )
+        .into_response())
 }
 
 #[utoipa::path(post, path = "/api/auth/register", tag = "accounts", request_body = Register, responses((status = 201, description = "Account created, signed in", body = Session), (status = 409, description = "Email taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
@@ -222,14 +237,22 @@ pub struct Refresh {
     refresh_token: String,
 }
 
-/// Exchanges a refresh token for a new session; the old one is revoked (single use). A
-/// token used twice is a sign of theft: every session of its user is revoked.
-#[utoipa::path(post, path = "/api/auth/refresh", tag = "accounts", request_body = Refresh, responses((status = 200, description = "A new session; the old refresh token is spent", body = Session), (status = 401, description = "Not signed in", body = ErrorBody)))]
+/// Exchanges a refresh token (the body's, else the `krya_refresh` cookie) for a new
+/// session; the old one is revoked (single use). A token used twice is a sign of theft:
+/// every session of its user is revoked.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "accounts", request_body(content = Option<Refresh>, description = "Optional in browsers: the krya_refresh cookie is used when there is no body"), responses((status = 200, description = "A new session; the old refresh token is spent", body = Session), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
-    body: Result<Json<Refresh>, JsonRejection>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let Json(r) = body?;
+    let token = if body.iter().all(u8::is_ascii_whitespace) {
+        cookie(&headers, REFRESH_COOKIE)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "sign in first"))?
+    } else {
+        let Json(r) = Json::<Refresh>::from_bytes(&body)?;
+        r.refresh_token
+    };
     let expired = || {
         ApiError::new(
             ErrorCode::Unauthorized,
@@ -238,7 +261,7 @@ pub async fn refresh(
     };
     match state
         .db
-        .take_refresh(&token_hash(&r.refresh_token), now())
+        .take_refresh(&token_hash(&token), now())
         .await
         .map_err(internal)?
     {
@@ -263,21 +286,56 @@ pub async fn refresh(
     }
 }
 
-/// Ends the current session (its access and refresh tokens) and clears the cookie.
+/// Ends the current session (its access and refresh tokens) and clears the cookies. A
+/// browser whose access token has expired still signs out with its refresh cookie.
 #[utoipa::path(post, path = "/api/auth/logout", tag = "accounts", responses((status = 204, description = "Signed out"), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = request_token(&headers)
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "sign in first"))?;
-    state
-        .db
-        .revoke_access(&token_hash(&token))
-        .await
-        .map_err(internal)?;
+    let access = request_token(&headers);
+    let refresh = cookie(&headers, REFRESH_COOKIE);
+    if access.is_none() && refresh.is_none() {
+        return Err(ApiError::new(ErrorCode::Unauthorized, "sign in first"));
+    }
+    if let Some(token) = access {
+        state
+            .db
+            .revoke_access(&token_hash(&token))
+            .await
+            .map_err(internal)?;
+    }
+    if let Some(token) = refresh {
+        state
+            .db
+            .revoke_refresh(&token_hash(&token))
+            .await
+            .map_err(internal)?;
+    }
     let clear = format!("{COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+    let clear_refresh =
+        format!("{REFRESH_COOKIE}=; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age=0");
+    Ok((
+        StatusCode::NO_CONTENT,
+        axum::response::AppendHeaders([
+            (header::SET_COOKIE, clear),
+            (header::SET_COOKIE, clear_refresh),
+        ]),
+    )
+        .into_response())
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then(|| v.to_string())
+        })
 }
 
 /// The token a request carries: `Authorization: Bearer`, else the session cookie.
@@ -287,18 +345,7 @@ fn request_token(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
-    bearer.or_else(|| {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|kv| {
-                kv.trim()
-                    .strip_prefix(&format!("{COOKIE}="))
-                    .map(str::to_string)
-            })
-    })
+    bearer.or_else(|| cookie(headers, COOKIE))
 }
 
 /// The signed-in user, from `Authorization: Bearer` or the session cookie.

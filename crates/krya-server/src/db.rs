@@ -204,6 +204,14 @@ impl Db {
         Ok(())
     }
 
+    pub async fn revoke_refresh(&self, refresh_hash: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sessions SET revoked = 1 WHERE refresh_hash = $1")
+            .bind(refresh_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn revoke_access(&self, access_hash: &str) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE sessions SET revoked = 1 WHERE access_hash = $1")
             .bind(access_hash)

@@ -23,6 +23,8 @@ pub struct FeedQuery {
     cursor: Option<String>,
     /// `new` (default) or `top`.
     sort: Option<String>,
+    /// Only prompts containing this.
+    q: Option<String>,
 }
 
 /// A feed item: the generation, its author and whether the viewer likes it.
@@ -71,7 +73,7 @@ async fn items(
 }
 
 /// `GET /api/feed`: completed public generations, `sort=new` (cursor) or `sort=top`.
-#[utoipa::path(get, path = "/api/feed", tag = "feed", params(("sort" = Option<String>, Query, description = "new (default) or top"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "Public generations", body = Object), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/feed", tag = "feed", params(("sort" = Option<String>, Query, description = "new (default) or top"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "Public generations", body = Object), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn feed(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -83,6 +85,7 @@ pub async fn feed(
             let page = Page::new(q.limit, q.cursor.as_deref())?;
             let filter = Filter {
                 public_only: true,
+                search: q.q.as_deref(),
                 ..Default::default()
             };
             let gens = page_of(&state.db, &filter, &page).await?;
@@ -107,10 +110,12 @@ pub async fn feed(
             };
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.is_public = 1 AND g.status = 'completed' \
+                 AND ($3 = '' OR LOWER(g.prompt) LIKE $3 ESCAPE '\\') \
                  ORDER BY g.likes_count DESC, g.created_at DESC, g.id DESC LIMIT $1 OFFSET $2"
             )))
             .bind(limit as i64)
             .bind(offset)
+            .bind(generations::search_pattern(q.q.as_deref())?)
             .fetch_all(&state.db.pool)
             .await
             .map_err(internal)?;

@@ -125,6 +125,20 @@ fn parse_aspect(ar: &str) -> Option<(f64, f64)> {
         .then_some((a, b))
 }
 
+/// The size an aspect ratio `W:H` gives on a model trained at `base`² pixels: the same
+/// pixel count, sides multiples of 64 (of 8 for models under 512).
+pub fn aspect_size(base: u32, ar: &str) -> Option<(u32, u32)> {
+    let (a, b) = parse_aspect(ar)?;
+    let base = base as f64;
+    let scale = base / (a * b).sqrt();
+    let unit = if base >= 512.0 { 64.0 } else { 8.0 };
+    let snap = |x: f64| ((((x / unit).round() as u32).max(1) as f64 * unit) as u32).min(2048);
+    Some((snap(a * scale), snap(b * scale)))
+}
+
+/// The aspect ratios the studio offers, in its order.
+pub const ASPECT_RATIOS: [&str; 5] = ["1:1", "16:9", "9:16", "4:3", "3:4"];
+
 async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked, ApiError> {
     let prompt = r.prompt.trim().to_string();
     if prompt.is_empty() {
@@ -164,19 +178,11 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
         }
     };
     let (w, h) = (dims(r.width, "width")?, dims(r.height, "height")?);
-    let base = entry.resolution.unwrap_or(512) as f64;
+    let base = entry.resolution.unwrap_or(512);
     let (width, height) = match (w, h, &r.aspect_ratio) {
         (Some(w), Some(h), _) => (w, h),
-        (None, None, Some(ar)) => {
-            let (a, b) = parse_aspect(ar)
-                .ok_or_else(|| invalid("aspect_ratio", "must be W:H, like 16:9, at most 4:1"))?;
-            // Same pixel count as the model's native square, sides multiples of 64.
-            let scale = base / (a * b).sqrt();
-            let unit = if base >= 512.0 { 64.0 } else { 8.0 };
-            let snap =
-                |x: f64| ((((x / unit).round() as u32).max(1) as f64 * unit) as u32).min(2048);
-            (snap(a * scale), snap(b * scale))
-        }
+        (None, None, Some(ar)) => aspect_size(base, ar)
+            .ok_or_else(|| invalid("aspect_ratio", "must be W:H, like 16:9, at most 4:1"))?,
         (Some(w), None, _) => (w, w),
         (None, Some(h), _) => (h, h),
         (None, None, None) => (0, 0),
@@ -798,6 +804,7 @@ pub struct ListQuery {
     cursor: Option<String>,
     model: Option<String>,
     status: Option<String>,
+    q: Option<String>,
 }
 
 /// Cursor pagination, newest first: the cursor is `created_at.id` of the last item.
@@ -840,6 +847,28 @@ pub(crate) struct Filter<'a> {
     pub public_only: bool,
     pub model: Option<&'a str>,
     pub status: Option<&'a str>,
+    /// Words the prompt contains (case-insensitive for ASCII letters).
+    pub search: Option<&'a str>,
+}
+
+/// The `LIKE` pattern for a search (`''` when there is none), its wildcards escaped.
+pub(crate) fn search_pattern(q: Option<&str>) -> Result<String, ApiError> {
+    let q = q.map(str::trim).unwrap_or("");
+    if q.chars().count() > 200 {
+        return Err(invalid("q", "must be at most 200 characters"));
+    }
+    if q.is_empty() {
+        return Ok(String::new());
+    }
+    let mut p = String::from("%");
+    for c in q.to_ascii_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    Ok(p)
 }
 
 /// One page of generations, newest first, after the page's cursor.
@@ -854,6 +883,7 @@ pub(crate) async fn page_of(
          WHERE ($1 = '' OR g.user_id = $1) AND ($2 = 0 OR (g.is_public = 1 AND g.status = 'completed')) \
          AND ($3 = '' OR g.model = $3) AND ($4 = '' OR g.status = $4) \
          AND (g.created_at < $5 OR (g.created_at = $5 AND g.id < $6) OR $7 = 0) \
+         AND ($9 = '' OR LOWER(g.prompt) LIKE $9 ESCAPE '\\') \
          ORDER BY g.created_at DESC, g.id DESC LIMIT $8"
     )))
     .bind(f.user_id.unwrap_or(""))
@@ -864,6 +894,7 @@ pub(crate) async fn page_of(
     .bind(&cid)
     .bind(page.cursor.is_some() as i64)
     .bind(page.limit)
+    .bind(search_pattern(f.search)?)
     .fetch_all(&db.pool)
     .await
     .map_err(internal)?;
@@ -887,7 +918,7 @@ pub(crate) async fn offered_models(
         .map_err(internal)
 }
 
-#[utoipa::path(get, path = "/api/generate/images", tag = "generation", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("model" = Option<String>, Query), ("status" = Option<String>, Query)), responses((status = 200, description = "The caller's generations, newest first", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/generate/images", tag = "generation", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("model" = Option<String>, Query), ("status" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "The caller's generations, newest first", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -899,6 +930,7 @@ pub async fn list(
         user_id: Some(&user.id),
         model: q.model.as_deref(),
         status: q.status.as_deref(),
+        search: q.q.as_deref(),
         ..Default::default()
     };
     let gens = page_of(&state.db, &filter, &page).await?;
@@ -1066,9 +1098,25 @@ pub async fn remix_response(state: &AppState, id: &str) -> Result<Response, ApiE
     Ok((StatusCode::ACCEPTED, Json(accepted(state, id).await?)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/models", tag = "generation", responses((status = 200, description = "Curated and local models with installed state", body = Object)))]
+#[utoipa::path(get, path = "/api/models", tag = "generation", responses((status = 200, description = "Curated and local models with installed state and the size of each aspect ratio", body = Object)))]
 pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let models = offered_models(&state).await?;
+    let models: Vec<_> = models
+        .into_iter()
+        .map(|m| {
+            let base = m.resolution.unwrap_or(512);
+            let aspects: Vec<_> = ASPECT_RATIOS
+                .iter()
+                .filter_map(|ar| {
+                    let (w, h) = aspect_size(base, ar)?;
+                    Some(serde_json::json!({"ratio": ar, "width": w, "height": h}))
+                })
+                .collect();
+            let mut v = serde_json::to_value(&m).unwrap_or_default();
+            v["aspect_ratios"] = aspects.into();
+            v
+        })
+        .collect();
     Ok(Json(serde_json::json!({"models": models})))
 }
 

@@ -5,7 +5,8 @@
 //! stable codes), `router` (the route table), `db` + `jobs` (the database and the durable
 //! queue in it), `auth` (accounts, sessions, API keys), `generations` (the image API and
 //! credits), `media` (uploads and image files), `blobs` (file or S3 storage), `worker`
-//! (runs jobs on the engine), `events` (SSE), `webhooks`, `registry` (models and styles).
+//! (runs jobs on the engine), `events` (SSE), `webhooks`, `registry` (models and styles),
+//! `studio` (the web studio's files).
 //! `launch` serves on a given listener until a shutdown signal, so tests run the real
 //! server on `127.0.0.1:0`.
 
@@ -23,6 +24,7 @@ pub mod media;
 pub mod openapi;
 pub mod registry;
 pub mod router;
+pub mod studio;
 pub mod throttle;
 pub mod webhooks;
 pub mod worker;
@@ -49,6 +51,8 @@ pub struct AppState {
     /// Becomes true when the server shuts down: long-lived streams (SSE) end then, so a
     /// graceful shutdown does not wait for clients that never hang up.
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
+    /// The web studio served outside `/api/` (empty: API only).
+    pub studio: studio::Studio,
 }
 
 /// Connects the configured database (SQLite at `data_dir/krya.db` when none is set) and
@@ -81,6 +85,7 @@ pub fn open_blobs(config: &Config) -> std::io::Result<blobs::Blobs> {
 
 async fn state(
     config: Config,
+    studio: studio::Studio,
     shutting_down: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<AppState> {
     std::fs::create_dir_all(&config.server.data_dir)?;
@@ -102,6 +107,7 @@ async fn state(
         running: Default::default(),
         wake: Default::default(),
         shutting_down,
+        studio,
     })
 }
 
@@ -138,15 +144,17 @@ fn spawn_dispatcher(
     ))
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains open requests.
-/// Jobs run in this process too unless `jobs.in_process` is off.
+/// Serves the API (and `studio`, the web UI, at every other path) on `listener` until
+/// `shutdown` completes, then drains open requests. Jobs run in this process too unless
+/// `jobs.in_process` is off.
 pub async fn launch(
     listener: tokio::net::TcpListener,
     config: Config,
+    studio: studio::Studio,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = state(config, stop_rx).await?;
+    let state = state(config, studio, stop_rx).await?;
     let worker = state.config.jobs.in_process.then(|| worker_for(&state));
     let handle = worker.clone().map(|w| tokio::spawn(w.run()));
     let hooks_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -176,7 +184,7 @@ pub async fn run_worker(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = state(config, stop_rx).await?;
+    let state = state(config, studio::Studio::default(), stop_rx).await?;
     let w = worker_for(&state);
     let handle = tokio::spawn(w.clone().run());
     let hooks_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

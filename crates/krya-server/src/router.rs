@@ -90,8 +90,13 @@ async fn openapi_json() -> impl IntoResponse {
     )
 }
 
-async fn fallback(uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no endpoint at {}", uri.path()))
+/// No API route matched: the studio's files and pages, else a JSON 404.
+async fn fallback(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    method: Method,
+    uri: Uri,
+) -> axum::response::Response {
+    crate::studio::serve(&state.studio, &method, &uri)
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

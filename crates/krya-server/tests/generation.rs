@@ -376,6 +376,38 @@ fn generation_on_sqlite() {
             .iter()
             .any(|m| m["id"] == "sd-turbo" && m["local"] == false)
     );
+    // Each aspect ratio's size at the model's native pixel count, as a submission with
+    // `aspect_ratio` gets it (the studio shows these).
+    let sizes = |m: &Value| -> Vec<(String, u64, u64)> {
+        m["aspect_ratios"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["ratio"].as_str().unwrap().to_string(),
+                    a["width"].as_u64().unwrap(),
+                    a["height"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let turbo = models.iter().find(|m| m["id"] == "sd-turbo").unwrap();
+    let want: Vec<(String, u64, u64)> = [
+        ("1:1", 512, 512),
+        ("16:9", 704, 384),
+        ("9:16", 384, 704),
+        ("4:3", 576, 448),
+        ("3:4", 448, 576),
+    ]
+    .iter()
+    .map(|(r, w, h)| (r.to_string(), *w, *h))
+    .collect();
+    assert_eq!(sizes(turbo), want);
+    assert_eq!(
+        sizes(tiny)[..2],
+        [("1:1".to_string(), 16, 16), ("16:9".to_string(), 24, 16)]
+    );
     generate_and_check(&c);
     listing_idempotency_batch(&c);
     // Exactly one set of files per image: no leftovers from attempts.
@@ -662,6 +694,42 @@ fn isolation_feed_likes_remix(s: &Server) {
     let feed = b.get("/api/feed").1;
     assert_eq!(feed["items"][0]["id"], id.as_str());
     assert_eq!(feed["items"][0]["author"]["handle"], a.user["handle"]);
+    // Search by prompt: case-insensitive, and `%`/`_` are plain characters, not wildcards.
+    let found = |c: &Client, path: &str| -> Vec<String> {
+        let (st, v) = c.get(path);
+        assert_eq!(st, 200, "{path}: {v}");
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for path in [
+        "/api/feed?q=SECRET",
+        "/api/feed?q=a%20sec",
+        "/api/feed?sort=top&q=secret",
+    ] {
+        assert_eq!(found(&b, path), vec![id.clone()], "{path}");
+    }
+    for path in [
+        "/api/feed?q=fox",
+        "/api/feed?q=%25",
+        "/api/feed?q=a_secret",
+        "/api/feed?sort=top&q=fox",
+    ] {
+        assert!(found(&b, path).is_empty(), "{path}");
+    }
+    assert_eq!(found(&a, "/api/generate/images?q=Secret"), vec![id.clone()]);
+    assert!(found(&a, "/api/generate/images?q=_").is_empty());
+    let (st, e) = b.get(&format!("/api/feed?q={}", "x".repeat(201)));
+    assert_eq!(
+        (
+            st,
+            e["error"]["message"].as_str().unwrap().starts_with("q:")
+        ),
+        (422, true)
+    );
     assert_eq!(b.bytes(&url).0, 200);
     assert_eq!(
         agent()

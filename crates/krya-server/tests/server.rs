@@ -59,18 +59,24 @@ fn accounts(base: &str) {
         r#"{"email":"Alice@Example.com","password":"correct horse","name":"Alice"}"#,
     );
     assert_eq!(r.status(), 201);
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let cookies = set_cookies(&r);
+    let cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("krya_session="))
+        .expect("a session cookie");
     assert!(
-        cookie.starts_with("krya_session=")
-            && cookie.contains("HttpOnly")
-            && cookie.contains("SameSite=Lax"),
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
+    );
+    let refresh_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("krya_refresh="))
+        .expect("a refresh cookie");
+    assert!(
+        refresh_cookie.contains("HttpOnly")
+            && refresh_cookie.contains("SameSite=Strict")
+            && refresh_cookie.contains("Path=/api/auth;"),
+        "the refresh token goes only to the auth endpoints: {refresh_cookie}"
     );
     let body = json(&mut r);
     assert_eq!(body["user"]["email"], "alice@example.com");
@@ -332,13 +338,14 @@ fn accounts(base: &str) {
         .send("")
         .unwrap();
     assert_eq!(r.status(), 204);
+    let cleared = set_cookies(&r);
     assert!(
-        r.headers()
-            .get("set-cookie")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .contains("Max-Age=0")
+        ["krya_session=;", "krya_refresh=;"]
+            .iter()
+            .all(|name| cleared
+                .iter()
+                .any(|c| c.starts_with(name) && c.contains("Max-Age=0"))),
+        "{cleared:?}"
     );
     assert_eq!(
         a.get(&me)
@@ -349,6 +356,186 @@ fn accounts(base: &str) {
         401
     );
     assert_eq!(a.post(&logout).send("").unwrap().status(), 401);
+}
+
+fn set_cookies(r: &ureq::http::Response<ureq::Body>) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+/// The `name=value` part of a response's cookie `name`.
+fn cookie_pair(r: &ureq::http::Response<ureq::Body>, name: &str) -> String {
+    set_cookies(r)
+        .into_iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+}
+
+/// A browser keeps no token in reach of scripts: the refresh cookie alone renews the
+/// session (single use, like the body's token), and signs out once the access token has
+/// expired.
+#[test]
+fn browser_sessions_live_in_cookies() {
+    let (base, stop, handle, _dir) = start();
+    let a = agent();
+    let r = post(
+        &a,
+        &format!("{base}/api/auth/register"),
+        r#"{"email":"c@example.com","password":"cookie monster","name":"C"}"#,
+    );
+    assert_eq!(r.status(), 201);
+    let refresh = cookie_pair(&r, "krya_refresh");
+    let refresh_url = format!("{base}/api/auth/refresh");
+    let me = format!("{base}/api/auth/me");
+
+    let r = a
+        .post(&refresh_url)
+        .header("Cookie", &refresh)
+        .send("")
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (session, next_refresh) = (
+        cookie_pair(&r, "krya_session"),
+        cookie_pair(&r, "krya_refresh"),
+    );
+    assert_ne!(next_refresh, refresh, "the refresh token rotates");
+    assert_eq!(
+        a.get(&me)
+            .header("Cookie", &session)
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // No body and no cookie: not signed in. A body that is not JSON: a JSON error.
+    let mut r = a.post(&refresh_url).send("").unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(json(&mut r)["error"]["code"], "unauthorized");
+    let mut r = a
+        .post(&refresh_url)
+        .header("Content-Type", "application/json")
+        .send("{")
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(&mut r)["error"]["code"], "invalid-json");
+
+    // Logout with only the refresh cookie (the access cookie has expired) ends the session.
+    let r = a
+        .post(format!("{base}/api/auth/logout"))
+        .header("Cookie", &next_refresh)
+        .send("")
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        a.get(&me)
+            .header("Cookie", &session)
+            .call()
+            .unwrap()
+            .status(),
+        401,
+        "the session's access token ends with it"
+    );
+    let r = a
+        .post(&refresh_url)
+        .header("Cookie", &next_refresh)
+        .send("")
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+}
+
+/// The studio is served beside the API: its files with the right types and cache
+/// lifetimes, its page for every route of its own, and the API's JSON 404s untouched.
+#[test]
+fn studio_is_served_beside_the_api() {
+    static FILES: &[(&str, &[u8])] = &[
+        (
+            "index.html",
+            b"<!doctype html><script src=\"/assets/app-3f2a.js\"></script>",
+        ),
+        ("assets/app-3f2a.js", b"console.log(1)"),
+        ("favicon.svg", b"<svg/>"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    let (base, stop, handle) = start_serving(config, krya_server::studio::Studio::new(FILES));
+    let a = agent();
+    for path in ["/", "/image", "/feed/abc123", "/profile/ada"] {
+        let mut r = a.get(format!("{base}{path}")).call().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(
+            r.body_mut()
+                .read_to_string()
+                .unwrap()
+                .contains("/assets/app-3f2a.js")
+        );
+    }
+    let r = a.get(format!("{base}/assets/app-3f2a.js")).call().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let r = a.get(format!("{base}/favicon.svg")).call().unwrap();
+    assert_eq!(r.headers()["content-type"], "image/svg+xml");
+    // A file that is not there (an old build's asset) is a 404, not the page.
+    assert_eq!(
+        a.get(format!("{base}/assets/old-1111.js"))
+            .call()
+            .unwrap()
+            .status(),
+        404
+    );
+    // The API keeps its JSON errors.
+    for path in ["/api/nope", "/api", "/ws/nope"] {
+        let mut r = a.get(format!("{base}{path}")).call().unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(json(&mut r)["error"]["code"], "not-found");
+    }
+    let mut r = a.post(format!("{base}/image")).send("").unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(json(&mut r)["error"]["code"], "not-found");
+    let r = a.head(format!("{base}/feed")).call().unwrap();
+    assert_eq!(r.status(), 200);
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+
+    // Without a studio, `/` says how this binary was built.
+    let (base, stop, handle, _dir) = start();
+    let mut r = a.get(format!("{base}/")).call().unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(
+        json(&mut r)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("without the studio")
+    );
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
 }
 
 #[test]

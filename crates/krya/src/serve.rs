@@ -146,7 +146,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
             })?;
         let addr = listener.local_addr().map_err(internal)?;
         println!("Krya listening on http://{addr}");
-        krya_server::launch(listener, config, shutdown_signal())
+        let studio = krya_server::studio::Studio::default();
+        krya_server::launch(listener, config, studio, shutdown_signal())
             .await
             .map_err(internal)
     });

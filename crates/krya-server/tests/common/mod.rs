@@ -13,6 +13,11 @@ pub type Running = (
 );
 
 pub fn start_with(config: Config) -> Running {
+    start_serving(config, Default::default())
+}
+
+/// The server with a web studio's files beside the API.
+pub fn start_serving(config: Config, studio: krya_server::studio::Studio) -> Running {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
@@ -24,7 +29,7 @@ pub fn start_with(config: Config) -> Running {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            launch(listener, config, async move {
+            launch(listener, config, studio, async move {
                 let _ = stop_rx.await;
             })
             .await
