@@ -146,7 +146,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             })?;
         let addr = listener.local_addr().map_err(internal)?;
         println!("Krya listening on http://{addr}");
-        let studio = krya_server::studio::Studio::default();
+        let studio = krya_server::studio::Studio::new(krya_studio::FILES);
         krya_server::launch(listener, config, studio, shutdown_signal())
             .await
             .map_err(internal)

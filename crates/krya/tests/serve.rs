@@ -13,66 +13,11 @@ use serde_json::{Value, json};
 
 #[path = "../../krya-server/tests/common/mod.rs"]
 mod common;
+mod process;
 #[path = "../../krya-server/tests/common/s3.rs"]
 mod s3;
 
-fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../krya-engine/tests/golden/turbo")
-}
-
-fn krya(data: &Path, env: &[(&str, String)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_krya"));
-    c.env("KRYA_HOME", data)
-        .env("HF_HUB_CACHE", data.join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_ENDPOINT", "http://127.0.0.1:1")
-        .env_remove("HF_HOME")
-        .env("KRYA__JOBS__LEASE_SECS", "1")
-        .env("KRYA__JOBS__POLL_MS", "50");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `krya serve` on a free port; returns it and its base URL.
-fn serve(data: &Path, env: &[(&str, String)]) -> (Proc, String) {
-    let mut child = krya(data, env)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("Krya listening on ")
-        .expect(&line)
-        .to_string();
-    (Proc(child), base)
-}
-
-fn worker(data: &Path, env: &[(&str, String)]) -> Proc {
-    let child = krya(data, env)
-        .args(["worker", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
+use process::*;
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -107,16 +52,6 @@ fn register(base: &str, email: &str) -> String {
     );
     assert_eq!(s, 201, "{b}");
     b["access_token"].as_str().unwrap().to_string()
-}
-
-fn data_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("models.json"),
-        json!({"tiny": tiny_model()}).to_string(),
-    )
-    .unwrap();
-    dir
 }
 
 /// A job long enough to be caught mid-run on the tiny model.

@@ -1,0 +1,102 @@
+//! The studio (web/): its Vitest units, and the whole of it end to end in Chromium
+//! (playwright-core, `web/e2e/studio.mjs`) against a real `krya serve` on a free port with
+//! the committed tiny model. Screenshots of every page at 1440 and 390 px land in
+//! `CARGO_TARGET_TMPDIR/studio/`.
+//!
+//! Needs Node.js and Debian's `chromium` (`/usr/bin/chromium`, or `CHROMIUM`); `.ci/run`
+//! installs it. `KRYA_SKIP_WEB=1` (a binary without the studio) skips these tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod process;
+
+use process::*;
+
+fn web() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web")
+}
+
+fn skipped() -> bool {
+    let skip = std::env::var_os("KRYA_SKIP_WEB").is_some_and(|v| v != "0");
+    if skip {
+        eprintln!("KRYA_SKIP_WEB is set: the studio was not built, its tests are skipped");
+    }
+    skip
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start ({e}); the studio tests need Node.js"));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
+}
+
+#[test]
+fn studio_units() {
+    if skipped() {
+        return;
+    }
+    // node_modules is there: building krya built the studio.
+    run(
+        Command::new("npm")
+            .current_dir(web())
+            .args(["test", "--", "--reporter=verbose"]),
+        "vitest",
+    );
+}
+
+#[test]
+fn studio_end_to_end_in_chromium() {
+    if skipped() {
+        return;
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM"
+    );
+    let data = data_dir();
+    let (_server, base) = serve(data.path(), &[]);
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio");
+    std::fs::create_dir_all(&shots).unwrap();
+    run(
+        Command::new("node")
+            .current_dir(web())
+            .arg("e2e/studio.mjs")
+            .arg(&base)
+            .arg(&shots)
+            .env("CHROMIUM", &chromium),
+        "the end-to-end run in Chromium",
+    );
+    // Every page at both widths.
+    for page in [
+        "login",
+        "image",
+        "app",
+        "feed",
+        "feed-item",
+        "profile",
+        "settings",
+    ] {
+        for w in [1440, 390] {
+            let f = shots.join(format!("{page}-{w}.png"));
+            let bytes = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(
+                bytes.starts_with(b"\x89PNG"),
+                "{} is not a PNG",
+                f.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,327 @@
+// The studio end to end in Chromium against a running `krya serve` with a tiny model:
+//   node e2e/studio.mjs BASE_URL SCREENSHOT_DIR
+// Two people: Ann registers (after a refused short password), signs out, fails and then
+// succeeds to sign in, generates (a 422 shown at its field first; then live progress with
+// a preview, then the image), downloads the PNG (its `parameters` chunk checked), makes
+// it public, makes an API key. Bob, on a phone-sized window, finds it in the gallery,
+// likes it (1, and still 1 after a reload), remixes it, and is told when he runs out of
+// credits. Ann deletes it from her dashboard and it leaves Bob's gallery. Every page is
+// photographed at 1440 and 390 px, and no page may overflow the phone's width or throw.
+
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [base, shots] = process.argv.slice(2);
+if (!base || !shots) {
+  console.error("usage: node e2e/studio.mjs BASE_URL SCREENSHOT_DIR");
+  process.exit(2);
+}
+
+const PROMPT = "a red fox in the snow";
+const DESKTOP = { width: 1440, height: 900 };
+const PHONE = { width: 390, height: 844 };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+
+const uncaught = [];
+let current = "start";
+
+function check(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+async function step(name, fn) {
+  current = name;
+  const t0 = Date.now();
+  await fn();
+  console.log(`ok  ${name} (${Date.now() - t0} ms)`);
+}
+
+async function person(viewport, who) {
+  const context = await browser.newContext({ viewport, acceptDownloads: true, baseURL: base });
+  context.setDefaultTimeout(20_000);
+  const page = await context.newPage();
+  page.on("pageerror", (e) => uncaught.push(`${who} on ${page.url()}: ${e.message}`));
+  // What the progress view showed, however briefly (a tiny model is quick).
+  await page.addInitScript(() => {
+    window.__seen = { status: new Set(), preview: false };
+    new MutationObserver(() => {
+      const s = document.querySelector('[data-testid="job-status"]');
+      if (s) window.__seen.status.add(s.textContent);
+      if (document.querySelector('[data-testid="job-preview"]')) window.__seen.preview = true;
+    }).observe(document, { subtree: true, childList: true, characterData: true });
+  });
+  return { context, page };
+}
+
+async function register(page, name, email, password) {
+  await page.goto("/login");
+  await page.getByRole("tab", { name: "Register" }).click();
+  await page.getByLabel("Name", { exact: true }).fill(name);
+  await page.getByLabel("Email", { exact: true }).fill(email);
+  await page.getByLabel("Password", { exact: true }).fill(password);
+  await page.getByRole("button", { name: "Create account" }).click();
+}
+
+async function shoot(page, name, ready) {
+  for (const [w, size] of [
+    [1440, DESKTOP],
+    [390, PHONE],
+  ]) {
+    await page.setViewportSize(size);
+    await ready();
+    // Let images and fonts settle.
+    await page.waitForTimeout(250);
+    if (w === 390) {
+      const width = await page.evaluate(() => document.documentElement.scrollWidth);
+      check(width <= 390, `${name} overflows a 390 px screen (${width} px wide)`);
+    }
+    await page.screenshot({ path: join(shots, `${name}-${w}.png`), fullPage: true });
+  }
+  await page.setViewportSize(DESKTOP);
+}
+
+/** The PNG's tEXt chunks, keyword → text. */
+function pngText(bytes) {
+  check(bytes.subarray(0, 8).equals(Buffer.from([137, 80, 78, 71, 13, 10, 26, 10])), "the download is not a PNG");
+  const out = {};
+  for (let i = 8; i + 8 <= bytes.length; ) {
+    const len = bytes.readUInt32BE(i);
+    const type = bytes.toString("latin1", i + 4, i + 8);
+    if (type === "tEXt") {
+      const data = bytes.subarray(i + 8, i + 8 + len);
+      const zero = data.indexOf(0);
+      out[data.toString("latin1", 0, zero)] = data.toString("latin1", zero + 1);
+    }
+    i += 12 + len;
+  }
+  return out;
+}
+
+let ann, bob, generationId;
+
+try {
+  ann = await person(DESKTOP, "ann");
+  const a = ann.page;
+
+  await step("register: a short password is refused next to its field", async () => {
+    await register(a, "Ann", "ann@example.com", "short");
+    const err = a.locator("[data-field-error]");
+    await err.waitFor();
+    check((await err.textContent()).includes("at least 8 characters"), `unexpected: ${await err.textContent()}`);
+    check((await a.getByLabel("Password", { exact: true }).getAttribute("aria-invalid")) === "true", "the password field is not marked invalid");
+  });
+
+  await step("register, then land on /image", async () => {
+    await a.getByLabel("Password", { exact: true }).fill("correct horse battery");
+    await a.getByRole("button", { name: "Create account" }).click();
+    await a.waitForURL("**/image");
+    await a.getByLabel("Prompt", { exact: true }).waitFor();
+  });
+
+  await step("sign out; a wrong password is explained; sign in", async () => {
+    await a.getByRole("button", { name: "Account" }).click();
+    await a.getByRole("menuitem", { name: "Sign out" }).click();
+    await a.waitForURL("**/login");
+    await a.getByLabel("Email", { exact: true }).fill("ann@example.com");
+    await a.getByLabel("Password", { exact: true }).fill("not my password");
+    await a.getByRole("button", { name: "Sign in" }).last().click();
+    const err = a.getByTestId("form-error");
+    await err.waitFor();
+    check((await err.textContent()).includes("wrong email or password"), `unexpected: ${await err.textContent()}`);
+    await a.getByLabel("Password", { exact: true }).fill("correct horse battery");
+    await a.getByRole("button", { name: "Sign in" }).last().click();
+    await a.waitForURL("**/image");
+    await a.getByLabel("Prompt", { exact: true }).waitFor();
+  });
+
+  await step("a server 422 is shown next to its field", async () => {
+    await a.getByLabel("Model", { exact: true }).waitFor();
+    check((await a.getByLabel("Model", { exact: true }).inputValue()) === "tiny", "the installed model is not preselected");
+    await a.getByLabel("Prompt", { exact: true }).fill(PROMPT);
+    await a.getByText("Advanced").click();
+    await a.getByLabel("Steps", { exact: true }).fill("500");
+    await a.getByLabel("Prompt", { exact: true }).press("Control+Enter");
+    const err = a.locator("[data-field-error]");
+    await err.waitFor();
+    check((await err.textContent()).includes("must be from 1 to 150"), `unexpected: ${await err.textContent()}`);
+    check((await a.getByLabel("Steps", { exact: true }).getAttribute("aria-invalid")) === "true", "Steps is not marked invalid");
+  });
+
+  await step("generate: live progress with a preview, then the image", async () => {
+    await a.getByLabel("Steps", { exact: true }).fill("30");
+    await a.getByLabel("Seed", { exact: true }).fill("1234");
+    await a.getByLabel("Prompt", { exact: true }).press("Control+Enter");
+    await a.getByTestId("result-image").waitFor({ timeout: 120_000 });
+    const seen = await a.evaluate(() => ({ status: [...window.__seen.status], preview: window.__seen.preview }));
+    check(
+      seen.status.some((s) => /^Step ([1-9]\d*) \/ 30$/.test(s)),
+      `no step counter was shown: ${JSON.stringify(seen.status)}`,
+    );
+    check(seen.preview, "no preview was shown while it rendered");
+    const natural = await a.getByTestId("result-image").evaluate((img) => img.naturalWidth);
+    check(natural === 16, `the result image did not load (${natural} px wide)`);
+    generationId = await a.evaluate(async () => (await (await fetch("/api/generate/images")).json()).items[0].id);
+    const recent = a.getByTestId("recent").locator("img");
+    await recent.first().waitFor();
+  });
+
+  await step("download: a PNG carrying its parameters", async () => {
+    const [download] = await Promise.all([a.waitForEvent("download"), a.getByTestId("download").click()]);
+    const text = pngText(readFileSync(await download.path()));
+    check(typeof text.parameters === "string", `no parameters chunk: ${Object.keys(text)}`);
+    check(text.parameters.startsWith(PROMPT), `parameters: ${text.parameters}`);
+    check(/Steps: 30/.test(text.parameters) && /Seed: 1234/.test(text.parameters), `parameters: ${text.parameters}`);
+  });
+
+  await step("make it public", async () => {
+    const toggle = a.getByTestId("toggle-public");
+    check((await toggle.getAttribute("aria-pressed")) === "false", "new generations are private");
+    await toggle.click();
+    await a.waitForFunction(() => document.querySelector('[data-testid="toggle-public"]')?.getAttribute("aria-pressed") === "true");
+  });
+
+  await step("settings: an API key is shown once and revoked", async () => {
+    await a.goto("/settings");
+    await a.getByLabel("Key name", { exact: true }).fill("ci");
+    await a.getByRole("button", { name: "Create key" }).click();
+    const key = await a.getByTestId("new-key-value").textContent();
+    check(key.startsWith("krya_"), `key: ${key}`);
+    const me = await a.evaluate(async (k) => (await fetch("/api/auth/me", { headers: { authorization: `Bearer ${k}` } })).status, key);
+    check(me === 200, `the new key does not work (${me})`);
+    await a.getByRole("button", { name: "Done" }).click();
+    check((await a.getByTestId("new-key").count()) === 0, "the key is still shown");
+    await a.getByTestId("api-keys").getByRole("button", { name: "Revoke" }).click();
+    await a.getByRole("dialog").getByRole("button", { name: "Revoke" }).click();
+    await a.getByText("No keys yet.").waitFor();
+    const after = await a.evaluate(async (k) => (await fetch("/api/auth/me", { headers: { authorization: `Bearer ${k}` } })).status, key);
+    check(after === 401, `a revoked key still works (${after})`);
+    const left = await a.getByTestId("usage-credits-left").textContent();
+    check(left === "49", `credits left: ${left}`);
+  });
+
+  bob = await person(PHONE, "bob");
+  const b = bob.page;
+
+  await step("a second person sees it in the gallery", async () => {
+    await register(b, "Bob", "bob@example.com", "hunter2hunter2");
+    await b.waitForURL("**/image");
+    await b.getByRole("link", { name: "Gallery" }).click();
+    await b.waitForURL("**/feed");
+    await b.getByRole("img", { name: PROMPT }).click();
+    await b.waitForURL(`**/feed/${generationId}`);
+    check((await b.getByTestId("detail-prompt").textContent()) === PROMPT, "wrong detail");
+    check((await b.getByTestId("author").textContent()).includes("@ann"), "no author link");
+  });
+
+  await step("like: the count goes to 1 and stays 1 after a reload", async () => {
+    check((await b.getByTestId("likes-count").textContent()) === "0", "starts at 0");
+    await b.getByTestId("like").click();
+    await b.waitForFunction(() => document.querySelector('[data-testid="likes-count"]')?.textContent === "1");
+    await b.reload();
+    await b.getByTestId("likes-count").waitFor();
+    check((await b.getByTestId("likes-count").textContent()) === "1", "the like did not last");
+    check((await b.getByTestId("like").getAttribute("aria-pressed")) === "true", "not shown as liked");
+  });
+
+  await step("remix: /image prefilled, and the new image is Bob's remix", async () => {
+    await b.getByTestId("remix").click();
+    await b.getByTestId("remix-banner").waitFor();
+    await b.waitForFunction((p) => document.querySelector("#prompt")?.value === p, PROMPT);
+    check((await b.getByLabel("Seed", { exact: true }).inputValue()) === "1234", "the seed was not carried over");
+    await b.getByTestId("generate").click();
+    await b.getByTestId("result-image").waitFor({ timeout: 120_000 });
+    const newest = await b.evaluate(async () => (await (await fetch("/api/generate/images")).json()).items[0]);
+    check(newest.remix_of === generationId, `remix_of: ${newest.remix_of}`);
+    check(newest.prompt === PROMPT, `prompt: ${newest.prompt}`);
+  });
+
+  await step("out of credits: the message says so", async () => {
+    const bobId = await b.evaluate(async () => (await (await fetch("/api/auth/me")).json()).id);
+    // Ann registered first: she is this server's administrator.
+    const status = await a.evaluate(
+      async (id) =>
+        (
+          await fetch(`/api/admin/users/${id}/credits`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ amount: -1000 }),
+          })
+        ).status,
+      bobId,
+    );
+    check(status === 200, `grant: ${status}`);
+    await b.getByTestId("generate").click();
+    const err = b.getByTestId("generate-error");
+    await err.waitFor();
+    const text = await err.textContent();
+    check(text.includes("Not enough credits") && text.includes("0 are left"), `unexpected: ${text}`);
+  });
+
+  await step("keyboard: the first Tab reaches the skip link", async () => {
+    await b.goto("/feed");
+    await b.getByTestId("feed-grid").waitFor();
+    await b.keyboard.press("Tab");
+    const focused = await b.evaluate(() => document.activeElement?.textContent);
+    check(focused === "Skip to content", `focused: ${focused}`);
+  });
+
+  await step("screenshots of every page at 1440 and 390 px", async () => {
+    const guest = await person(DESKTOP, "guest");
+    await guest.page.goto("/login");
+    await shoot(guest.page, "login", () => guest.page.getByRole("button", { name: "Sign in" }).last().waitFor());
+    await guest.context.close();
+    const pages = [
+      ["image", "/image", () => a.getByTestId("recent").locator("img").first().waitFor()],
+      ["app", "/app", () => a.getByRole("img", { name: PROMPT }).waitFor()],
+      ["feed", "/feed", () => a.getByTestId("feed-grid").waitFor()],
+      ["feed-item", `/feed/${generationId}`, () => a.getByTestId("detail-image").waitFor()],
+      ["profile", "/profile/ann", () => a.getByTestId("feed-card").first().waitFor()],
+      ["settings", "/settings", () => a.getByTestId("usage-credits-left").waitFor()],
+    ];
+    for (const [name, path, ready] of pages) {
+      await a.goto(path);
+      await shoot(a, name, ready);
+    }
+  });
+
+  await step("the owner deletes it from the dashboard; it leaves the gallery", async () => {
+    await a.goto("/app");
+    await a.getByRole("checkbox", { name: `Select: ${PROMPT}` }).check();
+    await a.getByTestId("bulk-delete").click();
+    await a.getByRole("dialog").getByRole("button", { name: "Delete" }).click();
+    await a.getByText("Nothing here yet.").waitFor();
+    await b.goto("/feed");
+    await b.getByText("Nothing has been shared yet.").waitFor();
+    await b.goto(`/feed/${generationId}`);
+    await b.getByText("not shared (any more)").waitFor();
+  });
+
+  check(uncaught.length === 0, `uncaught errors in the page:\n${uncaught.join("\n")}`);
+  console.log("the studio works end to end");
+} catch (e) {
+  console.error(`FAILED at "${current}": ${e.message}`);
+  for (const [who, p] of [
+    ["ann", ann?.page],
+    ["bob", bob?.page],
+  ]) {
+    if (p) await p.screenshot({ path: join(shots, `failure-${who}.png`), fullPage: true }).catch(() => {});
+  }
+  if (uncaught.length) console.error(`uncaught errors in the page:\n${uncaught.join("\n")}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

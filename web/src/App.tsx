@@ -1,0 +1,95 @@
+import { lazy, Suspense, useEffect, type ReactNode } from "react";
+import { session, use } from "./app";
+import { Header } from "./components/Header";
+import { Toasts } from "./components/Toasts";
+import { Skeleton } from "./components/ui";
+import { match, navigate, useLocation } from "./lib/router";
+
+// One chunk per page.
+const Login = lazy(() => import("./pages/Login"));
+const ImagePage = lazy(() => import("./pages/ImagePage"));
+const Dashboard = lazy(() => import("./pages/Dashboard"));
+const Feed = lazy(() => import("./pages/Feed"));
+const FeedDetail = lazy(() => import("./pages/FeedDetail"));
+const Profile = lazy(() => import("./pages/Profile"));
+const Settings = lazy(() => import("./pages/Settings"));
+const NotFound = lazy(() => import("./pages/NotFound"));
+
+function PageSkeleton() {
+  return (
+    <div className="mx-auto max-w-6xl space-y-4 p-6" aria-busy="true">
+      <Skeleton className="h-10 w-1/3" />
+      <Skeleton className="h-64 w-full" />
+    </div>
+  );
+}
+
+/** Pages of one's own: signed-out visitors go to /login and come back after. */
+function SignedIn({ children }: { children: ReactNode }) {
+  const status = use(session, (s) => s.status);
+  const { path, query } = useLocation();
+  useEffect(() => {
+    if (status === "signed-out") {
+      const q = query.toString();
+      navigate(`/login?next=${encodeURIComponent(path + (q ? `?${q}` : ""))}`, { replace: true });
+    }
+  }, [status, path, query]);
+  if (status !== "signed-in") return <PageSkeleton />;
+  return <>{children}</>;
+}
+
+function Home() {
+  const status = use(session, (s) => s.status);
+  useEffect(() => {
+    if (status !== "loading") navigate(status === "signed-in" ? "/image" : "/feed", { replace: true });
+  }, [status]);
+  return <PageSkeleton />;
+}
+
+function route(path: string): ReactNode {
+  if (path === "/") return <Home />;
+  if (path === "/login") return <Login />;
+  if (path === "/image")
+    return (
+      <SignedIn>
+        <ImagePage />
+      </SignedIn>
+    );
+  if (path === "/app")
+    return (
+      <SignedIn>
+        <Dashboard />
+      </SignedIn>
+    );
+  if (path === "/settings")
+    return (
+      <SignedIn>
+        <Settings />
+      </SignedIn>
+    );
+  if (path === "/feed") return <Feed />;
+  const item = match("/feed/:id", path);
+  if (item) return <FeedDetail key={item.id} id={item.id} />;
+  const profile = match("/profile/:handle", path);
+  if (profile) return <Profile key={profile.handle} handle={profile.handle} />;
+  return <NotFound />;
+}
+
+export function App() {
+  const { path } = useLocation();
+  return (
+    <div className="flex min-h-screen flex-col">
+      <a href="#main" className="sr-only focus:not-sr-only focus:absolute focus:left-2 focus:top-2 focus:z-50 focus:rounded focus:bg-white focus:px-3 focus:py-2 focus:text-neutral-950">
+        Skip to content
+      </a>
+      <Header />
+      <main id="main" className="flex-1">
+        {/* Keyed by path: a page left and come back to starts afresh. */}
+        <Suspense key={path} fallback={<PageSkeleton />}>
+          {route(path)}
+        </Suspense>
+      </main>
+      <Toasts />
+    </div>
+  );
+}

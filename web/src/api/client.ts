@@ -1,0 +1,223 @@
+// The API client: one place that turns HTTP into values or `ApiError`s, and keeps the
+// browser signed in. Tokens live only in HttpOnly cookies; when an access token expires
+// (401), the client refreshes the session once (the refresh cookie) and retries.
+
+import type {
+  Accepted,
+  ApiKey,
+  Asset,
+  FeedItem,
+  Generation,
+  ImageRequest,
+  Model,
+  Page,
+  Profile,
+  ProfileUpdate,
+  PublicProfile,
+  Session,
+  Style,
+  Usage,
+  User,
+} from "./types";
+
+/** An error the user can be shown: the server's `{error: {code, message}}`, or why the
+ * server could not be reached. `field` is the request field at fault, when the message
+ * names one (`"steps: must be from 1 to 150"`). */
+export class ApiError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly field: string | null;
+  readonly retryAfter: number | null;
+
+  constructor(status: number, code: string, message: string, retryAfter: number | null = null) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+    const m = /^([A-Za-z_][A-Za-z0-9_.[\]-]*): /.exec(message);
+    this.field = m ? m[1] : null;
+  }
+
+  /** The message without its field prefix, for display next to that field. */
+  get detail(): string {
+    return this.field ? this.message.slice(this.field.length + 2) : this.message;
+  }
+}
+
+/** Anything thrown, as an ApiError (so every failure has a message to show). */
+export function asApiError(e: unknown): ApiError {
+  if (e instanceof ApiError) return e;
+  if (e instanceof DOMException && e.name === "AbortError") return new ApiError(0, "aborted", "cancelled");
+  return new ApiError(0, "client", e instanceof Error ? e.message : String(e));
+}
+
+type Query = Record<string, string | number | boolean | null | undefined>;
+
+export interface RequestOptions {
+  query?: Query;
+  json?: unknown;
+  body?: BodyInit;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export type Fetch = (input: string, init?: RequestInit) => Promise<Response>;
+
+/** Runs `fn` while holding a lock shared by every tab of this site (Web Locks), so two
+ * tabs never spend the same single-use refresh token. */
+export type LockFn = <T>(name: string, fn: () => Promise<T>) => Promise<T>;
+
+const browserLock: LockFn | undefined =
+  typeof navigator !== "undefined" && navigator.locks
+    ? (name, fn) => navigator.locks.request(name, fn)
+    : undefined;
+
+export interface ClientOptions {
+  base?: string;
+  fetch?: Fetch;
+  lock?: LockFn;
+  /** Called when the session is gone for good (refresh refused). */
+  onSignedOut?: () => void;
+}
+
+function withQuery(path: string, q?: Query): string {
+  if (!q) return path;
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(q)) if (v !== undefined && v !== null && v !== "") p.set(k, String(v));
+  const s = p.toString();
+  return s ? `${path}?${s}` : path;
+}
+
+async function errorFrom(r: Response): Promise<ApiError> {
+  const retry = Number(r.headers.get("retry-after"));
+  const retryAfter = Number.isFinite(retry) && retry > 0 ? retry : null;
+  try {
+    const body = await r.json();
+    if (body && typeof body.error?.code === "string") {
+      return new ApiError(r.status, body.error.code, String(body.error.message ?? r.statusText), retryAfter);
+    }
+  } catch {
+    // Not JSON: a proxy's page, say.
+  }
+  return new ApiError(r.status, `http-${r.status}`, `the server answered ${r.status} ${r.statusText}`.trim(), retryAfter);
+}
+
+export class ApiClient {
+  private readonly base: string;
+  private readonly fetchFn: Fetch;
+  private readonly lock?: LockFn;
+  onSignedOut?: () => void;
+  private refreshing: Promise<boolean> | null = null;
+
+  constructor(o: ClientOptions = {}) {
+    this.base = o.base ?? "";
+    this.fetchFn = o.fetch ?? ((i, init) => fetch(i, init));
+    this.lock = o.lock ?? browserLock;
+    this.onSignedOut = o.onSignedOut;
+  }
+
+  /** One request; JSON in and out. A 401 on anything but the auth endpoints refreshes the
+   * session once and retries. */
+  async request<T>(method: string, path: string, o: RequestOptions = {}): Promise<T> {
+    let r = await this.send(method, path, o);
+    if (r.status === 401 && !path.startsWith("/api/auth/")) {
+      if (await this.refresh()) r = await this.send(method, path, o);
+      if (r.status === 401) this.onSignedOut?.();
+    }
+    if (!r.ok) throw await errorFrom(r);
+    if (r.status === 204) return undefined as T;
+    const text = await r.text();
+    if (!text) return undefined as T;
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new ApiError(r.status, "bad-response", "the server sent something that is not JSON");
+    }
+  }
+
+  private async send(method: string, path: string, o: RequestOptions): Promise<Response> {
+    const headers: Record<string, string> = { ...o.headers };
+    let body = o.body;
+    if (o.json !== undefined) {
+      headers["content-type"] = "application/json";
+      body = JSON.stringify(o.json);
+    }
+    try {
+      return await this.fetchFn(this.base + withQuery(path, o.query), {
+        method,
+        headers,
+        body,
+        signal: o.signal,
+        credentials: "same-origin",
+      });
+    } catch (e) {
+      if (e instanceof DOMException && e.name === "AbortError") throw e;
+      throw new ApiError(0, "network", "cannot reach the Krya server; check that it is running");
+    }
+  }
+
+  /** Renews the session from the refresh cookie; true when signed in afterwards. One
+   * refresh at a time in this tab, and across tabs under a shared lock: a tab that waited
+   * finds the session already renewed and does not spend the (new) token again. */
+  refresh(): Promise<boolean> {
+    this.refreshing ??= (async () => {
+      const attempt = async () => {
+        const me = await this.send("GET", "/api/auth/me", {}).catch(() => null);
+        if (me?.ok) return true;
+        const r = await this.send("POST", "/api/auth/refresh", {}).catch(() => null);
+        return r?.ok ?? false;
+      };
+      try {
+        return this.lock ? await this.lock("krya-refresh", attempt) : await attempt();
+      } finally {
+        this.refreshing = null;
+      }
+    })();
+    return this.refreshing;
+  }
+
+  // Accounts
+  me = () => this.request<User>("GET", "/api/auth/me");
+  login = (email: string, password: string) => this.request<Session>("POST", "/api/auth/login", { json: { email, password } });
+  register = (email: string, password: string, name: string) =>
+    this.request<Session>("POST", "/api/auth/register", { json: { email, password, name } });
+  logout = () => this.request<void>("POST", "/api/auth/logout");
+  profile = () => this.request<Profile>("GET", "/api/user/profile");
+  updateProfile = (p: ProfileUpdate) => this.request<Profile>("PUT", "/api/user/profile", { json: p });
+  apiKeys = () => this.request<{ items: ApiKey[] }>("GET", "/api/user/api-keys");
+  createApiKey = (name: string) => this.request<ApiKey>("POST", "/api/user/api-keys", { json: { name } });
+  revokeApiKey = (id: string) => this.request<void>("DELETE", `/api/user/api-keys/${encodeURIComponent(id)}`);
+  usage = () => this.request<Usage>("GET", "/api/user/usage");
+
+  // Generation
+  models = () => this.request<{ models: Model[] }>("GET", "/api/models");
+  styles = () => this.request<{ styles: Style[] }>("GET", "/api/styles");
+  generate = (req: ImageRequest, idempotencyKey?: string) =>
+    this.request<Accepted>("POST", "/api/generate/image", {
+      json: req,
+      headers: idempotencyKey ? { "idempotency-key": idempotencyKey } : undefined,
+    });
+  generation = (id: string) => this.request<Generation>("GET", `/api/generate/image/${encodeURIComponent(id)}`);
+  generations = (q: { cursor?: string | null; limit?: number; model?: string; q?: string; status?: string } = {}) =>
+    this.request<Page<Generation>>("GET", "/api/generate/images", { query: q });
+  cancel = (id: string) => this.request<Generation>("POST", `/api/generate/image/${encodeURIComponent(id)}/cancel`);
+  remove = (id: string) => this.request<void>("DELETE", `/api/generate/image/${encodeURIComponent(id)}`);
+  setPublic = (id: string, is_public: boolean) =>
+    this.request<Generation>("PATCH", `/api/generate/image/${encodeURIComponent(id)}`, { json: { is_public } });
+  upload = (file: Blob) =>
+    this.request<Asset>("POST", "/api/assets", {
+      body: file,
+      headers: { "content-type": file.type || "application/octet-stream" },
+    });
+
+  // Feed
+  feed = (q: { sort?: "new" | "top"; cursor?: string | null; limit?: number; q?: string } = {}) =>
+    this.request<Page<FeedItem>>("GET", "/api/feed", { query: q });
+  feedItem = (id: string) => this.request<FeedItem>("GET", `/api/feed/${encodeURIComponent(id)}`);
+  like = (id: string) => this.request<{ liked: boolean; likes_count: number }>("POST", `/api/feed/${encodeURIComponent(id)}/like`);
+  remix = (id: string, overrides: Partial<ImageRequest>) =>
+    this.request<Accepted>("POST", `/api/feed/${encodeURIComponent(id)}/remix`, { json: overrides });
+  publicProfile = (handle: string, cursor?: string | null) =>
+    this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });
+}

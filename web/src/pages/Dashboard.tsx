@@ -1,0 +1,140 @@
+// /app: everything I made, newest first; filter by model or prompt, select and delete.
+
+import { useEffect, useMemo, useState } from "react";
+import { useStore } from "zustand";
+import type { Generation } from "../api/types";
+import { api, generate, onChanged, toasts, use } from "../app";
+import { GridSkeleton, MoreLoader, gridClass } from "../components/Gallery";
+import { Button, Confirm, Input, Select } from "../components/ui";
+import { timeAgo } from "../lib/format";
+import { Link } from "../lib/router";
+import { createPager } from "../stores/pager";
+
+export default function Dashboard() {
+  const [model, setModel] = useState("");
+  const [q, setQ] = useState("");
+  const [search, setSearch] = useState("");
+  const models = use(generate, (s) => s.models);
+  const pager = useMemo(() => createPager<Generation>((cursor) => api.generations({ cursor, limit: 30 })), []);
+  const items = useStore(pager, (s) => s.items);
+  const loaded = useStore(pager, (s) => s.loaded);
+  const [selected, setSelected] = useState<Set<string>>(new Set());
+  const [confirming, setConfirming] = useState(false);
+  const [deleting, setDeleting] = useState(false);
+
+  useEffect(() => {
+    if (!generate.getState().optionsLoaded) void generate.getState().loadOptions();
+  }, []);
+  useEffect(() => {
+    void pager.getState().reset((cursor) => api.generations({ cursor, limit: 30, model: model || undefined, q: search || undefined }));
+    setSelected(new Set());
+  }, [pager, model, search]);
+  useEffect(() => onChanged(() => void pager.getState().reset()), [pager]);
+
+  const toggle = (id: string) =>
+    setSelected((s) => {
+      const n = new Set(s);
+      if (n.has(id)) n.delete(id);
+      else n.add(id);
+      return n;
+    });
+
+  async function deleteSelected() {
+    setConfirming(false);
+    setDeleting(true);
+    const ids = [...selected];
+    const results = await Promise.allSettled(ids.map((id) => api.remove(id)));
+    const gone = ids.filter((_, i) => results[i].status === "fulfilled");
+    pager.getState().remove(gone);
+    setSelected(new Set(ids.filter((id) => !gone.includes(id))));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) toasts.getState().error(failed.reason, `${ids.length - gone.length} of ${ids.length} could not be deleted`);
+    else toasts.getState().push("info", `Deleted ${gone.length}`);
+    setDeleting(false);
+  }
+
+  return (
+    <div className="mx-auto max-w-[1600px] px-3 py-6 sm:px-5">
+      <div className="mb-5 flex flex-wrap items-end gap-3">
+        <div className="mr-auto">
+          <h1 className="text-2xl font-semibold tracking-tight">My generations</h1>
+          <p className="text-sm text-muted">Private unless you share them.</p>
+        </div>
+        <form
+          role="search"
+          onSubmit={(e) => {
+            e.preventDefault();
+            setSearch(q.trim());
+          }}
+        >
+          <Input type="search" aria-label="Search my prompts" placeholder="Search prompts…" value={q} onChange={(e) => setQ(e.target.value)} className="w-48 sm:w-56" />
+        </form>
+        <Select aria-label="Filter by model" value={model} onChange={(e) => setModel(e.target.value)} className="w-44">
+          <option value="">All models</option>
+          {models.map((m) => (
+            <option key={m.id} value={m.id}>
+              {m.name}
+            </option>
+          ))}
+        </Select>
+        {selected.size > 0 && (
+          <>
+            <Button variant="ghost" onClick={() => setSelected(new Set())}>
+              Clear selection
+            </Button>
+            <Button variant="danger" disabled={deleting} onClick={() => setConfirming(true)} data-testid="bulk-delete">
+              Delete {selected.size}
+            </Button>
+          </>
+        )}
+      </div>
+      {!loaded ? (
+        <GridSkeleton />
+      ) : items.length === 0 ? (
+        <div className="rounded-2xl border border-dashed border-line p-10 text-center text-muted">
+          {search || model ? "Nothing matches." : "Nothing here yet."}{" "}
+          <Link to="/image" className="text-accent underline">
+            Generate an image
+          </Link>
+        </div>
+      ) : (
+        <ul className={gridClass}>
+          {items.map((g) => (
+            <li key={g.id} className={`group relative overflow-hidden rounded-xl border bg-surface ${selected.has(g.id) ? "border-accent" : "border-line"}`}>
+              <Link to={`/image?reuse=${g.id}`} className="block" aria-label={`Open: ${g.prompt}`}>
+                {g.images[0] ? (
+                  <img src={g.images[0].thumbnail_url} alt={g.prompt} className="pixelated aspect-square w-full object-cover" loading="lazy" />
+                ) : (
+                  <div className="grid aspect-square place-items-center text-xs text-muted">{g.status}</div>
+                )}
+              </Link>
+              <label className="absolute left-2 top-2 flex h-7 w-7 cursor-pointer items-center justify-center rounded-md bg-black/60">
+                <input type="checkbox" aria-label={`Select: ${g.prompt}`} checked={selected.has(g.id)} onChange={() => toggle(g.id)} className="h-4 w-4 accent-[var(--color-accent)]" />
+              </label>
+              {g.is_public && <span className="absolute right-2 top-2 rounded bg-black/60 px-1.5 py-0.5 text-[10px] uppercase tracking-wide">Public</span>}
+              <div className="px-2 py-1.5">
+                <p className="truncate text-xs text-neutral-300" title={g.prompt}>
+                  {g.prompt}
+                </p>
+                <p className="text-[11px] text-muted">
+                  {g.model} · {timeAgo(g.created_at)}
+                  {g.images.length > 1 ? ` · ${g.images.length} images` : ""}
+                </p>
+              </div>
+            </li>
+          ))}
+        </ul>
+      )}
+      {loaded && <MoreLoader pager={pager} />}
+      {confirming && (
+        <Confirm
+          title={`Delete ${selected.size} generation${selected.size > 1 ? "s" : ""}?`}
+          body="Their images are removed for good, also from the gallery."
+          confirm="Delete"
+          onCancel={() => setConfirming(false)}
+          onConfirm={() => void deleteSelected()}
+        />
+      )}
+    </div>
+  );
+}

@@ -1,0 +1,112 @@
+// /feed/:id: one shared image with its parameters; like it, remix it, meet its author.
+
+import { useEffect, useState } from "react";
+import { asApiError, type ApiError } from "../api/client";
+import type { FeedItem } from "../api/types";
+import { api, session, toasts, use } from "../app";
+import { ImageActions } from "../components/ImageActions";
+import { Button, ErrorNote, Skeleton } from "../components/ui";
+import { timeAgo } from "../lib/format";
+import { Link, navigate } from "../lib/router";
+
+function Param({ name, value }: { name: string; value: string | number | null | undefined }) {
+  if (value === null || value === undefined || value === "") return null;
+  return (
+    <>
+      <dt className="text-muted">{name}</dt>
+      <dd className="break-words text-neutral-200">{value}</dd>
+    </>
+  );
+}
+
+export default function FeedDetail({ id }: { id: string }) {
+  const [item, setItem] = useState<FeedItem | null>(null);
+  const [error, setError] = useState<ApiError | null>(null);
+  const [liking, setLiking] = useState(false);
+  const user = use(session, (s) => s.user);
+  const load = () => {
+    setError(null);
+    api.feedItem(id).then(setItem, (e) => setError(asApiError(e)));
+  };
+  useEffect(load, [id]);
+
+  if (error) return <div className="mx-auto max-w-3xl p-6">{error.status === 404 ? <ErrorNote error={{ message: "This image is not shared (any more), or does not exist." }} /> : <ErrorNote error={error} onRetry={load} />}</div>;
+  if (!item)
+    return (
+      <div className="mx-auto grid max-w-6xl gap-6 p-6 lg:grid-cols-[1fr_22rem]" aria-busy="true">
+        <Skeleton className="aspect-square" />
+        <Skeleton className="h-80" />
+      </div>
+    );
+
+  const mine = user?.handle === item.author.handle;
+  const signIn = () => navigate(`/login?next=${encodeURIComponent(`/feed/${id}`)}`);
+  async function like() {
+    if (!user) return signIn();
+    setLiking(true);
+    try {
+      const r = await api.like(id);
+      setItem((it) => (it ? { ...it, liked: r.liked, likes_count: r.likes_count } : it));
+    } catch (e) {
+      toasts.getState().error(e, "Cannot like");
+    } finally {
+      setLiking(false);
+    }
+  }
+  return (
+    <div className="mx-auto grid max-w-6xl gap-6 px-3 py-6 sm:px-5 lg:grid-cols-[minmax(0,1fr)_22rem]">
+      <div className={`grid gap-3 ${item.images.length > 1 ? "grid-cols-2" : ""}`}>
+        {item.images.map((img) => (
+          <img key={img.id} src={img.url} alt={item.prompt} width={img.width} height={img.height} className="pixelated w-full rounded-2xl border border-line bg-surface object-contain" data-testid="detail-image" />
+        ))}
+      </div>
+      <aside className="flex flex-col gap-4">
+        <Link to={`/profile/${item.author.handle}`} className="flex items-center gap-3 rounded-xl border border-line p-3 hover:bg-surface" data-testid="author">
+          <span className="brand-gradient grid h-10 w-10 place-items-center rounded-full font-bold text-neutral-950">{item.author.name.slice(0, 1).toUpperCase()}</span>
+          <span className="flex flex-col">
+            <span className="text-sm font-medium">{item.author.name}</span>
+            <span className="text-xs text-muted">
+              @{item.author.handle} · {timeAgo(item.created_at)}
+            </span>
+          </span>
+        </Link>
+        <p className="text-base leading-relaxed" data-testid="detail-prompt">
+          {item.prompt}
+        </p>
+        <div className="flex gap-2">
+          <Button onClick={like} disabled={liking} aria-pressed={item.liked} data-testid="like" className={item.liked ? "border-pink-500/60 text-pink-300" : ""}>
+            ♥ <span data-testid="likes-count">{item.likes_count}</span>
+            <span className="sr-only">{item.liked ? "Unlike" : "Like"}</span>
+          </Button>
+          <Button variant="primary" onClick={() => (user ? navigate(`/image?remix=${id}`) : signIn())} data-testid="remix">
+            Remix
+          </Button>
+        </div>
+        <dl className="grid grid-cols-[auto_1fr] gap-x-4 gap-y-1.5 rounded-xl border border-line p-4 text-sm" data-testid="parameters">
+          <Param name="Model" value={item.model} />
+          <Param name="Negative" value={item.negative_prompt} />
+          <Param name="Size" value={item.width && item.height ? `${item.width} × ${item.height}` : null} />
+          <Param name="Steps" value={item.steps} />
+          <Param name="CFG" value={item.cfg_scale} />
+          <Param name="Seed" value={item.seed} />
+          <Param name="Scheduler" value={item.scheduler} />
+          <Param name="Style" value={item.style && item.style !== "none" ? item.style : null} />
+        </dl>
+        {mine && (
+          <ImageActions
+            generation={item}
+            onReuse={() => navigate(`/image?reuse=${id}`)}
+            onTogglePublic={async (v) => {
+              const g = await api.setPublic(id, v);
+              setItem((it) => (it ? { ...it, is_public: g.is_public } : it));
+            }}
+            onDelete={async () => {
+              await api.remove(id);
+              navigate("/feed", { replace: true });
+            }}
+          />
+        )}
+      </aside>
+    </div>
+  );
+}

@@ -1,0 +1,111 @@
+import { useState } from "react";
+import { asApiError, type ApiError } from "../api/client";
+import { session } from "../app";
+import { Button, Field, Input, Spinner } from "../components/ui";
+import { navigate, useLocation } from "../lib/router";
+
+/** Where to go after signing in: only this site's own paths. */
+function nextPath(q: URLSearchParams): string {
+  const n = q.get("next") ?? "";
+  return n.startsWith("/") && !n.startsWith("//") ? n : "/image";
+}
+
+export default function Login() {
+  const { query } = useLocation();
+  const [mode, setMode] = useState<"login" | "register">(query.get("mode") === "register" ? "register" : "login");
+  const [email, setEmail] = useState("");
+  const [password, setPassword] = useState("");
+  const [name, setName] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<ApiError | null>(null);
+
+  const fieldError = (f: string) => (error?.field === f ? error.detail : null);
+  const general = error && !["email", "password", "name"].includes(error.field ?? "") ? error.message : null;
+
+  async function submit(e: React.FormEvent) {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      if (mode === "login") await session.getState().login(email, password);
+      else await session.getState().register(email, password, name);
+      navigate(nextPath(query), { replace: true });
+    } catch (err) {
+      setError(asApiError(err));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <div className="mx-auto flex max-w-md flex-col px-4 py-12 sm:py-20">
+      <h1 className="text-3xl font-semibold tracking-tight">{mode === "login" ? "Welcome back" : "Create your account"}</h1>
+      <p className="mt-2 text-sm text-muted">
+        {mode === "login" ? "Sign in to generate, save and share." : "Free to use on this server; new accounts get daily credits."}
+      </p>
+      <div role="tablist" aria-label="Sign in or register" className="mt-8 grid grid-cols-2 rounded-xl border border-line bg-surface p-1">
+        {(["login", "register"] as const).map((m) => (
+          <button
+            key={m}
+            type="button"
+            role="tab"
+            aria-selected={mode === m}
+            onClick={() => {
+              setMode(m);
+              setError(null);
+            }}
+            className={`h-9 rounded-lg text-sm ${mode === m ? "bg-raised text-white" : "text-muted hover:text-white"}`}
+          >
+            {m === "login" ? "Sign in" : "Register"}
+          </button>
+        ))}
+      </div>
+      <form onSubmit={submit} className="mt-6 flex flex-col gap-4" noValidate>
+        {mode === "register" && (
+          <Field label="Name" error={fieldError("name")}>
+            {(id, d) => (
+              <Input id={id} aria-describedby={d} aria-invalid={!!fieldError("name")} autoComplete="name" value={name} onChange={(e) => setName(e.target.value)} required />
+            )}
+          </Field>
+        )}
+        <Field label="Email" error={fieldError("email")}>
+          {(id, d) => (
+            <Input
+              id={id}
+              type="email"
+              aria-describedby={d}
+              aria-invalid={!!fieldError("email")}
+              autoComplete="email"
+              value={email}
+              onChange={(e) => setEmail(e.target.value)}
+              required
+            />
+          )}
+        </Field>
+        <Field label="Password" error={fieldError("password")} hint={mode === "register" ? "At least 8 characters." : undefined}>
+          {(id, d) => (
+            <Input
+              id={id}
+              type="password"
+              aria-describedby={d}
+              aria-invalid={!!fieldError("password")}
+              autoComplete={mode === "login" ? "current-password" : "new-password"}
+              value={password}
+              onChange={(e) => setPassword(e.target.value)}
+              required
+            />
+          )}
+        </Field>
+        {general && (
+          <p role="alert" className="rounded-lg border border-red-900 bg-red-950/50 px-3 py-2 text-sm text-red-200" data-testid="form-error">
+            {general}
+          </p>
+        )}
+        <Button type="submit" variant="primary" size="lg" disabled={busy}>
+          {busy && <Spinner />}
+          {mode === "login" ? "Sign in" : "Create account"}
+        </Button>
+      </form>
+    </div>
+  );
+}
