@@ -8,7 +8,7 @@
 // credits. Ann deletes it from her dashboard and it leaves Bob's gallery. Every page is
 // photographed at 1440 and 390 px, and no page may overflow the phone's width or throw.
 
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -19,6 +19,7 @@ if (!base || !shots) {
 }
 
 const PROMPT = "a red fox in the snow";
+const SKETCH = "pencil sketch of a cat";
 const DESKTOP = { width: 1440, height: 900 };
 const PHONE = { width: 390, height: 844 };
 
@@ -111,7 +112,7 @@ function pngText(bytes) {
   return out;
 }
 
-let ann, bob, generationId;
+let ann, bob, generationId, downloaded;
 
 try {
   ann = await person(DESKTOP, "ann");
@@ -181,10 +182,28 @@ try {
 
   await step("download: a PNG carrying its parameters", async () => {
     const [download] = await Promise.all([a.waitForEvent("download"), a.getByTestId("download").click()]);
-    const text = pngText(readFileSync(await download.path()));
+    downloaded = readFileSync(await download.path());
+    const text = pngText(downloaded);
     check(typeof text.parameters === "string", `no parameters chunk: ${Object.keys(text)}`);
     check(text.parameters.startsWith(PROMPT), `parameters: ${text.parameters}`);
     check(/Steps: 30/.test(text.parameters) && /Seed: 1234/.test(text.parameters), `parameters: ${text.parameters}`);
+  });
+
+  await step("image-to-image: upload a reference, generate at its size", async () => {
+    const ref = join(shots, "reference.png");
+    writeFileSync(ref, downloaded);
+    await a.getByTestId("reference-input").setInputFiles(ref);
+    await a.getByRole("img", { name: "Reference" }).waitFor();
+    check((await a.getByRole("button", { name: "Image", exact: true }).getAttribute("aria-pressed")) === "true", "the reference's own size is not chosen");
+    await a.getByLabel("Prompt", { exact: true }).fill(SKETCH);
+    await a.getByTestId("generate").click();
+    await a.waitForFunction((p) => document.querySelector('[data-testid="result-image"]')?.getAttribute("alt") === p, SKETCH, { timeout: 120_000 });
+    const g = await a.evaluate(async () => (await (await fetch("/api/generate/images")).json()).items[0]);
+    check(g.prompt === SKETCH && typeof g.init_image === "string" && g.strength === 0.6, `img2img: ${JSON.stringify(g)}`);
+    check(g.width === 16 && g.height === 16, `size: ${g.width}x${g.height}`);
+    // Back to the first image, from the strip of this session.
+    await a.getByRole("button", { name: `Show: ${PROMPT} (completed)` }).click();
+    await a.waitForFunction((p) => document.querySelector('[data-testid="result-image"]')?.getAttribute("alt") === p, PROMPT);
   });
 
   await step("make it public", async () => {
@@ -192,6 +211,17 @@ try {
     check((await toggle.getAttribute("aria-pressed")) === "false", "new generations are private");
     await toggle.click();
     await a.waitForFunction(() => document.querySelector('[data-testid="toggle-public"]')?.getAttribute("aria-pressed") === "true");
+  });
+
+  await step("search from the header finds it in the gallery", async () => {
+    const search = a.getByRole("searchbox", { name: "Search the gallery" });
+    await search.fill("RED FOX");
+    await search.press("Enter");
+    await a.waitForURL("**/feed?q=RED%20FOX");
+    await a.getByRole("img", { name: PROMPT, exact: true }).waitFor();
+    await search.fill("zebra");
+    await search.press("Enter");
+    await a.getByText("No shared image matches.").waitFor();
   });
 
   await step("settings: an API key is shown once and revoked", async () => {
@@ -210,7 +240,7 @@ try {
     const after = await a.evaluate(async (k) => (await fetch("/api/auth/me", { headers: { authorization: `Bearer ${k}` } })).status, key);
     check(after === 401, `a revoked key still works (${after})`);
     const left = await a.getByTestId("usage-credits-left").textContent();
-    check(left === "49", `credits left: ${left}`);
+    check(left === "48", `credits left: ${left}`);
   });
 
   bob = await person(PHONE, "bob");
@@ -281,8 +311,14 @@ try {
 
   await step("screenshots of every page at 1440 and 390 px", async () => {
     const guest = await person(DESKTOP, "guest");
-    await guest.page.goto("/login");
+    // A guest asking for a page of one's own signs in first, then gets there.
+    await guest.page.goto("/app");
+    await guest.page.waitForURL("**/login?next=%2Fapp");
     await shoot(guest.page, "login", () => guest.page.getByRole("button", { name: "Sign in" }).last().waitFor());
+    await guest.page.getByLabel("Email", { exact: true }).fill("bob@example.com");
+    await guest.page.getByLabel("Password", { exact: true }).fill("hunter2hunter2");
+    await guest.page.getByRole("button", { name: "Sign in" }).last().click();
+    await guest.page.waitForURL("**/app");
     await guest.context.close();
     const pages = [
       ["image", "/image", () => a.getByTestId("recent").locator("img").first().waitFor()],
@@ -298,16 +334,47 @@ try {
     }
   });
 
-  await step("the owner deletes it from the dashboard; it leaves the gallery", async () => {
+  await step("dashboard: filter by model", async () => {
     await a.goto("/app");
+    await a.getByRole("img", { name: PROMPT, exact: true }).waitFor();
+    await a.getByLabel("Filter by model", { exact: true }).selectOption("sd-turbo");
+    await a.getByText("Nothing matches.").waitFor();
+    await a.getByLabel("Filter by model", { exact: true }).selectOption("tiny");
+    await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
+  });
+
+  await step("the owner deletes it from the dashboard; it leaves the gallery", async () => {
     await a.getByRole("checkbox", { name: `Select: ${PROMPT}` }).check();
     await a.getByTestId("bulk-delete").click();
     await a.getByRole("dialog").getByRole("button", { name: "Delete" }).click();
-    await a.getByText("Nothing here yet.").waitFor();
+    await a.getByRole("img", { name: PROMPT, exact: true }).waitFor({ state: "detached" });
+    await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
     await b.goto("/feed");
     await b.getByText("Nothing has been shared yet.").waitFor();
     await b.goto(`/feed/${generationId}`);
     await b.getByText("not shared (any more)").waitFor();
+  });
+
+  await step("dashboard: more pages load as the end scrolls into view", async () => {
+    const made = await a.evaluate(async () => {
+      let ok = 0;
+      for (let i = 0; i < 31; i++) {
+        const r = await fetch("/api/generate/image", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt: `filler ${i}`, model: "tiny", steps: 1 }),
+        });
+        if (r.status === 202) ok++;
+      }
+      return ok;
+    });
+    check(made === 31, `submitted ${made} of 31`);
+    await a.goto("/app");
+    const cards = a.getByRole("list").first().getByRole("listitem");
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
+    await cards.last().scrollIntoViewIfNeeded();
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 32);
+    await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 
   check(uncaught.length === 0, `uncaught errors in the page:\n${uncaught.join("\n")}`);

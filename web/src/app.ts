@@ -12,6 +12,7 @@ export const api = new ApiClient();
 export const session = createSessionStore(api);
 export const toasts = createToastStore();
 export const generate = createGenerateStore(api, {
+  // The balance in the header is a convenience; it is read again on the next change.
   onCreditsChanged: () => void session.getState().refreshUser().catch(() => {}),
   onChanged: (id) => changedListeners.forEach((l) => l(id)),
 });

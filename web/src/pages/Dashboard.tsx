@@ -62,21 +62,24 @@ export default function Dashboard() {
         </div>
         <form
           role="search"
+          className="w-48 sm:w-56"
           onSubmit={(e) => {
             e.preventDefault();
             setSearch(q.trim());
           }}
         >
-          <Input type="search" aria-label="Search my prompts" placeholder="Search prompts…" value={q} onChange={(e) => setQ(e.target.value)} className="w-48 sm:w-56" />
+          <Input type="search" aria-label="Search my prompts" placeholder="Search prompts…" value={q} onChange={(e) => setQ(e.target.value)} />
         </form>
-        <Select aria-label="Filter by model" value={model} onChange={(e) => setModel(e.target.value)} className="w-44">
-          <option value="">All models</option>
-          {models.map((m) => (
-            <option key={m.id} value={m.id}>
-              {m.name}
-            </option>
-          ))}
-        </Select>
+        <div className="w-44">
+          <Select aria-label="Filter by model" value={model} onChange={(e) => setModel(e.target.value)}>
+            <option value="">All models</option>
+            {models.map((m) => (
+              <option key={m.id} value={m.id}>
+                {m.name}
+              </option>
+            ))}
+          </Select>
+        </div>
         {selected.size > 0 && (
           <>
             <Button variant="ghost" onClick={() => setSelected(new Set())}>

@@ -40,12 +40,13 @@ export default function Feed() {
         </div>
         <form
           role="search"
+          className="w-52 sm:w-64"
           onSubmit={(e) => {
             e.preventDefault();
             go({ q: text.trim() });
           }}
         >
-          <Input type="search" aria-label="Search prompts" placeholder="Search prompts…" value={text} onChange={(e) => setText(e.target.value)} className="w-52 sm:w-64" />
+          <Input type="search" aria-label="Search prompts" placeholder="Search prompts…" value={text} onChange={(e) => setText(e.target.value)} />
         </form>
         <div className="flex gap-1.5" role="group" aria-label="Order">
           <Chip active={sort === "new"} onClick={() => go({ sort: "new" })}>

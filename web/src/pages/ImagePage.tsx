@@ -4,7 +4,7 @@
 import { useEffect, useMemo, useRef, useState } from "react";
 import { useStore } from "zustand";
 import type { Generation } from "../api/types";
-import { api, generate, onChanged, toasts, use } from "../app";
+import { api, events, generate, onChanged, toasts, use } from "../app";
 import { ImageActions } from "../components/ImageActions";
 import { Button, Chip, ErrorNote, Field, Input, Select, Skeleton, Spinner } from "../components/ui";
 import { Link, navigate, useLocation } from "../lib/router";
@@ -212,6 +212,7 @@ function ReferenceField() {
   const [over, setOver] = useState(false);
   const input = useRef<HTMLInputElement>(null);
   const take = (f: File | undefined) => {
+    // A refused upload is kept in the store's error and shown by the Generate button.
     if (f) void generate.getState().uploadInit(f).catch(() => {});
   };
   return (
@@ -449,6 +450,10 @@ function Recent() {
     void pager.getState().reset();
     return onChanged(() => void pager.getState().reset());
   }, [pager]);
+  // Coming back to the page shows the latest generation rather than an empty frame.
+  useEffect(() => {
+    if (loaded && items[0] && generate.getState().selected === null) generate.getState().open(items[0]);
+  }, [loaded, items]);
   return (
     <section aria-label="Recent generations" className="border-t border-line pt-4">
       <div className="mb-2 flex items-center justify-between">
@@ -519,12 +524,25 @@ export default function ImagePage() {
     })();
   }, [remix, reuse]);
   const history = use(generate, (s) => s.order);
+  const live = use(events, (s) => s.status);
+  const running = use(generate, (s) => Object.values(s.jobs).some(isActive));
+  // Without the event stream, running jobs are polled so the page never goes stale.
+  useEffect(() => {
+    if (live === "open" || !running) return;
+    const t = setInterval(() => void generate.getState().resync(), 2000);
+    return () => clearInterval(t);
+  }, [live, running]);
   return (
     <div className="mx-auto flex max-w-[1400px] flex-col gap-5 px-3 py-5 sm:px-5">
       <h1 className="sr-only">Image generation</h1>
       <RemixBanner />
       <PromptBox />
       <SubmitError />
+      {running && live !== "open" && (
+        <p role="status" className="rounded-lg border border-line bg-surface px-3 py-2 text-sm text-muted" data-testid="live-status">
+          Live updates are reconnecting; progress is checked every 2 s meanwhile.
+        </p>
+      )}
       <div className="grid gap-5 lg:grid-cols-[minmax(0,1fr)_22rem]">
         <section aria-label="Result" className="flex min-w-0 flex-col gap-4">
           <Current />

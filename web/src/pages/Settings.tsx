@@ -233,11 +233,14 @@ function UsagePanel() {
         {u.history.length === 0 ? (
           <p className="text-sm text-muted">No use yet.</p>
         ) : (
-          <ol className="flex h-28 items-end gap-1" aria-label="Credits used per day">
+          <ol className="flex h-32 max-w-2xl gap-1" aria-label="Credits used per day">
             {u.history.map((h) => (
-              <li key={h.day} className="flex flex-1 flex-col items-center gap-1" title={`${day(h.day)}: ${h.credits_used} credits, ${h.generations} generations`}>
-                <div className="brand-gradient w-full max-w-6 rounded-t" style={{ height: `${Math.max(4, (100 * Math.max(0, h.credits_used)) / max)}%` }} />
-                <span className="text-[10px] text-muted">{day(h.day)}</span>
+              <li key={h.day} className="flex min-w-0 flex-1 flex-col items-center gap-1" title={`${day(h.day)}: ${h.credits_used} credits, ${h.generations} generations`}>
+                <span className="text-[10px] text-neutral-300">{h.credits_used}</span>
+                <div className="flex w-full flex-1 items-end justify-center">
+                  <div className="brand-gradient w-full max-w-8 rounded-t" style={{ height: `${Math.max(4, (100 * Math.max(0, h.credits_used)) / max)}%` }} />
+                </div>
+                <span className="truncate text-[10px] text-muted">{day(h.day)}</span>
               </li>
             ))}
           </ol>

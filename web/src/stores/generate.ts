@@ -258,6 +258,7 @@ export function createGenerateStore(
           // The full view (parameters, the seed the server drew).
           api.generation(acc.id).then(
             (g) => put(g.id, g),
+            // Best effort: events and resync keep the job current without it.
             () => {},
           );
           return acc.id;
@@ -296,6 +297,7 @@ export function createGenerateStore(
                 put(g.id, g);
                 if (!isActive(g)) hooks.onChanged?.(g.id);
               },
+              // The next resync (or event) tries again.
               () => {},
             ),
           ),
