@@ -60,13 +60,21 @@ export function Field({
       </label>
       {children(id, error ? errId : undefined)}
       {error ? (
-        <p id={errId} role="alert" className="text-sm text-red-400" data-field-error>
-          {error}
-        </p>
+        <FieldError id={errId}>{error}</FieldError>
       ) : hint ? (
         <p className="text-xs text-muted">{hint}</p>
       ) : null}
     </div>
+  );
+}
+
+/** A field's error (nothing when there is none). */
+export function FieldError({ children, id, className = "" }: { children: ReactNode; id?: string; className?: string }) {
+  if (!children) return null;
+  return (
+    <p id={id} role="alert" className={`text-sm text-red-400 ${className}`} data-field-error>
+      {children}
+    </p>
   );
 }
 

@@ -6,7 +6,7 @@ import { useStore } from "zustand";
 import type { Generation } from "../api/types";
 import { api, events, generate, onChanged, toasts, use } from "../app";
 import { ImageActions } from "../components/ImageActions";
-import { Button, Chip, ErrorNote, Field, Input, Select, Skeleton, Spinner } from "../components/ui";
+import { Button, Chip, ErrorNote, Field, FieldError, Input, Select, Skeleton, Spinner } from "../components/ui";
 import { Link, navigate, useLocation } from "../lib/router";
 import { createPager } from "../stores/pager";
 import { SCHEDULERS, isActive, type Job } from "../stores/generate";
@@ -50,11 +50,9 @@ function PromptBox() {
         }}
         className="w-full resize-y bg-transparent px-1 text-base leading-relaxed text-neutral-100 placeholder:text-neutral-500 focus:outline-none"
       />
-      {promptError && (
-        <p id="prompt-error" role="alert" className="px-1 text-sm text-red-400" data-field-error>
-          {promptError}
-        </p>
-      )}
+      <FieldError id="prompt-error" className="px-1">
+        {promptError}
+      </FieldError>
       {showNegative && (
         <div className="mt-2 border-t border-line pt-2">
           <label htmlFor="negative" className="px-1 text-xs uppercase tracking-wide text-muted">
@@ -69,11 +67,7 @@ function PromptBox() {
             onChange={(e) => g.set({ negative: e.target.value })}
             className="w-full resize-y bg-transparent px-1 text-sm text-neutral-200 placeholder:text-neutral-600 focus:outline-none"
           />
-          {negativeError && (
-            <p role="alert" className="px-1 text-sm text-red-400" data-field-error>
-              {negativeError}
-            </p>
-          )}
+          <FieldError className="px-1">{negativeError}</FieldError>
         </div>
       )}
       <div className="mt-2 flex flex-wrap items-center gap-2">
@@ -152,11 +146,7 @@ function AspectField() {
         ))}
       </div>
       <span className="text-xs text-muted">{sizes.find((a) => a.ratio === aspect) ? `${sizes.find((a) => a.ratio === aspect)!.width} × ${sizes.find((a) => a.ratio === aspect)!.height} px` : aspect === "image" ? "The reference image's size" : ""}</span>
-      {error && (
-        <p role="alert" className="text-sm text-red-400" data-field-error>
-          {error}
-        </p>
-      )}
+      <FieldError>{error}</FieldError>
     </div>
   );
 }
@@ -194,11 +184,7 @@ function BatchField() {
           </Chip>
         ))}
       </div>
-      {error && (
-        <p role="alert" className="text-sm text-red-400" data-field-error>
-          {error}
-        </p>
-      )}
+      <FieldError>{error}</FieldError>
     </div>
   );
 }
@@ -261,11 +247,7 @@ function ReferenceField() {
           />
         </div>
       )}
-      {initError && (
-        <p role="alert" className="text-sm text-red-400" data-field-error>
-          {initError}
-        </p>
-      )}
+      <FieldError>{initError}</FieldError>
       {init && (
         <Field label={`Strength ${Math.round(strength * 100)}%`} error={strengthError} hint="How far the result may move from the reference.">
           {(id) => (

@@ -4,7 +4,7 @@ import { useEffect, useState } from "react";
 import { asApiError, type ApiError } from "../api/client";
 import type { ApiKey, Profile, Usage } from "../api/types";
 import { api, session, toasts } from "../app";
-import { Button, Confirm, ErrorNote, Field, Input, Skeleton, Spinner, Textarea } from "../components/ui";
+import { Button, Confirm, ErrorNote, Field, FieldError, Input, Skeleton, Spinner, Textarea } from "../components/ui";
 import { day, timeAgo } from "../lib/format";
 
 function Section({ title, children, id }: { title: string; children: React.ReactNode; id: string }) {
@@ -121,11 +121,7 @@ function ApiKeys() {
       >
         <div className="min-w-56 flex-1">
           <Input aria-label="Key name" placeholder="Key name, e.g. my-script" value={name} onChange={(e) => setName(e.target.value)} aria-invalid={!!error} />
-          {error && (
-            <p role="alert" className="mt-1 text-sm text-red-400" data-field-error>
-              {error.detail}
-            </p>
-          )}
+          <FieldError className="mt-1">{error?.detail}</FieldError>
         </div>
         <Button type="submit">Create key</Button>
       </form>
