@@ -3,7 +3,8 @@
 layout, and diffusers' outputs for their components and for full pipelines.
 
     python -m venv /tmp/golden-venv && /tmp/golden-venv/bin/pip install -r tools/golden/requirements.txt
-    /tmp/golden-venv/bin/python tools/golden/make.py   # writes crates/krya-engine/tests/golden/
+    /tmp/golden-venv/bin/python tools/golden/make.py          # writes crates/krya-engine/tests/golden/
+    /tmp/golden-venv/bin/python tools/golden/make.py stream   # only the real-time frames
 
 Each model's configs are deliberately unlike any preset (odd widths, per-block lists), so
 the Rust engine must read them from the files. Pipelines use one torch CPU generator per
@@ -23,7 +24,7 @@ from safetensors.torch import save_file
 
 import diffusers
 from diffusers import (AutoencoderKL, AutoencoderTiny, DiffusionPipeline, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelPipeline, PNDMScheduler, StableDiffusionImg2ImgPipeline,
+                       EulerDiscreteScheduler, LCMScheduler, LatentConsistencyModelImg2ImgPipeline, LatentConsistencyModelPipeline, PNDMScheduler, StableDiffusionImg2ImgPipeline,
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -306,8 +307,10 @@ def run_cases(pipes, tensors):
                 np.save(OUT / f"{cid}.noise.npy", noise.numpy())
             call = pipe
         elif mode == "img2img":
-            call = StableDiffusionImg2ImgPipeline(**{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
-                                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            # A model's own img2img pipeline: LCM models have theirs (strength in the schedule).
+            img2img = LatentConsistencyModelImg2ImgPipeline if isinstance(pipe, LatentConsistencyModelPipeline) else StableDiffusionImg2ImgPipeline
+            call = img2img(**{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             kw.update(image=init, strength=p["strength"])
         else:
             call = pipe if isinstance(pipe, (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline)) else StableDiffusionInpaintPipeline(
@@ -347,10 +350,15 @@ def run_cases(pipes, tensors):
     case("sdxl_inpaint_unet_euler_a", "sdxl_inpaint", mode="inpaint", scheduler="euler_a", steps=4, guidance=5.0, strength=0.8, batch=2, seed=44, **base)
     case("lcm_default", "lcm", steps=2, guidance=8.0, seed=51, prompt=base["prompt"], negative_prompt=None)
     case("lcm_4", "lcm", steps=4, guidance=3.0, batch=2, seed=52, prompt=base["prompt"], negative_prompt=None)
+    case("lcm_img2img", "lcm", mode="img2img", steps=3, guidance=6.0, strength=0.5, batch=2, seed=53, prompt=base["prompt"], negative_prompt=None)
     return cases
 
 
 def main():
+    if sys.argv[1:] == ["stream"]:
+        # Only the real-time references, from the committed models.
+        stream_reference()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     pipes = models()
     tensors = {}
@@ -360,6 +368,7 @@ def main():
     checkpoint_case(tensors, cases)
     tiny_vae_reference(tensors)
     dedupe()
+    stream_reference()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "reference.safetensors"))
     (OUT / "cases.json").write_text(json.dumps(cases, indent=1))
     (OUT / "VERSIONS").write_text(f"torch {torch.__version__}\ndiffusers {diffusers.__version__}\n"
@@ -383,6 +392,69 @@ def tiny_vae_reference(tensors):
     with torch.no_grad():
         tensors["taesd.image"], tensors["taesd.encoded"] = img, taesd.encode(img).latents
         tensors["taesd.latents"], tensors["taesd.decoded"] = lat, taesd.decode(lat).sample
+
+
+def schedule_len(steps, strength):
+    """krya_engine::realtime::schedule_len: the shortest schedule that runs `steps` steps at `strength`."""
+    n = max(steps, int(np.ceil(steps / strength)))
+    while int(n * strength) < steps:
+        n += 1
+    while n > steps and int((n - 1) * strength) >= steps:
+        n -= 1
+    return n
+
+
+def stream_reference():
+    """Real-time frames (krya_engine::realtime::Stream): diffusers' text-to-image and img2img
+    pipelines with vae=AutoencoderTiny, each frame with a freshly seeded generator, on models
+    reloaded from disk. The turbo model gets its own TAESD (its VAE is 2x); LCM shares the
+    4x one. A model folder's `taesd/` is where Krya looks for its tiny autoencoder first."""
+    torch.manual_seed(12)
+    taesd = randomize(AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
+                                      num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)).eval()
+    path = OUT / "turbo" / "taesd"
+    if path.exists():
+        shutil.rmtree(path)
+    taesd.save_pretrained(str(path), safe_serialization=True)
+    link = OUT / "lcm" / "taesd"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink("../taesd", link)
+    canvas = init_image(32, 24)
+    canvas.save(OUT / "stream_canvas.png")
+    tensors, cases = {}, []
+    comps = ("text_encoder", "tokenizer", "unet", "scheduler")
+    for cid, model, steps, strength, seed, prompt in [
+        ("turbo_text", "turbo", 1, None, 5, "a lighthouse at dusk"),
+        ("turbo_text_2", "turbo", 2, None, 6, "a lighthouse at dusk"),
+        ("turbo_canvas_1_05", "turbo", 1, 0.5, 7, "a lighthouse at dusk"),
+        ("turbo_canvas_2_07", "turbo", 2, 0.7, 8, "a red barn in a field"),
+        ("turbo_canvas_4_03", "turbo", 4, 0.3, 9, "a red barn in a field"),
+        ("lcm_text_2", "lcm", 2, None, 10, "a lighthouse at dusk"),
+        ("lcm_canvas_2_06", "lcm", 2, 0.6, 11, "a red barn in a field"),
+    ]:
+        base = DiffusionPipeline.from_pretrained(str(OUT / model))
+        tiny = AutoencoderTiny.from_pretrained(str(OUT / model / "taesd")).eval()
+        parts = {k: v for k, v in base.components.items() if k in comps}
+        lcm = isinstance(base, LatentConsistencyModelPipeline)
+        guidance = 8.0 if lcm else 0.0
+        kw = dict(prompt=prompt, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed), output_type="np")
+        if strength is None:
+            call = (LatentConsistencyModelPipeline(vae=tiny, **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                    if lcm else StableDiffusionPipeline(vae=tiny, **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False))
+            kw.update(num_inference_steps=steps, width=32, height=24)
+        else:
+            img2img = LatentConsistencyModelImg2ImgPipeline if lcm else StableDiffusionImg2ImgPipeline
+            call = img2img(vae=tiny, **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            kw.update(num_inference_steps=steps if lcm else schedule_len(steps, strength), image=canvas, strength=strength)
+        with torch.no_grad():
+            images = call(**kw).images
+        u8 = (images[0] * 255).round().astype(np.uint8)
+        tensors[f"stream.{cid}"] = torch.from_numpy(u8)
+        cases.append(dict(id=cid, model=model, steps=steps, strength=strength, seed=seed, prompt=prompt, width=32, height=24))
+        print(cid, u8.shape, round(u8.mean(), 2), round(u8.std(), 2), np.unique(u8).size)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "stream.safetensors"))
+    (OUT / "stream_cases.json").write_text(json.dumps(cases, indent=1))
 
 
 def dedupe():

@@ -9,7 +9,8 @@
 //! - `schedulers`: one file per sampling algorithm;
 //! - `rng`: a PyTorch-compatible generator so seeds match diffusers;
 //! - `weights`: tensor sources that check every stored tensor is used;
-//! - `image_io`: image tensors, previews and PNGs with A1111 parameters.
+//! - `image_io`: image tensors, previews and PNGs with A1111 parameters;
+//! - `realtime`: per-session streams for the live canvas (TAESD, cached prompts).
 
 pub mod cancel;
 pub mod device;
@@ -17,11 +18,14 @@ pub mod error;
 pub mod image_io;
 pub mod model;
 pub mod pipelines;
+pub mod realtime;
 pub mod rng;
 pub mod schedulers;
 pub mod weights;
 
 pub use cancel::CancelToken;
 pub use error::{EngineError, Result};
-pub use pipelines::stable_diffusion::{GenerateRequest, Generated, StableDiffusion, StepProgress};
+pub use pipelines::stable_diffusion::{
+    GenerateOptions, GenerateRequest, Generated, PromptEmbeds, StableDiffusion, StepProgress,
+};
 pub use schedulers::SchedulerKind;

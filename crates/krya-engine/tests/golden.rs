@@ -287,25 +287,87 @@ fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
     assert!(steps_seen > 0, "{id}: no step reported");
     let want = r(&format!("case.{id}"));
     assert_eq!(out.images.len(), want.dim(0).unwrap(), "{id}: batch size");
-    let mut bad = Vec::new();
-    for (i, img) in out.images.iter().enumerate() {
-        let want: Vec<u8> = want.i(i).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let got = img.as_raw();
-        assert_eq!(got.len(), want.len(), "{id}: image size");
-        let diffs: Vec<f64> = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (*a as f64 - *b as f64).abs())
-            .collect();
-        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        if mean > 0.5 || max > 3.0 {
-            bad.push(format!(
-                "image {i}: mean abs diff {mean:.3}/255, max {max}/255"
-            ));
-        }
-    }
+    let bad: Vec<String> = out
+        .images
+        .iter()
+        .enumerate()
+        .filter_map(|(i, img)| {
+            image_differs(img, &want.i(i).unwrap()).map(|e| format!("image {i}: {e}"))
+        })
+        .collect();
     assert!(bad.is_empty(), "{id}: {}", bad.join("; "));
+}
+
+/// How an 8-bit image differs from diffusers' (`[h, w, 3]` u8), beyond a mean of 0.5/255
+/// or a maximum of 3/255; `None` when it matches.
+fn image_differs(img: &image::RgbImage, want: &Tensor) -> Option<String> {
+    let want: Vec<u8> = want.flatten_all().unwrap().to_vec1().unwrap();
+    let got = img.as_raw();
+    if got.len() != want.len() {
+        return Some(format!("{} values, want {}", got.len(), want.len()));
+    }
+    let diffs: Vec<f64> = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .collect();
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let max = diffs.iter().cloned().fold(0.0, f64::max);
+    (mean > 0.5 || max > 3.0).then(|| format!("mean abs diff {mean:.3}/255, max {max}/255"))
+}
+
+/// Real-time frames (`realtime::Stream`) equal diffusers' text-to-image and img2img
+/// pipelines with `vae = AutoencoderTiny` and a freshly seeded generator; the same frame
+/// twice is the same image (fixed noise), and the prompt is encoded once for many frames.
+#[test]
+fn stream_frames_match_diffusers() {
+    use krya_engine::realtime::{FrameRequest, Stream};
+    use std::sync::Arc;
+    let refs =
+        candle_core::safetensors::load(dir().join("stream.safetensors"), &Device::Cpu).unwrap();
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("stream_cases.json")).unwrap())
+            .unwrap();
+    assert!(cases.len() >= 5);
+    let canvas = Arc::new(image_io::load_rgb(&dir().join("stream_canvas.png")).unwrap());
+    let mut streams: HashMap<String, Stream> = HashMap::new();
+    let mut bad = Vec::new();
+    for case in &cases {
+        let (id, name) = (
+            case["id"].as_str().unwrap(),
+            case["model"].as_str().unwrap(),
+        );
+        let stream = streams.entry(name.to_string()).or_insert_with(|| {
+            let taesd = model::diffusers::load_tiny_vae(
+                &dir().join(name).join("taesd"),
+                &Device::Cpu,
+                DType::F32,
+            )
+            .unwrap();
+            Stream::new(Arc::new(load(name)), Arc::new(taesd)).unwrap()
+        });
+        let frame = FrameRequest {
+            prompt: case["prompt"].as_str().unwrap().to_string(),
+            seed: case["seed"].as_u64().unwrap(),
+            strength: case["strength"].as_f64().unwrap_or(1.0),
+            steps: case["steps"].as_u64().unwrap() as usize,
+            width: case["width"].as_u64().unwrap() as usize,
+            height: case["height"].as_u64().unwrap() as usize,
+            canvas: case["strength"].is_f64().then(|| canvas.clone()),
+        };
+        let img = stream.render(&frame, &CancelToken::new()).unwrap();
+        assert!(stream.has_prompt(&frame.prompt), "{id}: prompt not cached");
+        if let Some(e) = image_differs(&img, &refs[&format!("stream.{id}")]) {
+            bad.push(format!("{id}: {e}"));
+        }
+        let again = stream.render(&frame, &CancelToken::new()).unwrap();
+        assert_eq!(img, again, "{id}: the same frame rendered twice differs");
+    }
+    assert!(
+        bad.is_empty(),
+        "frames differ from diffusers:\n{}",
+        bad.join("\n")
+    );
 }
 
 #[test]

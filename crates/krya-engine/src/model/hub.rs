@@ -34,7 +34,8 @@ pub fn cached_snapshot(repo: &str, revision: &str) -> Option<PathBuf> {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| revision.to_string());
     let snap = dir.join("snapshots").join(commit);
-    snap.join("model_index.json").is_file().then_some(snap)
+    // A pipeline repo has model_index.json; a single-component repo (a TAESD) config.json.
+    (snap.join("model_index.json").is_file() || snap.join("config.json").is_file()).then_some(snap)
 }
 
 /// The cached snapshot, or a readable error saying how to get it.
@@ -122,11 +123,17 @@ fn wanted_files(all: &[RemoteFile], components: &[String]) -> Vec<RemoteFile> {
         .cloned()
         .collect();
     for c in components {
+        // The component "" is the repo's root (a single-component repo).
+        let prefix = if c.is_empty() {
+            String::new()
+        } else {
+            format!("{c}/")
+        };
         let in_dir: Vec<(&RemoteFile, &str)> = all
             .iter()
             .filter_map(|f| {
                 f.path
-                    .strip_prefix(&format!("{c}/"))
+                    .strip_prefix(&prefix)
                     .filter(|n| !n.contains('/'))
                     .map(|n| (f, n))
             })
@@ -171,8 +178,9 @@ fn net_error(url: &str, e: ureq::Error) -> EngineError {
     ))
 }
 
-/// Downloads the files a diffusers pipeline needs from `repo` into the HF cache, resuming
-/// partial files and verifying sha256 sums where the hub gives them. Returns the snapshot.
+/// Downloads the files a diffusers pipeline (or a single-component repo, such as a TAESD)
+/// needs from `repo` into the HF cache, resuming partial files and verifying sha256 sums
+/// where the hub gives them. Returns the snapshot.
 pub fn pull(
     repo: &str,
     revision: &str,
@@ -231,9 +239,10 @@ pub fn pull(
                 .collect()
         })
         .unwrap_or_default();
-    if !all.iter().any(|f| f.path == "model_index.json") {
+    let pipeline = all.iter().any(|f| f.path == "model_index.json");
+    if !pipeline && !all.iter().any(|f| f.path == "config.json") {
         return Err(EngineError::InvalidInput(format!(
-            "{repo} is not a diffusers pipeline repo (no model_index.json)"
+            "{repo} is not a diffusers repo (no model_index.json or config.json)"
         )));
     }
     let dir = repo_dir(repo);
@@ -241,38 +250,44 @@ pub fn pull(
     let blobs = dir.join("blobs");
     std::fs::create_dir_all(&blobs).map_err(|e| EngineError::io(&blobs, e))?;
 
-    // model_index.json first: it names the components.
-    let index = all
-        .iter()
-        .find(|f| f.path == "model_index.json")
-        .unwrap()
-        .clone();
-    fetch_file(
-        &agent,
-        &base,
-        repo,
-        &commit,
-        &index,
-        &blobs,
-        &snapshot,
-        0,
-        1,
-        on_progress,
-    )?;
-    let index_json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(snapshot.join("model_index.json"))
-            .map_err(|e| EngineError::io(&snapshot, e))?,
-    )
-    .map_err(|e| EngineError::Download(format!("{repo}: model_index.json is not JSON ({e})")))?;
-    let components: Vec<String> = index_json
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, v)| !k.starts_with('_') && v.is_array())
-                .map(|(k, _)| k.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let components: Vec<String> = if pipeline {
+        // model_index.json first: it names the components.
+        let index = all
+            .iter()
+            .find(|f| f.path == "model_index.json")
+            .unwrap()
+            .clone();
+        fetch_file(
+            &agent,
+            &base,
+            repo,
+            &commit,
+            &index,
+            &blobs,
+            &snapshot,
+            0,
+            1,
+            on_progress,
+        )?;
+        let index_json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(snapshot.join("model_index.json"))
+                .map_err(|e| EngineError::io(&snapshot, e))?,
+        )
+        .map_err(|e| {
+            EngineError::Download(format!("{repo}: model_index.json is not JSON ({e})"))
+        })?;
+        index_json
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, v)| !k.starts_with('_') && v.is_array())
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        vec![String::new()]
+    };
     let files: Vec<RemoteFile> = wanted_files(&all, &components)
         .into_iter()
         .filter(|f| f.path != "model_index.json")

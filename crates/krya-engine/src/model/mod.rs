@@ -75,3 +75,55 @@ pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<Stabl
         }
     }
 }
+
+/// TAESD for the SD 1.x / 2.x latent space, and for SDXL's.
+pub const TAESD_REPO: &str = "madebyollin/taesd";
+pub const TAESDXL_REPO: &str = "madebyollin/taesdxl";
+
+/// Where a model's tiny autoencoder comes from: a `taesd/` folder inside the model's own
+/// folder (or cached snapshot) when it has one, else the TAESD repo of its latent space,
+/// told by its UNet (SDXL's takes pooled text and size conditioning), never by its name.
+pub fn tiny_vae_source(source: &ModelSource, model: &StableDiffusion) -> ModelSource {
+    let own = match source {
+        ModelSource::Folder(dir) => Some(dir.join("taesd")),
+        ModelSource::Hub { repo, revision } => {
+            hub::cached_snapshot(repo, revision).map(|d| d.join("taesd"))
+        }
+        ModelSource::Checkpoint(_) => None,
+    };
+    if let Some(dir) = own.filter(|d| d.join("config.json").is_file()) {
+        return ModelSource::Folder(dir);
+    }
+    let repo = if model.unet.needs_added_cond() {
+        TAESDXL_REPO
+    } else {
+        TAESD_REPO
+    };
+    ModelSource::Hub {
+        repo: repo.into(),
+        revision: "main".into(),
+    }
+}
+
+/// Loads the tiny autoencoder `tiny_vae_source` names, downloading a hub one when it is
+/// not cached yet (unless `HF_HUB_OFFLINE`).
+pub fn load_tiny_vae(
+    source: &ModelSource,
+    device: &Device,
+    dtype: DType,
+) -> Result<crate::pipelines::stable_diffusion::vae_tiny::AutoencoderTiny> {
+    let dir = match source {
+        ModelSource::Folder(dir) => dir.clone(),
+        ModelSource::Checkpoint(p) => {
+            return Err(EngineError::InvalidInput(format!(
+                "{}: a tiny autoencoder is a folder (config.json + weights)",
+                p.display()
+            )));
+        }
+        ModelSource::Hub { repo, revision } => match hub::cached_snapshot(repo, revision) {
+            Some(d) => d,
+            None => hub::pull(repo, revision, &mut |_| {})?,
+        },
+    };
+    diffusers::load_tiny_vae(&dir, device, dtype)
+}

@@ -20,7 +20,10 @@ pub struct Lcm {
 }
 
 impl Lcm {
-    pub fn new(c: &SchedulerConfig, steps: usize) -> Result<Self> {
+    /// `strength` below 1 is image-to-image as diffusers' LCM img2img pipeline does it: the
+    /// schedule is picked from the first `original_inference_steps * strength` of the
+    /// original steps, and every one of the `steps` runs.
+    pub fn new(c: &SchedulerConfig, steps: usize, strength: f64) -> Result<Self> {
         let ac = c.alphas_cumprod()?;
         let original = c.original_inference_steps;
         let k = c.num_train_timesteps / original;
@@ -29,8 +32,14 @@ impl Lcm {
                 "LCM: steps ({steps}) cannot exceed original_inference_steps ({original})"
             ));
         }
-        // lcm_origin_timesteps = [1..=original] * k - 1, reversed; then evenly indexed.
-        let origin: Vec<usize> = (1..=original).rev().map(|i| i * k - 1).collect();
+        let kept = (original as f64 * strength) as usize;
+        if kept / steps < 1 {
+            return Err(invalid!(
+                "LCM: strength {strength} leaves {kept} of {original} original steps, fewer than the {steps} steps asked; raise strength or lower steps"
+            ));
+        }
+        // lcm_origin_timesteps = [1..=kept] * k - 1, reversed; then evenly indexed.
+        let origin: Vec<usize> = (1..=kept).rev().map(|i| i * k - 1).collect();
         let len = origin.len();
         let timesteps = (0..steps)
             .map(|i| origin[(i as f64 * len as f64 / steps as f64).floor() as usize] as f64)

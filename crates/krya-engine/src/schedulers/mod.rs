@@ -447,6 +447,22 @@ impl SchedulerKind {
 
     /// Sets up the scheduler for `steps` inference steps.
     pub fn build(self, config: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler>> {
+        self.build_with_strength(config, steps, 1.0)
+    }
+
+    /// Whether image-to-image at `strength` is built into the schedule (LCM: every step
+    /// runs on a shorter schedule) rather than done by skipping its first steps.
+    pub fn schedules_strength(self) -> bool {
+        self == Self::Lcm
+    }
+
+    /// `build`, for image-to-image at `strength` when `schedules_strength()`.
+    pub fn build_with_strength(
+        self,
+        config: &SchedulerConfig,
+        steps: usize,
+        strength: f64,
+    ) -> Result<Box<dyn Scheduler>> {
         if steps == 0 {
             return Err(invalid!("steps must be at least 1"));
         }
@@ -462,7 +478,7 @@ impl SchedulerKind {
             Self::Ddim => Box::new(Ddim::new(config, steps)?),
             Self::DpmPp2m => Box::new(DpmPp2m::new(config, steps, false)?),
             Self::DpmPp2mKarras => Box::new(DpmPp2m::new(config, steps, true)?),
-            Self::Lcm => Box::new(Lcm::new(config, steps)?),
+            Self::Lcm => Box::new(Lcm::new(config, steps, strength)?),
             Self::Pndm => Box::new(Pndm::new(config, steps)?),
         })
     }

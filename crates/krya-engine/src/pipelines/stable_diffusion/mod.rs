@@ -146,10 +146,27 @@ impl Generated {
     }
 }
 
-/// Prompt conditioning for the UNet, unconditional half first when guidance is on.
-struct Conditioning {
+/// A prompt's conditioning for the UNet (one image; unconditional half first when
+/// guidance is on). Computing it runs the text encoders: a stream of frames with the same
+/// prompt computes it once (`embed_prompt`) and passes it to every `generate_with`.
+#[derive(Clone)]
+pub struct PromptEmbeds {
     context: Tensor,
     pooled: Option<Tensor>,
+    /// Made for classifier-free guidance (negative and positive halves).
+    cfg: bool,
+}
+
+/// What `generate_with` may reuse or swap.
+#[derive(Default, Clone, Copy)]
+pub struct GenerateOptions<'a> {
+    /// Conditioning from `embed_prompt` for this request's prompt, negative prompt, clip
+    /// skip and guidance, instead of encoding them again.
+    pub embeds: Option<&'a PromptEmbeds>,
+    /// Encode and decode with this tiny autoencoder (TAESD) instead of the model's VAE, as
+    /// diffusers does with `pipe.vae = AutoencoderTiny(...)`: its encoder is deterministic
+    /// (no posterior sample is drawn) and its latents need no scaling.
+    pub tiny_vae: Option<&'a vae_tiny::AutoencoderTiny>,
 }
 
 impl StableDiffusion {
@@ -227,15 +244,25 @@ impl StableDiffusion {
         Ok((context, if sdxl_style { pooled } else { None }))
     }
 
-    fn conditioning(&self, req: &GenerateRequest, batch: usize, cfg: bool) -> Result<Conditioning> {
+    /// Whether a request with this guidance runs classifier-free guidance (LCM models take
+    /// guidance as an embedding instead).
+    fn uses_cfg(&self, guidance: f64) -> bool {
+        guidance > 1.0 && self.unet.config.time_cond_proj_dim.is_none()
+    }
+
+    /// The request's prompt conditioning, for one image; see `PromptEmbeds`.
+    pub fn embed_prompt(&self, req: &GenerateRequest) -> Result<PromptEmbeds> {
+        let (.., guidance, _) = self.resolve(req)?;
+        self.conditioning(req, self.uses_cfg(guidance))
+    }
+
+    fn conditioning(&self, req: &GenerateRequest, cfg: bool) -> Result<PromptEmbeds> {
         let (pos, pos_pooled) = self.encode_prompts(&[&req.prompt], req.clip_skip)?;
-        let repeat =
-            |t: &Tensor| -> candle_core::Result<Tensor> { Tensor::cat(&vec![t.clone(); batch], 0) };
-        let (pos, pos_pooled) = (repeat(&pos)?, pos_pooled.map(|p| repeat(&p)).transpose()?);
         if !cfg {
-            return Ok(Conditioning {
+            return Ok(PromptEmbeds {
                 context: pos,
                 pooled: pos_pooled,
+                cfg,
             });
         }
         let (neg, neg_pooled) =
@@ -245,20 +272,35 @@ impl StableDiffusion {
                     pos_pooled.as_ref().map(|p| p.zeros_like()).transpose()?,
                 )
             } else {
-                let (n, np) = self.encode_prompts(
+                self.encode_prompts(
                     &[req.negative_prompt.as_deref().unwrap_or("")],
                     req.clip_skip,
-                )?;
-                (repeat(&n)?, np.map(|p| repeat(&p)).transpose()?)
+                )?
             };
         let pooled = match (neg_pooled, pos_pooled) {
             (Some(n), Some(p)) => Some(Tensor::cat(&[n, p], 0)?),
             _ => None,
         };
-        Ok(Conditioning {
+        Ok(PromptEmbeds {
             context: Tensor::cat(&[neg, pos], 0)?,
             pooled,
+            cfg,
         })
+    }
+
+    /// One image's embeds repeated for a batch of `b`: `[neg × b, pos × b]` with guidance.
+    fn batched(e: &PromptEmbeds, b: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let halves = if e.cfg { 2 } else { 1 };
+        let repeat = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let parts = (0..halves)
+                .map(|h| Tensor::cat(&vec![t.i(h..h + 1)?; b], 0))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)
+        };
+        Ok((
+            repeat(&e.context)?,
+            e.pooled.as_ref().map(repeat).transpose()?,
+        ))
     }
 
     /// Posterior sample of the VAE for one image `[1, 3, h, w]`, drawn from image `i`'s generator.
@@ -341,7 +383,34 @@ impl StableDiffusion {
         on_step: &mut dyn FnMut(StepProgress),
         cancel: &CancelToken,
     ) -> Result<Generated> {
+        self.generate_with(req, GenerateOptions::default(), on_step, cancel)
+    }
+
+    /// `generate`, reusing prompt embeds and/or with a tiny autoencoder (see
+    /// `GenerateOptions`).
+    pub fn generate_with(
+        &self,
+        req: &GenerateRequest,
+        opts: GenerateOptions,
+        on_step: &mut dyn FnMut(StepProgress),
+        cancel: &CancelToken,
+    ) -> Result<Generated> {
         let (width, height, steps, guidance, kind) = self.resolve(req)?;
+        if let Some(t) = opts.tiny_vae {
+            if req.mask.is_some() {
+                return Err(invalid!(
+                    "inpainting needs the model's own VAE, not the tiny autoencoder"
+                ));
+            }
+            let (tc, tf) = (t.config.latent_channels, t.config.scale_factor());
+            if tc != self.latent_channels() || tf != self.vae_scale_factor() {
+                return Err(invalid!(
+                    "the tiny autoencoder ({tc} latent channels, {tf}x) does not fit this model ({} channels, {}x)",
+                    self.latent_channels(),
+                    self.vae_scale_factor()
+                ));
+            }
+        }
         let b = req.batch;
         let f = self.vae_scale_factor();
         let lc = self.latent_channels();
@@ -352,8 +421,21 @@ impl StableDiffusion {
         let dev = &self.device;
 
         let cond_dim = self.unet.config.time_cond_proj_dim;
-        let cfg = guidance > 1.0 && cond_dim.is_none();
-        let cond = self.conditioning(req, b, cfg)?;
+        let cfg = self.uses_cfg(guidance);
+        let made;
+        let embeds = match opts.embeds {
+            Some(e) if e.cfg == cfg => e,
+            Some(_) => {
+                return Err(invalid!(
+                    "the prompt embeds were made for another guidance setting"
+                ));
+            }
+            None => {
+                made = self.conditioning(req, cfg)?;
+                &made
+            }
+        };
+        let (context, pooled) = Self::batched(embeds, b)?;
         let timestep_cond = match cond_dim {
             Some(d) => {
                 let w = Tensor::full((guidance - 1.0) as f32 * 1000.0, b, dev)?;
@@ -380,11 +462,18 @@ impl StableDiffusion {
             None
         };
 
-        let mut scheduler = kind.build(&self.scheduler_config, steps)?;
+        // LCM models do image-to-image in their schedule (diffusers'
+        // LatentConsistencyModelImg2ImgPipeline); others skip the schedule's first steps.
+        let scheduled = kind.schedules_strength() && req.init_image.is_some() && req.mask.is_none();
+        let mut scheduler = if scheduled {
+            kind.build_with_strength(&self.scheduler_config, steps, req.strength)?
+        } else {
+            kind.build(&self.scheduler_config, steps)?
+        };
         let all_timesteps = scheduler.timesteps().to_vec();
         let n = all_timesteps.len();
         // Image-to-image and inpainting start part-way through the schedule.
-        let t_start = if req.init_image.is_some() {
+        let t_start = if req.init_image.is_some() && !scheduled {
             let init = ((steps as f64 * req.strength) as usize).min(steps);
             let start = steps.saturating_sub(init);
             if start >= n {
@@ -425,11 +514,17 @@ impl StableDiffusion {
         let mut latents = match (&init_image, &req.mask) {
             (None, _) => (draw_noise(&mut rng)? * scheduler.init_noise_sigma())?,
             (Some(image), None) => {
-                // Img2img: the image is repeated to the batch and each copy encoded with its own generator.
-                let init = (0..b)
-                    .map(|i| self.encode_sample(image, &mut rng, i))
-                    .collect::<Result<Vec<_>>>()?;
-                let init = Tensor::cat(&init, 0)?;
+                // Img2img: the image is repeated to the batch and each copy encoded with its
+                // own generator (the tiny autoencoder draws nothing).
+                let init = match opts.tiny_vae {
+                    Some(t) => t.encode(image)?.repeat((b, 1, 1, 1))?,
+                    None => {
+                        let init = (0..b)
+                            .map(|i| self.encode_sample(image, &mut rng, i))
+                            .collect::<Result<Vec<_>>>()?;
+                        Tensor::cat(&init, 0)?
+                    }
+                };
                 let noise = draw_noise(&mut rng)?;
                 scheduler.add_noise(&init, &noise, t_start)?
             }
@@ -498,7 +593,7 @@ impl StableDiffusion {
             if let Some(extra) = inpaint.as_ref().and_then(|ip| ip.unet_extra.as_ref()) {
                 input = Tensor::cat(&[&input, extra], 1)?;
             }
-            let added = match (&cond.pooled, &time_ids) {
+            let added = match (&pooled, &time_ids) {
                 (Some(p), Some(ids)) => Some(AddedCond {
                     text_embeds: p,
                     time_ids: ids,
@@ -507,7 +602,7 @@ impl StableDiffusion {
             };
             let out = self
                 .unet
-                .forward(&input, t, &cond.context, timestep_cond.as_ref(), added)?;
+                .forward(&input, t, &context, timestep_cond.as_ref(), added)?;
             let noise_pred = if cfg {
                 let (u, c) = (out.i(0..b)?, out.i(b..2 * b)?);
                 (&u + ((c - &u)? * guidance)?)?
@@ -542,7 +637,12 @@ impl StableDiffusion {
         }
         cancel.check()?;
 
-        let images = self.decode(&latents)?;
+        let images = match opts.tiny_vae {
+            Some(t) => (0..b)
+                .map(|i| image_io::from_tensor(&t.decode(&latents.i(i..i + 1)?)?.i(0)?))
+                .collect::<Result<Vec<_>>>()?,
+            None => self.decode(&latents)?,
+        };
         Ok(Generated {
             images,
             seeds,
