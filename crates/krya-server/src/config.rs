@@ -17,6 +17,7 @@ pub struct Config {
     pub models: Models,
     pub jobs: Jobs,
     pub webhooks: Webhooks,
+    pub realtime: Realtime,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,6 +103,24 @@ pub struct Webhooks {
     pub allow_private: bool,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Realtime {
+    /// Serve the live canvas (`/ws/realtime`) from this process.
+    pub enabled: bool,
+    /// Threads rendering frames; each serves its sessions in turn.
+    pub workers: usize,
+    /// Open canvas sessions per user.
+    pub sessions_per_user: usize,
+    /// Largest canvas frame accepted, in bytes (larger: an error message; more than four
+    /// times this closes the connection).
+    pub max_frame_bytes: u64,
+    /// Most pixels a canvas frame may have (checked before decoding).
+    pub max_frame_pixels: u64,
+    /// Quality of the JPEG frames sent back, 1 to 100.
+    pub jpeg_quality: u8,
+}
+
 fn default_data_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("KRYA_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
@@ -144,6 +163,14 @@ impl Default for Config {
             },
             webhooks: Webhooks {
                 allow_private: false,
+            },
+            realtime: Realtime {
+                enabled: true,
+                workers: 1,
+                sessions_per_user: 2,
+                max_frame_bytes: 4 * 1024 * 1024,
+                max_frame_pixels: 2048 * 2048,
+                jpeg_quality: 80,
             },
         }
     }
@@ -210,6 +237,20 @@ retry_base_ms = 2000
 # Allow webhook URLs on loopback, private or link-local addresses (refused by default: on a
 # shared server they would let users reach the host's own network).
 allow_private = false
+
+[realtime]
+# Serve the live canvas (WebSocket /ws/realtime) from this process.
+enabled = true
+# Threads rendering frames; each serves the sessions with new input in turn.
+workers = 1
+# Open canvas sessions per user.
+sessions_per_user = 2
+# Largest canvas frame accepted, in bytes (a larger one gets an error message; a message over
+# four times this closes the connection), and most pixels it may have.
+max_frame_bytes = 4194304
+max_frame_pixels = 4194304
+# Quality of the JPEG frames sent back, 1 to 100.
+jpeg_quality = 80
 "#;
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 //! queue in it), `auth` (accounts, sessions, API keys), `generations` (the image API and
 //! credits), `media` (uploads and image files), `blobs` (file or S3 storage), `worker`
 //! (runs jobs on the engine), `events` (SSE), `webhooks`, `registry` (models and styles),
-//! `studio` (the web studio's files).
+//! `realtime` (the live canvas over WebSocket), `studio` (the web studio's files).
 //! `launch` serves on a given listener until a shutdown signal, so tests run the real
 //! server on `127.0.0.1:0`.
 
@@ -22,6 +22,7 @@ pub mod generations;
 pub mod jobs;
 pub mod media;
 pub mod openapi;
+pub mod realtime;
 pub mod registry;
 pub mod router;
 pub mod studio;
@@ -53,6 +54,10 @@ pub struct AppState {
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
     /// The web studio served outside `/api/` (empty: API only).
     pub studio: studio::Studio,
+    /// Loaded models, shared by the job worker and the live canvas.
+    pub cache: Arc<krya_engine::model::cache::ModelCache>,
+    /// The live canvas (`None` when `realtime.enabled` is off).
+    pub realtime: Option<realtime::Realtime>,
 }
 
 /// Connects the configured database (SQLite at `data_dir/krya.db` when none is set) and
@@ -98,9 +103,22 @@ async fn state(
             .map_err(std::io::Error::other)?,
         db::Backend::Sqlite => events::Bus::default(),
     };
+    let cache = Arc::new(krya_engine::model::cache::ModelCache::new(
+        config.models.cache_budget_mb * 1024 * 1024,
+    ));
+    let realtime = config.realtime.enabled.then(|| {
+        realtime::Hub::new(
+            config.realtime.clone(),
+            config.server.data_dir.clone(),
+            config.models.local.clone(),
+            cache.clone(),
+        )
+    });
     Ok(AppState {
         blobs: open_blobs(&config)?,
         config: Arc::new(config),
+        cache,
+        realtime,
         db,
         bus,
         login_throttle: Default::default(),
@@ -121,9 +139,7 @@ fn worker_for(state: &AppState) -> Arc<worker::Worker> {
         local_models: c.models.local.clone(),
         config: c.jobs.clone(),
         id: worker::worker_id(),
-        cache: Arc::new(krya_engine::model::cache::ModelCache::new(
-            c.models.cache_budget_mb * 1024 * 1024,
-        )),
+        cache: state.cache.clone(),
         running: state.running.clone(),
         wake: state.wake.clone(),
         stopping: Default::default(),
@@ -159,6 +175,10 @@ pub async fn launch(
     let handle = worker.clone().map(|w| tokio::spawn(w.run()));
     let hooks_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hooks = spawn_dispatcher(&state, hooks_stop.clone());
+    let realtime = state.realtime.clone();
+    if let Some(r) = &realtime {
+        r.start();
+    }
     // Client addresses reach handlers (login throttling per address).
     let app = router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
@@ -168,6 +188,10 @@ pub async fn launch(
         })
         .await;
     hooks_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(r) = &realtime {
+        // Render threads end after the frame in hand.
+        r.stop();
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(12), hooks).await;
     if let (Some(w), Some(h)) = (worker, handle) {
         w.stop();

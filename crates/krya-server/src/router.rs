@@ -63,6 +63,8 @@ pub fn router(state: AppState) -> Router {
     let (routes, doc) = api().split_for_parts();
     DOCUMENT.get_or_init(|| Arc::new(doc.to_pretty_json().unwrap_or_default()));
     routes
+        // WebSocket, outside the OpenAPI document (docs/realtime.md describes it).
+        .route("/ws/realtime", axum::routing::get(crate::realtime::ws))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -489,6 +489,26 @@ async fn report_progress(
     }
 }
 
+/// The model an entry names, from the cache or loaded (a hub model is downloaded first).
+pub(crate) fn load_model(
+    entry: &registry::ModelEntry,
+    cache: &ModelCache,
+) -> Result<Arc<krya_engine::StableDiffusion>, EngineError> {
+    cache.get_or_load(&entry.source, || {
+        let mut source = ModelSource::parse(&entry.source)?;
+        if let ModelSource::Hub { repo, revision } = &source
+            && hub::cached_snapshot(repo, revision).is_none()
+        {
+            source = ModelSource::Folder(hub::pull(repo, revision, &mut |_| {})?);
+        }
+        let dev = device::best_device()?;
+        let mut m = model::load(&source, &dev, device::default_dtype(&dev))?;
+        m.name = entry.id.clone();
+        let bytes = model_bytes(&m);
+        Ok((m, bytes))
+    })
+}
+
 fn run_engine(
     g: &Generation,
     entry: &registry::ModelEntry,
@@ -509,19 +529,7 @@ fn run_engine(
         Some(_) => Some(decode(inputs.next().unwrap())?.to_luma8()),
         None => None,
     };
-    let model = cache.get_or_load(&entry.source, || {
-        let mut source = ModelSource::parse(&entry.source)?;
-        if let ModelSource::Hub { repo, revision } = &source
-            && hub::cached_snapshot(repo, revision).is_none()
-        {
-            source = ModelSource::Folder(hub::pull(repo, revision, &mut |_| {})?);
-        }
-        let dev = device::best_device()?;
-        let mut m = model::load(&source, &dev, device::default_dtype(&dev))?;
-        m.name = entry.id.clone();
-        let bytes = model_bytes(&m);
-        Ok((m, bytes))
-    })?;
+    let model = load_model(entry, cache)?;
     cancel.check()?;
     let (prompt, negative) = match g
         .params

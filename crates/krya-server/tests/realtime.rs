@@ -1,0 +1,503 @@
+//! The live canvas over a real WebSocket (`/ws/realtime`) on the real server with the
+//! committed tiny model (and its TAESD): frames match diffusers' reference, every message
+//! type, malformed and oversized input keep the connection usable, unauthenticated
+//! connections close with 4401, users never see each other's frames, the per-user session
+//! limit, and latest-wins under a burst of inputs.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use krya_server::Config;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../krya-engine/tests/golden"
+    ))
+    .join(name)
+}
+
+struct Server {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn server(adjust: impl FnOnce(&mut Config)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("models.json"),
+        json!({"tiny": golden("turbo")}).to_string(),
+    )
+    .unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.jobs.in_process = false;
+    // Quality 100: the frames can be compared with diffusers' pixels.
+    config.realtime.jpeg_quality = 100;
+    config.realtime.max_frame_bytes = 64 * 1024;
+    adjust(&mut config);
+    let (base, stop, handle) = start_with(config);
+    Server {
+        base,
+        stop: Some(stop),
+        handle: Some(handle),
+        _dir: dir,
+    }
+}
+
+fn register(base: &str, email: &str) -> String {
+    let mut r = post(
+        &agent(),
+        &format!("{base}/api/auth/register"),
+        &json!({"email": email, "password": "password123", "name": "T"}).to_string(),
+    );
+    assert_eq!(r.status(), 201);
+    json(&mut r)["access_token"].as_str().unwrap().to_string()
+}
+
+async fn connect(base: &str, token: Option<&str>) -> Ws {
+    let mut url = format!("{}/ws/realtime", base.replace("http://", "ws://"));
+    if let Some(t) = token {
+        url.push_str(&format!("?token={t}"));
+    }
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Data {
+    Bytes(serde_bytes::ByteBuf),
+    Other(Value),
+}
+
+#[derive(serde::Deserialize)]
+struct Raw {
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<Data>,
+    frame_id: Option<u64>,
+    input_frame_id: Option<u64>,
+    latency_ms: Option<f64>,
+}
+
+/// A server message as JSON, `data` bytes as an array of numbers.
+fn decode(bytes: &[u8]) -> Value {
+    let r: Raw = rmp_serde::from_slice(bytes).unwrap();
+    let data = match r.data {
+        Some(Data::Bytes(b)) => json!(b.into_vec()),
+        Some(Data::Other(v)) => v,
+        None => Value::Null,
+    };
+    json!({"type": r.kind, "data": data, "frame_id": r.frame_id, "input_frame_id": r.input_frame_id, "latency_ms": r.latency_ms})
+}
+
+/// The next message as JSON (`data` bytes as an array), within `secs`.
+async fn next(ws: &mut Ws, secs: u64) -> Option<Value> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(secs), ws.next())
+            .await
+            .ok()??;
+        match m.unwrap() {
+            Message::Binary(b) => return Some(decode(&b)),
+            Message::Close(c) => {
+                return Some(json!({"type": "close", "code": c.map(|c| u16::from(c.code))}));
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Messages until one of `kind` arrives (statuses in between are skipped).
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let m = next(ws, 60)
+            .await
+            .unwrap_or_else(|| panic!("no {kind} message"));
+        if m["type"] == kind {
+            return m;
+        }
+        assert_ne!(m["type"], "error", "unexpected error: {m}");
+    }
+}
+
+#[derive(Serialize)]
+struct Generate<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: GenerateData<'a>,
+}
+
+#[derive(Serialize, Default)]
+struct GenerateData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    canvas_data: Option<&'a serde_bytes::Bytes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strength: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frame_id: Option<u64>,
+}
+
+fn generate(d: GenerateData) -> Message {
+    Message::Binary(
+        rmp_serde::to_vec_named(&Generate {
+            kind: "generate",
+            data: d,
+        })
+        .unwrap()
+        .into(),
+    )
+}
+
+fn packed(v: Value) -> Message {
+    Message::Binary(rmp_serde::to_vec_named(&v).unwrap().into())
+}
+
+/// A 32x24 canvas: the golden one, with pixel `(k % 32, 0)` changed so every `k` differs.
+fn canvas(k: u32) -> Vec<u8> {
+    let mut img = image::open(golden("stream_canvas.png")).unwrap().to_rgb8();
+    if k > 0 {
+        img.put_pixel(
+            k % 32,
+            (k / 32) % 24,
+            image::Rgb([(k * 37 % 256) as u8, 0, 255]),
+        );
+    }
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn frame_rgb(m: &Value) -> image::RgbImage {
+    let bytes: Vec<u8> = m["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect();
+    assert!(bytes.starts_with(&[0xFF, 0xD8]), "frames are JPEG");
+    image::load_from_memory(&bytes).unwrap().to_rgb8()
+}
+
+fn reference(case: &str) -> Vec<u8> {
+    let t = candle_core::safetensors::load(golden("stream.safetensors"), &candle_core::Device::Cpu)
+        .unwrap();
+    t[&format!("stream.{case}")]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_match_diffusers_and_bad_input_keeps_the_connection() {
+    let s = server(|_| {});
+    let token = register(&s.base, "ann@example.com");
+    let mut ws = connect(&s.base, Some(&token)).await;
+    let hello = next(&mut ws, 10).await.unwrap();
+    assert_eq!(
+        (hello["type"].as_str(), hello["data"]["status"].as_str()),
+        (Some("status"), Some("ready"))
+    );
+
+    // The golden frame `turbo_canvas_1_05`: diffusers' img2img with TAESD, seed 7.
+    let png = canvas(0);
+    let input = |frame_id| GenerateData {
+        prompt: Some("a lighthouse at dusk"),
+        canvas_data: Some(serde_bytes::Bytes::new(&png)),
+        strength: Some(0.5),
+        seed: Some(7),
+        model: Some("tiny"),
+        steps: Some(1),
+        frame_id: Some(frame_id),
+        ..Default::default()
+    };
+    ws.send(generate(input(1))).await.unwrap();
+    let f = next_of(&mut ws, "frame").await;
+    assert_eq!(
+        (f["input_frame_id"].as_u64(), f["frame_id"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(f["latency_ms"].as_f64().unwrap() > 0.0);
+    let img = frame_rgb(&f);
+    assert_eq!(img.dimensions(), (32, 24), "rendered at the canvas's size");
+    let d = mean_abs_diff(img.as_raw(), &reference("turbo_canvas_1_05"));
+    assert!(
+        d < 4.0,
+        "the frame differs from diffusers by {d:.2}/255 on average"
+    );
+
+    // The same input again renders nothing: no frame arrives.
+    ws.send(generate(input(2))).await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(800), next_of(&mut ws, "frame")).await;
+    assert!(
+        quiet.is_err(),
+        "an unchanged input was rendered again: {quiet:?}"
+    );
+
+    // update_params changes the prompt: a new frame, the golden `turbo_canvas_2_07`
+    // once the seed, strength and steps follow.
+    ws.send(packed(json!({"type": "update_params", "data": {"prompt": "a red barn in a field", "strength": 0.7, "seed": 8, "steps": 2}}))).await.unwrap();
+    let f = next_of(&mut ws, "frame").await;
+    assert_eq!(
+        f["input_frame_id"],
+        Value::Null,
+        "an update_params answers no client frame"
+    );
+    let d = mean_abs_diff(frame_rgb(&f).as_raw(), &reference("turbo_canvas_2_07"));
+    assert!(d < 4.0, "after update_params: {d:.2}/255");
+
+    // Text only: no canvas.
+    ws.send(generate(GenerateData {
+        prompt: Some("a lighthouse at dusk"),
+        seed: Some(5),
+        steps: Some(1),
+        width: Some(32),
+        height: Some(24),
+        frame_id: Some(3),
+        canvas_data: Some(serde_bytes::Bytes::new(&[])),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let f = next_of(&mut ws, "frame").await;
+    let d = mean_abs_diff(frame_rgb(&f).as_raw(), &reference("turbo_text"));
+    assert!(d < 4.0, "text only: {d:.2}/255");
+
+    // Bad input: an error naming the problem, and the connection stays usable.
+    let big = vec![0u8; 100 * 1024];
+    let bad: Vec<(Message, &str, &str)> = vec![
+        (
+            Message::Binary(b"\xc1 not msgpack".to_vec().into()),
+            "invalid-message",
+            "",
+        ),
+        (
+            packed(json!({"type": "dance", "data": {}})),
+            "unknown-type",
+            "dance",
+        ),
+        (
+            Message::Text("{\"type\":\"generate\"}".into()),
+            "invalid-message",
+            "binary",
+        ),
+        (
+            packed(json!({"type": "update_params", "data": {"strength": 2.0}})),
+            "invalid-input",
+            "strength",
+        ),
+        (
+            packed(json!({"type": "update_params", "data": {"steps": 9}})),
+            "invalid-input",
+            "steps",
+        ),
+        (
+            packed(json!({"type": "update_params", "data": {"width": 30, "height": 24}})),
+            "invalid-input",
+            "width",
+        ),
+        (
+            generate(GenerateData {
+                canvas_data: Some(serde_bytes::Bytes::new(&big)),
+                ..Default::default()
+            }),
+            "too-large",
+            "canvas_data",
+        ),
+        (
+            generate(GenerateData {
+                canvas_data: Some(serde_bytes::Bytes::new(b"GIF89a....")),
+                ..Default::default()
+            }),
+            "unsupported-media-type",
+            "canvas_data",
+        ),
+    ];
+    for (msg, code, needle) in bad {
+        ws.send(msg).await.unwrap();
+        let e = next_of(&mut ws, "error").await;
+        assert_eq!(e["data"]["code"], code, "{e}");
+        assert!(
+            e["data"]["message"].as_str().unwrap().contains(needle),
+            "{e}"
+        );
+    }
+    // A model that does not exist: the error comes from the render.
+    ws.send(generate(GenerateData {
+        model: Some("nope"),
+        frame_id: Some(4),
+        ..input(4)
+    }))
+    .await
+    .unwrap();
+    let e = next_of(&mut ws, "error").await;
+    assert!(
+        e["data"]["message"].as_str().unwrap().contains("nope"),
+        "{e}"
+    );
+    ws.send(generate(GenerateData {
+        frame_id: Some(5),
+        ..input(5)
+    }))
+    .await
+    .unwrap();
+    let f = next_of(&mut ws, "frame").await;
+    assert_eq!(f["input_frame_id"], 5, "usable after every bad message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_close_with_4401() {
+    let s = server(|_| {});
+    for token in [None, Some("not-a-token")] {
+        let mut ws = connect(&s.base, token).await;
+        let m = next(&mut ws, 10).await.unwrap();
+        assert_eq!(
+            (m["type"].as_str(), m["code"].as_u64()),
+            (Some("close"), Some(4401)),
+            "{token:?}: {m}"
+        );
+    }
+    // The session cookie works too.
+    let token = register(&s.base, "c@example.com");
+    let url = format!("{}/ws/realtime", s.base.replace("http://", "ws://"));
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("krya_session={token}").parse().unwrap());
+    let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+    assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_see_only_their_frames_and_sessions_are_limited() {
+    let s = server(|c| c.realtime.sessions_per_user = 2);
+    let (ta, tb) = (
+        register(&s.base, "a@example.com"),
+        register(&s.base, "b@example.com"),
+    );
+    let (mut a, mut b) = (
+        connect(&s.base, Some(&ta)).await,
+        connect(&s.base, Some(&tb)).await,
+    );
+    for ws in [&mut a, &mut b] {
+        assert_eq!(next(ws, 10).await.unwrap()["data"]["status"], "ready");
+    }
+    // Both stream at once; each gets frames only for its own inputs.
+    let pngs: Vec<Vec<u8>> = (0..6).map(canvas).collect();
+    for k in 0..3 {
+        for (ws, base) in [(&mut a, 100u64), (&mut b, 200u64)] {
+            let data = GenerateData {
+                prompt: Some("a red barn in a field"),
+                canvas_data: Some(serde_bytes::Bytes::new(
+                    &pngs[k as usize + if base == 100 { 0 } else { 3 }],
+                )),
+                model: Some("tiny"),
+                frame_id: Some(base + k),
+                ..Default::default()
+            };
+            ws.send(generate(data)).await.unwrap();
+        }
+    }
+    for (ws, base) in [(&mut a, 100u64), (&mut b, 200u64)] {
+        let mut last = 0;
+        while last != base + 2 {
+            let f = next_of(ws, "frame").await;
+            last = f["input_frame_id"].as_u64().unwrap();
+            assert!(
+                (base..base + 3).contains(&last),
+                "a frame for someone else's input: {last}"
+            );
+        }
+    }
+    // A third canvas for A is refused and closed; B is unaffected.
+    let _a2 = connect(&s.base, Some(&ta)).await;
+    let mut a3 = connect(&s.base, Some(&ta)).await;
+    let e = next(&mut a3, 10).await.unwrap();
+    assert_eq!(e["data"]["code"], "too-many-sessions", "{e}");
+    let c = next(&mut a3, 10).await.unwrap();
+    assert_eq!(c["code"], 4429, "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_renders_the_latest_input_not_a_backlog() {
+    let s = server(|_| {});
+    let token = register(&s.base, "d@example.com");
+    let mut ws = connect(&s.base, Some(&token)).await;
+    next(&mut ws, 10).await.unwrap();
+    let pngs: Vec<Vec<u8>> = (1..=100).map(canvas).collect();
+    for (k, png) in pngs.iter().enumerate() {
+        let data = GenerateData {
+            prompt: Some("a lighthouse at dusk"),
+            canvas_data: Some(serde_bytes::Bytes::new(png)),
+            model: Some("tiny"),
+            steps: Some(2),
+            frame_id: Some(k as u64 + 1),
+            ..Default::default()
+        };
+        ws.send(generate(data)).await.unwrap();
+    }
+    let mut answered = Vec::new();
+    while answered.last() != Some(&100) {
+        let f = next_of(&mut ws, "frame").await;
+        answered.push(f["input_frame_id"].as_u64().unwrap());
+    }
+    assert!(
+        answered.windows(2).all(|w| w[0] < w[1]),
+        "frames answer inputs in order: {answered:?}"
+    );
+    println!("{} renders for 100 inputs: {answered:?}", answered.len());
+    assert!(
+        answered.len() <= 20,
+        "{} renders for 100 inputs: {answered:?}",
+        answered.len()
+    );
+    // Nothing more is rendered afterwards.
+    let quiet = tokio::time::timeout(Duration::from_millis(800), next_of(&mut ws, "frame")).await;
+    assert!(quiet.is_err(), "rendered after the last input: {quiet:?}");
+}
