@@ -181,6 +181,11 @@ pub async fn launch(
     }
     // Client addresses reach handlers (login throttling per address).
     let app = router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // No Nagle delay: a live-canvas frame must not wait for the ACK of the message before.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

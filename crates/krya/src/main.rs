@@ -1,12 +1,14 @@
 //! `krya`: the Krya binary.
 //!
 //! Layout: `serve` (the API server, `worker`, `migrate`, `users`), `default-config`, `generate` (text/image-to-image and inpainting on the native engine),
-//! `models` (the local model registry and the Hugging Face cache), `bench` (component timings). Errors the user can fix
+//! `models` (the local model registry and the Hugging Face cache), `bench` (component timings), `realtime` (the live
+//! canvas's load client and I/O benchmark). Errors the user can fix
 //! print one line and exit with status 2; anything else exits with 1.
 
 mod bench;
 mod generate;
 mod models;
+mod realtime;
 mod serve;
 
 use std::process::ExitCode;
@@ -44,6 +46,9 @@ enum Command {
     /// Manage models: list, add, remove.
     #[command(subcommand)]
     Models(models::Command),
+    /// The live canvas: a load client, and the per-frame I/O benchmark.
+    #[command(subcommand)]
+    Realtime(realtime::Command),
 }
 
 /// An error with the exit status it calls for.
@@ -78,6 +83,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Realtime(cmd) => realtime::run(cmd),
         Command::Serve(args) => serve::run(args),
         Command::Worker(s) => serve::worker(s),
         Command::Migrate(s) => serve::migrate(s),

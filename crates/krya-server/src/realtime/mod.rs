@@ -398,16 +398,10 @@ impl Hub {
         let mut guard = session.stream.lock().unwrap();
         let stream = self.stream_for(session, &mut guard, job.settings.model.as_deref())?;
         let canvas = match &job.canvas {
-            Some(c) => Some(Arc::new(
-                media::decode_limited(&c.bytes, self.config.max_frame_pixels)
-                    .map_err(|e| {
-                        ProtocolError::new(
-                            "invalid-input",
-                            e.message.replacen("file:", "canvas_data:", 1),
-                        )
-                    })?
-                    .to_rgb8(),
-            )),
+            Some(c) => Some(Arc::new(decode_canvas(
+                &c.bytes,
+                self.config.max_frame_pixels,
+            )?)),
             None => None,
         };
         let m = stream.model();
@@ -441,6 +435,17 @@ impl Hub {
             })?;
         Ok(encode_jpeg(&img, self.config.jpeg_quality))
     }
+}
+
+/// A canvas's pixels (PNG, JPEG or WebP), refusing more than `max_pixels` before decoding.
+pub fn decode_canvas(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ProtocolError> {
+    let img = media::decode_limited(bytes, max_pixels).map_err(|e| {
+        ProtocolError::new(
+            "invalid-input",
+            e.message.replacen("file:", "canvas_data:", 1),
+        )
+    })?;
+    Ok(img.into_rgb8())
 }
 
 /// A rendered frame as JPEG (what the wire carries).
@@ -581,7 +586,7 @@ fn handle(hub: &Hub, s: &Session, bytes: &[u8]) -> Result<(), ProtocolError> {
 }
 
 /// The format and size from the header, before anything is decoded.
-fn check_canvas_header(bytes: &[u8], max_pixels: u64) -> Result<(), ProtocolError> {
+pub fn check_canvas_header(bytes: &[u8], max_pixels: u64) -> Result<(), ProtocolError> {
     let (_, format) = media::sniff(bytes).ok_or_else(|| {
         ProtocolError::new(
             "unsupported-media-type",
