@@ -13,6 +13,7 @@ const Feed = lazy(() => import("./pages/Feed"));
 const FeedDetail = lazy(() => import("./pages/FeedDetail"));
 const Profile = lazy(() => import("./pages/Profile"));
 const Settings = lazy(() => import("./pages/Settings"));
+const Realtime = lazy(() => import("./pages/Realtime"));
 const NotFound = lazy(() => import("./pages/NotFound"));
 
 function PageSkeleton() {
@@ -59,6 +60,12 @@ function route(path: string): ReactNode {
     return (
       <SignedIn>
         <Dashboard />
+      </SignedIn>
+    );
+  if (path === "/realtime")
+    return (
+      <SignedIn>
+        <Realtime />
       </SignedIn>
     );
   if (path === "/settings")

@@ -13,7 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::{AppState, account, auth, events, feed, generations, media, openapi, webhooks};
+use crate::{
+    AppState, account, auth, events, feed, generations, media, openapi, realtime, webhooks,
+};
 
 /// The route table as an OpenAPI router (for the document) before state and layers.
 pub fn api() -> OpenApiRouter<AppState> {
@@ -53,6 +55,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(feed::like))
         .routes(routes!(feed::remix))
         .routes(routes!(feed::profile))
+        .routes(routes!(realtime::capture::save))
 }
 
 /// The OpenAPI document, rendered once.

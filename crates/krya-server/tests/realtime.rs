@@ -388,6 +388,62 @@ async fn frames_match_diffusers_and_bad_input_keeps_the_connection() {
     .unwrap();
     let f = next_of(&mut ws, "frame").await;
     assert_eq!(f["input_frame_id"], 5, "usable after every bad message");
+    save_to_gallery(&s.base, &token, &f).await;
+}
+
+/// "Save to gallery": a frame, uploaded, becomes a completed generation of the caller's,
+/// with its parameters in the PNG.
+async fn save_to_gallery(base: &str, token: &str, frame: &Value) {
+    let jpeg: Vec<u8> = frame["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect();
+    let (base, t) = (base.to_string(), format!("Bearer {token}"));
+    let (g, png, listed, jpeg) = tokio::task::spawn_blocking(move || {
+        let a = agent();
+        let send = |path: &str, body: Value| {
+            let mut r = a.post(format!("{base}{path}")).header("Authorization", &t).header("Content-Type", "application/json").send(body.to_string()).unwrap();
+            (r.status().as_u16(), json(&mut r))
+        };
+        let mut r = a.post(format!("{base}/api/assets")).header("Authorization", &t).header("Content-Type", "image/jpeg").send(&jpeg[..]).unwrap();
+        assert_eq!(r.status(), 201);
+        let asset = json(&mut r)["id"].as_str().unwrap().to_string();
+        let (st, g) = send("/api/realtime/captures", json!({"image": asset, "prompt": "a lighthouse at dusk", "model": "tiny", "seed": 7, "strength": 0.5, "steps": 1}));
+        assert_eq!(st, 201, "{g}");
+        let (st, e) = send("/api/realtime/captures", json!({"image": "nope", "prompt": "x", "model": "tiny"}));
+        assert_eq!(st, 422);
+        assert!(e["error"]["message"].as_str().unwrap().starts_with("image:"), "{e}");
+        let url = format!("{base}{}", g["images"][0]["url"].as_str().unwrap());
+        let png = a.get(url).header("Authorization", &t).call().unwrap().body_mut().read_to_vec().unwrap();
+        let listed = json(&mut a.get(format!("{base}/api/generate/images")).header("Authorization", &t).call().unwrap());
+        (g, png, listed, jpeg)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            g["status"].as_str(),
+            g["credits_used"].as_i64(),
+            g["is_public"].as_bool()
+        ),
+        (Some("completed"), Some(0), Some(false))
+    );
+    assert_eq!(listed["items"][0]["id"], g["id"]);
+    let params = krya_engine::image_io::read_png_parameters(&png).unwrap();
+    assert!(
+        params.starts_with("a lighthouse at dusk")
+            && params.contains("Seed: 7")
+            && params.contains("Source: live canvas"),
+        "{params}"
+    );
+    let stored = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert_eq!(
+        stored,
+        image::load_from_memory(&jpeg).unwrap().to_rgb8(),
+        "the saved image is the frame"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

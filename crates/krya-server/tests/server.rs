@@ -676,6 +676,7 @@ fn openapi_document_covers_every_endpoint() {
         ("post", "/api/feed/{id}/like"),
         ("post", "/api/feed/{id}/remix"),
         ("get", "/api/profiles/{handle}"),
+        ("post", "/api/realtime/captures"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let listed: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

@@ -88,6 +88,7 @@ fn studio_end_to_end_in_chromium() {
         "feed-item",
         "profile",
         "settings",
+        "realtime",
     ] {
         for w in [1440, 390] {
             let f = shots.join(format!("{page}-{w}.png"));

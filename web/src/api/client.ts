@@ -211,6 +211,10 @@ export class ApiClient {
       headers: { "content-type": file.type || "application/octet-stream" },
     });
 
+  /** Saves a live-canvas frame (uploaded first) as a generation. */
+  saveCapture = (c: { image: string; prompt: string; model: string; seed: number; strength: number; steps: number }) =>
+    this.request<Generation>("POST", "/api/realtime/captures", { json: c });
+
   // Feed
   feed = (q: { sort?: "new" | "top"; cursor?: string | null; limit?: number; q?: string } = {}) =>
     this.request<Page<FeedItem>>("GET", "/api/feed", { query: q });

@@ -12,7 +12,10 @@ interface Entry {
   hint: string;
 }
 
-const GENERATE: Entry[] = [{ label: "Image", to: "/image", hint: "Text and image to image" }];
+const GENERATE: Entry[] = [
+  { label: "Image", to: "/image", hint: "Text and image to image" },
+  { label: "Real-time", to: "/realtime", hint: "Draw and watch it render live" },
+];
 // Enhancer, Editor, Lipsync, Motion Transfer, Video Restyle and Train join this list as
 // they are built.
 const TOOLS: Entry[] = [];

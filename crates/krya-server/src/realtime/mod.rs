@@ -9,6 +9,7 @@
 //! canvas cannot starve the others. `serve_session` runs one connection over any
 //! `Stream`/`Sink` of WebSocket messages (tests drive it with a real socket).
 
+pub mod capture;
 pub mod protocol;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,149 @@
+//! Saving a live-canvas frame to the gallery: `POST /api/realtime/captures` turns an
+//! uploaded frame into a completed generation of the caller's (a PNG with A1111
+//! parameters and a thumbnail), private unless asked otherwise, like any other.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::error::{ApiError, internal, invalid};
+use crate::generations::{Generation, Params, random_id, view};
+#[allow(unused_imports)]
+use crate::openapi::{ErrorBody, Object};
+use crate::{AppState, auth, media};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// The frame, uploaded with `POST /api/assets`.
+    image: String,
+    prompt: String,
+    model: String,
+    seed: Option<i64>,
+    strength: Option<f64>,
+    steps: Option<u32>,
+    #[serde(default)]
+    is_public: bool,
+}
+
+#[utoipa::path(post, path = "/api/realtime/captures", tag = "realtime", request_body = Capture, responses((status = 201, description = "The saved generation", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+pub async fn save(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<Capture>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let Json(c) = body?;
+    let prompt = c.prompt.trim().to_string();
+    if prompt.chars().count() > 4000 {
+        return Err(invalid("prompt", "must be at most 4000 characters"));
+    }
+    if c.model.is_empty() || c.model.len() > 200 {
+        return Err(invalid(
+            "model",
+            "must name the model that rendered the frame",
+        ));
+    }
+    let seed = match c.seed {
+        None => 0,
+        Some(s) if (0..=u32::MAX as i64).contains(&s) => s,
+        Some(_) => return Err(invalid("seed", "must be from 0 to 4294967295")),
+    };
+    if c.strength
+        .is_some_and(|s| !(s.is_finite() && (0.0..=1.0).contains(&s)))
+    {
+        return Err(invalid("strength", "must be from 0 to 1"));
+    }
+    let asset = state
+        .db
+        .asset(&c.image, &user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| invalid("image", "no uploaded asset with this id (POST /api/assets)"))?;
+    let bytes = state
+        .blobs
+        .get(&asset.blob_key)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal("an asset's file is missing"))?;
+    let img = media::decode_limited(&bytes, state.config.server.max_upload_pixels)?.into_rgb8();
+    let (w, h) = img.dimensions();
+    let mut settings = vec![
+        ("Seed", seed.to_string()),
+        ("Size", format!("{w}x{h}")),
+        ("Model", c.model.clone()),
+    ];
+    if let Some(s) = c.steps {
+        settings.insert(0, ("Steps", s.to_string()));
+    }
+    if let Some(s) = c.strength {
+        settings.push(("Denoising strength", format!("{s}")));
+    }
+    settings.push(("Source", "live canvas".into()));
+    let text = krya_engine::image_io::a1111_parameters(&prompt, None, &settings);
+    let png = krya_engine::image_io::png_bytes(&img, &text).map_err(internal)?;
+    let thumb = media::thumbnail_webp(&img, 384).map_err(internal)?;
+
+    let id = random_id();
+    let (png_key, thumb_key) = (
+        format!("generations/{id}/capture-0.png"),
+        format!("generations/{id}/capture-0-thumb.webp"),
+    );
+    state.blobs.put(&png_key, png).await.map_err(internal)?;
+    if let Err(e) = state.blobs.put(&thumb_key, thumb).await {
+        let _ = state.blobs.delete(&png_key).await;
+        return Err(internal(e));
+    }
+    let params = Params {
+        steps: c.steps,
+        strength: c.strength,
+        ..Default::default()
+    };
+    let stored = async {
+        let t = auth::now();
+        let mut tx = state.db.pool.begin().await?;
+        sqlx::query("INSERT INTO generations (id, user_id, type, prompt, negative_prompt, model, parameters, status, seed, width, height, batch_size, is_public, credits_used, created_at, started_at, completed_at) \
+             VALUES ($1, $2, 'image', $3, NULL, $4, $5, 'completed', $6, $7, $8, 1, $9, 0, $10, $10, $10)")
+            .bind(&id)
+            .bind(&user.id)
+            .bind(&prompt)
+            .bind(&c.model)
+            .bind(serde_json::to_string(&params).unwrap())
+            .bind(seed)
+            .bind(w as i64)
+            .bind(h as i64)
+            .bind(c.is_public as i64)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO images (id, generation_id, idx, seed, width, height, png_key, thumb_key) VALUES ($1, $2, 0, $3, $4, $5, $6, $7)")
+            .bind(random_id())
+            .bind(&id)
+            .bind(seed)
+            .bind(w as i64)
+            .bind(h as i64)
+            .bind(&png_key)
+            .bind(&thumb_key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = stored {
+        // Files first, rows second: without rows the files are removed again.
+        for k in [&png_key, &thumb_key] {
+            let _ = state.blobs.delete(k).await;
+        }
+        return Err(internal(e));
+    }
+    let g: Generation = state
+        .db
+        .generation(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal("vanished"))?;
+    Ok((StatusCode::CREATED, Json(view(&state, &g, false).await?)).into_response())
+}
