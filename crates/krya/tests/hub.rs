@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
 
+mod process;
+
 const REPO: &str = "tiny-org/tiny-turbo";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -71,10 +73,32 @@ fn sha256(b: &[u8]) -> String {
         .collect()
 }
 
+/// The TAESD repo a model without its own `taesd/` falls back to: a single-component repo
+/// (config.json and weights at its root), here the tiny TAESD that fits the turbo model.
+const TAESD_REPO: &str = "madebyollin/taesd";
+
+fn taesd_files() -> HashMap<String, Vec<u8>> {
+    ["config.json", "diffusion_pytorch_model.safetensors"]
+        .iter()
+        .map(|f| {
+            (
+                f.to_string(),
+                std::fs::read(golden("turbo/taesd").join(f)).unwrap(),
+            )
+        })
+        .collect()
+}
+
 fn start_hub() -> Hub {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let files = Arc::new(repo_files());
+    let files: Arc<HashMap<String, HashMap<String, Vec<u8>>>> = Arc::new(
+        [
+            (REPO.to_string(), repo_files()),
+            (TAESD_REPO.to_string(), taesd_files()),
+        ]
+        .into(),
+    );
     let requests = Arc::new(Mutex::new(Vec::new()));
     let faults = Arc::new(Mutex::new(Faults::default()));
     let (r, f) = (requests.clone(), faults.clone());
@@ -93,7 +117,7 @@ fn start_hub() -> Hub {
 
 fn serve(
     mut s: TcpStream,
-    files: &HashMap<String, Vec<u8>>,
+    repos: &HashMap<String, HashMap<String, Vec<u8>>>,
     requests: &Mutex<Vec<(String, Option<String>)>>,
     faults: &Mutex<Faults>,
 ) {
@@ -123,7 +147,11 @@ fn serve(
         );
         let _ = s.write_all(body);
     };
-    if path == format!("/api/models/{REPO}/revision/main?blobs=true") {
+    let listing = path
+        .strip_prefix("/api/models/")
+        .and_then(|p| p.strip_suffix("/revision/main?blobs=true"));
+    if let Some(files) = listing.and_then(|repo| repos.get(repo)) {
+        let repo = listing.unwrap();
         let siblings: Vec<serde_json::Value> = files
             .iter()
             .map(|(name, data)| {
@@ -134,7 +162,7 @@ fn serve(
                 }
             })
             .collect();
-        let body = serde_json::json!({"id": REPO, "sha": COMMIT, "siblings": siblings}).to_string();
+        let body = serde_json::json!({"id": repo, "sha": COMMIT, "siblings": siblings}).to_string();
         return respond(
             &mut s,
             "200 OK",
@@ -142,7 +170,11 @@ fn serve(
             "Content-Type: application/json\r\n",
         );
     }
-    let Some(file) = path.strip_prefix(&format!("/{REPO}/resolve/{COMMIT}/")) else {
+    let found = repos.iter().find_map(|(repo, files)| {
+        path.strip_prefix(&format!("/{repo}/resolve/{COMMIT}/"))
+            .map(|f| (files, f))
+    });
+    let Some((files, file)) = found else {
         return respond(&mut s, "404 Not Found", b"{}", "");
     };
     requests
@@ -403,4 +435,144 @@ fn offline_and_unreachable_hub_errors() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(err(&o).contains("does not exist on the hub"), "{}", err(&o));
+}
+
+/// The live canvas on a model that has no `taesd/` of its own: the model comes from the hub
+/// on first use, and its tiny autoencoder from the TAESD repo of its latent space (a
+/// single-component repo); the frame is still diffusers' frame.
+#[test]
+fn live_canvas_fetches_model_and_tiny_autoencoder_from_the_hub() {
+    use futures_util::{SinkExt, StreamExt};
+    let hub = start_hub();
+    let url = format!("http://127.0.0.1:{}", hub.port);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("models.json"),
+        serde_json::json!({"hubtiny": REPO}).to_string(),
+    )
+    .unwrap();
+    let (_server, base) = process::serve(
+        data.path(),
+        &[
+            ("HF_ENDPOINT", url.clone()),
+            ("HF_HUB_OFFLINE", "0".into()),
+            ("KRYA__REALTIME__JPEG_QUALITY", "100".into()),
+        ],
+    );
+    let a: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = a
+        .post(format!("{base}/api/auth/register"))
+        .header("Content-Type", "application/json")
+        .send(r#"{"email":"h@example.com","password":"password123","name":"H"}"#)
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let canvas = std::fs::read(golden("stream_canvas.png")).unwrap();
+
+    #[derive(serde::Serialize)]
+    struct Msg<'a> {
+        #[serde(rename = "type")]
+        t: &'a str,
+        data: Data<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        prompt: &'a str,
+        canvas_data: &'a serde_bytes::Bytes,
+        strength: f64,
+        seed: i64,
+        model: &'a str,
+        steps: u32,
+        frame_id: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        #[serde(rename = "type")]
+        t: String,
+        data: Option<serde_bytes::ByteBuf>,
+    }
+    let frame = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let ws_url = format!(
+            "{}/ws/realtime?token={token}",
+            base.replace("http://", "ws://")
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let msg = Msg {
+            t: "generate",
+            data: Data {
+                prompt: "a lighthouse at dusk",
+                canvas_data: serde_bytes::Bytes::new(&canvas),
+                strength: 0.5,
+                seed: 7,
+                model: "hubtiny",
+                steps: 1,
+                frame_id: 1,
+            },
+        };
+        let bytes = rmp_serde::to_vec_named(&msg).unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+            bytes.into(),
+        ))
+        .await
+        .unwrap();
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(120), ws.next())
+                .await
+                .expect("a frame within 2 minutes")
+                .unwrap()
+                .unwrap();
+            if let tokio_tungstenite::tungstenite::Message::Binary(b) = m {
+                // Statuses and errors carry maps; a frame carries bytes.
+                if let Ok(r) = rmp_serde::from_slice::<Reply>(&b)
+                    && r.t == "frame"
+                {
+                    return r.data.unwrap().into_vec();
+                }
+                let text = String::from_utf8_lossy(&b).to_string();
+                assert!(!text.contains("error"), "the server refused: {text}");
+            }
+        }
+    });
+    let img = image::load_from_memory(&frame).unwrap().to_rgb8();
+    let refs =
+        candle_core::safetensors::load(golden("stream.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let want: Vec<u8> = refs["stream.turbo_canvas_1_05"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let diff = img
+        .as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / want.len() as f64;
+    assert!(
+        diff < 4.0,
+        "the frame differs from diffusers by {diff:.2}/255"
+    );
+    let cache = data
+        .path()
+        .join("hf/models--madebyollin--taesd/snapshots")
+        .join(COMMIT);
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        assert!(cache.join(f).is_file(), "{f} is not in the HF cache");
+    }
+    let fetched: Vec<String> = hub
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert!(
+        !fetched.iter().any(|p| p.starts_with("taesd/")),
+        "the pipeline repo's own taesd/ is not part of a pull: {fetched:?}"
+    );
 }

@@ -716,3 +716,98 @@ pub async fn ws(
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Realtime {
+        Hub::new(
+            crate::Config::default().realtime,
+            std::env::temp_dir(),
+            Default::default(),
+            Arc::new(ModelCache::new(0)),
+        )
+    }
+
+    type Out = mpsc::UnboundedReceiver<(Vec<u8>, bool)>;
+
+    fn new_session(user: &str) -> (Arc<Session>, Out) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let s = Arc::new(Session {
+            user_id: user.into(),
+            state: Mutex::default(),
+            out: tx,
+            in_flight: Default::default(),
+            next_frame: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            stream: Mutex::new(None),
+        });
+        (s, rx)
+    }
+
+    fn session(hub: &Hub, user: &str) -> (Arc<Session>, Out) {
+        let (s, rx) = new_session(user);
+        assert!(hub.register(&s));
+        (s, rx)
+    }
+
+    fn prompt(p: &str) -> Vec<u8> {
+        rmp_serde::to_vec_named(
+            &serde_json::json!({"type": "update_params", "data": {"prompt": p}}),
+        )
+        .unwrap()
+    }
+
+    /// What `render_loop` does when a frame is done.
+    fn done(s: &Session) {
+        s.state.lock().unwrap().rendering = false;
+    }
+
+    #[test]
+    fn sessions_take_turns_and_the_latest_input_wins() {
+        let hub = hub();
+        let (a, _ra) = session(&hub, "u1");
+        let (b, _rb) = session(&hub, "u2");
+        let (c, _rc) = session(&hub, "u3");
+        for s in [&a, &b, &c] {
+            handle(&hub, s, &prompt("first")).unwrap();
+        }
+        // Three inputs to A while it waits: only the newest is rendered.
+        handle(&hub, &a, &prompt("second")).unwrap();
+        handle(&hub, &a, &prompt("third")).unwrap();
+        assert_eq!(a.state.lock().unwrap().dropped, 2);
+        let (s1, j1) = hub.next_job().unwrap();
+        assert!(Arc::ptr_eq(&s1, &a));
+        assert_eq!(j1.settings.prompt, "third");
+        // While A renders, A is not taken again; B and C are, in turn.
+        handle(&hub, &a, &prompt("fourth")).unwrap();
+        let (s2, _) = hub.next_job().unwrap();
+        assert!(Arc::ptr_eq(&s2, &b));
+        done(&a);
+        done(&b);
+        // A has new input again, but C has waited longer: C first, then A.
+        let (s3, _) = hub.next_job().unwrap();
+        assert!(Arc::ptr_eq(&s3, &c));
+        let (s4, j4) = hub.next_job().unwrap();
+        assert!(Arc::ptr_eq(&s4, &a));
+        assert_eq!(j4.settings.prompt, "fourth");
+        done(&a);
+        done(&c);
+        // The same input again is not queued; a change is.
+        handle(&hub, &a, &prompt("fourth")).unwrap();
+        assert!(
+            a.state.lock().unwrap().pending.is_none(),
+            "an unchanged input was queued"
+        );
+        handle(&hub, &a, &prompt("fifth")).unwrap();
+        assert!(a.state.lock().unwrap().pending.is_some());
+        // Sessions per user are limited.
+        let limit = crate::Config::default().realtime.sessions_per_user;
+        let extra: Vec<_> = (0..limit - 1).map(|_| session(&hub, "u1")).collect();
+        let (over, _rx) = new_session("u1");
+        assert!(!hub.register(&over), "{} sessions allowed", extra.len() + 2);
+        hub.unregister(&a);
+        assert!(hub.register(&over), "a closed session frees its place");
+    }
+}
