@@ -34,6 +34,9 @@ const browser = await chromium.launch({
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    // A fake camera (a test pattern), granted without a prompt: the webcam layer.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
   ],
 });
 
@@ -259,6 +262,10 @@ try {
     for (let k = 1; k <= 10; k++) await a.mouse.move(...at(0.2 + k * 0.05, 0.2 + k * 0.04));
     await a.mouse.up();
     await a.waitForFunction((src) => document.querySelector('[data-testid="live-output"]')?.getAttribute("src") !== src, first);
+    await a.waitForFunction(() => {
+      const img = document.querySelector('[data-testid="live-output"]');
+      return img?.complete && img.naturalWidth > 0;
+    });
     const natural = await out.evaluate((img) => img.naturalWidth);
     check(natural === 32, `the frame is ${natural} px wide, not the chosen 32`);
     // A rectangle with the keyboard shortcut for the tool.
@@ -275,12 +282,58 @@ try {
     await a.waitForFunction(() => [...document.querySelectorAll("button")].find((b) => b.textContent === "Undo")?.disabled === true);
     await a.keyboard.press("Control+Shift+z");
     check(await undo.isEnabled(), "redo did not bring a shape back");
-    // Layers: add one, hide it, add an image layer.
+    const src = () => out.getAttribute("src");
+    const changed = (before) =>
+      a.waitForFunction((b) => document.querySelector('[data-testid="live-output"]')?.getAttribute("src") !== b, before, { timeout: 30_000 });
+    // A blue rectangle; the eyedropper reads its colour back.
+    await a.getByLabel("Colour", { exact: true }).fill("#1e90ff");
+    await a.mouse.move(...at(0.1, 0.6));
+    await a.mouse.down();
+    await a.mouse.move(...at(0.3, 0.9));
+    await a.mouse.up();
+    await a.getByLabel("Colour", { exact: true }).fill("#000000");
+    await a.getByRole("button", { name: "Eyedropper" }).click();
+    await a.mouse.click(...at(0.2, 0.75));
+    await a.waitForFunction(() => document.querySelector('input[aria-label="Colour"]')?.value === "#1e90ff");
+    check((await a.getByRole("button", { name: "Brush" }).getAttribute("aria-pressed")) === "true", "the eyedropper did not hand back to the brush");
+    // Select: drag the rectangle; the output follows.
+    let before = await src();
+    await a.getByRole("button", { name: "Select" }).click();
+    await a.mouse.move(...at(0.2, 0.75));
+    await a.mouse.down();
+    await a.mouse.move(...at(0.3, 0.7), { steps: 5 });
+    await a.mouse.up();
+    await changed(before);
+    // Fill the empty paper around the shapes; then a polygon of three points.
+    before = await src();
+    await a.getByLabel("Colour", { exact: true }).fill("#22aa44");
+    await a.getByRole("button", { name: "Fill" }).click();
+    await a.mouse.click(...at(0.95, 0.05));
+    await changed(before);
+    await a.getByRole("button", { name: "Polygon" }).click();
+    await a.mouse.click(...at(0.6, 0.1));
+    await a.mouse.click(...at(0.8, 0.1));
+    await a.mouse.click(...at(0.7, 0.3));
+    await a.mouse.dblclick(...at(0.7, 0.3));
+    // Layers: add one, hide it, blend it, add an image layer.
     await a.getByRole("button", { name: "+ Layer" }).click();
     await a.getByRole("button", { name: "Hide Layer 2" }).click();
     await a.getByRole("button", { name: "Show Layer 2" }).waitFor();
     await a.getByTestId("image-layer-input").setInputFiles(join(shots, "reference.png"));
     await a.getByTestId("layers").getByText("reference.png").waitFor();
+    await a.getByLabel("reference.png blend mode", { exact: true }).selectOption("multiply");
+    await a.getByRole("button", { name: "Move reference.png down" }).click();
+    // A camera layer (Chromium's fake device) streams on its own: frames keep coming.
+    await a.getByRole("button", { name: "+ Camera" }).click();
+    await a.getByRole("button", { name: "Delete Camera" }).waitFor();
+    before = await src();
+    await changed(before);
+    await changed(await src());
+    await a.getByRole("button", { name: "Delete Camera" }).click();
+    // The layers panel folds away and back.
+    await a.getByRole("button", { name: "◂ Layers" }).click();
+    check((await a.getByTestId("layers").count()) === 0, "the layers panel did not fold");
+    await a.getByRole("button", { name: "▸ Layers" }).click();
     // The stream keeps up: fps is shown, and a frame can be saved.
     await a.waitForFunction(() => /[1-9]\d* fps/.test(document.querySelector('[data-testid="fps"]')?.textContent ?? ""));
     await a.getByTestId("save-frame").click();
@@ -427,7 +480,7 @@ try {
   check(uncaught.length === 0, `uncaught errors in the page:\n${uncaught.join("\n")}`);
   console.log("the studio works end to end");
 } catch (e) {
-  console.error(`FAILED at "${current}": ${e.message}`);
+  console.error(`FAILED at "${current}": ${e.message}\n${(e.stack ?? "").split("\n").filter((l) => l.includes("studio.mjs")).join("\n")}`);
   for (const [who, p] of [
     ["ann", ann?.page],
     ["bob", bob?.page],

@@ -81,7 +81,7 @@ function LayersPanel({ store }: { store: StoreApi<CanvasState> }) {
   // Top of the list is the top layer.
   const shown = [...layers].reverse();
   return (
-    <aside aria-label="Layers" className="flex w-full flex-col gap-2 md:w-60" data-testid="layers">
+    <aside id="layers-panel" aria-label="Layers" className="flex w-full flex-col gap-2 md:w-60" data-testid="layers">
       <ul className="flex flex-col gap-1">
         {shown.map((l) => (
           <li
@@ -241,6 +241,7 @@ export default function Realtime() {
   const [conn, setConn] = useState<{ state: Conn; reason?: string }>({ state: "connecting" });
   const [problem, setProblem] = useState<string | null>(null);
   const [saving, setSaving] = useState(false);
+  const [showLayers, setShowLayers] = useState(true);
   const revision = useStore(store, (s) => s.revision);
 
   // Models that can stream: installed first, distilled (fast) first.
@@ -394,7 +395,12 @@ export default function Realtime() {
         </p>
       )}
       <div className="flex flex-col gap-3 md:flex-row">
-        <LayersPanel store={store} />
+        <div className="flex flex-col gap-2">
+          <Button size="sm" variant="ghost" aria-expanded={showLayers} aria-controls="layers-panel" onClick={() => setShowLayers((v) => !v)} className="self-start">
+            {showLayers ? "◂ Layers" : "▸ Layers"}
+          </Button>
+          {showLayers && <LayersPanel store={store} />}
+        </div>
         <div ref={area} className="grid min-w-0 flex-1 gap-3 md:grid-cols-2">
           <section aria-label="Drawing" className="flex justify-center">
             <div className="overflow-hidden rounded-xl border border-line" style={{ width: size, height: size }} data-testid="drawing-canvas">

@@ -21,7 +21,9 @@ export interface DrawingHandle {
 }
 
 const images = new Map<string, HTMLImageElement>();
-function useImage(src: string): HTMLImageElement | null {
+/** An image element for `src`; `onLoad` runs when one that was still loading arrives (the
+ * canvas changed after the frame was sent). */
+function useImage(src: string, onLoad: () => void): HTMLImageElement | null {
   const [img, setImg] = useState<HTMLImageElement | null>(() => (images.get(src)?.complete ? images.get(src)! : null));
   useEffect(() => {
     let el = images.get(src);
@@ -31,13 +33,17 @@ function useImage(src: string): HTMLImageElement | null {
       images.set(src, el);
     }
     if (el.complete) setImg(el);
-    else el.onload = () => setImg(el!);
-  }, [src]);
+    else
+      el.addEventListener("load", () => {
+        setImg(el!);
+        onLoad();
+      });
+  }, [src, onLoad]);
   return img;
 }
 
-function ImageShape({ shape, common }: { shape: Extract<Shape, { kind: "image" }>; common: Record<string, unknown> }) {
-  const img = useImage(shape.src);
+function ImageShape({ shape, common, onLoad }: { shape: Extract<Shape, { kind: "image" }>; common: Record<string, unknown>; onLoad: () => void }) {
+  const img = useImage(shape.src, onLoad);
   return <KonvaImage {...common} image={img ?? undefined} width={shape.width} height={shape.height} />;
 }
 
@@ -68,7 +74,19 @@ function LiveShape({ layerId, onFrame }: { layerId: string; onFrame: () => void 
   return <KonvaImage ref={ref} image={video} width={w * s} height={h * s} x={(UNITS - w * s) / 2} y={(UNITS - h * s) / 2} listening={false} />;
 }
 
-function ShapeNode({ shape, draggable, onSelect, onChange }: { shape: Shape; draggable: boolean; onSelect: () => void; onChange: (p: Partial<Shape>) => void }) {
+function ShapeNode({
+  shape,
+  draggable,
+  onSelect,
+  onChange,
+  onLoad,
+}: {
+  shape: Shape;
+  draggable: boolean;
+  onSelect: () => void;
+  onChange: (p: Partial<Shape>) => void;
+  onLoad: () => void;
+}) {
   const common = {
     id: shape.id,
     x: shape.x,
@@ -109,7 +127,7 @@ function ShapeNode({ shape, draggable, onSelect, onChange }: { shape: Shape; dra
     case "circle":
       return <Circle {...common} radius={shape.radius} fill={shape.color} />;
     case "image":
-      return <ImageShape shape={shape} common={common} />;
+      return <ImageShape shape={shape} common={common} onLoad={onLoad} />;
   }
 }
 
@@ -317,9 +335,10 @@ export const DrawingCanvas = forwardRef<DrawingHandle, { store: StoreApi<CanvasS
               draggable={selecting && l.id === s.activeId}
               onSelect={() => store.getState().select(sh.id)}
               onChange={(p) => store.getState().updateShape(sh.id, p)}
+              onLoad={touch}
             />
           ))}
-          {draft && l.id === s.activeId && <ShapeNode shape={draft} draggable={false} onSelect={() => {}} onChange={() => {}} />}
+          {draft && l.id === s.activeId && <ShapeNode shape={draft} draggable={false} onSelect={() => {}} onChange={() => {}} onLoad={touch} />}
         </Layer>
       ))}
       <Layer>
