@@ -261,7 +261,11 @@ pub async fn refresh(
     };
     match state
         .db
-        .take_refresh(&token_hash(&token), now())
+        .take_refresh(
+            &token_hash(&token),
+            now(),
+            state.config.server.refresh_reuse_secs as i64,
+        )
         .await
         .map_err(internal)?
     {

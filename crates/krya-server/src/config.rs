@@ -35,6 +35,10 @@ pub struct Server {
     pub max_upload_pixels: u64,
     /// How often an open event stream re-checks its token, in seconds.
     pub stream_auth_check_secs: f64,
+    /// A refresh token used again this many seconds after its rotation (two tabs
+    /// refreshing at once) is refused without revoking every session; later reuse is
+    /// treated as theft.
+    pub refresh_reuse_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,6 +145,7 @@ impl Default for Config {
                 max_upload_bytes: 20 * 1024 * 1024,
                 max_upload_pixels: 4096 * 4096,
                 stream_auth_check_secs: 30.0,
+                refresh_reuse_secs: 10,
             },
             database: Database { url: String::new() },
             storage: Storage {
@@ -196,6 +201,9 @@ max_upload_pixels = 16777216
 # How often an open event stream (/api/events) re-checks its token, in seconds: a stream
 # opened with a token that was since revoked or expired ends.
 stream_auth_check_secs = 30.0
+# A refresh token used again this many seconds after it was exchanged (two tabs refreshing at
+# once) is refused without revoking the user's sessions; any later reuse revokes them all.
+refresh_reuse_secs = 10
 
 [database]
 # Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".

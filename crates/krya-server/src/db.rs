@@ -164,13 +164,18 @@ impl Db {
     /// Marks a refresh token used: `Some(user_id)` for the one caller that wins a valid,
     /// unexpired, unrevoked token (single use, safe under concurrent refreshes); `Err` with
     /// the owner when the token was already used (a replay), `Ok(None)` when unknown.
+    ///
+    /// A token spent by rotation at most `grace` seconds ago is refused without the replay
+    /// verdict: two tabs (or requests) refreshing at once send the same token, and the
+    /// slower one should simply find the new session in its cookies.
     pub async fn take_refresh(
         &self,
         refresh_hash: &str,
         now: i64,
+        grace: i64,
     ) -> Result<Result<Option<String>, String>, sqlx::Error> {
         let Some(row) = sqlx::query(
-            "SELECT id, user_id, revoked, refresh_expires_at FROM sessions WHERE refresh_hash = $1",
+            "SELECT id, user_id, revoked, refresh_expires_at, rotated_at FROM sessions WHERE refresh_hash = $1",
         )
         .bind(refresh_hash)
         .fetch_optional(&self.pool)
@@ -179,18 +184,29 @@ impl Db {
             return Ok(Ok(None));
         };
         let (id, user): (String, String) = (row.try_get("id")?, row.try_get("user_id")?);
+        let just_rotated = |at: Option<i64>| grace > 0 && at.is_some_and(|t| now - t <= grace);
         if row.try_get::<i64, _>("revoked")? != 0 {
-            return Ok(Err(user));
+            return Ok(if just_rotated(row.try_get("rotated_at")?) {
+                Ok(None)
+            } else {
+                Err(user)
+            });
         }
         if row.try_get::<i64, _>("refresh_expires_at")? <= now {
             return Ok(Ok(None));
         }
-        let done = sqlx::query("UPDATE sessions SET revoked = 1 WHERE id = $1 AND revoked = 0")
-            .bind(&id)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked = 1, rotated_at = $2 WHERE id = $1 AND revoked = 0",
+        )
+        .bind(&id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        // Lost a race with a concurrent refresh of the same token: that one rotated it now.
         Ok(if done.rows_affected() == 1 {
             Ok(Some(user))
+        } else if grace > 0 {
+            Ok(None)
         } else {
             Err(user)
         })

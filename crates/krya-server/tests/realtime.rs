@@ -290,6 +290,23 @@ async fn frames_match_diffusers_and_bad_input_keeps_the_connection() {
     );
     let d = mean_abs_diff(frame_rgb(&f).as_raw(), &reference("turbo_canvas_2_07"));
     assert!(d < 4.0, "after update_params: {d:.2}/255");
+    // A generate without canvas_data keeps the canvas: back to `turbo_canvas_1_05`.
+    ws.send(generate(GenerateData {
+        prompt: Some("a lighthouse at dusk"),
+        strength: Some(0.5),
+        seed: Some(7),
+        steps: Some(1),
+        frame_id: Some(20),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let f = next_of(&mut ws, "frame").await;
+    let d = mean_abs_diff(frame_rgb(&f).as_raw(), &reference("turbo_canvas_1_05"));
+    assert!(
+        d < 4.0,
+        "an absent canvas_data dropped the canvas: {d:.2}/255"
+    );
 
     // Text only: no canvas.
     ws.send(generate(GenerateData {
@@ -468,6 +485,84 @@ async fn unauthenticated_connections_close_with_4401() {
         .insert("cookie", format!("krya_session={token}").parse().unwrap());
     let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
     assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
+}
+
+async fn connect_with(base: &str, headers: &[(&'static str, String)]) -> Ws {
+    let url = format!("{}/ws/realtime", base.replace("http://", "ws://"));
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// The cookie only works from the studio's own pages; a canvas ends when its token stops
+/// being valid (4401) and when the server shuts down (1001).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_revoked_and_shutdown_connections_close() {
+    let mut s = server(|c| c.server.stream_auth_check_secs = 0.2);
+    let token = register(&s.base, "e@example.com");
+    let host = s.base.trim_start_matches("http://").to_string();
+    let cookie = format!("krya_session={token}");
+    let mut evil = connect_with(
+        &s.base,
+        &[
+            ("cookie", cookie.clone()),
+            ("origin", "http://evil.example".into()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        next(&mut evil, 10).await.unwrap()["code"],
+        4401,
+        "a cross-site page used the cookie"
+    );
+    let mut own = connect_with(
+        &s.base,
+        &[("cookie", cookie), ("origin", format!("http://{host}"))],
+    )
+    .await;
+    assert_eq!(next(&mut own, 10).await.unwrap()["data"]["status"], "ready");
+
+    // Logging out ends the canvas opened with that session.
+    let mut ws = connect(&s.base, Some(&token)).await;
+    assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
+    let base = s.base.clone();
+    let t = token.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = agent()
+            .post(format!("{base}/api/auth/logout"))
+            .header("Authorization", format!("Bearer {t}"))
+            .send("")
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    })
+    .await
+    .unwrap();
+    let m = next_of_close(&mut ws).await;
+    assert_eq!(m["code"], 4401, "{m}");
+
+    // Shutdown: open canvases are told, with 1001.
+    let t2 = register(&s.base, "f@example.com");
+    let mut ws = connect(&s.base, Some(&t2)).await;
+    assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
+    let stop = s.stop.take().unwrap();
+    stop.send(()).unwrap();
+    let m = next_of_close(&mut ws).await;
+    assert_eq!(m["code"], 1001, "{m}");
+}
+
+async fn next_of_close(ws: &mut Ws) -> Value {
+    loop {
+        let m = next(ws, 20)
+            .await
+            .expect("the server closed without a close frame");
+        if m["type"] == "close" {
+            return m;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

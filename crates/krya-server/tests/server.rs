@@ -412,6 +412,24 @@ fn browser_sessions_live_in_cookies() {
         200
     );
 
+    // Two tabs refresh at once with the same cookie: one wins, the other is refused
+    // without signing the user out everywhere.
+    let again = a
+        .post(&refresh_url)
+        .header("Cookie", &refresh)
+        .send("")
+        .unwrap();
+    assert_eq!(again.status(), 401, "a spent token was exchanged twice");
+    assert_eq!(
+        a.get(&me)
+            .header("Cookie", &session)
+            .call()
+            .unwrap()
+            .status(),
+        200,
+        "the winner's session survives the other tab's late refresh"
+    );
+
     // No body and no cookie: not signed in. A body that is not JSON: a JSON error.
     let mut r = a.post(&refresh_url).send("").unwrap();
     assert_eq!(r.status(), 401);
@@ -603,9 +621,18 @@ fn failed_logins_are_throttled_per_account() {
     handle.join().unwrap().unwrap();
 }
 
+/// Settings where any reuse of a refresh token counts as theft (no grace for two tabs).
+fn strict(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.server.data_dir = dir.to_path_buf();
+    config.server.refresh_reuse_secs = 0;
+    config
+}
+
 #[test]
 fn accounts_on_sqlite() {
-    let (base, stop, handle, dir) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let (base, stop, handle) = start_with(strict(dir.path()));
     accounts(&base);
     stop.send(()).unwrap();
     handle.join().unwrap().unwrap();
@@ -614,9 +641,8 @@ fn accounts_on_sqlite() {
 
 #[test]
 fn accounts_on_postgres() {
-    let mut config = Config::default();
     let dir = tempfile::tempdir().unwrap();
-    config.server.data_dir = dir.path().to_path_buf();
+    let mut config = strict(dir.path());
     let (url, schema) = postgres_schema();
     config.database.url = url;
     let (base, stop, handle) = start_with(config);

@@ -41,10 +41,11 @@ pub async fn save(
     if prompt.chars().count() > 4000 {
         return Err(invalid("prompt", "must be at most 4000 characters"));
     }
-    if c.model.is_empty() || c.model.len() > 200 {
+    let models = crate::generations::offered_models(&state).await?;
+    if !models.iter().any(|m| m.id == c.model) {
         return Err(invalid(
             "model",
-            "must name the model that rendered the frame",
+            "must name the model that rendered the frame (see GET /api/models)",
         ));
     }
     let seed = match c.seed {

@@ -14,7 +14,7 @@ pub mod protocol;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,9 +84,11 @@ struct SessionState {
     /// What was last taken for rendering (an identical input is not rendered again).
     last_key: Option<(Settings, Option<u64>)>,
     rendering: bool,
+    /// A loader thread is opening a model for this session (it is skipped meanwhile).
+    loading: bool,
     /// Inputs replaced before they were rendered.
     dropped: u64,
-    /// When recent frames were sent (for fps).
+    /// When recent frames were made (for fps).
     sent: VecDeque<Instant>,
     last_latency: Option<f64>,
     last_status: Option<(Status, Instant)>,
@@ -96,35 +98,59 @@ struct SessionState {
 pub struct Session {
     user_id: String,
     state: Mutex<SessionState>,
-    /// Encoded messages for the connection's writer, and whether each is a frame.
-    out: mpsc::UnboundedSender<(Vec<u8>, bool)>,
-    /// Frames handed to the writer and not yet written: beyond two, new frames are skipped
-    /// rather than queued behind a slow client.
-    in_flight: Arc<AtomicUsize>,
+    /// Statuses and errors for the connection's writer. Bounded: a client that stops
+    /// reading is disconnected rather than buffered without end.
+    control: mpsc::Sender<Vec<u8>>,
+    /// The newest frame not yet written: a newer frame replaces it, so a slow client
+    /// gets the latest picture, never a backlog.
+    frame: Mutex<Option<Vec<u8>>>,
+    frame_ready: tokio::sync::Notify,
+    /// Becomes true when the connection must end (either side, or the server).
+    ending: tokio::sync::watch::Sender<bool>,
     next_frame: AtomicU64,
-    closed: AtomicBool,
-    /// The engine stream (model, TAESD, cached prompt); only render threads touch it.
+    /// The engine stream (model, TAESD, cached prompt); render and loader threads only.
     stream: Mutex<Option<EngineStream>>,
 }
 
 impl Session {
-    fn send(&self, bytes: Vec<u8>) {
-        let _ = self.out.send((bytes, false));
+    fn new(user_id: String) -> (Arc<Session>, mpsc::Receiver<Vec<u8>>) {
+        let (control, rx) = mpsc::channel(256);
+        let session = Arc::new(Session {
+            user_id,
+            state: Mutex::default(),
+            control,
+            frame: Mutex::new(None),
+            frame_ready: tokio::sync::Notify::new(),
+            ending: tokio::sync::watch::channel(false).0,
+            next_frame: AtomicU64::new(1),
+            stream: Mutex::new(None),
+        });
+        (session, rx)
     }
 
-    /// Hands a frame to the writer unless two are still unwritten (a slow client gets the
-    /// newest frames, not a backlog); false when skipped.
-    fn send_frame(&self, bytes: Vec<u8>) -> bool {
-        if self.in_flight.load(Ordering::SeqCst) >= 2 {
-            return false;
+    fn send(&self, bytes: Vec<u8>) {
+        if self.control.try_send(bytes).is_err() {
+            // Hundreds of messages unread: the client is gone or not reading.
+            self.end();
         }
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let _ = self.out.send((bytes, true));
-        true
     }
 
     fn send_error(&self, e: &ProtocolError) {
         self.send(protocol::error(e));
+    }
+
+    fn send_frame(&self, bytes: Vec<u8>) {
+        *self.frame.lock().unwrap() = Some(bytes);
+        self.frame_ready.notify_one();
+    }
+
+    fn end(&self) {
+        self.ending.send_replace(true);
+    }
+
+    /// The engine stream, even if a render thread panicked while holding it.
+    fn stream(&self) -> std::sync::MutexGuard<'_, Option<EngineStream>> {
+        self.stream.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -150,6 +176,13 @@ pub struct Hub {
 }
 
 pub type Realtime = Arc<Hub>;
+
+/// What a render turn produced.
+enum Rendered {
+    Frame(Vec<u8>),
+    /// The session's model is being opened on a loader thread; the job waits for it.
+    Loading,
+}
 
 impl Hub {
     pub fn new(
@@ -187,15 +220,28 @@ impl Hub {
             .collect()
     }
 
+    /// Ends the render threads (after the frame in hand) and every open session.
     pub fn stop(&self) {
-        self.sessions.lock().unwrap().stopping = true;
+        let mut all = self.sessions.lock().unwrap();
+        all.stopping = true;
+        for s in &all.list {
+            s.end();
+        }
+        drop(all);
         self.work.notify_all();
+    }
+
+    /// Wakes a render thread. The sessions lock is taken first: a thread between its scan
+    /// and its wait holds it, so the wake-up cannot fall in that gap and be lost.
+    fn wake(&self) {
+        drop(self.sessions.lock().unwrap());
+        self.work.notify_one();
     }
 
     fn register(&self, s: &Arc<Session>) -> bool {
         let mut all = self.sessions.lock().unwrap();
         let open = all.list.iter().filter(|x| x.user_id == s.user_id).count();
-        if open >= self.config.sessions_per_user {
+        if open >= self.config.sessions_per_user || all.stopping {
             return false;
         }
         all.list.push(s.clone());
@@ -203,7 +249,7 @@ impl Hub {
     }
 
     fn unregister(&self, s: &Arc<Session>) {
-        s.closed.store(true, Ordering::SeqCst);
+        s.end();
         let mut all = self.sessions.lock().unwrap();
         all.list.retain(|x| !Arc::ptr_eq(x, s));
     }
@@ -233,7 +279,7 @@ impl Hub {
                 let i = (all.next + k) % n;
                 let s = all.list[i].clone();
                 let mut st = s.state.lock().unwrap();
-                if st.rendering {
+                if st.rendering || st.loading {
                     continue;
                 }
                 if let Some(job) = st.pending.take() {
@@ -251,14 +297,37 @@ impl Hub {
     fn render_loop(self: Arc<Self>) {
         while let Some((session, job)) = self.next_job() {
             self.announce(&session, Status::Generating, None);
-            let result = self.render(&session, &job);
+            // A panic in a render (a bug, an engine failure) costs this frame, not the
+            // thread: every session would otherwise lose its renderer.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.render(&session, &job)
+            }))
+            .unwrap_or_else(|_| {
+                *session.stream() = None;
+                Err(ProtocolError::new(
+                    "internal",
+                    "rendering this frame failed; the next input starts afresh",
+                ))
+            });
             let more = {
                 let mut st = session.state.lock().unwrap();
                 st.rendering = false;
+                match &result {
+                    // The job waits for its model unless newer input came meanwhile.
+                    Ok(Rendered::Loading) => {
+                        st.last_key = None;
+                        if st.pending.is_none() {
+                            st.pending = Some(job.clone());
+                        }
+                    }
+                    // A failed input may be sent again (a download can succeed later).
+                    Err(_) => st.last_key = None,
+                    Ok(Rendered::Frame(_)) => {}
+                }
                 st.pending.is_some()
             };
             match result {
-                Ok(jpeg) => {
+                Ok(Rendered::Frame(jpeg)) => {
                     self.frames_rendered.fetch_add(1, Ordering::SeqCst);
                     let latency = job.received.elapsed().as_secs_f64() * 1000.0;
                     let id = session.next_frame.fetch_add(1, Ordering::SeqCst);
@@ -275,6 +344,7 @@ impl Hub {
                     }
                     st.last_latency = Some(latency);
                 }
+                Ok(Rendered::Loading) => continue,
                 Err(e) => {
                     session.send_error(&e);
                     self.announce(&session, Status::Error, Some(e.message.clone()));
@@ -293,9 +363,6 @@ impl Hub {
                 if stale {
                     self.announce(&session, Status::Generating, None);
                 }
-            }
-            if more {
-                self.work.notify_one();
             }
         }
     }
@@ -349,26 +416,9 @@ impl Hub {
         Ok(entry)
     }
 
-    /// The session's engine stream for `model`, loading the model and its TAESD if needed.
-    fn stream_for<'a>(
-        &self,
-        session: &Session,
-        guard: &'a mut Option<EngineStream>,
-        model_id: Option<&str>,
-    ) -> Result<&'a mut EngineStream, ProtocolError> {
-        // The same model as the last frame: no look-up (this runs every frame).
-        if guard
-            .as_ref()
-            .is_some_and(|s| model_id.is_none_or(|id| s.model().name == id))
-        {
-            return Ok(guard.as_mut().unwrap());
-        }
+    /// Opens an engine stream for a model: the model (downloaded if need be) and its TAESD.
+    fn open_stream(&self, model_id: Option<&str>) -> Result<EngineStream, ProtocolError> {
         let entry = self.model_entry(model_id)?;
-        self.announce(
-            session,
-            Status::Generating,
-            Some(format!("loading {}", entry.id)),
-        );
         let unavailable = |e: EngineError| match e {
             EngineError::InvalidInput(m) => ProtocolError::new("invalid-input", m),
             e => ProtocolError::new("model-unavailable", format!("model {}: {e}", entry.id)),
@@ -390,14 +440,73 @@ impl Hub {
                 t
             }
         };
-        *guard = Some(EngineStream::new(m, tiny).map_err(unavailable)?);
-        Ok(guard.as_mut().unwrap())
+        EngineStream::new(m, tiny).map_err(unavailable)
     }
 
-    /// Renders one job to JPEG bytes.
-    fn render(&self, session: &Session, job: &Job) -> Result<Vec<u8>, ProtocolError> {
-        let mut guard = session.stream.lock().unwrap();
-        let stream = self.stream_for(session, &mut guard, job.settings.model.as_deref())?;
+    /// Opens the session's model on a thread of its own, so a load (or a download) never
+    /// holds up the render threads and the other sessions.
+    fn start_loading(self: &Arc<Self>, session: &Arc<Session>, model_id: Option<String>) {
+        {
+            let mut st = session.state.lock().unwrap();
+            if st.loading {
+                return;
+            }
+            st.loading = true;
+        }
+        let what = model_id
+            .clone()
+            .unwrap_or_else(|| "the default model".into());
+        self.announce(session, Status::Generating, Some(format!("loading {what}")));
+        let (hub, s) = (self.clone(), session.clone());
+        std::thread::spawn(move || {
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                hub.open_stream(model_id.as_deref())
+            }))
+            .unwrap_or_else(|_| Err(ProtocolError::new("internal", "loading the model failed")));
+            let failed = match opened {
+                Ok(stream) => {
+                    *s.stream() = Some(stream);
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            {
+                let mut st = s.state.lock().unwrap();
+                st.loading = false;
+                if failed.is_some() {
+                    // Not retried by itself: the user changes something, or sends again.
+                    st.pending = None;
+                    st.last_key = None;
+                }
+            }
+            if let Some(e) = failed {
+                s.send_error(&e);
+                hub.announce(&s, Status::Error, Some(e.message.clone()));
+            }
+            hub.wake();
+        });
+    }
+
+    /// Renders one job to JPEG bytes (or starts opening its model).
+    fn render(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        job: &Job,
+    ) -> Result<Rendered, ProtocolError> {
+        let mut guard = session.stream();
+        // The same model as the last frame: no look-up (this runs every frame).
+        let ready = guard.as_ref().is_some_and(|s| {
+            job.settings
+                .model
+                .as_deref()
+                .is_none_or(|id| s.model().name == id)
+        });
+        if !ready {
+            drop(guard);
+            self.start_loading(session, job.settings.model.clone());
+            return Ok(Rendered::Loading);
+        }
+        let stream = guard.as_mut().unwrap();
         let canvas = match &job.canvas {
             Some(c) => Some(Arc::new(decode_canvas(
                 &c.bytes,
@@ -409,8 +518,11 @@ impl Hub {
         let f = m.vae_scale_factor() as u32;
         let (w, h) = match (job.settings.size, &canvas) {
             (Some(s), _) => s,
-            // The canvas's size, down to what the model can make.
-            (None, Some(c)) => ((c.width() / f * f).max(f), (c.height() / f * f).max(f)),
+            // The canvas's size, down to what the model can make and at most 2048 a side.
+            (None, Some(c)) => {
+                let side = |v: u32| (v.min(MAX_SIDE) / f * f).max(f);
+                (side(c.width()), side(c.height()))
+            }
             (None, None) => (m.defaults.width as u32, m.defaults.height as u32),
         };
         if w % f != 0 || h % f != 0 {
@@ -434,9 +546,15 @@ impl Hub {
                 EngineError::InvalidInput(m) => ProtocolError::new("invalid-input", m),
                 e => ProtocolError::new("internal", format!("rendering failed: {e}")),
             })?;
-        Ok(encode_jpeg(&img, self.config.jpeg_quality))
+        Ok(Rendered::Frame(encode_jpeg(
+            &img,
+            self.config.jpeg_quality,
+        )?))
     }
 }
+
+/// The largest side a frame may have.
+const MAX_SIDE: u32 = 2048;
 
 /// A canvas's pixels (PNG, JPEG or WebP), refusing more than `max_pixels` before decoding.
 pub fn decode_canvas(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ProtocolError> {
@@ -450,17 +568,20 @@ pub fn decode_canvas(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, Protocol
 }
 
 /// A rendered frame as JPEG (what the wire carries).
-pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
+pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, ProtocolError> {
+    let (w, h) = img.dimensions();
+    let side = |v: u32| u16::try_from(v).ok().filter(|v| *v > 0);
+    let (Some(w16), Some(h16)) = (side(w), side(h)) else {
+        return Err(ProtocolError::new(
+            "invalid-input",
+            format!("a {w}x{h} frame cannot be sent as JPEG"),
+        ));
+    };
     let mut out = Vec::with_capacity(img.as_raw().len() / 8);
-    let enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
-    enc.encode(
-        img.as_raw(),
-        img.width() as u16,
-        img.height() as u16,
-        jpeg_encoder::ColorType::Rgb,
-    )
-    .expect("an RGB image within JPEG's size limits encodes");
-    out
+    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+        .encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| ProtocolError::new("internal", format!("encoding the frame: {e}")))?;
+    Ok(out)
 }
 
 fn invalid(message: impl Into<String>) -> ProtocolError {
@@ -489,6 +610,9 @@ fn apply(base: &Settings, p: &Params) -> Result<Settings, ProtocolError> {
         Some(_) => return Err(invalid("seed: must be -1 (random) or from 0 to 4294967295")),
     }
     if let Some(m) = &p.model {
+        if m.len() > 200 {
+            return Err(invalid("model: must be a model id (see GET /api/models)"));
+        }
         s.model = Some(m.clone()).filter(|m| !m.is_empty());
     }
     match (p.width, p.height) {
@@ -525,11 +649,12 @@ fn hash_bytes(b: &[u8]) -> u64 {
 fn handle(hub: &Hub, s: &Session, bytes: &[u8]) -> Result<(), ProtocolError> {
     let msg = protocol::parse(bytes)?;
     let (params, canvas, frame_id, is_generate) = match msg {
-        ClientMessage::Generate(g) => (g.params, Some(g.canvas_data), g.frame_id, true),
+        ClientMessage::Generate(g) => (g.params, g.canvas_data, g.frame_id, true),
         ClientMessage::UpdateParams(p) => (p, None, None, false),
     };
+    // Absent: the last canvas stays; empty: text only from now on.
     let canvas = match canvas {
-        Some(Some(b)) if !b.is_empty() => {
+        Some(b) if !b.is_empty() => {
             let b = b.into_vec();
             if b.len() as u64 > hub.config.max_frame_bytes {
                 return Err(ProtocolError::new(
@@ -547,7 +672,6 @@ fn handle(hub: &Hub, s: &Session, bytes: &[u8]) -> Result<(), ProtocolError> {
                 bytes: Arc::new(b),
             }))
         }
-        // generate without a canvas: text only from now on.
         Some(_) => Some(None),
         None => None,
     };
@@ -581,7 +705,7 @@ fn handle(hub: &Hub, s: &Session, bytes: &[u8]) -> Result<(), ProtocolError> {
             st.dropped += 1;
         }
         drop(st);
-        hub.work.notify_one();
+        hub.wake();
     }
     Ok(())
 }
@@ -606,24 +730,26 @@ pub fn check_canvas_header(bytes: &[u8], max_pixels: u64) -> Result<(), Protocol
     Ok(())
 }
 
-/// Runs one connection until either side closes: reads messages into the session, writes
-/// what the render threads send.
-pub async fn serve_session<S, E>(hub: Realtime, user_id: String, socket: S)
+/// Resolves once a flag (session ending, server shutting down) is true.
+async fn ended(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}
+
+/// How often the server pings an idle connection; one silent for three times this is gone.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// Runs one connection until either side closes, the server shuts down, or the token it
+/// was opened with stops being valid: reads messages into the session, writes what the
+/// render threads send.
+pub async fn serve_session<S, E>(state: AppState, headers: HeaderMap, user_id: String, socket: S)
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin + Send + 'static,
 {
+    let Some(hub) = state.realtime.clone() else {
+        return;
+    };
     let (mut sink, mut incoming) = socket.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, bool)>();
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let session = Arc::new(Session {
-        user_id,
-        state: Mutex::default(),
-        out: tx,
-        in_flight: in_flight.clone(),
-        next_frame: AtomicU64::new(1),
-        closed: AtomicBool::new(false),
-        stream: Mutex::new(None),
-    });
+    let (session, mut control) = Session::new(user_id);
     if !hub.register(&session) {
         let e = ProtocolError::new(
             "too-many-sessions",
@@ -642,35 +768,93 @@ where
         return;
     }
     hub.announce(&session, Status::Ready, None);
-    let writer = tokio::spawn(async move {
-        while let Some((bytes, is_frame)) = rx.recv().await {
-            if sink.send(Message::Binary(bytes.into())).await.is_err() {
+    let close_code = Arc::new(std::sync::atomic::AtomicU16::new(1000));
+    let last_heard = Arc::new(Mutex::new(Instant::now()));
+    let writer = {
+        let (session, close_code, last_heard) =
+            (session.clone(), close_code.clone(), last_heard.clone());
+        let mut ending = session.ending.subscribe();
+        tokio::spawn(async move {
+            let mut ping = tokio::time::interval(PING_EVERY);
+            ping.tick().await;
+            loop {
+                let out = tokio::select! {
+                    _ = ended(&mut ending) => break,
+                    c = control.recv() => match c {
+                        Some(bytes) => Message::Binary(bytes.into()),
+                        None => break,
+                    },
+                    _ = session.frame_ready.notified() => match session.frame.lock().unwrap().take() {
+                        Some(bytes) => Message::Binary(bytes.into()),
+                        None => continue,
+                    },
+                    _ = ping.tick() => {
+                        if last_heard.lock().unwrap().elapsed() > PING_EVERY * 3 {
+                            // No answer to three pings: a half-open connection.
+                            close_code.store(1001, Ordering::SeqCst);
+                            break;
+                        }
+                        Message::Ping(Default::default())
+                    }
+                };
+                if sink.send(out).await.is_err() {
+                    break;
+                }
+            }
+            session.end();
+            let code = close_code.load(Ordering::SeqCst);
+            let reason = match code {
+                CLOSE_UNAUTHORIZED => "the session ended; sign in again",
+                1001 => "going away",
+                _ => "",
+            };
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+            let _ = sink.close().await;
+        })
+    };
+    let mut ending = session.ending.subscribe();
+    let mut shutdown = state.shutting_down.clone();
+    let every = Duration::from_secs_f64(state.config.server.stream_auth_check_secs.max(0.05));
+    let mut recheck = tokio::time::interval(every);
+    recheck.tick().await;
+    loop {
+        tokio::select! {
+            m = incoming.next() => {
+                let Some(Ok(msg)) = m else { break };
+                *last_heard.lock().unwrap() = Instant::now();
+                let result = match msg {
+                    Message::Binary(b) => handle(&hub, &session, &b),
+                    Message::Text(_) => Err(ProtocolError::new(
+                        "invalid-message",
+                        "messages are binary MessagePack, not text",
+                    )),
+                    Message::Close(_) => break,
+                    _ => Ok(()),
+                };
+                if let Err(e) = result {
+                    session.send_error(&e);
+                }
+            }
+            _ = recheck.tick() => {
+                // Logged out, key revoked or expired: the canvas ends like an event stream.
+                if auth::current_user(&state, &headers).await.is_err() {
+                    close_code.store(CLOSE_UNAUTHORIZED, Ordering::SeqCst);
+                    break;
+                }
+            }
+            _ = ended(&mut shutdown) => {
+                close_code.store(1001, Ordering::SeqCst);
                 break;
             }
-            if is_frame {
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let _ = sink.close().await;
-    });
-    while let Some(msg) = incoming.next().await {
-        let Ok(msg) = msg else { break };
-        let result = match msg {
-            Message::Binary(b) => handle(&hub, &session, &b),
-            Message::Text(_) => Err(ProtocolError::new(
-                "invalid-message",
-                "messages are binary MessagePack, not text",
-            )),
-            Message::Close(_) => break,
-            _ => Ok(()),
-        };
-        if let Err(e) = result {
-            session.send_error(&e);
+            _ = ended(&mut ending) => break,
         }
     }
     hub.unregister(&session);
-    // The writer ends when the session (the last sender) is dropped.
-    drop(session);
     let _ = writer.await;
 }
 
@@ -679,41 +863,65 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
-/// `GET /ws/realtime`: authenticated by the session cookie, a bearer token, or
-/// `?token=` (an access token or API key: browsers cannot set headers on a WebSocket).
+/// Whether a browser's `Origin` names this server (`Host`). Cookies go with cross-site
+/// WebSocket requests from same-site pages (another app on this host), so a canvas opened
+/// with the cookie alone must come from the studio itself.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        // Not a browser: nothing to forge.
+        return true;
+    };
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    // Behind a proxy the public name may be in X-Forwarded-Host.
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .any(|name| {
+            let host = headers.get(*name).and_then(|v| v.to_str().ok());
+            host.is_some() && origin_host == host
+        })
+}
+
+/// `GET /ws/realtime`: authenticated by the session cookie (from the studio's own pages), a
+/// bearer token, or `?token=` (an access token or API key: browsers cannot set headers on a
+/// WebSocket).
 pub async fn ws(
     State(state): State<AppState>,
     mut headers: HeaderMap,
     Query(q): Query<WsQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let explicit = headers.contains_key(header::AUTHORIZATION) || q.token.is_some();
     if let Some(t) = q.token.filter(|t| !t.is_empty())
         && let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}"))
     {
         headers.insert(header::AUTHORIZATION, v);
     }
-    let user = auth::current_user(&state, &headers).await;
-    let hub = state.realtime.clone();
+    let user = if explicit || same_origin(&headers) {
+        auth::current_user(&state, &headers).await.ok()
+    } else {
+        None
+    };
     let limit = (state.config.realtime.max_frame_bytes as usize).saturating_mul(4) + 4096;
     upgrade
         .max_message_size(limit)
+        .max_frame_size(limit)
         .on_upgrade(move |socket: WebSocket| async move {
-            match (user, hub) {
-                (Ok(user), Some(hub)) => serve_session(hub, user.id, socket).await,
-                (user, hub) => {
-                    let (code, reason) = match (user, hub) {
-                        (Err(_), _) => (CLOSE_UNAUTHORIZED, "sign in first"),
-                        _ => (1013, "the live canvas is off on this server"),
-                    };
-                    let mut socket = socket;
-                    let _ = socket
-                        .send(Message::Close(Some(CloseFrame {
-                            code,
-                            reason: reason.into(),
-                        })))
-                        .await;
-                }
+            let refused = match (&user, &state.realtime) {
+                (None, _) => Some((CLOSE_UNAUTHORIZED, "sign in first")),
+                (Some(_), None) => Some((1013, "the live canvas is off on this server")),
+                _ => None,
+            };
+            if let Some((code, reason)) = refused {
+                let mut socket = socket;
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                return;
             }
+            serve_session(state, headers, user.unwrap().id, socket).await;
         })
 }
 
@@ -730,20 +938,10 @@ mod tests {
         )
     }
 
-    type Out = mpsc::UnboundedReceiver<(Vec<u8>, bool)>;
+    type Out = mpsc::Receiver<Vec<u8>>;
 
     fn new_session(user: &str) -> (Arc<Session>, Out) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let s = Arc::new(Session {
-            user_id: user.into(),
-            state: Mutex::default(),
-            out: tx,
-            in_flight: Default::default(),
-            next_frame: AtomicU64::new(1),
-            closed: AtomicBool::new(false),
-            stream: Mutex::new(None),
-        });
-        (s, rx)
+        Session::new(user.into())
     }
 
     fn session(hub: &Hub, user: &str) -> (Arc<Session>, Out) {
@@ -762,6 +960,19 @@ mod tests {
     /// What `render_loop` does when a frame is done.
     fn done(s: &Session) {
         s.state.lock().unwrap().rendering = false;
+    }
+
+    #[test]
+    fn a_slow_reader_gets_the_newest_frame() {
+        let (s, _rx) = new_session("u");
+        s.send_frame(vec![1]);
+        s.send_frame(vec![2]);
+        assert_eq!(s.frame.lock().unwrap().take(), Some(vec![2]));
+        // And a client that reads nothing is let go instead of buffered.
+        for _ in 0..300 {
+            s.send(vec![0; 8]);
+        }
+        assert!(*s.ending.borrow(), "an unread session was kept");
     }
 
     #[test]

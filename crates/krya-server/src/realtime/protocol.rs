@@ -63,8 +63,19 @@ struct Envelope<T> {
     data: T,
 }
 
+/// At most `n` characters of something a client sent (errors echo it, bounded).
+fn clip(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 fn malformed(e: impl std::fmt::Display) -> ProtocolError {
-    ProtocolError::new("invalid-message", format!("not a valid message: {e}"))
+    ProtocolError::new(
+        "invalid-message",
+        format!("not a valid message: {}", clip(&e.to_string(), 200)),
+    )
 }
 
 /// Reads one client message.
@@ -81,7 +92,10 @@ pub fn parse(bytes: &[u8]) -> Result<ClientMessage, ProtocolError> {
         }
         other => Err(ProtocolError::new(
             "unknown-type",
-            format!("type: unknown message type {other:?} (generate, update_params)"),
+            format!(
+                "type: unknown message type {:?} (generate, update_params)",
+                clip(other, 40)
+            ),
         )),
     }
 }
@@ -227,6 +241,14 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.code, "invalid-message");
+        // What a client sent is echoed bounded, however long it was.
+        let long = "x".repeat(1 << 20);
+        for m in [
+            serde_json::json!({"type": long, "data": {}}),
+            serde_json::json!({"type": "generate", "data": {"strength": long}}),
+        ] {
+            assert!(parse(&msg(m)).unwrap_err().message.len() < 400);
+        }
     }
 
     #[test]
