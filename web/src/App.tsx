@@ -1,4 +1,4 @@
-import { lazy, Suspense, useEffect, type ReactNode } from "react";
+import { Component, lazy, Suspense, useEffect, type ReactNode } from "react";
 import { session, use } from "./app";
 import { Header } from "./components/Header";
 import { Toasts } from "./components/Toasts";
@@ -15,6 +15,27 @@ const Profile = lazy(() => import("./pages/Profile"));
 const Settings = lazy(() => import("./pages/Settings"));
 const Realtime = lazy(() => import("./pages/Realtime"));
 const NotFound = lazy(() => import("./pages/NotFound"));
+
+/** A page that fails to load or render (a chunk gone after an upgrade, a bug) says so and
+ * offers a reload, instead of leaving a blank window. */
+class PageBoundary extends Component<{ children: ReactNode }, { error: Error | null }> {
+  state = { error: null as Error | null };
+  static getDerivedStateFromError(error: Error) {
+    return { error };
+  }
+  render() {
+    if (!this.state.error) return this.props.children;
+    return (
+      <div role="alert" className="mx-auto max-w-lg px-4 py-20 text-center">
+        <h1 className="text-2xl font-semibold">This page could not be shown</h1>
+        <p className="mt-3 text-sm text-muted">{this.state.error.message}</p>
+        <button type="button" onClick={() => location.reload()} className="mt-6 rounded-lg bg-white px-4 py-2 text-sm font-medium text-neutral-950">
+          Reload
+        </button>
+      </div>
+    );
+  }
+}
 
 function PageSkeleton() {
   return (
@@ -92,9 +113,9 @@ export function App() {
       <Header />
       <main id="main" className="flex-1">
         {/* Keyed by path: a page left and come back to starts afresh. */}
-        <Suspense key={path} fallback={<PageSkeleton />}>
-          {route(path)}
-        </Suspense>
+        <PageBoundary key={path}>
+          <Suspense fallback={<PageSkeleton />}>{route(path)}</Suspense>
+        </PageBoundary>
       </main>
       <Toasts />
     </div>

@@ -14,17 +14,19 @@ export const toasts = createToastStore();
 export const generate = createGenerateStore(api, {
   // The balance in the header is a convenience; it is read again on the next change.
   onCreditsChanged: () => void session.getState().refreshUser().catch(() => {}),
-  onChanged: (id) => changedListeners.forEach((l) => l(id)),
+  onChanged: (id, change) => changedListeners.forEach((l) => l(id, change)),
 });
 export const events = createEventsStore({
   onEvent: (kind, data) => generate.getState().applyEvent(kind, data),
   onReady: () => void generate.getState().resync(),
-  refresh: () => api.refresh(),
+  // Keep trying unless the server said the session is over.
+  refresh: async () => (await api.refresh()) !== "refused",
 });
 
-/** Lists of generations refresh when one ends or is deleted. */
-const changedListeners = new Set<(id: string) => void>();
-export function onChanged(l: (id: string) => void): () => void {
+/** Lists of generations follow when one ends or is deleted. */
+type ChangeListener = (id: string, change: "ended" | "deleted") => void;
+const changedListeners = new Set<ChangeListener>();
+export function onChanged(l: ChangeListener): () => void {
   changedListeners.add(l);
   return () => changedListeners.delete(l);
 }

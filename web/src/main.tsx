@@ -1,7 +1,7 @@
 import "./app.css";
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
-import { events, session, toasts } from "./app";
+import { events, generate, session, toasts } from "./app";
 import { App } from "./App";
 
 // The event stream follows the session: open while signed in.
@@ -9,6 +9,8 @@ session.subscribe((s, prev) => {
   if (s.status === prev.status) return;
   if (s.status === "signed-in") events.getState().connect();
   else events.getState().disconnect();
+  // The next person on this browser sees nothing of the last one's work.
+  if (s.status === "signed-out" && prev.status === "signed-in") generate.getState().reset();
 });
 session
   .getState()

@@ -180,3 +180,50 @@ describe("ApiClient sessions", () => {
     expect(onSignedOut).not.toHaveBeenCalled();
   });
 });
+
+describe("ApiClient sessions after review", () => {
+  it("an expired access token on /api/auth/me is refreshed (a reload after 15 minutes)", async () => {
+    let fresh = false;
+    const s = fakeServer({
+      "GET /api/auth/me": () => (fresh ? user : apiError(401, "unauthorized", "expired")),
+      "POST /api/auth/refresh": () => {
+        fresh = true;
+        return json(200, { user });
+      },
+    });
+    const onSignedOut = vi.fn();
+    const me = await new ApiClient({ fetch: s.fetch, onSignedOut }).me();
+    expect(me.handle).toBe("ada");
+    expect(onSignedOut).not.toHaveBeenCalled();
+  });
+
+  it("a server that cannot answer the refresh does not sign anyone out", async () => {
+    const s = fakeServer({
+      "GET /api/user/usage": () => apiError(401, "unauthorized", "expired"),
+      "GET /api/auth/me": () => apiError(401, "unauthorized", "expired"),
+      "POST /api/auth/refresh": () => apiError(503, "internal", "restarting"),
+    });
+    const onSignedOut = vi.fn();
+    const api = new ApiClient({ fetch: s.fetch, onSignedOut });
+    expect(await api.refresh()).toBe("unreachable");
+    const e = await api.usage().catch((x) => x);
+    expect(e.status).toBe(401);
+    expect(onSignedOut).not.toHaveBeenCalled();
+  });
+
+  it("a refused refresh still retries once: another tab may have renewed the cookies", async () => {
+    let renewedElsewhere = false;
+    const s = fakeServer({
+      "GET /api/user/usage": () => (renewedElsewhere ? { credits_remaining: 5 } : apiError(401, "unauthorized", "expired")),
+      "GET /api/auth/me": () => apiError(401, "unauthorized", "expired"),
+      "POST /api/auth/refresh": () => {
+        renewedElsewhere = true;
+        return apiError(401, "unauthorized", "already used");
+      },
+    });
+    const onSignedOut = vi.fn();
+    const u = await new ApiClient({ fetch: s.fetch, onSignedOut }).usage();
+    expect(u.credits_remaining).toBe(5);
+    expect(onSignedOut).not.toHaveBeenCalled();
+  });
+});

@@ -141,6 +141,7 @@ const flush = () => new Promise((r) => setTimeout(r, 0));
 function setup(timeout = 10_000) {
   const sockets: FakeSocket[] = [];
   const frames: number[] = [];
+  const prompts: (string | null)[] = [];
   const states: [string, string | undefined][] = [];
   const errors: string[] = [];
   const client = new RealtimeClient({
@@ -150,13 +151,16 @@ function setup(timeout = 10_000) {
       sockets.push(s);
       return s;
     },
-    onFrame: (f) => frames.push(f.inputFrameId ?? -1),
+    onFrame: (f) => {
+      frames.push(f.inputFrameId ?? -1);
+      prompts.push(f.params?.prompt ?? null);
+    },
     onState: (s, r) => states.push([s, r]),
     onError: (e) => errors.push(e.code),
     answerTimeoutMs: timeout,
     retryMs: () => 0,
   });
-  return { client, sockets, frames, states, errors };
+  return { client, sockets, frames, prompts, states, errors };
 }
 
 const input = (k: number, prompt = "a fox"): (() => Promise<RealtimeInput>) => async () => ({
@@ -166,15 +170,15 @@ const input = (k: number, prompt = "a fox"): (() => Promise<RealtimeInput>) => a
 
 describe("realtime client", () => {
   it("keeps one input in flight and sends only the newest waiting one", async () => {
-    const { client, sockets, frames } = setup();
+    const { client, sockets, frames, prompts } = setup();
     client.connect();
     sockets[0].open();
-    client.offer(input(1));
+    client.offer(input(1, "the first"));
     await flush();
     expect(sockets[0].sent).toHaveLength(1);
     const first = sockets[0].sent[0] as { type: string; data: { frame_id: number; canvas_data: Uint8Array; prompt: string } };
     expect(first.type).toBe("generate");
-    expect(first.data.prompt).toBe("a fox");
+    expect(first.data.prompt).toBe("the first");
     expect(Array.from(first.data.canvas_data)).toEqual([1, 1, 2]);
     // Drawing on while the server renders: only the last of these goes next.
     for (let k = 2; k <= 9; k++) client.offer(input(k));
@@ -184,6 +188,8 @@ describe("realtime client", () => {
     sockets[0].receive({ type: "frame", data: new Uint8Array([255, 216]), frame_id: 1, input_frame_id: first.data.frame_id, latency_ms: 20, mime: "image/jpeg" });
     await flush();
     expect(frames).toEqual([first.data.frame_id]);
+    // A frame knows what made it (saving it keeps those parameters).
+    expect(prompts).toEqual(["the first"]);
     expect(sockets[0].sent).toHaveLength(2);
     expect(Array.from((sockets[0].sent[1] as { data: { canvas_data: Uint8Array } }).data.canvas_data)).toEqual([9, 1, 2]);
   });

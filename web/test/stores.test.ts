@@ -174,7 +174,7 @@ describe("generate store", () => {
     expect(j.status).toBe("completed");
     expect(j.images[0].id).toBe("i1");
     expect(j.preview).toBeNull();
-    expect(changed).toHaveBeenCalledWith("g1");
+    expect(changed).toHaveBeenCalledWith("g1", "ended");
     // Someone else's events (or another page's jobs) are ignored.
     s.applyEvent("progress", { id: "zzz", progress: { step: 1, total: 2 } });
     expect(store.getState().jobs.zzz).toBeUndefined();
@@ -239,7 +239,7 @@ describe("generate store", () => {
     await store.getState().remove("b");
     expect(store.getState().selected).toBe("a");
     expect(store.getState().jobs.b).toBeUndefined();
-    expect(changed).toHaveBeenCalledWith("b");
+    expect(changed).toHaveBeenCalledWith("b", "deleted");
   });
 
   it("mergeJob never moves a finished job back", () => {
@@ -317,5 +317,40 @@ describe("events store", () => {
 
     s.getState().disconnect();
     expect(s.getState().status).toBe("idle");
+  });
+});
+
+describe("review fixes", () => {
+  it("pager.refresh merges the first page without losing what is loaded", async () => {
+    let first = [{ id: "b", v: 1 }, { id: "a", v: 1 }];
+    const p = createPager<{ id: string; v: number }>(async (cursor) =>
+      cursor ? { items: [{ id: "z", v: 1 }], next_cursor: null } : { items: first, next_cursor: "c" },
+    );
+    await p.getState().loadMore();
+    await p.getState().loadMore();
+    expect(p.getState().items.map((i) => i.id)).toEqual(["b", "a", "z"]);
+    first = [{ id: "c", v: 1 }, { id: "b", v: 2 }];
+    await p.getState().refresh();
+    expect(p.getState().items.map((i) => `${i.id}${i.v}`)).toEqual(["c1", "b2", "a1", "z1"]);
+    expect(p.getState().loaded).toBe(true);
+  });
+
+  it("forget and reset clear what another page or user left", async () => {
+    const srv = fakeServer({
+      "GET /api/models": () => ({ models: [tinyModel] }),
+      "GET /api/styles": () => ({ styles: [] }),
+    });
+    const g = createGenerateStore(new ApiClient({ fetch: srv.fetch }));
+    await g.getState().loadOptions();
+    g.getState().open(generation("a", { status: "completed" }) as never);
+    g.getState().open(generation("b", { status: "completed" }) as never);
+    g.getState().forget(["b"]);
+    expect(Object.keys(g.getState().jobs)).toEqual(["a"]);
+    expect(g.getState().selected).toBe("a");
+    g.getState().set({ prompt: "private thoughts" });
+    g.getState().reset();
+    expect(g.getState().jobs).toEqual({});
+    expect(g.getState().form.prompt).toBe("");
+    expect(g.getState().form.model).toBe("tiny");
   });
 });

@@ -270,7 +270,9 @@ async fn stream(a: &LoadArgs, token: &str) -> Result<Report, CliError> {
             }
         }
     });
-    let encode = |k: u64| realtime::encode_jpeg(&canvas(a.width, a.height, k), 80);
+    let encode = |k: u64| {
+        realtime::encode_jpeg(&canvas(a.width, a.height, k), 80).map_err(|e| fail(e.message))
+    };
     let send = |k: u64, bytes: Vec<u8>| {
         let msg = GenerateMsg {
             kind: "generate",
@@ -290,7 +292,7 @@ async fn stream(a: &LoadArgs, token: &str) -> Result<Report, CliError> {
     };
     let mut sent_at: HashMap<u64, Instant> = HashMap::new();
     // Warm-up: the first frame loads the model.
-    tx.send(send(0, encode(0))).await.map_err(fail)?;
+    tx.send(send(0, encode(0)?)).await.map_err(fail)?;
     wait_for(&mut frames, 0, Duration::from_secs(600)).await?;
 
     let period = Duration::from_secs_f64(1.0 / a.rate.max(0.1));
@@ -308,7 +310,7 @@ async fn stream(a: &LoadArgs, token: &str) -> Result<Report, CliError> {
             }
             tokio::time::sleep((due - now).min(Duration::from_millis(2))).await;
         }
-        let bytes = encode(k);
+        let bytes = encode(k)?;
         sent_at.insert(k, Instant::now());
         tx.send(send(k, bytes)).await.map_err(fail)?;
     }
@@ -331,7 +333,9 @@ async fn stream(a: &LoadArgs, token: &str) -> Result<Report, CliError> {
     if a.burst > 0 {
         let first = a.inputs + 1;
         let last = a.inputs + a.burst;
-        let msgs: Vec<Message> = (first..=last).map(|k| send(k, encode(k))).collect();
+        let msgs = (first..=last)
+            .map(|k| Ok(send(k, encode(k)?)))
+            .collect::<Result<Vec<Message>, CliError>>()?;
         for m in msgs {
             tx.send(m).await.map_err(fail)?;
         }
@@ -400,7 +404,7 @@ fn median_us(mut v: Vec<f64>) -> f64 {
 fn bench_io(a: IoArgs) -> Result<(), CliError> {
     let (w, h) = (a.width, a.height);
     // What a browser sends (a JPEG of the drawing) and what the model returns.
-    let input = realtime::encode_jpeg(&canvas(w, h, 5), 80);
+    let input = realtime::encode_jpeg(&canvas(w, h, 5), 80).map_err(|e| fail(e.message))?;
     let output = canvas(w, h, 40);
     let msg = rmp_serde::to_vec_named(&GenerateMsg {
         kind: "generate",
@@ -430,7 +434,7 @@ fn bench_io(a: IoArgs) -> Result<(), CliError> {
         let t1 = Instant::now();
         let img = realtime::decode_canvas(&bytes, max_pixels).map_err(|e| fail(e.message))?;
         let t2 = Instant::now();
-        let jpeg = realtime::encode_jpeg(&output, a.quality);
+        let jpeg = realtime::encode_jpeg(&output, a.quality).map_err(|e| fail(e.message))?;
         let t3 = Instant::now();
         let framed = protocol::frame(&jpeg, 1, Some(1), 1.0);
         let t4 = Instant::now();

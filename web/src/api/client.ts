@@ -64,6 +64,11 @@ export interface RequestOptions {
 
 export type Fetch = (input: string, init?: RequestInit) => Promise<Response>;
 
+export type RefreshResult = "ok" | "refused" | "unreachable";
+
+/** Where a 401 is the answer itself, not an expired session. */
+const NO_REFRESH = ["/api/auth/login", "/api/auth/register", "/api/auth/refresh", "/api/auth/logout"];
+
 /** Runs `fn` while holding a lock shared by every tab of this site (Web Locks), so two
  * tabs never spend the same single-use refresh token. */
 export type LockFn = <T>(name: string, fn: () => Promise<T>) => Promise<T>;
@@ -108,7 +113,7 @@ export class ApiClient {
   private readonly fetchFn: Fetch;
   private readonly lock?: LockFn;
   onSignedOut?: () => void;
-  private refreshing: Promise<boolean> | null = null;
+  private refreshing: Promise<RefreshResult> | null = null;
 
   constructor(o: ClientOptions = {}) {
     this.base = o.base ?? "";
@@ -117,13 +122,15 @@ export class ApiClient {
     this.onSignedOut = o.onSignedOut;
   }
 
-  /** One request; JSON in and out. A 401 on anything but the auth endpoints refreshes the
-   * session once and retries. */
+  /** One request; JSON in and out. A 401 refreshes the session once and retries (except
+   * for signing in, out and the refresh itself: there a 401 is the answer). */
   async request<T>(method: string, path: string, o: RequestOptions = {}): Promise<T> {
     let r = await this.send(method, path, o);
-    if (r.status === 401 && !path.startsWith("/api/auth/")) {
-      if (await this.refresh()) r = await this.send(method, path, o);
-      if (r.status === 401) this.onSignedOut?.();
+    if (r.status === 401 && !NO_REFRESH.includes(path)) {
+      const renewed = await this.refresh();
+      // Also after a refused refresh: another tab may have renewed the cookies meanwhile.
+      if (renewed !== "unreachable") r = await this.send(method, path, o);
+      if (r.status === 401 && renewed === "refused") this.onSignedOut?.();
     }
     if (!r.ok) throw await errorFrom(r);
     if (r.status === 204) return undefined as T;
@@ -157,16 +164,21 @@ export class ApiClient {
     }
   }
 
-  /** Renews the session from the refresh cookie; true when signed in afterwards. One
-   * refresh at a time in this tab, and across tabs under a shared lock: a tab that waited
+  /** Renews the session from the refresh cookie: "ok" when signed in afterwards,
+   * "refused" when the server says the session is over, "unreachable" when it could not
+   * say (offline, overloaded: not a reason to sign out). One refresh at a time in this
+   * tab, and across tabs under a shared lock where the browser has one: a tab that waited
    * finds the session already renewed and does not spend the (new) token again. */
-  refresh(): Promise<boolean> {
+  refresh(): Promise<RefreshResult> {
     this.refreshing ??= (async () => {
-      const attempt = async () => {
-        const me = await this.send("GET", "/api/auth/me", {}).catch(() => null);
-        if (me?.ok) return true;
+      const signedIn = async () => (await this.send("GET", "/api/auth/me", {}).catch(() => null))?.ok ?? false;
+      const attempt = async (): Promise<RefreshResult> => {
+        if (await signedIn()) return "ok";
         const r = await this.send("POST", "/api/auth/refresh", {}).catch(() => null);
-        return r?.ok ?? false;
+        if (r?.ok) return "ok";
+        if (r?.status !== 401) return "unreachable";
+        // Refused: perhaps because another tab spent the token a moment ago.
+        return (await signedIn()) ? "ok" : "refused";
       };
       try {
         return this.lock ? await this.lock("krya-refresh", attempt) : await attempt();

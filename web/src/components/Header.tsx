@@ -2,7 +2,7 @@
 // entries are all still to come is not shown at all.
 
 import { useState } from "react";
-import { session, use } from "../app";
+import { session, toasts, use } from "../app";
 import { Link, navigate, useLocation } from "../lib/router";
 import { Menu, menuItem } from "./ui";
 
@@ -120,9 +120,10 @@ function Account() {
             className={menuItem}
             onClick={() => {
               close();
-              void session
+              session
                 .getState()
                 .logout()
+                .catch((e) => toasts.getState().error(e, "Signing out did not reach the server; close the browser to be sure"))
                 .finally(() => navigate("/login"));
             }}
           >

@@ -1,12 +1,20 @@
 import { useEffect } from "react";
 import { toasts, use } from "../app";
 
+/** Notices fade 4 s after they appear (each on its own clock); errors stay until dismissed. */
+const fading = new Set<number>();
+
 export function Toasts() {
   const list = use(toasts, (s) => s.toasts);
   useEffect(() => {
-    // Notices fade; errors stay until dismissed.
-    const timers = list.filter((t) => t.kind === "info").map((t) => setTimeout(() => toasts.getState().dismiss(t.id), 4000));
-    return () => timers.forEach(clearTimeout);
+    for (const t of list) {
+      if (t.kind !== "info" || fading.has(t.id)) continue;
+      fading.add(t.id);
+      setTimeout(() => {
+        fading.delete(t.id);
+        toasts.getState().dismiss(t.id);
+      }, 4000);
+    }
   }, [list]);
   return (
     <div aria-live="polite" className="pointer-events-none fixed bottom-4 right-4 left-4 z-50 flex flex-col items-end gap-2 sm:left-auto">

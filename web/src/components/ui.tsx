@@ -196,7 +196,10 @@ export function Confirm({
 }) {
   const ref = useRef<HTMLDialogElement>(null);
   useEffect(() => {
+    // Focus goes back where it was when the dialog ends.
+    const before = document.activeElement as HTMLElement | null;
     ref.current?.showModal();
+    return () => before?.focus?.();
   }, []);
   return (
     <dialog
@@ -210,8 +213,11 @@ export function Confirm({
       <h2 className="text-lg font-semibold">{title}</h2>
       <div className="mt-2 text-sm text-muted">{body}</div>
       <div className="mt-6 flex justify-end gap-2">
-        <Button onClick={onCancel}>Cancel</Button>
-        <Button variant="danger" onClick={onConfirm} autoFocus>
+        {/* The safe choice has the focus: Enter does not destroy anything. */}
+        <Button onClick={onCancel} autoFocus>
+          Cancel
+        </Button>
+        <Button variant="danger" onClick={onConfirm}>
           {confirm}
         </Button>
       </div>

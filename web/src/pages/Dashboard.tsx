@@ -29,7 +29,14 @@ export default function Dashboard() {
     void pager.getState().reset((cursor) => api.generations({ cursor, limit: 30, model: model || undefined, q: search || undefined }));
     setSelected(new Set());
   }, [pager, model, search]);
-  useEffect(() => onChanged(() => void pager.getState().reset()), [pager]);
+  useEffect(
+    () =>
+      onChanged((id, change) => {
+        if (change === "deleted") pager.getState().remove([id]);
+        else void pager.getState().refresh();
+      }),
+    [pager],
+  );
 
   const toggle = (id: string) =>
     setSelected((s) => {
@@ -46,6 +53,7 @@ export default function Dashboard() {
     const results = await Promise.allSettled(ids.map((id) => api.remove(id)));
     const gone = ids.filter((_, i) => results[i].status === "fulfilled");
     pager.getState().remove(gone);
+    generate.getState().forget(gone);
     setSelected(new Set(ids.filter((id) => !gone.includes(id))));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) toasts.getState().error(failed.reason, `${ids.length - gone.length} of ${ids.length} could not be deleted`);
@@ -104,7 +112,7 @@ export default function Dashboard() {
         <ul className={gridClass}>
           {items.map((g) => (
             <li key={g.id} className={`group relative overflow-hidden rounded-xl border bg-surface ${selected.has(g.id) ? "border-accent" : "border-line"}`}>
-              <Link to={`/image?reuse=${g.id}`} className="block" aria-label={`Open: ${g.prompt}`}>
+              <Link to={`/image?open=${g.id}`} className="block" aria-label={`Open: ${g.prompt}`}>
                 {g.images[0] ? (
                   <img src={g.images[0].thumbnail_url} alt={g.prompt} className="pixelated aspect-square w-full object-cover" loading="lazy" />
                 ) : (

@@ -3,7 +3,7 @@
 import { useEffect, useState } from "react";
 import { asApiError, type ApiError } from "../api/client";
 import type { FeedItem } from "../api/types";
-import { api, session, toasts, use } from "../app";
+import { api, generate, session, toasts, use } from "../app";
 import { ImageActions } from "../components/ImageActions";
 import { Button, ErrorNote, Skeleton } from "../components/ui";
 import { timeAgo } from "../lib/format";
@@ -102,6 +102,7 @@ export default function FeedDetail({ id }: { id: string }) {
             }}
             onDelete={async () => {
               await api.remove(id);
+              generate.getState().forget([id]);
               navigate("/feed", { replace: true });
             }}
           />

@@ -430,7 +430,10 @@ function Recent() {
   const jobs = use(generate, (s) => s.jobs);
   useEffect(() => {
     void pager.getState().reset();
-    return onChanged(() => void pager.getState().reset());
+    return onChanged((id, change) => {
+        if (change === "deleted") pager.getState().remove([id]);
+        else void pager.getState().refresh();
+      });
   }, [pager]);
   // Coming back to the page shows the latest generation rather than an empty frame.
   useEffect(() => {
@@ -488,6 +491,7 @@ export default function ImagePage() {
   const { query } = useLocation();
   const remix = query.get("remix");
   const reuse = query.get("reuse");
+  const openId = query.get("open");
   useEffect(() => {
     const g = generate.getState();
     void (async () => {
@@ -498,13 +502,13 @@ export default function ImagePage() {
           const item = await api.generation(reuse);
           g.reuse(item);
           g.open(item);
-        }
+        } else if (openId) g.open(await api.generation(openId));
       } catch (e) {
         toasts.getState().error(e, "Cannot open that image");
       }
-      if (remix || reuse) navigate("/image", { replace: true });
+      if (remix || reuse || openId) navigate("/image", { replace: true });
     })();
-  }, [remix, reuse]);
+  }, [remix, reuse, openId]);
   const history = use(generate, (s) => s.order);
   const live = use(events, (s) => s.status);
   const running = use(generate, (s) => Object.values(s.jobs).some(isActive));

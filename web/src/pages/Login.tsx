@@ -7,7 +7,13 @@ import { navigate, useLocation } from "../lib/router";
 /** Where to go after signing in: only this site's own paths. */
 function nextPath(q: URLSearchParams): string {
   const n = q.get("next") ?? "";
-  return n.startsWith("/") && !n.startsWith("//") ? n : "/image";
+  try {
+    const u = new URL(n, location.origin);
+    if (n.startsWith("/") && u.origin === location.origin) return u.pathname + u.search;
+  } catch {
+    // Not a path at all.
+  }
+  return "/image";
 }
 
 export default function Login() {

@@ -7,10 +7,10 @@ import type { Model } from "../api/types";
 import { api, session, toasts } from "../app";
 import { Button, Chip, Select, Spinner } from "../components/ui";
 import { Link } from "../lib/router";
-import { RealtimeClient, type ServerStatus } from "../realtime/client";
+import { RealtimeClient, type RealtimeParams, type ServerStatus } from "../realtime/client";
 import { DrawingCanvas, UNITS, type DrawingHandle } from "../realtime/DrawingCanvas";
 import { Icon } from "../realtime/icons";
-import { startLive, stopLive } from "../realtime/live";
+import { startLive, stopLive, stopLiveExcept } from "../realtime/live";
 import { BLENDS, createCanvasStore, hasContent, newId, placed, type CanvasState, type Tool } from "../stores/canvas";
 import type { StoreApi } from "zustand/vanilla";
 
@@ -71,7 +71,7 @@ function LayersPanel({ store }: { store: StoreApi<CanvasState> }) {
   const live = async (kind: "webcam" | "screen") => {
     const id = store.getState().addLayer(kind, kind === "webcam" ? "Camera" : "Screen");
     try {
-      await startLive(id, kind);
+      await startLive(id, kind, () => store.getState().layers.some((l) => l.id === id));
       store.getState().touch();
     } catch (e) {
       store.getState().removeLayer(id);
@@ -235,7 +235,7 @@ export default function Realtime() {
   const [seed, setSeed] = useState(() => Math.floor(Math.random() * 2 ** 31));
   const [steps, setSteps] = useState(1);
   const [resolution, setResolution] = useState(512);
-  const [frame, setFrame] = useState<{ url: string; blob: Blob } | null>(null);
+  const [frame, setFrame] = useState<{ url: string; blob: Blob; params: RealtimeParams | null } | null>(null);
   const [status, setStatus] = useState<ServerStatus | null>(null);
   const [roundTrip, setRoundTrip] = useState<number | null>(null);
   const [conn, setConn] = useState<{ state: Conn; reason?: string }>({ state: "connecting" });
@@ -275,7 +275,7 @@ export default function Realtime() {
         const url = URL.createObjectURL(f.image);
         setFrame((old) => {
           if (old) URL.revokeObjectURL(old.url);
-          return { url, blob: f.image };
+          return { url, blob: f.image, params: f.params };
         });
         if (f.roundTripMs !== null) setRoundTrip(f.roundTripMs);
         setProblem(null);
@@ -286,15 +286,46 @@ export default function Realtime() {
     });
   }, []);
 
+  const alive = useRef(true);
   useEffect(() => {
+    alive.current = true;
     client.connect();
-    return () => client.close();
+    return () => {
+      alive.current = false;
+      client.close();
+    };
   }, [client]);
 
-  // A refused session: renew it once, then reconnect; else the sign-in page.
+  // Leaving the page (or undoing a camera layer) turns the camera or screen share off.
   useEffect(() => {
+    const sync = () => stopLiveExcept(new Set(store.getState().layers.map((l) => l.id)));
+    const unsubscribe = store.subscribe(sync);
+    return () => {
+      unsubscribe();
+      stopLiveExcept(new Set());
+    };
+  }, [store]);
+  useEffect(() => () => setFrame((old) => (old && URL.revokeObjectURL(old.url), null)), []);
+
+  // A refused session: renew it and reconnect, a few times with a pause; signed out for
+  // good goes to the sign-in page.
+  const retries = useRef(0);
+  useEffect(() => {
+    if (conn.state === "open") retries.current = 0;
     if (conn.state !== "closed" || conn.reason !== "unauthorized") return;
-    void api.refresh().then((ok) => (ok ? client.connect() : session.getState().signedOut()));
+    if (retries.current >= 3) {
+      setProblem("The live canvas refused this session; reload the page or sign in again.");
+      return;
+    }
+    const wait = 500 * 2 ** retries.current++;
+    const t = setTimeout(() => {
+      void api.refresh().then((r) => {
+        if (!alive.current) return;
+        if (r === "refused") session.getState().signedOut();
+        else client.connect();
+      });
+    }, wait);
+    return () => clearTimeout(t);
   }, [conn, client]);
 
   const m = models?.find((x) => x.id === model);
@@ -346,7 +377,9 @@ export default function Realtime() {
     setSaving(true);
     try {
       const asset = await api.upload(frame.blob);
-      await api.saveCapture({ image: asset.id, prompt, model, seed, strength, steps });
+      // What made this frame, not what the controls say now.
+      const p = frame.params ?? { prompt, model, seed, strength, steps };
+      await api.saveCapture({ image: asset.id, prompt: p.prompt, model: p.model ?? model, seed: p.seed, strength: p.strength, steps: p.steps ?? steps });
       toasts.getState().push("info", "Saved to your generations");
     } catch (e) {
       toasts.getState().error(e, "Cannot save");

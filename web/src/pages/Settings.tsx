@@ -48,8 +48,12 @@ function ProfileForm() {
         try {
           const x = await api.updateProfile(form);
           setP(x);
-          await session.getState().refreshUser();
           toasts.getState().push("info", "Profile saved");
+          // The header's name and handle follow; a failure here is not a failed save.
+          session
+            .getState()
+            .refreshUser()
+            .catch((e) => toasts.getState().error(e, "Saved, but the header could not be updated"));
         } catch (ex) {
           setError(asApiError(ex));
         } finally {
@@ -90,6 +94,7 @@ function ApiKeys() {
   const [created, setCreated] = useState<ApiKey | null>(null);
   const [copied, setCopied] = useState(false);
   const [revoking, setRevoking] = useState<ApiKey | null>(null);
+  const [creating, setCreating] = useState(false);
   const load = () => {
     setLoadError(null);
     api.apiKeys().then(
@@ -107,6 +112,8 @@ function ApiKeys() {
         className="flex flex-wrap items-start gap-2"
         onSubmit={async (e) => {
           e.preventDefault();
+          if (creating) return;
+          setCreating(true);
           setError(null);
           try {
             const k = await api.createApiKey(name);
@@ -116,6 +123,8 @@ function ApiKeys() {
             load();
           } catch (ex) {
             setError(asApiError(ex));
+          } finally {
+            setCreating(false);
           }
         }}
       >
@@ -123,7 +132,9 @@ function ApiKeys() {
           <Input aria-label="Key name" placeholder="Key name, e.g. my-script" value={name} onChange={(e) => setName(e.target.value)} aria-invalid={!!error} />
           <FieldError className="mt-1">{error?.detail}</FieldError>
         </div>
-        <Button type="submit">Create key</Button>
+        <Button type="submit" disabled={creating}>
+          Create key
+        </Button>
       </form>
       {created?.key && (
         <div className="rounded-xl border border-emerald-800 bg-emerald-950/40 p-4" data-testid="new-key">

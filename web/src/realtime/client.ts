@@ -23,6 +23,8 @@ export interface RealtimeInput {
 
 export interface Frame {
   image: Blob;
+  /** The parameters of the input this frame renders, when known. */
+  params: RealtimeParams | null;
   frameId: number;
   inputFrameId: number | null;
   /** Server-side: input arrival to frame sent. */
@@ -93,6 +95,8 @@ export class RealtimeClient {
   private readonly o: ClientOptions;
   private nextId = 1;
   private inFlight: { id: number; at: number } | null = null;
+  /** Parameters of recently sent inputs, by frame id. */
+  private sentParams = new Map<number, RealtimeParams>();
   private waiting: (() => Promise<RealtimeInput>) | null = null;
   private last: RealtimeInput | null = null;
   private lastProducer: (() => Promise<RealtimeInput>) | null = null;
@@ -190,6 +194,8 @@ export class RealtimeClient {
       }),
     );
     this.stats.sent++;
+    this.sentParams.set(id, input.params);
+    for (const k of this.sentParams.keys()) if (k < id - 16) this.sentParams.delete(k);
     this.last = input;
     this.inFlight = { id, at: performance.now() };
     this.clearTimer();
@@ -220,6 +226,7 @@ export class RealtimeClient {
       this.stats.frames++;
       this.o.onFrame({
         image: new Blob([m.data as Uint8Array<ArrayBuffer>], { type: (m.mime as string) ?? "image/jpeg" }),
+        params: input === null ? null : (this.sentParams.get(input) ?? null),
         frameId: m.frame_id as number,
         inputFrameId: input,
         latencyMs: m.latency_ms as number,

@@ -75,7 +75,10 @@ export function createEventsStore(o: EventsOptions) {
         void (async () => {
           await sleep(Math.min(30_000, 500 * 2 ** Math.min(failures, 6)));
           if (!wanted || source) return;
-          if (await o.refresh()) start();
+          const again = await o.refresh();
+          // Signed out, or another stream opened, while the refresh was on its way.
+          if (!wanted || source) return;
+          if (again) start();
           else set({ status: "closed" });
         })();
       };

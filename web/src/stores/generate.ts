@@ -78,6 +78,10 @@ export interface GenerateState {
   cancel(id: string): Promise<void>;
   setPublic(id: string, value: boolean): Promise<void>;
   remove(id: string): Promise<void>;
+  /** Drops generations deleted elsewhere (the dashboard, the feed). */
+  forget(ids: string[]): void;
+  /** Back to an empty page (after signing out). */
+  reset(): void;
   /** Fills the form from a generation's parameters. */
   reuse(g: Generation): void;
   /** Fills the form from someone's feed item; generating then remixes it. */
@@ -169,8 +173,8 @@ export function createGenerateStore(
   api: ApiClient,
   hooks: {
     onCreditsChanged?: () => void;
-    /** A job ended or was deleted (lists of generations refresh). */
-    onChanged?: (id: string) => void;
+    /** A job ended or was deleted (lists of generations follow). */
+    onChanged?: (id: string, change: "ended" | "deleted") => void;
   } = {},
 ) {
   return createStore<GenerateState>()((set, get) => {
@@ -284,7 +288,7 @@ export function createGenerateStore(
         put(id, patch);
         if (kind === "completed" || kind === "failed" || kind === "cancelled") {
           if (kind !== "completed") hooks.onCreditsChanged?.();
-          hooks.onChanged?.(id);
+          hooks.onChanged?.(id, "ended");
         }
       },
 
@@ -295,7 +299,7 @@ export function createGenerateStore(
             api.generation(j.id).then(
               (g) => {
                 put(g.id, g);
-                if (!isActive(g)) hooks.onChanged?.(g.id);
+                if (!isActive(g)) hooks.onChanged?.(g.id, "ended");
               },
               // The next resync (or event) tries again.
               () => {},
@@ -326,13 +330,23 @@ export function createGenerateStore(
 
       async remove(id) {
         await api.remove(id);
+        get().forget([id]);
+        hooks.onChanged?.(id, "deleted");
+      },
+
+      forget(ids) {
+        const gone = new Set(ids);
         set((s) => {
-          const jobs = { ...s.jobs };
-          delete jobs[id];
-          const order = s.order.filter((x) => x !== id);
-          return { jobs, order, selected: s.selected === id ? (order[0] ?? null) : s.selected };
+          const jobs = Object.fromEntries(Object.entries(s.jobs).filter(([k]) => !gone.has(k)));
+          const order = s.order.filter((x) => !gone.has(x));
+          return { jobs, order, selected: s.selected && gone.has(s.selected) ? (order[0] ?? null) : s.selected };
         });
-        hooks.onChanged?.(id);
+      },
+
+      reset() {
+        set({ form: { ...emptyForm }, jobs: {}, order: [], selected: null, submitting: false, uploading: false, error: null });
+        // The next user picks a model again.
+        if (get().models.length) get().selectModel((get().models.find((m) => m.installed) ?? get().models[0]).id);
       },
 
       reuse(g) {

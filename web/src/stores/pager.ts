@@ -16,6 +16,9 @@ export interface PagerState<T extends { id: string }> {
   loadMore(): Promise<void>;
   /** Starts over, optionally with another source (a new filter). */
   reset(fetchPage?: (cursor: string | null) => Promise<Page<T>>): Promise<void>;
+  /** Re-reads the first page and merges it in place (new items on top, changed ones
+   * updated), keeping what is already loaded and the scroll position. */
+  refresh(): Promise<void>;
   update(id: string, patch: Partial<T>): void;
   remove(ids: string[]): void;
 }
@@ -57,6 +60,20 @@ export function createPager<T extends { id: string }>(fetchPage: (cursor: string
       generation++;
       set({ items: [], cursor: null, done: false, loading: false, loaded: false, error: null });
       await get().loadMore();
+    },
+    async refresh() {
+      if (!get().loaded) return get().loadMore();
+      const mine = generation;
+      try {
+        const page = await source(null);
+        if (mine !== generation) return;
+        const fresh = new Map(page.items.map((i) => [i.id, i]));
+        const known = new Set(get().items.map((i) => i.id));
+        const added = page.items.filter((i) => !known.has(i.id));
+        set({ items: [...added, ...get().items.map((i) => fresh.get(i.id) ?? i)], error: null });
+      } catch (e) {
+        if (mine === generation) set({ error: asApiError(e) });
+      }
     },
     update(id, patch) {
       set({ items: get().items.map((i) => (i.id === id ? { ...i, ...patch } : i)) });

@@ -980,7 +980,7 @@ mod tests {
         let hub = hub();
         let (a, _ra) = session(&hub, "u1");
         let (b, _rb) = session(&hub, "u2");
-        let (c, _rc) = session(&hub, "u3");
+        let (c, mut rc) = session(&hub, "u3");
         for s in [&a, &b, &c] {
             handle(&hub, s, &prompt("first")).unwrap();
         }
@@ -1005,6 +1005,16 @@ mod tests {
         assert_eq!(j4.settings.prompt, "fourth");
         done(&a);
         done(&c);
+        // Saturation: with one render thread, a second session wanting frames is told.
+        handle(&hub, &b, &prompt("b again")).unwrap();
+        let (s5, _) = hub.next_job().unwrap();
+        assert!(Arc::ptr_eq(&s5, &a) || Arc::ptr_eq(&s5, &b));
+        handle(&hub, &c, &prompt("c again")).unwrap();
+        while rc.try_recv().is_ok() {}
+        hub.announce(&c, Status::Ready, Some("check".into()));
+        let status: serde_json::Value = rmp_serde::from_slice(&rc.try_recv().unwrap()).unwrap();
+        assert_eq!(status["data"]["saturated"], true, "{status}");
+        done(&s5);
         // The same input again is not queued; a change is.
         handle(&hub, &a, &prompt("fourth")).unwrap();
         assert!(
