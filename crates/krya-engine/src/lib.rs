@@ -10,12 +10,14 @@
 //! - `rng`: a PyTorch-compatible generator so seeds match diffusers;
 //! - `weights`: tensor sources that check every stored tensor is used;
 //! - `image_io`: image tensors, previews and PNGs with A1111 parameters;
+//! - `kernels`: CPU convolutions and group norms faster than candle's generic ones;
 //! - `realtime`: per-session streams for the live canvas (TAESD, cached prompts).
 
 pub mod cancel;
 pub mod device;
 pub mod error;
 pub mod image_io;
+pub mod kernels;
 pub mod model;
 pub mod pipelines;
 pub mod realtime;

@@ -3,9 +3,9 @@
 //! `models/upsampling.py`) so weight names load as they are stored.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{
-    Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder, conv2d, group_norm, linear, linear_b,
-};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear, linear_b};
+
+use crate::kernels::{Conv2d, GroupNorm, conv2d, group_norm};
 
 use crate::Result;
 
@@ -97,10 +97,16 @@ impl ResnetBlock2D {
         })
     }
 
+    /// The norm then the activation (one fused pass for SiLU).
+    fn norm_act(&self, norm: &GroupNorm, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.act {
+            Act::Silu => norm.forward_silu(x),
+            act => act.apply(&norm.forward(x)?),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, temb: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let mut h = self
-            .conv1
-            .forward(&self.act.apply(&self.norm1.forward(x)?)?)?;
+        let mut h = self.conv1.forward(&self.norm_act(&self.norm1, x)?)?;
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj
                 .forward(&self.act.apply(temb)?)?
@@ -108,9 +114,7 @@ impl ResnetBlock2D {
                 .unsqueeze(3)?;
             h = h.broadcast_add(&t)?;
         }
-        let h = self
-            .conv2
-            .forward(&self.act.apply(&self.norm2.forward(&h)?)?)?;
+        let h = self.conv2.forward(&self.norm_act(&self.norm2, &h)?)?;
         let skip = match &self.shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),

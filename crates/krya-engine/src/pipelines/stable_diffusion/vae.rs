@@ -2,7 +2,9 @@
 //! scale factor (2^(blocks-1)), scaling and shift factors all come from that config.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder, group_norm};
+use candle_nn::VarBuilder;
+
+use crate::kernels::{Conv2d, GroupNorm, group_norm};
 use serde::Deserialize;
 
 use super::blocks::{Act, Attention, Downsample2D, ResnetBlock2D, ResnetParams, Upsample2D, conv};

@@ -3,7 +3,9 @@
 //! where the full VAE is too slow. Built from the model's own `config.json`.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder, conv2d, conv2d_no_bias};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::kernels::{Conv2d, conv2d, conv2d_no_bias};
 use serde::Deserialize;
 
 use super::blocks::conv;
