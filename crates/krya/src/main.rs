@@ -83,7 +83,14 @@ impl From<krya_engine::EngineError> for CliError {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay`: how long freed memory waits before it is given
+/// back to the OS. The engine frees and reallocates the same large buffers every step, so
+/// memory is kept (-1) instead of being faulted in and zeroed again.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // SAFETY: sets an allocator option; valid at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
