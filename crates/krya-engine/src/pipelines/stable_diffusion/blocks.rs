@@ -227,26 +227,10 @@ impl Attention {
                 .contiguous()
         };
         let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-        let kt = k.t()?;
         // The score matrix is heads x n x m; at large sizes (SD 1.5 at 2048², 65536
-        // tokens) it would take hundreds of GB. Queries are taken in chunks that keep it
-        // within ATTENTION_CHUNK_BYTES; each row's softmax is unchanged.
-        let m = k.dim(2)?;
-        let row_bytes = (b * self.heads * m * q.dtype().size_in_bytes()).max(1);
-        let rows = (chunk_bytes / row_bytes).clamp(1, n);
-        let attend = |q: &Tensor| -> candle_core::Result<Tensor> {
-            let scores = (q.matmul(&kt)? * self.scale)?;
-            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
-        };
-        let o = if rows >= n {
-            attend(&q)?
-        } else {
-            let chunks = (0..n)
-                .step_by(rows)
-                .map(|start| attend(&q.narrow(2, start, rows.min(n - start))?))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Tensor::cat(&chunks, 2)?
-        };
+        // tokens) it would take hundreds of GB: it is only ever made a block of queries at
+        // a time (within chunk_bytes off the CPU kernel); each row's softmax is unchanged.
+        let o = crate::kernels::attention(&q, &k, &v, self.scale, chunk_bytes)?;
         let o = o.transpose(1, 2)?.reshape((b, n, inner))?;
         self.to_out.forward(&o)
     }

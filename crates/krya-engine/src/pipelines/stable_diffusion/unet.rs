@@ -269,8 +269,7 @@ impl BasicTransformerBlock {
         let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(ctx))? + x)?;
         // GEGLU: the projection's second half gates the first through exact GELU.
         let h = self.ff_in.forward(&self.norm3.forward(&x)?)?;
-        let half = h.dim(2)? / 2;
-        let gated = (h.narrow(2, 0, half)? * h.narrow(2, half, half)?.gelu_erf()?)?;
+        let gated = crate::kernels::geglu(&h)?;
         self.ff_out.forward(&gated)? + x
     }
 }
