@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -51,7 +52,11 @@ def main():
                 t = time.perf_counter()
                 fns[c]()
                 times.append(time.perf_counter() - t)
-            comps[c] = {"median_s": statistics.median(times), "runs_s": times}
+            # The work, counted from the architecture by PyTorch's own FLOP counter (a
+            # multiply-add is 2 FLOPs; convolutions, matmuls and attention products).
+            with FlopCounterMode(display=False) as fc:
+                fns[c]()
+            comps[c] = {"median_s": statistics.median(times), "runs_s": times, "flops": fc.get_total_flops()}
     print(json.dumps({"engine": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "width": a.width, "height": a.height, "load_s": load_s, "components": comps}, indent=2))
 

@@ -294,6 +294,58 @@ impl Module for Conv2d {
     }
 }
 
+/// A linear layer that keeps its weight transposed (`[in, out]`, contiguous). `x @ Wᵀ`
+/// with the stored `[out, in]` weight makes the matrix library repack the whole weight on
+/// every call, which dominates when few rows go through (77 prompt tokens); with `Wᵀ`
+/// already in the order it reads, it streams the weight as it is.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Linear> {
+        Ok(Linear {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+}
+
+/// `candle_nn::linear` (weights named and initialised alike), stored transposed.
+pub fn linear(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    let l = candle_nn::linear(cin, cout, vb)?;
+    Linear::new(l.weight().clone(), l.bias().cloned())
+}
+
+/// `candle_nn::linear_b`, stored transposed.
+pub fn linear_b(
+    cin: usize,
+    cout: usize,
+    bias: bool,
+    vb: VarBuilder,
+) -> candle_core::Result<Linear> {
+    let l = candle_nn::linear_b(cin, cout, bias, vb)?;
+    Linear::new(l.weight().clone(), l.bias().cloned())
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / k.max(1);
+        let y = x.reshape((rows, k))?.matmul(&self.weight_t)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut shape = dims;
+        *shape.last_mut().unwrap() = self.weight_t.dim(1)?;
+        y.reshape(shape)
+    }
+}
+
 /// `x` (`[b, c, ...]` contiguous) group-normalised in place: statistics per group block,
 /// then `(x - mean) / sqrt(var + eps) * gamma[c] + beta[c]`, then SiLU when `silu`.
 pub fn group_norm_inplace(

@@ -3,9 +3,9 @@
 //! `models/upsampling.py`) so weight names load as they are stored.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2dConfig, Linear, VarBuilder, linear, linear_b};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
-use crate::kernels::{Conv2d, GroupNorm, conv2d, group_norm};
+use crate::kernels::{Conv2d, GroupNorm, Linear, conv2d, group_norm, linear, linear_b};
 
 use crate::Result;
 

@@ -5,7 +5,9 @@
 //! config: SD 2.x and SDXL use exact GELU where SD 1.x uses quick GELU.
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear, linear_no_bias};
+use candle_nn::{LayerNorm, VarBuilder, embedding, layer_norm};
+
+use crate::kernels::{Linear, linear, linear_b};
 use serde::Deserialize;
 
 use crate::Result;
@@ -184,9 +186,10 @@ impl ClipTextModel {
             .collect::<Result<Vec<_>>>()?;
         let projection = if c.has_projection() {
             let dim = c.projection_dim.unwrap_or(c.hidden_size);
-            Some(linear_no_bias(
+            Some(linear_b(
                 c.hidden_size,
                 dim,
+                false,
                 vb.pp("text_projection"),
             )?)
         } else {

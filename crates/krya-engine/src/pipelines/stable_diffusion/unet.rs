@@ -6,13 +6,13 @@
 //! a number or a list, as in diffusers.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder, layer_norm, linear, linear_b};
+use candle_nn::{LayerNorm, VarBuilder, layer_norm};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::blocks::{Act, Attention, Downsample2D, ResnetBlock2D, ResnetParams, Upsample2D, conv};
 use crate::Result;
-use crate::kernels::{Conv2d, GroupNorm, group_norm};
+use crate::kernels::{Conv2d, GroupNorm, Linear, group_norm, linear, linear_b};
 
 /// The subset of diffusers' UNet config that shapes the network.
 #[derive(Debug, Clone, Deserialize)]
