@@ -1,0 +1,178 @@
+//! Micro-benchmarks of the hot kernels at SD 2.1 / SD-Turbo UNet shapes, each beside
+//! candle's own operation for the same work, measured alternately in the same run:
+//!
+//!     cargo bench -p krya-engine --bench kernels            # every kernel
+//!     cargo bench -p krya-engine --bench kernels -- conv    # names containing "conv"
+//!
+//! Prints the median of each and the ratio (ours / candle's), plus GFLOP/s where the work
+//! is matrix products. Not a test: nothing here can fail, a slower figure is what shows.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use krya_engine::kernels;
+
+fn median_s(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+/// Times ours and theirs alternately (`rounds` times each, median of all).
+fn compare(
+    name: &str,
+    flops: Option<f64>,
+    rounds: usize,
+    mut ours: impl FnMut(),
+    mut theirs: impl FnMut(),
+) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        a.push(median_s(3, &mut ours));
+        b.push(median_s(3, &mut theirs));
+    }
+    a.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    b.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let (a, b) = (a[a.len() / 2], b[b.len() / 2]);
+    let rate = |s: f64| {
+        flops
+            .map(|f| format!(" ({:.0} GFLOP/s)", f / s / 1e9))
+            .unwrap_or_default()
+    };
+    println!(
+        "{name:<40} ours {:>8.2} ms{}  candle {:>8.2} ms{}  ratio {:.2}",
+        a * 1e3,
+        rate(a),
+        b * 1e3,
+        rate(b),
+        a / b
+    );
+}
+
+fn main() {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let want = |name: &str| name.contains(&filter);
+    let dev = Device::Cpu;
+    let vm = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    println!("threads: {}", rayon::current_num_threads());
+
+    // 3×3 convolutions of the UNet's levels at 512² (latents 64², 32², 16², 8²).
+    for (c, s) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
+        let name = format!("conv3x3 {c}->{c} at {s}x{s}");
+        if !want(&name) {
+            continue;
+        }
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let ours = kernels::conv2d(c, c, 3, cfg, vb.pp(&name)).unwrap();
+        let w = vm.data().lock().unwrap()[&format!("{name}.weight")]
+            .as_tensor()
+            .clone();
+        let b = vm.data().lock().unwrap()[&format!("{name}.bias")]
+            .as_tensor()
+            .clone();
+        let theirs = candle_nn::Conv2d::new(w, Some(b), cfg);
+        let x = Tensor::randn(0f32, 1.0, (1, c, s, s), &dev).unwrap();
+        let flops = 18.0 * (c * c * s * s) as f64;
+        compare(
+            &name,
+            Some(flops),
+            5,
+            || drop(ours.forward(&x).unwrap()),
+            || drop(theirs.forward(&x).unwrap()),
+        );
+    }
+
+    // Group norm + SiLU (32 groups), as in every resnet block.
+    for (c, s) in [(320, 64), (640, 32)] {
+        let name = format!("group_norm+silu {c} at {s}x{s}");
+        if !want(&name) {
+            continue;
+        }
+        let ours = kernels::group_norm(32, c, 1e-5, vb.pp(&name)).unwrap();
+        let theirs = candle_nn::group_norm(32, c, 1e-5, vb.pp(&name)).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, c, s, s), &dev).unwrap();
+        compare(
+            &name,
+            None,
+            5,
+            || drop(ours.forward_silu(&x).unwrap()),
+            || drop(theirs.forward(&x).unwrap().silu().unwrap()),
+        );
+    }
+
+    // Self-attention of level 0 at 512²: 4096 tokens, 5 heads of 64.
+    let name = "attention 4096 tokens, 5x64";
+    if want(name) {
+        let (h, n, d) = (5, 4096, 64);
+        let q = Tensor::randn(0f32, 1.0, (1, h, n, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, h, n, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, h, n, d), &dev).unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let flops = 4.0 * (h * n * n * d) as f64;
+        compare(
+            name,
+            Some(flops),
+            3,
+            || drop(kernels::attention(&q, &k, &v, scale, usize::MAX).unwrap()),
+            || {
+                let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+                drop(
+                    candle_nn::ops::softmax_last_dim(&s)
+                        .unwrap()
+                        .matmul(&v)
+                        .unwrap(),
+                );
+            },
+        );
+    }
+
+    // The feed-forward's GEGLU at level 0 (4096 tokens, inner 1280 x 2).
+    let name = "geglu 4096x2560";
+    if want(name) {
+        let x = Tensor::randn(0f32, 1.0, (1, 4096, 2560), &dev).unwrap();
+        compare(
+            name,
+            None,
+            5,
+            || drop(kernels::geglu(&x).unwrap()),
+            || {
+                drop(
+                    (x.narrow(2, 0, 1280).unwrap()
+                        * x.narrow(2, 1280, 1280).unwrap().gelu_erf().unwrap())
+                    .unwrap(),
+                )
+            },
+        );
+    }
+
+    // A projection of 77 prompt tokens (OpenCLIP-H's MLP, 1024 -> 4096).
+    let name = "linear 77x1024 -> 4096";
+    if want(name) {
+        let ours = kernels::linear(1024, 4096, vb.pp("lin")).unwrap();
+        let theirs = candle_nn::linear(1024, 4096, vb.pp("lin")).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 77, 1024), &dev).unwrap();
+        let flops = 2.0 * (77 * 1024 * 4096) as f64;
+        compare(
+            name,
+            Some(flops),
+            5,
+            || drop(ours.forward(&x).unwrap()),
+            || drop(theirs.forward(&x).unwrap()),
+        );
+    }
+}
