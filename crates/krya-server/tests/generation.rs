@@ -25,24 +25,6 @@ fn tiny_model() -> PathBuf {
     ))
 }
 
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 /// A server with the tiny model registered as `tiny` (and `broken`: a folder that is not a
 /// model), on SQLite or the given database URL.
 fn server(database_url: Option<String>) -> Server {
@@ -72,13 +54,7 @@ fn server_with(database_url: Option<String>, adjust: impl FnOnce(&mut Config)) -
         config.database.url = url;
     }
     adjust(&mut config);
-    let (base, stop, handle) = start_with(config);
-    Server {
-        base,
-        stop: Some(stop),
-        handle: Some(handle),
-        dir,
-    }
+    Server::start(config, dir)
 }
 
 struct Client {

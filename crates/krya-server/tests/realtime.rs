@@ -27,24 +27,6 @@ fn golden(name: &str) -> PathBuf {
     .join(name)
 }
 
-struct Server {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 fn server(adjust: impl FnOnce(&mut Config)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -59,13 +41,7 @@ fn server(adjust: impl FnOnce(&mut Config)) -> Server {
     config.realtime.jpeg_quality = 100;
     config.realtime.max_frame_bytes = 64 * 1024;
     adjust(&mut config);
-    let (base, stop, handle) = start_with(config);
-    Server {
-        base,
-        stop: Some(stop),
-        handle: Some(handle),
-        _dir: dir,
-    }
+    Server::start(config, dir)
 }
 
 fn register(base: &str, email: &str) -> String {

@@ -77,6 +77,18 @@ fn sha256(b: &[u8]) -> String {
 /// (config.json and weights at its root), here the tiny TAESD that fits the turbo model.
 const TAESD_REPO: &str = "madebyollin/taesd";
 
+impl Hub {
+    /// The paths of the files requested so far.
+    fn fetched(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+}
+
 fn taesd_files() -> HashMap<String, Vec<u8>> {
     ["config.json", "diffusion_pytorch_model.safetensors"]
         .iter()
@@ -273,13 +285,7 @@ fn pull_fills_the_shared_cache_and_generates_offline() {
     let want =
         sha256(&std::fs::read(golden("turbo/unet/diffusion_pytorch_model.safetensors")).unwrap());
     assert_eq!(target, PathBuf::from(format!("../../../blobs/{want}")));
-    let fetched: Vec<String> = hub
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(p, _)| p.clone())
-        .collect();
+    let fetched = hub.fetched();
     assert!(
         fetched.contains(&"text_encoder/model.fp16.safetensors".to_string()),
         "{fetched:?}"
@@ -564,13 +570,7 @@ fn live_canvas_fetches_model_and_tiny_autoencoder_from_the_hub() {
     for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
         assert!(cache.join(f).is_file(), "{f} is not in the HF cache");
     }
-    let fetched: Vec<String> = hub
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(p, _)| p.clone())
-        .collect();
+    let fetched = hub.fetched();
     assert!(
         !fetched.iter().any(|p| p.starts_with("taesd/")),
         "the pipeline repo's own taesd/ is not part of a pull: {fetched:?}"

@@ -312,17 +312,9 @@ impl Hub {
             let more = {
                 let mut st = session.state.lock().unwrap();
                 st.rendering = false;
-                match &result {
-                    // The job waits for its model unless newer input came meanwhile.
-                    Ok(Rendered::Loading) => {
-                        st.last_key = None;
-                        if st.pending.is_none() {
-                            st.pending = Some(job.clone());
-                        }
-                    }
-                    // A failed input may be sent again (a download can succeed later).
-                    Err(_) => st.last_key = None,
-                    Ok(Rendered::Frame(_)) => {}
+                // A failed input may be sent again (a download can succeed later).
+                if result.is_err() {
+                    st.last_key = None;
                 }
                 st.pending.is_some()
             };
@@ -444,10 +436,17 @@ impl Hub {
     }
 
     /// Opens the session's model on a thread of its own, so a load (or a download) never
-    /// holds up the render threads and the other sessions.
-    fn start_loading(self: &Arc<Self>, session: &Arc<Session>, model_id: Option<String>) {
+    /// holds up the render threads and the other sessions. `job` waits for it (unless newer
+    /// input replaces it meanwhile); it is queued again before the loader starts, so a
+    /// loader that fails at once cannot be overtaken by the re-queueing.
+    fn start_loading(self: &Arc<Self>, session: &Arc<Session>, job: &Job) {
+        let model_id = job.settings.model.clone();
         {
             let mut st = session.state.lock().unwrap();
+            st.last_key = None;
+            if st.pending.is_none() {
+                st.pending = Some(job.clone());
+            }
             if st.loading {
                 return;
             }
@@ -503,7 +502,7 @@ impl Hub {
         });
         if !ready {
             drop(guard);
-            self.start_loading(session, job.settings.model.clone());
+            self.start_loading(session, job);
             return Ok(Rendered::Loading);
         }
         let stream = guard.as_mut().unwrap();

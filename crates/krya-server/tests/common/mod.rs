@@ -39,6 +39,37 @@ pub fn start_serving(config: Config, studio: krya_server::studio::Studio) -> Run
     (format!("http://{addr}"), stop_tx, handle)
 }
 
+/// A server for one test, stopped (and joined) when dropped, with its data directory.
+pub struct Server {
+    pub base: String,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(config: Config, dir: tempfile::TempDir) -> Server {
+        let (base, stop, handle) = start_with(config);
+        Server {
+            base,
+            stop: Some(stop),
+            handle: Some(handle),
+            dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
