@@ -23,9 +23,15 @@ use crate::{AppState, jobs, registry};
 
 pub(crate) use crate::error::{internal, invalid};
 
-/// A new row id: 12 random bytes in hex.
+/// A new row id, 24 hex digits: milliseconds since the epoch (12 digits), then 6 random
+/// bytes. Ids sort in creation order, so lists ordered by `(created_at, id)` (seconds)
+/// keep generations made within the same second in the order they were made.
 pub(crate) fn random_id() -> String {
-    auth::random_hex(12)
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    format!("{:012x}{}", ms & 0xffff_ffff_ffff, auth::random_hex(6))
 }
 
 /// An image as the API shows it (generation views, `completed` events, webhooks).
@@ -1123,4 +1129,17 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Va
 #[utoipa::path(get, path = "/api/styles", tag = "generation", responses((status = 200, description = "Style presets", body = Object)))]
 pub async fn styles() -> Json<serde_json::Value> {
     Json(serde_json::json!({"styles": registry::styles()}))
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn ids_sort_in_creation_order() {
+        let a = super::random_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = super::random_id();
+        assert_eq!((a.len(), b.len()), (24, 24));
+        assert!(a < b, "{a} then {b}");
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
 }
