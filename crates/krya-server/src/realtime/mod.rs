@@ -107,6 +107,8 @@ pub struct Session {
     frame_ready: tokio::sync::Notify,
     /// Becomes true when the connection must end (either side, or the server).
     ending: tokio::sync::watch::Sender<bool>,
+    /// The close code the connection ends with: the first reason given wins.
+    close_code: std::sync::atomic::AtomicU16,
     next_frame: AtomicU64,
     /// The engine stream (model, TAESD, cached prompt); render and loader threads only.
     stream: Mutex<Option<EngineStream>>,
@@ -122,6 +124,7 @@ impl Session {
             frame: Mutex::new(None),
             frame_ready: tokio::sync::Notify::new(),
             ending: tokio::sync::watch::channel(false).0,
+            close_code: std::sync::atomic::AtomicU16::new(1000),
             next_frame: AtomicU64::new(1),
             stream: Mutex::new(None),
         });
@@ -131,7 +134,7 @@ impl Session {
     fn send(&self, bytes: Vec<u8>) {
         if self.control.try_send(bytes).is_err() {
             // Hundreds of messages unread: the client is gone or not reading.
-            self.end();
+            self.end_with(1008);
         }
     }
 
@@ -145,6 +148,14 @@ impl Session {
     }
 
     fn end(&self) {
+        self.end_with(1000);
+    }
+
+    /// Ends the connection with `code` (unless another reason came first).
+    fn end_with(&self, code: u16) {
+        let _ = self
+            .close_code
+            .compare_exchange(1000, code, Ordering::SeqCst, Ordering::SeqCst);
         self.ending.send_replace(true);
     }
 
@@ -225,7 +236,7 @@ impl Hub {
         let mut all = self.sessions.lock().unwrap();
         all.stopping = true;
         for s in &all.list {
-            s.end();
+            s.end_with(1001);
         }
         drop(all);
         self.work.notify_all();
@@ -767,11 +778,9 @@ where
         return;
     }
     hub.announce(&session, Status::Ready, None);
-    let close_code = Arc::new(std::sync::atomic::AtomicU16::new(1000));
     let last_heard = Arc::new(Mutex::new(Instant::now()));
     let writer = {
-        let (session, close_code, last_heard) =
-            (session.clone(), close_code.clone(), last_heard.clone());
+        let (session, last_heard) = (session.clone(), last_heard.clone());
         let mut ending = session.ending.subscribe();
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(PING_EVERY);
@@ -790,7 +799,7 @@ where
                     _ = ping.tick() => {
                         if last_heard.lock().unwrap().elapsed() > PING_EVERY * 3 {
                             // No answer to three pings: a half-open connection.
-                            close_code.store(1001, Ordering::SeqCst);
+                            session.end_with(1001);
                             break;
                         }
                         Message::Ping(Default::default())
@@ -801,10 +810,11 @@ where
                 }
             }
             session.end();
-            let code = close_code.load(Ordering::SeqCst);
+            let code = session.close_code.load(Ordering::SeqCst);
             let reason = match code {
                 CLOSE_UNAUTHORIZED => "the session ended; sign in again",
                 1001 => "going away",
+                1008 => "messages were not read",
                 _ => "",
             };
             let _ = sink
@@ -842,12 +852,12 @@ where
             _ = recheck.tick() => {
                 // Logged out, key revoked or expired: the canvas ends like an event stream.
                 if auth::current_user(&state, &headers).await.is_err() {
-                    close_code.store(CLOSE_UNAUTHORIZED, Ordering::SeqCst);
+                    session.end_with(CLOSE_UNAUTHORIZED);
                     break;
                 }
             }
             _ = ended(&mut shutdown) => {
-                close_code.store(1001, Ordering::SeqCst);
+                session.end_with(1001);
                 break;
             }
             _ = ended(&mut ending) => break,
