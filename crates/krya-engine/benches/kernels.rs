@@ -68,8 +68,13 @@ fn main() {
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
     println!("threads: {}", rayon::current_num_threads());
 
-    // 3×3 convolutions of the UNet's levels at 512² (latents 64², 32², 16², 8²).
-    for (c, s) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
+    // 3×3 convolutions of the UNet's levels at 512² (latents 64², 32², 16², 8²), then of
+    // the VAE decoder's upper levels at 512².
+    let levels = [(320, 64), (640, 32), (1280, 16), (1280, 8)];
+    for (c, s) in levels
+        .into_iter()
+        .chain([(512, 128), (256, 256), (128, 512)])
+    {
         let name = format!("conv3x3 {c}->{c} at {s}x{s}");
         if !want(&name) {
             continue;
