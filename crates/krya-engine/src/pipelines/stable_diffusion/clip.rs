@@ -75,7 +75,7 @@ impl Activation {
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
-            Activation::Gelu => x.gelu_erf(),
+            Activation::Gelu => crate::kernels::gelu(x),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
         }
