@@ -124,24 +124,33 @@ fn main() {
     let name = "attention 4096 tokens, 5x64";
     if want(name) {
         let (h, n, d) = (5, 4096, 64);
-        let q = Tensor::randn(0f32, 1.0, (1, h, n, d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (1, h, n, d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (1, h, n, d), &dev).unwrap();
+        // Token-major, as the projections make them; candle's side works per head.
+        let q = Tensor::randn(0f32, 1.0, (1, n, h * d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, n, h * d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, n, h * d), &dev).unwrap();
+        let heads = |t: &Tensor| {
+            t.reshape((1, n, h, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
         let scale = (d as f64).powf(-0.5);
         let flops = 4.0 * (h * n * n * d) as f64;
         compare(
             name,
             Some(flops),
             3,
-            || drop(kernels::attention(&q, &k, &v, scale, usize::MAX).unwrap()),
+            || drop(kernels::attention(&q, &k, &v, h, scale, false, usize::MAX).unwrap()),
             || {
+                let (q, k, v) = (heads(&q), heads(&k), heads(&v));
                 let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-                drop(
-                    candle_nn::ops::softmax_last_dim(&s)
-                        .unwrap()
-                        .matmul(&v)
-                        .unwrap(),
-                );
+                let o = candle_nn::ops::softmax_last_dim(&s)
+                    .unwrap()
+                    .matmul(&v)
+                    .unwrap();
+                drop(o.transpose(1, 2).unwrap().reshape((1, n, h * d)).unwrap());
             },
         );
     }

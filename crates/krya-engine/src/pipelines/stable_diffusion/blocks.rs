@@ -214,24 +214,13 @@ impl Attention {
         chunk_bytes: usize,
     ) -> candle_core::Result<Tensor> {
         let ctx = context.unwrap_or(x);
-        let (b, n, _) = x.dims3()?;
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(ctx)?;
         let v = self.to_v.forward(ctx)?;
-        let inner = q.dim(2)?;
-        let hd = inner / self.heads;
-        let split = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let m = t.dim(1)?;
-            t.reshape((b, m, self.heads, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
         // The score matrix is heads x n x m; at large sizes (SD 1.5 at 2048², 65536
         // tokens) it would take hundreds of GB: it is only ever made a block of queries at
         // a time (within chunk_bytes off the CPU kernel); each row's softmax is unchanged.
-        let o = crate::kernels::attention(&q, &k, &v, self.scale, chunk_bytes)?;
-        let o = o.transpose(1, 2)?.reshape((b, n, inner))?;
+        let o = crate::kernels::attention(&q, &k, &v, self.heads, self.scale, false, chunk_bytes)?;
         self.to_out.forward(&o)
     }
 }

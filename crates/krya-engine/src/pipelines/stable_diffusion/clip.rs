@@ -104,19 +104,10 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, s, c) = x.dims3()?;
-        let split = |t: Tensor| {
-            t.reshape((b, s, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split((self.q.forward(x)? * (self.head_dim as f64).powf(-0.5))?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let o = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, c))?;
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let o = crate::kernels::attention(&q, &k, &v, self.heads, scale, true, 1 << 28)?;
         self.out.forward(&o)
     }
 }
@@ -131,8 +122,8 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
         let m = self
             .fc2
             .forward(&self.act.apply(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
@@ -224,13 +215,6 @@ impl ClipTextModel {
         }
     }
 
-    fn causal_mask(s: usize, device: &Device) -> candle_core::Result<Tensor> {
-        let mask: Vec<f32> = (0..s)
-            .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        Tensor::from_vec(mask, (s, s), device)
-    }
-
     /// Runs the encoder on a batch of token ids `[batch, seq]`.
     pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<ClipOutput> {
         let b = ids.len();
@@ -248,10 +232,9 @@ impl ClipTextModel {
             .token_embedding
             .forward(&input)?
             .broadcast_add(&self.position_embedding.forward(&pos)?)?;
-        let mask = Self::causal_mask(s, device)?.to_dtype(x.dtype())?;
         let mut hidden_states = vec![x.clone()];
         for layer in &self.layers {
-            x = layer.forward(&x, &mask)?;
+            x = layer.forward(&x)?;
             hidden_states.push(x.clone());
         }
         let last = self.final_layer_norm.forward(&x)?;
