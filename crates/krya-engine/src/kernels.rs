@@ -677,8 +677,9 @@ pub fn erf(x: f32) -> f32 {
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
-    // n = round(x / ln 2), by the 1.5 * 2^23 trick (rounds in the FPU, vectorises).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // n = round(x / ln 2), by the 1.5 * 2^23 trick: `t`'s low mantissa bits hold n.
+    let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = t - 12_582_912.0;
     let r = n.mul_add(-0.693_359_4, x);
     let r = n.mul_add(2.121_944_4e-4, r);
     let mut p = r.mul_add(1.987_569_1e-4, 1.398_199_9e-3);
@@ -687,7 +688,10 @@ pub fn exp(x: f32) -> f32 {
     p = r.mul_add(p, 0.166_666_65);
     p = r.mul_add(p, 0.5);
     let e = (p * r).mul_add(r, r) + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from t's bits by integer arithmetic (`n as i32` would be a saturating
+    // conversion, compiled as a scalar compare and move per lane).
+    let pow2 = t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23;
+    e * f32::from_bits(pow2)
 }
 
 /// GEGLU: `h` is `[rows, 2d]`; each row becomes `h[..d] * gelu(h[d..])` (exact GELU).
