@@ -268,7 +268,9 @@ pub fn conv3x3_s1(
     let plane = (h + 2) * wp;
     let n = h * wp;
     // Two more than the planes: the last tap of the last channel reads that far.
-    let mut padded = vec![0f32; cin * plane + 2];
+    // Every float is written below: the borders with zeros, the rest with the input.
+    let mut padded = uninit(cin * plane + 2);
+    padded[cin * plane..].fill(0.0);
     let mut acc = uninit(cout * n);
     let mut out = uninit(b * cout * h * w);
     for bi in 0..b {
@@ -277,10 +279,14 @@ pub fn conv3x3_s1(
             .par_chunks_mut(plane)
             .zip(src.par_chunks(h * w))
             .for_each(|(p, s)| {
+                p[..wp + 1].fill(0.0);
                 for y in 0..h {
-                    p[(y + 1) * wp + 1..(y + 1) * wp + 1 + w]
-                        .copy_from_slice(&s[y * w..(y + 1) * w]);
+                    let row = (y + 1) * wp;
+                    p[row + 1..row + 1 + w].copy_from_slice(&s[y * w..(y + 1) * w]);
+                    // The right border of this row and the left one of the next.
+                    p[row + w + 1..row + wp + 1].fill(0.0);
                 }
+                p[(h + 1) * wp + 1..].fill(0.0);
             });
         if n <= SMALL_CONV {
             conv3x3_small(&padded, cin, plane, wp, weight, cout, n, &mut acc);
