@@ -189,7 +189,7 @@ impl SendPtr {
 /// Padded pixels (`h × (w + 2)`) up to which a 3×3 convolution takes the small-image path.
 const SMALL_CONV: usize = 2048;
 
-/// Floats of one task's im2col tile in the small-image path (16 MB).
+/// Floats of one task's im2col tile (16 MB).
 const COL_TILE: usize = 1 << 22;
 
 /// Output tiles (`mt` channels × `nt` pixels, from `(m0, n0)`) for products over im2col
@@ -255,16 +255,17 @@ pub fn conv_im2col(
             .enumerate()
             .for_each(|(i, row)| row.fill(bias[i % cout]));
     }
-    let (mt, nt, tiles) = col_tiles(cout, npix, kk);
-    assert!(x.len() >= b * cin * h * w && weight.len() >= cout * kk);
-    for bi in 0..b {
+    assert!(x.len() >= b * cin * h * w);
+    for (bi, out) in out.chunks_exact_mut(cout * npix).enumerate() {
         let xs = &x[bi * cin * h * w..(bi + 1) * cin * h * w];
-        let dst = SendPtr(out[bi * cout * npix..].as_mut_ptr());
-        tiles
-            .par_iter()
-            .for_each_init(Vec::new, |col: &mut Vec<f32>, &(m0, p0)| {
-                let (mm, nn) = (mt.min(cout - m0), nt.min(npix - p0));
-                col.resize(kk * nn, 0.0);
+        tile_products(
+            cout,
+            npix,
+            kk,
+            weight,
+            out,
+            bias.is_some(),
+            |col, p0, nn| {
                 for (r, row) in col.chunks_exact_mut(nn).enumerate() {
                     let (ci, kh, kw) = (r / (k * k), r / k % k, r % k);
                     let plane = &xs[ci * h * w..(ci + 1) * h * w];
@@ -286,64 +287,41 @@ pub fn conv_im2col(
                         (j, oy, ox) = (j + seg, oy + 1, 0);
                     }
                 }
-                // SAFETY: tiles are disjoint rectangles of this batch's `cout × npix`
-                // output; weight rows `m0..m0 + mm` of `kk` floats (asserted) and the tile
-                // are within their slices.
-                unsafe {
-                    gemm_raw(
-                        (mm, nn, kk),
-                        (dst.get().add(m0 * npix + p0), npix, bias.is_some()),
-                        (weight.as_ptr().add(m0 * kk), kk, 1),
-                        (col.as_ptr(), nn, 1),
-                        1.0,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
+            },
+        );
     }
     out
 }
 
-/// The nine taps' products of a small image in one: the output is cut into tiles of
-/// (output channels, padded pixels), and each task copies its pixels' nine shifted rows per
-/// input channel into an im2col tile (`[cin · 9, pixels]`, the order of the weight's own
-/// `[cout, cin · 9]` rows) and runs one product with `k = cin · 9` on its thread. At 8² to
-/// 32² the nine products with `k = cin` have too few pixels to keep two threads busy
-/// (1280 → 1280 at 8²: 14.0 → 8.4 ms; at 64² and above the nine products are as fast).
-#[allow(clippy::too_many_arguments)]
-fn conv3x3_small(
-    padded: &[f32],
-    cin: usize,
-    plane: usize,
-    wp: usize,
-    weight: &[f32],
+/// `dst` (`cout × n`, plus its contents when `accumulate`) = `weight` (`cout × k`) @ an
+/// im2col matrix (`k × n`) that is never made whole: the output is cut into tiles of
+/// (output channels, pixels) by [`col_tiles`], and each task has `fill(tile, n0, nn)` write
+/// the `k` rows of its pixels `n0..n0 + nn` into a tile of its own, then runs one product
+/// on its thread.
+fn tile_products(
     cout: usize,
     n: usize,
-    acc: &mut [f32],
+    k: usize,
+    weight: &[f32],
+    dst: &mut [f32],
+    accumulate: bool,
+    fill: impl Fn(&mut [f32], usize, usize) + Sync,
 ) {
-    let k = cin * 9;
     let (mt, nt, tiles) = col_tiles(cout, n, k);
-    assert!(acc.len() >= cout * n && weight.len() >= cout * k);
-    assert!(padded.len() >= (cin - 1) * plane + 2 * wp + 2 + n);
-    let dst = SendPtr(acc.as_mut_ptr());
+    assert!(dst.len() >= cout * n && weight.len() >= cout * k);
+    let dst = SendPtr(dst.as_mut_ptr());
     tiles
         .par_iter()
         .for_each_init(Vec::new, |col: &mut Vec<f32>, &(m0, n0)| {
             let (mm, nn) = (mt.min(cout - m0), nt.min(n - n0));
             col.resize(k * nn, 0.0);
-            for ci in 0..cin {
-                for tap in 0..9 {
-                    let at = ci * plane + (tap / 3) * wp + tap % 3 + n0;
-                    let row = ci * 9 + tap;
-                    col[row * nn..(row + 1) * nn].copy_from_slice(&padded[at..at + nn]);
-                }
-            }
-            // SAFETY: tiles are disjoint rectangles of `acc` (`cout × n`, asserted); the
+            fill(col, n0, nn);
+            // SAFETY: tiles are disjoint rectangles of `dst` (`cout × n`, asserted); the
             // weight rows `m0..m0 + mm` of `k` floats and the tile are within their slices.
             unsafe {
                 gemm_raw(
                     (mm, nn, k),
-                    (dst.get().add(m0 * n + n0), n, false),
+                    (dst.get().add(m0 * n + n0), n, accumulate),
                     (weight.as_ptr().add(m0 * k), k, 1),
                     (col.as_ptr(), nn, 1),
                     1.0,
@@ -390,7 +368,19 @@ pub fn conv3x3_s1(
                 p[(h + 1) * wp + 1..].fill(0.0);
             });
         if n <= SMALL_CONV {
-            conv3x3_small(&padded, cin, plane, wp, weight, cout, n, &mut acc);
+            // The nine taps' products in one, over im2col tiles of each pixel's nine
+            // shifted rows per input channel (`[cin · 9, pixels]`, the order of the
+            // weight's own `[cout, cin · 9]` rows). At 8² to 32² the nine products with
+            // `k = cin` have too few pixels to keep two threads busy (1280 → 1280 at 8²:
+            // 14.0 → 7.7 ms; at 64² and above the nine products are as fast).
+            let padded = &padded;
+            tile_products(cout, n, cin * 9, weight, &mut acc, false, |col, n0, nn| {
+                for (row, dst) in col.chunks_exact_mut(nn).enumerate() {
+                    let (ci, tap) = (row / 9, row % 9);
+                    let at = ci * plane + (tap / 3) * wp + tap % 3 + n0;
+                    dst.copy_from_slice(&padded[at..at + nn]);
+                }
+            });
         } else {
             for tap in 0..9 {
                 let (kh, kw) = (tap / 3, tap % 3);
