@@ -13,6 +13,12 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use krya_engine::kernels;
 
+/// The allocator and its setting that the `krya` binary uses (see its `main.rs`), so that
+/// large outputs reuse freed memory here as they do there instead of faulting in fresh
+/// pages on every call.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median_s(runs: usize, mut f: impl FnMut()) -> f64 {
     f();
     let mut t: Vec<f64> = (0..runs)
@@ -63,6 +69,8 @@ fn main() {
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
     let want = |name: &str| name.contains(&filter);
+    // SAFETY: sets an allocator option (mi_option_purge_delay = -1: keep freed memory).
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let dev = Device::Cpu;
     let vm = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
@@ -100,6 +108,25 @@ fn main() {
             || drop(ours.forward(&x).unwrap()),
             || drop(theirs.forward(&x).unwrap()),
         );
+    }
+
+    // The direct 3×3 kernel against the nine matrix products it replaced, same shapes.
+    for (c, s) in levels
+        .into_iter()
+        .chain([(512, 128), (256, 256), (128, 512)])
+    {
+        let name = format!("direct conv3x3 {c}->{c} at {s}x{s}");
+        if !want(&name) || kernels::direct::tile_pixels().is_none() {
+            continue;
+        }
+        let w = Tensor::randn(0f32, 0.05, (c, c, 3, 3), &dev).unwrap();
+        let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let packed = kernels::direct::pack(&w, c, c);
+        let x = Tensor::randn(0f32, 1.0, (1, c, s, s), &dev).unwrap();
+        let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flops = 18.0 * (c * c * s * s) as f64;
+        let conv = |p: Option<&[f32]>| drop(kernels::conv3x3_s1(&x, 1, c, s, s, &w, p, None, c));
+        compare(&name, Some(flops), 5, || conv(Some(&packed)), || conv(None));
     }
 
     // Group norm + SiLU (32 groups), as in every resnet block.
@@ -174,15 +201,25 @@ fn main() {
         );
     }
 
-    // A projection of 77 prompt tokens (OpenCLIP-H's MLP, 1024 -> 4096).
-    let name = "linear 77x1024 -> 4096";
-    if want(name) {
-        let ours = kernels::linear(1024, 4096, vb.pp("lin")).unwrap();
-        let theirs = candle_nn::linear(1024, 4096, vb.pp("lin")).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (1, 77, 1024), &dev).unwrap();
-        let flops = 2.0 * (77 * 1024 * 4096) as f64;
+    // A projection of 77 prompt tokens (OpenCLIP-H's MLP, 1024 -> 4096), then the UNet
+    // transformer's projections at level 0 (4096 tokens of 320: attention, GEGLU in, out).
+    for (rows, cin, cout) in [
+        (77, 1024, 4096),
+        (4096, 320, 320),
+        (4096, 320, 2560),
+        (4096, 1280, 320),
+    ] {
+        let name = format!("linear {rows}x{cin} -> {cout}");
+        if !want(&name) {
+            continue;
+        }
+        let vp = vb.pp(&name);
+        let ours = kernels::linear(cin, cout, vp.clone()).unwrap();
+        let theirs = candle_nn::linear(cin, cout, vp).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, rows, cin), &dev).unwrap();
+        let flops = 2.0 * (rows * cin * cout) as f64;
         compare(
-            name,
+            &name,
             Some(flops),
             5,
             || drop(ours.forward(&x).unwrap()),
