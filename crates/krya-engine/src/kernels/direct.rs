@@ -234,82 +234,74 @@ trait Vector: Copy {
     unsafe fn store(self, p: *mut f32);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx512(__m512);
+/// A `Vector` type over one of `core::arch`'s vectors: its features, its lanes, its tile
+/// width in pixels and its intrinsics.
+macro_rules! vector {
+    ($name:ident($raw:ty), $features:literal, $lanes:literal, $nr:literal,
+     $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[derive(Clone, Copy)]
+        struct $name($raw);
 
-#[cfg(target_arch = "x86_64")]
-impl Vector for Avx512 {
-    const LANES: usize = 16;
-    const NR: usize = 64;
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn zero() -> Self {
-        Self(_mm512_setzero_ps())
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load(p: *const f32) -> Self {
-        // SAFETY: the caller's promise.
-        Self(unsafe { _mm512_loadu_ps(p) })
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn splat(p: *const f32) -> Self {
-        // SAFETY: the caller's promise.
-        Self(_mm512_set1_ps(unsafe { *p }))
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        Self(_mm512_fmadd_ps(a.0, b.0, c.0))
-    }
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store(self, p: *mut f32) {
-        // SAFETY: the caller's promise.
-        unsafe { _mm512_storeu_ps(p, self.0) }
-    }
+        #[cfg(target_arch = "x86_64")]
+        impl Vector for $name {
+            const LANES: usize = $lanes;
+            const NR: usize = $nr;
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn zero() -> Self {
+                Self($zero())
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn load(p: *const f32) -> Self {
+                // SAFETY: the caller's promise.
+                Self(unsafe { $load(p) })
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn splat(p: *const f32) -> Self {
+                // SAFETY: the caller's promise.
+                Self($splat(unsafe { *p }))
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+                Self($fma(a.0, b.0, c.0))
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn store(self, p: *mut f32) {
+                // SAFETY: the caller's promise.
+                unsafe { $store(p, self.0) }
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Avx2(__m256);
+vector!(
+    Avx512(__m512),
+    "avx512f",
+    16,
+    64,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
 
-#[cfg(target_arch = "x86_64")]
-impl Vector for Avx2 {
-    const LANES: usize = 8;
-    const NR: usize = 16;
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn zero() -> Self {
-        Self(_mm256_setzero_ps())
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load(p: *const f32) -> Self {
-        // SAFETY: the caller's promise.
-        Self(unsafe { _mm256_loadu_ps(p) })
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn splat(p: *const f32) -> Self {
-        // SAFETY: the caller's promise.
-        Self(unsafe { _mm256_broadcast_ss(&*p) })
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        Self(_mm256_fmadd_ps(a.0, b.0, c.0))
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn store(self, p: *mut f32) {
-        // SAFETY: the caller's promise.
-        unsafe { _mm256_storeu_ps(p, self.0) }
-    }
-}
-
+vector!(
+    Avx2(__m256),
+    "avx2,fma",
+    8,
+    16,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
 /// Whether the tests want the AVX2 kernel on an AVX-512 machine.
 #[cfg(all(target_arch = "x86_64", test))]
 fn force_avx2() -> bool {
