@@ -32,9 +32,11 @@ fn median_s(runs: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-/// Times ours and theirs alternately (`rounds` times each, median of all).
+/// Times ours and theirs (named `against`) alternately (`rounds` times each, median of
+/// all).
 fn compare(
     name: &str,
+    against: &str,
     flops: Option<f64>,
     rounds: usize,
     mut ours: impl FnMut(),
@@ -54,7 +56,7 @@ fn compare(
             .unwrap_or_default()
     };
     println!(
-        "{name:<40} ours {:>8.2} ms{}  candle {:>8.2} ms{}  ratio {:.2}",
+        "{name:<40} ours {:>8.2} ms{}  {against} {:>8.2} ms{}  ratio {:.2}",
         a * 1e3,
         rate(a),
         b * 1e3,
@@ -103,6 +105,7 @@ fn main() {
         let flops = 18.0 * (c * c * s * s) as f64;
         compare(
             &name,
+            "candle",
             Some(flops),
             5,
             || drop(ours.forward(&x).unwrap()),
@@ -116,7 +119,7 @@ fn main() {
         .chain([(512, 128), (256, 256), (128, 512)])
     {
         let name = format!("direct conv3x3 {c}->{c} at {s}x{s}");
-        if !want(&name) || kernels::direct::tile_pixels().is_none() {
+        if !want(&name) || kernels::direct::lanes().is_none() {
             continue;
         }
         let w = Tensor::randn(0f32, 0.05, (c, c, 3, 3), &dev).unwrap();
@@ -125,8 +128,15 @@ fn main() {
         let x = Tensor::randn(0f32, 1.0, (1, c, s, s), &dev).unwrap();
         let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let flops = 18.0 * (c * c * s * s) as f64;
-        let conv = |p: Option<&[f32]>| drop(kernels::conv3x3_s1(&x, 1, c, s, s, &w, p, None, c));
-        compare(&name, Some(flops), 5, || conv(Some(&packed)), || conv(None));
+        let conv = |wt: kernels::Weights3x3| drop(kernels::conv3x3_s1(&x, 1, c, s, s, wt, None, c));
+        compare(
+            &name,
+            "gemm",
+            Some(flops),
+            5,
+            || conv(kernels::Weights3x3::Packed(&packed)),
+            || conv(kernels::Weights3x3::Plain(&w)),
+        );
     }
 
     // Group norm + SiLU (32 groups), as in every resnet block.
@@ -140,6 +150,7 @@ fn main() {
         let x = Tensor::randn(0f32, 1.0, (1, c, s, s), &dev).unwrap();
         compare(
             &name,
+            "candle",
             None,
             5,
             || drop(ours.forward_silu(&x).unwrap()),
@@ -167,6 +178,7 @@ fn main() {
         let flops = 4.0 * (h * n * n * d) as f64;
         compare(
             name,
+            "candle",
             Some(flops),
             3,
             || drop(kernels::attention(&q, &k, &v, h, scale, false, usize::MAX).unwrap()),
@@ -188,6 +200,7 @@ fn main() {
         let x = Tensor::randn(0f32, 1.0, (1, 4096, 2560), &dev).unwrap();
         compare(
             name,
+            "candle",
             None,
             5,
             || drop(kernels::geglu(&x).unwrap()),
@@ -220,6 +233,7 @@ fn main() {
         let flops = 2.0 * (rows * cin * cout) as f64;
         compare(
             &name,
+            "candle",
             Some(flops),
             5,
             || drop(ours.forward(&x).unwrap()),

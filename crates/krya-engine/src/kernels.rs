@@ -336,27 +336,38 @@ fn tile_products(
         });
 }
 
+/// A 3×3 convolution's weights as [`conv3x3_s1`] takes them.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights3x3<'a> {
+    /// `[cout, cin, 3, 3]`, summed by matrix products.
+    Plain(&'a [f32]),
+    /// Packed by [`direct::pack`], summed by the direct kernel (needs [`direct::lanes`]).
+    Packed(&'a [f32]),
+}
+
 /// `x` (`[cin, h, w]` planes, `b` of them) convolved with 3×3 `weight` (`[cout, cin, 3, 3]`),
 /// padding 1, stride 1: `[b, cout, h, w]`.
-#[allow(clippy::too_many_arguments)]
 pub fn conv3x3_s1(
     x: &[f32],
     b: usize,
     cin: usize,
     h: usize,
     w: usize,
-    weight: &[f32],
-    packed: Option<&[f32]>,
+    weight: Weights3x3,
     bias: Option<&[f32]>,
     cout: usize,
 ) -> Vec<f32> {
     let wp = w + 2;
     let plane = (h + 2) * wp;
-    // Output pixels computed per channel: `h` rows of `wp`, rounded up to whole tiles of
-    // the direct kernel (the extra ones read zeros past the planes and are dropped).
-    let direct = packed.zip(direct::tile_pixels());
+    // The direct kernel's weights and vector width.
+    let direct = match weight {
+        Weights3x3::Packed(p) => Some((p, direct::lanes().expect("packed without AVX2"))),
+        Weights3x3::Plain(_) => None,
+    };
+    // Output pixels computed per channel: `h` rows of `wp`, for the direct kernel rounded
+    // up to whole vectors (the extra ones read zeros past the planes and are dropped).
     let n = match direct {
-        Some((_, nr)) => (h * wp).div_ceil(nr) * nr,
+        Some((_, lanes)) => (h * wp).div_ceil(lanes) * lanes,
         None => h * wp,
     };
     // Planes `stride` floats apart: for the direct kernel an odd number of cache lines,
@@ -373,9 +384,9 @@ pub fn conv3x3_s1(
     let tail = (2 * wp + 2 + n).saturating_sub(stride);
     let mut padded = uninit(cin * stride + tail);
     padded[cin * stride..].fill(0.0);
-    let mut acc = match direct {
-        Some(_) => Vec::new(),
-        None => uninit(cout * n),
+    let (mut acc, weight) = match weight {
+        Weights3x3::Plain(w) => (uninit(cout * n), w),
+        Weights3x3::Packed(_) => (Vec::new(), &[][..]),
     };
     let mut out = uninit(b * cout * h * w);
     for bi in 0..b {
@@ -405,7 +416,8 @@ pub fn conv3x3_s1(
             let out = &mut out[bi * cout * h * w..(bi + 1) * cout * h * w];
             direct::conv(&padded, packed, bias, g, out);
             continue;
-        } else if n <= SMALL_CONV {
+        }
+        if n <= SMALL_CONV {
             // The nine taps' products in one, over im2col tiles of each pixel's nine
             // shifted rows per input channel (`[cin · 9, pixels]`, the order of the
             // weight's own `[cout, cin · 9]` rows). At 8² to 32² the nine products with
@@ -548,7 +560,7 @@ pub fn conv2d_no_bias(
     let direct_3x3 = k == 3
         && (cfg.stride, cfg.padding, cfg.dilation, cfg.groups) == (1, 1, 1, 1)
         && cpu_f32(&weight)
-        && direct::tile_pixels().is_some();
+        && direct::lanes().is_some();
     let weight = if direct_3x3 {
         ConvWeight::Packed {
             packed: std::sync::Arc::new(direct::pack(&data(&weight)?, cout, cin)),
@@ -642,11 +654,13 @@ impl Module for Conv2d {
         let bias = bias.as_deref();
         let out = match (&self.weight, k) {
             (ConvWeight::Packed { packed, .. }, _) => with_slice(x, |xs| {
-                conv3x3_s1(xs, b, cin, h, w, &[], Some(packed), bias, cout)
+                conv3x3_s1(xs, b, cin, h, w, Weights3x3::Packed(packed), bias, cout)
             })?,
             (ConvWeight::Plain(weight), k) => with_slice(weight, |wt| {
                 with_slice(x, |xs| match k {
-                    Fast::Conv3x3 => conv3x3_s1(xs, b, cin, h, w, wt, None, bias, cout),
+                    Fast::Conv3x3 => {
+                        conv3x3_s1(xs, b, cin, h, w, Weights3x3::Plain(wt), bias, cout)
+                    }
                     Fast::Conv1x1 => conv1x1(xs, b, cin, h * w, wt, bias, cout),
                     Fast::Im2col => conv_im2col(xs, b, shape, wt, bias, cout),
                 })

@@ -9,7 +9,7 @@
 //! The register tile is `MR` output channels × `NV` vectors of pixels (`MR · NV`
 //! accumulators: 6 × 4 zmm with AVX-512, 6 × 2 ymm with AVX2), each step one broadcast
 //! weight against the pixel vectors. Around it the usual blocking: input channels in
-//! blocks of `KC`, so one pixel tile's input rows (`KC × 3 × (NR + 2)` floats) stay in L1
+//! blocks of `KC`, so one pixel tile's input rows (`KC × 3 × (16 · NV + 2)` floats) stay in L1
 //! while every `MR`-block of the task's output channels passes over them, and the task's
 //! weights for that block (`MC × KC × 9`) stay in L2 while its pixel tiles pass.
 //! Tasks are (output channels, pixels) rectangles, run on Rayon's threads.
@@ -67,9 +67,9 @@ pub fn unpack(packed: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     weight
 }
 
-/// The kernel's dimensions: pixels per tile for the vector width this CPU has, or `None`
-/// when it has neither AVX-512 nor AVX2 + FMA.
-pub fn tile_pixels() -> Option<usize> {
+/// The floats per vector of the kernel this CPU runs (16 with AVX-512, 8 with AVX2 + FMA),
+/// or `None` when it has neither; `n` of a [`Geometry`] is a multiple of it.
+pub fn lanes() -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
@@ -85,7 +85,7 @@ pub fn tile_pixels() -> Option<usize> {
 /// The geometry of one convolution: `cin` planes `plane` floats apart holding `h + 2`
 /// rows of `w + 2` (the input with its zero border), `cout` output channels; `n` pixels
 /// of `h` rows of `w + 2` are computed per channel (`n ≥ h · (w + 2)`, a multiple of
-/// [`tile_pixels`]) and the two border columns of each row dropped.
+/// [`lanes`]) and the two border columns of each row dropped.
 #[derive(Clone, Copy, Debug)]
 pub struct Geometry {
     pub cin: usize,
@@ -103,7 +103,8 @@ pub struct Geometry {
 pub fn conv(padded: &[f32], packed: &[f32], bias: Option<&[f32]>, g: Geometry, out: &mut [f32]) {
     let rows = g.cout.div_ceil(MR) * MR;
     let wp = g.w + 2;
-    let lanes = tile_pixels().expect("the direct kernel needs AVX2 or AVX-512");
+    let lanes = lanes().expect("the direct kernel needs AVX2 or AVX-512");
+    // Task sizes go in steps of 4 vectors (an AVX-512 tile).
     let nr = 4 * lanes;
     assert!(g.n.is_multiple_of(lanes) && g.n >= g.h * wp);
     assert!(g.cin > 0 && padded.len() >= (g.cin - 1) * g.plane + 2 * wp + 2 + g.n);
@@ -191,41 +192,12 @@ unsafe fn task(
         unsafe { task_avx2(x, w, g, acc, (m0, mm), (n0, nn)) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("tile_pixels is None off x86_64")
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn task_avx512(
-    x: *const f32,
-    w: *const f32,
-    g: Geometry,
-    acc: (*mut f32, usize),
-    m: (usize, usize),
-    p: (usize, usize),
-) {
-    // SAFETY: the caller's promise.
-    unsafe { task_body::<Avx512, 4>(x, w, g, acc, m, p) }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn task_avx2(
-    x: *const f32,
-    w: *const f32,
-    g: Geometry,
-    acc: (*mut f32, usize),
-    m: (usize, usize),
-    p: (usize, usize),
-) {
-    // SAFETY: the caller's promise.
-    unsafe { task_body::<Avx2, 2>(x, w, g, acc, m, p) }
+    unreachable!("lanes() is None off x86_64")
 }
 
 /// A vector of `LANES` floats and the four operations the kernel uses.
 trait Vector: Copy {
     const LANES: usize;
-    const NR: usize;
     unsafe fn zero() -> Self;
     unsafe fn load(p: *const f32) -> Self;
     unsafe fn splat(p: *const f32) -> Self;
@@ -234,10 +206,11 @@ trait Vector: Copy {
     unsafe fn store(self, p: *mut f32);
 }
 
-/// A `Vector` type over one of `core::arch`'s vectors: its features, its lanes, its tile
-/// width in pixels and its intrinsics.
+/// A `Vector` type over one of `core::arch`'s vectors (its features, its lanes and its
+/// intrinsics) and `$task`, the task loops compiled for those features with tiles of `$nv`
+/// vectors.
 macro_rules! vector {
-    ($name:ident($raw:ty), $features:literal, $lanes:literal, $nr:literal,
+    ($name:ident($raw:ty), $features:literal, $lanes:literal, $task:ident, $nv:literal,
      $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
         #[cfg(target_arch = "x86_64")]
         #[derive(Clone, Copy)]
@@ -246,7 +219,6 @@ macro_rules! vector {
         #[cfg(target_arch = "x86_64")]
         impl Vector for $name {
             const LANES: usize = $lanes;
-            const NR: usize = $nr;
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn zero() -> Self {
@@ -276,6 +248,24 @@ macro_rules! vector {
                 unsafe { $store(p, self.0) }
             }
         }
+
+        /// [`task_body`] for this vector type.
+        ///
+        /// # Safety
+        /// The CPU has the features; the rest as for [`task`].
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $task(
+            x: *const f32,
+            w: *const f32,
+            g: Geometry,
+            acc: (*mut f32, usize),
+            m: (usize, usize),
+            p: (usize, usize),
+        ) {
+            // SAFETY: the caller's promise.
+            unsafe { task_body::<$name, $nv>(x, w, g, acc, m, p) }
+        }
     };
 }
 
@@ -283,7 +273,8 @@ vector!(
     Avx512(__m512),
     "avx512f",
     16,
-    64,
+    task_avx512,
+    4,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     _mm512_set1_ps,
@@ -295,13 +286,15 @@ vector!(
     Avx2(__m256),
     "avx2,fma",
     8,
-    16,
+    task_avx2,
+    2,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     _mm256_set1_ps,
     _mm256_fmadd_ps,
     _mm256_storeu_ps
 );
+
 /// Whether the tests want the AVX2 kernel on an AVX-512 machine.
 #[cfg(all(target_arch = "x86_64", test))]
 fn force_avx2() -> bool {
@@ -324,7 +317,6 @@ unsafe fn task_body<V: Vector, const NV: usize>(
     (n0, nn): (usize, usize),
 ) {
     let nr = V::LANES * NV;
-    debug_assert_eq!(nr, V::NR);
     for c0 in (0..g.cin).step_by(KC) {
         let kc = KC.min(g.cin - c0);
         for p0 in (n0..n0 + nn).step_by(nr) {
@@ -444,7 +436,7 @@ mod tests {
     /// one-pixel images.
     #[test]
     fn direct_kernel_matches_the_definition() {
-        if super::tile_pixels().is_none() {
+        if super::lanes().is_none() {
             return;
         }
         let mut seed = 7u64;
@@ -474,8 +466,7 @@ mod tests {
                     cin,
                     h,
                     w,
-                    &wt,
-                    Some(&packed),
+                    super::super::Weights3x3::Packed(&packed),
                     Some(&bias),
                     cout,
                 );
