@@ -158,38 +158,45 @@ fn main() {
         );
     }
 
-    // Self-attention of level 0 at 512²: 4096 tokens, 5 heads of 64.
-    let name = "attention 4096 tokens, 5x64";
-    if want(name) {
-        let (h, n, d) = (5, 4096, 64);
-        // Token-major, as the projections make them; candle's side works per head.
-        let q = Tensor::randn(0f32, 1.0, (1, n, h * d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (1, n, h * d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (1, n, h * d), &dev).unwrap();
-        let heads = |t: &Tensor| {
-            t.reshape((1, n, h, d))
+    // Self-attention of levels 0 and 1 at 512² (4096 tokens, 5 heads of 64; 1024, 10 × 64)
+    // and level 0's cross-attention (77 prompt tokens): the online-softmax kernel against
+    // the blocked matrix-library path it replaced.
+    for (n, m, h) in [(4096, 4096, 5), (1024, 1024, 10), (4096, 77, 5)] {
+        let d = 64;
+        let name = format!("attention {n}x{m} tokens, {h}x{d}");
+        if !want(&name) {
+            continue;
+        }
+        let shape = kernels::AttentionShape {
+            b: 1,
+            n,
+            m,
+            heads: h,
+            d,
+        };
+        let q: Vec<f32> = Tensor::randn(0f32, 1.0, n * h * d, &dev)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let kv = || -> Vec<f32> {
+            Tensor::randn(0f32, 1.0, m * h * d, &dev)
                 .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
+                .to_vec1()
                 .unwrap()
         };
-        let scale = (d as f64).powf(-0.5);
-        let flops = 4.0 * (h * n * n * d) as f64;
+        let (k, v) = (kv(), kv());
+        let scale = (d as f32).powf(-0.5);
+        let flops = 4.0 * (h * n * m * d) as f64;
         compare(
-            name,
-            "candle",
+            &name,
+            "gemm",
             Some(flops),
             3,
-            || drop(kernels::attention(&q, &k, &v, h, scale, false, usize::MAX).unwrap()),
+            || drop(kernels::attention_tokens(&q, &k, &v, shape, scale, false)),
             || {
-                let (q, k, v) = (heads(&q), heads(&k), heads(&v));
-                let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-                let o = candle_nn::ops::softmax_last_dim(&s)
-                    .unwrap()
-                    .matmul(&v)
-                    .unwrap();
-                drop(o.transpose(1, 2).unwrap().reshape((1, n, h * d)).unwrap());
+                drop(kernels::attention_tokens_gemm(
+                    &q, &k, &v, shape, scale, false,
+                ))
             },
         );
     }

@@ -32,6 +32,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
 pub mod direct;
+mod simd;
 
 /// Defines `fn $name(args) -> R` compiled three times, for AVX-512, for AVX2+FMA and as
 /// built, and picks one per call by what the CPU has: the element-wise loops inside are then
@@ -70,6 +71,8 @@ macro_rules! simd_fn {
         }
     };
 }
+
+pub mod flash;
 
 fn cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
@@ -1066,6 +1069,23 @@ pub fn attention_tokens(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
+    if !causal && shape.m > 0 && flash::applies(shape.d) {
+        return flash::attention(q, k, v, shape, scale);
+    }
+    attention_tokens_gemm(q, k, v, shape, scale, causal)
+}
+
+/// [`attention_tokens`] by two matrix-library products per block of queries, the block's
+/// scores (`QUERY_BLOCK × m`) soft-maxed in between: for causal masks and for heads the
+/// online-softmax kernel does not take. Public for the kernel benchmark.
+pub fn attention_tokens_gemm(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+    causal: bool,
+) -> Vec<f32> {
     let AttentionShape { b, n, m, heads, d } = shape;
     let c = heads * d;
     assert!(q.len() >= b * n * c && k.len() >= b * m * c && v.len() >= b * m * c);
@@ -1327,6 +1347,11 @@ mod tests {
             (1, 1, 130, 9, 4, false),
             (2, 2, 77, 77, 8, true),
             (1, 1, 300, 300, 4, true),
+            // The online-softmax kernel: several query and key blocks, both partial, a
+            // key count that is no whole vector, a `d` of 2.5 AVX-512 vectors.
+            (1, 2, 200, 600, 64, false),
+            (2, 1, 100, 77, 40, false),
+            (1, 1, 7, 1, 16, false),
         ] {
             let q = Tensor::randn(0f32, 1.0, (b, n, h * d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (b, m, h * d), &dev).unwrap();
@@ -1362,6 +1387,8 @@ mod tests {
                 &want,
                 1e-5,
             );
+            let narrow = simd::with_avx2(|| attention(&q, &k, &v, h, scale, causal, usize::MAX));
+            close(&narrow.unwrap(), &want, 1e-5);
             // The candle path (taken off the CPU), in chunks of 7 query rows.
             let chunked = attention(
                 &q.to_dtype(DType::F64).unwrap(),

@@ -17,12 +17,10 @@
 //! The matrix-library path did nine products of `k = cin`, each reading and writing the
 //! whole output and repacking both operands.
 
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
-
 use rayon::prelude::*;
 
 use super::SendPtr;
+use super::simd::{Vector, per_isa};
 
 /// Output channels per register tile.
 pub const MR: usize = 6;
@@ -67,20 +65,7 @@ pub fn unpack(packed: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     weight
 }
 
-/// The floats per vector of the kernel this CPU runs (16 with AVX-512, 8 with AVX2 + FMA),
-/// or `None` when it has neither; `n` of a [`Geometry`] is a multiple of it.
-pub fn lanes() -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            return Some(Avx512::LANES);
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Some(Avx2::LANES);
-        }
-    }
-    None
-}
+pub use super::simd::lanes;
 
 /// The geometry of one convolution: `cin` planes `plane` floats apart holding `h + 2`
 /// rows of `w + 2` (the input with its zero border), `cout` output channels; `n` pixels
@@ -170,140 +155,19 @@ pub fn conv(padded: &[f32], packed: &[f32], bias: Option<&[f32]>, g: Geometry, o
         });
 }
 
-/// One task: output rows `m0..m0 + mm` (multiples of `MR`), pixels `n0..n0 + nn`.
-///
-/// # Safety
-/// As asserted by [`conv`]; no other thread writes the task's rectangle.
-unsafe fn task(
-    x: *const f32,
-    w: *const f32,
-    g: Geometry,
-    acc: (*mut f32, usize),
-    (m0, mm): (usize, usize),
-    (n0, nn): (usize, usize),
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && !force_avx2() {
-            // SAFETY: the feature was detected; the rest is the caller's promise.
-            return unsafe { task_avx512(x, w, g, acc, (m0, mm), (n0, nn)) };
-        }
-        // SAFETY: `conv` checked that AVX2 and FMA are there.
-        unsafe { task_avx2(x, w, g, acc, (m0, mm), (n0, nn)) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("lanes() is None off x86_64")
-}
-
-/// A vector of `LANES` floats and the four operations the kernel uses.
-trait Vector: Copy {
-    const LANES: usize;
-    unsafe fn zero() -> Self;
-    unsafe fn load(p: *const f32) -> Self;
-    unsafe fn splat(p: *const f32) -> Self;
-    /// `a · b + c`.
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn store(self, p: *mut f32);
-}
-
-/// A `Vector` type over one of `core::arch`'s vectors (its features, its lanes and its
-/// intrinsics) and `$task`, the task loops compiled for those features with tiles of `$nv`
-/// vectors.
-macro_rules! vector {
-    ($name:ident($raw:ty), $features:literal, $lanes:literal, $task:ident, $nv:literal,
-     $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
-        #[cfg(target_arch = "x86_64")]
-        #[derive(Clone, Copy)]
-        struct $name($raw);
-
-        #[cfg(target_arch = "x86_64")]
-        impl Vector for $name {
-            const LANES: usize = $lanes;
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn zero() -> Self {
-                Self($zero())
-            }
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn load(p: *const f32) -> Self {
-                // SAFETY: the caller's promise.
-                Self(unsafe { $load(p) })
-            }
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn splat(p: *const f32) -> Self {
-                // SAFETY: the caller's promise.
-                Self($splat(unsafe { *p }))
-            }
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-                Self($fma(a.0, b.0, c.0))
-            }
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn store(self, p: *mut f32) {
-                // SAFETY: the caller's promise.
-                unsafe { $store(p, self.0) }
-            }
-        }
-
-        /// [`task_body`] for this vector type.
-        ///
-        /// # Safety
-        /// The CPU has the features; the rest as for [`task`].
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $task(
-            x: *const f32,
-            w: *const f32,
-            g: Geometry,
-            acc: (*mut f32, usize),
-            m: (usize, usize),
-            p: (usize, usize),
-        ) {
-            // SAFETY: the caller's promise.
-            unsafe { task_body::<$name, $nv>(x, w, g, acc, m, p) }
-        }
-    };
-}
-
-vector!(
-    Avx512(__m512),
-    "avx512f",
-    16,
-    task_avx512,
-    4,
-    _mm512_setzero_ps,
-    _mm512_loadu_ps,
-    _mm512_set1_ps,
-    _mm512_fmadd_ps,
-    _mm512_storeu_ps
-);
-
-vector!(
-    Avx2(__m256),
-    "avx2,fma",
-    8,
-    task_avx2,
-    2,
-    _mm256_setzero_ps,
-    _mm256_loadu_ps,
-    _mm256_set1_ps,
-    _mm256_fmadd_ps,
-    _mm256_storeu_ps
-);
-
-/// Whether the tests want the AVX2 kernel on an AVX-512 machine.
-#[cfg(all(target_arch = "x86_64", test))]
-fn force_avx2() -> bool {
-    tests::force_avx2()
-}
-
-#[cfg(all(target_arch = "x86_64", not(test)))]
-fn force_avx2() -> bool {
-    false
+per_isa! {
+    /// One task: output rows `m0..m0 + mm` (multiples of `MR`), pixels `n0..n0 + nn`.
+    ///
+    /// # Safety
+    /// As asserted by [`conv`]; no other thread writes the task's rectangle.
+    unsafe fn task(
+        x: *const f32,
+        w: *const f32,
+        g: Geometry,
+        acc: (*mut f32, usize),
+        m: (usize, usize),
+        p: (usize, usize),
+    ) => task_body::<4, 2>
 }
 
 /// The blocked loops of one task (see the module docs), `NV` vectors per tile.
@@ -391,15 +255,6 @@ unsafe fn tile<V: Vector, const NV: usize>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    static AVX2: AtomicBool = AtomicBool::new(false);
-
-    /// Whether the tests want the AVX2 kernel on an AVX-512 machine.
-    pub fn force_avx2() -> bool {
-        AVX2.load(Ordering::Relaxed)
-    }
-
     /// The convolution by its definition, in f64.
     fn reference(
         x: &[f32],
@@ -459,18 +314,23 @@ mod tests {
             let want = reference(&x, &wt, &bias, (cin, cout, h, w));
             let packed = super::pack(&wt, cout, cin);
             for avx2 in [false, true] {
-                AVX2.store(avx2, Ordering::Relaxed);
-                let got = super::super::conv3x3_s1(
-                    &x,
-                    1,
-                    cin,
-                    h,
-                    w,
-                    super::super::Weights3x3::Packed(&packed),
-                    Some(&bias),
-                    cout,
-                );
-                AVX2.store(false, Ordering::Relaxed);
+                let conv = || {
+                    super::super::conv3x3_s1(
+                        &x,
+                        1,
+                        cin,
+                        h,
+                        w,
+                        super::super::Weights3x3::Packed(&packed),
+                        Some(&bias),
+                        cout,
+                    )
+                };
+                let got = if avx2 {
+                    super::super::simd::with_avx2(conv)
+                } else {
+                    conv()
+                };
                 assert_eq!(got.len(), want.len());
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     assert!(
