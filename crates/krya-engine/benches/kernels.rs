@@ -119,7 +119,9 @@ fn main() {
         .chain([(512, 128), (256, 256), (128, 512)])
     {
         let name = format!("direct conv3x3 {c}->{c} at {s}x{s}");
-        if !want(&name) || kernels::direct::lanes().is_none() {
+        if !(want(&name) || want(&format!("winograd conv3x3 {c}->{c} at {s}x{s}")))
+            || kernels::direct::lanes().is_none()
+        {
             continue;
         }
         let w = Tensor::randn(0f32, 0.05, (c, c, 3, 3), &dev).unwrap();
@@ -129,14 +131,37 @@ fn main() {
         let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let flops = 18.0 * (c * c * s * s) as f64;
         let conv = |wt: kernels::Weights3x3| drop(kernels::conv3x3_s1(&x, 1, c, s, s, wt, None, c));
-        compare(
-            &name,
-            "gemm",
-            Some(flops),
-            5,
-            || conv(kernels::Weights3x3::Packed(&packed)),
-            || conv(kernels::Weights3x3::Plain(&w)),
-        );
+        if want(&name) {
+            compare(
+                &name,
+                "gemm",
+                Some(flops),
+                5,
+                || conv(kernels::Weights3x3::PackedDirect(&packed)),
+                || conv(kernels::Weights3x3::Plain(&w)),
+            );
+        }
+        // Winograd's F(2×2, 3×3) where it applies (GFLOP/s counted as the direct
+        // convolution's work).
+        let winograd = format!("winograd conv3x3 {c}->{c} at {s}x{s}");
+        let g = kernels::direct::Geometry {
+            cin: c,
+            cout: c,
+            plane: 0,
+            h: s,
+            w: s,
+            n: 0,
+        };
+        if want(&winograd) && kernels::winograd::applies(&g) {
+            compare(
+                &winograd,
+                "direct",
+                Some(flops),
+                5,
+                || conv(kernels::Weights3x3::Packed(&packed)),
+                || conv(kernels::Weights3x3::PackedDirect(&packed)),
+            );
+        }
     }
 
     // Group norm + SiLU (32 groups), as in every resnet block.

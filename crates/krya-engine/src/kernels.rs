@@ -73,6 +73,7 @@ macro_rules! simd_fn {
 }
 
 pub mod flash;
+pub mod winograd;
 
 fn cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
@@ -344,8 +345,11 @@ fn tile_products(
 pub enum Weights3x3<'a> {
     /// `[cout, cin, 3, 3]`, summed by matrix products.
     Plain(&'a [f32]),
-    /// Packed by [`direct::pack`], summed by the direct kernel (needs [`direct::lanes`]).
+    /// Packed by [`direct::pack`] (needs [`direct::lanes`]), summed by Winograd's
+    /// F(2×2, 3×3) where [`winograd::applies`], else by the direct kernel.
     Packed(&'a [f32]),
+    /// Packed, summed by the direct kernel always (benchmarks and tests).
+    PackedDirect(&'a [f32]),
 }
 
 /// `x` (`[cin, h, w]` planes, `b` of them) convolved with 3×3 `weight` (`[cout, cin, 3, 3]`),
@@ -364,13 +368,14 @@ pub fn conv3x3_s1(
     let plane = (h + 2) * wp;
     // The direct kernel's weights and vector width.
     let direct = match weight {
-        Weights3x3::Packed(p) => Some((p, direct::lanes().expect("packed without AVX2"))),
+        Weights3x3::Packed(p) => Some((p, true)),
+        Weights3x3::PackedDirect(p) => Some((p, false)),
         Weights3x3::Plain(_) => None,
     };
     // Output pixels computed per channel: `h` rows of `wp`, for the direct kernel rounded
     // up to whole vectors (the extra ones read zeros past the planes and are dropped).
     let n = match direct {
-        Some((_, lanes)) => (h * wp).div_ceil(lanes) * lanes,
+        Some(_) => (h * wp).next_multiple_of(direct::lanes().expect("packed without AVX2")),
         None => h * wp,
     };
     // Planes `stride` floats apart: for the direct kernel an odd number of cache lines,
@@ -389,7 +394,7 @@ pub fn conv3x3_s1(
     padded[cin * stride..].fill(0.0);
     let (mut acc, weight) = match weight {
         Weights3x3::Plain(w) => (uninit(cout * n), w),
-        Weights3x3::Packed(_) => (Vec::new(), &[][..]),
+        Weights3x3::Packed(_) | Weights3x3::PackedDirect(_) => (Vec::new(), &[][..]),
     };
     let mut out = uninit(b * cout * h * w);
     for bi in 0..b {
@@ -407,7 +412,7 @@ pub fn conv3x3_s1(
                 }
                 p[(h + 1) * wp + 1..].fill(0.0);
             });
-        if let Some((packed, _)) = direct {
+        if let Some((packed, winograd)) = direct {
             let g = direct::Geometry {
                 cin,
                 cout,
@@ -417,7 +422,11 @@ pub fn conv3x3_s1(
                 n,
             };
             let out = &mut out[bi * cout * h * w..(bi + 1) * cout * h * w];
-            direct::conv(&padded, packed, bias, g, out);
+            if winograd && winograd::applies(&g) {
+                winograd::conv(&padded, packed, bias, g, out);
+            } else {
+                direct::conv(&padded, packed, bias, g, out);
+            }
             continue;
         }
         if n <= SMALL_CONV {

@@ -254,9 +254,9 @@ unsafe fn tile<V: Vector, const NV: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     /// The convolution by its definition, in f64.
-    fn reference(
+    pub fn reference(
         x: &[f32],
         wt: &[f32],
         bias: &[f32],
@@ -321,7 +321,7 @@ mod tests {
                         cin,
                         h,
                         w,
-                        super::super::Weights3x3::Packed(&packed),
+                        super::super::Weights3x3::PackedDirect(&packed),
                         Some(&bias),
                         cout,
                     )
