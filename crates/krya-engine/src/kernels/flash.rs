@@ -38,7 +38,7 @@ const KT: usize = 64;
 /// Keys per block (a multiple of `KT`): the scores of a task's block (`QB × KB`, 48 KB) and
 /// the block's values (`KB × d`, 64 KB at `d = 64`) stay in L2. Measured as for `QB`: 64
 /// and 128 were slower (143, 151 GFLOP/s), 512 the same.
-const KB: usize = 256;
+pub const KB: usize = 256;
 
 /// Whether [`attention`] runs this shape: AVX2 (or AVX-512) and `d` a multiple of 8
 /// (AVX-512 runs heads whose `d` is a multiple of 16, AVX2 the others).

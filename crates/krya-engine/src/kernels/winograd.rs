@@ -13,10 +13,11 @@
 //! vectors of tiles (the direct kernel's shape) into `M` (`16 × MC × NB`, in L2). After the
 //! last block `M` is transformed back to pixels, the bias added.
 //!
-//! F(2×2, 3×3)'s transforms are exact in binary floating point (0, ±1, ±½), so the only
-//! change in rounding is the order of the sums: results stay within f32 rounding of the
-//! definition (the golden tests hold unchanged). Larger tiles (F(4×4, 3×3): 4× fewer
-//! multiplications) lose digits to their ±2, ±4 points and are not used.
+//! F(2×2, 3×3)'s matrices hold only 0, ±1 and ±½: its coefficients are exact in binary
+//! floating point, and its transforms add a few additions' rounding to the sums' (results
+//! stay within 1e-5 of the definition in f64, tested; the golden tests hold unchanged).
+//! Larger tiles (F(4×4, 3×3): 4× fewer multiplications) lose digits to their ±2, ±4
+//! points and are not used.
 
 use rayon::prelude::*;
 
