@@ -993,6 +993,44 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 /// over floats, so they are written as 16 independent ones (one vector's worth).
 const LANES: usize = 16;
 
+/// The largest entry of `row`, as lane-wise partial maxima (so it vectorises inside a
+/// `simd_fn!`).
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            // Not `f32::max`: its NaN rule costs a compare and blend per vector.
+            mx[i] = if c[i] > mx[i] { c[i] } else { mx[i] };
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&mx)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// Each entry `x` of `row` replaced by `e^(x − max)`; returns their sum.
+#[inline(always)]
+fn exp_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    sum
+}
+
 simd_fn! {
     /// Each `m`-long row of `scores` replaced by its softmax over its first
     /// `first + i` entries (row `i`; the rest become 0): `first = m` for all of them, a
@@ -1001,32 +1039,8 @@ simd_fn! {
         for (i, row) in scores.chunks_mut(m).enumerate() {
             let (row, masked) = row.split_at_mut((first + i).min(m));
             masked.fill(0.0);
-            let mut mx = [f32::NEG_INFINITY; LANES];
-            let mut chunks = row.chunks_exact(LANES);
-            for c in &mut chunks {
-                for i in 0..LANES {
-                    // Not `f32::max`: its NaN rule costs a compare and blend per vector.
-                    mx[i] = if c[i] > mx[i] { c[i] } else { mx[i] };
-                }
-            }
-            let max = chunks
-                .remainder()
-                .iter()
-                .chain(&mx)
-                .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut acc = [0f32; LANES];
-            let mut chunks = row.chunks_exact_mut(LANES);
-            for c in &mut chunks {
-                for i in 0..LANES {
-                    c[i] = exp(c[i] - max);
-                    acc[i] += c[i];
-                }
-            }
-            let mut sum: f32 = acc.iter().sum();
-            for v in chunks.into_remainder() {
-                *v = exp(*v - max);
-                sum += *v;
-            }
+            let max = row_max(row);
+            let sum = exp_sum(row, max);
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|v| *v *= inv);
         }

@@ -286,51 +286,28 @@ pub mod tests {
         out
     }
 
-    /// Both vector widths against the definition: output channels not a multiple of `MR`,
-    /// input channels not a multiple of `KC`, tasks ending in tiles of 1 to 3 vectors,
-    /// one-pixel images.
-    #[test]
-    fn direct_kernel_matches_the_definition() {
-        if super::lanes().is_none() {
-            return;
-        }
-        let mut seed = 7u64;
+    /// `conv3x3_s1` with the weights as `weights` makes them from the packed ones, at both
+    /// vector widths, against the definition on random data, for each `(cin, cout, h, w)`.
+    pub fn check_against_definition(
+        shapes: &[(usize, usize, usize, usize)],
+        mut seed: u64,
+        weights: for<'a> fn(&'a [f32]) -> super::super::Weights3x3<'a>,
+    ) {
+        use super::super::{conv3x3_s1, simd};
         let mut rnd = move || {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for (cin, cout, h, w) in [
-            (3, 7, 5, 9),
-            (37, 13, 11, 4),
-            (20, 6, 1, 1),
-            (17, 100, 12, 30),
-            (2, 1, 2, 70),
-        ] {
+        for &(cin, cout, h, w) in shapes {
             let x: Vec<f32> = (0..cin * h * w).map(|_| rnd()).collect();
             let wt: Vec<f32> = (0..cout * cin * 9).map(|_| rnd()).collect();
             let bias: Vec<f32> = (0..cout).map(|_| rnd()).collect();
             let want = reference(&x, &wt, &bias, (cin, cout, h, w));
             let packed = super::pack(&wt, cout, cin);
-            for avx2 in [false, true] {
-                let conv = || {
-                    super::super::conv3x3_s1(
-                        &x,
-                        1,
-                        cin,
-                        h,
-                        w,
-                        super::super::Weights3x3::PackedDirect(&packed),
-                        Some(&bias),
-                        cout,
-                    )
-                };
-                let got = if avx2 {
-                    super::super::simd::with_avx2(conv)
-                } else {
-                    conv()
-                };
+            let conv = || conv3x3_s1(&x, 1, cin, h, w, weights(&packed), Some(&bias), cout);
+            for (avx2, got) in [(false, conv()), (true, simd::with_avx2(conv))] {
                 assert_eq!(got.len(), want.len());
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -340,5 +317,23 @@ pub mod tests {
                 }
             }
         }
+    }
+
+    /// Both vector widths against the definition: output channels not a multiple of `MR`,
+    /// input channels not a multiple of `KC`, tasks ending in tiles of 1 to 3 vectors,
+    /// one-pixel images.
+    #[test]
+    fn direct_kernel_matches_the_definition() {
+        if super::lanes().is_none() {
+            return;
+        }
+        let shapes = [
+            (3, 7, 5, 9),
+            (37, 13, 11, 4),
+            (20, 6, 1, 1),
+            (17, 100, 12, 30),
+            (2, 1, 2, 70),
+        ];
+        check_against_definition(&shapes, 7, |p| super::super::Weights3x3::PackedDirect(p));
     }
 }

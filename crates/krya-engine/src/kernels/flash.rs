@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use super::simd::{Vector, per_isa};
-use super::{AttentionShape, LANES, SendPtr, exp};
+use super::{AttentionShape, SendPtr, exp, exp_sum, row_max};
 
 /// Queries per register tile.
 const MR: usize = 6;
@@ -192,18 +192,7 @@ simd_fn! {
     ) {
         for (r, row) in s.chunks_exact_mut(kb).enumerate() {
             let row = &mut row[..keys];
-            let mut mx = [f32::NEG_INFINITY; LANES];
-            let mut chunks = row.chunks_exact(LANES);
-            for c in &mut chunks {
-                for i in 0..LANES {
-                    mx[i] = if c[i] > mx[i] { c[i] } else { mx[i] };
-                }
-            }
-            let block_max = chunks
-                .remainder()
-                .iter()
-                .chain(&mx)
-                .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let block_max = row_max(row);
             let new = max[r].max(block_max);
             if new > max[r] {
                 // The first block: max is -inf, sum and o are 0, and so stay.
@@ -212,19 +201,7 @@ simd_fn! {
                 o[r * d..][..d].iter_mut().for_each(|x| *x *= alpha);
                 max[r] = new;
             }
-            let mut acc = [0f32; LANES];
-            let mut chunks = row.chunks_exact_mut(LANES);
-            for c in &mut chunks {
-                for i in 0..LANES {
-                    c[i] = exp(c[i] - new);
-                    acc[i] += c[i];
-                }
-            }
-            let mut total: f32 = acc.iter().sum();
-            for x in chunks.into_remainder() {
-                *x = exp(*x - new);
-                total += *x;
-            }
+            let total = exp_sum(row, new);
             sum[r] += total;
         }
     }

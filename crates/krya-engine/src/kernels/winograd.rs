@@ -371,7 +371,7 @@ unsafe fn tiles<V: Vector, const NV: usize>(u: *const f32, v: *const f32, m: *mu
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Weights3x3, conv3x3_s1, direct, simd};
+    use super::super::{Weights3x3, direct};
 
     /// Both vector widths against the definition: output channels not a multiple of `MR`
     /// or `MC`, input channels not a multiple of `KC`, tile rows split between tasks, tasks
@@ -381,19 +381,13 @@ mod tests {
         if direct::lanes().is_none() {
             return;
         }
-        let mut seed = 11u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
-        for (cin, cout, h, w) in [
+        let shapes = [
             (3, 7, 16, 16),
             (37, 53, 20, 30),
             (20, 100, 48, 12),
             (1, 1, 2, 256),
-        ] {
+        ];
+        for &(cin, cout, h, w) in &shapes {
             let g = direct::Geometry {
                 cin,
                 cout,
@@ -403,32 +397,7 @@ mod tests {
                 n: 0,
             };
             assert!(super::applies(&g), "{cin}->{cout} at {h}x{w}");
-            let x: Vec<f32> = (0..cin * h * w).map(|_| rnd()).collect();
-            let wt: Vec<f32> = (0..cout * cin * 9).map(|_| rnd()).collect();
-            let bias: Vec<f32> = (0..cout).map(|_| rnd()).collect();
-            let want = direct::tests::reference(&x, &wt, &bias, (cin, cout, h, w));
-            let packed = direct::pack(&wt, cout, cin);
-            let conv = || {
-                conv3x3_s1(
-                    &x,
-                    1,
-                    cin,
-                    h,
-                    w,
-                    Weights3x3::Packed(&packed),
-                    Some(&bias),
-                    cout,
-                )
-            };
-            for (avx2, got) in [(false, conv()), (true, simd::with_avx2(conv))] {
-                assert_eq!(got.len(), want.len());
-                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (*g as f64 - e).abs() < 1e-5 * (1.0 + e.abs()) * (cin as f64).sqrt(),
-                        "{cin}->{cout} at {h}x{w} (avx2 {avx2}): [{i}] {g} vs {e}"
-                    );
-                }
-            }
         }
+        direct::tests::check_against_definition(&shapes, 11, |p| Weights3x3::Packed(p));
     }
 }
