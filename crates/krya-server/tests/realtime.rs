@@ -582,8 +582,10 @@ async fn users_see_only_their_frames_and_sessions_are_limited() {
             );
         }
     }
-    // A third canvas for A is refused and closed; B is unaffected.
-    let _a2 = connect(&s.base, Some(&ta)).await;
+    // A third canvas for A is refused and closed; B is unaffected. The second is ready
+    // (registered) before the third connects, or the two race for the last place.
+    let mut a2 = connect(&s.base, Some(&ta)).await;
+    assert_eq!(next(&mut a2, 10).await.unwrap()["data"]["status"], "ready");
     let mut a3 = connect(&s.base, Some(&ta)).await;
     let e = next(&mut a3, 10).await.unwrap();
     assert_eq!(e["data"]["code"], "too-many-sessions", "{e}");
