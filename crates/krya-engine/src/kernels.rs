@@ -368,7 +368,7 @@ pub fn conv3x3_s1(
 ) -> Vec<f32> {
     let wp = w + 2;
     let plane = (h + 2) * wp;
-    // The direct kernel's weights and vector width.
+    // The packed weights, and whether Winograd may sum them (else the direct kernel does).
     let direct = match weight {
         Weights3x3::Packed(p) => Some((p, true)),
         Weights3x3::PackedDirect(p) => Some((p, false)),
@@ -424,7 +424,7 @@ pub fn conv3x3_s1(
                 n,
             };
             let out = &mut out[bi * cout * h * w..(bi + 1) * cout * h * w];
-            if winograd && winograd::applies(&g) {
+            if winograd && winograd::applies(h, w) {
                 winograd::conv(&padded, packed, bias, g, out);
             } else {
                 direct::conv(&padded, packed, bias, g, out);
@@ -1094,10 +1094,7 @@ pub fn attention_tokens(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
-    // With one key block or less (77 prompt tokens) the online softmax has nothing to
-    // save, and its per-head copies cost more than they do (cross-attention at 4096 × 77:
-    // 4.1 against 3.7 ms).
-    if !causal && shape.m > flash::KB && flash::applies(shape.d) {
+    if !causal && flash::applies(shape.m, shape.d) {
         return flash::attention(q, k, v, shape, scale);
     }
     attention_tokens_gemm(q, k, v, shape, scale, causal)

@@ -256,7 +256,7 @@ unsafe fn tile<V: Vector, const NV: usize>(
 #[cfg(test)]
 pub mod tests {
     /// The convolution by its definition, in f64.
-    pub fn reference(
+    fn reference(
         x: &[f32],
         wt: &[f32],
         bias: &[f32],

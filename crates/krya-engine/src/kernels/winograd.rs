@@ -39,19 +39,19 @@ const NB: usize = 128;
 /// while the task's output channels pass.
 const KC: usize = 16;
 
-/// Whether [`conv`] takes this geometry: even sizes (whole tiles) and enough tiles that
+/// Whether [`conv`] takes `h × w` images: even sizes (whole tiles) and enough tiles that
 /// each transformed weight is used often (at 8², 16 tiles, the direct kernel is faster).
-pub fn applies(g: &Geometry) -> bool {
+pub fn applies(h: usize, w: usize) -> bool {
     super::simd::lanes().is_some()
-        && g.h.is_multiple_of(2)
-        && g.w.is_multiple_of(2)
-        && (g.h / 2) * (g.w / 2) >= 64
+        && h.is_multiple_of(2)
+        && w.is_multiple_of(2)
+        && (h / 2) * (w / 2) >= 64
 }
 
 /// `out = conv3x3(padded, weights) + bias` as [`super::direct::conv`] computes it (same
 /// arguments; `g.n` is not used), for geometries that [`applies`] to.
 pub fn conv(padded: &[f32], packed: &[f32], bias: Option<&[f32]>, g: Geometry, out: &mut [f32]) {
-    assert!(applies(&g));
+    assert!(applies(g.h, g.w));
     let wp = g.w + 2;
     let (th, tw) = (g.h / 2, g.w / 2);
     let tiles = th * tw;
@@ -388,15 +388,7 @@ mod tests {
             (1, 1, 2, 256),
         ];
         for &(cin, cout, h, w) in &shapes {
-            let g = direct::Geometry {
-                cin,
-                cout,
-                plane: 0,
-                h,
-                w,
-                n: 0,
-            };
-            assert!(super::applies(&g), "{cin}->{cout} at {h}x{w}");
+            assert!(super::applies(h, w), "{cin}->{cout} at {h}x{w}");
         }
         direct::tests::check_against_definition(&shapes, 11, |p| Weights3x3::Packed(p));
     }
