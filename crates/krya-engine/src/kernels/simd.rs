@@ -84,6 +84,22 @@ vector!(
     _mm256_storeu_ps
 );
 
+/// Floats per cache line.
+pub const LINE: usize = 16;
+
+/// Asks for the cache line holding `p` to be brought into L1: a hint, which neither faults
+/// (any address will do) nor changes a result.
+#[inline(always)]
+pub fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and never faults.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// The floats per vector of the widest kernels this CPU runs (16 with AVX-512, 8 with
 /// AVX2 + FMA), or `None` when it has neither. Sizes made multiples of it suit both.
 pub fn lanes() -> Option<usize> {

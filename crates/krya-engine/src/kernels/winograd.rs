@@ -5,13 +5,15 @@
 //! element-wise products summed over input channels are 16 independent matrix products
 //! `M[ξ] (cout × tiles) = U[ξ] (cout × cin) · V[ξ] (cin × tiles)`.
 //!
-//! Per task (`MC` output channels × `NB` tiles) and block of `KC` input channels:
-//! the block's input windows transformed (`V`, `16 × KC × NB`, vectorised over tiles: even
-//! and odd columns split first so every access is unit-stride), the block's weights
-//! transformed from the direct kernel's packed copy (`U`, `16 × MC × KC`: the layer keeps
-//! no second copy), then the 16 products in register tiles of 6 output channels × 4
-//! vectors of tiles (the direct kernel's shape) into `M` (`16 × MC × NB`, in L2). After the
-//! last block `M` is transformed back to pixels, the bias added.
+//! Each transform is done once per call, in its own parallel phase: the weights
+//! (`U`, `16 × MC × KC` per block of output and input channels, from the direct kernel's
+//! packed copy: the layer keeps no second one) up front; then per chunk of tiles the input
+//! windows (`V`, `16 × KC × NB` per block of tiles and input channels, vectorised over
+//! tiles: even and odd columns split first so every access is unit-stride); then the
+//! products, tasks of `MC` output channels × `NB` tiles summing over the input blocks in
+//! register tiles of 6 output channels × 4 vectors of tiles (the direct kernel's shape)
+//! into `M` (`16 × MC × NB`, in L2), transformed back to pixels with the bias at the end.
+//! The products prefetch the next operands as they go (they come from L3).
 //!
 //! F(2×2, 3×3)'s matrices hold only 0, ±1 and ±½: its coefficients are exact in binary
 //! floating point, and its transforms add a few additions' rounding to the sums' (results
@@ -23,7 +25,7 @@ use rayon::prelude::*;
 
 use super::SendPtr;
 use super::direct::{Geometry, MR};
-use super::simd::{Vector, per_isa};
+use super::simd::{LINE, Vector, per_isa, prefetch};
 
 /// The 16 transformed positions of a tile.
 const XI: usize = 16;
@@ -31,13 +33,13 @@ const XI: usize = 16;
 /// Output channels per task (a multiple of `MR`).
 const MC: usize = 8 * MR;
 
-/// Tiles per task: `M` (`16 × MC × NB` floats) takes 393 KB of L2, and a transformed
-/// weight is used by this many tiles before it is transformed again.
+/// Tiles per task: `M` (`16 × MC × NB` floats) takes 393 KB of L2.
 const NB: usize = 128;
 
-/// Input channels per block: `V` takes 131 KB, one position's `KC × NB` (8 KB) stays in L1
-/// while the task's output channels pass.
-const KC: usize = 16;
+/// Input channels per block: one position's `V` (`KC × NB`, 16 KB) stays in L1 while the
+/// task's output channels pass, and each register tile sums 32 channels between loading
+/// and storing its accumulators (16 and 64: 5% slower at 64² and 128², as fast at 16²).
+const KC: usize = 32;
 
 /// Whether [`conv`] takes `h × w` images: even sizes (whole tiles) and enough tiles that
 /// each transformed weight is used often (at 8², 16 tiles, the direct kernel is faster).
@@ -48,73 +50,145 @@ pub fn applies(h: usize, w: usize) -> bool {
         && (h / 2) * (w / 2) >= 64
 }
 
+/// Floats of transformed input held at once (32 MB): the image's tiles go in chunks of
+/// whole tile blocks whose `V` fits (at least one block). The unit tests use four slabs, so
+/// their images take several chunks.
+const V_CHUNK: usize = if cfg!(test) { 4 * V_SLAB } else { 1 << 23 };
+
+/// Floats of one (tile block, input block) slab of `V`: `16 × KC × NB`.
+const V_SLAB: usize = XI * KC * NB;
+
+/// Floats of one (output block, input block) slab of `U`: `16 × MC × KC`.
+const U_SLAB: usize = XI * MC * KC;
+
 /// `out = conv3x3(padded, weights) + bias` as [`super::direct::conv`] computes it (same
 /// arguments; `g.n` is not used), for geometries that [`applies`] to.
+///
+/// Each transform is done once: `U` for all blocks up front (when there are several tile
+/// blocks to use it; with one, each task transforms its own), then per chunk of tile blocks
+/// their `V` (tasks of one tile block × one input block), then the products (tasks of one
+/// output block × one tile block) reading both. Transforming inside the product tasks
+/// repeated `V` for every output block and `U` for every tile block: 20% of the UNet's
+/// time went to those repeats.
 pub fn conv(padded: &[f32], packed: &[f32], bias: Option<&[f32]>, g: Geometry, out: &mut [f32]) {
     assert!(applies(g.h, g.w));
     let wp = g.w + 2;
-    let (th, tw) = (g.h / 2, g.w / 2);
-    let tiles = th * tw;
+    let tw = g.w / 2;
+    let tiles = (g.h / 2) * tw;
     let rows = g.cout.div_ceil(MR) * MR;
     assert!(g.cin > 0 && padded.len() >= (g.cin - 1) * g.plane + (g.h + 2) * wp);
     assert!(packed.len() >= rows * g.cin * 9 && out.len() >= g.cout * g.h * g.w);
     assert!(bias.is_none_or(|b| b.len() >= g.cout));
-    let tasks: Vec<(usize, usize)> = (0..rows)
-        .step_by(MC)
-        .flat_map(|m0| (0..tiles).step_by(NB).map(move |t0| (m0, t0)))
-        .collect();
+    let (mblocks, tblocks, cblocks) = (rows.div_ceil(MC), tiles.div_ceil(NB), g.cin.div_ceil(KC));
+    let m_range = |mb: usize| (mb * MC, MC.min(rows - mb * MC));
+    let c_range = |cb: usize| (cb * KC, KC.min(g.cin - cb * KC));
+    let t_range = |tb: usize| (tb * NB, NB.min(tiles - tb * NB));
+    let shared_u = (tblocks > 1).then(|| {
+        // Every slab is written (16 × mc × kc floats of it) before the products read it.
+        let mut u = super::pooled(mblocks * cblocks * U_SLAB);
+        u.par_chunks_mut(cblocks * U_SLAB)
+            .enumerate()
+            .for_each_init(Vec::new, |tmp, (mb, u)| {
+                let (m0, mc) = m_range(mb);
+                for (cb, u) in u.chunks_mut(U_SLAB).enumerate() {
+                    let (c0, kc) = c_range(cb);
+                    transform_weights(packed, g.cin, m0, mc, c0, kc, u, tmp);
+                }
+            });
+        u
+    });
+    let per_chunk = (V_CHUNK / (cblocks * V_SLAB)).clamp(1, tblocks);
+    // Every slab's `16 × kc × nbp` floats are written (the lanes past the tiles zeroed).
+    let mut v = super::pooled(per_chunk * cblocks * V_SLAB);
     let out = SendPtr(out.as_mut_ptr());
-    tasks
-        .par_iter()
-        .for_each_init(Scratch::default, |s, &(m0, t0)| {
-            let (mc, nb) = (MC.min(rows - m0), NB.min(tiles - t0));
-            let nbp = nb.next_multiple_of(16);
-            s.m.resize(XI * mc * nbp, 0.0);
-            s.v.clear();
-            s.v.resize(XI * KC * nbp, 0.0);
-            s.u.resize(XI * mc * KC, 0.0);
-            for c0 in (0..g.cin).step_by(KC) {
-                let kc = KC.min(g.cin - c0);
+    for tb0 in (0..tblocks).step_by(per_chunk) {
+        let chunk = per_chunk.min(tblocks - tb0);
+        v[..chunk * cblocks * V_SLAB]
+            .par_chunks_mut(V_SLAB)
+            .enumerate()
+            .for_each_init(Vec::new, |split, (i, slab)| {
+                let ((t0, nb), (c0, kc)) = (t_range(tb0 + i / cblocks), c_range(i % cblocks));
+                let nbp = nb.next_multiple_of(16);
+                let slab = &mut slab[..XI * kc * nbp];
                 for ci in 0..kc {
                     let plane = &padded[(c0 + ci) * g.plane..][..(g.h + 2) * wp];
-                    let split = &mut s.split;
-                    transform_input(plane, wp, tw, t0, nb, &mut s.v, ci, kc * nbp, nbp, split);
+                    transform_input(plane, wp, tw, t0, nb, slab, ci, kc * nbp, nbp, split);
                 }
-                transform_weights(packed, g.cin, (m0, mc), (c0, kc), &mut s.u);
-                let b = Block {
-                    mc,
-                    kc,
-                    nbp,
-                    accumulate: c0 > 0,
-                };
-                // SAFETY: `u` holds `16 × mc × kc`, `v` `16 × kc × nbp` and `m`
-                // `16 × mc × nbp` floats, as `products` reads and writes them.
-                unsafe { products(s.u.as_ptr(), s.v.as_ptr(), s.m.as_mut_ptr(), b) };
-            }
-            for r in 0..mc.min(g.cout.saturating_sub(m0)) {
-                let co = m0 + r;
-                // SAFETY: channel `co < cout` of `out` (`cout × h × w`, asserted); only this
-                // task writes its tiles `t0..t0 + nb`.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.get().add(co * g.h * g.w), g.h * g.w)
-                };
-                let add = bias.map_or(0.0, |b| b[co]);
-                transform_output(&s.m, mc * nbp, r * nbp, t0, nb, tw, g.w, add, dst);
-            }
-        });
+                for row in slab.chunks_exact_mut(nbp) {
+                    row[nb..].fill(0.0);
+                }
+            });
+        let tasks: Vec<(usize, usize)> = (0..mblocks)
+            .flat_map(|mb| (tb0..tb0 + chunk).map(move |tb| (mb, tb)))
+            .collect();
+        let v = &v;
+        tasks
+            .par_iter()
+            .for_each_init(Scratch::default, |s, &(mb, tb)| {
+                let ((m0, mc), (t0, nb)) = (m_range(mb), t_range(tb));
+                let nbp = nb.next_multiple_of(16);
+                s.m.resize(XI * mc * nbp, 0.0);
+                for cb in 0..cblocks {
+                    let u = match &shared_u {
+                        Some(u) => &u[(mb * cblocks + cb) * U_SLAB..][..U_SLAB],
+                        None => {
+                            s.u.resize(U_SLAB, 0.0);
+                            let (c0, kc) = c_range(cb);
+                            let (u, tmp) = (&mut s.u, &mut s.tmp);
+                            transform_weights(packed, g.cin, m0, mc, c0, kc, u, tmp);
+                            &s.u[..]
+                        }
+                    };
+                    let slab = |cb: usize| ((tb - tb0) * cblocks + cb) * V_SLAB;
+                    let vs = &v[slab(cb)..][..V_SLAB];
+                    // The next block's operands, fetched while this one's products run.
+                    let mut ahead = Ahead::NONE;
+                    if cb + 1 < cblocks {
+                        let (c1, k1) = c_range(cb + 1);
+                        ahead.v = v[slab(cb + 1)..].as_ptr();
+                        match &shared_u {
+                            Some(u) => ahead.u = u[(mb * cblocks + cb + 1) * U_SLAB..].as_ptr(),
+                            None => {
+                                ahead.w = packed[(m0 / MR * g.cin + c1) * 9 * MR..].as_ptr();
+                                ahead.w_ranges = mc / MR;
+                                ahead.w_stride = g.cin * 9 * MR;
+                                ahead.w_lines = k1 * 9 * MR / LINE;
+                            }
+                        }
+                    }
+                    let b = Block {
+                        mc,
+                        kc: c_range(cb).1,
+                        nbp,
+                        accumulate: cb > 0,
+                    };
+                    // SAFETY: `u` holds `16 × mc × kc`, `vs` `16 × kc × nbp` and `m`
+                    // `16 × mc × nbp` floats, as `products` reads and writes them.
+                    unsafe { products(u.as_ptr(), vs.as_ptr(), s.m.as_mut_ptr(), b, ahead) };
+                }
+                for r in 0..mc.min(g.cout.saturating_sub(m0)) {
+                    let co = m0 + r;
+                    // SAFETY: channel `co < cout` of `out` (`cout × h × w`, asserted); only
+                    // this task writes its tiles `t0..t0 + nb`.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.get().add(co * g.h * g.w), g.h * g.w)
+                    };
+                    let add = bias.map_or(0.0, |b| b[co]);
+                    transform_output(&s.m, mc * nbp, r * nbp, t0, nb, tw, g.w, add, dst);
+                }
+            });
+    }
 }
 
-/// A task's buffers, kept per thread between tasks.
+/// A product task's buffers, kept per thread between tasks.
 #[derive(Default)]
 struct Scratch {
-    /// Transformed weights of one input block: `[16][mc / MR][kc][MR]`.
+    /// Transformed weights of one input block when not shared: `[16][mc / MR][kc][MR]`.
     u: Vec<f32>,
-    /// Transformed input windows of one input block: `[16][KC][nbp]`.
-    v: Vec<f32>,
     /// The products: `[16][mc][nbp]`.
     m: Vec<f32>,
-    /// Even and odd columns of four input rows.
-    split: Vec<f32>,
+    /// The weight transform's gathered taps and first half.
+    tmp: Vec<f32>,
 }
 
 /// The sizes of one input block's products.
@@ -204,47 +278,62 @@ simd_fn! {
     }
 }
 
-/// `G g Gᵀ` of output channels `m0..m0 + mc` and input channels `c0..c0 + kc` from the
-/// direct kernel's packing (`[cout / MR][cin][9][MR]`), into `u[ξ][(co − m0) / MR][ci][MR]`.
-fn transform_weights(
-    packed: &[f32],
-    cin: usize,
-    (m0, mc): (usize, usize),
-    (c0, kc): (usize, usize),
-    u: &mut [f32],
-) {
-    let blocks = mc / MR;
-    for blk in 0..blocks {
-        for ci in 0..kc {
-            let src = &packed[((m0 / MR + blk) * cin + c0 + ci) * 9 * MR..][..9 * MR];
-            // Tap (kh, kw) of the block's MR channels: `MR` consecutive floats, so each
-            // step below is one short vector operation over the channels.
-            let tap = |kh: usize, kw: usize| -> [f32; MR] {
-                src[(kh * 3 + kw) * MR..][..MR].try_into().unwrap()
-            };
-            let comb = |a: [f32; MR], b: [f32; MR], c: [f32; MR], sign: f32| -> [f32; MR] {
-                std::array::from_fn(|i| 0.5 * (a[i] + sign * b[i] + c[i]))
-            };
-            // G g: rows (g0, (g0 + g1 + g2) / 2, (g0 − g1 + g2) / 2, g2), per column kw.
-            let mut a = [[[0f32; MR]; 3]; 4];
-            for kw in 0..3 {
-                let (g0, g1, g2) = (tap(0, kw), tap(1, kw), tap(2, kw));
-                a[0][kw] = g0;
-                a[1][kw] = comb(g0, g1, g2, 1.0);
-                a[2][kw] = comb(g0, g1, g2, -1.0);
-                a[3][kw] = g2;
-            }
-            // (G g) Gᵀ: the same on each row's columns.
-            for (r, a) in a.iter().enumerate() {
-                let f = [
-                    a[0],
-                    comb(a[0], a[1], a[2], 1.0),
-                    comb(a[0], a[1], a[2], -1.0),
-                    a[2],
-                ];
-                for (k, x) in f.iter().enumerate() {
-                    u[(((r * 4 + k) * blocks + blk) * kc + ci) * MR..][..MR].copy_from_slice(x);
+simd_fn! {
+    /// `G g Gᵀ` of output channels `m0..m0 + mc` and input channels `c0..c0 + kc` from the
+    /// direct kernel's packing (`[cout / MR][cin][9][MR]`), into `u[ξ][(co − m0) / MR][ci][MR]`.
+    /// Per block of `MR` output channels the taps are first gathered tap-major (`tmp`:
+    /// `[9][kc · MR]`), so every step below is one vector loop over the block's `kc · MR`
+    /// weights, whose `U` rows are contiguous too.
+    fn transform_weights(
+        packed: &[f32],
+        cin: usize,
+        m0: usize,
+        mc: usize,
+        c0: usize,
+        kc: usize,
+        u: &mut [f32],
+        tmp: &mut Vec<f32>,
+    ) {
+        let (blocks, n) = (mc / MR, kc * MR);
+        tmp.resize(15 * n, 0.0);
+        let half = |a: f32, b: f32, c: f32, sign: f32| 0.5 * (a + sign * b + c);
+        for blk in 0..blocks {
+            let src = &packed[((m0 / MR + blk) * cin + c0) * 9 * MR..][..kc * 9 * MR];
+            let (taps, a) = tmp.split_at_mut(9 * n);
+            for (ci, s) in src.chunks_exact(9 * MR).enumerate() {
+                for (k, s) in s.chunks_exact(MR).enumerate() {
+                    taps[k * n + ci * MR..][..MR].copy_from_slice(s);
                 }
+            }
+            // G g: rows (g0, (g0 + g1 + g2) / 2, (g0 − g1 + g2) / 2, g2) per column kw;
+            // rows 1 and 2 computed into `a` (`[2][3][n]`), rows 0 and 3 are taps.
+            let tap = |kh: usize, kw: usize| &taps[(kh * 3 + kw) * n..][..n];
+            for (i, sign) in [1.0, -1.0].into_iter().enumerate() {
+                for kw in 0..3 {
+                    let (g0, g1, g2) = (tap(0, kw), tap(1, kw), tap(2, kw));
+                    let row = &mut a[(i * 3 + kw) * n..][..n];
+                    for (l, x) in row.iter_mut().enumerate() {
+                        *x = half(g0[l], g1[l], g2[l], sign);
+                    }
+                }
+            }
+            // (G g) Gᵀ: the same on each row's three columns.
+            for r in 0..4 {
+                let col = |kw: usize| match r {
+                    0 => tap(0, kw),
+                    3 => tap(2, kw),
+                    _ => &a[((r - 1) * 3 + kw) * n..][..n],
+                };
+                let (a0, a1, a2) = (col(0), col(1), col(2));
+                let at = |k: usize| ((r * 4 + k) * blocks + blk) * n;
+                u[at(0)..][..n].copy_from_slice(a0);
+                for (l, x) in u[at(1)..][..n].iter_mut().enumerate() {
+                    *x = half(a0[l], a1[l], a2[l], 1.0);
+                }
+                for (l, x) in u[at(2)..][..n].iter_mut().enumerate() {
+                    *x = half(a0[l], a1[l], a2[l], -1.0);
+                }
+                u[at(3)..][..n].copy_from_slice(a2);
             }
         }
     }
@@ -273,17 +362,32 @@ simd_fn! {
             let (top, bottom) = dst[2 * ty * w..][..2 * w].split_at_mut(w);
             let top = &mut top[2 * tx0..][..2 * len];
             let bottom = &mut bottom[2 * tx0..][..2 * len];
-            for i in 0..len {
-                let x = |r: usize, k: usize| m[(r * 4 + k) * xi_stride + lane0 + i];
-                // M A: columns (m0 + m1 + m2, m1 − m2 − m3) of each row.
-                let mut s = [[0f32; 2]; 4];
-                for (r, s) in s.iter_mut().enumerate() {
-                    s[0] = x(r, 0) + x(r, 1) + x(r, 2);
-                    s[1] = x(r, 1) - x(r, 2) - x(r, 3);
+            // Sixteen tiles at a time: each position's values are contiguous, so the sums
+            // run over whole vectors; only the final interleave of even and odd columns
+            // shuffles.
+            for i0 in (0..len).step_by(16) {
+                let n = 16.min(len - i0);
+                let mut x = [[0f32; 16]; XI];
+                for (xi, x) in x.iter_mut().enumerate() {
+                    x[..n].copy_from_slice(&m[xi * xi_stride + lane0 + i0..][..n]);
                 }
-                for j in 0..2 {
-                    top[2 * i + j] = s[0][j] + s[1][j] + s[2][j] + add;
-                    bottom[2 * i + j] = s[1][j] - s[2][j] - s[3][j] + add;
+                // M A: columns (m0 + m1 + m2, m1 − m2 − m3) of each row r, then Aᵀ on
+                // those: output rows (s0 + s1 + s2, s1 − s2 − s3).
+                let mut y = [[0f32; 16]; 4];
+                for l in 0..16 {
+                    let s0 = |r: usize| x[4 * r][l] + x[4 * r + 1][l] + x[4 * r + 2][l];
+                    let s1 = |r: usize| x[4 * r + 1][l] - x[4 * r + 2][l] - x[4 * r + 3][l];
+                    y[0][l] = s0(0) + s0(1) + s0(2) + add;
+                    y[1][l] = s1(0) + s1(1) + s1(2) + add;
+                    y[2][l] = s0(1) - s0(2) - s0(3) + add;
+                    y[3][l] = s1(1) - s1(2) - s1(3) + add;
+                }
+                let (top, bottom) = (&mut top[2 * i0..][..2 * n], &mut bottom[2 * i0..][..2 * n]);
+                for (row, (even, odd)) in [(top, (y[0], y[1])), (bottom, (y[2], y[3]))] {
+                    for (p, (e, o)) in row.chunks_exact_mut(2).zip(even.iter().zip(&odd)) {
+                        p[0] = *e;
+                        p[1] = *o;
+                    }
                 }
             }
             t += len;
@@ -292,23 +396,79 @@ simd_fn! {
 }
 
 per_isa! {
-    /// `m[ξ] (+)= u[ξ] v[ξ]` for the 16 positions of one input block.
+    /// `m[ξ] (+)= u[ξ] v[ξ]` for the 16 positions of one input block, prefetching what
+    /// comes next.
     ///
     /// # Safety
     /// The pointers hold what [`Block`] says (see the call in [`conv`]).
-    unsafe fn products(u: *const f32, v: *const f32, m: *mut f32, b: Block)
+    unsafe fn products(u: *const f32, v: *const f32, m: *mut f32, b: Block, ahead: Ahead)
         => products_body::<4, 2>
 }
 
+/// The next input block's operands, to prefetch while one block's products run: the
+/// starts of its `V` and `U` slabs (null when there is none, or no shared `U`), and when
+/// its `U` is still to be transformed, the packed weights it comes from (`w_ranges`
+/// blocks of `w_lines` lines, `w_stride` floats apart).
+#[derive(Clone, Copy)]
+struct Ahead {
+    v: *const f32,
+    u: *const f32,
+    w: *const f32,
+    w_ranges: usize,
+    w_stride: usize,
+    w_lines: usize,
+}
+
+impl Ahead {
+    const NONE: Ahead = Ahead {
+        v: std::ptr::null(),
+        u: std::ptr::null(),
+        w: std::ptr::null(),
+        w_ranges: 0,
+        w_stride: 0,
+        w_lines: 0,
+    };
+}
+
+/// Lines `first..first + share` of `lines` from `at` (none when `at` is null), as a
+/// register tile's prefetch stream.
+fn stream(at: *const f32, lines: usize, first: usize, share: usize) -> (*const f32, usize) {
+    let n = if at.is_null() {
+        0
+    } else {
+        share.min(lines.saturating_sub(first))
+    };
+    (at.wrapping_add(first * LINE), n)
+}
+
+/// Operands come from L3 (phase one wrote `V`, maybe on another core; `U` and the packed
+/// weights are shared by every task), and their first loads stalled the register tiles (a
+/// fifth of these products' time, and the weight transform of 1280 channels at 16² waited
+/// on memory): each register-tile call prefetches a share of the next position's `V` and
+/// `U` (the next block's at the last position) and of the next block's packed weights.
 #[inline(always)]
 unsafe fn products_body<V: Vector, const NV: usize>(
     u: *const f32,
     v: *const f32,
     m: *mut f32,
     b: Block,
+    ahead: Ahead,
 ) {
     let vectors = b.nbp / V::LANES;
+    let calls = vectors.div_ceil(NV) * (b.mc / MR);
+    let (v_lines, u_lines) = (b.kc * b.nbp / LINE, b.mc * b.kc / LINE);
+    let (v_share, u_share) = (v_lines.div_ceil(calls), u_lines.div_ceil(calls));
+    let per_range = (XI * calls / ahead.w_ranges.max(1)).max(1);
+    let w_share = ahead.w_lines.div_ceil(per_range);
     for xi in 0..XI {
+        let (v_next, u_next) = if xi + 1 < XI {
+            (
+                v.wrapping_add((xi + 1) * b.kc * b.nbp),
+                u.wrapping_add((xi + 1) * b.mc * b.kc),
+            )
+        } else {
+            (ahead.v, ahead.u)
+        };
         // SAFETY: the caller's promise; each position's operands are contiguous blocks.
         unsafe {
             let (u, v, m) = (
@@ -316,54 +476,78 @@ unsafe fn products_body<V: Vector, const NV: usize>(
                 v.add(xi * b.kc * b.nbp),
                 m.add(xi * b.mc * b.nbp),
             );
+            let mut call = 0;
             for t in (0..vectors).step_by(NV) {
                 let j = t * V::LANES;
                 let (v, m) = (v.add(j), m.add(j));
-                match (vectors - t).min(NV) {
-                    1 => tiles::<V, 1>(u, v, m, b),
-                    2 => tiles::<V, 2>(u, v, m, b),
-                    3 => tiles::<V, 3>(u, v, m, b),
-                    _ => tiles::<V, NV>(u, v, m, b),
+                for blk in 0..b.mc / MR {
+                    let g = xi * calls + call;
+                    let (range, part) = (g / per_range, g % per_range);
+                    let w = if range < ahead.w_ranges {
+                        ahead.w.wrapping_add(range * ahead.w_stride)
+                    } else {
+                        std::ptr::null()
+                    };
+                    let pf = [
+                        stream(v_next, v_lines, call * v_share, v_share),
+                        stream(u_next, u_lines, call * u_share, u_share),
+                        stream(w, ahead.w_lines, part * w_share, w_share),
+                    ];
+                    call += 1;
+                    let (u, m) = (u.add(blk * b.kc * MR), m.add(blk * MR * b.nbp));
+                    match (vectors - t).min(NV) {
+                        1 => tile::<V, 1>(u, v, m, b, pf),
+                        2 => tile::<V, 2>(u, v, m, b, pf),
+                        3 => tile::<V, 3>(u, v, m, b, pf),
+                        _ => tile::<V, NV>(u, v, m, b, pf),
+                    }
                 }
             }
         }
     }
 }
 
-/// The register tiles of every `MR` output channels for `NV` vectors of tiles of one
-/// position: `u` is `[mc / MR][kc][MR]`, `v` `kc` rows `nbp` apart, `m` `mc` rows `nbp`
-/// apart.
+/// One register tile: `MR` output channels × `NV` vectors of tiles of one position, `u`
+/// its channels' `[kc][MR]` weights, `v` `kc` rows `nbp` apart, `m` `MR` rows `nbp` apart;
+/// per input channel one line of each prefetch stream (start, lines).
 #[inline(always)]
-unsafe fn tiles<V: Vector, const NV: usize>(u: *const f32, v: *const f32, m: *mut f32, b: Block) {
+unsafe fn tile<V: Vector, const NV: usize>(
+    u: *const f32,
+    v: *const f32,
+    m: *mut f32,
+    b: Block,
+    pf: [(*const f32, usize); 3],
+) {
     // SAFETY (whole body): the caller's promise bounds every pointer below.
     unsafe {
-        for blk in 0..b.mc / MR {
-            let mut c = [[V::zero(); NV]; MR];
-            let mr = m.add(blk * MR * b.nbp);
-            if b.accumulate {
-                for (i, row) in c.iter_mut().enumerate() {
-                    for (j, acc) in row.iter_mut().enumerate() {
-                        *acc = V::load(mr.add(i * b.nbp + j * V::LANES));
-                    }
+        let mut c = [[V::zero(); NV]; MR];
+        if b.accumulate {
+            for (i, row) in c.iter_mut().enumerate() {
+                for (j, acc) in row.iter_mut().enumerate() {
+                    *acc = V::load(m.add(i * b.nbp + j * V::LANES));
                 }
             }
-            let ub = u.add(blk * b.kc * MR);
-            for ci in 0..b.kc {
-                let mut x = [V::zero(); NV];
-                for (j, x) in x.iter_mut().enumerate() {
-                    *x = V::load(v.add(ci * b.nbp + j * V::LANES));
-                }
-                for (i, row) in c.iter_mut().enumerate() {
-                    let a = V::splat(ub.add(ci * MR + i));
-                    for (acc, x) in row.iter_mut().zip(&x) {
-                        *acc = V::fma(a, *x, *acc);
-                    }
+        }
+        for ci in 0..b.kc {
+            for (at, lines) in pf {
+                if ci < lines {
+                    prefetch(at.wrapping_add(ci * LINE));
                 }
             }
-            for (i, row) in c.iter().enumerate() {
-                for (j, acc) in row.iter().enumerate() {
-                    acc.store(mr.add(i * b.nbp + j * V::LANES));
+            let mut x = [V::zero(); NV];
+            for (j, x) in x.iter_mut().enumerate() {
+                *x = V::load(v.add(ci * b.nbp + j * V::LANES));
+            }
+            for (i, row) in c.iter_mut().enumerate() {
+                let a = V::splat(u.add(ci * MR + i));
+                for (acc, x) in row.iter_mut().zip(&x) {
+                    *acc = V::fma(a, *x, *acc);
                 }
+            }
+        }
+        for (i, row) in c.iter().enumerate() {
+            for (j, acc) in row.iter().enumerate() {
+                acc.store(m.add(i * b.nbp + j * V::LANES));
             }
         }
     }
