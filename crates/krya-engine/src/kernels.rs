@@ -112,65 +112,6 @@ fn uninit(n: usize) -> Vec<f32> {
     v
 }
 
-/// Scratch buffers of the convolutions (their padded inputs, Winograd's transforms: up to
-/// about 100 MB each) kept between calls. The allocator returns blocks that large to the
-/// system when freed, so fresh ones faulted their pages in on every call (8% of a
-/// 320 → 320 Winograd convolution at 64² was the kernel clearing pages).
-static POOL: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
-
-/// Buffers the pool keeps at most, and the largest it keeps (floats; 256 MB).
-const POOL_BUFFERS: usize = 4;
-const POOL_LARGEST: usize = 1 << 26;
-
-/// A pooled buffer of floats, back in the pool when dropped.
-struct Pooled(Vec<f32>);
-
-/// A pooled buffer of `n` floats the caller overwrites before reading (as [`uninit`]):
-/// the pool's smallest that holds `n`, else its largest grown to `n`, else a new one.
-fn pooled(n: usize) -> Pooled {
-    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let fits = (0..pool.len())
-        .filter(|&i| pool[i].capacity() >= n)
-        .min_by_key(|&i| pool[i].capacity());
-    let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
-    let mut v = pick.map(|i| pool.swap_remove(i)).unwrap_or_default();
-    drop(pool);
-    v.clear();
-    v.reserve_exact(n);
-    // SAFETY: as in `uninit`: any bits are a valid f32, and the caller writes every
-    // element before reading it.
-    unsafe { v.set_len(n) };
-    Pooled(v)
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        if v.capacity() > POOL_LARGEST {
-            return;
-        }
-        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        pool.push(v);
-        if pool.len() > POOL_BUFFERS {
-            let smallest = (0..pool.len()).min_by_key(|&i| pool[i].capacity());
-            smallest.map(|i| pool.swap_remove(i));
-        }
-    }
-}
-
-impl std::ops::Deref for Pooled {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Pooled {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0
-    }
-}
-
 /// `dst = lhs (m × k) @ rhs (k × n)` (+ `dst` when `accumulate`), row strides given.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
@@ -451,7 +392,7 @@ pub fn conv3x3_s1(
     // The last tap of the last channel reads `2 · wp + 2 + n` floats into its plane.
     // Every float is written below: the borders with zeros, the rest with the input.
     let tail = (2 * wp + 2 + n).saturating_sub(stride);
-    let mut padded = pooled(cin * stride + tail);
+    let mut padded = uninit(cin * stride + tail);
     padded[cin * stride..].fill(0.0);
     let (mut acc, weight) = match weight {
         Weights3x3::Plain(w) => (uninit(cout * n), w),

@@ -85,7 +85,7 @@ pub fn conv(padded: &[f32], packed: &[f32], bias: Option<&[f32]>, g: Geometry, o
     let t_range = |tb: usize| (tb * NB, NB.min(tiles - tb * NB));
     let shared_u = (tblocks > 1).then(|| {
         // Every slab is written (16 × mc × kc floats of it) before the products read it.
-        let mut u = super::pooled(mblocks * cblocks * U_SLAB);
+        let mut u = super::uninit(mblocks * cblocks * U_SLAB);
         u.par_chunks_mut(cblocks * U_SLAB)
             .enumerate()
             .for_each_init(Vec::new, |tmp, (mb, u)| {
@@ -99,7 +99,7 @@ pub fn conv(padded: &[f32], packed: &[f32], bias: Option<&[f32]>, g: Geometry, o
     });
     let per_chunk = (V_CHUNK / (cblocks * V_SLAB)).clamp(1, tblocks);
     // Every slab's `16 × kc × nbp` floats are written (the lanes past the tiles zeroed).
-    let mut v = super::pooled(per_chunk * cblocks * V_SLAB);
+    let mut v = super::uninit(per_chunk * cblocks * V_SLAB);
     let out = SendPtr(out.as_mut_ptr());
     for tb0 in (0..tblocks).step_by(per_chunk) {
         let chunk = per_chunk.min(tblocks - tb0);
@@ -559,7 +559,8 @@ mod tests {
 
     /// Both vector widths against the definition: output channels not a multiple of `MR`
     /// or `MC`, input channels not a multiple of `KC`, tile rows split between tasks, tasks
-    /// of fewer than `NB` tiles, non-square images.
+    /// of fewer than `NB` tiles, non-square images; weights transformed up front (several
+    /// tile blocks) and per task (one, with several input blocks), inputs in several chunks.
     #[test]
     fn winograd_matches_the_definition() {
         if direct::lanes().is_none() {
@@ -567,6 +568,7 @@ mod tests {
         }
         let shapes = [
             (3, 7, 16, 16),
+            (40, 13, 16, 16),
             (37, 53, 20, 30),
             (20, 100, 48, 12),
             (1, 1, 2, 256),
