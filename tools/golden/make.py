@@ -5,6 +5,7 @@ layout, and diffusers' outputs for their components and for full pipelines.
     python -m venv /tmp/golden-venv && /tmp/golden-venv/bin/pip install -r tools/golden/requirements.txt
     /tmp/golden-venv/bin/python tools/golden/make.py          # writes crates/krya-engine/tests/golden/
     /tmp/golden-venv/bin/python tools/golden/make.py stream   # only the real-time frames
+    /tmp/golden-venv/bin/python tools/golden/make.py configs  # only the scheduler-config cases
 
 Each model's configs are deliberately unlike any preset (odd widths, per-block lists), so
 the Rust engine must read them from the files. Pipelines use one torch CPU generator per
@@ -279,51 +280,59 @@ def mask_image(w, h):
     return Image.fromarray(m)
 
 
+W, H = 64, 48
+
+
+def run_case(pipes, tensors, cases, cid, model, mode="txt2img", scheduler=None, **p):
+    """Runs one pipeline case: its images go to `tensors`, its parameters to `cases`."""
+    w, h = W, H
+    init, mask = Image.open(OUT / "init.png").convert("RGB"), Image.open(OUT / "mask.png").convert("L")
+    pipe = pipes[model]
+    original = pipe.scheduler
+    if scheduler:
+        pipe.scheduler = SCHEDULERS[scheduler](pipe.scheduler.config)
+    batch = p.pop("batch", 1)
+    seed = p.pop("seed", 0)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+    kw = dict(prompt=p["prompt"], num_inference_steps=p["steps"], guidance_scale=p["guidance"], generator=gens,
+              num_images_per_prompt=batch, output_type="np")
+    if p.get("negative_prompt") is not None:
+        kw["negative_prompt"] = p["negative_prompt"]
+    if mode == "txt2img":
+        kw.update(width=w, height=h)
+        if p.get("init_noise"):
+            vae_f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+            noise = torch.randn(batch, pipe.vae.config.latent_channels, h // vae_f, w // vae_f, generator=torch.Generator().manual_seed(99))
+            kw["latents"] = noise
+            np.save(OUT / f"{cid}.noise.npy", noise.numpy())
+        call = pipe
+    elif mode == "img2img":
+        # A model's own img2img pipeline: LCM models have theirs (strength in the schedule).
+        img2img = LatentConsistencyModelImg2ImgPipeline if isinstance(pipe, LatentConsistencyModelPipeline) else StableDiffusionImg2ImgPipeline
+        call = img2img(**{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        kw.update(image=init, strength=p["strength"])
+    else:
+        call = pipe if isinstance(pipe, (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline)) else StableDiffusionInpaintPipeline(
+            **{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        kw.update(image=init, mask_image=mask, strength=p["strength"], width=w, height=h)
+    with torch.no_grad():
+        images = call(**kw).images
+    u8 = (images * 255).round().astype(np.uint8)
+    tensors[f"case.{cid}"] = torch.from_numpy(u8)
+    cases.append(dict(id=cid, model=model, mode=mode, scheduler=scheduler, batch=batch, seed=seed, width=w, height=h, **p))
+    pipe.scheduler = original
+    print(cid, u8.shape, round(u8.mean(), 2), round(u8.std(), 2), np.unique(u8).size)
+
+
 def run_cases(pipes, tensors):
-    w, h = 64, 48
-    init, mask = init_image(w, h), mask_image(w, h)
-    init.save(OUT / "init.png")
-    mask.save(OUT / "mask.png")
+    init_image(W, H).save(OUT / "init.png")
+    mask_image(W, H).save(OUT / "mask.png")
     cases = []
 
-    def case(cid, model, mode="txt2img", scheduler=None, **p):
-        pipe = pipes[model]
-        original = pipe.scheduler
-        if scheduler:
-            pipe.scheduler = SCHEDULERS[scheduler](pipe.scheduler.config)
-        batch = p.pop("batch", 1)
-        seed = p.pop("seed", 0)
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
-        kw = dict(prompt=p["prompt"], num_inference_steps=p["steps"], guidance_scale=p["guidance"], generator=gens,
-                  num_images_per_prompt=batch, output_type="np")
-        if p.get("negative_prompt") is not None:
-            kw["negative_prompt"] = p["negative_prompt"]
-        if mode == "txt2img":
-            kw.update(width=w, height=h)
-            if p.get("init_noise"):
-                vae_f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-                noise = torch.randn(batch, pipe.vae.config.latent_channels, h // vae_f, w // vae_f, generator=torch.Generator().manual_seed(99))
-                kw["latents"] = noise
-                np.save(OUT / f"{cid}.noise.npy", noise.numpy())
-            call = pipe
-        elif mode == "img2img":
-            # A model's own img2img pipeline: LCM models have theirs (strength in the schedule).
-            img2img = LatentConsistencyModelImg2ImgPipeline if isinstance(pipe, LatentConsistencyModelPipeline) else StableDiffusionImg2ImgPipeline
-            call = img2img(**{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
-                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-            kw.update(image=init, strength=p["strength"])
-        else:
-            call = pipe if isinstance(pipe, (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline)) else StableDiffusionInpaintPipeline(
-                **{k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-            kw.update(image=init, mask_image=mask, strength=p["strength"], width=w, height=h)
-        with torch.no_grad():
-            images = call(**kw).images
-        u8 = (images * 255).round().astype(np.uint8)
-        tensors[f"case.{cid}"] = torch.from_numpy(u8)
-        cases.append(dict(id=cid, model=model, mode=mode, scheduler=scheduler, batch=batch, seed=seed, width=w, height=h, **p))
-        pipe.scheduler = original
-        print(cid, u8.shape, round(u8.mean(), 2), round(u8.std(), 2), np.unique(u8).size)
+    def case(cid, model, **p):
+        run_case(pipes, tensors, cases, cid, model, **p)
 
     base = dict(prompt="a photo of a cat, highly detailed", negative_prompt="blurry, low quality")
     case("sd1_default", "sd1", steps=4, guidance=7.5, batch=2, seed=42, **base)
@@ -354,10 +363,80 @@ def run_cases(pipes, tensors):
     return cases
 
 
+
+# --- Scheduler configs as model repos ship them -------------------------------------------
+# sd1's components under other scheduler files: SD 1.5's own (PNDM with skip_prk_steps, which
+# once ran as Euler), and the DPM-Solver config diffusers saves (with "-Infinity" in it,
+# which strict JSON refuses). Each model runs with its own scheduler (no override).
+
+# runwayml/stable-diffusion-v1-5, scheduler/scheduler_config.json, verbatim.
+SD15_SCHEDULER = """{
+  "_class_name": "PNDMScheduler",
+  "_diffusers_version": "0.6.0",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "num_train_timesteps": 1000,
+  "set_alpha_to_one": false,
+  "skip_prk_steps": true,
+  "steps_offset": 1,
+  "trained_betas": null,
+  "clip_sample": false
+}
+"""
+
+
+def config_models():
+    """{name: pipeline} of the models that differ from sd1 only in their scheduler files."""
+    def sd15(d):
+        (d / "scheduler_config.json").write_text(SD15_SCHEDULER)
+
+    def dpm(d):
+        DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    steps_offset=1).save_pretrained(str(d))
+        assert "-Infinity" in (d / "scheduler_config.json").read_text()
+
+    index = json.loads((OUT / "sd1/model_index.json").read_text())
+    out = {}
+    for name, cls, write in [("sd15", "PNDMScheduler", sd15), ("sd1_dpm", "DPMSolverMultistepScheduler", dpm)]:
+        path = OUT / name
+        if path.exists():
+            shutil.rmtree(path)
+        (path / "scheduler").mkdir(parents=True)
+        for c in ["unet", "vae", "text_encoder", "tokenizer"]:
+            os.symlink(f"../sd1/{c}", path / c)
+        write(path / "scheduler")
+        (path / "model_index.json").write_text(json.dumps(dict(index, scheduler=["diffusers", cls]), indent=2))
+        out[name] = DiffusionPipeline.from_pretrained(str(path), local_files_only=True)
+    return out
+
+
+def config_cases(tensors, cases):
+    pipes = config_models()
+    base = dict(prompt="a photo of a cat, highly detailed", negative_prompt="blurry, low quality")
+    run_case(pipes, tensors, cases, "sd15_default", "sd15", steps=6, guidance=7.5, batch=2, seed=71, **base)
+    run_case(pipes, tensors, cases, "sd15_img2img", "sd15", mode="img2img", steps=6, guidance=5.0, strength=0.7, seed=72, **base)
+    run_case(pipes, tensors, cases, "sd1_dpm_default", "sd1_dpm", steps=5, guidance=6.0, seed=73, **base)
+
+
+def only_config_cases():
+    """Adds (or remakes) the config cases in the committed reference files, leaving the rest."""
+    from safetensors.torch import load_file
+    ids = {"sd15_default", "sd15_img2img", "sd1_dpm_default"}
+    tensors = {k: v for k, v in load_file(str(OUT / "reference.safetensors")).items() if k[len("case."):] not in ids}
+    cases = [c for c in json.loads((OUT / "cases.json").read_text()) if c["id"] not in ids]
+    config_cases(tensors, cases)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "reference.safetensors"))
+    (OUT / "cases.json").write_text(json.dumps(cases, indent=1))
+
+
 def main():
     if sys.argv[1:] == ["stream"]:
         # Only the real-time references, from the committed models.
         stream_reference()
+        return
+    if sys.argv[1:] == ["configs"]:
+        only_config_cases()
         return
     OUT.mkdir(parents=True, exist_ok=True)
     pipes = models()
@@ -368,6 +447,7 @@ def main():
     checkpoint_case(tensors, cases)
     tiny_vae_reference(tensors)
     dedupe()
+    config_cases(tensors, cases)
     stream_reference()
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "reference.safetensors"))
     (OUT / "cases.json").write_text(json.dumps(cases, indent=1))

@@ -70,19 +70,26 @@ pub fn schedule_len(steps: usize, strength: f64) -> Result<usize> {
 /// A canvas session's renderer: the model, its tiny autoencoder and the cached prompt.
 pub struct Stream {
     model: Arc<StableDiffusion>,
-    taesd: Arc<AutoencoderTiny>,
+    /// `None`: the model's own VAE encodes and decodes (slower, same pictures as diffusers
+    /// without `AutoencoderTiny`), for a model whose TAESD is not to be had.
+    taesd: Option<Arc<AutoencoderTiny>>,
     embeds: Option<(String, PromptEmbeds)>,
 }
 
 impl Stream {
-    pub fn new(model: Arc<StableDiffusion>, taesd: Arc<AutoencoderTiny>) -> Result<Stream> {
-        let (tc, mc) = (taesd.config.latent_channels, model.latent_channels());
-        let (tf, mf) = (taesd.config.scale_factor(), model.vae_scale_factor());
-        if tc != mc || tf != mf {
-            return Err(invalid!(
-                "the tiny autoencoder ({tc} latent channels, {tf}x) does not fit model {} ({mc} channels, {mf}x)",
-                model.name
-            ));
+    pub fn new(
+        model: Arc<StableDiffusion>,
+        taesd: Option<Arc<AutoencoderTiny>>,
+    ) -> Result<Stream> {
+        if let Some(taesd) = &taesd {
+            let (tc, mc) = (taesd.config.latent_channels, model.latent_channels());
+            let (tf, mf) = (taesd.config.scale_factor(), model.vae_scale_factor());
+            if tc != mc || tf != mf {
+                return Err(invalid!(
+                    "the tiny autoencoder ({tc} latent channels, {tf}x) does not fit model {} ({mc} channels, {mf}x)",
+                    model.name
+                ));
+            }
         }
         Ok(Stream {
             model,
@@ -93,6 +100,11 @@ impl Stream {
 
     pub fn model(&self) -> &Arc<StableDiffusion> {
         &self.model
+    }
+
+    /// Whether frames go through a tiny autoencoder (else the model's own VAE).
+    pub fn has_tiny_vae(&self) -> bool {
+        self.taesd.is_some()
     }
 
     /// The request diffusers would be given for this frame.
@@ -131,7 +143,7 @@ impl Stream {
         let embeds = self.embeds.as_ref().map(|(_, e)| e);
         let opts = GenerateOptions {
             embeds,
-            tiny_vae: Some(&self.taesd),
+            tiny_vae: self.taesd.as_deref(),
         };
         let mut out = self.model.generate_with(&req, opts, &mut |_| {}, cancel)?;
         Ok(out.images.swap_remove(0))

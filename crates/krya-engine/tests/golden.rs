@@ -344,7 +344,7 @@ fn stream_frames_match_diffusers() {
                 DType::F32,
             )
             .unwrap();
-            Stream::new(Arc::new(load(name)), Arc::new(taesd)).unwrap()
+            Stream::new(Arc::new(load(name)), Some(Arc::new(taesd))).unwrap()
         });
         let frame = FrameRequest {
             prompt: case["prompt"].as_str().unwrap().to_string(),
@@ -367,6 +367,79 @@ fn stream_frames_match_diffusers() {
         bad.is_empty(),
         "frames differ from diffusers:\n{}",
         bad.join("\n")
+    );
+}
+
+/// A model without a TAESD streams through its own VAE: each frame is the image-to-image
+/// generation diffusers would make with the model's own autoencoder.
+#[test]
+fn stream_without_a_tiny_vae_uses_the_models_own() {
+    use krya_engine::realtime::{FrameRequest, Stream};
+    use std::sync::Arc;
+    let m = Arc::new(load("sd1"));
+    let mut stream = Stream::new(m.clone(), None).unwrap();
+    assert!(!stream.has_tiny_vae());
+    let frame = FrameRequest {
+        prompt: "a photo of a cat".into(),
+        seed: 5,
+        strength: 0.6,
+        steps: 2,
+        width: 64,
+        height: 48,
+        canvas: Some(Arc::new(
+            image_io::load_rgb(&dir().join("init.png")).unwrap(),
+        )),
+    };
+    let img = stream.render(&frame, &CancelToken::new()).unwrap();
+    let req = stream.request(&frame).unwrap();
+    assert_eq!(req.steps, Some(4), "2 steps at strength 0.6 run a schedule of 4");
+    let want = m
+        .generate(&req, &mut |_| {}, &CancelToken::new())
+        .unwrap()
+        .images
+        .remove(0);
+    assert_eq!(img, want);
+}
+
+/// Models whose scheduler files are as their repos ship them run their own scheduler:
+/// SD 1.5's `PNDMScheduler` (once run as Euler) and the `DPMSolverMultistepScheduler`
+/// config diffusers writes, with `-Infinity` in it (once refused as invalid JSON). A
+/// config without `_class_name` takes the class that `model_index.json` names, as diffusers.
+#[test]
+fn scheduler_configs_as_repos_ship_them() {
+    assert_eq!(
+        SchedulerKind::from_config(&load("sd15").scheduler_config).unwrap(),
+        SchedulerKind::Pndm
+    );
+    let dpm = std::fs::read_to_string(dir().join("sd1_dpm/scheduler/scheduler_config.json")).unwrap();
+    assert!(dpm.contains("-Infinity"), "{dpm}");
+    assert_eq!(
+        SchedulerKind::from_config(&load("sd1_dpm").scheduler_config).unwrap(),
+        SchedulerKind::DpmPp2m
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("no_class");
+    std::fs::create_dir_all(folder.join("scheduler")).unwrap();
+    for c in ["unet", "vae", "text_encoder", "tokenizer"] {
+        std::os::unix::fs::symlink(dir().join("sd1").join(c), folder.join(c)).unwrap();
+    }
+    std::fs::copy(dir().join("sd15/model_index.json"), folder.join("model_index.json")).unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir().join("sd15/scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut config = config.as_object().unwrap().clone();
+    config.remove("_class_name");
+    std::fs::write(
+        folder.join("scheduler/scheduler_config.json"),
+        Value::Object(config).to_string(),
+    )
+    .unwrap();
+    let m = model::diffusers::load(&folder, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(
+        SchedulerKind::from_config(&m.scheduler_config).unwrap(),
+        SchedulerKind::Pndm
     );
 }
 

@@ -366,6 +366,18 @@ pub async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<User,
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the token is invalid or expired"))
 }
 
+/// The signed-in user, or `None` for a request without a token (a token that is sent must
+/// be valid).
+pub async fn optional_user(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<User>, ApiError> {
+    match request_token(headers) {
+        Some(_) => current_user(state, headers).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 #[utoipa::path(get, path = "/api/auth/me", tag = "accounts", responses((status = 200, description = "The caller", body = User), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<User>, ApiError> {
     Ok(Json(current_user(&state, &headers).await?))

@@ -125,9 +125,14 @@ pub struct Realtime {
     pub jpeg_quality: u8,
 }
 
+/// `KRYA_HOME`, else `$XDG_DATA_HOME/krya`, else `~/.local/share/krya`: the one default
+/// of `krya serve`, `krya worker` and `krya models`.
 fn default_data_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("KRYA_HOME").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("krya");
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)

@@ -162,7 +162,7 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             "must be at most 4000 characters",
         ));
     }
-    let models = offered_models(state).await?;
+    let models = crate::models::offered(state).await?;
     let entry = match &r.model {
         Some(id) => models
             .iter()
@@ -910,20 +910,6 @@ pub(crate) async fn page_of(
         .map_err(internal)
 }
 
-/// Every model this server offers (curated and local), with installed state.
-pub(crate) async fn offered_models(
-    state: &AppState,
-) -> Result<Vec<registry::ModelEntry>, ApiError> {
-    let (data_dir, local) = (
-        state.config.server.data_dir.clone(),
-        state.config.models.local.clone(),
-    );
-    tokio::task::spawn_blocking(move || registry::list(&data_dir, &local))
-        .await
-        .map_err(internal)?
-        .map_err(internal)
-}
-
 #[utoipa::path(get, path = "/api/generate/images", tag = "generation", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("model" = Option<String>, Query), ("status" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "The caller's generations, newest first", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -1102,33 +1088,6 @@ pub async fn remix(
 
 pub async fn remix_response(state: &AppState, id: &str) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(accepted(state, id).await?)).into_response())
-}
-
-#[utoipa::path(get, path = "/api/models", tag = "generation", responses((status = 200, description = "Curated and local models with installed state and the size of each aspect ratio", body = Object)))]
-pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let models = offered_models(&state).await?;
-    let models: Vec<_> = models
-        .into_iter()
-        .map(|m| {
-            let base = m.resolution.unwrap_or(512);
-            let aspects: Vec<_> = ASPECT_RATIOS
-                .iter()
-                .filter_map(|ar| {
-                    let (w, h) = aspect_size(base, ar)?;
-                    Some(serde_json::json!({"ratio": ar, "width": w, "height": h}))
-                })
-                .collect();
-            let mut v = serde_json::to_value(&m).unwrap_or_default();
-            v["aspect_ratios"] = aspects.into();
-            v
-        })
-        .collect();
-    Ok(Json(serde_json::json!({"models": models})))
-}
-
-#[utoipa::path(get, path = "/api/styles", tag = "generation", responses((status = 200, description = "Style presets", body = Object)))]
-pub async fn styles() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"styles": registry::styles()}))
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod feed;
 pub mod generations;
 pub mod jobs;
 pub mod media;
+pub mod models;
 pub mod openapi;
 pub mod realtime;
 pub mod registry;

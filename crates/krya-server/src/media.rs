@@ -121,8 +121,21 @@ impl Db {
     }
 }
 
-/// `POST /api/assets`: the body is the image file itself.
-#[utoipa::path(post, path = "/api/assets", tag = "media", request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A PNG, JPEG or WebP file (type sniffed from the bytes)"), responses((status = 201, description = "Stored", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 413, description = "Too many bytes or pixels", body = ErrorBody), (status = 415, description = "Not an image", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+/// An upload as a form: the image in the field `file`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// A PNG, JPEG or WebP file (type sniffed from the bytes).
+    #[schema(format = Binary, content_media_type = "application/octet-stream")]
+    file: String,
+}
+
+/// `POST /api/assets`: the body is the image file itself, or a `multipart/form-data` form
+/// with the file in the field `file` (as browsers and most HTTP clients send files).
+#[utoipa::path(post, path = "/api/assets", tag = "media", request_body(description = "A PNG, JPEG or WebP file (type sniffed from the bytes), as the body or in a form's field `file`", content(
+    (Vec<u8> = "application/octet-stream"),
+    (UploadForm = "multipart/form-data"),
+)), responses((status = 201, description = "Stored", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 413, description = "Too many bytes or pixels", body = ErrorBody), (status = 415, description = "Not an image", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -137,7 +150,10 @@ pub async fn upload(
     if declared.is_some_and(|len| len > DRAIN_CAP) {
         return Err(too_large(limit));
     }
-    let bytes = read_limited(body, limit).await?;
+    let mut bytes = read_limited(body, limit).await?;
+    if let Some(boundary) = form_boundary(&headers)? {
+        bytes = form_file(bytes, boundary).await?;
+    }
     if bytes.is_empty() {
         return Err(ApiError::new(
             ErrorCode::InvalidInput,
@@ -179,6 +195,51 @@ pub async fn upload(
         .map_err(internal)?;
     let body = serde_json::json!({"id": id, "mime": mime, "width": img.0, "height": img.1, "bytes": bytes.len(), "url": format!("/api/assets/{id}"), "created_at": t});
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The boundary of a `multipart/form-data` body, `None` for any other type.
+fn form_boundary(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    if !ct
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        return Ok(None);
+    }
+    multer::parse_boundary(ct).map(Some).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidInput,
+            "file: a multipart/form-data body needs a boundary in its Content-Type",
+        )
+    })
+}
+
+/// The field `file` of a form (already read within the upload limit).
+async fn form_file(body: Vec<u8>, boundary: String) -> Result<Vec<u8>, ApiError> {
+    let bad = |e: multer::Error| {
+        ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("file: malformed multipart/form-data body ({e})"),
+        )
+    };
+    let body = axum::body::Bytes::from(body);
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        if field.name() == Some("file") {
+            return field.bytes().await.map(|b| b.to_vec()).map_err(bad);
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::InvalidInput,
+        "file: the form has no field named \"file\"",
+    ))
 }
 
 /// Middleware: a request whose declared body exceeds `limit` bytes (uploads have their own

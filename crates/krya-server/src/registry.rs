@@ -1,7 +1,9 @@
 //! The models a server offers: the curated list shipped in the repo
 //! (`models/registry.toml`) plus the models added on this machine
-//! (`DATA_DIR/models.json`, written by `krya models add`). API clients name models only by
-//! these ids: a request can never make the server read an arbitrary path.
+//! (`DATA_DIR/models.json`, which `krya models add` writes through `write_local`, so the
+//! CLI and the server read one file). API clients name models only by these ids: a request
+//! can never make the server read an arbitrary path, and only administrators see where a
+//! model's files are.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +35,42 @@ pub struct ModelEntry {
     /// Its files are here (a folder or file that exists, or a repo in the HF cache).
     #[serde(default)]
     pub installed: bool,
+    /// What it can do, from its files (or, not downloaded yet, from its curated family).
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+}
+
+/// A kind of work a model can do; `GET /api/models?capability=` filters by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    Txt2img,
+    Img2img,
+    Inpaint,
+    /// Few-step (distilled) models: fast enough for the live canvas.
+    Realtime,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 4] = [
+        Capability::Txt2img,
+        Capability::Img2img,
+        Capability::Inpaint,
+        Capability::Realtime,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Txt2img => "txt2img",
+            Capability::Img2img => "img2img",
+            Capability::Inpaint => "inpaint",
+            Capability::Realtime => "realtime",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Capability> {
+        Self::ALL.into_iter().find(|c| c.name() == s)
+    }
 }
 
 #[derive(Deserialize)]
@@ -54,39 +92,91 @@ fn installed(source: &str) -> bool {
     }
 }
 
-/// The square size a diffusers folder (or cached repo) was trained at, from its own
-/// configs: the UNet's `sample_size` times the VAE's downscaling, 2^(blocks - 1).
-fn native_resolution(source: &str) -> Option<u32> {
+/// What a model's own files say about it.
+#[derive(Debug, Default, PartialEq)]
+struct FromFiles {
+    /// The square size it was trained at: the UNet's `sample_size` times the VAE's
+    /// downscaling, 2^(blocks - 1).
+    resolution: Option<u32>,
+    /// A Stable Diffusion pipeline (a diffusers folder with a UNet, or a checkpoint).
+    diffusion: bool,
+    /// Distilled for few steps: an LCM scheduler or UNet, or a trailing (turbo) schedule.
+    fast: bool,
+}
+
+fn from_files(source: &str) -> Option<FromFiles> {
     let dir = match ModelSource::parse(source).ok()? {
         ModelSource::Folder(d) => d,
         ModelSource::Hub { repo, revision } => hub::cached_snapshot(&repo, &revision)?,
-        ModelSource::Checkpoint(_) => return None,
+        ModelSource::Checkpoint(_) => {
+            return Some(FromFiles {
+                diffusion: true,
+                ..Default::default()
+            });
+        }
     };
     let read = |p: &str| -> Option<serde_json::Value> {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
+        krya_engine::model::config_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?)
+            .ok()
     };
-    let sample = read("unet/config.json")?["sample_size"].as_u64()?;
-    let blocks = read("vae/config.json")?["block_out_channels"]
-        .as_array()?
-        .len() as u32;
-    Some((sample << blocks.saturating_sub(1)) as u32)
+    let unet = read("unet/config.json")?;
+    let scheduler = read("scheduler/scheduler_config.json").unwrap_or_default();
+    let sample = unet["sample_size"].as_u64();
+    let blocks = read("vae/config.json")
+        .and_then(|v| v["block_out_channels"].as_array().map(|a| a.len() as u32));
+    Some(FromFiles {
+        resolution: sample
+            .zip(blocks)
+            .map(|(s, b)| (s << b.saturating_sub(1)) as u32),
+        diffusion: true,
+        fast: scheduler["_class_name"] == "LCMScheduler"
+            || scheduler["timestep_spacing"] == "trailing"
+            || unet["time_cond_proj_dim"].is_u64(),
+    })
 }
 
-/// Every model, local ones first, then curated, each with its installed state. Local
-/// entries are `DATA_DIR/models.json` plus `configured` (settings `[models.local]` and
-/// `krya serve --model NAME=SOURCE`, which win); a local entry with a curated id replaces
-/// the curated one.
+/// The capabilities of a Stable Diffusion model: every one generates from text, from an
+/// image and inpaints (an inpainting UNet natively, any other by blending latents); the
+/// distilled ones are fast enough for the live canvas.
+fn diffusion_capabilities(fast: bool) -> Vec<Capability> {
+    let mut c = vec![Capability::Txt2img, Capability::Img2img, Capability::Inpaint];
+    if fast {
+        c.push(Capability::Realtime);
+    }
+    c
+}
+
+/// The models named in `DATA_DIR/models.json` (name -> source); none when it is absent.
+pub fn read_local(data_dir: &Path) -> Result<BTreeMap<String, String>, String> {
+    let path = data_dir.join("models.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not valid JSON ({e}); fix or delete it", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Replaces `DATA_DIR/models.json` (written aside, then renamed: never half a file).
+pub fn write_local(data_dir: &Path, models: &BTreeMap<String, String>) -> Result<(), String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let path = data_dir.join("models.json");
+    let tmp = path.with_extension("json.part");
+    let text = serde_json::to_string_pretty(models).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Every model, local ones first, then curated, each with its installed state and
+/// capabilities. Local entries are `DATA_DIR/models.json` plus `configured` (settings
+/// `[models.local]` and `krya serve --model NAME=SOURCE`, which win); a local entry with a
+/// curated id replaces the curated one.
 pub fn list(
     data_dir: &Path,
     configured: &BTreeMap<String, String>,
 ) -> Result<Vec<ModelEntry>, String> {
-    let path = data_dir.join("models.json");
-    let mut local: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
+    let mut local = read_local(data_dir)?;
     local.extend(configured.iter().map(|(k, v)| (k.clone(), v.clone())));
     let curated = curated();
     let mut out: Vec<ModelEntry> = local
@@ -103,6 +193,7 @@ pub fn list(
                 fast: known.is_some_and(|k| k.fast),
                 local: true,
                 installed: false,
+                capabilities: Vec::new(),
                 id,
                 source,
             }
@@ -115,8 +206,15 @@ pub fn list(
     }
     for m in &mut out {
         m.installed = installed(&m.source);
-        if m.resolution.is_none() {
-            m.resolution = native_resolution(&m.source);
+        let files = from_files(&m.source);
+        if let Some(f) = &files {
+            m.fast |= f.fast;
+            m.resolution = m.resolution.or(f.resolution);
+        }
+        // Not downloaded yet: a curated entry's family says what it is.
+        let diffusion = files.map_or(m.family.is_some(), |f| f.diffusion);
+        if diffusion {
+            m.capabilities = diffusion_capabilities(m.fast);
         }
     }
     Ok(out)
@@ -169,6 +267,8 @@ mod tests {
                 .any(|m| m.id == "flagged" && m.local && m.installed)
         );
         let all: Vec<_> = all.into_iter().filter(|m| m.id != "flagged").collect();
+        // An empty folder is no model: it can do nothing.
+        assert!(all.iter().find(|m| m.id == "tiny").unwrap().capabilities.is_empty());
         assert_eq!(all[0].id, "sd-turbo");
         assert!(all[0].local && all[0].installed && all[0].fast);
         assert_eq!(all[1].id, "tiny");
@@ -181,11 +281,45 @@ mod tests {
         std::fs::write(dir.path().join("models.json"), "{").unwrap();
         assert!(list(dir.path(), &extra).is_err());
     }
+
+    fn golden(name: &str) -> String {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../krya-engine/tests/golden/")
+            .to_string()
+            + name
+    }
+
+    #[test]
+    fn capabilities_come_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = BTreeMap::from([
+            ("turbo".to_string(), golden("turbo")),
+            ("lcm".to_string(), golden("lcm")),
+            ("sd1".to_string(), golden("sd1")),
+            ("ckpt".to_string(), golden("sd1_checkpoint.safetensors")),
+        ]);
+        write_local(dir.path(), &models).unwrap();
+        assert_eq!(read_local(dir.path()).unwrap(), models);
+        let all = list(dir.path(), &BTreeMap::new()).unwrap();
+        let caps = |id: &str| {
+            let m = all.iter().find(|m| m.id == id).unwrap();
+            m.capabilities.iter().map(|c| c.name()).collect::<Vec<_>>()
+        };
+        let full = ["txt2img", "img2img", "inpaint", "realtime"];
+        assert_eq!(caps("turbo"), full, "a trailing (turbo) schedule");
+        assert_eq!(caps("lcm"), full, "an LCM scheduler");
+        assert_eq!(caps("sd1"), full[..3]);
+        assert_eq!(caps("ckpt"), full[..3]);
+        // Curated and not downloaded: from its family and flags.
+        assert_eq!(caps("sd-turbo"), full);
+        let sd1 = all.iter().find(|m| m.id == "sd1").unwrap();
+        assert_eq!(sd1.resolution, Some(32), "sample_size 8 times 2^2");
+        assert!(!sd1.fast);
+    }
 }
 
 const STYLES: &str = include_str!("../../../presets/styles.toml");
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Style {
     pub id: String,
     pub name: String,

@@ -14,7 +14,8 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::{
-    AppState, account, auth, events, feed, generations, media, openapi, realtime, webhooks,
+    AppState, account, auth, events, feed, generations, media, models, openapi, realtime,
+    webhooks,
 };
 
 /// The route table as an OpenAPI router (for the document) before state and layers.
@@ -34,8 +35,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(account::usage))
         .routes(routes!(account::subscription))
         .routes(routes!(account::grant))
-        .routes(routes!(generations::models))
-        .routes(routes!(generations::styles))
+        .routes(routes!(models::models))
+        .routes(routes!(models::styles))
         .routes(routes!(generations::create))
         .routes(routes!(generations::create_batch))
         .routes(routes!(

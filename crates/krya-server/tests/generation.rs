@@ -384,6 +384,27 @@ fn generation_on_sqlite() {
         sizes(tiny)[..2],
         [("1:1".to_string(), 16, 16), ("16:9".to_string(), 24, 16)]
     );
+    // Where a model's files are is for administrators only (ann, the first user, is one).
+    assert!(tiny["source"].as_str().unwrap().ends_with("golden/turbo"), "{tiny}");
+    let bob = Client::register(&s.base, "bob@example.com");
+    let mut anonymous = agent().get(format!("{}/api/models", s.base)).call().unwrap();
+    assert_eq!(anonymous.status(), 200);
+    for seen in [bob.get("/api/models").1, json(&mut anonymous)] {
+        let seen = seen["models"].as_array().unwrap();
+        assert_eq!(seen.len(), models.len());
+        assert!(seen.iter().all(|m| m.get("source").is_none()), "{seen:?}");
+    }
+    // Capabilities come from the files (a trailing schedule: fast enough for the canvas).
+    let caps = |m: &Value| m["capabilities"].as_array().unwrap().clone();
+    assert_eq!(caps(tiny), json!(["txt2img", "img2img", "inpaint", "realtime"]).as_array().unwrap().clone());
+    let (st, live) = c.get("/api/models?capability=realtime");
+    assert_eq!(st, 200);
+    let live: Vec<_> = live["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert!(live.contains(&"tiny".to_string()) && live.contains(&"sd-turbo".to_string()), "{live:?}");
+    assert!(!live.contains(&"sd-1.5".to_string()) && !live.contains(&"broken".to_string()), "{live:?}");
+    let (st, e) = c.get("/api/models?capability=flying");
+    assert_eq!((st, e["error"]["code"].as_str()), (422, Some("invalid-input")), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().starts_with("capability"), "{e}");
     generate_and_check(&c);
     listing_idempotency_batch(&c);
     // Exactly one set of files per image: no leftovers from attempts.
@@ -859,6 +880,36 @@ fn uploads_img2img_and_bad_input(s: &Server) {
     let aid = asset["id"].as_str().unwrap();
     let (st, back) = a.bytes(&format!("/api/assets/{aid}"));
     assert_eq!((st, back == init), (200, true));
+    // The same file as a form (field `file`), as browsers and most HTTP clients send it.
+    let boundary = "----krya-test-boundary";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"init.png\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&init);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let (st, formed) = a.upload(form, &format!("multipart/form-data; boundary={boundary}"));
+    assert_eq!(st, 201, "{formed}");
+    assert_eq!(
+        (&formed["mime"], &formed["width"], &formed["bytes"]),
+        (&asset["mime"], &asset["width"], &asset["bytes"])
+    );
+    let (st, back) = a.bytes(&format!("/api/assets/{}", formed["id"].as_str().unwrap()));
+    assert_eq!((st, back == init), (200, true), "the form's file is stored as sent");
+    // A form without the field, or without a boundary: an error that names the field.
+    for (body, ct) in [
+        (
+            &b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n"[..],
+            "multipart/form-data; boundary=b",
+        ),
+        (&b"--b--\r\n"[..], "multipart/form-data"),
+    ] {
+        let (st, e) = a.upload(body.to_vec(), ct);
+        assert_eq!((st, e["error"]["code"].as_str()), (422, Some("invalid-input")), "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().starts_with("file"), "{e}");
+    }
     let (st, sub) = a.post("/api/generate/image", json!({"prompt": "a painting", "model": "tiny", "steps": 4, "strength": 0.5, "seed": 11, "init_image": aid, "cfg_scale": 0}));
     assert_eq!(st, 202, "{sub}");
     let g = a.wait(sub["id"].as_str().unwrap());

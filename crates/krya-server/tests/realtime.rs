@@ -27,11 +27,28 @@ fn golden(name: &str) -> PathBuf {
     .join(name)
 }
 
+/// The Hugging Face hub is unreachable here: an empty cache and a closed loopback port.
+/// Set once, before the first server starts (every test starts one through `server`).
+fn unreachable_hub() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let cache = std::env::temp_dir().join(format!("krya-realtime-hf-{}", std::process::id()));
+        // SAFETY: runs before any server (the only reader of these variables) exists;
+        // other tests wait in `call_once` meanwhile.
+        unsafe {
+            std::env::set_var("HF_HUB_CACHE", cache);
+            std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:1");
+            std::env::remove_var("HF_HUB_OFFLINE");
+        }
+    });
+}
+
 fn server(adjust: impl FnOnce(&mut Config)) -> Server {
+    unreachable_hub();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("models.json"),
-        json!({"tiny": golden("turbo")}).to_string(),
+        json!({"tiny": golden("turbo"), "plain": golden("sd1")}).to_string(),
     )
     .unwrap();
     let mut config = Config::default();
@@ -436,6 +453,88 @@ async fn save_to_gallery(base: &str, token: &str, frame: &Value) {
         stored,
         image::load_from_memory(&jpeg).unwrap().to_rgb8(),
         "the saved image is the frame"
+    );
+}
+
+/// A model without a TAESD of its own, whose TAESD cannot be downloaded: frames come from
+/// the model's own VAE, and every status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_taesd_streams_through_its_own_vae() {
+    let s = server(|_| {});
+    let token = register(&s.base, "plain@example.com");
+    let mut ws = connect(&s.base, Some(&token)).await;
+    assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
+    let png = canvas(0);
+    ws.send(generate(GenerateData {
+        prompt: Some("a lighthouse at dusk"),
+        canvas_data: Some(serde_bytes::Bytes::new(&png)),
+        strength: Some(0.5),
+        seed: Some(7),
+        model: Some("plain"),
+        steps: Some(2),
+        frame_id: Some(1),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let mut notices = Vec::new();
+    let frame = loop {
+        let m = next(&mut ws, 120).await.expect("a frame");
+        assert_ne!(m["type"], "error", "the hub being unreachable failed the canvas: {m}");
+        if m["type"] == "status" {
+            notices.push(m["data"]["detail"].clone());
+        }
+        if m["type"] == "frame" {
+            break m;
+        }
+    };
+    assert!(
+        notices.iter().any(|d| d
+            .as_str()
+            .is_some_and(|d| d.contains("no tiny autoencoder") && d.contains("own VAE"))),
+        "no status said the model's own VAE is used: {notices:?}"
+    );
+    // The frame is the model's own image-to-image result (engine side, same request).
+    let img = frame_rgb(&frame);
+    let model = krya_engine::model::load(
+        &krya_engine::model::ModelSource::Folder(golden("sd1")),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let mut stream =
+        krya_engine::realtime::Stream::new(std::sync::Arc::new(model), None).unwrap();
+    let want = stream
+        .render(
+            &krya_engine::realtime::FrameRequest {
+                prompt: "a lighthouse at dusk".into(),
+                seed: 7,
+                strength: 0.5,
+                steps: 2,
+                width: 32,
+                height: 24,
+                canvas: Some(std::sync::Arc::new(
+                    image::load_from_memory(&png).unwrap().to_rgb8(),
+                )),
+            },
+            &krya_engine::CancelToken::new(),
+        )
+        .unwrap();
+    let d = mean_abs_diff(img.as_raw(), want.as_raw());
+    assert!(d < 4.0, "the frame differs from the engine's by {d:.2}/255");
+    // Later statuses keep saying it.
+    ws.send(packed(json!({"type": "update_params", "data": {"seed": 8}})))
+        .await
+        .unwrap();
+    let status = loop {
+        let m = next(&mut ws, 120).await.expect("a status");
+        if m["type"] == "status" {
+            break m;
+        }
+    };
+    assert!(
+        status["data"]["detail"].as_str().is_some_and(|d| d.contains("own VAE")),
+        "{status}"
     );
 }
 

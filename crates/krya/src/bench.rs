@@ -34,6 +34,9 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Where registered model names are looked up (as `krya serve`).
+    #[command(flatten)]
+    settings: crate::serve::Settings,
 }
 
 const COMPONENTS: &[&str] = &["text-encoder", "unet", "vae-decode", "vae-encode"];
@@ -90,7 +93,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
     let dev = device::best_device()?;
     let dtype = device::default_dtype(&dev);
-    let (name, source) = models::resolve(&a.model)?;
+    let (name, source) = models::resolve(&a.model, &a.settings)?;
     let t0 = Instant::now();
     let c = if a.random_weights {
         let ModelSource::Folder(dir) = &source else {

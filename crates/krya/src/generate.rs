@@ -57,6 +57,9 @@ pub struct Args {
     /// Output PNG; with --batch B > 1 the files are OUT-1.png ... OUT-B.png.
     #[arg(long)]
     out: PathBuf,
+    /// Where registered model names are looked up (as `krya serve`).
+    #[command(flatten)]
+    settings: crate::serve::Settings,
 }
 
 fn must_exist(p: &Option<PathBuf>, what: &str) -> Result<(), CliError> {
@@ -137,7 +140,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             .unwrap_or(0)
     });
 
-    let (name, mut source) = models::resolve(&a.model)?;
+    let (name, mut source) = models::resolve(&a.model, &a.settings)?;
     // A hub model not in the cache yet is pulled first (or fails with the offline error).
     if let ModelSource::Hub { repo, revision } = &source
         && krya_engine::model::hub::cached_snapshot(repo, revision).is_none()

@@ -49,9 +49,8 @@ enum Command {
     DefaultConfig,
     /// Time each model component (text encoder, UNet, VAE) on real or random weights.
     Bench(bench::Args),
-    /// Manage models: list, add, remove.
-    #[command(subcommand)]
-    Models(models::Command),
+    /// Manage models: list, add, remove, pull (in DATA_DIR/models.json, as `serve` reads).
+    Models(models::Args),
     /// The live canvas: a load client, and the per-frame I/O benchmark.
     #[command(subcommand)]
     Realtime(realtime::Command),

@@ -1,13 +1,25 @@
-//! The local model registry: names for folders, checkpoints and hub repos, kept in
-//! `$KRYA_HOME/models.json` (default `~/.local/share/krya`).
+//! `krya models`: the models this machine offers, kept in `DATA_DIR/models.json`, the very
+//! file `krya serve` reads (both resolve the data directory the same way: `--data-dir`,
+//! then `krya.toml`, then `KRYA__SERVER__DATA_DIR`, `KRYA_HOME`, `$XDG_DATA_HOME/krya`,
+//! `~/.local/share/krya`), and the Hugging Face cache.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use krya_engine::model::{ModelSource, hub};
+use krya_server::registry;
 
 use crate::CliError;
+use crate::serve::Settings;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -22,55 +34,17 @@ pub enum Command {
     Pull { repo: String },
 }
 
-pub fn home() -> PathBuf {
-    if let Some(p) = std::env::var_os("KRYA_HOME").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p).join("krya");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local/share/krya")
+pub fn load_registry(data_dir: &Path) -> Result<BTreeMap<String, String>, CliError> {
+    registry::read_local(data_dir).map_err(CliError::user)
 }
 
-fn registry_path() -> PathBuf {
-    home().join("models.json")
+fn save_registry(data_dir: &Path, reg: &BTreeMap<String, String>) -> Result<(), CliError> {
+    registry::write_local(data_dir, reg).map_err(CliError::user)
 }
 
-pub fn load_registry() -> Result<BTreeMap<String, String>, CliError> {
-    let path = registry_path();
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| {
-            CliError::user(format!(
-                "{} is not valid JSON ({e}); fix or delete it",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(CliError::user(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
-fn save_registry(reg: &BTreeMap<String, String>) -> Result<(), CliError> {
-    let path = registry_path();
-    let dir = path.parent().unwrap();
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CliError::user(format!("cannot create {}: {e}", dir.display())))?;
-    let tmp = path.with_extension("json.part");
-    std::fs::write(&tmp, serde_json::to_string_pretty(reg).unwrap())
-        .map_err(|e| CliError::user(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| CliError::user(format!("cannot write {}: {e}", path.display())))
-}
-
-/// What `--model M` names: a registered name first, then a path or repo id.
-pub fn resolve(spec: &str) -> Result<(String, ModelSource), CliError> {
-    let reg = load_registry()?;
+/// What `--model M` names: a name registered in `data_dir` first, then a path or repo id.
+pub fn resolve(spec: &str, settings: &Settings) -> Result<(String, ModelSource), CliError> {
+    let reg = load_registry(&settings.data_dir()?)?;
     if let Some(src) = reg.get(spec) {
         return Ok((
             spec.to_string(),
@@ -149,10 +123,11 @@ fn human(bytes: u64) -> String {
     format!("{v:.1} TB")
 }
 
-pub fn run(cmd: Command) -> Result<(), CliError> {
-    match cmd {
+pub fn run(args: Args) -> Result<(), CliError> {
+    let data_dir = args.settings.data_dir()?;
+    match args.command {
         Command::List => {
-            let reg = load_registry()?;
+            let reg = load_registry(&data_dir)?;
             println!("{:<28} {:>10}  SOURCE", "NAME", "SIZE");
             for (name, src) in &reg {
                 let size = match ModelSource::parse(src) {
@@ -207,9 +182,9 @@ pub fn run(cmd: Command) -> Result<(), CliError> {
                     .into_owned(),
                 ModelSource::Hub { .. } => source,
             };
-            let mut reg = load_registry()?;
+            let mut reg = load_registry(&data_dir)?;
             reg.insert(name.clone(), stored.clone());
-            save_registry(&reg)?;
+            save_registry(&data_dir, &reg)?;
             println!("added {name} -> {stored}");
             Ok(())
         }
@@ -227,13 +202,13 @@ pub fn run(cmd: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Rm { name } => {
-            let mut reg = load_registry()?;
+            let mut reg = load_registry(&data_dir)?;
             if reg.remove(&name).is_none() {
                 return Err(CliError::user(format!(
                     "no model named {name:?} is registered (see `krya models list`)"
                 )));
             }
-            save_registry(&reg)?;
+            save_registry(&data_dir, &reg)?;
             println!("removed {name}");
             Ok(())
         }

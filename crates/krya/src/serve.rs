@@ -10,14 +10,21 @@ use krya_server::config::{Config, Overrides};
 use crate::CliError;
 
 /// Where settings come from.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct Settings {
-    /// Where the database and files live.
-    #[arg(long)]
+    /// Where the database, files and registered models live.
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Settings file (default: DATA_DIR/krya.toml when it exists).
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The data directory `krya serve` would use with these settings.
+    pub fn data_dir(&self) -> Result<PathBuf, CliError> {
+        Ok(resolve(self, None, vec![])?.server.data_dir)
+    }
 }
 
 #[derive(clap::Args)]
@@ -75,7 +82,8 @@ fn internal(e: impl std::fmt::Display) -> CliError {
     }
 }
 
-fn load(
+/// The settings: defaults, then the settings file, then `KRYA__…` variables, then flags.
+fn resolve(
     s: &Settings,
     listen: Option<SocketAddr>,
     models: Vec<(String, String)>,
@@ -95,8 +103,17 @@ fn load(
             Some(dir.join("krya.toml")).filter(|p| p.is_file())
         }
     };
-    let config = Config::load(file.as_deref(), std::env::vars(), &flags)
-        .map_err(|e| CliError::user(e.to_string()))?;
+    Config::load(file.as_deref(), std::env::vars(), &flags)
+        .map_err(|e| CliError::user(e.to_string()))
+}
+
+/// `resolve`, with the data directory created.
+fn load(
+    s: &Settings,
+    listen: Option<SocketAddr>,
+    models: Vec<(String, String)>,
+) -> Result<Config, CliError> {
+    let config = resolve(s, listen, models)?;
     std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
         CliError::user(format!(
             "cannot create data directory {}: {e}",

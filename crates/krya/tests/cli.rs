@@ -377,6 +377,16 @@ fn serve_prints_its_address_and_answers_health() {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
+    // A model added with the CLI for this data directory is one the server offers.
+    let added = krya(
+        tmp.path(),
+        &["models", "--data-dir", data.to_str().unwrap(), "add", "mine", golden("turbo").to_str().unwrap()],
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+    let listed = krya(tmp.path(), &["models", "list", "--data-dir", data.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("mine"));
+    let elsewhere = krya(tmp.path(), &["models", "list"]);
+    assert!(!String::from_utf8_lossy(&elsewhere.stdout).contains("mine"), "KRYA_HOME is another data directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_krya"))
         .args([
             "serve",
@@ -404,9 +414,26 @@ fn serve_prints_its_address_and_answers_health() {
         .body_mut()
         .read_to_string()
         .unwrap();
+    let models: serde_json::Value = serde_json::from_str(
+        &ureq::get(format!("{url}/api/models"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
     child.kill().unwrap();
     let _ = child.wait();
     assert!(body.contains("\"status\":\"ok\""), "{body}");
+    let mine = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "mine")
+        .unwrap_or_else(|| panic!("the added model is not offered: {models}"));
+    assert_eq!((&mine["installed"], &mine["local"]), (&serde_json::json!(true), &serde_json::json!(true)));
+    assert!(mine.get("source").is_none(), "anyone can see the server's paths: {mine}");
     assert!(data.is_dir(), "the data directory is created");
 
     // A typo in the settings is one readable line, exit 2.

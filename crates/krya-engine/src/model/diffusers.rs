@@ -12,6 +12,7 @@ use crate::pipelines::stable_diffusion::vae::{AutoencoderKL, VaeConfig};
 use crate::pipelines::stable_diffusion::{Defaults, StableDiffusion};
 use crate::schedulers::{SchedulerConfig, TimestepSpacing};
 use crate::weights::Weights;
+use super::config_json;
 use crate::{EngineError, Result};
 
 pub(crate) fn read_text(path: &Path) -> Result<String> {
@@ -49,7 +50,7 @@ pub fn component_weights(dir: &Path) -> Result<Vec<PathBuf>> {
         ] {
             let p = dir.join(&name);
             if p.is_file() {
-                let index: Value = serde_json::from_str(&read_text(&p)?)
+                let index: Value = config_json::from_str(&read_text(&p)?)
                     .map_err(|e| EngineError::bad_model(&p, e.to_string()))?;
                 let mut files: Vec<String> = index["weight_map"]
                     .as_object()
@@ -72,7 +73,7 @@ pub fn component_weights(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    serde_json::from_str(&read_text(path)?)
+    config_json::from_str(&read_text(path)?)
         .map_err(|e| EngineError::bad_model(path, format!("invalid config: {e}")))
 }
 
@@ -141,7 +142,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
     }
 
     let sched_path = dir.join("scheduler/scheduler_config.json");
-    let scheduler_config = if sched_path.is_file() {
+    let mut scheduler_config = if sched_path.is_file() {
         with_path(
             SchedulerConfig::from_json(&read_text(&sched_path)?),
             &sched_path,
@@ -149,6 +150,10 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<StableDiffusion
     } else {
         SchedulerConfig::default()
     };
+    // diffusers takes the class from model_index.json; the config file may not name it.
+    if scheduler_config.class_name.is_none() {
+        scheduler_config.class_name = index["scheduler"][1].as_str().map(String::from);
+    }
 
     let sdxl = unet.needs_added_cond();
     let force_zeros = index
@@ -303,10 +308,11 @@ pub fn load_tiny_vae(
     use crate::pipelines::stable_diffusion::vae_tiny::AutoencoderTiny;
     let cfg_path = dir.join("config.json");
     let w = Weights::mmap(&component_weights(dir)?)?;
-    let vae = with_path(
+    let mut vae = with_path(
         AutoencoderTiny::new(load_json(&cfg_path)?, w.var_builder(dtype, device)),
         &cfg_path,
     )?;
     w.check_all_used()?;
+    vae.parameter_count = w.loaded_elements();
     Ok(vae)
 }

@@ -269,7 +269,7 @@ pub fn pull(
             1,
             on_progress,
         )?;
-        let index_json: serde_json::Value = serde_json::from_str(
+        let index_json: serde_json::Value = super::config_json::from_str(
             &std::fs::read_to_string(snapshot.join("model_index.json"))
                 .map_err(|e| EngineError::io(&snapshot, e))?,
         )

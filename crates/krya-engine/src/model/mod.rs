@@ -5,6 +5,7 @@
 //! own config files; presets only fill in what a single-file checkpoint lacks.
 
 pub mod cache;
+pub mod config_json;
 pub mod diffusers;
 pub mod hub;
 pub mod single_file;

@@ -126,7 +126,7 @@ impl Default for SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| invalid!("scheduler config: {e}"))
+        crate::model::config_json::from_str(text).map_err(|e| invalid!("scheduler config: {e}"))
     }
 
     /// `alphas_cumprod` for the training schedule, in float32 as diffusers keeps it.
@@ -423,26 +423,29 @@ impl SchedulerKind {
         }
     }
 
-    /// The scheduler a model ships with, from its config's `_class_name`.
+    /// The algorithm of a diffusers scheduler class, for the classes implemented here.
+    pub fn from_class_name(class: &str, config: &SchedulerConfig) -> Option<Self> {
+        Some(match class {
+            "EulerDiscreteScheduler" => Self::Euler,
+            "EulerAncestralDiscreteScheduler" => Self::EulerAncestral,
+            "DDIMScheduler" => Self::Ddim,
+            "DPMSolverMultistepScheduler" if config.use_karras_sigmas => Self::DpmPp2mKarras,
+            "DPMSolverMultistepScheduler" => Self::DpmPp2m,
+            "LCMScheduler" => Self::Lcm,
+            "PNDMScheduler" => Self::Pndm,
+            _ => return None,
+        })
+    }
+
+    /// The scheduler a model ships with, from its config's `_class_name` (which the loader
+    /// fills from `model_index.json` when the config lacks it). A class without an
+    /// implementation here runs Euler, the closest general-purpose sampler.
     pub fn from_config(config: &SchedulerConfig) -> Result<Self> {
-        Ok(
-            match config.class_name.as_deref().unwrap_or("PNDMScheduler") {
-                "EulerDiscreteScheduler" => Self::Euler,
-                "EulerAncestralDiscreteScheduler" => Self::EulerAncestral,
-                "DDIMScheduler" => Self::Ddim,
-                "DPMSolverMultistepScheduler" => {
-                    if config.use_karras_sigmas {
-                        Self::DpmPp2mKarras
-                    } else {
-                        Self::DpmPp2m
-                    }
-                }
-                "LCMScheduler" => Self::Lcm,
-                // PNDM (the SD 1.x default) and others without an implementation here:
-                // Euler is the closest general-purpose sampler.
-                _ => Self::Euler,
-            },
-        )
+        Ok(config
+            .class_name
+            .as_deref()
+            .and_then(|c| Self::from_class_name(c, config))
+            .unwrap_or(Self::Euler))
     }
 
     /// Sets up the scheduler for `steps` inference steps.

@@ -41,7 +41,7 @@ pub async fn save(
     if prompt.chars().count() > 4000 {
         return Err(invalid("prompt", "must be at most 4000 characters"));
     }
-    let models = crate::generations::offered_models(&state).await?;
+    let models = crate::models::offered(&state).await?;
     if !models.iter().any(|m| m.id == c.model) {
         return Err(invalid(
             "model",

@@ -12,7 +12,7 @@
 pub mod capture;
 pub mod protocol;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,7 +26,6 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use image::RgbImage;
 use krya_engine::model::ModelSource;
 use krya_engine::model::cache::ModelCache;
-use krya_engine::pipelines::stable_diffusion::vae_tiny::AutoencoderTiny;
 use krya_engine::realtime::{FrameRequest, MAX_STEPS, Stream as EngineStream};
 use krya_engine::{CancelToken, EngineError, device, model};
 use serde::Deserialize;
@@ -92,6 +91,8 @@ struct SessionState {
     sent: VecDeque<Instant>,
     last_latency: Option<f64>,
     last_status: Option<(Status, Instant)>,
+    /// Said in every status while the session's stream is open (no TAESD: slower frames).
+    notice: Option<String>,
 }
 
 /// One open canvas.
@@ -178,8 +179,6 @@ pub struct Hub {
     data_dir: std::path::PathBuf,
     local_models: std::collections::BTreeMap<String, String>,
     cache: Arc<ModelCache>,
-    /// Tiny autoencoders by source, shared by every session of a model family.
-    tiny: Mutex<HashMap<String, Arc<AutoencoderTiny>>>,
     sessions: Mutex<Sessions>,
     work: Condvar,
     /// Frames rendered (all sessions), for tests and metrics.
@@ -207,7 +206,6 @@ impl Hub {
             data_dir,
             local_models,
             cache,
-            tiny: Default::default(),
             sessions: Mutex::new(Sessions {
                 list: Vec::new(),
                 next: 0,
@@ -388,7 +386,7 @@ impl Hub {
                 fps: st.sent.len() as f64,
                 latency_ms: st.last_latency,
                 saturated,
-                detail,
+                detail: detail.or_else(|| st.notice.clone()),
             }
         };
         s.send(protocol::status(&data));
@@ -419,8 +417,13 @@ impl Hub {
         Ok(entry)
     }
 
-    /// Opens an engine stream for a model: the model (downloaded if need be) and its TAESD.
-    fn open_stream(&self, model_id: Option<&str>) -> Result<EngineStream, ProtocolError> {
+    /// Opens an engine stream for a model: the model (downloaded if need be) and its TAESD,
+    /// else (none cached and the hub unreachable) the model's own VAE, with a notice
+    /// saying so.
+    fn open_stream(
+        &self,
+        model_id: Option<&str>,
+    ) -> Result<(EngineStream, Option<String>), ProtocolError> {
         let entry = self.model_entry(model_id)?;
         let unavailable = |e: EngineError| match e {
             EngineError::InvalidInput(m) => ProtocolError::new("invalid-input", m),
@@ -429,21 +432,26 @@ impl Hub {
         let m = crate::worker::load_model(&entry, &self.cache).map_err(unavailable)?;
         let source = ModelSource::parse(&entry.source).map_err(unavailable)?;
         let tiny_source = model::tiny_vae_source(&source, &m);
-        let key = format!("{tiny_source:?}");
-        let cached = self.tiny.lock().unwrap().get(&key).cloned();
-        let tiny = match cached {
-            Some(t) => t,
-            None => {
-                let dev = device::best_device().map_err(unavailable)?;
-                let t = Arc::new(
-                    model::load_tiny_vae(&tiny_source, &dev, device::default_dtype(&dev))
-                        .map_err(unavailable)?,
-                );
-                self.tiny.lock().unwrap().insert(key, t.clone());
-                t
-            }
+        let loaded = self.cache.get_or_load(&format!("{tiny_source:?}"), || {
+            let dev = device::best_device()?;
+            let t = model::load_tiny_vae(&tiny_source, &dev, device::default_dtype(&dev))?;
+            let bytes = t.parameter_count * device::default_dtype(&dev).size_in_bytes() as u64;
+            Ok((t, bytes))
+        });
+        let (tiny, notice) = match loaded {
+            Ok(t) => (Some(t), None),
+            // The model's own `taesd/` is broken: that is the model's fault, say it.
+            Err(e) if matches!(tiny_source, ModelSource::Folder(_)) => return Err(unavailable(e)),
+            Err(e) => (
+                None,
+                Some(format!(
+                    "no tiny autoencoder (TAESD) for {} ({e}): frames use the model's own VAE, which is slower",
+                    entry.id
+                )),
+            ),
         };
-        EngineStream::new(m, tiny).map_err(unavailable)
+        let stream = EngineStream::new(m, tiny).map_err(unavailable)?;
+        Ok((stream, notice))
     }
 
     /// Opens the session's model on a thread of its own, so a load (or a download) never
@@ -473,16 +481,17 @@ impl Hub {
                 hub.open_stream(model_id.as_deref())
             }))
             .unwrap_or_else(|_| Err(ProtocolError::new("internal", "loading the model failed")));
-            let failed = match opened {
-                Ok(stream) => {
+            let (failed, notice) = match opened {
+                Ok((stream, notice)) => {
                     *s.stream() = Some(stream);
-                    None
+                    (None, notice)
                 }
-                Err(e) => Some(e),
+                Err(e) => (Some(e), None),
             };
             {
                 let mut st = s.state.lock().unwrap();
                 st.loading = false;
+                st.notice = notice.clone();
                 if failed.is_some() {
                     // Not retried by itself: the user changes something, or sends again.
                     st.pending = None;
@@ -492,6 +501,9 @@ impl Hub {
             if let Some(e) = failed {
                 s.send_error(&e);
                 hub.announce(&s, Status::Error, Some(e.message.clone()));
+            } else if notice.is_some() {
+                // Said before the first frame; later statuses repeat it.
+                hub.announce(&s, Status::Generating, notice);
             }
             hub.wake();
         });

@@ -51,7 +51,7 @@ fn bytes_to_unicode() -> [char; 256] {
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-    serde_json::from_str(&text)
+    crate::model::config_json::from_str(&text)
         .map_err(|e| EngineError::bad_model(path, format!("invalid JSON: {e}")))
 }
 

@@ -155,7 +155,7 @@ fn per_block_bool(v: &Value, n: usize) -> Vec<bool> {
 
 impl UNetConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| crate::invalid!("unet config: {e}"))
+        crate::model::config_json::from_str(text).map_err(|e| crate::invalid!("unet config: {e}"))
     }
 }
 

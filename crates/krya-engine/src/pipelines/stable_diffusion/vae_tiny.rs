@@ -151,6 +151,8 @@ pub struct AutoencoderTiny {
     encoder: Vec<Layer>,
     decoder: Vec<Layer>,
     pub config: TinyVaeConfig,
+    /// Weights loaded (set by the loader; the model cache's budget counts them).
+    pub parameter_count: u64,
 }
 
 impl AutoencoderTiny {
@@ -249,6 +251,7 @@ impl AutoencoderTiny {
             }));
         }
         Ok(Self {
+            parameter_count: 0,
             encoder,
             decoder,
             config,
