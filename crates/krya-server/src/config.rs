@@ -97,6 +97,10 @@ pub struct Jobs {
     pub poll_ms: u64,
     /// First retry delay after a transient error, in milliseconds (doubles each attempt).
     pub retry_base_ms: u64,
+    /// The kinds of work this process runs (`image`, `webhook`, ...); empty: every kind. A
+    /// CPU-only worker can leave GPU-only kinds to others.
+    #[serde(default)]
+    pub kinds: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -170,6 +174,7 @@ impl Default for Config {
                 max_attempts: 3,
                 poll_ms: 1000,
                 retry_base_ms: 2000,
+                kinds: Vec::new(),
             },
             webhooks: Webhooks {
                 allow_private: false,
@@ -245,6 +250,8 @@ max_attempts = 3
 poll_ms = 1000
 # First retry delay after a transient error, in milliseconds; doubles each attempt.
 retry_base_ms = 2000
+# The kinds of work this process runs ("image", "webhook", ...); empty: every kind.
+kinds = []
 
 [webhooks]
 # Allow webhook URLs on loopback, private or link-local addresses (refused by default: on a

@@ -19,6 +19,7 @@ use crate::db::{Db, User};
 use crate::error::{ApiError, ErrorCode};
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::tasks::image::KIND as IMAGE;
 use crate::{AppState, jobs, registry};
 
 pub(crate) use crate::error::{internal, invalid};
@@ -356,16 +357,6 @@ pub async fn log_usage(
     Ok(())
 }
 
-/// Gives a generation's reserved credits back (it failed or was cancelled).
-pub async fn refund(conn: &mut sqlx::AnyConnection, g: &Generation) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET credits_remaining = credits_remaining + $1 WHERE id = $2")
-        .bind(g.credits_used)
-        .bind(&g.user_id)
-        .execute(&mut *conn)
-        .await?;
-    log_usage(conn, &g.user_id, "refund", -g.credits_used, &g.id).await
-}
-
 /// Stores checked requests, reserving their credits and enqueuing their jobs, all or none.
 /// With an idempotency key (single requests only), a repeat returns the first generation.
 async fn submit(
@@ -452,27 +443,40 @@ async fn submit(
         log_usage(&mut tx, &user.id, "image_gen", c.cost, &id)
             .await
             .map_err(internal)?;
+        // The job's params: the request as checked (the model's defaults filled in).
+        let mut params = serde_json::json!({"prompt": c.prompt, "negative_prompt": c.negative_prompt, "model": c.model,
+            "width": (c.width > 0).then_some(c.width), "height": (c.height > 0).then_some(c.height), "seed": c.seed,
+            "batch_size": c.batch, "is_public": c.is_public});
+        if let (Some(p), Ok(serde_json::Value::Object(extra))) = (params.as_object_mut(), serde_json::to_value(&c.params)) {
+            p.extend(extra);
+        }
+        let params = params.to_string();
         jobs::enqueue(
             &mut tx,
-            &random_id(),
-            jobs::IMAGE,
-            &id,
-            &user.id,
-            state.config.jobs.max_attempts as i64,
-            None,
+            jobs::NewJob {
+                id: &random_id(),
+                kind: IMAGE,
+                ref_id: &id,
+                user_id: &user.id,
+                max_attempts: state.config.jobs.max_attempts as i64,
+                payload: None,
+                params: Some(&params),
+                cost: c.cost,
+                webhook_url: c.webhook_url.as_deref(),
+            },
         )
         .await
         .map_err(internal)?;
         ids.push(id);
     }
     tx.commit().await.map_err(internal)?;
-    state.wake.notify_one();
+    state.wake.notify();
     for id in &ids {
         state.bus.publish(
             &user.id,
             "queued",
             id,
-            serde_json::json!({"status": "pending"}),
+            crate::runner::with_kind(serde_json::json!({"status": "pending"}), IMAGE),
         );
     }
     Ok(ids)
@@ -618,32 +622,6 @@ impl Db {
         })
     }
 
-    /// Ends an active generation as `cancelled` (refunded) in the caller's transaction;
-    /// `false` when it was not active.
-    pub async fn cancel_generation(
-        tx: &mut sqlx::AnyConnection,
-        g: &Generation,
-    ) -> Result<bool, sqlx::Error> {
-        // Jobs first, then the generation: the same lock order as the worker's.
-        Db::cancel_jobs(&mut *tx, &g.id).await?;
-        let r = sqlx::query("UPDATE generations SET status = 'cancelled', completed_at = $1 WHERE id = $2 AND status IN ('pending', 'processing')")
-            .bind(now())
-            .bind(&g.id)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() != 1 {
-            return Ok(false);
-        }
-        refund(&mut *tx, g).await?;
-        crate::webhooks::enqueue(
-            tx,
-            g,
-            "cancelled",
-            &serde_json::json!({"status": "cancelled"}),
-        )
-        .await?;
-        Ok(true)
-    }
 }
 
 /// The API's view of a generation (seed §6.3 polling response, plus its parameters).
@@ -661,12 +639,16 @@ pub async fn view(
     if with_queue && g.is_active() {
         let typical = state.db.typical_seconds(&g.model).await.map_err(internal)?;
         if g.status == "pending" {
-            let ahead = state
-                .db
-                .queue_position(&g.id)
-                .await
-                .map_err(internal)?
-                .unwrap_or(0);
+            let job = state.db.job_for(&g.id, IMAGE).await.map_err(internal)?;
+            let ahead = match job {
+                Some(j) => state
+                    .db
+                    .queue_position(&j.id, &state.tasks.kinds(crate::tasks::Slot::Compute))
+                    .await
+                    .map_err(internal)?
+                    .unwrap_or(0),
+                None => 0,
+            };
             queue_position = ahead.into();
             estimated = ((ahead as f64 + 1.0) * typical).round().into();
         } else {
@@ -935,23 +917,13 @@ pub async fn list(
     ))
 }
 
-/// Cancels an active generation: refunds it, stops its job at the next denoising step.
+/// Cancels an active generation through its job: refunds it, stops it at the next
+/// denoising step.
 pub async fn cancel(state: &AppState, g: &Generation) -> Result<bool, ApiError> {
-    let mut tx = state.db.pool.begin().await.map_err(internal)?;
-    let done = Db::cancel_generation(&mut tx, g).await.map_err(internal)?;
-    tx.commit().await.map_err(internal)?;
-    if done {
-        if let Some(token) = state.running.lock().unwrap().get(&g.id) {
-            token.cancel();
-        }
-        state.bus.publish(
-            &g.user_id,
-            "cancelled",
-            &g.id,
-            serde_json::json!({"status": "cancelled"}),
-        );
+    match state.db.job_for(&g.id, IMAGE).await.map_err(internal)? {
+        Some(j) => crate::jobs::http::cancel(state, &j).await,
+        None => Ok(false),
     }
-    Ok(done)
 }
 
 #[utoipa::path(post, path = "/api/generate/image/{id}/cancel", tag = "generation", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "Cancelled and refunded", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 409, description = "Already ended", body = ErrorBody)))]
@@ -981,32 +953,9 @@ pub async fn delete_one(
 ) -> Result<StatusCode, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let g = own(&state, &user, &id).await?;
-    if g.is_active() {
-        cancel(&state, &g).await?;
-    }
-    let images = state.db.images(&g.id).await.map_err(internal)?;
-    let mut tx = state.db.pool.begin().await.map_err(internal)?;
-    for sql in [
-        "DELETE FROM images WHERE generation_id = $1",
-        "DELETE FROM likes WHERE generation_id = $1",
-        "DELETE FROM jobs WHERE ref_id = $1 AND kind = 'image'",
-        "DELETE FROM generations WHERE id = $1",
-    ] {
-        sqlx::query(sql)
-            .bind(&g.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(internal)?;
-    }
-    tx.commit().await.map_err(internal)?;
-    // Rows first, then files: a crash in between leaves unreferenced files, never
-    // references to missing ones.
-    for i in images {
-        for key in [&i.png_key, &i.thumb_key] {
-            if let Err(e) = state.blobs.delete(key).await {
-                eprintln!("deleting {key}: {e}");
-            }
-        }
+    match state.db.job_for(&g.id, IMAGE).await.map_err(internal)? {
+        Some(j) => crate::jobs::http::delete(&state, &j).await?,
+        None => return Err(internal(format!("generation {id} has no job"))),
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,11 +2,13 @@
 //! `krya worker`.
 //!
 //! Layout: `config` (layered settings), `error` (the one error type and its table of
-//! stable codes), `router` (the route table), `db` + `jobs` (the database and the durable
-//! queue in it), `auth` (accounts, sessions, API keys), `generations` (the image API and
-//! credits), `media` (uploads and image files), `blobs` (file or S3 storage), `worker`
-//! (runs jobs on the engine), `events` (SSE), `webhooks`, `registry` (models and styles),
-//! `realtime` (the live canvas over WebSocket), `studio` (the web studio's files).
+//! stable codes), `router` (the route table), `db` (the database), `jobs` (every kind's job
+//! record, the durable queue and the jobs API), `tasks` (the kinds of work, one `Task`
+//! each), `runner` (runs any kind's jobs: claims, leases, retries, credits, events,
+//! webhooks), `auth` (accounts, sessions, API keys), `generations` (the image API),
+//! `models` (the models API), `media` (uploads and image files), `blobs` (file or S3
+//! storage), `events` (SSE), `webhooks`, `registry` (models and styles), `realtime` (the
+//! live canvas over WebSocket), `studio` (the web studio's files).
 //! `launch` serves on a given listener until a shutdown signal, so tests run the real
 //! server on `127.0.0.1:0`.
 
@@ -26,10 +28,11 @@ pub mod openapi;
 pub mod realtime;
 pub mod registry;
 pub mod router;
+pub mod runner;
 pub mod studio;
+pub mod tasks;
 pub mod throttle;
 pub mod webhooks;
-pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,10 +49,12 @@ pub struct AppState {
     pub bus: events::Bus,
     /// Failed logins per account and per client address.
     pub login_throttle: Arc<throttle::LoginThrottle>,
-    /// Generations running in this process (to cancel them at once).
-    pub running: worker::Running,
-    /// Wakes the in-process worker when a job is submitted.
-    pub wake: Arc<tokio::sync::Notify>,
+    /// Jobs running in this process (to cancel them at once).
+    pub running: runner::Running,
+    /// Wakes the in-process runner when a job is submitted.
+    pub wake: Arc<runner::Wake>,
+    /// The kinds of work this server knows.
+    pub tasks: tasks::Registry,
     /// Becomes true when the server shuts down: long-lived streams (SSE) end then, so a
     /// graceful shutdown does not wait for clients that never hang up.
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
@@ -89,9 +94,24 @@ pub fn open_blobs(config: &Config) -> std::io::Result<blobs::Blobs> {
     }
 }
 
+impl AppState {
+    /// What tasks may use.
+    pub fn services(&self) -> tasks::Services {
+        tasks::Services {
+            db: self.db.clone(),
+            blobs: self.blobs.clone(),
+            cache: self.cache.clone(),
+            data_dir: self.config.server.data_dir.clone(),
+            local_models: self.config.models.local.clone(),
+            allow_private_webhooks: self.config.webhooks.allow_private,
+        }
+    }
+}
+
 async fn state(
     config: Config,
     studio: studio::Studio,
+    tasks: tasks::Registry,
     shutting_down: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<AppState> {
     std::fs::create_dir_all(&config.server.data_dir)?;
@@ -125,57 +145,54 @@ async fn state(
         login_throttle: Default::default(),
         running: Default::default(),
         wake: Default::default(),
+        tasks,
         shutting_down,
         studio,
     })
 }
 
-fn worker_for(state: &AppState) -> Arc<worker::Worker> {
-    let c = &state.config;
-    Arc::new(worker::Worker {
-        db: state.db.clone(),
-        blobs: state.blobs.clone(),
+/// The runner for the kinds this process runs (`jobs.kinds`; all when empty).
+fn runner_for(state: &AppState) -> Arc<runner::Runner> {
+    Arc::new(runner::Runner {
+        services: state.services(),
         bus: state.bus.clone(),
-        data_dir: c.server.data_dir.clone(),
-        local_models: c.models.local.clone(),
-        config: c.jobs.clone(),
-        id: worker::worker_id(),
-        cache: state.cache.clone(),
+        tasks: state.tasks.restricted(&state.config.jobs.kinds),
+        config: state.config.jobs.clone(),
+        id: runner::runner_id(),
         running: state.running.clone(),
         wake: state.wake.clone(),
         stopping: Default::default(),
     })
 }
 
-/// Starts delivering queued webhooks (every process does; the queue shares them out).
-fn spawn_dispatcher(
-    state: &AppState,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(webhooks::dispatch(
-        state.db.clone(),
-        format!("hooks-{}", worker::worker_id()),
-        std::time::Duration::from_millis(state.config.jobs.poll_ms),
-        state.config.webhooks.allow_private,
-        stop,
-    ))
-}
-
 /// Serves the API (and `studio`, the web UI, at every other path) on `listener` until
 /// `shutdown` completes, then drains open requests. Jobs run in this process too unless
-/// `jobs.in_process` is off.
+/// `jobs.in_process` is off (webhook deliveries always do).
 pub async fn launch(
     listener: tokio::net::TcpListener,
     config: Config,
     studio: studio::Studio,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    launch_with(listener, config, studio, tasks::builtin(), shutdown).await
+}
+
+/// `launch` with these kinds of work (tests add kinds of their own).
+pub async fn launch_with(
+    listener: tokio::net::TcpListener,
+    mut config: Config,
+    studio: studio::Studio,
+    tasks: tasks::Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = state(config, studio, stop_rx).await?;
-    let worker = state.config.jobs.in_process.then(|| worker_for(&state));
-    let handle = worker.clone().map(|w| tokio::spawn(w.run()));
-    let hooks_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hooks = spawn_dispatcher(&state, hooks_stop.clone());
+    if !config.jobs.in_process {
+        // Deliveries only: the work itself is left to `krya worker` processes.
+        config.jobs.kinds = vec![tasks::webhook::KIND.to_string()];
+    }
+    let state = state(config, studio, tasks, stop_rx).await?;
+    let runner = runner_for(&state);
+    let handle = tokio::spawn(runner.clone().run());
     let realtime = state.realtime.clone();
     if let Some(r) = &realtime {
         r.start();
@@ -193,17 +210,13 @@ pub async fn launch(
             let _ = stop_tx.send(true);
         })
         .await;
-    hooks_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     if let Some(r) = &realtime {
         // Render threads end after the frame in hand.
         r.stop();
     }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), hooks).await;
-    if let (Some(w), Some(h)) = (worker, handle) {
-        w.stop();
-        // A job stuck inside a long step is left to its lease (it runs again elsewhere).
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), h).await;
-    }
+    runner.stop();
+    // A job stuck inside a long step is left to its lease (it runs again elsewhere).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), handle).await;
     served
 }
 
@@ -213,16 +226,21 @@ pub async fn run_worker(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    run_worker_with(config, tasks::builtin(), shutdown).await
+}
+
+/// `run_worker` with these kinds of work.
+pub async fn run_worker_with(
+    config: Config,
+    tasks: tasks::Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = state(config, studio::Studio::default(), stop_rx).await?;
-    let w = worker_for(&state);
-    let handle = tokio::spawn(w.clone().run());
-    let hooks_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hooks = spawn_dispatcher(&state, hooks_stop.clone());
+    let state = state(config, studio::Studio::default(), tasks, stop_rx).await?;
+    let runner = runner_for(&state);
+    let handle = tokio::spawn(runner.clone().run());
     shutdown.await;
-    hooks_stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), hooks).await;
-    w.stop();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await;
+    runner.stop();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(12), handle).await;
     Ok(())
 }

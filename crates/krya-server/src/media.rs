@@ -95,12 +95,14 @@ pub struct Asset {
     pub height: i64,
     pub bytes: i64,
     pub created_at: i64,
+    #[serde(skip)]
+    pub thumb_key: Option<String>,
 }
 
 impl Db {
     /// The user's asset with this id.
     pub async fn asset(&self, id: &str, user_id: &str) -> Result<Option<Asset>, sqlx::Error> {
-        let row = sqlx::query("SELECT id, user_id, blob_key, mime, width, height, bytes, created_at FROM assets WHERE id = $1 AND user_id = $2")
+        let row = sqlx::query("SELECT id, user_id, blob_key, mime, width, height, bytes, created_at, thumb_key FROM assets WHERE id = $1 AND user_id = $2")
             .bind(id)
             .bind(user_id)
             .fetch_optional(&self.pool)
@@ -115,6 +117,7 @@ impl Db {
                 height: r.try_get("height")?,
                 bytes: r.try_get("bytes")?,
                 created_at: r.try_get("created_at")?,
+                thumb_key: r.try_get("thumb_key")?,
             })
         })
         .transpose()
@@ -313,22 +316,50 @@ pub async fn get_asset(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let user = auth::current_user(&state, &headers).await?;
+    serve_asset(&state, &headers, &id, false).await
+}
+
+/// `GET /api/assets/:id/thumbnail`: a small WebP of an output that has one.
+#[utoipa::path(get, path = "/api/assets/{id}/thumbnail", tag = "media", params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The thumbnail (WebP)", content_type = "image/webp", body = Vec<u8>), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, not the caller's, or without a thumbnail", body = ErrorBody)))]
+pub async fn get_asset_thumbnail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    serve_asset(&state, &headers, &id, true).await
+}
+
+/// The caller's asset (or its thumbnail); to anyone else it does not exist.
+async fn serve_asset(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    thumbnail: bool,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(state, headers).await?;
     let a = state
         .db
-        .asset(&id, &user.id)
+        .asset(id, &user.id)
         .await
         .map_err(internal)?
         .ok_or_else(|| ApiError::not_found(format!("no asset {id}")))?;
+    let (key, mime) = if thumbnail {
+        let key = a
+            .thumb_key
+            .ok_or_else(|| ApiError::not_found(format!("asset {id} has no thumbnail")))?;
+        (key, "image/webp".to_string())
+    } else {
+        (a.blob_key, a.mime)
+    };
     let bytes = state
         .blobs
-        .get(&a.blob_key)
+        .get(&key)
         .await
         .map_err(internal)?
         .ok_or_else(|| internal(format!("asset {id}: blob missing")))?;
     Ok((
         [
-            (header::CONTENT_TYPE, a.mime),
+            (header::CONTENT_TYPE, mime),
             (header::CACHE_CONTROL, "private, max-age=3600".into()),
         ],
         bytes,

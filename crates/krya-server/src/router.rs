@@ -14,8 +14,8 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::{
-    AppState, account, auth, events, feed, generations, media, models, openapi, realtime,
-    webhooks,
+    AppState, account, auth, events, feed, generations, jobs, media, models, openapi,
+    realtime, webhooks,
 };
 
 /// The route table as an OpenAPI router (for the document) before state and layers.
@@ -46,8 +46,12 @@ pub fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(generations::cancel_one))
         .routes(routes!(generations::list))
+        .routes(routes!(jobs::http::create, jobs::http::list))
+        .routes(routes!(jobs::http::get_one, jobs::http::delete_one))
+        .routes(routes!(jobs::http::cancel_one))
         .routes(routes!(media::upload))
         .routes(routes!(media::get_asset))
+        .routes(routes!(media::get_asset_thumbnail))
         .routes(routes!(media::image))
         .routes(routes!(media::thumbnail))
         .routes(routes!(events::stream))

@@ -2,11 +2,11 @@
 //! the event, signed the Standard Webhooks way (as Replicate does): headers `webhook-id`,
 //! `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256>` over
 //! `"{id}.{timestamp}.{body}"`, keyed by the user's secret (`GET /api/user/webhook-secret`,
-//! `whsec_` + base64). Deliveries are jobs in the durable queue, enqueued in the same
-//! transaction that ends the generation, so none is lost when a process dies; a failed one
-//! (network error or non-2xx) is retried with exponential backoff.
+//! `whsec_` + base64). Deliveries are jobs of the kind `webhook` (`tasks/webhook.rs`) on the
+//! same runner as every other kind, enqueued in the transaction that ends the job they
+//! report on, so none is lost when a process dies; a failed one (network error or non-2xx)
+//! is retried with exponential backoff.
 
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -18,15 +18,11 @@ use sqlx::Row;
 
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::generations::{Generation, internal};
+use crate::error::internal;
 
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
-
-/// Attempts per delivery, and the first retry delay (doubling).
-pub const ATTEMPTS: u32 = 5;
-pub const FIRST_RETRY: Duration = Duration::from_millis(500);
 
 /// The Standard Webhooks signature of a message.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
@@ -148,125 +144,42 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> 
     Ok(())
 }
 
-/// Queues the `event` delivery for `g` in the caller's transaction (no-op without a URL).
+/// Queues the `event` delivery for `job` in the caller's transaction, the one that ends the
+/// job (an outbox); no-op without a URL. The body is `{type: "{subject}.{event}", id, kind,
+/// ...data}`; its id is the job's record (a generation's id for images).
 pub async fn enqueue(
     tx: &mut sqlx::AnyConnection,
-    g: &Generation,
+    task: &dyn crate::tasks::Task,
+    job: &crate::tasks::Job,
     event: &str,
     data: &serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    let Some(url) = &g.webhook_url else {
+    let Some(url) = &job.webhook_url else {
         return Ok(());
     };
-    let mut body = serde_json::json!({"type": format!("generation.{event}"), "id": g.id});
+    let mut body = serde_json::json!({"type": format!("{}.{event}", task.subject()), "id": job.ref_id, "kind": job.kind});
     if let (Some(b), Some(d)) = (body.as_object_mut(), data.as_object()) {
         for (k, v) in d {
             b.insert(k.clone(), v.clone());
         }
     }
-    let payload = serde_json::json!({"url": url, "webhook_id": format!("{}-{event}", g.id), "body": body.to_string()});
+    let payload = serde_json::json!({"url": url, "webhook_id": format!("{}-{event}", job.ref_id), "body": body.to_string()});
+    let id = crate::generations::random_id();
     crate::jobs::enqueue(
         tx,
-        &crate::generations::random_id(),
-        crate::jobs::WEBHOOK,
-        &g.id,
-        &g.user_id,
-        ATTEMPTS as i64,
-        Some(&payload.to_string()),
+        crate::jobs::NewJob {
+            id: &id,
+            kind: crate::tasks::webhook::KIND,
+            ref_id: &job.ref_id,
+            user_id: &job.user_id,
+            max_attempts: crate::tasks::webhook::ATTEMPTS,
+            payload: Some(&payload.to_string()),
+            params: None,
+            cost: 0,
+            webhook_url: None,
+        },
     )
     .await
-}
-
-/// Delivers queued webhooks until `stop` is set (runs in `krya serve` and `krya worker`).
-pub async fn dispatch(
-    db: Db,
-    owner: String,
-    poll: Duration,
-    allow_private: bool,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    use std::sync::atomic::Ordering;
-    while !stop.load(Ordering::SeqCst) {
-        match db.claim_job(&owner, 60_000, crate::jobs::WEBHOOK).await {
-            Ok(Some(job)) => {
-                if let Err(e) = deliver(&db, &owner, &job, allow_private).await {
-                    // The lease runs out and the delivery is tried again.
-                    eprintln!("webhook {}: {e}", job.id);
-                }
-            }
-            Ok(None) => tokio::time::sleep(poll).await,
-            Err(e) => {
-                eprintln!("claiming a webhook: {e}");
-                tokio::time::sleep(poll).await;
-            }
-        }
-    }
-}
-
-async fn deliver(
-    db: &Db,
-    owner: &str,
-    job: &crate::jobs::Claimed,
-    allow_private: bool,
-) -> Result<(), sqlx::Error> {
-    let p: serde_json::Value =
-        serde_json::from_str(job.payload.as_deref().unwrap_or("{}")).unwrap_or_default();
-    let (url, id, body) = (
-        p["url"].as_str().unwrap_or_default().to_string(),
-        p["webhook_id"].as_str().unwrap_or_default().to_string(),
-        p["body"].as_str().unwrap_or_default().to_string(),
-    );
-    // Checked again at delivery: the name may resolve elsewhere now.
-    if let Err(e) = check_target(&url, allow_private).await {
-        let mut tx = db.pool.begin().await?;
-        Db::finish_job(&mut tx, &job.id, owner, "failed", Some(&e)).await?;
-        return tx.commit().await;
-    }
-    let secret = secret(db, &job.user_id).await?;
-    let ts = auth::now();
-    let sig = sign(&secret, &id, ts, &body);
-    let sent = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            // A redirect could point at an address the check refused.
-            .max_redirects(0)
-            .build()
-            .into();
-        agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", &sig)
-            .send(body)
-            .map(|r| r.status().as_u16())
-    })
-    .await;
-    let failure = match sent {
-        Ok(Ok(s)) if (200..300).contains(&s) => None,
-        Ok(Ok(s)) => Some(format!("HTTP {s}")),
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(e.to_string()),
-    };
-    let mut tx = db.pool.begin().await?;
-    match failure {
-        None => {
-            Db::finish_job(&mut tx, &job.id, owner, "completed", None).await?;
-        }
-        Some(e) if job.attempts < job.max_attempts => {
-            let delay = FIRST_RETRY.as_millis() as i64 * (1i64 << (job.attempts - 1).clamp(0, 16));
-            Db::retry_job(&mut tx, &job.id, owner, delay, &e).await?;
-        }
-        Some(e) => {
-            eprintln!(
-                "webhook {}: giving up after {} attempts: {e}",
-                job.id, job.attempts
-            );
-            Db::finish_job(&mut tx, &job.id, owner, "failed", Some(&e)).await?;
-        }
-    }
-    tx.commit().await
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The durable queue on SQLite and PostgreSQL: fair order across users, leases that
-//! expire and are taken over, ends that only the lease holder can write, and many
-//! concurrent claimers that never take the same job twice.
+//! The durable queue on SQLite and PostgreSQL: fair order across users and kinds, leases
+//! that expire and are taken over, ends that only the lease holder can write, deferred
+//! runs, and many concurrent claimers that never take the same job twice.
 
 mod common;
 
@@ -23,25 +23,54 @@ async fn user(db: &Db, name: &str) -> String {
     u.id
 }
 
+const IMAGE: &str = "image";
+const OTHER: &str = "upscale";
+const KINDS: &[&str] = &[IMAGE, OTHER];
+
 async fn enqueue(db: &Db, user: &str, n: usize) -> Vec<String> {
+    enqueue_kind(db, user, n, IMAGE).await
+}
+
+async fn enqueue_kind(db: &Db, user: &str, n: usize, kind: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..n {
         let id = format!("{:x}", rand::random::<u64>());
         let mut conn = db.pool.acquire().await.unwrap();
         jobs::enqueue(
             &mut conn,
-            &id,
-            jobs::IMAGE,
-            &format!("ref-{id}"),
-            user,
-            3,
-            None,
+            jobs::NewJob {
+                id: &id,
+                kind,
+                ref_id: &format!("ref-{id}"),
+                user_id: user,
+                max_attempts: 3,
+                payload: None,
+                params: None,
+                cost: 0,
+                webhook_url: None,
+            },
         )
         .await
         .unwrap();
         ids.push(id);
     }
     ids
+}
+
+/// Claims and completes every runnable job of `kinds`; their ids in claim order.
+async fn drain(db: &Db, kinds: &[&str]) -> Vec<String> {
+    let mut order = Vec::new();
+    while let Some(j) = db.claim_job("w1", 60_000, kinds).await.unwrap() {
+        order.push(j.id.clone());
+        let mut tx = db.pool.begin().await.unwrap();
+        assert!(
+            Db::finish_job(&mut tx, &j.id, "w1", "completed", None)
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+    }
+    order
 }
 
 async fn queue_behaviour(db: Db) {
@@ -54,36 +83,10 @@ async fn queue_behaviour(db: Db) {
     let one = enqueue(&db, &u1, 6).await;
     let two = enqueue(&db, &u2, 1).await;
     let three = enqueue(&db, &u3, 1).await;
-    assert_eq!(
-        db.queue_position(&format!("ref-{}", one[0])).await.unwrap(),
-        Some(0)
-    );
-    assert_eq!(
-        db.queue_position(&format!("ref-{}", two[0])).await.unwrap(),
-        Some(1)
-    );
-    assert_eq!(
-        db.queue_position(&format!("ref-{}", three[0]))
-            .await
-            .unwrap(),
-        Some(2)
-    );
-    assert_eq!(
-        db.queue_position(&format!("ref-{}", one[1])).await.unwrap(),
-        Some(3)
-    );
-    let mut order = Vec::new();
-    while let Some(j) = db.claim_job("w1", 60_000, jobs::IMAGE).await.unwrap() {
-        assert_eq!(j.attempts, 1);
-        order.push(j.id.clone());
-        let mut tx = db.pool.begin().await.unwrap();
-        assert!(
-            Db::finish_job(&mut tx, &j.id, "w1", "completed", None)
-                .await
-                .unwrap()
-        );
-        tx.commit().await.unwrap();
+    for (id, ahead) in [(&one[0], 0), (&two[0], 1), (&three[0], 2), (&one[1], 3)] {
+        assert_eq!(db.queue_position(id, KINDS).await.unwrap(), Some(ahead));
     }
+    let order = drain(&db, KINDS).await;
     // Round robin by rank: one's first, two's, three's, then the rest of one's.
     assert_eq!(
         order[..3],
@@ -91,16 +94,42 @@ async fn queue_behaviour(db: Db) {
     );
     assert_eq!(order[3..], one[1..]);
 
+    // Fair across kinds too: one user's other kind of job does not wait behind their
+    // images (ranks are per kind, and the kind served longest ago goes first); a worker
+    // that runs only images leaves it alone.
+    let images = enqueue(&db, &u1, 3).await;
+    let other = enqueue_kind(&db, &u1, 1, OTHER).await;
+    assert_eq!(db.queue_position(&other[0], KINDS).await.unwrap(), Some(0));
+    assert_eq!(db.queue_position(&images[1], KINDS).await.unwrap(), Some(2));
+    assert_eq!(drain(&db, &[IMAGE]).await, images);
+    assert_eq!(drain(&db, KINDS).await, other);
+
+    // A deferred job (a remote provider still working) waits until its time without
+    // counting as an attempt, and gets its state back.
+    let later = enqueue(&db, &u2, 1).await;
+    let j = db.claim_job("w1", 60_000, KINDS).await.unwrap().unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    let at = jobs::now_ms() + 150;
+    assert!(Db::defer_job(&mut tx, &j.id, "w1", at, "{\"poll\":1}").await.unwrap());
+    tx.commit().await.unwrap();
+    assert!(db.claim_job("w1", 60_000, KINDS).await.unwrap().is_none(), "claimed before its time");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let j = db.claim_job("w1", 60_000, KINDS).await.unwrap().unwrap();
+    assert_eq!((j.id.as_str(), j.attempts, j.payload.as_deref()), (later[0].as_str(), 1, Some("{\"poll\":1}")));
+    let mut tx = db.pool.begin().await.unwrap();
+    assert!(Db::finish_job(&mut tx, &j.id, "w1", "completed", None).await.unwrap());
+    tx.commit().await.unwrap();
+
     // A lease that runs out is taken over; the first holder can no longer end the job.
     let ids = enqueue(&db, &u1, 1).await;
     let first = db
-        .claim_job("w-dead", 50, jobs::IMAGE)
+        .claim_job("w-dead", 50, KINDS)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(first.id, ids[0]);
     assert!(
-        db.claim_job("w2", 60_000, jobs::IMAGE)
+        db.claim_job("w2", 60_000, KINDS)
             .await
             .unwrap()
             .is_none(),
@@ -108,7 +137,7 @@ async fn queue_behaviour(db: Db) {
     );
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     let again = db
-        .claim_job("w2", 60_000, jobs::IMAGE)
+        .claim_job("w2", 60_000, KINDS)
         .await
         .unwrap()
         .unwrap();
@@ -128,13 +157,13 @@ async fn queue_behaviour(db: Db) {
     );
     tx.commit().await.unwrap();
     let third = db
-        .claim_job("w3", 60_000, jobs::IMAGE)
+        .claim_job("w3", 60_000, KINDS)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(third.attempts, 3);
     let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(Db::cancel_jobs(&mut tx, &third.ref_id).await.unwrap(), 1);
+    assert!(Db::cancel_job(&mut tx, &third.id).await.unwrap());
     assert!(
         !Db::finish_job(&mut tx, &third.id, "w3", "completed", None)
             .await
@@ -153,7 +182,7 @@ async fn queue_behaviour(db: Db) {
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(j) = db
-                .claim_job(&format!("racer-{w}"), 60_000, jobs::IMAGE)
+                .claim_job(&format!("racer-{w}"), 60_000, KINDS)
                 .await
                 .unwrap()
             {

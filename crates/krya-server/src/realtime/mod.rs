@@ -429,7 +429,7 @@ impl Hub {
             EngineError::InvalidInput(m) => ProtocolError::new("invalid-input", m),
             e => ProtocolError::new("model-unavailable", format!("model {}: {e}", entry.id)),
         };
-        let m = crate::worker::load_model(&entry, &self.cache).map_err(unavailable)?;
+        let m = crate::tasks::image::load_model(&entry, &self.cache).map_err(unavailable)?;
         let source = ModelSource::parse(&entry.source).map_err(unavailable)?;
         let tiny_source = model::tiny_vae_source(&source, &m);
         let loaded = self.cache.get_or_load(&format!("{tiny_source:?}"), || {

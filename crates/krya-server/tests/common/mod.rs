@@ -2,6 +2,8 @@
 //! client, and a PostgreSQL schema per run.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::time::Duration;
 
 use krya_server::{Config, launch};
@@ -50,6 +52,15 @@ pub struct Server {
 impl Server {
     pub fn start(config: Config, dir: tempfile::TempDir) -> Server {
         let (base, stop, handle) = start_with(config);
+        Server::from_parts(base, stop, handle, dir)
+    }
+
+    pub fn from_parts(
+        base: String,
+        stop: tokio::sync::oneshot::Sender<()>,
+        handle: std::thread::JoinHandle<std::io::Result<()>>,
+        dir: tempfile::TempDir,
+    ) -> Server {
         Server {
             base,
             stop: Some(stop),

@@ -1,0 +1,258 @@
+//! Jobs of every kind: the record (one `jobs` row each: request, cost, progress, end), its
+//! output assets, the queue (`queue`), and the API (`http`): `POST /api/jobs`,
+//! `GET /api/jobs`, `GET /api/jobs/:id`, `POST /api/jobs/:id/cancel`, `DELETE /api/jobs/:id`.
+
+pub mod http;
+mod queue;
+
+pub use queue::*;
+
+use serde::Serialize;
+use sqlx::Row;
+use utoipa::ToSchema;
+
+use crate::db::Db;
+use crate::tasks::{Job, Stored};
+
+/// A job's progress: step of total (0 of 0 before its first step).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Progress {
+    pub step: i64,
+    pub total: i64,
+}
+
+/// Why a job failed: a stable code (see `docs/api.md`) and a message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A file: an upload or a job's output.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AssetView {
+    pub id: String,
+    /// `image`, `mask`, `video`, `audio`, `mesh`, `lora`, `dataset` or `text`.
+    pub kind: String,
+    pub mime: String,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub bytes: i64,
+    pub url: String,
+    pub thumbnail_url: Option<String>,
+    /// The asset it was made from.
+    pub parent_id: Option<String>,
+    /// The job that made it.
+    pub job_id: Option<String>,
+    /// `private` (its owner only) or `public`.
+    pub visibility: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A job of any kind, as every jobs endpoint shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    pub kind: String,
+    /// `pending`, `processing`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    pub progress: Progress,
+    /// Runs started so far (a worker that died mid-run costs one; a poll does not).
+    pub attempts: i64,
+    /// Jobs the fair order runs first (while pending).
+    pub queue_position: Option<i64>,
+    /// The request, as its kind checked it.
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub outputs: Vec<AssetView>,
+    pub error: Option<JobError>,
+    /// Credits reserved (refunded when it fails or is cancelled).
+    pub cost: i64,
+    /// The record it works on when that is not the job itself (an image job's generation).
+    pub ref_id: Option<String>,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+/// A `jobs` row as the API needs it.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub kind: String,
+    pub ref_id: String,
+    pub user_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub params: Option<String>,
+    pub cost: i64,
+    pub progress_step: i64,
+    pub progress_total: i64,
+    pub error_code: Option<String>,
+    pub last_error: Option<String>,
+    pub webhook_url: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+pub const JOB_COLUMNS: &str = "j.id, j.kind, j.ref_id, j.user_id, j.status, j.attempts, j.params, j.cost, j.progress_step, j.progress_total, j.error_code, j.last_error, j.webhook_url, j.created_at, j.started_at, j.completed_at";
+
+impl JobRow {
+    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(JobRow {
+            id: r.try_get("id")?,
+            kind: r.try_get("kind")?,
+            ref_id: r.try_get("ref_id")?,
+            user_id: r.try_get("user_id")?,
+            status: r.try_get("status")?,
+            attempts: r.try_get("attempts")?,
+            params: r.try_get("params")?,
+            cost: r.try_get("cost")?,
+            progress_step: r.try_get("progress_step")?,
+            progress_total: r.try_get("progress_total")?,
+            error_code: r.try_get("error_code")?,
+            last_error: r.try_get("last_error")?,
+            webhook_url: r.try_get("webhook_url")?,
+            created_at: r.try_get("created_at")?,
+            started_at: r.try_get("started_at")?,
+            completed_at: r.try_get("completed_at")?,
+        })
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.status == "pending" || self.status == "processing"
+    }
+
+    /// The job as a task sees it (for the hooks run when its owner cancels it).
+    pub fn as_job(&self) -> Job {
+        Job {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            ref_id: self.ref_id.clone(),
+            user_id: self.user_id.clone(),
+            attempt: 0,
+            max_attempts: 0,
+            params: self
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok())
+                .unwrap_or_default(),
+            state: None,
+            cost: self.cost,
+            webhook_url: self.webhook_url.clone(),
+        }
+    }
+}
+
+const ASSET_COLUMNS: &str = "a.id, a.kind, a.mime, a.width, a.height, a.duration_ms, a.bytes, a.thumb_key, a.parent_id, a.job_id, a.visibility, a.created_at";
+
+fn asset_view(r: &sqlx::any::AnyRow) -> Result<AssetView, sqlx::Error> {
+    let id: String = r.try_get("id")?;
+    let dim = |v: i64| (v > 0).then_some(v);
+    let thumb: Option<String> = r.try_get("thumb_key")?;
+    Ok(AssetView {
+        url: format!("/api/assets/{id}"),
+        thumbnail_url: thumb.map(|_| format!("/api/assets/{id}/thumbnail")),
+        kind: r.try_get("kind")?,
+        mime: r.try_get("mime")?,
+        width: dim(r.try_get("width")?),
+        height: dim(r.try_get("height")?),
+        duration_ms: r.try_get("duration_ms")?,
+        bytes: r.try_get("bytes")?,
+        parent_id: r.try_get("parent_id")?,
+        job_id: r.try_get("job_id")?,
+        visibility: r.try_get("visibility")?,
+        created_at: r.try_get("created_at")?,
+        id,
+    })
+}
+
+/// An output as events and webhooks describe it (before the API reads it back).
+pub fn output_json(s: &Stored<'_>) -> serde_json::Value {
+    let o = s.output;
+    serde_json::json!({
+        "id": s.asset_id, "kind": o.kind, "mime": o.mime, "width": o.width, "height": o.height,
+        "duration_ms": o.duration_ms, "bytes": o.bytes.len(), "url": format!("/api/assets/{}", s.asset_id),
+        "thumbnail_url": s.thumb_key.as_ref().map(|_| format!("/api/assets/{}/thumbnail", s.asset_id)),
+        "parent_id": o.parent_id,
+    })
+}
+
+/// Records a stored output as an asset of the job's owner, in the job's final transaction.
+pub async fn insert_output(
+    tx: &mut sqlx::AnyConnection,
+    job: &Job,
+    s: &Stored<'_>,
+) -> Result<(), sqlx::Error> {
+    let o = s.output;
+    sqlx::query("INSERT INTO assets (id, user_id, blob_key, mime, width, height, bytes, created_at, kind, job_id, parent_id, duration_ms, thumb_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+        .bind(&s.asset_id)
+        .bind(&job.user_id)
+        .bind(&s.key)
+        .bind(o.mime)
+        .bind(o.width.unwrap_or(0) as i64)
+        .bind(o.height.unwrap_or(0) as i64)
+        .bind(o.bytes.len() as i64)
+        .bind(crate::auth::now())
+        .bind(o.kind)
+        .bind(&job.id)
+        .bind(&o.parent_id)
+        .bind(o.duration_ms)
+        .bind(&s.thumb_key)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Gives a job's reserved credits back (it failed or was cancelled).
+pub async fn refund(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<(), sqlx::Error> {
+    if job.cost == 0 {
+        return Ok(());
+    }
+    sqlx::query("UPDATE users SET credits_remaining = credits_remaining + $1 WHERE id = $2")
+        .bind(job.cost)
+        .bind(&job.user_id)
+        .execute(&mut *conn)
+        .await?;
+    crate::generations::log_usage(conn, &job.user_id, "refund", -job.cost, &job.ref_id).await
+}
+
+impl Db {
+    pub async fn job(&self, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| JobRow::from_row(&r)).transpose()
+    }
+
+    /// The job of `kind` working on record `ref_id` (an image job by its generation).
+    pub async fn job_for(&self, ref_id: &str, kind: &str) -> Result<Option<JobRow>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.ref_id = $1 AND j.kind = $2 ORDER BY j.seq LIMIT 1"
+        )))
+        .bind(ref_id)
+        .bind(kind)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| JobRow::from_row(&r)).transpose()
+    }
+
+    /// The assets job `id` made, in output order.
+    pub async fn outputs(&self, job_id: &str) -> Result<Vec<AssetView>, sqlx::Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ASSET_COLUMNS} FROM assets a WHERE a.job_id = $1 ORDER BY a.blob_key"
+        )))
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(asset_view).collect()
+    }
+}

@@ -1,0 +1,346 @@
+//! Image generation (txt2img, img2img, inpaint, batch) as a task: the engine run for one
+//! attempt, and the `generations` row and its `images` kept in step with the job. Requests
+//! come through `POST /api/generate/image` (`generations.rs`), which stores the generation
+//! and enqueues its job.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use krya_engine::model::cache::{ModelCache, model_bytes};
+use krya_engine::model::{ModelSource, hub};
+use krya_engine::{CancelToken, EngineError, GenerateRequest, SchedulerKind, device, model};
+use tokio::sync::mpsc;
+
+use super::{Job, Outcome, Output, ProgressMsg, RunContext, Services, Start, Stored, Task};
+use crate::db::Db;
+use crate::generations::{Generation, random_id};
+use crate::{media, registry};
+
+/// Inputs were checked against the upload limit when uploaded; this bounds decoding again.
+const MAX_INPUT_PIXELS: u64 = 8192 * 8192;
+
+pub const KIND: &str = "image";
+
+pub struct ImageTask;
+
+#[async_trait::async_trait]
+impl Task for ImageTask {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn subject(&self) -> &'static str {
+        "generation"
+    }
+
+    fn blob_prefix(&self, job: &Job) -> String {
+        format!("generations/{}/", job.ref_id)
+    }
+
+    async fn started(&self, s: &Services, job: &Job) -> Result<Start, sqlx::Error> {
+        let Some(g) = s.db.generation(&job.ref_id).await? else {
+            // Deleted meanwhile.
+            return Ok(Start::Skip("cancelled"));
+        };
+        if !g.is_active() {
+            return Ok(Start::Skip(if g.status == "completed" {
+                "completed"
+            } else {
+                "cancelled"
+            }));
+        }
+        sqlx::query("UPDATE generations SET status = 'processing', started_at = COALESCE(started_at, $1) WHERE id = $2 AND status IN ('pending', 'processing')")
+            .bind(crate::auth::now())
+            .bind(&g.id)
+            .execute(&s.db.pool)
+            .await?;
+        Ok(Start::Run)
+    }
+
+    async fn run(&self, ctx: RunContext) -> Outcome {
+        let g = match ctx.services.db.generation(&ctx.job.ref_id).await {
+            Ok(Some(g)) => g,
+            Ok(None) => return Outcome::Cancelled,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        let mut inputs = Vec::new();
+        for id in [&g.params.init_image, &g.params.mask].into_iter().flatten() {
+            match ctx.input(id).await {
+                Ok(bytes) => inputs.push(bytes),
+                Err(outcome) => return outcome,
+            }
+        }
+        let (data_dir, local) = (
+            ctx.services.data_dir.clone(),
+            ctx.services.local_models.clone(),
+        );
+        let model_id = g.model.clone();
+        let entry =
+            tokio::task::spawn_blocking(move || registry::find(&data_dir, &local, &model_id))
+                .await;
+        let entry = match entry {
+            Ok(Ok(Some(e))) => e,
+            Ok(Ok(None)) => {
+                return Outcome::failed(
+                    "model-unavailable",
+                    format!("model {:?} is no longer offered here", g.model),
+                );
+            }
+            Ok(Err(e)) => return Outcome::Retry(e),
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        let init_id = g.params.init_image.clone();
+        let (cache, cancel, progress) = (
+            ctx.services.cache.clone(),
+            ctx.cancel.clone(),
+            ctx.progress(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            run_engine(&g, &entry, inputs, &cache, &cancel, progress)
+        })
+        .await;
+        match result {
+            Ok(Ok(mut outputs)) => {
+                for o in &mut outputs {
+                    o.parent_id = init_id.clone();
+                }
+                Outcome::Done(outputs)
+            }
+            Ok(Err(EngineError::Cancelled)) => Outcome::Cancelled,
+            Ok(Err(e @ (EngineError::Tensor(_) | EngineError::Io { .. }))) => {
+                Outcome::Retry(e.to_string())
+            }
+            Ok(Err(e @ EngineError::Download(_))) => {
+                Outcome::failed("model-unavailable", e.to_string())
+            }
+            Ok(Err(e)) => Outcome::failed(
+                if e.code() == "invalid-input" {
+                    "invalid-input"
+                } else {
+                    "model-unavailable"
+                },
+                e.to_string(),
+            ),
+            Err(e) => Outcome::Retry(format!("the engine stopped: {e}")),
+        }
+    }
+
+    async fn progressed(&self, db: &Db, job: &Job, step: usize, total: usize) {
+        let _ = sqlx::query("UPDATE generations SET progress_step = $1, progress_total = $2 WHERE id = $3 AND status = 'processing'")
+            .bind(step as i64)
+            .bind(total as i64)
+            .bind(&job.ref_id)
+            .execute(&db.pool)
+            .await;
+    }
+
+    async fn completed(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        job: &Job,
+        outputs: &[Stored<'_>],
+    ) -> Result<Option<serde_json::Value>, sqlx::Error> {
+        let (w, h) = outputs
+            .first()
+            .map(|s| {
+                (
+                    s.output.width.unwrap_or(0) as i64,
+                    s.output.height.unwrap_or(0) as i64,
+                )
+            })
+            .unwrap_or((0, 0));
+        let r = sqlx::query("UPDATE generations SET status = 'completed', width = $1, height = $2, progress_step = progress_total, completed_at = $3 WHERE id = $4 AND status IN ('pending', 'processing')")
+            .bind(w)
+            .bind(h)
+            .bind(crate::auth::now())
+            .bind(&job.ref_id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let mut images = Vec::new();
+        for (i, s) in outputs.iter().enumerate() {
+            let id = random_id();
+            let seed = s.output.meta["seed"].as_i64().unwrap_or(0);
+            let (w, h) = (
+                s.output.width.unwrap_or(0) as i64,
+                s.output.height.unwrap_or(0) as i64,
+            );
+            images.push(crate::generations::image_json(&id, w, h, seed));
+            sqlx::query("INSERT INTO images (id, generation_id, idx, seed, width, height, png_key, thumb_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(&id)
+                .bind(&job.ref_id)
+                .bind(i as i64)
+                .bind(seed)
+                .bind(w)
+                .bind(h)
+                .bind(&s.key)
+                .bind(s.thumb_key.as_deref().unwrap_or(&s.key))
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(Some(
+            serde_json::json!({"status": "completed", "images": images}),
+        ))
+    }
+
+    async fn failed(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        job: &Job,
+        code: &str,
+        message: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("UPDATE generations SET status = 'failed', error_code = $1, error_message = $2, completed_at = $3 WHERE id = $4 AND status IN ('pending', 'processing')")
+            .bind(code)
+            .bind(message)
+            .bind(crate::auth::now())
+            .bind(&job.ref_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn requeued(&self, tx: &mut sqlx::AnyConnection, job: &Job) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE generations SET status = 'pending', progress_step = 0 WHERE id = $1 AND status = 'processing'")
+            .bind(&job.ref_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn deleted(&self, tx: &mut sqlx::AnyConnection, job: &Job) -> Result<(), sqlx::Error> {
+        for sql in [
+            "DELETE FROM images WHERE generation_id = $1",
+            "DELETE FROM likes WHERE generation_id = $1",
+            "DELETE FROM generations WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(&job.ref_id).execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn cancelled(&self, tx: &mut sqlx::AnyConnection, job: &Job) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("UPDATE generations SET status = 'cancelled', completed_at = $1 WHERE id = $2 AND status IN ('pending', 'processing')")
+            .bind(crate::auth::now())
+            .bind(&job.ref_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+/// The model an entry names, from the cache or loaded (a hub model is downloaded first).
+pub(crate) fn load_model(
+    entry: &registry::ModelEntry,
+    cache: &ModelCache,
+) -> Result<Arc<krya_engine::StableDiffusion>, EngineError> {
+    cache.get_or_load(&entry.source, || {
+        let mut source = ModelSource::parse(&entry.source)?;
+        if let ModelSource::Hub { repo, revision } = &source
+            && hub::cached_snapshot(repo, revision).is_none()
+        {
+            source = ModelSource::Folder(hub::pull(repo, revision, &mut |_| {})?);
+        }
+        let dev = device::best_device()?;
+        let mut m = model::load(&source, &dev, device::default_dtype(&dev))?;
+        m.name = entry.id.clone();
+        let bytes = model_bytes(&m);
+        Ok((m, bytes))
+    })
+}
+
+fn run_engine(
+    g: &Generation,
+    entry: &registry::ModelEntry,
+    inputs: Vec<Vec<u8>>,
+    cache: &ModelCache,
+    cancel: &CancelToken,
+    progress: mpsc::UnboundedSender<ProgressMsg>,
+) -> Result<Vec<Output>, EngineError> {
+    let decode = |b: &[u8]| {
+        media::decode_limited(b, MAX_INPUT_PIXELS).map_err(|e| EngineError::InvalidInput(e.message))
+    };
+    let mut inputs = inputs.iter();
+    let init_image = match &g.params.init_image {
+        Some(_) => Some(decode(inputs.next().unwrap())?.to_rgb8()),
+        None => None,
+    };
+    let mask = match &g.params.mask {
+        Some(_) => Some(decode(inputs.next().unwrap())?.to_luma8()),
+        None => None,
+    };
+    let model = load_model(entry, cache)?;
+    cancel.check()?;
+    let (prompt, negative) = match g
+        .params
+        .style
+        .as_deref()
+        .and_then(|s| registry::styles().into_iter().find(|x| x.id == s))
+    {
+        Some(style) => style.apply(&g.prompt, g.negative_prompt.as_deref()),
+        None => (g.prompt.clone(), g.negative_prompt.clone()),
+    };
+    let req = GenerateRequest {
+        prompt,
+        negative_prompt: negative,
+        width: (g.width > 0).then_some(g.width as usize),
+        height: (g.height > 0).then_some(g.height as usize),
+        steps: g.params.steps.map(|s| s as usize),
+        guidance: g.params.cfg_scale,
+        scheduler: g
+            .params
+            .scheduler
+            .as_deref()
+            .map(SchedulerKind::parse)
+            .transpose()?,
+        seed: g.seed as u64,
+        batch: g.batch_size as usize,
+        init_image,
+        strength: g.params.strength.unwrap_or(0.75),
+        mask,
+        init_noise: None,
+        clip_skip: g.params.clip_skip as usize,
+        preview_every: 1,
+    };
+    let mut last_preview = Instant::now() - Duration::from_secs(1);
+    let out = model.generate(
+        &req,
+        &mut |p| {
+            // Previews at most ~4 a second: encoding is cheap, but the stream is for people.
+            let preview = match p.preview {
+                Some(img)
+                    if last_preview.elapsed() >= Duration::from_millis(250)
+                        || p.step == p.total =>
+                {
+                    last_preview = Instant::now();
+                    media::preview_data_url(img)
+                }
+                _ => None,
+            };
+            let _ = progress.send((p.step, p.total, preview));
+        },
+        cancel,
+    )?;
+    let mut outputs = Vec::new();
+    for (i, img) in out.images.iter().enumerate() {
+        let params = out.parameters_text(&req, &entry.id, i);
+        let png = krya_engine::image_io::png_bytes(img, &params)?;
+        let thumb = media::thumbnail_webp(img, 384)
+            .map_err(|e| EngineError::InvalidInput(format!("thumbnail: {e}")))?;
+        outputs.push(Output {
+            kind: "image",
+            mime: "image/png",
+            ext: "png",
+            bytes: png,
+            thumbnail: Some(thumb),
+            width: Some(img.width()),
+            height: Some(img.height()),
+            duration_ms: None,
+            parent_id: None,
+            meta: serde_json::json!({"seed": out.seeds[i]}),
+        });
+    }
+    Ok(outputs)
+}

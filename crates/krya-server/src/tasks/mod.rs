@@ -1,0 +1,355 @@
+//! Kinds of work. Each kind is one `Task`: how a request is checked and priced, and how
+//! one attempt runs. A kind lives in a folder (or file) of its own and is listed once, in
+//! `builtin()`; the runner (`runner.rs`) does the rest for every kind alike: claiming in
+//! fair order, leases and heartbeats, cancel, retries, credits, progress events, output
+//! assets and webhooks. `docs/architecture.md` walks a job through it.
+//!
+//! Most kinds keep everything in the job itself (`jobs.params`, output assets). Image
+//! generation also keeps its `generations` row (the feed, likes and search read it), which
+//! the hooks `started`, `progressed`, `completed`, `failed`, `requeued`, `cancelled` and
+//! `deleted`
+//! keep in step, inside the runner's own transactions.
+
+pub mod image;
+pub mod webhook;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use krya_engine::CancelToken;
+use krya_engine::model::cache::ModelCache;
+use tokio::sync::mpsc;
+
+use crate::blobs::Blobs;
+use crate::db::Db;
+use crate::error::ApiError;
+
+/// Which of a worker's slots runs a kind. Each slot runs one job at a time, so a long
+/// kind never holds up the kinds of another slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// The engine: one job at a time (it uses every core, or the GPU).
+    Compute,
+    /// Network work that mostly waits (webhook deliveries, remote providers).
+    Io,
+}
+
+/// A request checked by its kind: what is stored and what it costs.
+pub struct Prepared {
+    pub params: serde_json::Value,
+    pub cost: i64,
+    /// Uploaded assets the job reads (checked to be the caller's at submission).
+    pub inputs: Vec<String>,
+}
+
+/// A claimed job, as its task sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    /// The record the job works on: the generation for images, else the job itself.
+    pub ref_id: String,
+    pub user_id: String,
+    /// This attempt, from 1.
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub params: serde_json::Value,
+    /// What an earlier `Outcome::PollAt` left for this run.
+    pub state: Option<serde_json::Value>,
+    pub cost: i64,
+    pub webhook_url: Option<String>,
+}
+
+/// One output file of a job, stored by the runner as an asset.
+pub struct Output {
+    /// `image`, `mask`, `video`, `audio`, `mesh`, `lora`, `dataset` or `text`.
+    pub kind: &'static str,
+    pub mime: &'static str,
+    /// The file's extension in storage keys.
+    pub ext: &'static str,
+    pub bytes: Vec<u8>,
+    /// A small WebP for lists.
+    pub thumbnail: Option<Vec<u8>>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub duration_ms: Option<i64>,
+    /// The asset it was made from (the upscaled image's source, the img2img init image).
+    pub parent_id: Option<String>,
+    /// What the kind's own record wants to keep (an image's seed).
+    pub meta: serde_json::Value,
+}
+
+/// An output once stored: its asset id and storage keys.
+pub struct Stored<'a> {
+    pub output: &'a Output,
+    pub asset_id: String,
+    pub key: String,
+    pub thumb_key: Option<String>,
+}
+
+/// How one attempt ended.
+pub enum Outcome {
+    Done(Vec<Output>),
+    /// Bad input or an unusable model: no retry, refunded.
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+    /// Worth another attempt (after the configured backoff), until the attempt limit.
+    Retry(String),
+    /// Its cancel token fired: cancelled by its owner, taken over, or the worker stops.
+    Cancelled,
+    /// Not done yet (a remote provider is still working): run again at `at_ms` with
+    /// `state`, without holding a slot meanwhile. Not counted as an attempt.
+    PollAt {
+        at_ms: i64,
+        state: serde_json::Value,
+    },
+}
+
+impl Outcome {
+    pub fn failed(code: &'static str, message: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a task may use: narrow services, never the whole server.
+#[derive(Clone)]
+pub struct Services {
+    pub db: Db,
+    pub blobs: Blobs,
+    pub cache: Arc<ModelCache>,
+    pub data_dir: PathBuf,
+    /// Models named in the settings (`[models.local]`).
+    pub local_models: BTreeMap<String, String>,
+    pub allow_private_webhooks: bool,
+}
+
+/// Progress as a task reports it: step of total, and a preview image (a data URL).
+pub type ProgressMsg = (usize, usize, Option<String>);
+
+/// What `Task::run` gets.
+pub struct RunContext {
+    pub job: Job,
+    pub cancel: CancelToken,
+    pub services: Services,
+    progress: mpsc::UnboundedSender<ProgressMsg>,
+}
+
+impl RunContext {
+    pub(crate) fn new(
+        job: Job,
+        cancel: CancelToken,
+        services: Services,
+        progress: mpsc::UnboundedSender<ProgressMsg>,
+    ) -> Self {
+        Self {
+            job,
+            cancel,
+            services,
+            progress,
+        }
+    }
+
+    /// Reports progress; the runner stores it and sends events (at most every 200 ms,
+    /// and always the last step). Callable from any thread.
+    pub fn progress(&self) -> mpsc::UnboundedSender<ProgressMsg> {
+        self.progress.clone()
+    }
+
+    /// The bytes of an uploaded asset of the job's owner, or why the job cannot have them.
+    pub async fn input(&self, asset_id: &str) -> Result<Vec<u8>, Outcome> {
+        let asset = self
+            .services
+            .db
+            .asset(asset_id, &self.job.user_id)
+            .await
+            .map_err(|e| Outcome::Retry(e.to_string()))?
+            .ok_or_else(|| {
+                Outcome::failed(
+                    "invalid-input",
+                    format!("the uploaded file {asset_id} was deleted"),
+                )
+            })?;
+        match self.services.blobs.get(&asset.blob_key).await {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(Outcome::failed(
+                "invalid-input",
+                format!("the uploaded file {asset_id} is missing"),
+            )),
+            Err(e) => Err(Outcome::Retry(e.to_string())),
+        }
+    }
+}
+
+/// Whether the runner should run a claimed job (a kind with a record of its own may have
+/// ended it meanwhile).
+pub enum Start {
+    Run,
+    /// End the job with this status without running it.
+    Skip(&'static str),
+}
+
+/// A kind of work.
+#[async_trait::async_trait]
+pub trait Task: Send + Sync + 'static {
+    /// Its name in the API, in events and in the queue (lowercase letters and `_`).
+    fn kind(&self) -> &'static str;
+
+    fn slot(&self) -> Slot {
+        Slot::Compute
+    }
+
+    /// Checks a `POST /api/jobs` request (errors name the field) and prices it. Kinds
+    /// with an endpoint of their own (images) are not submitted this way.
+    async fn prepare(
+        &self,
+        _services: &Services,
+        _params: serde_json::Value,
+    ) -> Result<Prepared, ApiError> {
+        Err(crate::error::invalid(
+            "kind",
+            format!("{} jobs are submitted through their own endpoint", self.kind()),
+        ))
+    }
+
+    /// Runs one attempt.
+    async fn run(&self, ctx: RunContext) -> Outcome;
+
+    /// The word events and webhooks name the job's record by (`generation.completed`).
+    fn subject(&self) -> &'static str {
+        "job"
+    }
+
+    /// Whether the job's owner hears of it (events, webhooks): not for deliveries.
+    fn notifies(&self) -> bool {
+        true
+    }
+
+    /// Where its output files are stored (attempt-named files go under it).
+    fn blob_prefix(&self, job: &Job) -> String {
+        format!("jobs/{}/", job.id)
+    }
+
+    /// The delay before retry `attempt + 1` after a transient failure.
+    fn retry_delay_ms(&self, attempt: i64, base_ms: u64) -> i64 {
+        base_ms as i64 * (1i64 << (attempt - 1).clamp(0, 10))
+    }
+
+    // Hooks for a kind with a record of its own; each runs in the runner's transaction
+    // where one is given, so the record and the job end together.
+
+    async fn started(&self, _services: &Services, _job: &Job) -> Result<Start, sqlx::Error> {
+        Ok(Start::Run)
+    }
+
+    async fn progressed(&self, _db: &Db, _job: &Job, _step: usize, _total: usize) {}
+
+    /// The job completed with `outputs` stored: the event data, or `None` when the
+    /// record has ended meanwhile (the transaction is then rolled back).
+    async fn completed(
+        &self,
+        _tx: &mut sqlx::AnyConnection,
+        _job: &Job,
+        outputs: &[Stored<'_>],
+    ) -> Result<Option<serde_json::Value>, sqlx::Error> {
+        let assets: Vec<_> = outputs
+            .iter()
+            .map(|s| crate::jobs::output_json(s))
+            .collect();
+        Ok(Some(
+            serde_json::json!({"status": "completed", "outputs": assets}),
+        ))
+    }
+
+    /// The job failed for good; `false` when the record had ended meanwhile.
+    async fn failed(
+        &self,
+        _tx: &mut sqlx::AnyConnection,
+        _job: &Job,
+        _code: &str,
+        _message: &str,
+    ) -> Result<bool, sqlx::Error> {
+        Ok(true)
+    }
+
+    async fn requeued(&self, _tx: &mut sqlx::AnyConnection, _job: &Job) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    /// Its owner cancelled it; `false` when the record had ended meanwhile.
+    async fn cancelled(
+        &self,
+        _tx: &mut sqlx::AnyConnection,
+        _job: &Job,
+    ) -> Result<bool, sqlx::Error> {
+        Ok(true)
+    }
+
+    /// Its owner deleted it (its files under `blob_prefix` go too).
+    async fn deleted(&self, _tx: &mut sqlx::AnyConnection, _job: &Job) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+}
+
+/// The kinds a server (or worker) knows, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    tasks: BTreeMap<&'static str, Arc<dyn Task>>,
+}
+
+impl Registry {
+    pub fn with(mut self, task: impl Task) -> Self {
+        let kind = task.kind();
+        assert!(
+            !kind.is_empty() && kind.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "kind {kind:?}: lowercase letters and '_' only"
+        );
+        self.tasks.insert(kind, Arc::new(task));
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Task>> {
+        self.tasks.get(kind)
+    }
+
+    /// Kinds run in `slot`, in name order.
+    pub fn kinds(&self, slot: Slot) -> Vec<&'static str> {
+        self.tasks
+            .iter()
+            .filter(|(_, t)| t.slot() == slot)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Every kind, in name order.
+    pub fn all_kinds(&self) -> Vec<&'static str> {
+        self.tasks.keys().copied().collect()
+    }
+
+    /// The kinds a worker runs: `only` (from settings; empty means all), known kinds only.
+    pub fn restricted(&self, only: &[String]) -> Registry {
+        if only.is_empty() {
+            return self.clone();
+        }
+        Registry {
+            tasks: self
+                .tasks
+                .iter()
+                .filter(|(k, _)| only.iter().any(|o| o == *k))
+                .map(|(k, t)| (*k, t.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The kinds Krya ships: one line each.
+pub fn builtin() -> Registry {
+    Registry::default()
+        .with(image::ImageTask)
+        .with(webhook::WebhookTask)
+}
