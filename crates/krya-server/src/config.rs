@@ -18,6 +18,24 @@ pub struct Config {
     pub jobs: Jobs,
     pub webhooks: Webhooks,
     pub realtime: Realtime,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// What to log: a level (`error`, `warn`, `info`, `debug`, `trace`) or per-target
+    /// directives (`info,sqlx=warn,krya_server=debug`); `KRYA_LOG` overrides it.
+    pub level: String,
+    /// `plain` (one readable line per event) or `json` (one object per line).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -187,6 +205,10 @@ impl Default for Config {
                 max_frame_pixels: 2048 * 2048,
                 jpeg_quality: 80,
             },
+            log: Log {
+                level: "info".into(),
+                format: LogFormat::Plain,
+            },
         }
     }
 }
@@ -271,6 +293,13 @@ max_frame_bytes = 4194304
 max_frame_pixels = 4194304
 # Quality of the JPEG frames sent back, 1 to 100.
 jpeg_quality = 80
+
+[log]
+# What to log: a level (error, warn, info, debug, trace) or per-target directives such as
+# "info,sqlx=warn,krya_server=debug". The KRYA_LOG environment variable overrides it.
+level = "info"
+# "plain" (a readable line per event) or "json" (an object per line, for log collectors).
+format = "plain"
 "#;
 
 #[derive(Debug, thiserror::Error)]

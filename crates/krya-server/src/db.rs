@@ -1,5 +1,7 @@
 //! The database: SQLite (embedded default) or PostgreSQL, one query layer over sqlx's `Any`
-//! driver, migrations kept per backend (`migrations/sqlite`, `migrations/postgres`).
+//! driver. Migrations are one list: a file in `migrations/shared` runs on both databases,
+//! and only where the SQL differs is there one per backend (`migrations/sqlite`,
+//! `migrations/postgres`).
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
@@ -14,6 +16,68 @@ pub struct Db {
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// A migration whose SQL is the same on both databases.
+macro_rules! shared {
+    ($version:literal, $name:literal) => {
+        [(
+            $version,
+            $name,
+            include_str!(concat!("../migrations/shared/", $name, ".sql")),
+        ); 2]
+    };
+}
+
+/// A migration with SQL of its own for each database: `[SQLite, PostgreSQL]`.
+macro_rules! per_backend {
+    ($version:literal, $name:literal) => {
+        [
+            (
+                $version,
+                $name,
+                include_str!(concat!("../migrations/sqlite/", $name, ".sql")),
+            ),
+            (
+                $version,
+                $name,
+                include_str!(concat!("../migrations/postgres/", $name, ".sql")),
+            ),
+        ]
+    };
+}
+
+/// Every migration in order. A file's text is its checksum in `_sqlx_migrations`: an
+/// applied migration's file is never edited, only followed by a new one.
+const MIGRATIONS: [[(i64, &str, &str); 2]; 6] = [
+    per_backend!(1, "0001_accounts"),
+    per_backend!(2, "0002_sessions"),
+    shared!(3, "0003_api_keys"),
+    per_backend!(4, "0004_generations"),
+    shared!(5, "0005_refresh_rotation"),
+    shared!(6, "0006_jobs_and_assets"),
+];
+
+fn migrations(backend: Backend) -> Vec<sqlx::migrate::Migration> {
+    let i = match backend {
+        Backend::Sqlite => 0,
+        Backend::Postgres => 1,
+    };
+    MIGRATIONS
+        .iter()
+        .map(|m| {
+            let (version, name, sql) = m[i];
+            // As `sqlx::migrate!` names them: the file name after the version.
+            let description = name.split_once('_').map_or(name, |(_, d)| d).replace('_', " ");
+            sqlx::migrate::Migration::new(
+                version,
+                description.into(),
+                sqlx::migrate::MigrationType::Simple,
+                sqlx::SqlStr::from_static(sql),
+                false,
+            )
+        })
+        .collect()
 }
 
 impl Db {
@@ -48,14 +112,9 @@ impl Db {
     }
 
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Backend::Postgres => {
-                sqlx::migrate!("migrations/postgres")
-                    .run(&self.pool)
-                    .await?
-            }
-        }
+        sqlx::migrate::Migrator::with_migrations(migrations(self.backend))
+            .run(&self.pool)
+            .await?;
         Ok(())
     }
 

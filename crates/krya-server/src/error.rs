@@ -80,7 +80,7 @@ impl IntoResponse for ApiError {
         let (code, status) = self.code.info();
         let message = if self.code == ErrorCode::Internal {
             let id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
-            eprintln!("internal error (request {id}): {}", self.message);
+            tracing::error!(request_id = %id, error = %self.message, "internal error");
             format!("internal error (request {id})")
         } else {
             self.message
@@ -131,7 +131,22 @@ pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Nex
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    use tracing::Instrument;
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let t0 = std::time::Instant::now();
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), next.run(req))
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| {
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let status = resp.status().as_u16();
+        if status >= 500 {
+            tracing::warn!(status, ms, "answered");
+        } else {
+            tracing::debug!(status, ms, "answered");
+        }
+    });
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }

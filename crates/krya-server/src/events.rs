@@ -70,7 +70,7 @@ impl Bus {
                     }
                     // The listener reconnects on the next recv.
                     Err(e) => {
-                        eprintln!("event listener: {e}");
+                        tracing::warn!(error = %e, "event listener lost its connection");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -85,7 +85,7 @@ impl Bus {
                     .execute(&db.pool)
                     .await
                 {
-                    eprintln!("publishing an event: {e}");
+                    tracing::warn!(error = %e, "publishing an event failed");
                 }
             }
         });

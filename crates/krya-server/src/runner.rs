@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use krya_engine::CancelToken;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::config;
 use crate::db::Db;
@@ -86,14 +87,15 @@ impl Runner {
         while !self.stopping.load(Ordering::SeqCst) {
             match self.db().claim_job(&self.id, self.lease_ms(), &kinds).await {
                 Ok(Some(job)) => {
-                    if let Err(e) = self.process(job.clone()).await {
+                    let span = tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempts);
+                    if let Err(e) = self.process(job).instrument(span.clone()).await {
                         // The lease runs out and the job is tried again.
-                        eprintln!("job {} ({} {}): {e}", job.id, job.kind, job.ref_id);
+                        span.in_scope(|| tracing::warn!(error = %e, "the job's end was not recorded"));
                     }
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => eprintln!("claiming a job: {e}"),
+                Err(e) => tracing::warn!(error = %e, "claiming a job failed"),
             }
             tokio::select! {
                 _ = wake.changed() => {}
@@ -146,6 +148,7 @@ impl Runner {
             let msg = format!("the job was interrupted {} times; giving up", job.max_attempts);
             return self.fail(&*task, &job, "worker-lost", &msg).await;
         }
+        tracing::info!(record = %job.ref_id, "started");
         self.publish(&*task, &job, "started", serde_json::json!({"status": "processing", "attempt": job.attempt}));
         let prefix = task.blob_prefix(&job);
         let mine = format!("{prefix}a{}-", job.attempt);
@@ -268,6 +271,7 @@ impl Runner {
             self.delete_blobs(&keys).await;
             return Ok(());
         };
+        tracing::info!(outputs = stored.len(), "completed");
         self.publish(task, job, "completed", data);
         Ok(())
     }
@@ -300,7 +304,7 @@ impl Runner {
     async fn delete_blobs(&self, keys: &[String]) {
         for k in keys {
             if let Err(e) = self.services.blobs.delete(k).await {
-                eprintln!("deleting {k}: {e}");
+                tracing::warn!(key = %k, error = %e, "deleting a file failed");
             }
         }
     }
@@ -326,8 +330,8 @@ impl Runner {
         }
         .await
         .map_err(|e| e.to_string())?;
-        if !task.notifies() && ended {
-            eprintln!("{} job {} failed after {} attempts: {message}", job.kind, job.id, job.attempt);
+        if ended {
+            tracing::info!(code, error = message, "failed");
         }
         if ended {
             self.publish(task, job, "failed", data);
@@ -349,6 +353,7 @@ impl Runner {
         .await
         .map_err(|e| e.to_string())?;
         if done {
+            tracing::info!(delay_ms, why, "queued again");
             self.publish(
                 task,
                 job,

@@ -152,7 +152,9 @@ fn upload(c: &Client) -> (String, Vec<u8>) {
 fn submit(c: &Client, params: Value) -> Value {
     let (st, j) = c.post("/api/jobs", json!({"kind": "echo", "params": params}));
     assert_eq!(st, 202, "{j}");
-    assert_eq!((j["kind"].as_str(), j["status"].as_str()), (Some("echo"), Some("pending")));
+    assert_eq!(j["kind"], "echo");
+    // The runner may have claimed it before the answer was written.
+    assert!(["pending", "processing"].contains(&j["status"].as_str().unwrap()), "{j}");
     j
 }
 

@@ -123,6 +123,30 @@ fn load(
     Ok(config)
 }
 
+/// Logs to stderr through `tracing`: the server's requests and jobs, and what sqlx and
+/// object_store report, at `log.level` (or `KRYA_LOG`), as plain lines or JSON.
+fn init_logging(c: &krya_server::config::Log) -> Result<(), CliError> {
+    use krya_server::config::LogFormat;
+    use tracing_subscriber::EnvFilter;
+    let (what, directives) = match std::env::var("KRYA_LOG") {
+        Ok(v) if !v.is_empty() => ("KRYA_LOG", v),
+        _ => ("log.level", c.level.clone()),
+    };
+    let filter = EnvFilter::try_new(&directives)
+        .map_err(|e| CliError::user(format!("{what}: {directives:?} is not a log level ({e})")))?;
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // A second call (tests run several servers in one process) keeps the first.
+    let _ = match c.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+    Ok(())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -154,6 +178,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     let config = load(&a.settings, a.listen, models)?;
+    init_logging(&config.log)?;
     let rt = runtime()?;
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -175,6 +200,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 
 pub fn worker(s: Settings) -> Result<(), CliError> {
     let config = load(&s, None, vec![])?;
+    init_logging(&config.log)?;
     let rt = runtime()?;
     let result = rt.block_on(async move {
         println!("Krya worker running jobs from {}", describe_db(&config));
@@ -201,6 +227,7 @@ fn describe_db(c: &Config) -> String {
 
 pub fn migrate(s: Settings) -> Result<(), CliError> {
     let config = load(&s, None, vec![])?;
+    init_logging(&config.log)?;
     runtime()?.block_on(async move {
         krya_server::open_database(&config)
             .await

@@ -34,6 +34,24 @@ impl Client {
         }
     }
 
+    /// Signs in an existing account (password `password123`, as `register` makes them).
+    pub fn login(base: &str, email: &str) -> Client {
+        let a = agent();
+        let mut r = post(
+            &a,
+            &format!("{base}/api/auth/login"),
+            &json!({"email": email, "password": "password123"}).to_string(),
+        );
+        assert_eq!(r.status(), 200, "login {email}");
+        let body = json(&mut r);
+        Client {
+            a,
+            base: base.to_string(),
+            token: body["access_token"].as_str().unwrap().to_string(),
+            user: body["user"].clone(),
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         let mut r = self
             .a
