@@ -86,6 +86,10 @@ def main(krya, out):
         gens.append(wait(base, bob, r["id"]))
         st, r = call(base, "POST", f"/api/feed/{gens[0]['id']}/like", bob)
         assert st == 200, r
+        # A live-canvas capture: a generation without a job in this release.
+        st, capture = call(base, "POST", "/api/realtime/captures", ann,
+                           body={"image": asset["id"], "prompt": "saved from the canvas", "model": "tiny", "seed": 3})
+        assert st == 201, capture
     finally:
         server.terminate()
         server.wait()
@@ -115,6 +119,7 @@ def main(krya, out):
         "password": "password123",
         "credits": credits,
         "asset": asset["id"],
+        "capture": capture["id"],
         "generations": [{"id": g["id"], "owner": "bob@example.com" if g["prompt"] == "bob's boat" else "ann@example.com",
                          "status": g["status"], "credits_used": g["credits_used"], "is_public": g["is_public"],
                          "images": [i["id"] for i in g["images"]], "likes_count": 1 if i == 0 else 0}

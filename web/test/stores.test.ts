@@ -139,7 +139,7 @@ describe("generate store", () => {
       seed: -1,
       batch_size: 2,
     });
-    const init = { id: "a1", mime: "image/png", width: 32, height: 32, bytes: 1, url: "/api/assets/a1" };
+    const init = { id: "a1", kind: "image", mime: "image/png", width: 32, height: 32, bytes: 1, url: "/api/assets/a1", visibility: "private", created_at: 1 };
     const r = buildRequest({ ...emptyForm, prompt: "x", init, aspect: "image", strength: 0.4, seed: "42", style: "photo", negative: "blur", scheduler: "ddim" });
     expect(r).toMatchObject({ init_image: "a1", strength: 0.4, seed: 42, style: "photo", negative_prompt: "blur", scheduler: "ddim" });
     expect(r.aspect_ratio).toBeUndefined();

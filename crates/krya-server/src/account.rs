@@ -5,17 +5,28 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::ToSchema;
 
+use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
 use crate::generations::{daily_allowance, daily_top_up, internal, invalid, log_usage, today};
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
 
-async fn profile_json(state: &AppState, user_id: &str) -> Result<serde_json::Value, ApiError> {
-    let u = state
+/// An account's own profile: the user and what only they (and admins) see.
+#[derive(Serialize, ToSchema)]
+pub struct Profile {
+    #[serde(flatten)]
+    pub user: User,
+    pub bio: String,
+    pub avatar_url: Option<String>,
+}
+
+async fn profile_of(state: &AppState, user_id: &str) -> Result<Profile, ApiError> {
+    let user = state
         .db
         .user_by_id(user_id)
         .await
@@ -26,22 +37,20 @@ async fn profile_json(state: &AppState, user_id: &str) -> Result<serde_json::Val
         .fetch_one(&state.db.pool)
         .await
         .map_err(internal)?;
-    let mut v = serde_json::to_value(&u).map_err(internal)?;
-    v["bio"] = row.try_get::<String, _>("bio").map_err(internal)?.into();
-    v["avatar_url"] = row
-        .try_get::<Option<String>, _>("avatar_url")
-        .map_err(internal)?
-        .into();
-    Ok(v)
+    Ok(Profile {
+        user,
+        bio: row.try_get("bio").map_err(internal)?,
+        avatar_url: row.try_get("avatar_url").map_err(internal)?,
+    })
 }
 
-#[utoipa::path(get, path = "/api/user/profile", tag = "accounts", responses((status = 200, description = "The caller's profile", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/user/profile", tag = "accounts", responses((status = 200, description = "The caller's profile", body = Profile), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn get_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Profile>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
-    Ok(Json(profile_json(&state, &user.id).await?))
+    Ok(Json(profile_of(&state, &user.id).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -53,12 +62,12 @@ pub struct ProfileUpdate {
     avatar_url: Option<String>,
 }
 
-#[utoipa::path(put, path = "/api/user/profile", tag = "accounts", request_body = ProfileUpdate, responses((status = 200, description = "Updated profile", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 409, description = "Handle taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(put, path = "/api/user/profile", tag = "accounts", request_body = ProfileUpdate, responses((status = 200, description = "Updated profile", body = Profile), (status = 401, description = "Not signed in", body = ErrorBody), (status = 409, description = "Handle taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn put_profile(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<ProfileUpdate>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Profile>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let Json(p) = body?;
     if let Some(n) = &p.name
@@ -108,15 +117,15 @@ pub async fn put_profile(
         }
         Err(e) => return Err(internal(e)),
     }
-    Ok(Json(profile_json(&state, &user.id).await?))
+    Ok(Json(profile_of(&state, &user.id).await?))
 }
 
 /// `GET /api/user/usage`: balance, today's allowance and use, and the last 30 days.
-#[utoipa::path(get, path = "/api/user/usage", tag = "accounts", responses((status = 200, description = "Balance, allowance, last 30 days", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/user/usage", tag = "accounts", responses((status = 200, description = "Balance, allowance, last 30 days", body = Usage), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Usage>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let mut conn = state.db.pool.acquire().await.map_err(internal)?;
     daily_top_up(&mut conn, &user).await.map_err(internal)?;
@@ -149,39 +158,84 @@ pub async fn usage(
         }
     }
     let today_used = days.get(&today()).map(|d| d.0).unwrap_or(0);
-    let history: Vec<_> = days
+    let history = days
         .iter()
-        .map(|(d, (c, n))| serde_json::json!({"day": d * 86_400, "credits_used": c, "generations": n}))
+        .map(|(d, (c, n))| UsageDay {
+            day: d * 86_400,
+            credits_used: *c,
+            generations: *n,
+        })
         .collect();
-    Ok(Json(serde_json::json!({
-        "credits_remaining": user.credits_remaining,
-        "daily_allowance": daily_allowance(&user.subscription_tier),
-        "credits_used_today": today_used,
-        "resets_at": (today() + 1) * 86_400,
-        "tier": user.subscription_tier,
-        "history": history,
-    })))
+    Ok(Json(Usage {
+        credits_remaining: user.credits_remaining,
+        daily_allowance: daily_allowance(&user.subscription_tier),
+        credits_used_today: today_used,
+        resets_at: (today() + 1) * 86_400,
+        tier: user.subscription_tier,
+        history,
+    }))
+}
+
+/// Credits used on one UTC day.
+#[derive(Serialize, ToSchema)]
+pub struct UsageDay {
+    /// The day's start, seconds since the epoch.
+    pub day: i64,
+    pub credits_used: i64,
+    pub generations: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    pub credits_remaining: i64,
+    pub daily_allowance: i64,
+    pub credits_used_today: i64,
+    /// When the allowance is topped up next, seconds since the epoch.
+    pub resets_at: i64,
+    pub tier: String,
+    /// The last 30 days with any use, oldest first.
+    pub history: Vec<UsageDay>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Tier {
+    pub tier: String,
+    pub daily_allowance: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Subscription {
+    pub tier: String,
+    /// Always `active` on a self-hosted server (no billing).
+    pub status: String,
+    pub daily_allowance: i64,
+    pub credits_remaining: i64,
+    pub resets_at: i64,
+    pub tiers: Vec<Tier>,
 }
 
 /// `GET /api/user/subscription`: the tier and what it gives (self-hosted: no billing).
-#[utoipa::path(get, path = "/api/user/subscription", tag = "accounts", responses((status = 200, description = "Tier and allowances", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/user/subscription", tag = "accounts", responses((status = 200, description = "Tier and allowances", body = Subscription), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn subscription(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Subscription>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
-    let tiers: Vec<_> = ["free", "basic", "pro", "max", "team"]
+    let tiers = ["free", "basic", "pro", "max", "team"]
         .iter()
-        .map(|t| serde_json::json!({"tier": t, "daily_allowance": daily_allowance(t)}))
+        .map(|t| Tier {
+            tier: t.to_string(),
+            daily_allowance: daily_allowance(t),
+        })
         .collect();
-    Ok(Json(serde_json::json!({
-        "tier": user.subscription_tier,
-        "status": "active",
-        "daily_allowance": daily_allowance(&user.subscription_tier),
-        "credits_remaining": user.credits_remaining,
-        "resets_at": (today() + 1) * 86_400,
-        "tiers": tiers,
-    })))
+    Ok(Json(Subscription {
+        daily_allowance: daily_allowance(&user.subscription_tier),
+        tier: user.subscription_tier,
+        status: "active".into(),
+        credits_remaining: user.credits_remaining,
+        resets_at: (today() + 1) * 86_400,
+        tiers,
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -194,13 +248,13 @@ pub struct Grant {
 }
 
 /// `POST /api/admin/users/:id/credits {amount?, tier?}` (admins only).
-#[utoipa::path(post, path = "/api/admin/users/{id}/credits", tag = "admin", request_body = Grant, params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user's profile after the grant", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/admin/users/{id}/credits", tag = "admin", request_body = Grant, params(("id" = String, Path, description = "User id")), responses((status = 200, description = "The user's profile after the grant", body = Profile), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Not an administrator", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn grant(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Json<Grant>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Profile>, ApiError> {
     let admin = auth::current_user(&state, &headers).await?;
     if !admin.is_admin {
         return Err(ApiError::new(
@@ -246,5 +300,5 @@ pub async fn grant(
             .map_err(internal)?;
     }
     tx.commit().await.map_err(internal)?;
-    Ok(Json(profile_json(&state, &target.id).await?))
+    Ok(Json(profile_of(&state, &target.id).await?))
 }

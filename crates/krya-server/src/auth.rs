@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::db::User;
@@ -95,7 +95,13 @@ async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Respo
     let refresh_cookie = format!(
         "{REFRESH_COOKIE}={refresh}; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age={REFRESH_TTL_SECS}"
     );
-    let body = serde_json::json!({"access_token": access, "refresh_token": refresh, "token_type": "bearer", "expires_in": ACCESS_TTL_SECS, "user": user});
+    let body = crate::openapi::Session {
+        access_token: access,
+        refresh_token: refresh,
+        token_type: "bearer".into(),
+        expires_in: ACCESS_TTL_SECS,
+        user: user.clone(),
+    };
     // Appended: two headers of one name (a plain array would keep only the last).
     Ok((
         status,
@@ -391,8 +397,32 @@ pub struct NewApiKey {
     name: String,
 }
 
+/// An API key as listed (without the secret).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ApiKeyView {
+    pub id: String,
+    pub name: String,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A new API key: the secret `key` is shown in this response only.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub view: ApiKeyView,
+    pub key: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ApiKeyList {
+    pub items: Vec<ApiKeyView>,
+}
+
 /// Creates an API key; the key itself is shown in this response only.
-#[utoipa::path(post, path = "/api/user/api-keys", tag = "accounts", request_body = NewApiKey, responses((status = 201, description = "The key, shown once", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/user/api-keys", tag = "accounts", request_body = NewApiKey, responses((status = 201, description = "The key, shown once", body = CreatedApiKey), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -413,18 +443,32 @@ pub async fn create_api_key(
         .insert_api_key(&id, &user.id, &name, &token_hash(&key), &prefix, t)
         .await
         .map_err(internal)?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({"id": id, "name": name, "key": key, "prefix": prefix, "created_at": t}))).into_response())
+    let view = ApiKeyView {
+        id,
+        name,
+        prefix,
+        created_at: t,
+    };
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { view, key })).into_response())
 }
 
-#[utoipa::path(get, path = "/api/user/api-keys", tag = "accounts", responses((status = 200, description = "Live keys (without the secret)", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/user/api-keys", tag = "accounts", responses((status = 200, description = "Live keys (without the secret)", body = ApiKeyList), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn list_api_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ApiKeyList>, ApiError> {
     let user = current_user(&state, &headers).await?;
     let keys = state.db.api_keys(&user.id).await.map_err(internal)?;
-    let items: Vec<_> = keys.into_iter().map(|(id, name, prefix, created_at)| serde_json::json!({"id": id, "name": name, "prefix": prefix, "created_at": created_at})).collect();
-    Ok(Json(serde_json::json!({"items": items})))
+    let items = keys
+        .into_iter()
+        .map(|(id, name, prefix, created_at)| ApiKeyView {
+            id,
+            name,
+            prefix,
+            created_at,
+        })
+        .collect();
+    Ok(Json(ApiKeyList { items }))
 }
 
 #[utoipa::path(delete, path = "/api/user/api-keys/{id}", tag = "accounts", params(("id" = String, Path, description = "Key id")), responses((status = 204, description = "Revoked"), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]

@@ -5,13 +5,15 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
 use crate::generations::{
-    self, Filter, GENERATION_COLUMNS, Generation, Page, internal, invalid, page_of,
+    self, Filter, GENERATION_COLUMNS, Generation, GenerationView, Page, internal, invalid,
+    page_of,
 };
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
@@ -27,23 +29,47 @@ pub struct FeedQuery {
     q: Option<String>,
 }
 
-/// A feed item: the generation, its author and whether the viewer likes it.
+/// Who made a public generation.
+#[derive(Serialize, ToSchema)]
+pub struct Author {
+    pub handle: String,
+    pub name: String,
+    pub avatar_url: Option<String>,
+}
+
+/// A public generation in the feed: the generation, its author and whether the viewer
+/// likes it.
+#[derive(Serialize, ToSchema)]
+pub struct FeedItem {
+    #[serde(flatten)]
+    pub generation: GenerationView,
+    pub author: Author,
+    pub liked: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FeedPage {
+    pub items: Vec<FeedItem>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
 async fn item(
     state: &AppState,
     g: &Generation,
     viewer: Option<&User>,
-) -> Result<serde_json::Value, ApiError> {
-    let mut v = generations::view(state, g, false).await?;
+) -> Result<FeedItem, ApiError> {
+    let generation = generations::view(state, g, false).await?;
     let author = sqlx::query("SELECT handle, name, avatar_url FROM users WHERE id = $1")
         .bind(&g.user_id)
         .fetch_one(&state.db.pool)
         .await
         .map_err(internal)?;
-    v["author"] = serde_json::json!({
-        "handle": author.try_get::<String, _>("handle").map_err(internal)?,
-        "name": author.try_get::<String, _>("name").map_err(internal)?,
-        "avatar_url": author.try_get::<Option<String>, _>("avatar_url").map_err(internal)?,
-    });
+    let author = Author {
+        handle: author.try_get("handle").map_err(internal)?,
+        name: author.try_get("name").map_err(internal)?,
+        avatar_url: author.try_get("avatar_url").map_err(internal)?,
+    };
     let liked = match viewer {
         Some(u) => {
             sqlx::query("SELECT 1 AS x FROM likes WHERE user_id = $1 AND generation_id = $2")
@@ -56,15 +82,18 @@ async fn item(
         }
         None => false,
     };
-    v["liked"] = liked.into();
-    Ok(v)
+    Ok(FeedItem {
+        generation,
+        author,
+        liked,
+    })
 }
 
 async fn items(
     state: &AppState,
     gens: &[Generation],
     viewer: Option<&User>,
-) -> Result<Vec<serde_json::Value>, ApiError> {
+) -> Result<Vec<FeedItem>, ApiError> {
     let mut out = Vec::new();
     for g in gens {
         out.push(item(state, g, viewer).await?);
@@ -73,12 +102,12 @@ async fn items(
 }
 
 /// `GET /api/feed`: completed public generations, `sort=new` (cursor) or `sort=top`.
-#[utoipa::path(get, path = "/api/feed", tag = "feed", params(("sort" = Option<String>, Query, description = "new (default) or top"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "Public generations", body = Object), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/feed", tag = "feed", params(("sort" = Option<String>, Query, description = "new (default) or top"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "Public generations", body = FeedPage), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn feed(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<FeedQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<FeedPage>, ApiError> {
     let viewer = auth::current_user(&state, &headers).await.ok();
     match q.sort.as_deref().unwrap_or("new") {
         "new" => {
@@ -90,9 +119,10 @@ pub async fn feed(
             };
             let gens = page_of(&state.db, &filter, &page).await?;
             let next = page.next(&gens);
-            Ok(Json(
-                serde_json::json!({"items": items(&state, &gens, viewer.as_ref()).await?, "next_cursor": next}),
-            ))
+            Ok(Json(FeedPage {
+                items: items(&state, &gens, viewer.as_ref()).await?,
+                next_cursor: next,
+            }))
         }
         "top" => {
             let limit = q.limit.unwrap_or(20);
@@ -125,9 +155,10 @@ pub async fn feed(
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(internal)?;
             let next = (gens.len() == limit as usize).then(|| (offset + limit as i64).to_string());
-            Ok(Json(
-                serde_json::json!({"items": items(&state, &gens, viewer.as_ref()).await?, "next_cursor": next}),
-            ))
+            Ok(Json(FeedPage {
+                items: items(&state, &gens, viewer.as_ref()).await?,
+                next_cursor: next,
+            }))
         }
         _ => Err(invalid("sort", "must be new or top")),
     }
@@ -150,25 +181,34 @@ async fn visible(
     }
 }
 
-#[utoipa::path(get, path = "/api/feed/{id}", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "A public generation", body = Object), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/feed/{id}", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "A public generation", body = FeedItem), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_item(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<FeedItem>, ApiError> {
     let viewer = auth::current_user(&state, &headers).await.ok();
     let g = visible(&state, &id, viewer.as_ref()).await?;
     Ok(Json(item(&state, &g, viewer.as_ref()).await?))
 }
 
+/// A like, toggled.
+#[derive(Serialize, ToSchema)]
+pub struct LikeResult {
+    pub id: String,
+    /// Whether the caller likes it now.
+    pub liked: bool,
+    pub likes_count: i64,
+}
+
 /// `POST /api/feed/:id/like`: toggles the caller's like; the count moves by the rows the
 /// same transaction changed, so it stays exact under concurrent likes.
-#[utoipa::path(post, path = "/api/feed/{id}/like", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "{liked, likes_count}", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/feed/{id}/like", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "The like, toggled", body = LikeResult), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn like(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<LikeResult>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let g = visible(&state, &id, Some(&user)).await?;
     let mut tx = state.db.pool.begin().await.map_err(internal)?;
@@ -205,9 +245,11 @@ pub async fn like(
         .and_then(|r| r.try_get("likes_count"))
         .map_err(internal)?;
     tx.commit().await.map_err(internal)?;
-    Ok(Json(
-        serde_json::json!({"id": g.id, "liked": removed == 0, "likes_count": count}),
-    ))
+    Ok(Json(LikeResult {
+        id: g.id,
+        liked: removed == 0,
+        likes_count: count,
+    }))
 }
 
 /// `POST /api/feed/:id/remix`: a new generation for the caller from this one's
@@ -231,14 +273,29 @@ pub async fn remix(
     generations::remix_response(&state, &new_id).await
 }
 
+/// A public profile and a page of its public generations.
+#[derive(Serialize, ToSchema)]
+pub struct PublicProfile {
+    pub handle: String,
+    pub name: String,
+    pub bio: String,
+    pub avatar_url: Option<String>,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+    pub public_generations: i64,
+    pub likes_received: i64,
+    pub items: Vec<FeedItem>,
+    pub next_cursor: Option<String>,
+}
+
 /// `GET /api/profiles/:handle`: a public profile and its public generations.
-#[utoipa::path(get, path = "/api/profiles/{handle}", tag = "feed", params(("handle" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)), responses((status = 200, description = "A public profile and its public generations", body = Object), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/profiles/{handle}", tag = "feed", params(("handle" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)), responses((status = 200, description = "A public profile and its public generations", body = PublicProfile), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn profile(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(handle): Path<String>,
     Query(q): Query<FeedQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PublicProfile>, ApiError> {
     let viewer = auth::current_user(&state, &headers).await.ok();
     let row = sqlx::query(
         "SELECT id, handle, name, bio, avatar_url, created_at FROM users WHERE handle = $1",
@@ -261,15 +318,15 @@ pub async fn profile(
         .fetch_one(&state.db.pool)
         .await
         .map_err(internal)?;
-    Ok(Json(serde_json::json!({
-        "handle": row.try_get::<String, _>("handle").map_err(internal)?,
-        "name": row.try_get::<String, _>("name").map_err(internal)?,
-        "bio": row.try_get::<String, _>("bio").map_err(internal)?,
-        "avatar_url": row.try_get::<Option<String>, _>("avatar_url").map_err(internal)?,
-        "created_at": row.try_get::<i64, _>("created_at").map_err(internal)?,
-        "public_generations": stats.try_get::<i64, _>("n").map_err(internal)?,
-        "likes_received": stats.try_get::<i64, _>("likes").map_err(internal)?,
-        "items": items(&state, &gens, viewer.as_ref()).await?,
-        "next_cursor": page.next(&gens),
-    })))
+    Ok(Json(PublicProfile {
+        handle: row.try_get("handle").map_err(internal)?,
+        name: row.try_get("name").map_err(internal)?,
+        bio: row.try_get("bio").map_err(internal)?,
+        avatar_url: row.try_get("avatar_url").map_err(internal)?,
+        created_at: row.try_get("created_at").map_err(internal)?,
+        public_generations: stats.try_get("n").map_err(internal)?,
+        likes_received: stats.try_get("likes").map_err(internal)?,
+        items: items(&state, &gens, viewer.as_ref()).await?,
+        next_cursor: page.next(&gens),
+    }))
 }

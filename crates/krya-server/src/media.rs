@@ -138,7 +138,7 @@ pub struct UploadForm {
 #[utoipa::path(post, path = "/api/assets", tag = "media", request_body(description = "A PNG, JPEG or WebP file (type sniffed from the bytes), as the body or in a form's field `file`", content(
     (Vec<u8> = "application/octet-stream"),
     (UploadForm = "multipart/form-data"),
-)), responses((status = 201, description = "Stored", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 413, description = "Too many bytes or pixels", body = ErrorBody), (status = 415, description = "Not an image", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+)), responses((status = 201, description = "Stored", body = crate::jobs::AssetView), (status = 401, description = "Not signed in", body = ErrorBody), (status = 413, description = "Too many bytes or pixels", body = ErrorBody), (status = 415, description = "Not an image", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -196,8 +196,13 @@ pub async fn upload(
         .execute(&state.db.pool)
         .await
         .map_err(internal)?;
-    let body = serde_json::json!({"id": id, "mime": mime, "width": img.0, "height": img.1, "bytes": bytes.len(), "url": format!("/api/assets/{id}"), "created_at": t});
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let asset = state
+        .db
+        .asset_view(&id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal("vanished"))?;
+    Ok((StatusCode::CREATED, Json(asset)).into_response())
 }
 
 /// The boundary of a `multipart/form-data` body, `None` for any other type.

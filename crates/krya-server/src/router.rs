@@ -66,6 +66,16 @@ pub fn api() -> OpenApiRouter<AppState> {
 /// The OpenAPI document, rendered once.
 static DOCUMENT: OnceLock<Arc<String>> = OnceLock::new();
 
+/// The OpenAPI document (`GET /api/openapi.json`, `krya openapi`), pretty-printed.
+pub fn openapi_document() -> String {
+    DOCUMENT
+        .get_or_init(|| {
+            let (_, doc) = api().split_for_parts();
+            Arc::new(doc.to_pretty_json().unwrap_or_default())
+        })
+        .to_string()
+}
+
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes as usize;
     let (routes, doc) = api().split_for_parts();
@@ -84,10 +94,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The server answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    /// Krya's version.
+    pub version: String,
+}
+
 /// Liveness: the server answers.
-#[utoipa::path(get, path = "/api/health", tag = "server", security(), responses((status = 200, description = "{status: ok, version}", body = openapi::Object)))]
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+#[utoipa::path(get, path = "/api/health", tag = "server", security(), responses((status = 200, description = "Alive", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 /// This document.

@@ -289,7 +289,7 @@ impl Runner {
             return Ok(None);
         }
         for s in outputs {
-            jobs::insert_output(&mut tx, job, s).await?;
+            jobs::insert_output(&mut tx, job, s, s.output.bytes.len() as i64).await?;
         }
         let Some(data) = task.completed(&mut tx, job, outputs).await? else {
             return Ok(None);

@@ -60,15 +60,22 @@ pub async fn secret(db: &Db, user_id: &str) -> Result<String, sqlx::Error> {
     row.try_get("webhook_secret")
 }
 
+/// The key webhooks are signed with.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookSecret {
+    /// `whsec_` + base64.
+    pub secret: String,
+}
+
 /// `GET /api/user/webhook-secret`.
-#[utoipa::path(get, path = "/api/user/webhook-secret", tag = "accounts", responses((status = 200, description = "The webhook signing secret (whsec_...)", body = Object), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/user/webhook-secret", tag = "accounts", responses((status = 200, description = "The webhook signing secret (whsec_...)", body = WebhookSecret), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn get_secret(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WebhookSecret>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let s = secret(&state.db, &user.id).await.map_err(internal)?;
-    Ok(Json(serde_json::json!({"secret": s})))
+    Ok(Json(WebhookSecret { secret: s }))
 }
 
 /// Whether an address is one a shared server must not call on a user's behalf.

@@ -428,6 +428,19 @@ async fn save_to_gallery(base: &str, token: &str, frame: &Value) {
         let url = format!("{base}{}", g["images"][0]["url"].as_str().unwrap());
         let png = a.get(url).header("Authorization", &t).call().unwrap().body_mut().read_to_vec().unwrap();
         let listed = json(&mut a.get(format!("{base}/api/generate/images")).header("Authorization", &t).call().unwrap());
+        // The capture is an image job like any other: listed, its picture an asset made
+        // from the canvas upload, and deleted the same way.
+        let jobs = json(&mut a.get(format!("{base}/api/jobs?kind=image")).header("Authorization", &t).call().unwrap());
+        let job = &jobs["items"][0];
+        assert_eq!((&job["ref_id"], &job["status"], &job["cost"]), (&g["id"], &json!("completed"), &json!(0)), "{jobs}");
+        let out = &job["outputs"][0];
+        assert_eq!((out["parent_id"].as_str(), out["kind"].as_str()), (Some(asset.as_str()), Some("image")), "{job}");
+        let same = a.get(format!("{base}{}", out["url"].as_str().unwrap())).header("Authorization", &t).call().unwrap().body_mut().read_to_vec().unwrap();
+        assert_eq!(same, png, "the output asset is the saved PNG");
+        let (st, again) = send("/api/realtime/captures", json!({"image": asset, "prompt": "to delete", "model": "tiny"}));
+        assert_eq!(st, 201, "{again}");
+        let r = a.delete(format!("{base}/api/generate/image/{}", again["id"].as_str().unwrap())).header("Authorization", &t).call().unwrap();
+        assert_eq!(r.status(), 204);
         (g, png, listed, jpeg)
     })
     .await

@@ -749,6 +749,31 @@ fn openapi_document_covers_every_endpoint() {
             "{method} {path} is documented but not routed"
         );
     }
+    // The studio's copy, which its types are generated from (web/scripts/api-types.mjs).
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/src/api/openapi.json");
+    let served = krya_server::router::openapi_document() + "\n";
+    if std::env::var_os("KRYA_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&committed, &served).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(&committed).unwrap_or_default() == served,
+        "web/src/api/openapi.json is not the server's document: run \
+         `cargo run -- openapi > web/src/api/openapi.json && (cd web && npm run api-types)`"
+    );
+    // Every answer is a typed schema: only the document itself is free-form.
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            for (status, r) in op["responses"].as_object().unwrap() {
+                let schema = &r["content"]["application/json"]["schema"];
+                if path != "/api/openapi.json" && !schema.is_null() {
+                    assert!(
+                        schema.get("$ref").is_some() || schema["type"] == "array",
+                        "{method} {path} {status} answers a free-form object: {schema}"
+                    );
+                }
+            }
+        }
+    }
     let create = &doc["paths"]["/api/generate/image"]["post"];
     assert!(create["requestBody"]["content"]["application/json"].is_object());
     let schemas = &doc["components"]["schemas"];

@@ -85,7 +85,14 @@ fn a_data_directory_from_the_last_release_upgrades_intact() {
     }
     let ann = &users["ann@example.com"];
     let (_, list) = ann.get("/api/generate/images?limit=100");
-    assert_eq!(list["items"].as_array().unwrap().len(), 4, "three made before, one pending then");
+    assert_eq!(list["items"].as_array().unwrap().len(), 5, "three made before, a capture, one pending then");
+    // The capture (a generation without a job then) has one now, and deletes like the rest.
+    let capture = manifest["capture"].as_str().unwrap();
+    let (_, jobs) = ann.get("/api/jobs?kind=image&limit=100");
+    let job = jobs["items"].as_array().unwrap().iter().find(|j| j["ref_id"] == capture).expect("the capture's job").clone();
+    assert_eq!((&job["status"], &job["cost"]), (&serde_json::json!("completed"), &serde_json::json!(0)));
+    assert_eq!(ann.send("DELETE", &format!("/api/generate/image/{capture}"), Value::Null, &[]).0, 204);
+    assert_eq!(ann.get(&format!("/api/generate/image/{capture}")).0, 404);
     let asset = manifest["asset"].as_str().unwrap();
     let upload = std::fs::read(fixture.join(format!("blobs/assets/{asset}"))).unwrap();
     assert_eq!(ann.bytes(&format!("/api/assets/{asset}")), (200, upload));

@@ -47,6 +47,8 @@ enum Command {
     Users(serve::Users),
     /// Print a commented example krya.toml with every setting and its default.
     DefaultConfig,
+    /// Print the HTTP API's OpenAPI document (as GET /api/openapi.json serves it).
+    Openapi,
     /// Time each model component (text encoder, UNet, VAE) on real or random weights.
     Bench(bench::Args),
     /// Manage models: list, add, remove, pull (in DATA_DIR/models.json, as `serve` reads).
@@ -109,6 +111,10 @@ fn main() -> ExitCode {
         Command::Users(cmd) => serve::users(cmd),
         Command::DefaultConfig => {
             print!("{}", krya_server::config::EXAMPLE);
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", krya_server::router::openapi_document());
             Ok(())
         }
     };

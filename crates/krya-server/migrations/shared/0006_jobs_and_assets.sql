@@ -11,6 +11,11 @@ ALTER TABLE jobs ADD COLUMN webhook_url TEXT;
 -- Image jobs made before this: their credits were on the generation.
 UPDATE jobs SET cost = COALESCE((SELECT g.credits_used FROM generations g WHERE g.id = jobs.ref_id), 0) WHERE kind = 'image';
 CREATE INDEX idx_jobs_user_kind ON jobs(user_id, kind, created_at);
+-- Live-canvas captures were generations without a job: each gets one, ended as it began.
+INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, created_at, cost, started_at, completed_at)
+SELECT 'capture-' || g.id, 'image', g.id, g.user_id, g.status, 1, 1, g.created_at * 1000, g.created_at * 1000, 0,
+       g.created_at * 1000, g.created_at * 1000
+FROM generations g WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.ref_id = g.id AND j.kind = 'image');
 
 -- Every output and upload is an asset: any kind of file, with its lineage.
 ALTER TABLE assets ADD COLUMN kind TEXT NOT NULL DEFAULT 'image';

@@ -182,11 +182,13 @@ pub fn output_json(s: &Stored<'_>) -> serde_json::Value {
     })
 }
 
-/// Records a stored output as an asset of the job's owner, in the job's final transaction.
+/// Records a stored output (of `bytes` bytes) as an asset of the job's owner, in the
+/// job's final transaction.
 pub async fn insert_output(
     tx: &mut sqlx::AnyConnection,
     job: &Job,
     s: &Stored<'_>,
+    bytes: i64,
 ) -> Result<(), sqlx::Error> {
     let o = s.output;
     sqlx::query("INSERT INTO assets (id, user_id, blob_key, mime, width, height, bytes, created_at, kind, job_id, parent_id, duration_ms, thumb_key) \
@@ -197,13 +199,27 @@ pub async fn insert_output(
         .bind(o.mime)
         .bind(o.width.unwrap_or(0) as i64)
         .bind(o.height.unwrap_or(0) as i64)
-        .bind(o.bytes.len() as i64)
+        .bind(bytes)
         .bind(crate::auth::now())
         .bind(o.kind)
         .bind(&job.id)
         .bind(&o.parent_id)
         .bind(o.duration_ms)
         .bind(&s.thumb_key)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Records a job that ended as it began (a live-canvas capture: saved, nothing to run).
+pub async fn record_completed(
+    tx: &mut sqlx::AnyConnection,
+    j: NewJob<'_>,
+) -> Result<(), sqlx::Error> {
+    let id = j.id.to_string();
+    enqueue(&mut *tx, j).await?;
+    sqlx::query("UPDATE jobs SET status = 'completed', started_at = created_at, completed_at = created_at WHERE id = $1")
+        .bind(&id)
         .execute(tx)
         .await?;
     Ok(())
@@ -245,10 +261,21 @@ impl Db {
         row.map(|r| JobRow::from_row(&r)).transpose()
     }
 
+    /// An asset as the API shows it.
+    pub async fn asset_view(&self, id: &str) -> Result<Option<AssetView>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ASSET_COLUMNS} FROM assets a WHERE a.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| asset_view(&r)).transpose()
+    }
+
     /// The assets job `id` made, in output order.
     pub async fn outputs(&self, job_id: &str) -> Result<Vec<AssetView>, sqlx::Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ASSET_COLUMNS} FROM assets a WHERE a.job_id = $1 ORDER BY a.blob_key"
+            "SELECT {ASSET_COLUMNS} FROM assets a WHERE a.job_id = $1 ORDER BY LENGTH(a.blob_key), a.blob_key"
         )))
         .bind(job_id)
         .fetch_all(&self.pool)

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::error::{ApiError, internal, invalid};
-use crate::generations::{Generation, Params, random_id, view};
+use crate::generations::{Generation, GenerationView, Params, random_id, view};
 #[allow(unused_imports)]
 use crate::openapi::{ErrorBody, Object};
 use crate::{AppState, auth, media};
@@ -29,7 +29,7 @@ pub struct Capture {
     is_public: bool,
 }
 
-#[utoipa::path(post, path = "/api/realtime/captures", tag = "realtime", request_body = Capture, responses((status = 201, description = "The saved generation", body = Object), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/realtime/captures", tag = "realtime", request_body = Capture, responses((status = 201, description = "The saved generation", body = GenerationView), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn save(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -93,6 +93,7 @@ pub async fn save(
         format!("generations/{id}/capture-0.png"),
         format!("generations/{id}/capture-0-thumb.webp"),
     );
+    let png_len = png.len() as i64;
     state.blobs.put(&png_key, png).await.map_err(internal)?;
     if let Err(e) = state.blobs.put(&thumb_key, thumb).await {
         let _ = state.blobs.delete(&png_key).await;
@@ -130,6 +131,55 @@ pub async fn save(
             .bind(&thumb_key)
             .execute(&mut *tx)
             .await?;
+        // A job that ended as it began, so the capture is an image job like any other:
+        // listed, its picture an asset (from the canvas upload), deleted the same way.
+        let job_id = random_id();
+        crate::jobs::record_completed(
+            &mut tx,
+            crate::jobs::NewJob {
+                id: &job_id,
+                kind: crate::tasks::image::KIND,
+                ref_id: &id,
+                user_id: &user.id,
+                max_attempts: 1,
+                payload: None,
+                params: Some(&serde_json::json!({"prompt": prompt, "model": c.model, "seed": seed, "source": "live canvas"}).to_string()),
+                cost: 0,
+                webhook_url: None,
+            },
+        )
+        .await?;
+        let output = crate::tasks::Output {
+            kind: "image",
+            mime: "image/png",
+            ext: "png",
+            bytes: Vec::new(),
+            thumbnail: None,
+            width: Some(w),
+            height: Some(h),
+            duration_ms: None,
+            parent_id: Some(c.image.clone()),
+            meta: serde_json::Value::Null,
+        };
+        let job = crate::tasks::Job {
+            id: job_id,
+            kind: crate::tasks::image::KIND.into(),
+            ref_id: id.clone(),
+            user_id: user.id.clone(),
+            attempt: 1,
+            max_attempts: 1,
+            params: serde_json::Value::Null,
+            state: None,
+            cost: 0,
+            webhook_url: None,
+        };
+        let stored = crate::tasks::Stored {
+            output: &output,
+            asset_id: random_id(),
+            key: png_key.clone(),
+            thumb_key: Some(thumb_key.clone()),
+        };
+        crate::jobs::insert_output(&mut tx, &job, &stored, png_len).await?;
         tx.commit().await
     }
     .await;
