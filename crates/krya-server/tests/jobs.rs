@@ -117,25 +117,8 @@ fn config(dir: &std::path::Path) -> Config {
 
 /// The server on `config`, with the echo kind.
 fn start(config: Config, dir: tempfile::TempDir) -> Server {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            krya_server::launch_with(listener, config, Default::default(), tasks(), async {
-                let _ = stop_rx.await;
-            })
-            .await
-        })
-    });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    Server::from_parts(format!("http://{addr}"), stop_tx, handle, dir)
+    let (base, stop, handle) = start_with_tasks(config, tasks());
+    Server::from_parts(base, stop, handle, dir)
 }
 
 fn upload(c: &Client) -> (String, Vec<u8>) {

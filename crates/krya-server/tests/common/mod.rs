@@ -6,7 +6,7 @@ pub mod client;
 
 use std::time::Duration;
 
-use krya_server::{Config, launch};
+use krya_server::Config;
 
 pub type Running = (
     String,
@@ -20,6 +20,19 @@ pub fn start_with(config: Config) -> Running {
 
 /// The server with a web studio's files beside the API.
 pub fn start_serving(config: Config, studio: krya_server::studio::Studio) -> Running {
+    start_full(config, studio, krya_server::tasks::builtin())
+}
+
+/// The server with these kinds of work (tests add kinds of their own).
+pub fn start_with_tasks(config: Config, tasks: krya_server::tasks::Registry) -> Running {
+    start_full(config, Default::default(), tasks)
+}
+
+fn start_full(
+    config: Config,
+    studio: krya_server::studio::Studio,
+    tasks: krya_server::tasks::Registry,
+) -> Running {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
@@ -31,7 +44,7 @@ pub fn start_serving(config: Config, studio: krya_server::studio::Studio) -> Run
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            launch(listener, config, studio, async move {
+            krya_server::launch_with(listener, config, studio, tasks, async move {
                 let _ = stop_rx.await;
             })
             .await
