@@ -354,9 +354,16 @@ fn events_cancel_credits_and_failures(s: &Server) {
         assert_eq!(d["id"], id);
         if e == "progress" {
             steps.push(d["progress"]["step"].as_i64().unwrap());
-            preview |= d["preview"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("data:image/jpeg;base64,"));
+            if let Some(p) = d["preview"].as_str() {
+                use base64::Engine;
+                let jpeg = base64::engine::general_purpose::STANDARD
+                    .decode(p.strip_prefix("data:image/jpeg;base64,").expect(p))
+                    .unwrap();
+                // Through the model's TAESD: the picture's own size, not one pixel a latent.
+                let img = image::load_from_memory(&jpeg).unwrap();
+                assert_eq!((img.width(), img.height()), (64, 64), "a preview of one pixel per latent");
+                preview = true;
+            }
         }
         kinds.push(e.clone());
         if e == "completed" {

@@ -244,9 +244,22 @@ pub(crate) fn load_model(
             source = ModelSource::Folder(hub::pull(repo, revision, &mut |_| {})?);
         }
         let dev = device::best_device()?;
-        let mut m = model::load(&source, &dev, device::default_dtype(&dev))?;
+        let dtype = device::default_dtype(&dev);
+        let mut m = model::load(&source, &dev, dtype)?;
         m.name = entry.id.clone();
-        let bytes = model_bytes(&m);
+        // Step previews through the model's tiny autoencoder when one is here (its own
+        // `taesd/`, or TAESD in the HF cache); never downloaded just for previews.
+        let tiny = model::tiny_vae_source(&source, &m);
+        let here = match &tiny {
+            ModelSource::Folder(_) => true,
+            ModelSource::Hub { repo, revision } => hub::cached_snapshot(repo, revision).is_some(),
+            ModelSource::Checkpoint(_) => false,
+        };
+        let mut bytes = model_bytes(&m);
+        if here && let Ok(t) = model::load_tiny_vae(&tiny, &dev, dtype) {
+            bytes += t.parameter_count * dtype.size_in_bytes() as u64;
+            m.preview_vae = Some(t);
+        }
         Ok((m, bytes))
     })
 }
