@@ -4,14 +4,16 @@
 //! Layout:
 //! - `model`: where models come from (registry names, Hugging Face repos, diffusers
 //!   folders, single-file checkpoints) and how their configs become components;
-//! - `pipelines::stable_diffusion`: tokenizer, text encoders, UNet, VAE and the denoising
-//!   loop (step callback, cancel token);
+//! - `pipelines::<capability>`: each a request, a run with a step callback and a cancel
+//!   token; `pipelines::stable_diffusion`: tokenizer, text encoders, UNet, VAE, the
+//!   denoising loop, and `stream`, the live canvas's per-session renderer (TAESD, cached
+//!   prompts);
 //! - `schedulers`: one file per sampling algorithm;
 //! - `rng`: a PyTorch-compatible generator so seeds match diffusers;
 //! - `weights`: tensor sources that check every stored tensor is used;
 //! - `image_io`: image tensors, previews and PNGs with A1111 parameters;
-//! - `kernels`: CPU convolutions and group norms faster than candle's generic ones;
-//! - `realtime`: per-session streams for the live canvas (TAESD, cached prompts).
+//! - `kernels`: CPU kernels faster than candle's generic ones, a file per family (conv,
+//!   linear, norm, attention, math; the direct, Winograd and flash-attention kernels).
 
 pub mod cancel;
 pub mod device;
@@ -20,7 +22,6 @@ pub mod image_io;
 pub mod kernels;
 pub mod model;
 pub mod pipelines;
-pub mod realtime;
 pub mod rng;
 pub mod schedulers;
 pub mod weights;

@@ -321,7 +321,7 @@ fn image_differs(img: &image::RgbImage, want: &Tensor) -> Option<String> {
 /// twice is the same image (fixed noise), and the prompt is encoded once for many frames.
 #[test]
 fn stream_frames_match_diffusers() {
-    use krya_engine::realtime::{FrameRequest, Stream};
+    use krya_engine::pipelines::stable_diffusion::stream::{FrameRequest, Stream};
     use std::sync::Arc;
     let refs =
         candle_core::safetensors::load(dir().join("stream.safetensors"), &Device::Cpu).unwrap();
@@ -374,7 +374,7 @@ fn stream_frames_match_diffusers() {
 /// generation diffusers would make with the model's own autoencoder.
 #[test]
 fn stream_without_a_tiny_vae_uses_the_models_own() {
-    use krya_engine::realtime::{FrameRequest, Stream};
+    use krya_engine::pipelines::stable_diffusion::stream::{FrameRequest, Stream};
     use std::sync::Arc;
     let m = Arc::new(load("sd1"));
     let mut stream = Stream::new(m.clone(), None).unwrap();

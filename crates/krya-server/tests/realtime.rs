@@ -516,10 +516,10 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
     )
     .unwrap();
     let mut stream =
-        krya_engine::realtime::Stream::new(std::sync::Arc::new(model), None).unwrap();
+        krya_engine::pipelines::stable_diffusion::stream::Stream::new(std::sync::Arc::new(model), None).unwrap();
     let want = stream
         .render(
-            &krya_engine::realtime::FrameRequest {
+            &krya_engine::pipelines::stable_diffusion::stream::FrameRequest {
                 prompt: "a lighthouse at dusk".into(),
                 seed: 7,
                 strength: 0.5,

@@ -26,7 +26,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use image::RgbImage;
 use krya_engine::model::ModelSource;
 use krya_engine::model::cache::ModelCache;
-use krya_engine::realtime::{FrameRequest, MAX_STEPS, Stream as EngineStream};
+use krya_engine::pipelines::stable_diffusion::stream::{FrameRequest, MAX_STEPS, Stream as EngineStream};
 use krya_engine::{CancelToken, EngineError, device, model};
 use serde::Deserialize;
 use tokio::sync::mpsc;

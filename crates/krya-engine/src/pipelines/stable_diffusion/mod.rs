@@ -4,13 +4,15 @@
 //! `StableDiffusionXLPipeline` step for step, including the order in which each image's
 //! generator is drawn from, so a seed gives diffusers' image.
 //!
-//! Layout: `tokenizer`, `clip`, `unet`, `vae` are the components (`blocks` their shared
-//! layers); `prompt_weighting` parses A1111 emphasis; this file holds the model bundle
-//! and the denoising loop with its step callback and cancel token.
+//! Layout: `tokenizer`, `clip`, `unet`, `vae` (and `vae_tiny`, TAESD) are the components
+//! (`blocks` their shared layers); `prompt_weighting` parses A1111 emphasis; `stream` is the
+//! live canvas's per-session renderer; this file holds the model bundle and the denoising
+//! loop with its step callback and cancel token.
 
 pub mod blocks;
 pub mod clip;
 pub mod prompt_weighting;
+pub mod stream;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

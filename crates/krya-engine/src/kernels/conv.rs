@@ -1,0 +1,495 @@
+//! Convolutions: 3×3 stride 1 (direct and Winograd kernels, or nine products), 1×1 as one
+//! product, any other square one over im2col tiles; the `Conv2d` layer that picks one.
+
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
+
+use super::*;
+
+/// Padded pixels (`h × (w + 2)`) up to which a 3×3 convolution takes the small-image path.
+pub(crate) const SMALL_CONV: usize = 2048;
+
+/// Floats of one task's im2col tile (16 MB).
+pub(crate) const COL_TILE: usize = 1 << 22;
+
+/// Output tiles (`mt` channels × `nt` pixels, from `(m0, n0)`) for products over im2col
+/// tiles of `k` rows: tiles of at most `COL_TILE` floats, and at least two tasks per
+/// thread (fewer output channels per task when there are few pixel tiles).
+pub(crate) fn col_tiles(cout: usize, n: usize, k: usize) -> (usize, usize, Vec<(usize, usize)>) {
+    let nt = (COL_TILE / k).max(64).min(n);
+    let threads = rayon::current_num_threads();
+    let mut mt = cout;
+    while mt > 64 && n.div_ceil(nt) * cout.div_ceil(mt) < 2 * threads {
+        mt = (mt / 2).div_ceil(16) * 16;
+    }
+    let tiles = (0..cout)
+        .step_by(mt)
+        .flat_map(|m0| (0..n).step_by(nt).map(move |n0| (m0, n0)))
+        .collect();
+    (mt, nt, tiles)
+}
+
+/// The shape of a square convolution for [`conv_im2col`]: input `cin × h × w`, kernel
+/// `k × k`, output `oh × ow`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvShape {
+    pub(crate) fn out(&self) -> (usize, usize) {
+        let o = |x: usize| (x + 2 * self.pad - self.k) / self.stride + 1;
+        (o(self.h), o(self.w))
+    }
+}
+
+/// Any other square convolution (groups and dilation 1) as one product per output tile
+/// over an im2col tile gathered from the input: the UNet's and VAE's stride-2
+/// downsamplers. candle's own im2col took 17% of the VAE encoder's time.
+pub fn conv_im2col(
+    x: &[f32],
+    b: usize,
+    g: ConvShape,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    cout: usize,
+) -> Vec<f32> {
+    let ConvShape {
+        cin,
+        h,
+        w,
+        k,
+        stride,
+        pad,
+    } = g;
+    let (oh, ow) = g.out();
+    let (kk, npix) = (cin * k * k, oh * ow);
+    let mut out = uninit(b * cout * npix);
+    if let Some(bias) = bias {
+        out.par_chunks_mut(npix)
+            .enumerate()
+            .for_each(|(i, row)| row.fill(bias[i % cout]));
+    }
+    assert!(x.len() >= b * cin * h * w);
+    for (bi, out) in out.chunks_exact_mut(cout * npix).enumerate() {
+        let xs = &x[bi * cin * h * w..(bi + 1) * cin * h * w];
+        tile_products(
+            cout,
+            npix,
+            kk,
+            weight,
+            out,
+            bias.is_some(),
+            |col, p0, nn| {
+                for (r, row) in col.chunks_exact_mut(nn).enumerate() {
+                    let (ci, kh, kw) = (r / (k * k), r / k % k, r % k);
+                    let plane = &xs[ci * h * w..(ci + 1) * h * w];
+                    // Output pixels p0.. row by row of the output.
+                    let (mut j, mut oy, mut ox) = (0, p0 / ow, p0 % ow);
+                    while j < nn {
+                        let seg = (ow - ox).min(nn - j);
+                        let dst = &mut row[j..j + seg];
+                        match (oy * stride + kh).checked_sub(pad).filter(|&iy| iy < h) {
+                            None => dst.fill(0.0),
+                            Some(iy) => {
+                                let src = &plane[iy * w..(iy + 1) * w];
+                                for (t, v) in dst.iter_mut().enumerate() {
+                                    let ix = ((ox + t) * stride + kw).checked_sub(pad);
+                                    *v = ix.and_then(|ix| src.get(ix)).copied().unwrap_or(0.0);
+                                }
+                            }
+                        }
+                        (j, oy, ox) = (j + seg, oy + 1, 0);
+                    }
+                }
+            },
+        );
+    }
+    out
+}
+
+/// `dst` (`cout × n`, plus its contents when `accumulate`) = `weight` (`cout × k`) @ an
+/// im2col matrix (`k × n`) that is never made whole: the output is cut into tiles of
+/// (output channels, pixels) by [`col_tiles`], and each task has `fill(tile, n0, nn)` write
+/// the `k` rows of its pixels `n0..n0 + nn` into a tile of its own, then runs one product
+/// on its thread.
+pub(crate) fn tile_products(
+    cout: usize,
+    n: usize,
+    k: usize,
+    weight: &[f32],
+    dst: &mut [f32],
+    accumulate: bool,
+    fill: impl Fn(&mut [f32], usize, usize) + Sync,
+) {
+    let (mt, nt, tiles) = col_tiles(cout, n, k);
+    assert!(dst.len() >= cout * n && weight.len() >= cout * k);
+    let dst = SendPtr(dst.as_mut_ptr());
+    tiles
+        .par_iter()
+        .for_each_init(Vec::new, |col: &mut Vec<f32>, &(m0, n0)| {
+            let (mm, nn) = (mt.min(cout - m0), nt.min(n - n0));
+            col.resize(k * nn, 0.0);
+            fill(col, n0, nn);
+            // SAFETY: tiles are disjoint rectangles of `dst` (`cout × n`, asserted); the
+            // weight rows `m0..m0 + mm` of `k` floats and the tile are within their slices.
+            unsafe {
+                gemm_raw(
+                    (mm, nn, k),
+                    (dst.get().add(m0 * n + n0), n, accumulate),
+                    (weight.as_ptr().add(m0 * k), k, 1),
+                    (col.as_ptr(), nn, 1),
+                    1.0,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+}
+
+/// A 3×3 convolution's weights as [`conv3x3_s1`] takes them.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights3x3<'a> {
+    /// `[cout, cin, 3, 3]`, summed by matrix products.
+    Plain(&'a [f32]),
+    /// Packed by [`direct::pack`] (needs [`direct::lanes`]), summed by Winograd's
+    /// F(2×2, 3×3) where [`winograd::applies`], else by the direct kernel.
+    Packed(&'a [f32]),
+    /// Packed, summed by the direct kernel always (benchmarks and tests).
+    PackedDirect(&'a [f32]),
+}
+
+/// `x` (`[cin, h, w]` planes, `b` of them) convolved with 3×3 `weight` (`[cout, cin, 3, 3]`),
+/// padding 1, stride 1: `[b, cout, h, w]`.
+pub fn conv3x3_s1(
+    x: &[f32],
+    b: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    weight: Weights3x3,
+    bias: Option<&[f32]>,
+    cout: usize,
+) -> Vec<f32> {
+    let wp = w + 2;
+    let plane = (h + 2) * wp;
+    // The packed weights, and whether Winograd may sum them (else the direct kernel does).
+    let direct = match weight {
+        Weights3x3::Packed(p) => Some((p, true)),
+        Weights3x3::PackedDirect(p) => Some((p, false)),
+        Weights3x3::Plain(_) => None,
+    };
+    // Output pixels computed per channel: `h` rows of `wp`, for the direct kernel rounded
+    // up to whole vectors (the extra ones read zeros past the planes and are dropped).
+    let n = match direct {
+        Some(_) => (h * wp).next_multiple_of(direct::lanes().expect("packed without AVX2")),
+        None => h * wp,
+    };
+    // Planes `stride` floats apart: for the direct kernel an odd number of cache lines,
+    // so that the same pixels of consecutive channels fall in different cache sets (at
+    // 256² and 512² the planes are 16 bytes more than a multiple of 4 KiB: sixteen
+    // channels' rows competed for the same few sets of L1, 128 → 128 at 512² ran at 60%
+    // of the other shapes' speed).
+    let stride = match direct {
+        Some(_) => (plane.div_ceil(16) | 1) * 16,
+        None => plane,
+    };
+    // The last tap of the last channel reads `2 · wp + 2 + n` floats into its plane.
+    // Every float is written below: the borders with zeros, the rest with the input.
+    let tail = (2 * wp + 2 + n).saturating_sub(stride);
+    let mut padded = uninit(cin * stride + tail);
+    padded[cin * stride..].fill(0.0);
+    let (mut acc, weight) = match weight {
+        Weights3x3::Plain(w) => (uninit(cout * n), w),
+        Weights3x3::Packed(_) | Weights3x3::PackedDirect(_) => (Vec::new(), &[][..]),
+    };
+    let mut out = uninit(b * cout * h * w);
+    for bi in 0..b {
+        let src = &x[bi * cin * h * w..(bi + 1) * cin * h * w];
+        padded[..cin * stride]
+            .par_chunks_mut(stride)
+            .zip(src.par_chunks(h * w))
+            .for_each(|(p, s)| {
+                p[..wp + 1].fill(0.0);
+                for y in 0..h {
+                    let row = (y + 1) * wp;
+                    p[row + 1..row + 1 + w].copy_from_slice(&s[y * w..(y + 1) * w]);
+                    // The right border of this row and the left one of the next.
+                    p[row + w + 1..row + wp + 1].fill(0.0);
+                }
+                p[(h + 1) * wp + 1..].fill(0.0);
+            });
+        if let Some((packed, winograd)) = direct {
+            let g = direct::Geometry {
+                cin,
+                cout,
+                plane: stride,
+                h,
+                w,
+                n,
+            };
+            let out = &mut out[bi * cout * h * w..(bi + 1) * cout * h * w];
+            if winograd && winograd::applies(h, w) {
+                winograd::conv(&padded, packed, bias, g, out);
+            } else {
+                direct::conv(&padded, packed, bias, g, out);
+            }
+            continue;
+        }
+        if n <= SMALL_CONV {
+            // The nine taps' products in one, over im2col tiles of each pixel's nine
+            // shifted rows per input channel (`[cin · 9, pixels]`, the order of the
+            // weight's own `[cout, cin · 9]` rows). At 8² to 32² the nine products with
+            // `k = cin` have too few pixels to keep two threads busy (1280 → 1280 at 8²:
+            // 14.0 → 7.7 ms; at 64² and above the nine products are as fast).
+            let padded = &padded;
+            tile_products(cout, n, cin * 9, weight, &mut acc, false, |col, n0, nn| {
+                for (row, dst) in col.chunks_exact_mut(nn).enumerate() {
+                    let (ci, tap) = (row / 9, row % 9);
+                    let at = ci * plane + (tap / 3) * wp + tap % 3 + n0;
+                    dst.copy_from_slice(&padded[at..at + nn]);
+                }
+            });
+        } else {
+            for tap in 0..9 {
+                let (kh, kw) = (tap / 3, tap % 3);
+                matmul(
+                    cout,
+                    n,
+                    cin,
+                    &mut acc,
+                    n,
+                    tap > 0,
+                    &weight[tap..],
+                    cin * 9,
+                    9,
+                    &padded[kh * wp + kw..],
+                    plane,
+                );
+            }
+        }
+        out[bi * cout * h * w..(bi + 1) * cout * h * w]
+            .par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(co, o)| {
+                let a = &acc[co * n..(co + 1) * n];
+                let add = bias.map_or(0.0, |b| b[co]);
+                for y in 0..h {
+                    let (row, src) = (&mut o[y * w..(y + 1) * w], &a[y * wp..y * wp + w]);
+                    for (d, s) in row.iter_mut().zip(src) {
+                        *d = s + add;
+                    }
+                }
+            });
+    }
+    out
+}
+
+/// A 1×1 convolution: `[b, cout, hw] = weight [cout, cin] @ x [b, cin, hw]` (+ bias).
+pub fn conv1x1(
+    x: &[f32],
+    b: usize,
+    cin: usize,
+    hw: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    cout: usize,
+) -> Vec<f32> {
+    let mut out = uninit(b * cout * hw);
+    for bi in 0..b {
+        let dst = &mut out[bi * cout * hw..(bi + 1) * cout * hw];
+        matmul(
+            cout,
+            hw,
+            cin,
+            dst,
+            hw,
+            false,
+            weight,
+            cin,
+            1,
+            &x[bi * cin * hw..],
+            hw,
+        );
+        if let Some(bias) = bias {
+            dst.par_chunks_mut(hw)
+                .zip(bias.par_iter())
+                .for_each(|(row, b)| row.iter_mut().for_each(|v| *v += b));
+        }
+    }
+    out
+}
+
+/// A 2-D convolution layer (weights named as `candle_nn::conv2d` loads them).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    pub(crate) weight: ConvWeight,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) cfg: Conv2dConfig,
+}
+
+/// A convolution's weight as loaded, or packed for the direct 3×3 kernel instead (so the
+/// layer holds one copy: the UNet's 3×3 weights are half its 3.4 GB).
+#[derive(Clone, Debug)]
+pub(crate) enum ConvWeight {
+    Plain(Tensor),
+    Packed {
+        packed: std::sync::Arc<Vec<f32>>,
+        cout: usize,
+        cin: usize,
+    },
+}
+
+/// `candle_nn::conv2d`, with the fast CPU paths.
+pub fn conv2d(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> candle_core::Result<Conv2d> {
+    let bound = 1. / (cin as f64).sqrt();
+    let bias = vb.get_with_hints(
+        cout,
+        "bias",
+        candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(Conv2d {
+        bias: Some(bias),
+        ..conv2d_no_bias(cin, cout, k, cfg, vb)?
+    })
+}
+
+/// `candle_nn::conv2d_no_bias`, with the fast CPU paths.
+pub fn conv2d_no_bias(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> candle_core::Result<Conv2d> {
+    let weight = vb.get_with_hints(
+        (cout, cin / cfg.groups, k, k),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let direct_3x3 = k == 3
+        && (cfg.stride, cfg.padding, cfg.dilation, cfg.groups) == (1, 1, 1, 1)
+        && cpu_f32(&weight)
+        && direct::lanes().is_some();
+    let weight = if direct_3x3 {
+        ConvWeight::Packed {
+            packed: std::sync::Arc::new(direct::pack(&data(&weight)?, cout, cin)),
+            cout,
+            cin,
+        }
+    } else {
+        ConvWeight::Plain(weight)
+    };
+    Ok(Conv2d {
+        weight,
+        bias: None,
+        cfg,
+    })
+}
+
+/// The CPU kernel a convolution takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Fast {
+    Conv3x3,
+    Conv1x1,
+    Im2col,
+}
+
+impl Conv2d {
+    /// The weight as a `[cout, cin / groups, k, k]` tensor (unpacked when packed).
+    pub fn weight(&self) -> candle_core::Result<Tensor> {
+        match &self.weight {
+            ConvWeight::Plain(w) => Ok(w.clone()),
+            ConvWeight::Packed { packed, cout, cin } => Tensor::from_vec(
+                direct::unpack(packed, *cout, *cin),
+                (*cout, *cin, 3, 3),
+                &Device::Cpu,
+            ),
+        }
+    }
+
+    /// `(cout, cin / groups, kh, kw)`.
+    pub(crate) fn dims(&self) -> candle_core::Result<(usize, usize, usize, usize)> {
+        match &self.weight {
+            ConvWeight::Plain(w) => w.dims4(),
+            ConvWeight::Packed { cout, cin, .. } => Ok((*cout, *cin, 3, 3)),
+        }
+    }
+
+    /// Which fast kernel applies, if any.
+    pub(crate) fn fast(&self, x: &Tensor) -> Option<Fast> {
+        let c = &self.cfg;
+        let (_, _, kh, kw) = self.dims().ok()?;
+        let (_, _, h, w) = x.dims4().ok()?;
+        let weight_ok = match &self.weight {
+            ConvWeight::Plain(w) => cpu_f32(w),
+            ConvWeight::Packed { .. } => true,
+        };
+        let plain = c.groups == 1 && c.dilation == 1 && kh == kw && cpu_f32(x) && weight_ok;
+        match (kh, c.stride, c.padding) {
+            _ if !plain || h + 2 * c.padding < kh || w + 2 * c.padding < kw => None,
+            (3, 1, 1) => Some(Fast::Conv3x3),
+            (1, 1, 0) => Some(Fast::Conv1x1),
+            _ => Some(Fast::Im2col),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(k) = self.fast(x) else {
+            let c = &self.cfg;
+            let weight = self.weight()?.to_device(x.device())?.to_dtype(x.dtype())?;
+            let y = x.conv2d(&weight, c.padding, c.stride, c.dilation, c.groups)?;
+            return match &self.bias {
+                Some(b) => {
+                    let b = b.to_device(x.device())?.to_dtype(x.dtype())?;
+                    y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
+                }
+                None => Ok(y),
+            };
+        };
+        let (b, cin, h, w) = x.dims4()?;
+        let (cout, _, kk, _) = self.dims()?;
+        let bias = self.bias.as_ref().map(data).transpose()?;
+        let shape = ConvShape {
+            cin,
+            h,
+            w,
+            k: kk,
+            stride: self.cfg.stride,
+            pad: self.cfg.padding,
+        };
+        let (oh, ow) = shape.out();
+        let bias = bias.as_deref();
+        let out = match (&self.weight, k) {
+            (ConvWeight::Packed { packed, .. }, _) => with_slice(x, |xs| {
+                conv3x3_s1(xs, b, cin, h, w, Weights3x3::Packed(packed), bias, cout)
+            })?,
+            (ConvWeight::Plain(weight), k) => with_slice(weight, |wt| {
+                with_slice(x, |xs| match k {
+                    Fast::Conv3x3 => {
+                        conv3x3_s1(xs, b, cin, h, w, Weights3x3::Plain(wt), bias, cout)
+                    }
+                    Fast::Conv1x1 => conv1x1(xs, b, cin, h * w, wt, bias, cout),
+                    Fast::Im2col => conv_im2col(xs, b, shape, wt, bias, cout),
+                })
+            })??,
+        };
+        Tensor::from_vec(out, (b, cout, oh, ow), x.device())
+    }
+}
