@@ -4,16 +4,15 @@ import { Header } from "./components/Header";
 import { Toasts } from "./components/Toasts";
 import { Skeleton } from "./components/ui";
 import { match, navigate, useLocation } from "./lib/router";
+import { toolAt } from "./tools";
 
-// One chunk per page.
+// One chunk per page (the tools' pages are in tools.tsx).
 const Login = lazy(() => import("./pages/Login"));
-const ImagePage = lazy(() => import("./pages/ImagePage"));
 const Dashboard = lazy(() => import("./pages/Dashboard"));
 const Feed = lazy(() => import("./pages/Feed"));
 const FeedDetail = lazy(() => import("./pages/FeedDetail"));
 const Profile = lazy(() => import("./pages/Profile"));
 const Settings = lazy(() => import("./pages/Settings"));
-const Realtime = lazy(() => import("./pages/Realtime"));
 const NotFound = lazy(() => import("./pages/NotFound"));
 
 /** A page that fails to load or render (a chunk gone after an upgrade, a bug) says so and
@@ -71,22 +70,21 @@ function Home() {
 function route(path: string): ReactNode {
   if (path === "/") return <Home />;
   if (path === "/login") return <Login />;
-  if (path === "/image")
-    return (
+  const tool = toolAt(path);
+  if (tool) {
+    const Page = tool.page;
+    return tool.signedIn ? (
       <SignedIn>
-        <ImagePage />
+        <Page />
       </SignedIn>
+    ) : (
+      <Page />
     );
+  }
   if (path === "/app")
     return (
       <SignedIn>
         <Dashboard />
-      </SignedIn>
-    );
-  if (path === "/realtime")
-    return (
-      <SignedIn>
-        <Realtime />
       </SignedIn>
     );
   if (path === "/settings")

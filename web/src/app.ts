@@ -5,6 +5,7 @@ import type { StoreApi } from "zustand/vanilla";
 import { ApiClient } from "./api/client";
 import { createEventsStore } from "./stores/events";
 import { createGenerateStore } from "./stores/generate";
+import { createJobsStore } from "./stores/jobs";
 import { createSessionStore } from "./stores/session";
 import { createToastStore } from "./stores/toasts";
 
@@ -16,8 +17,11 @@ export const generate = createGenerateStore(api, {
   onCreditsChanged: () => void session.getState().refreshUser().catch(() => {}),
   onChanged: (id, change) => changedListeners.forEach((l) => l(id, change)),
 });
+/** Every job's latest state, whatever its kind; each tool listens to its own kind. */
+export const jobs = createJobsStore();
+jobs.getState().listen("image", (event, data) => generate.getState().applyEvent(event, data));
 export const events = createEventsStore({
-  onEvent: (kind, data) => generate.getState().applyEvent(kind, data),
+  onEvent: (event, data) => jobs.getState().applyEvent(event, data),
   onReady: () => void generate.getState().resync(),
   // Keep trying unless the server said the session is over.
   refresh: async () => (await api.refresh()) !== "refused",

@@ -1,8 +1,8 @@
 import { decode, encode } from "@msgpack/msgpack";
 import { describe, expect, it, vi } from "vitest";
-import { RealtimeClient, type RealtimeInput, type SocketLike } from "../src/realtime/client";
-import { floodMask, hexToRgba, paintMask, rgbToHex } from "../src/realtime/floodfill";
-import { createCanvasStore, hasContent, newId, placed, type Shape } from "../src/stores/canvas";
+import { RealtimeClient, type RealtimeInput, type SocketLike } from "../src/features/realtime/client";
+import { floodMask, hexToRgba, paintMask, rgbToHex } from "../src/features/realtime/floodfill";
+import { createCanvasStore, hasContent, newId, placed, type Shape } from "../src/features/realtime/canvas";
 
 describe("flood fill", () => {
   // 4x3: a vertical wall of black in column 2.

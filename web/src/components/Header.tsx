@@ -4,6 +4,7 @@
 import { useState } from "react";
 import { session, toasts, use } from "../app";
 import { Link, navigate, useLocation } from "../lib/router";
+import { TOOLS, type Tool } from "../tools";
 import { Menu, menuItem } from "./ui";
 
 interface Entry {
@@ -12,13 +13,10 @@ interface Entry {
   hint: string;
 }
 
-const GENERATE: Entry[] = [
-  { label: "Image", to: "/image", hint: "Text and image to image" },
-  { label: "Real-time", to: "/realtime", hint: "Draw and watch it render live" },
-];
-// Enhancer, Editor, Lipsync, Motion Transfer, Video Restyle and Train join this list as
-// they are built.
-const TOOLS: Entry[] = [];
+/** The entries of one navigation menu, from the tools registry. */
+function entries(menu: Tool["menu"]): Entry[] {
+  return TOOLS.filter((t) => t.menu === menu).map((t) => ({ label: t.label, to: t.path, hint: t.hint }));
+}
 
 function EntryMenu({ label, entries }: { label: string; entries: Entry[] }) {
   if (entries.length === 0) return null;
@@ -143,8 +141,8 @@ export function Header() {
           <img src="/favicon.svg" alt="" className="h-7 w-7" />
           <span className="text-lg">Krya</span>
         </Link>
-        <EntryMenu label="Generate" entries={GENERATE} />
-        <EntryMenu label="Tools" entries={TOOLS} />
+        <EntryMenu label="Generate" entries={entries("generate")} />
+        <EntryMenu label="Tools" entries={entries("tools")} />
         <Link to="/feed" className="inline-flex h-9 items-center rounded-lg px-3 text-sm text-neutral-200 hover:bg-neutral-800">
           Gallery
         </Link>

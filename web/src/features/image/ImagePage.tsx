@@ -3,13 +3,13 @@
 
 import { useEffect, useMemo, useRef, useState } from "react";
 import { useStore } from "zustand";
-import type { Generation } from "../api/types";
-import { api, events, generate, onChanged, toasts, use } from "../app";
-import { ImageActions } from "../components/ImageActions";
-import { Button, Chip, ErrorNote, Field, FieldError, Input, Select, Skeleton, Spinner } from "../components/ui";
-import { Link, navigate, useLocation } from "../lib/router";
-import { createPager } from "../stores/pager";
-import { SCHEDULERS, isActive, type Job } from "../stores/generate";
+import type { Generation } from "../../api/types";
+import { api, events, generate, onChanged, toasts, use } from "../../app";
+import { ImageActions } from "../../components/ImageActions";
+import { Button, Chip, ErrorNote, Field, FieldError, Input, Select, Skeleton, Spinner } from "../../components/ui";
+import { Link, navigate, useLocation } from "../../lib/router";
+import { createPager } from "../../stores/pager";
+import { SCHEDULERS, isActive, type Job } from "../../stores/generate";
 
 /** Fields the form shows errors next to; others go in the banner by the Generate button. */
 const FIELDS = ["prompt", "negative_prompt", "model", "aspect_ratio", "style", "steps", "cfg_scale", "seed", "scheduler", "batch_size", "init_image", "strength"];

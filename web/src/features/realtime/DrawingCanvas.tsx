@@ -7,7 +7,7 @@ import { forwardRef, useEffect, useImperativeHandle, useRef, useState } from "re
 import { Circle, Image as KonvaImage, Layer, Line, Rect, Stage, Transformer } from "react-konva";
 import { useStore } from "zustand";
 import type { StoreApi } from "zustand/vanilla";
-import { newId, placed, type CanvasState, type Layer as CanvasLayer, type Shape } from "../stores/canvas";
+import { newId, placed, type CanvasState, type Layer as CanvasLayer, type Shape } from "./canvas";
 import { floodMask, hexToRgba, paintMask, rgbToHex } from "./floodfill";
 import { liveVideo } from "./live";
 

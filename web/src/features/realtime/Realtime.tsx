@@ -3,15 +3,15 @@
 
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { useStore } from "zustand";
-import type { Model } from "../api/types";
-import { api, session, toasts } from "../app";
-import { Button, Chip, Select, Spinner } from "../components/ui";
-import { Link } from "../lib/router";
-import { RealtimeClient, type RealtimeParams, type ServerStatus } from "../realtime/client";
-import { DrawingCanvas, UNITS, type DrawingHandle } from "../realtime/DrawingCanvas";
-import { Icon } from "../realtime/icons";
-import { startLive, stopLive, stopLiveExcept } from "../realtime/live";
-import { BLENDS, createCanvasStore, hasContent, newId, placed, type CanvasState, type Tool } from "../stores/canvas";
+import type { Model } from "../../api/types";
+import { api, session, toasts } from "../../app";
+import { Button, Chip, Select, Spinner } from "../../components/ui";
+import { Link } from "../../lib/router";
+import { RealtimeClient, type RealtimeParams, type ServerStatus } from "./client";
+import { DrawingCanvas, UNITS, type DrawingHandle } from "./DrawingCanvas";
+import { Icon } from "./icons";
+import { startLive, stopLive, stopLiveExcept } from "./live";
+import { BLENDS, createCanvasStore, hasContent, newId, placed, type CanvasState, type Tool } from "./canvas";
 import type { StoreApi } from "zustand/vanilla";
 
 const TOOLS: { id: Tool; label: string; key: string }[] = [
