@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 
 use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
-use crate::generations::{daily_allowance, daily_top_up, internal, invalid, log_usage, today};
+use crate::credits::{daily_allowance, daily_top_up, log_usage, today};
+use crate::error::{internal, invalid};
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};

@@ -23,12 +23,7 @@ pub const REFRESH_COOKIE: &str = "krya_refresh";
 /// A new account's free daily allowance (seed App. C).
 pub const FREE_CREDITS: i64 = 50;
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::ids::now;
 
 pub(crate) fn random_hex(bytes: usize) -> String {
     use rand::RngCore;

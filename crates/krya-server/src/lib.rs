@@ -1,14 +1,18 @@
 //! Krya's server: the REST API (seed §6) behind `krya serve`, and the job runner behind
 //! `krya worker`.
 //!
-//! Layout: `config` (layered settings), `error` (the one error type and its table of
-//! stable codes), `router` (the route table), `db` (the database), `jobs` (every kind's job
-//! record, the durable queue and the jobs API), `tasks` (the kinds of work, one `Task`
-//! each), `runner` (runs any kind's jobs: claims, leases, retries, credits, events,
-//! webhooks), `auth` (accounts, sessions, API keys), `generations` (the image API),
-//! `models` (the models API), `media` (uploads and image files), `blobs` (file or S3
-//! storage), `events` (SSE), `webhooks`, `registry` (models and styles), `realtime` (the
-//! live canvas over WebSocket), `studio` (the web studio's files).
+//! Layout, by part:
+//! - HTTP: `router` (the route table, and so the OpenAPI document), the handlers of `auth`
+//!   (accounts, sessions, API keys), `account`, `generations` (the image API), `jobs::http`
+//!   (every kind's jobs), `models`, `media` (uploads and image files), `feed`, `events`
+//!   (SSE), `realtime` (the live canvas over WebSocket), `studio` (the web studio's files);
+//! - work: `tasks` (the kinds of work, one `Task` each), `runner` (runs any kind: claims,
+//!   leases, retries, credits, events, webhooks), `webhooks` (signing, the outbox);
+//! - persistence: `db` (the database and its migrations), `jobs` (the job record and the
+//!   durable queue), `blobs` (file or S3 storage), `registry` (models and styles);
+//! - infrastructure: `config` (layered settings), `error` (the one error type and its
+//!   table of stable codes), `ids` (row ids and time), `credits` (allowances, usage,
+//!   refunds), `throttle`.
 //! `launch` serves on a given listener until a shutdown signal, so tests run the real
 //! server on `127.0.0.1:0`.
 
@@ -16,11 +20,13 @@ pub mod account;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod credits;
 pub mod db;
 pub mod error;
 pub mod events;
 pub mod feed;
 pub mod generations;
+pub mod ids;
 pub mod jobs;
 pub mod media;
 pub mod models;

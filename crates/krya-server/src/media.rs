@@ -18,7 +18,8 @@ use crate::AppState;
 use crate::auth;
 use crate::db::Db;
 use crate::error::{ApiError, ErrorCode};
-use crate::generations::{internal, random_id};
+use crate::error::internal;
+use crate::ids::random_id;
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 

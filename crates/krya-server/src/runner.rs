@@ -258,7 +258,7 @@ impl Runner {
             }
             stored.push(Stored {
                 output: o,
-                asset_id: crate::generations::random_id(),
+                asset_id: crate::ids::random_id(),
                 key,
                 thumb_key,
             });
@@ -321,7 +321,7 @@ impl Runner {
             if !task.failed(&mut tx, job, code, message).await? {
                 return Ok(false);
             }
-            jobs::refund(&mut tx, job).await?;
+            crate::credits::refund(&mut tx, job).await?;
             if task.notifies() {
                 crate::webhooks::enqueue(&mut tx, task, job, "failed", &data).await?;
             }
@@ -427,5 +427,5 @@ async fn report_progress(
 
 pub fn runner_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "krya".into());
-    format!("{host}-{}-{}", std::process::id(), &crate::generations::random_id()[..8])
+    format!("{host}-{}-{}", std::process::id(), &crate::ids::random_id()[..8])
 }

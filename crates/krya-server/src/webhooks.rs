@@ -171,7 +171,7 @@ pub async fn enqueue(
         }
     }
     let payload = serde_json::json!({"url": url, "webhook_id": format!("{}-{event}", job.ref_id), "body": body.to_string()});
-    let id = crate::generations::random_id();
+    let id = crate::ids::random_id();
     crate::jobs::enqueue(
         tx,
         crate::jobs::NewJob {

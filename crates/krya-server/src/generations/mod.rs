@@ -17,21 +17,14 @@ use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::tasks::image::KIND as IMAGE;
 use crate::{AppState, jobs, registry};
 
+pub(crate) use crate::credits::{daily_top_up, log_usage};
 pub(crate) use crate::error::{internal, invalid};
+pub(crate) use crate::ids::random_id;
 
 pub mod http;
+mod listing;
 pub use http::*;
-
-/// A new row id, 24 hex digits: milliseconds since the epoch (12 digits), then 6 random
-/// bytes. Ids sort in creation order, so lists ordered by `(created_at, id)` (seconds)
-/// keep generations made within the same second in the order they were made.
-pub(crate) fn random_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    format!("{:012x}{}", ms & 0xffff_ffff_ffff, auth::random_hex(6))
-}
+pub(crate) use listing::*;
 
 /// An image as the API shows it (generation views, `completed` events, webhooks).
 pub fn image_json(id: &str, width: i64, height: i64, seed: i64) -> serde_json::Value {
@@ -321,52 +314,6 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             clip_skip,
         },
     })
-}
-
-/// Credits per day for each tier (seed App. C; free: 50 images a day).
-pub fn daily_allowance(tier: &str) -> i64 {
-    match tier {
-        "basic" => 200,
-        "pro" => 1000,
-        "max" | "team" => 2000,
-        _ => 50,
-    }
-}
-
-pub fn today() -> i64 {
-    now().div_euclid(86_400)
-}
-
-/// Tops the balance up to the tier's daily allowance once per UTC day (unused grants above
-/// the allowance are kept).
-pub async fn daily_top_up(conn: &mut sqlx::AnyConnection, user: &User) -> Result<(), sqlx::Error> {
-    let allowance = daily_allowance(&user.subscription_tier);
-    sqlx::query("UPDATE users SET credits_remaining = CASE WHEN credits_remaining < $1 THEN $1 ELSE credits_remaining END, credits_day = $2 WHERE id = $3 AND credits_day < $2")
-        .bind(allowance)
-        .bind(today())
-        .bind(&user.id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn log_usage(
-    conn: &mut sqlx::AnyConnection,
-    user_id: &str,
-    action: &str,
-    credits: i64,
-    ref_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO usage_logs (id, user_id, action_type, credits_used, ref_id, metadata, created_at) VALUES ($1, $2, $3, $4, $5, '{}', $6)")
-        .bind(random_id())
-        .bind(user_id)
-        .bind(action)
-        .bind(credits)
-        .bind(ref_id)
-        .bind(now())
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// Stores checked requests, reserving their credits and enqueuing their jobs, all or none.
@@ -680,17 +627,4 @@ pub async fn remix(
     let checked = check(state, user, req).await?;
     let ids = submit(state, user, vec![checked], None, Some(&source.id)).await?;
     Ok(ids.into_iter().next().unwrap())
-}
-
-#[cfg(test)]
-mod id_tests {
-    #[test]
-    fn ids_sort_in_creation_order() {
-        let a = super::random_id();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let b = super::random_id();
-        assert_eq!((a.len(), b.len()), (24, 24));
-        assert!(a < b, "{a} then {b}");
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-    }
 }

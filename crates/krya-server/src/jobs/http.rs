@@ -13,7 +13,8 @@ use utoipa::ToSchema;
 use super::{JOB_COLUMNS, JobError, JobRow, JobView, NewJob, Progress};
 use crate::db::{Db, User};
 use crate::error::{ApiError, ErrorCode, internal, invalid};
-use crate::generations::{daily_top_up, log_usage, random_id};
+use crate::credits::{daily_top_up, log_usage};
+use crate::ids::random_id;
 use crate::openapi::ErrorBody;
 use crate::runner::with_kind;
 use crate::tasks::{Slot, Task};
@@ -277,7 +278,7 @@ pub async fn cancel(state: &AppState, j: &JobRow) -> Result<bool, ApiError> {
     if !done {
         return Ok(false);
     }
-    super::refund(&mut tx, &job).await.map_err(internal)?;
+    crate::credits::refund(&mut tx, &job).await.map_err(internal)?;
     crate::webhooks::enqueue(&mut tx, &*task, &job, "cancelled", &data)
         .await
         .map_err(internal)?;

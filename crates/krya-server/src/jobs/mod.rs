@@ -225,19 +225,6 @@ pub async fn record_completed(
     Ok(())
 }
 
-/// Gives a job's reserved credits back (it failed or was cancelled).
-pub async fn refund(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<(), sqlx::Error> {
-    if job.cost == 0 {
-        return Ok(());
-    }
-    sqlx::query("UPDATE users SET credits_remaining = credits_remaining + $1 WHERE id = $2")
-        .bind(job.cost)
-        .bind(&job.user_id)
-        .execute(&mut *conn)
-        .await?;
-    crate::generations::log_usage(conn, &job.user_id, "refund", -job.cost, &job.ref_id).await
-}
-
 impl Db {
     pub async fn job(&self, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

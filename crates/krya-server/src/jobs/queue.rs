@@ -15,13 +15,7 @@ use sqlx::Row;
 
 use crate::db::{Backend, Db};
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::ids::now_ms;
 
 #[derive(Debug, Clone)]
 pub struct Claimed {

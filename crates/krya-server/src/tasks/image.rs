@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::{Job, Outcome, Output, ProgressMsg, RunContext, Services, Start, Stored, Task};
 use crate::db::Db;
-use crate::generations::{Generation, random_id};
+use crate::generations::Generation;
+use crate::ids::random_id;
 use crate::{media, registry};
 
 /// Inputs were checked against the upload limit when uploaded; this bounds decoding again.
