@@ -20,6 +20,39 @@ pub fn today() -> i64 {
     now().div_euclid(86_400)
 }
 
+/// Reserves `cost` credits of `user`'s in the caller's transaction (after the daily
+/// top-up); when the balance is short, the transaction is abandoned and the error says
+/// how many are left.
+pub async fn reserve(
+    db: &crate::db::Db,
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    user: &User,
+    cost: i64,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, crate::error::ApiError> {
+    use crate::error::{ApiError, ErrorCode, internal};
+    daily_top_up(&mut tx, user).await.map_err(internal)?;
+    let charged = sqlx::query("UPDATE users SET credits_remaining = credits_remaining - $1 WHERE id = $2 AND credits_remaining >= $1")
+        .bind(cost)
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(internal)?;
+    if charged.rows_affected() == 1 {
+        return Ok(tx);
+    }
+    drop(tx);
+    let left = db
+        .user_by_id(&user.id)
+        .await
+        .map_err(internal)?
+        .map(|u| u.credits_remaining)
+        .unwrap_or(0);
+    Err(ApiError::new(
+        ErrorCode::InsufficientCredits,
+        format!("this needs {cost} credits and {left} are left; they are topped up daily"),
+    ))
+}
+
 /// Tops the balance up to the tier's daily allowance once per UTC day (unused grants above
 /// the allowance are kept).
 pub async fn daily_top_up(conn: &mut sqlx::AnyConnection, user: &User) -> Result<(), sqlx::Error> {

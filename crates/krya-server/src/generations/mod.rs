@@ -17,7 +17,7 @@ use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::tasks::image::KIND as IMAGE;
 use crate::{AppState, jobs, registry};
 
-pub(crate) use crate::credits::{daily_top_up, log_usage};
+pub(crate) use crate::credits::log_usage;
 pub(crate) use crate::error::{internal, invalid};
 pub(crate) use crate::ids::random_id;
 
@@ -335,28 +335,8 @@ async fn submit(
         return Ok(vec![id]);
     }
     let total: i64 = items.iter().map(|c| c.cost).sum();
-    let mut tx = state.db.pool.begin().await.map_err(internal)?;
-    daily_top_up(&mut tx, user).await.map_err(internal)?;
-    let charged = sqlx::query("UPDATE users SET credits_remaining = credits_remaining - $1 WHERE id = $2 AND credits_remaining >= $1")
-        .bind(total)
-        .bind(&user.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-    if charged.rows_affected() != 1 {
-        drop(tx);
-        let left = state
-            .db
-            .user_by_id(&user.id)
-            .await
-            .map_err(internal)?
-            .map(|u| u.credits_remaining)
-            .unwrap_or(0);
-        return Err(ApiError::new(
-            ErrorCode::InsufficientCredits,
-            format!("this needs {total} credits and {left} are left; they are topped up daily"),
-        ));
-    }
+    let tx = state.db.pool.begin().await.map_err(internal)?;
+    let mut tx = crate::credits::reserve(&state.db, tx, user, total).await?;
     let mut ids = Vec::new();
     let t = now();
     for c in items {

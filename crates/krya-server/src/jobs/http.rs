@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::{JOB_COLUMNS, JobError, JobRow, JobView, NewJob, Progress};
 use crate::db::{Db, User};
 use crate::error::{ApiError, ErrorCode, internal, invalid};
-use crate::credits::{daily_top_up, log_usage};
+use crate::credits::log_usage;
 use crate::ids::random_id;
 use crate::openapi::ErrorBody;
 use crate::runner::with_kind;
@@ -130,20 +130,8 @@ pub async fn create(
     }
     let id = random_id();
     let params = prepared.params.to_string();
-    let mut tx = state.db.pool.begin().await.map_err(internal)?;
-    daily_top_up(&mut tx, &user).await.map_err(internal)?;
-    let charged = sqlx::query("UPDATE users SET credits_remaining = credits_remaining - $1 WHERE id = $2 AND credits_remaining >= $1")
-        .bind(prepared.cost)
-        .bind(&user.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(internal)?;
-    if charged.rows_affected() != 1 {
-        return Err(ApiError::new(
-            ErrorCode::InsufficientCredits,
-            format!("this needs {} credits; they are topped up daily", prepared.cost),
-        ));
-    }
+    let tx = state.db.pool.begin().await.map_err(internal)?;
+    let mut tx = crate::credits::reserve(&state.db, tx, &user, prepared.cost).await?;
     log_usage(&mut tx, &user.id, task.kind(), prepared.cost, &id)
         .await
         .map_err(internal)?;
