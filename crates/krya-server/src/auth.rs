@@ -25,12 +25,7 @@ pub const FREE_CREDITS: i64 = 50;
 
 pub use crate::ids::now;
 
-pub(crate) fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use krya_core::ids::random_hex;
 
 fn token_hash(token: &str) -> String {
     use sha2::Digest;

@@ -5,42 +5,13 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-/// Stable error codes, shared with jobs that fail and with the studio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    InvalidJson,
-    InvalidInput,
-    Unauthorized,
-    InsufficientCredits,
-    Forbidden,
-    NotFound,
-    MethodNotAllowed,
-    Conflict,
-    TooLarge,
-    UnsupportedMediaType,
-    RateLimited,
-    Internal,
-}
+/// Stable error codes and their HTTP statuses (`krya_core::error`), shared with jobs that
+/// fail, the live canvas and the studio.
+pub use krya_core::error::ErrorCode;
 
-impl ErrorCode {
-    /// The table: code string and HTTP status.
-    pub fn info(self) -> (&'static str, StatusCode) {
-        use ErrorCode::*;
-        match self {
-            InvalidJson => ("invalid-json", StatusCode::BAD_REQUEST),
-            InvalidInput => ("invalid-input", StatusCode::UNPROCESSABLE_ENTITY),
-            Unauthorized => ("unauthorized", StatusCode::UNAUTHORIZED),
-            InsufficientCredits => ("insufficient-credits", StatusCode::PAYMENT_REQUIRED),
-            Forbidden => ("forbidden", StatusCode::FORBIDDEN),
-            NotFound => ("not-found", StatusCode::NOT_FOUND),
-            MethodNotAllowed => ("method-not-allowed", StatusCode::METHOD_NOT_ALLOWED),
-            Conflict => ("conflict", StatusCode::CONFLICT),
-            TooLarge => ("too-large", StatusCode::PAYLOAD_TOO_LARGE),
-            UnsupportedMediaType => ("unsupported-media-type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
-            RateLimited => ("rate-limited", StatusCode::TOO_MANY_REQUESTS),
-            Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
-        }
-    }
+/// An error code's HTTP status.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    StatusCode::from_u16(code.info().1).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +21,12 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (rate limits).
     pub retry_after: Option<u64>,
+}
+
+impl From<krya_core::error::CodedError> for ApiError {
+    fn from(e: krya_core::error::CodedError) -> Self {
+        ApiError::new(e.code, e.message)
+    }
 }
 
 impl ApiError {
@@ -77,7 +54,7 @@ pub(crate) fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError 
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (code, status) = self.code.info();
+        let (code, status) = (self.code.as_str(), status_of(self.code));
         let message = if self.code == ErrorCode::Internal {
             let id = REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default();
             tracing::error!(request_id = %id, error = %self.message, "internal error");

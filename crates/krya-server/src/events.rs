@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use futures_util::StreamExt;
-use serde::Serialize;
+
 use tokio::sync::broadcast;
 
 use crate::error::ApiError;
@@ -22,15 +22,7 @@ use crate::error::ApiError;
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::{AppState, auth};
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct JobEvent {
-    pub user_id: String,
-    /// queued | started | progress | completed | failed | cancelled
-    pub event: String,
-    /// The generation's id.
-    pub id: String,
-    pub data: serde_json::Value,
-}
+pub use krya_core::events::JobEvent;
 
 /// PostgreSQL's NOTIFY payloads must stay under 8000 bytes.
 const NOTIFY_LIMIT: usize = 7900;

@@ -23,65 +23,12 @@ use crate::ids::random_id;
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
 
-/// Image formats accepted for uploads, from their magic bytes.
-pub fn sniff(bytes: &[u8]) -> Option<(&'static str, image::ImageFormat)> {
-    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some(("image/png", image::ImageFormat::Png))
-    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some(("image/jpeg", image::ImageFormat::Jpeg))
-    } else if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        Some(("image/webp", image::ImageFormat::WebP))
-    } else {
-        None
-    }
-}
+pub use krya_core::images::sniff;
 
-/// Decodes an upload within limits: header first (size), then the pixels with the
-/// decoder's own allocation limit as a second guard.
+/// Decodes an upload within limits (`krya_core::images`): header first (size), then the
+/// pixels with the decoder's own allocation limit as a second guard.
 pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<image::DynamicImage, ApiError> {
-    let (_, format) = sniff(bytes).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "file: not a PNG, JPEG or WebP image",
-        )
-    })?;
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidInput,
-                format!("file: unreadable image ({e})"),
-            )
-        })?;
-    check_pixels(w, h, max_pixels)?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
-    limits.max_alloc = Some(max_pixels.saturating_mul(4).saturating_add(64 << 20));
-    reader.limits(limits);
-    reader.decode().map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidInput,
-            format!("file: cannot decode the image ({e})"),
-        )
-    })
-}
-
-fn check_pixels(w: u32, h: u32, max_pixels: u64) -> Result<(), ApiError> {
-    if w == 0 || h == 0 {
-        return Err(ApiError::new(
-            ErrorCode::InvalidInput,
-            "file: the image is empty",
-        ));
-    }
-    if w as u64 * h as u64 > max_pixels {
-        return Err(ApiError::new(
-            ErrorCode::TooLarge,
-            format!("file: {w}x{h} is more than the {max_pixels} pixels allowed"),
-        ));
-    }
-    Ok(())
+    Ok(krya_core::images::decode_limited(bytes, max_pixels, "file")?)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -372,13 +372,7 @@ impl Runner {
     }
 }
 
-/// Event data with the job's kind in it.
-pub fn with_kind(mut data: serde_json::Value, kind: &str) -> serde_json::Value {
-    if let Some(o) = data.as_object_mut() {
-        o.insert("kind".into(), kind.into());
-    }
-    data
-}
+pub use krya_core::events::with_kind;
 
 /// Stores progress and publishes it, at most every 200 ms (and always the last step).
 async fn report_progress(

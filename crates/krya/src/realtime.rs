@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use image::{Rgb, RgbImage};
-use krya_server::realtime::{self, protocol};
+use krya_core::protocol;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -271,7 +271,7 @@ async fn stream(a: &LoadArgs, token: &str) -> Result<Report, CliError> {
         }
     });
     let encode = |k: u64| {
-        realtime::encode_jpeg(&canvas(a.width, a.height, k), 80).map_err(|e| fail(e.message))
+        protocol::encode_jpeg(&canvas(a.width, a.height, k), 80).map_err(|e| fail(e.message))
     };
     let send = |k: u64, bytes: Vec<u8>| {
         let msg = GenerateMsg {
@@ -404,7 +404,7 @@ fn median_us(mut v: Vec<f64>) -> f64 {
 fn bench_io(a: IoArgs) -> Result<(), CliError> {
     let (w, h) = (a.width, a.height);
     // What a browser sends (a JPEG of the drawing) and what the model returns.
-    let input = realtime::encode_jpeg(&canvas(w, h, 5), 80).map_err(|e| fail(e.message))?;
+    let input = protocol::encode_jpeg(&canvas(w, h, 5), 80).map_err(|e| fail(e.message))?;
     let output = canvas(w, h, 40);
     let msg = rmp_serde::to_vec_named(&GenerateMsg {
         kind: "generate",
@@ -430,11 +430,11 @@ fn bench_io(a: IoArgs) -> Result<(), CliError> {
             return Err(fail("parsed the wrong message"));
         };
         let bytes = g.canvas_data.unwrap().into_vec();
-        realtime::check_canvas_header(&bytes, max_pixels).map_err(|e| fail(e.message))?;
+        protocol::check_canvas_header(&bytes, max_pixels).map_err(|e| fail(e.message))?;
         let t1 = Instant::now();
-        let img = realtime::decode_canvas(&bytes, max_pixels).map_err(|e| fail(e.message))?;
+        let img = protocol::decode_canvas(&bytes, max_pixels).map_err(|e| fail(e.message))?;
         let t2 = Instant::now();
-        let jpeg = realtime::encode_jpeg(&output, a.quality).map_err(|e| fail(e.message))?;
+        let jpeg = protocol::encode_jpeg(&output, a.quality).map_err(|e| fail(e.message))?;
         let t3 = Instant::now();
         let framed = protocol::frame(&jpeg, 1, Some(1), 1.0);
         let t4 = Instant::now();

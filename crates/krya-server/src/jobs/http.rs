@@ -20,7 +20,7 @@ use crate::runner::with_kind;
 use crate::tasks::{Slot, Task};
 use crate::{AppState, auth};
 
-const STATUSES: [&str; 5] = ["pending", "processing", "completed", "failed", "cancelled"];
+use krya_core::status::STATUSES;
 
 /// `POST /api/jobs`: a job of any kind that takes its requests here.
 #[derive(Deserialize, ToSchema)]

@@ -7,34 +7,6 @@ use super::*;
 /// The largest side a frame may have.
 pub(crate) const MAX_SIDE: u32 = 2048;
 
-/// A canvas's pixels (PNG, JPEG or WebP), refusing more than `max_pixels` before decoding.
-pub fn decode_canvas(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ProtocolError> {
-    let img = media::decode_limited(bytes, max_pixels).map_err(|e| {
-        ProtocolError::new(
-            "invalid-input",
-            e.message.replacen("file:", "canvas_data:", 1),
-        )
-    })?;
-    Ok(img.into_rgb8())
-}
-
-/// A rendered frame as JPEG (what the wire carries).
-pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, ProtocolError> {
-    let (w, h) = img.dimensions();
-    let side = |v: u32| u16::try_from(v).ok().filter(|v| *v > 0);
-    let (Some(w16), Some(h16)) = (side(w), side(h)) else {
-        return Err(ProtocolError::new(
-            "invalid-input",
-            format!("a {w}x{h} frame cannot be sent as JPEG"),
-        ));
-    };
-    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
-    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
-        .encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
-        .map_err(|e| ProtocolError::new("internal", format!("encoding the frame: {e}")))?;
-    Ok(out)
-}
-
 pub(crate) fn invalid(message: impl Into<String>) -> ProtocolError {
     ProtocolError::new("invalid-input", message)
 }
@@ -157,26 +129,6 @@ pub(crate) fn handle(hub: &Hub, s: &Session, bytes: &[u8]) -> Result<(), Protoco
         }
         drop(st);
         hub.wake();
-    }
-    Ok(())
-}
-
-/// The format and size from the header, before anything is decoded.
-pub fn check_canvas_header(bytes: &[u8], max_pixels: u64) -> Result<(), ProtocolError> {
-    let (_, format) = media::sniff(bytes).ok_or_else(|| {
-        ProtocolError::new(
-            "unsupported-media-type",
-            "canvas_data: not a PNG, JPEG or WebP image",
-        )
-    })?;
-    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| invalid(format!("canvas_data: unreadable image ({e})")))?;
-    if w as u64 * h as u64 > max_pixels {
-        return Err(ProtocolError::new(
-            "too-large",
-            format!("canvas_data: {w}x{h} is more than the {max_pixels} pixels allowed"),
-        ));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@
 pub mod capture;
 mod connection;
 mod input;
-pub mod protocol;
+pub use krya_core::protocol;
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -26,7 +26,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use image::RgbImage;
+
 use krya_engine::model::ModelSource;
 use krya_engine::model::cache::ModelCache;
 use krya_engine::pipelines::stable_diffusion::stream::{FrameRequest, MAX_STEPS, Stream as EngineStream};
@@ -36,9 +36,9 @@ use tokio::sync::mpsc;
 
 use crate::config::Realtime as RealtimeConfig;
 use crate::registry::ModelEntry;
-use crate::{AppState, auth, media, registry};
+use crate::{AppState, auth, registry};
 pub use connection::{serve_session, ws};
-pub use input::{check_canvas_header, decode_canvas, encode_jpeg};
+pub use krya_core::protocol::{check_canvas_header, decode_canvas, encode_jpeg};
 use input::*;
 use protocol::{ClientMessage, Params, ProtocolError, Status, StatusData};
 

@@ -176,6 +176,37 @@ pub fn error(e: &ProtocolError) -> Vec<u8> {
     })
 }
 
+/// A canvas's format and size from its header, before anything is decoded.
+pub fn check_canvas_header(bytes: &[u8], max_pixels: u64) -> Result<(), ProtocolError> {
+    crate::images::check_header(bytes, max_pixels, "canvas_data")
+        .map(|_| ())
+        .map_err(|e| ProtocolError::new(e.code.as_str(), e.message))
+}
+
+/// A canvas's pixels (PNG, JPEG or WebP), refusing more than `max_pixels` before decoding.
+pub fn decode_canvas(bytes: &[u8], max_pixels: u64) -> Result<image::RgbImage, ProtocolError> {
+    crate::images::decode_limited(bytes, max_pixels, "canvas_data")
+        .map(|img| img.into_rgb8())
+        .map_err(|e| ProtocolError::new(e.code.as_str(), e.message))
+}
+
+/// A rendered frame as JPEG (what the wire carries).
+pub fn encode_jpeg(img: &image::RgbImage, quality: u8) -> Result<Vec<u8>, ProtocolError> {
+    let (w, h) = img.dimensions();
+    let side = |v: u32| u16::try_from(v).ok().filter(|v| *v > 0);
+    let (Some(w16), Some(h16)) = (side(w), side(h)) else {
+        return Err(ProtocolError::new(
+            "invalid-input",
+            format!("a {w}x{h} frame cannot be sent as JPEG"),
+        ));
+    };
+    let mut out = Vec::with_capacity(img.as_raw().len() / 8);
+    jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100))
+        .encode(img.as_raw(), w16, h16, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| ProtocolError::new("internal", format!("encoding the frame: {e}")))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
