@@ -57,9 +57,14 @@ pub async fn get_profile(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: Option<String>,
+    #[schema(pattern = "^[A-Za-z0-9_-]{2,32}$")]
     handle: Option<String>,
+    #[schema(max_length = 500)]
     bio: Option<String>,
+    /// An https URL (or one of this server's `/api/` paths), or empty to remove it.
+    #[schema(max_length = 2048, pattern = "^($|https://|/api/)")]
     avatar_url: Option<String>,
 }
 
@@ -243,8 +248,10 @@ pub async fn subscription(
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     /// Credits to add (negative to take away; the balance never goes below zero).
+    #[schema(minimum = -1000000000, maximum = 1000000000)]
     amount: Option<i64>,
     /// A new tier.
+    #[schema(pattern = "^(free|basic|pro|max|team)$")]
     tier: Option<String>,
 }
 

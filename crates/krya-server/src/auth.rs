@@ -37,8 +37,12 @@ fn token_hash(token: &str) -> String {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct Register {
+    #[schema(max_length = 254, pattern = "^[^@\\s]+@[^.\\s][^\\s]*\\.[^\\s]*[^.\\s]$")]
     email: String,
+    /// At least 8 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     password: String,
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
 }
 
@@ -104,7 +108,7 @@ async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Respo
         .into_response())
 }
 
-#[utoipa::path(post, path = "/api/auth/register", tag = "accounts", request_body = Register, responses((status = 201, description = "Account created, signed in", body = Session), (status = 409, description = "Email taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/auth/register", tag = "accounts", security(), request_body = Register, responses((status = 201, description = "Account created, signed in", body = Session), (status = 409, description = "Email taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     body: Result<Json<Register>, JsonRejection>,
@@ -182,7 +186,7 @@ pub async fn create_user(
     Ok(user)
 }
 
-#[utoipa::path(post, path = "/api/auth/login", tag = "accounts", request_body = Login, responses((status = 200, description = "Signed in", body = Session), (status = 401, description = "Not signed in", body = ErrorBody), (status = 429, description = "Too many failures; see Retry-After", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/auth/login", tag = "accounts", security(), request_body = Login, responses((status = 200, description = "Signed in", body = Session), (status = 401, description = "Not signed in", body = ErrorBody), (status = 429, description = "Too many failures; see Retry-After", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -236,13 +240,15 @@ pub struct Refresh {
 /// Exchanges a refresh token (the body's, else the `krya_refresh` cookie) for a new
 /// session; the old one is revoked (single use). A token used twice is a sign of theft:
 /// every session of its user is revoked.
-#[utoipa::path(post, path = "/api/auth/refresh", tag = "accounts", request_body(content = Option<Refresh>, description = "Optional in browsers: the krya_refresh cookie is used when there is no body"), responses((status = 200, description = "A new session; the old refresh token is spent", body = Session), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "accounts", security(), request_body(content = Option<Refresh>, description = "Optional in browsers: the krya_refresh cookie is used when there is no body"), responses((status = 200, description = "A new session; the old refresh token is spent", body = Session), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let token = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body (or a JSON null): the browser's cookie.
+    let empty = body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null";
+    let token = if empty {
         cookie(&headers, REFRESH_COOKIE)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "sign in first"))?
     } else {
@@ -288,7 +294,7 @@ pub async fn refresh(
 
 /// Ends the current session (its access and refresh tokens) and clears the cookies. A
 /// browser whose access token has expired still signs out with its refresh cookie.
-#[utoipa::path(post, path = "/api/auth/logout", tag = "accounts", responses((status = 204, description = "Signed out"), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/auth/logout", tag = "accounts", security((), ("bearer" = [])), responses((status = 204, description = "Signed out"), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -384,6 +390,7 @@ pub const API_KEY_PREFIX: &str = "krya_";
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct NewApiKey {
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
 }
 

@@ -23,6 +23,35 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+/// `axum::extract::Query` whose rejection is the API's error (422 naming the parameter),
+/// not axum's plain-text 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(q)) => Ok(ApiQuery(q)),
+            Err(e) => {
+                // "Failed to deserialize query string: limit: invalid digit ..." -> "limit: ..."
+                let text = e.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                Err(ApiError::new(ErrorCode::InvalidInput, detail.to_string()))
+            }
+        }
+    }
+}
+
 impl From<krya_core::error::CodedError> for ApiError {
     fn from(e: krya_core::error::CodedError) -> Self {
         ApiError::new(e.code, e.message)

@@ -123,7 +123,7 @@ impl Bus {
 
 /// `GET /api/events`: the caller's job events as SSE (`event:` is the kind, `data:` JSON
 /// `{id, ...}`).
-#[utoipa::path(get, path = "/api/events", tag = "generation", responses((status = 200, description = "Server-Sent Events: ready, queued, started, progress, completed, failed, cancelled", content_type = "text/event-stream", body = String), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/events", tag = "generation", responses((status = 200, description = "Server-Sent Events: ready, queued, started, progress, completed, failed, cancelled", content_type = "text/event-stream"), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,

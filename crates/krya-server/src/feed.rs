@@ -2,7 +2,7 @@
 //! likes counted once per user, remix; and public profiles by handle.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -102,11 +102,11 @@ async fn items(
 }
 
 /// `GET /api/feed`: completed public generations, `sort=new` (cursor) or `sort=top`.
-#[utoipa::path(get, path = "/api/feed", tag = "feed", params(("sort" = Option<String>, Query, description = "new (default) or top"), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "Public generations", body = FeedPage), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/feed", tag = "feed", security((), ("bearer" = [])), params(("sort" = Option<String>, Query, pattern = "^(new|top)$", description = "new (default) or top"), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "Public generations", body = FeedPage), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn feed(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<FeedQuery>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let viewer = auth::current_user(&state, &headers).await.ok();
     match q.sort.as_deref().unwrap_or("new") {
@@ -181,7 +181,7 @@ async fn visible(
     }
 }
 
-#[utoipa::path(get, path = "/api/feed/{id}", tag = "feed", params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "A public generation", body = FeedItem), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/feed/{id}", tag = "feed", security((), ("bearer" = [])), params(("id" = String, Path, description = "Generation id")), responses((status = 200, description = "A public generation", body = FeedItem), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_item(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -289,12 +289,12 @@ pub struct PublicProfile {
 }
 
 /// `GET /api/profiles/:handle`: a public profile and its public generations.
-#[utoipa::path(get, path = "/api/profiles/{handle}", tag = "feed", params(("handle" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)), responses((status = 200, description = "A public profile and its public generations", body = PublicProfile), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/profiles/{handle}", tag = "feed", security((), ("bearer" = [])), params(("handle" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query)), responses((status = 200, description = "A public profile and its public generations", body = PublicProfile), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn profile(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(handle): Path<String>,
-    Query(q): Query<FeedQuery>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<FeedQuery>,
 ) -> Result<Json<PublicProfile>, ApiError> {
     let viewer = auth::current_user(&state, &headers).await.ok();
     let row = sqlx::query(

@@ -8,7 +8,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -263,7 +263,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// `GET /api/assets/:id`: the owner's upload, as uploaded.
-#[utoipa::path(get, path = "/api/assets/{id}", tag = "media", params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The uploaded file", content_type = "application/octet-stream", body = Vec<u8>), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/assets/{id}", tag = "media", params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The file, with its own type", content_type = "*/*", body = Vec<u8>), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_asset(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -383,17 +383,22 @@ async fn serve_image(
         .into_response())
 }
 
-#[utoipa::path(get, path = "/api/images/{id}", tag = "media", params(("id" = String, Path, description = "Image id"), ("download" = Option<u8>, Query, description = "1: as an attachment")), responses((status = 200, description = "PNG with the A1111 parameters chunk", content_type = "image/png", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/images/{id}", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Image id"), ("download" = Option<u8>, Query, minimum = 0, maximum = 1, description = "1: as an attachment")), responses((status = 200, description = "PNG with the A1111 parameters chunk", content_type = "image/png", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn image(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ImageQuery>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<ImageQuery>,
 ) -> Result<Response, ApiError> {
-    serve_image(&state, &headers, &id, false, q.download.unwrap_or(0) != 0).await
+    let download = match q.download {
+        None | Some(0) => false,
+        Some(1) => true,
+        Some(_) => return Err(crate::error::invalid("download", "must be 0 or 1")),
+    };
+    serve_image(&state, &headers, &id, false, download).await
 }
 
-#[utoipa::path(get, path = "/api/images/{id}/thumbnail", tag = "media", params(("id" = String, Path, description = "Image id")), responses((status = 200, description = "WebP thumbnail", content_type = "image/webp", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/images/{id}/thumbnail", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Image id")), responses((status = 200, description = "WebP thumbnail", content_type = "image/webp", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn thumbnail(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -46,6 +46,74 @@ pub struct Session {
     pub user: crate::db::User,
 }
 
+/// Responses every operation of a kind can give, added where a handler's annotation leaves
+/// them out: a JSON body can be malformed (400), of another type (415), too large (413) or
+/// invalid (422); query parameters can be invalid (422); an operation that needs a token
+/// answers 401 without one.
+pub struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        let global_security = api.security.clone().unwrap_or_default();
+        for item in api.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| match b {
+                        utoipa::openapi::RefOr::T(b) => b.content.contains_key("application/json"),
+                        utoipa::openapi::RefOr::Ref(_) => false,
+                    });
+                let query = op.parameters.as_ref().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| matches!(p, utoipa::openapi::RefOr::T(p) if matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)))
+                });
+                let security = op.security.as_ref().unwrap_or(&global_security);
+                // `security(())` alone (public) is one empty requirement.
+                let needs_token = !security.is_empty()
+                    && !security.iter().any(|s| *s == utoipa::openapi::security::SecurityRequirement::default());
+                let responses = &mut op.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                };
+                if json_body {
+                    add("400", "Malformed JSON");
+                    add("413", "Body too large");
+                    add("415", "Not JSON");
+                    add("422", "Invalid input (the message names the field)");
+                }
+                if query {
+                    add("422", "Invalid input (the message names the field)");
+                }
+                if needs_token {
+                    add("401", "Not signed in");
+                }
+            }
+        }
+    }
+}
+
 struct Security;
 
 impl Modify for Security {

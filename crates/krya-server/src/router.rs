@@ -71,15 +71,22 @@ pub fn openapi_document() -> String {
     DOCUMENT
         .get_or_init(|| {
             let (_, doc) = api().split_for_parts();
-            Arc::new(doc.to_pretty_json().unwrap_or_default())
+            render(doc)
         })
         .to_string()
+}
+
+/// The document with what every route adds (`openapi::CommonResponses`), as JSON.
+fn render(mut doc: utoipa::openapi::OpenApi) -> Arc<String> {
+    use utoipa::Modify;
+    openapi::CommonResponses.modify(&mut doc);
+    Arc::new(doc.to_pretty_json().unwrap_or_default())
 }
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes as usize;
     let (routes, doc) = api().split_for_parts();
-    DOCUMENT.get_or_init(|| Arc::new(doc.to_pretty_json().unwrap_or_default()));
+    DOCUMENT.get_or_init(|| render(doc));
     routes
         // WebSocket, outside the OpenAPI document (docs/realtime.md describes it).
         .route("/ws/realtime", axum::routing::get(crate::realtime::ws))

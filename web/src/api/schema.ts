@@ -331,6 +331,7 @@ export interface ProfileUpdate {
   name?: string | null;
   handle?: string | null;
   bio?: string | null;
+  /** An https URL (or one of this server's `/api/` paths), or empty to remove it. */
   avatar_url?: string | null;
 }
 
@@ -360,6 +361,7 @@ export interface Refresh {
 
 export interface Register {
   email: string;
+  /** At least 8 characters. */
   password: string;
   name: string;
 }

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -207,6 +207,7 @@ pub async fn create(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[schema(min_items = 1, max_items = 4)]
     requests: Vec<ImageRequest>,
 }
 
@@ -278,11 +279,11 @@ pub struct ListQuery {
     q: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/generate/images", tag = "generation", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query), ("model" = Option<String>, Query), ("status" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "The caller's generations, newest first", body = GenerationPage), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/generate/images", tag = "generation", params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100), ("cursor" = Option<String>, Query), ("model" = Option<String>, Query), ("status" = Option<String>, Query), ("q" = Option<String>, Query, description = "Only prompts containing this")), responses((status = 200, description = "The caller's generations, newest first", body = GenerationPage), (status = 401, description = "Not signed in", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<ListQuery>,
 ) -> Result<Json<GenerationPage>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let page = Page::new(q.limit, q.cursor.as_deref())?;

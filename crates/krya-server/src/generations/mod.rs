@@ -87,7 +87,7 @@ pub struct ImageRequest {
     pub is_public: Option<bool>,
     /// An http(s) URL that gets a signed POST when the generation ends.
     #[serde(default)]
-    #[schema(pattern = "^https?://")]
+    #[schema(pattern = "^https?://[^/?#@\\s]+")]
     pub webhook_url: Option<String>,
     #[serde(default)]
     #[schema(minimum = 0, maximum = 4)]
