@@ -119,6 +119,13 @@ pub struct Jobs {
     /// CPU-only worker can leave GPU-only kinds to others.
     #[serde(default)]
     pub kinds: Vec<String>,
+    /// Jobs that mostly wait on the network (webhooks, remote providers) run at once.
+    #[serde(default = "default_io_slots")]
+    pub io_slots: usize,
+}
+
+fn default_io_slots() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,6 +200,7 @@ impl Default for Config {
                 poll_ms: 1000,
                 retry_base_ms: 2000,
                 kinds: Vec::new(),
+                io_slots: 4,
             },
             webhooks: Webhooks {
                 allow_private: false,
@@ -274,6 +282,8 @@ poll_ms = 1000
 retry_base_ms = 2000
 # The kinds of work this process runs ("image", "webhook", ...); empty: every kind.
 kinds = []
+# Jobs that mostly wait on the network (webhook deliveries, remote providers) run at once.
+io_slots = 4
 
 [webhooks]
 # Allow webhook URLs on loopback, private or link-local addresses (refused by default: on a

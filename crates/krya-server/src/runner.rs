@@ -71,9 +71,11 @@ impl Runner {
     /// Runs jobs until `stop`, one loop per slot that has kinds; each finishes (or hands
     /// back) its current job first.
     pub async fn run(self: Arc<Self>) {
-        let loops: Vec<_> = [Slot::Compute, Slot::Io]
+        let io = self.config.io_slots.max(1);
+        let loops: Vec<_> = [(Slot::Compute, 1), (Slot::Exclusive, 1), (Slot::Io, io)]
             .into_iter()
-            .filter(|s| !self.tasks.kinds(*s).is_empty())
+            .filter(|(s, _)| !self.tasks.kinds(*s).is_empty())
+            .flat_map(|(s, n)| std::iter::repeat_n(s, n))
             .map(|s| tokio::spawn(self.clone().run_slot(s)))
             .collect();
         for l in loops {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::client::*;
 use common::*;
-use krya_server::tasks::{Outcome, Output, Prepared, Registry, RunContext, Services, Task};
+use krya_server::tasks::{Outcome, Output, Prepared, Registry, RunContext, Services, Slot, Task};
 use krya_server::{ApiError, Config};
 use serde_json::{Value, json};
 
@@ -101,8 +101,66 @@ impl Task for Echo {
     }
 }
 
+/// Long work in a slot of its own: runs until the test lets it end.
+struct Train;
+
+static TRAIN_MAY_END: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[async_trait::async_trait]
+impl Task for Train {
+    fn kind(&self) -> &'static str {
+        "train"
+    }
+
+    fn slot(&self) -> Slot {
+        Slot::Exclusive
+    }
+
+    async fn prepare(&self, _: &Services, params: Value) -> Result<Prepared, ApiError> {
+        Ok(Prepared { params, cost: 1, inputs: vec![] })
+    }
+
+    async fn run(&self, ctx: RunContext) -> Outcome {
+        while !TRAIN_MAY_END.load(std::sync::atomic::Ordering::SeqCst) {
+            if ctx.cancel.is_cancelled() {
+                return Outcome::Cancelled;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Outcome::Done(vec![])
+    }
+}
+
+/// Work that mostly waits (a remote provider): several run at once.
+struct Wait;
+
+/// When each `wait` job ran.
+static WAITED: Mutex<Vec<(std::time::Instant, std::time::Instant)>> = Mutex::new(Vec::new());
+
+#[async_trait::async_trait]
+impl Task for Wait {
+    fn kind(&self) -> &'static str {
+        "wait"
+    }
+
+    fn slot(&self) -> Slot {
+        Slot::Io
+    }
+
+    async fn prepare(&self, _: &Services, params: Value) -> Result<Prepared, ApiError> {
+        Ok(Prepared { params, cost: 0, inputs: vec![] })
+    }
+
+    async fn run(&self, _: RunContext) -> Outcome {
+        let start = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        WAITED.lock().unwrap().push((start, std::time::Instant::now()));
+        Outcome::Done(vec![])
+    }
+}
+
 fn tasks() -> Registry {
-    krya_server::tasks::builtin().with(Echo)
+    krya_server::tasks::builtin().with(Echo).with(Train).with(Wait)
 }
 
 fn config(dir: &std::path::Path) -> Config {
@@ -152,7 +210,7 @@ fn life_of_a_job(s: &Server) {
         (json!({"kind": "echo", "params": {"asset": asset, "steps": 0}}), "params.steps"),
         (json!({"kind": "echo", "params": {"asset": asset}}), "params"),
         (json!({"kind": "echo", "params": {"asset": "nope", "steps": 2}}), "params"),
-        (json!({"kind": "teleport", "params": {}}), "kind: must be one of echo, image"),
+        (json!({"kind": "teleport", "params": {}}), "kind: must be one of echo, image, train, wait"),
         (json!({"kind": "webhook", "params": {}}), "kind"),
         (json!({"kind": "image", "params": {"prompt": "x"}}), "kind"),
     ] {
@@ -365,12 +423,54 @@ fn claims_are_fair_across_users_and_kinds() {
     }
     let _ = stop_tx.send(());
     worker.join().unwrap().unwrap();
-    let started = STARTED.lock().unwrap().clone();
+    // Only this test's jobs: other tests run echo jobs at the same time.
+    let ours: Vec<&String> = burst.iter().chain([&single]).collect();
+    let started: Vec<String> = STARTED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|id| ours.contains(id))
+        .cloned()
+        .collect();
     let pos = |id: &String| started.iter().position(|s| s == id).unwrap();
     // x and y take turns; y's turns go to its kinds in turn: x0, y's first image, x1,
     // y's echo job (not its second image), x2, ...
     let order: Vec<usize> = [&burst[0], &burst[1], &single, &burst[2]].iter().map(|id| pos(id)).collect();
     assert_eq!(order, [0, 1, 2, 3], "{started:?}");
+}
+
+/// Slots keep work apart: a long job in the exclusive slot does not hold up the engine's
+/// queue, and jobs that mostly wait run several at once in the I/O slots.
+#[test]
+fn slots_keep_long_and_waiting_work_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(config(dir.path()), dir);
+    let c = Client::register(&s.base, "slots@example.com");
+    let (asset, _) = upload(&c);
+    let (st, train) = c.post("/api/jobs", json!({"kind": "train", "params": {}}));
+    assert_eq!(st, 202, "{train}");
+    let train = train["id"].as_str().unwrap().to_string();
+    c.wait_until(&format!("/api/jobs/{train}"), |j| j["status"] == "processing");
+    let echo = submit(&c, json!({"asset": asset, "steps": 2}));
+    let echo = c.wait_job(echo["id"].as_str().unwrap());
+    assert_eq!(echo["status"], "completed");
+    assert_eq!(c.get(&format!("/api/jobs/{train}")).1["status"], "processing", "the long job ended early");
+    let waits: Vec<String> = (0..3)
+        .map(|_| {
+            let (st, j) = c.post("/api/jobs", json!({"kind": "wait", "params": {}}));
+            assert_eq!(st, 202, "{j}");
+            j["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for w in &waits {
+        assert_eq!(c.wait_job(w)["status"], "completed");
+    }
+    let ran = WAITED.lock().unwrap().clone();
+    let last_start = ran.iter().map(|r| r.0).max().unwrap();
+    let first_end = ran.iter().map(|r| r.1).min().unwrap();
+    assert!(last_start < first_end, "the waiting jobs ran one after another");
+    TRAIN_MAY_END.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(c.wait_job(&train)["status"], "completed");
 }
 
 /// Run by `a_worker_killed_mid_task_*` as a process of its own: a `krya worker` with the

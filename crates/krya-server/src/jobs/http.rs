@@ -41,7 +41,9 @@ pub struct NewJobRequest {
 pub async fn view(state: &AppState, j: &JobRow, with_queue: bool) -> Result<JobView, ApiError> {
     let outputs = state.db.outputs(&j.id).await.map_err(internal)?;
     let queue_position = if with_queue && j.status == "pending" {
-        let kinds = state.tasks.kinds(Slot::Compute);
+        // Ahead of it: the jobs of the kinds its slot runs.
+        let slot = state.tasks.get(&j.kind).map_or(Slot::Compute, |t| t.slot());
+        let kinds = state.tasks.kinds(slot);
         state
             .db
             .queue_position(&j.id, &kinds)

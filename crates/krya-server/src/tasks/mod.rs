@@ -25,13 +25,17 @@ use crate::blobs::Blobs;
 use crate::db::Db;
 use crate::error::ApiError;
 
-/// Which of a worker's slots runs a kind. Each slot runs one job at a time, so a long
+/// Which of a worker's slots runs a kind. Slots claim and run independently, so a long
 /// kind never holds up the kinds of another slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
     /// The engine: one job at a time (it uses every core, or the GPU).
     Compute,
-    /// Network work that mostly waits (webhook deliveries, remote providers).
+    /// Long work that must not hold up the engine's queue (training): one at a time, in a
+    /// slot of its own.
+    Exclusive,
+    /// Work that mostly waits on the network (webhook deliveries, remote providers):
+    /// `jobs.io_slots` at a time.
     Io,
 }
 
