@@ -4,7 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 /// What the events of a job are called, in the order a job sends them.
-pub const EVENTS: [&str; 6] = ["queued", "started", "progress", "completed", "failed", "cancelled"];
+pub const EVENTS: [&str; 6] = [
+    "queued",
+    "started",
+    "progress",
+    "completed",
+    "failed",
+    "cancelled",
+];
 
 /// One event of one job, for its owner.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,7 +12,11 @@ pub fn random_hex(bytes: usize) -> String {
 /// bytes. Ids sort in creation order, so lists ordered by `(created_at, id)` (seconds)
 /// keep rows made within the same second in the order they were made.
 pub fn random_id() -> String {
-    format!("{:012x}{}", now_ms() as u64 & 0xffff_ffff_ffff, random_hex(6))
+    format!(
+        "{:012x}{}",
+        now_ms() as u64 & 0xffff_ffff_ffff,
+        random_hex(6)
+    )
 }
 
 /// Seconds since the epoch.

@@ -392,7 +392,11 @@ fn stream_without_a_tiny_vae_uses_the_models_own() {
     };
     let img = stream.render(&frame, &CancelToken::new()).unwrap();
     let req = stream.request(&frame).unwrap();
-    assert_eq!(req.steps, Some(4), "2 steps at strength 0.6 run a schedule of 4");
+    assert_eq!(
+        req.steps,
+        Some(4),
+        "2 steps at strength 0.6 run a schedule of 4"
+    );
     let want = m
         .generate(&req, &mut |_| {}, &CancelToken::new())
         .unwrap()
@@ -411,7 +415,8 @@ fn scheduler_configs_as_repos_ship_them() {
         SchedulerKind::from_config(&load("sd15").scheduler_config).unwrap(),
         SchedulerKind::Pndm
     );
-    let dpm = std::fs::read_to_string(dir().join("sd1_dpm/scheduler/scheduler_config.json")).unwrap();
+    let dpm =
+        std::fs::read_to_string(dir().join("sd1_dpm/scheduler/scheduler_config.json")).unwrap();
     assert!(dpm.contains("-Infinity"), "{dpm}");
     assert_eq!(
         SchedulerKind::from_config(&load("sd1_dpm").scheduler_config).unwrap(),
@@ -424,7 +429,11 @@ fn scheduler_configs_as_repos_ship_them() {
     for c in ["unet", "vae", "text_encoder", "tokenizer"] {
         std::os::unix::fs::symlink(dir().join("sd1").join(c), folder.join(c)).unwrap();
     }
-    std::fs::copy(dir().join("sd15/model_index.json"), folder.join("model_index.json")).unwrap();
+    std::fs::copy(
+        dir().join("sd15/model_index.json"),
+        folder.join("model_index.json"),
+    )
+    .unwrap();
     let config: Value = serde_json::from_str(
         &std::fs::read_to_string(dir().join("sd15/scheduler/scheduler_config.json")).unwrap(),
     )
@@ -516,9 +525,9 @@ fn previews_use_taesd_when_attached() {
     .unwrap();
     // Without TAESD: the latent map, one pixel per latent (sd1's VAE factor is 4).
     assert_eq!(plain[0].dimensions(), (8, 6));
-    m.preview_vae = Some(
+    m.preview_vae = Some(std::sync::Arc::new(
         model::diffusers::load_tiny_vae(&dir().join("taesd"), &Device::Cpu, DType::F32).unwrap(),
-    );
+    ));
     let mut tiny = Vec::new();
     m.generate(
         &req,

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
+use crate::credits::{daily_allowance, daily_top_up, log_usage, today};
 use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
-use crate::credits::{daily_allowance, daily_top_up, log_usage, today};
 use crate::error::{internal, invalid};
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};

@@ -37,7 +37,10 @@ fn token_hash(token: &str) -> String {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct Register {
-    #[schema(max_length = 254, pattern = "^[^@\\s]+@[^.\\s][^\\s]*\\.[^\\s]*[^.\\s]$")]
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s]+@[^.\\s][^\\s]*\\.[^\\s]*[^.\\s]$"
+    )]
     email: String,
     /// At least 8 characters.
     #[schema(min_length = 8, max_length = 1024)]

@@ -97,4 +97,3 @@ pub async fn refund(conn: &mut sqlx::AnyConnection, job: &Job) -> Result<(), sql
         .await?;
     log_usage(conn, &job.user_id, "refund", -job.cost, &job.ref_id).await
 }
-

@@ -68,7 +68,10 @@ fn migrations(backend: Backend) -> Vec<sqlx::migrate::Migration> {
         .map(|m| {
             let (version, name, sql) = m[i];
             // As `sqlx::migrate!` names them: the file name after the version.
-            let description = name.split_once('_').map_or(name, |(_, d)| d).replace('_', " ");
+            let description = name
+                .split_once('_')
+                .map_or(name, |(_, d)| d)
+                .replace('_', " ");
             sqlx::migrate::Migration::new(
                 version,
                 description.into(),

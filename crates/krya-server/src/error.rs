@@ -138,7 +138,8 @@ pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Nex
         .map(str::to_string)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
     use tracing::Instrument;
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
     let t0 = std::time::Instant::now();
     let mut resp = REQUEST_ID
         .scope(id.clone(), next.run(req))

@@ -12,8 +12,7 @@ use utoipa::ToSchema;
 use crate::db::User;
 use crate::error::{ApiError, ErrorCode};
 use crate::generations::{
-    self, Filter, GENERATION_COLUMNS, Generation, GenerationView, Page, internal, invalid,
-    page_of,
+    self, Filter, GENERATION_COLUMNS, Generation, GenerationView, Page, internal, invalid, page_of,
 };
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};

@@ -17,8 +17,8 @@ use sqlx::Row;
 use crate::AppState;
 use crate::auth;
 use crate::db::Db;
-use crate::error::{ApiError, ErrorCode};
 use crate::error::internal;
+use crate::error::{ApiError, ErrorCode};
 use crate::ids::random_id;
 #[allow(unused_imports)]
 use crate::openapi::{Accepted, ErrorBody, Object, Session};
@@ -28,7 +28,9 @@ pub use krya_core::images::sniff;
 /// Decodes an upload within limits (`krya_core::images`): header first (size), then the
 /// pixels with the decoder's own allocation limit as a second guard.
 pub fn decode_limited(bytes: &[u8], max_pixels: u64) -> Result<image::DynamicImage, ApiError> {
-    Ok(krya_core::images::decode_limited(bytes, max_pixels, "file")?)
+    Ok(krya_core::images::decode_limited(
+        bytes, max_pixels, "file",
+    )?)
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

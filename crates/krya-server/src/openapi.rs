@@ -76,13 +76,10 @@ impl Modify for CommonResponses {
                 &mut item.patch,
             ];
             for op in ops.into_iter().flatten() {
-                let json_body = op
-                    .request_body
-                    .as_ref()
-                    .is_some_and(|b| match b {
-                        utoipa::openapi::RefOr::T(b) => b.content.contains_key("application/json"),
-                        utoipa::openapi::RefOr::Ref(_) => false,
-                    });
+                let json_body = op.request_body.as_ref().is_some_and(|b| match b {
+                    utoipa::openapi::RefOr::T(b) => b.content.contains_key("application/json"),
+                    utoipa::openapi::RefOr::Ref(_) => false,
+                });
                 let query = op.parameters.as_ref().is_some_and(|ps| {
                     ps.iter()
                         .any(|p| matches!(p, utoipa::openapi::RefOr::T(p) if matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)))
@@ -90,7 +87,9 @@ impl Modify for CommonResponses {
                 let security = op.security.as_ref().unwrap_or(&global_security);
                 // `security(())` alone (public) is one empty requirement.
                 let needs_token = !security.is_empty()
-                    && !security.iter().any(|s| *s == utoipa::openapi::security::SecurityRequirement::default());
+                    && !security
+                        .iter()
+                        .any(|s| *s == utoipa::openapi::security::SecurityRequirement::default());
                 let responses = &mut op.responses.responses;
                 let mut add = |status: &str, description: &str| {
                     responses

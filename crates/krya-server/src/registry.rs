@@ -116,8 +116,7 @@ fn from_files(source: &str) -> Option<FromFiles> {
         }
     };
     let read = |p: &str| -> Option<serde_json::Value> {
-        krya_engine::model::config_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?)
-            .ok()
+        krya_engine::model::config_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
     };
     let unet = read("unet/config.json")?;
     let scheduler = read("scheduler/scheduler_config.json").unwrap_or_default();
@@ -139,7 +138,11 @@ fn from_files(source: &str) -> Option<FromFiles> {
 /// image and inpaints (an inpainting UNet natively, any other by blending latents); the
 /// distilled ones are fast enough for the live canvas.
 fn diffusion_capabilities(fast: bool) -> Vec<Capability> {
-    let mut c = vec![Capability::Txt2img, Capability::Img2img, Capability::Inpaint];
+    let mut c = vec![
+        Capability::Txt2img,
+        Capability::Img2img,
+        Capability::Inpaint,
+    ];
     if fast {
         c.push(Capability::Realtime);
     }
@@ -150,8 +153,12 @@ fn diffusion_capabilities(fast: bool) -> Vec<Capability> {
 pub fn read_local(data_dir: &Path) -> Result<BTreeMap<String, String>, String> {
     let path = data_dir.join("models.json");
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not valid JSON ({e}); fix or delete it", path.display())),
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not valid JSON ({e}); fix or delete it",
+                path.display()
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -173,6 +180,29 @@ pub fn write_local(data_dir: &Path, models: &BTreeMap<String, String>) -> Result
 /// `[models.local]` and `krya serve --model NAME=SOURCE`, which win); a local entry with a
 /// curated id replaces the curated one.
 pub fn list(
+    data_dir: &Path,
+    configured: &BTreeMap<String, String>,
+) -> Result<Vec<ModelEntry>, String> {
+    let mut out = entries(data_dir, configured)?;
+    out.iter_mut().for_each(describe);
+    Ok(out)
+}
+
+/// The model with this id (only its own files are read).
+pub fn find(
+    data_dir: &Path,
+    configured: &BTreeMap<String, String>,
+    id: &str,
+) -> Result<Option<ModelEntry>, String> {
+    let mut m = entries(data_dir, configured)?
+        .into_iter()
+        .find(|m| m.id == id);
+    m.iter_mut().for_each(describe);
+    Ok(m)
+}
+
+/// The entries, as named: local ones first, then the curated ones not replaced.
+fn entries(
     data_dir: &Path,
     configured: &BTreeMap<String, String>,
 ) -> Result<Vec<ModelEntry>, String> {
@@ -204,29 +234,22 @@ pub fn list(
             out.push(c);
         }
     }
-    for m in &mut out {
-        m.installed = installed(&m.source);
-        let files = from_files(&m.source);
-        if let Some(f) = &files {
-            m.fast |= f.fast;
-            m.resolution = m.resolution.or(f.resolution);
-        }
-        // Not downloaded yet: a curated entry's family says what it is.
-        let diffusion = files.map_or(m.family.is_some(), |f| f.diffusion);
-        if diffusion {
-            m.capabilities = diffusion_capabilities(m.fast);
-        }
-    }
     Ok(out)
 }
 
-/// The model with this id.
-pub fn find(
-    data_dir: &Path,
-    configured: &BTreeMap<String, String>,
-    id: &str,
-) -> Result<Option<ModelEntry>, String> {
-    Ok(list(data_dir, configured)?.into_iter().find(|m| m.id == id))
+/// Fills in what a model's files say: installed state, speed, size and capabilities.
+fn describe(m: &mut ModelEntry) {
+    m.installed = installed(&m.source);
+    let files = from_files(&m.source);
+    if let Some(f) = &files {
+        m.fast |= f.fast;
+        m.resolution = m.resolution.or(f.resolution);
+    }
+    // Not downloaded yet: a curated entry's family says what it is.
+    let diffusion = files.map_or(m.family.is_some(), |f| f.diffusion);
+    if diffusion {
+        m.capabilities = diffusion_capabilities(m.fast);
+    }
 }
 
 #[cfg(test)]
@@ -268,7 +291,13 @@ mod tests {
         );
         let all: Vec<_> = all.into_iter().filter(|m| m.id != "flagged").collect();
         // An empty folder is no model: it can do nothing.
-        assert!(all.iter().find(|m| m.id == "tiny").unwrap().capabilities.is_empty());
+        assert!(
+            all.iter()
+                .find(|m| m.id == "tiny")
+                .unwrap()
+                .capabilities
+                .is_empty()
+        );
         assert_eq!(all[0].id, "sd-turbo");
         assert!(all[0].local && all[0].installed && all[0].fast);
         assert_eq!(all[1].id, "tiny");
@@ -283,9 +312,7 @@ mod tests {
     }
 
     fn golden(name: &str) -> String {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../krya-engine/tests/golden/")
-            .to_string()
-            + name
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../krya-engine/tests/golden/").to_string() + name
     }
 
     #[test]

@@ -14,8 +14,8 @@ use utoipa_axum::routes;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::{
-    AppState, account, auth, events, feed, generations, jobs, media, models, openapi,
-    realtime, webhooks,
+    AppState, account, auth, events, feed, generations, jobs, media, models, openapi, realtime,
+    webhooks,
 };
 
 /// The route table as an OpenAPI router (for the document) before state and layers.

@@ -27,7 +27,9 @@ use crate::config;
 use crate::db::Db;
 use crate::events::Bus;
 use crate::jobs::{self, Claimed};
-use crate::tasks::{Job, Outcome, ProgressMsg, Registry, RunContext, Services, Slot, Start, Stored, Task};
+use crate::tasks::{
+    Job, Outcome, ProgressMsg, Registry, RunContext, Services, Slot, Start, Stored, Task,
+};
 
 /// Wakes every idle slot loop when a job is submitted. A watch channel, not a `Notify`:
 /// each loop sees every wake-up, and one sent while a loop is busy is not lost.
@@ -92,7 +94,9 @@ impl Runner {
                     let span = tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempts);
                     if let Err(e) = self.process(job).instrument(span.clone()).await {
                         // The lease runs out and the job is tried again.
-                        span.in_scope(|| tracing::warn!(error = %e, "the job's end was not recorded"));
+                        span.in_scope(
+                            || tracing::warn!(error = %e, "the job's end was not recorded"),
+                        );
                     }
                     continue;
                 }
@@ -147,18 +151,36 @@ impl Runner {
             return tx.commit().await.map_err(e);
         }
         if job.attempt > job.max_attempts {
-            let msg = format!("the job was interrupted {} times; giving up", job.max_attempts);
+            let msg = format!(
+                "the job was interrupted {} times; giving up",
+                job.max_attempts
+            );
             return self.fail(&*task, &job, "worker-lost", &msg).await;
         }
         tracing::info!(record = %job.ref_id, "started");
-        self.publish(&*task, &job, "started", serde_json::json!({"status": "processing", "attempt": job.attempt}));
+        self.publish(
+            &*task,
+            &job,
+            "started",
+            serde_json::json!({"status": "processing", "attempt": job.attempt}),
+        );
         let prefix = task.blob_prefix(&job);
         let mine = format!("{prefix}a{}-", job.attempt);
         if job.attempt > 1 {
             // What an interrupted attempt left behind.
-            for key in self.services.blobs.list(&prefix).await.map_err(|e| e.to_string())? {
+            for key in self
+                .services
+                .blobs
+                .list(&prefix)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 if !key.starts_with(&mine) {
-                    self.services.blobs.delete(&key).await.map_err(|e| e.to_string())?;
+                    self.services
+                        .blobs
+                        .delete(&key)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -248,8 +270,14 @@ impl Runner {
         let mut keys = Vec::new();
         for (i, o) in outputs.iter().enumerate() {
             let key = format!("{mine}{i}.{}", o.ext);
-            let thumb_key = o.thumbnail.as_ref().map(|_| format!("{mine}{i}-thumb.webp"));
-            let files = [Some((&key, &o.bytes)), thumb_key.as_ref().zip(o.thumbnail.as_ref())];
+            let thumb_key = o
+                .thumbnail
+                .as_ref()
+                .map(|_| format!("{mine}{i}-thumb.webp"));
+            let files = [
+                Some((&key, &o.bytes)),
+                thumb_key.as_ref().zip(o.thumbnail.as_ref()),
+            ];
             for (k, b) in files.into_iter().flatten() {
                 if let Err(e) = self.services.blobs.put(k, b.clone()).await {
                     self.delete_blobs(&keys).await;
@@ -291,7 +319,7 @@ impl Runner {
             return Ok(None);
         }
         for s in outputs {
-            jobs::insert_output(&mut tx, job, s, s.output.bytes.len() as i64).await?;
+            jobs::insert_output(&mut tx, job, s).await?;
         }
         let Some(data) = task.completed(&mut tx, job, outputs).await? else {
             return Ok(None);
@@ -312,7 +340,13 @@ impl Runner {
     }
 
     /// Ends the job as failed, refunding its credits.
-    async fn fail(&self, task: &dyn Task, job: &Job, code: &str, message: &str) -> Result<(), String> {
+    async fn fail(
+        &self,
+        task: &dyn Task,
+        job: &Job,
+        code: &str,
+        message: &str,
+    ) -> Result<(), String> {
         let data =
             serde_json::json!({"status": "failed", "error": {"code": code, "message": message}});
         let ended = async {
@@ -342,7 +376,13 @@ impl Runner {
     }
 
     /// Hands the job back to the queue after `delay_ms`.
-    async fn requeue(&self, task: &dyn Task, job: &Job, delay_ms: i64, why: &str) -> Result<(), String> {
+    async fn requeue(
+        &self,
+        task: &dyn Task,
+        job: &Job,
+        delay_ms: i64,
+        why: &str,
+    ) -> Result<(), String> {
         let done = async {
             let mut tx = self.db().pool.begin().await?;
             if !Db::retry_job(&mut tx, &job.id, &self.id, delay_ms, why).await? {
@@ -369,7 +409,8 @@ impl Runner {
 
     fn publish(&self, task: &dyn Task, job: &Job, event: &'static str, data: serde_json::Value) {
         if task.notifies() {
-            self.bus.publish(&job.user_id, event, &job.ref_id, with_kind(data, &job.kind));
+            self.bus
+                .publish(&job.user_id, event, &job.ref_id, with_kind(data, &job.kind));
         }
     }
 }
@@ -412,7 +453,12 @@ async fn report_progress(
             task.progressed(&db, &job, step, total).await;
             if task.notifies() {
                 let data = serde_json::json!({"status": "processing", "progress": {"step": step, "total": total}, "preview": preview});
-                bus.publish(&job.user_id, "progress", &job.ref_id, with_kind(data, &job.kind));
+                bus.publish(
+                    &job.user_id,
+                    "progress",
+                    &job.ref_id,
+                    with_kind(data, &job.kind),
+                );
             }
         }
         if closed {
@@ -423,5 +469,9 @@ async fn report_progress(
 
 pub fn runner_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "krya".into());
-    format!("{host}-{}-{}", std::process::id(), &crate::ids::random_id()[..8])
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &crate::ids::random_id()[..8]
+    )
 }

@@ -7,7 +7,6 @@
 //! report on, so none is lost when a process dies; a failed one (network error or non-2xx)
 //! is retried with exponential backoff.
 
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;

@@ -215,9 +215,15 @@ fn generation_on_sqlite() {
         [("1:1".to_string(), 16, 16), ("16:9".to_string(), 24, 16)]
     );
     // Where a model's files are is for administrators only (ann, the first user, is one).
-    assert!(tiny["source"].as_str().unwrap().ends_with("golden/turbo"), "{tiny}");
+    assert!(
+        tiny["source"].as_str().unwrap().ends_with("golden/turbo"),
+        "{tiny}"
+    );
     let bob = Client::register(&s.base, "bob@example.com");
-    let mut anonymous = agent().get(format!("{}/api/models", s.base)).call().unwrap();
+    let mut anonymous = agent()
+        .get(format!("{}/api/models", s.base))
+        .call()
+        .unwrap();
     assert_eq!(anonymous.status(), 200);
     for seen in [bob.get("/api/models").1, json(&mut anonymous)] {
         let seen = seen["models"].as_array().unwrap();
@@ -226,22 +232,48 @@ fn generation_on_sqlite() {
     }
     // Capabilities come from the files (a trailing schedule: fast enough for the canvas).
     let caps = |m: &Value| m["capabilities"].as_array().unwrap().clone();
-    assert_eq!(caps(tiny), json!(["txt2img", "img2img", "inpaint", "realtime"]).as_array().unwrap().clone());
+    assert_eq!(
+        caps(tiny),
+        json!(["txt2img", "img2img", "inpaint", "realtime"])
+            .as_array()
+            .unwrap()
+            .clone()
+    );
     let (st, live) = c.get("/api/models?capability=realtime");
     assert_eq!(st, 200);
-    let live: Vec<_> = live["models"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
-    assert!(live.contains(&"tiny".to_string()) && live.contains(&"sd-turbo".to_string()), "{live:?}");
-    assert!(!live.contains(&"sd-1.5".to_string()) && !live.contains(&"broken".to_string()), "{live:?}");
+    let live: Vec<_> = live["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        live.contains(&"tiny".to_string()) && live.contains(&"sd-turbo".to_string()),
+        "{live:?}"
+    );
+    assert!(
+        !live.contains(&"sd-1.5".to_string()) && !live.contains(&"broken".to_string()),
+        "{live:?}"
+    );
     let (st, e) = c.get("/api/models?capability=flying");
-    assert_eq!((st, e["error"]["code"].as_str()), (422, Some("invalid-input")), "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().starts_with("capability"), "{e}");
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (422, Some("invalid-input")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("capability"),
+        "{e}"
+    );
     generate_and_check(&c);
     listing_idempotency_batch(&c);
     // Exactly one set of files per image: no leftovers from attempts.
     let blobs: Vec<_> = walk(&s.dir.path().join("blobs/generations"));
     assert_eq!(blobs.len(), 2 * (2 + 1 + 3), "{blobs:?}");
 }
-
 
 #[test]
 fn generation_on_postgres() {
@@ -280,7 +312,11 @@ fn events_cancel_credits_and_failures(s: &Server) {
                     .unwrap();
                 // Through the model's TAESD: the picture's own size, not one pixel a latent.
                 let img = image::load_from_memory(&jpeg).unwrap();
-                assert_eq!((img.width(), img.height()), (64, 64), "a preview of one pixel per latent");
+                assert_eq!(
+                    (img.width(), img.height()),
+                    (64, 64),
+                    "a preview of one pixel per latent"
+                );
                 preview = true;
             }
         }

@@ -63,7 +63,11 @@ impl Task for Echo {
 
     async fn run(&self, ctx: RunContext) -> Outcome {
         let p: EchoParams = serde_json::from_value(ctx.job.params.clone()).unwrap();
-        let polled = ctx.job.state.as_ref().map_or(0, |s| s["polled"].as_u64().unwrap());
+        let polled = ctx
+            .job
+            .state
+            .as_ref()
+            .map_or(0, |s| s["polled"].as_u64().unwrap());
         if polled < p.polls as u64 {
             return Outcome::PollAt {
                 at_ms: krya_server::jobs::now_ms() + 30,
@@ -117,7 +121,11 @@ impl Task for Train {
     }
 
     async fn prepare(&self, _: &Services, params: Value) -> Result<Prepared, ApiError> {
-        Ok(Prepared { params, cost: 1, inputs: vec![] })
+        Ok(Prepared {
+            params,
+            cost: 1,
+            inputs: vec![],
+        })
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {
@@ -148,19 +156,29 @@ impl Task for Wait {
     }
 
     async fn prepare(&self, _: &Services, params: Value) -> Result<Prepared, ApiError> {
-        Ok(Prepared { params, cost: 0, inputs: vec![] })
+        Ok(Prepared {
+            params,
+            cost: 0,
+            inputs: vec![],
+        })
     }
 
     async fn run(&self, _: RunContext) -> Outcome {
         let start = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        WAITED.lock().unwrap().push((start, std::time::Instant::now()));
+        WAITED
+            .lock()
+            .unwrap()
+            .push((start, std::time::Instant::now()));
         Outcome::Done(vec![])
     }
 }
 
 fn tasks() -> Registry {
-    krya_server::tasks::builtin().with(Echo).with(Train).with(Wait)
+    krya_server::tasks::builtin()
+        .with(Echo)
+        .with(Train)
+        .with(Wait)
 }
 
 fn config(dir: &std::path::Path) -> Config {
@@ -195,7 +213,10 @@ fn submit(c: &Client, params: Value) -> Value {
     assert_eq!(st, 202, "{j}");
     assert_eq!(j["kind"], "echo");
     // The runner may have claimed it before the answer was written.
-    assert!(["pending", "processing"].contains(&j["status"].as_str().unwrap()), "{j}");
+    assert!(
+        ["pending", "processing"].contains(&j["status"].as_str().unwrap()),
+        "{j}"
+    );
     j
 }
 
@@ -207,16 +228,35 @@ fn life_of_a_job(s: &Server) {
 
     // Bad requests name the field; an unknown kind names the kinds.
     for (body, needle) in [
-        (json!({"kind": "echo", "params": {"asset": asset, "steps": 0}}), "params.steps"),
-        (json!({"kind": "echo", "params": {"asset": asset}}), "params"),
-        (json!({"kind": "echo", "params": {"asset": "nope", "steps": 2}}), "params"),
-        (json!({"kind": "teleport", "params": {}}), "kind: must be one of echo, image, train, wait"),
+        (
+            json!({"kind": "echo", "params": {"asset": asset, "steps": 0}}),
+            "params.steps",
+        ),
+        (
+            json!({"kind": "echo", "params": {"asset": asset}}),
+            "params",
+        ),
+        (
+            json!({"kind": "echo", "params": {"asset": "nope", "steps": 2}}),
+            "params",
+        ),
+        (
+            json!({"kind": "teleport", "params": {}}),
+            "kind: must be one of echo, image, train, wait",
+        ),
         (json!({"kind": "webhook", "params": {}}), "kind"),
         (json!({"kind": "image", "params": {"prompt": "x"}}), "kind"),
     ] {
         let (st, e) = c.post("/api/jobs", body.clone());
-        assert_eq!((st, e["error"]["code"].as_str()), (422, Some("invalid-input")), "{body}: {e}");
-        assert!(e["error"]["message"].as_str().unwrap().starts_with(needle), "{body}: {e}");
+        assert_eq!(
+            (st, e["error"]["code"].as_str()),
+            (422, Some("invalid-input")),
+            "{body}: {e}"
+        );
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with(needle),
+            "{body}: {e}"
+        );
     }
     assert_eq!(c.credits(), 50, "a refused request cost something");
 
@@ -232,7 +272,9 @@ fn life_of_a_job(s: &Server) {
     assert_eq!(c.credits(), 49);
     let mut seen = Vec::new();
     loop {
-        let (e, d) = events.recv_timeout(Duration::from_secs(60)).expect("events until completed");
+        let (e, d) = events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("events until completed");
         if d["id"] != id {
             continue;
         }
@@ -247,32 +289,67 @@ fn life_of_a_job(s: &Server) {
         }
     }
     assert_eq!(seen.first().map(String::as_str), Some("queued"), "{seen:?}");
-    assert!(seen.contains(&"started".to_string()) && seen.contains(&"progress".to_string()), "{seen:?}");
+    assert!(
+        seen.contains(&"started".to_string()) && seen.contains(&"progress".to_string()),
+        "{seen:?}"
+    );
     let done = c.wait_job(&id);
-    assert_eq!((done["status"].as_str(), done["attempts"].as_i64()), (Some("completed"), Some(1)));
+    assert_eq!(
+        (done["status"].as_str(), done["attempts"].as_i64()),
+        (Some("completed"), Some(1))
+    );
     assert_eq!(done["progress"], json!({"step": 5, "total": 5}));
     assert_eq!(done["params"]["steps"], 5);
     let out = &done["outputs"][0];
-    assert_eq!((out["kind"].as_str(), out["parent_id"].as_str(), out["job_id"].as_str()), (Some("image"), Some(asset.as_str()), Some(id.as_str())));
-    assert_eq!(c.bytes(out["url"].as_str().unwrap()), (200, png.clone()), "the output is the copied file");
-    assert_eq!(other.bytes(out["url"].as_str().unwrap()).0, 404, "outputs are private");
-    assert_eq!(other.get(&format!("/api/jobs/{id}")).0, 404, "jobs are private");
+    assert_eq!(
+        (
+            out["kind"].as_str(),
+            out["parent_id"].as_str(),
+            out["job_id"].as_str()
+        ),
+        (Some("image"), Some(asset.as_str()), Some(id.as_str()))
+    );
+    assert_eq!(
+        c.bytes(out["url"].as_str().unwrap()),
+        (200, png.clone()),
+        "the output is the copied file"
+    );
+    assert_eq!(
+        other.bytes(out["url"].as_str().unwrap()).0,
+        404,
+        "outputs are private"
+    );
+    assert_eq!(
+        other.get(&format!("/api/jobs/{id}")).0,
+        404,
+        "jobs are private"
+    );
     assert_eq!(c.credits(), 49, "completed: charged once");
 
     // The webhook: the first delivery gets a 500 and is retried.
     let mut bodies = Vec::new();
     while bodies.len() < 2 {
-        let (_, body) = hooks.recv_timeout(Duration::from_secs(30)).expect("webhook deliveries");
+        let (_, body) = hooks
+            .recv_timeout(Duration::from_secs(30))
+            .expect("webhook deliveries");
         bodies.push(serde_json::from_str::<Value>(&body).unwrap());
     }
     for b in &bodies {
-        assert_eq!((b["type"].as_str(), b["id"].as_str(), b["kind"].as_str()), (Some("job.completed"), Some(id.as_str()), Some("echo")), "{b}");
+        assert_eq!(
+            (b["type"].as_str(), b["id"].as_str(), b["kind"].as_str()),
+            (Some("job.completed"), Some(id.as_str()), Some("echo")),
+            "{b}"
+        );
     }
 
     // Deferred polls hold no slot and are not attempts.
     let polled = submit(&c, json!({"asset": asset, "steps": 1, "polls": 3}));
     let polled = c.wait_job(polled["id"].as_str().unwrap());
-    assert_eq!((polled["status"].as_str(), polled["attempts"].as_i64()), (Some("completed"), Some(1)), "{polled}");
+    assert_eq!(
+        (polled["status"].as_str(), polled["attempts"].as_i64()),
+        (Some("completed"), Some(1)),
+        "{polled}"
+    );
 
     // Failure: refunded, the error on the job.
     assert_eq!(c.credits(), 48);
@@ -280,21 +357,35 @@ fn life_of_a_job(s: &Server) {
     assert_eq!(failed["cost"], 1);
     let failed = c.wait_job(failed["id"].as_str().unwrap());
     assert_eq!(failed["status"], "failed");
-    assert_eq!(failed["error"], json!({"code": "invalid-input", "message": "params.fail: asked to fail"}));
+    assert_eq!(
+        failed["error"],
+        json!({"code": "invalid-input", "message": "params.fail: asked to fail"})
+    );
     assert_eq!(c.credits(), 48, "a failed job is refunded");
 
     // Cancel while running: refunded, stopped, said in an event.
     let long = submit(&c, json!({"asset": asset, "steps": 200, "step_ms": 20}));
     let long_id = long["id"].as_str().unwrap().to_string();
     assert_eq!(long["cost"], 3);
-    c.wait_until(&format!("/api/jobs/{long_id}"), |j| j["progress"]["step"].as_i64().unwrap_or(0) >= 2);
+    c.wait_until(&format!("/api/jobs/{long_id}"), |j| {
+        j["progress"]["step"].as_i64().unwrap_or(0) >= 2
+    });
     let (st, cancelled) = c.post(&format!("/api/jobs/{long_id}/cancel"), Value::Null);
-    assert_eq!((st, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    assert_eq!(
+        (st, cancelled["status"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
     assert_eq!(c.credits(), 48, "a cancelled job is refunded");
     let (st, again) = c.post(&format!("/api/jobs/{long_id}/cancel"), Value::Null);
-    assert_eq!((st, again["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(
+        (st, again["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
     loop {
-        let (e, d) = events.recv_timeout(Duration::from_secs(30)).expect("a cancelled event");
+        let (e, d) = events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a cancelled event");
         if d["id"] == long_id.as_str() && e == "cancelled" {
             assert_eq!(d["kind"], "echo");
             break;
@@ -302,53 +393,103 @@ fn life_of_a_job(s: &Server) {
     }
     std::thread::sleep(Duration::from_millis(300));
     let stopped = c.get(&format!("/api/jobs/{long_id}")).1;
-    assert!(stopped["progress"]["step"].as_i64().unwrap() < 200, "the job ran on: {stopped}");
+    assert!(
+        stopped["progress"]["step"].as_i64().unwrap() < 200,
+        "the job ran on: {stopped}"
+    );
     assert!(stopped["outputs"].as_array().unwrap().is_empty());
 
     // Listing: newest first, by kind and status, in pages.
-    let (_, img) = c.post("/api/generate/image", json!({"prompt": "a boat", "model": "tiny", "steps": 1}));
+    let (_, img) = c.post(
+        "/api/generate/image",
+        json!({"prompt": "a boat", "model": "tiny", "steps": 1}),
+    );
     c.wait(img["id"].as_str().unwrap());
     let (st, all) = c.get("/api/jobs?limit=100");
     assert_eq!(st, 200);
-    let kinds: Vec<&str> = all["items"].as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["image", "echo", "echo", "echo", "echo"], "{all}");
     let image_job = &all["items"][0];
-    assert_eq!(image_job["ref_id"], img["id"], "an image job names its generation");
-    assert_eq!(image_job["outputs"].as_array().unwrap().len(), 1, "image outputs are assets too");
+    assert_eq!(
+        image_job["ref_id"], img["id"],
+        "an image job names its generation"
+    );
+    assert_eq!(
+        image_job["outputs"].as_array().unwrap().len(),
+        1,
+        "image outputs are assets too"
+    );
     let (_, echoes) = c.get("/api/jobs?kind=echo&status=completed");
     assert_eq!(echoes["items"].as_array().unwrap().len(), 2);
     let (_, page) = c.get("/api/jobs?kind=echo&limit=3");
     assert_eq!(page["items"].as_array().unwrap().len(), 3);
     let cursor = page["next_cursor"].as_str().unwrap();
     let (_, rest) = c.get(&format!("/api/jobs?kind=echo&limit=3&cursor={cursor}"));
-    assert_eq!((rest["items"].as_array().unwrap().len(), &rest["next_cursor"]), (1, &Value::Null));
-    for (q, field) in [("kind=teleport", "kind"), ("status=sleeping", "status"), ("limit=0", "limit"), ("cursor=abc", "cursor")] {
+    assert_eq!(
+        (
+            rest["items"].as_array().unwrap().len(),
+            &rest["next_cursor"]
+        ),
+        (1, &Value::Null)
+    );
+    for (q, field) in [
+        ("kind=teleport", "kind"),
+        ("status=sleeping", "status"),
+        ("limit=0", "limit"),
+        ("cursor=abc", "cursor"),
+    ] {
         let (st, e) = c.get(&format!("/api/jobs?{q}"));
         assert_eq!(st, 422, "{q}: {e}");
-        assert!(e["error"]["message"].as_str().unwrap().starts_with(field), "{q}: {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with(field),
+            "{q}: {e}"
+        );
     }
-    assert!(other.get("/api/jobs").1["items"].as_array().unwrap().is_empty());
+    assert!(
+        other.get("/api/jobs").1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // Delete: the job, its output rows and files are gone.
     let before = files(&s.dir.path().join("blobs/jobs"));
     assert!(before >= 1);
-    assert_eq!(c.send("DELETE", &format!("/api/jobs/{id}"), Value::Null, &[]).0, 204);
+    assert_eq!(
+        c.send("DELETE", &format!("/api/jobs/{id}"), Value::Null, &[])
+            .0,
+        204
+    );
     assert_eq!(c.get(&format!("/api/jobs/{id}")).0, 404);
     assert_eq!(c.bytes(out["url"].as_str().unwrap()).0, 404);
     assert_eq!(files(&s.dir.path().join("blobs/jobs")), before - 1);
 }
 
 fn files(dir: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     rd.flatten()
-        .map(|e| if e.path().is_dir() { files(&e.path()) } else { 1 })
+        .map(|e| {
+            if e.path().is_dir() {
+                files(&e.path())
+            } else {
+                1
+            }
+        })
         .sum()
 }
 
 fn with_tiny_model(dir: &tempfile::TempDir) {
     std::fs::write(
         dir.path().join("models.json"),
-        json!({"tiny": concat!(env!("CARGO_MANIFEST_DIR"), "/../krya-engine/tests/golden/turbo")}).to_string(),
+        json!({"tiny": concat!(env!("CARGO_MANIFEST_DIR"), "/../krya-engine/tests/golden/turbo")})
+            .to_string(),
     )
     .unwrap();
 }
@@ -390,16 +531,27 @@ fn claims_are_fair_across_users_and_kinds() {
     let (xa, _) = upload(&x);
     let (ya, _) = upload(&y);
     let burst: Vec<String> = (0..5)
-        .map(|_| submit(&x, json!({"asset": xa, "steps": 1}))["id"].as_str().unwrap().to_string())
+        .map(|_| {
+            submit(&x, json!({"asset": xa, "steps": 1}))["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let images: Vec<String> = (0..2)
         .map(|_| {
-            let (st, g) = y.post("/api/generate/image", json!({"prompt": "a boat", "model": "tiny", "steps": 1}));
+            let (st, g) = y.post(
+                "/api/generate/image",
+                json!({"prompt": "a boat", "model": "tiny", "steps": 1}),
+            );
             assert_eq!(st, 202, "{g}");
             g["id"].as_str().unwrap().to_string()
         })
         .collect();
-    let single = submit(&y, json!({"asset": ya, "steps": 1}))["id"].as_str().unwrap().to_string();
+    let single = submit(&y, json!({"asset": ya, "steps": 1}))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_, view) = y.get(&format!("/api/jobs/{single}"));
     // Behind x's first job and y's first image (ranks are per user and kind), not behind
     // x's burst nor y's second image.
@@ -410,9 +562,11 @@ fn claims_are_fair_across_users_and_kinds() {
     wc.jobs.in_process = true;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = std::thread::spawn(move || {
-        tokio::runtime::Runtime::new().unwrap().block_on(krya_server::run_worker_with(wc, tasks(), async {
-            let _ = stop_rx.await;
-        }))
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(krya_server::run_worker_with(wc, tasks(), async {
+                let _ = stop_rx.await;
+            }))
     });
     for id in &burst {
         x.wait_job(id);
@@ -435,7 +589,10 @@ fn claims_are_fair_across_users_and_kinds() {
     let pos = |id: &String| started.iter().position(|s| s == id).unwrap();
     // x and y take turns; y's turns go to its kinds in turn: x0, y's first image, x1,
     // y's echo job (not its second image), x2, ...
-    let order: Vec<usize> = [&burst[0], &burst[1], &single, &burst[2]].iter().map(|id| pos(id)).collect();
+    let order: Vec<usize> = [&burst[0], &burst[1], &single, &burst[2]]
+        .iter()
+        .map(|id| pos(id))
+        .collect();
     assert_eq!(order, [0, 1, 2, 3], "{started:?}");
 }
 
@@ -450,11 +607,17 @@ fn slots_keep_long_and_waiting_work_apart() {
     let (st, train) = c.post("/api/jobs", json!({"kind": "train", "params": {}}));
     assert_eq!(st, 202, "{train}");
     let train = train["id"].as_str().unwrap().to_string();
-    c.wait_until(&format!("/api/jobs/{train}"), |j| j["status"] == "processing");
+    c.wait_until(&format!("/api/jobs/{train}"), |j| {
+        j["status"] == "processing"
+    });
     let echo = submit(&c, json!({"asset": asset, "steps": 2}));
     let echo = c.wait_job(echo["id"].as_str().unwrap());
     assert_eq!(echo["status"], "completed");
-    assert_eq!(c.get(&format!("/api/jobs/{train}")).1["status"], "processing", "the long job ended early");
+    assert_eq!(
+        c.get(&format!("/api/jobs/{train}")).1["status"],
+        "processing",
+        "the long job ended early"
+    );
     let waits: Vec<String> = (0..3)
         .map(|_| {
             let (st, j) = c.post("/api/jobs", json!({"kind": "wait", "params": {}}));
@@ -468,7 +631,10 @@ fn slots_keep_long_and_waiting_work_apart() {
     let ran = WAITED.lock().unwrap().clone();
     let last_start = ran.iter().map(|r| r.0).max().unwrap();
     let first_end = ran.iter().map(|r| r.1).min().unwrap();
-    assert!(last_start < first_end, "the waiting jobs ran one after another");
+    assert!(
+        last_start < first_end,
+        "the waiting jobs ran one after another"
+    );
     TRAIN_MAY_END.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(c.wait_job(&train)["status"], "completed");
 }
@@ -478,7 +644,10 @@ fn slots_keep_long_and_waiting_work_apart() {
 #[test]
 #[ignore = "a worker process for the crash test"]
 fn echo_worker_process() {
-    let (Ok(db), Ok(data)) = (std::env::var("KRYA_TEST_DB"), std::env::var("KRYA_TEST_DATA")) else {
+    let (Ok(db), Ok(data)) = (
+        std::env::var("KRYA_TEST_DB"),
+        std::env::var("KRYA_TEST_DATA"),
+    ) else {
         return;
     };
     let mut c = config(std::path::Path::new(&data));
@@ -486,7 +655,11 @@ fn echo_worker_process() {
     c.jobs.kinds = vec!["echo".into()];
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(krya_server::run_worker_with(c, tasks(), std::future::pending::<()>()))
+        .block_on(krya_server::run_worker_with(
+            c,
+            tasks(),
+            std::future::pending::<()>(),
+        ))
         .unwrap();
 }
 
@@ -516,7 +689,9 @@ fn a_worker_killed_mid_task(db_url: Option<String>) {
     let data = dir.path().to_path_buf();
     let mut c = config(&data);
     c.jobs.in_process = false;
-    let db = db_url.clone().unwrap_or_else(|| format!("sqlite://{}", data.join("krya.db").display()));
+    let db = db_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data.join("krya.db").display()));
     c.database.url = db.clone();
     let s = start(c, dir);
     let u = Client::register(&s.base, "crash@example.com");
@@ -524,14 +699,20 @@ fn a_worker_killed_mid_task(db_url: Option<String>) {
     let job = submit(&u, json!({"asset": asset, "steps": 40, "step_ms": 50}));
     let id = job["id"].as_str().unwrap().to_string();
     let victim = worker_process(&db, &data);
-    let seen = u.wait_until(&format!("/api/jobs/{id}"), |j| j["progress"]["step"].as_i64().unwrap_or(0) >= 3);
+    let seen = u.wait_until(&format!("/api/jobs/{id}"), |j| {
+        j["progress"]["step"].as_i64().unwrap_or(0) >= 3
+    });
     drop(victim);
     assert_eq!(seen["attempts"], 1);
     let step = seen["progress"]["step"].as_i64().unwrap();
     assert!(step < 40, "the job finished before the kill");
     let _rescuer = worker_process(&db, &data);
     let done = u.wait_job(&id);
-    assert_eq!((done["status"].as_str(), done["attempts"].as_i64()), (Some("completed"), Some(2)), "{done}");
+    assert_eq!(
+        (done["status"].as_str(), done["attempts"].as_i64()),
+        (Some("completed"), Some(2)),
+        "{done}"
+    );
     let outputs = done["outputs"].as_array().unwrap();
     assert_eq!(outputs.len(), 1, "one set of outputs: {done}");
     assert_eq!(u.bytes(outputs[0]["url"].as_str().unwrap()), (200, png));

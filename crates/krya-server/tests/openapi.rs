@@ -100,7 +100,8 @@ fn openapi_document_covers_every_endpoint() {
         );
     }
     // The studio's copy, which its types are generated from (web/scripts/api-types.mjs).
-    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/src/api/openapi.json");
+    let committed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/src/api/openapi.json");
     let served = krya_server::router::openapi_document() + "\n";
     if std::env::var_os("KRYA_UPDATE_OPENAPI").is_some() {
         std::fs::write(&committed, &served).unwrap();
@@ -127,12 +128,19 @@ fn openapi_document_covers_every_endpoint() {
     // What every JSON body, query string and token can go wrong with is documented.
     for (path, method, statuses) in [
         ("/api/auth/login", "post", &["400", "413", "415", "422"][..]),
-        ("/api/generate/image/{id}", "patch", &["400", "401", "415", "422"][..]),
+        (
+            "/api/generate/image/{id}",
+            "patch",
+            &["400", "401", "415", "422"][..],
+        ),
         ("/api/images/{id}", "get", &["422"][..]),
         ("/api/jobs", "get", &["401", "422"][..]),
     ] {
         for st in statuses {
-            assert!(doc["paths"][path][method]["responses"][st].is_object(), "{method} {path} does not document {st}");
+            assert!(
+                doc["paths"][path][method]["responses"][st].is_object(),
+                "{method} {path} does not document {st}"
+            );
         }
     }
     let create = &doc["paths"]["/api/generate/image"]["post"];

@@ -110,37 +110,40 @@ async fn queue_behaviour(db: Db) {
     let j = db.claim_job("w1", 60_000, KINDS).await.unwrap().unwrap();
     let mut tx = db.pool.begin().await.unwrap();
     let at = jobs::now_ms() + 150;
-    assert!(Db::defer_job(&mut tx, &j.id, "w1", at, "{\"poll\":1}").await.unwrap());
+    assert!(
+        Db::defer_job(&mut tx, &j.id, "w1", at, "{\"poll\":1}")
+            .await
+            .unwrap()
+    );
     tx.commit().await.unwrap();
-    assert!(db.claim_job("w1", 60_000, KINDS).await.unwrap().is_none(), "claimed before its time");
+    assert!(
+        db.claim_job("w1", 60_000, KINDS).await.unwrap().is_none(),
+        "claimed before its time"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let j = db.claim_job("w1", 60_000, KINDS).await.unwrap().unwrap();
-    assert_eq!((j.id.as_str(), j.attempts, j.payload.as_deref()), (later[0].as_str(), 1, Some("{\"poll\":1}")));
+    assert_eq!(
+        (j.id.as_str(), j.attempts, j.payload.as_deref()),
+        (later[0].as_str(), 1, Some("{\"poll\":1}"))
+    );
     let mut tx = db.pool.begin().await.unwrap();
-    assert!(Db::finish_job(&mut tx, &j.id, "w1", "completed", None).await.unwrap());
+    assert!(
+        Db::finish_job(&mut tx, &j.id, "w1", "completed", None)
+            .await
+            .unwrap()
+    );
     tx.commit().await.unwrap();
 
     // A lease that runs out is taken over; the first holder can no longer end the job.
     let ids = enqueue(&db, &u1, 1).await;
-    let first = db
-        .claim_job("w-dead", 50, KINDS)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = db.claim_job("w-dead", 50, KINDS).await.unwrap().unwrap();
     assert_eq!(first.id, ids[0]);
     assert!(
-        db.claim_job("w2", 60_000, KINDS)
-            .await
-            .unwrap()
-            .is_none(),
+        db.claim_job("w2", 60_000, KINDS).await.unwrap().is_none(),
         "claimed a leased job"
     );
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
-    let again = db
-        .claim_job("w2", 60_000, KINDS)
-        .await
-        .unwrap()
-        .unwrap();
+    let again = db.claim_job("w2", 60_000, KINDS).await.unwrap().unwrap();
     assert_eq!((again.id.as_str(), again.attempts), (ids[0].as_str(), 2));
     assert!(!db.heartbeat(&ids[0], "w-dead", 60_000).await.unwrap());
     assert!(db.heartbeat(&ids[0], "w2", 60_000).await.unwrap());
@@ -156,11 +159,7 @@ async fn queue_behaviour(db: Db) {
             .unwrap()
     );
     tx.commit().await.unwrap();
-    let third = db
-        .claim_job("w3", 60_000, KINDS)
-        .await
-        .unwrap()
-        .unwrap();
+    let third = db.claim_job("w3", 60_000, KINDS).await.unwrap().unwrap();
     assert_eq!(third.attempts, 3);
     let mut tx = db.pool.begin().await.unwrap();
     assert!(Db::cancel_job(&mut tx, &third.id).await.unwrap());

@@ -493,7 +493,10 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
     let mut notices = Vec::new();
     let frame = loop {
         let m = next(&mut ws, 120).await.expect("a frame");
-        assert_ne!(m["type"], "error", "the hub being unreachable failed the canvas: {m}");
+        assert_ne!(
+            m["type"], "error",
+            "the hub being unreachable failed the canvas: {m}"
+        );
         if m["type"] == "status" {
             notices.push(m["data"]["detail"].clone());
         }
@@ -515,8 +518,11 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
         candle_core::DType::F32,
     )
     .unwrap();
-    let mut stream =
-        krya_engine::pipelines::stable_diffusion::stream::Stream::new(std::sync::Arc::new(model), None).unwrap();
+    let mut stream = krya_engine::pipelines::stable_diffusion::stream::Stream::new(
+        std::sync::Arc::new(model),
+        None,
+    )
+    .unwrap();
     let want = stream
         .render(
             &krya_engine::pipelines::stable_diffusion::stream::FrameRequest {
@@ -536,9 +542,11 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
     let d = mean_abs_diff(img.as_raw(), want.as_raw());
     assert!(d < 4.0, "the frame differs from the engine's by {d:.2}/255");
     // Later statuses keep saying it.
-    ws.send(packed(json!({"type": "update_params", "data": {"seed": 8}})))
-        .await
-        .unwrap();
+    ws.send(packed(
+        json!({"type": "update_params", "data": {"seed": 8}}),
+    ))
+    .await
+    .unwrap();
     let status = loop {
         let m = next(&mut ws, 120).await.expect("a status");
         if m["type"] == "status" {
@@ -546,7 +554,9 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
         }
     };
     assert!(
-        status["data"]["detail"].as_str().is_some_and(|d| d.contains("own VAE")),
+        status["data"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("own VAE")),
         "{status}"
     );
 }

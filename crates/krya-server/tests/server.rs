@@ -53,7 +53,10 @@ fn health_errors_and_shutdown() {
         assert_eq!(r.status(), 422, "{path}");
         let e = json(&mut r);
         assert_eq!(e["error"]["code"], "invalid-input", "{path}: {e}");
-        assert!(e["error"]["message"].as_str().unwrap().starts_with(field), "{path}: {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with(field),
+            "{path}: {e}"
+        );
     }
 
     stop.send(()).unwrap();

@@ -28,9 +28,13 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn a_data_directory_from_the_last_release_upgrades_intact() {
-    let fixture = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/data-aa8eba6"));
+    let fixture = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/data-aa8eba6"
+    ));
     let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("manifest.json")).unwrap())
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture, dir.path());
     let broken = dir.path().join("not-a-model");
@@ -39,7 +43,14 @@ fn a_data_directory_from_the_last_release_upgrades_intact() {
     config.server.data_dir = dir.path().to_path_buf();
     config.jobs.poll_ms = 50;
     config.models.local = BTreeMap::from([
-        ("tiny".to_string(), concat!(env!("CARGO_MANIFEST_DIR"), "/../krya-engine/tests/golden/turbo").to_string()),
+        (
+            "tiny".to_string(),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../krya-engine/tests/golden/turbo"
+            )
+            .to_string(),
+        ),
         ("broken".to_string(), broken.display().to_string()),
     ]);
     let s = Server::start(config, dir);
@@ -52,15 +63,34 @@ fn a_data_directory_from_the_last_release_upgrades_intact() {
     for p in manifest["pending"].as_array().unwrap() {
         let c = &users[p["owner"].as_str().unwrap()];
         let g = c.wait(p["id"].as_str().unwrap());
-        let want = if p["model"] == "tiny" { "completed" } else { "failed" };
+        let want = if p["model"] == "tiny" {
+            "completed"
+        } else {
+            "failed"
+        };
         assert_eq!(g["status"], want, "{g}");
         let (_, jobs) = c.get("/api/jobs?kind=image&limit=100");
-        let job = jobs["items"].as_array().unwrap().iter().find(|j| j["ref_id"] == p["id"]).unwrap().clone();
-        assert_eq!(job["cost"], p["credits_used"], "the migrated job's cost: {job}");
+        let job = jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["ref_id"] == p["id"])
+            .unwrap()
+            .clone();
+        assert_eq!(
+            job["cost"], p["credits_used"],
+            "the migrated job's cost: {job}"
+        );
     }
     let refunded = manifest["pending"][1]["credits_used"].as_i64().unwrap();
-    assert_eq!(users["ann@example.com"].credits(), manifest["credits"]["ann@example.com"].as_i64().unwrap() + refunded);
-    assert_eq!(users["bob@example.com"].credits(), manifest["credits"]["bob@example.com"].as_i64().unwrap());
+    assert_eq!(
+        users["ann@example.com"].credits(),
+        manifest["credits"]["ann@example.com"].as_i64().unwrap() + refunded
+    );
+    assert_eq!(
+        users["bob@example.com"].credits(),
+        manifest["credits"]["bob@example.com"].as_i64().unwrap()
+    );
 
     // Every generation as it was, with its image files, likes and cost.
     for g in manifest["generations"].as_array().unwrap() {
@@ -71,27 +101,74 @@ fn a_data_directory_from_the_last_release_upgrades_intact() {
         for f in ["status", "credits_used", "is_public", "likes_count"] {
             assert_eq!(now[f], g[f], "{id}: {f}");
         }
-        let images: Vec<&str> = now["images"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
-        let want: Vec<&str> = g["images"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+        let images: Vec<&str> = now["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = g["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap())
+            .collect();
         assert_eq!(images, want, "{id}");
         for (i, image) in images.iter().enumerate() {
-            let file = std::fs::read(fixture.join(format!("blobs/generations/{id}/a1-{i}.png"))).unwrap();
-            assert_eq!(c.bytes(&format!("/api/images/{image}")), (200, file), "{id} image {i}");
+            let file =
+                std::fs::read(fixture.join(format!("blobs/generations/{id}/a1-{i}.png"))).unwrap();
+            assert_eq!(
+                c.bytes(&format!("/api/images/{image}")),
+                (200, file),
+                "{id} image {i}"
+            );
         }
         // Its job is in the jobs API, with the cost its generation was charged.
         let (_, jobs) = c.get("/api/jobs?kind=image&limit=100");
-        let job = jobs["items"].as_array().unwrap().iter().find(|j| j["ref_id"] == id).unwrap().clone();
-        assert_eq!((&job["status"], &job["cost"]), (&g["status"], &g["credits_used"]), "{job}");
+        let job = jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["ref_id"] == id)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (&job["status"], &job["cost"]),
+            (&g["status"], &g["credits_used"]),
+            "{job}"
+        );
     }
     let ann = &users["ann@example.com"];
     let (_, list) = ann.get("/api/generate/images?limit=100");
-    assert_eq!(list["items"].as_array().unwrap().len(), 5, "three made before, a capture, one pending then");
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        5,
+        "three made before, a capture, one pending then"
+    );
     // The capture (a generation without a job then) has one now, and deletes like the rest.
     let capture = manifest["capture"].as_str().unwrap();
     let (_, jobs) = ann.get("/api/jobs?kind=image&limit=100");
-    let job = jobs["items"].as_array().unwrap().iter().find(|j| j["ref_id"] == capture).expect("the capture's job").clone();
-    assert_eq!((&job["status"], &job["cost"]), (&serde_json::json!("completed"), &serde_json::json!(0)));
-    assert_eq!(ann.send("DELETE", &format!("/api/generate/image/{capture}"), Value::Null, &[]).0, 204);
+    let job = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["ref_id"] == capture)
+        .expect("the capture's job")
+        .clone();
+    assert_eq!(
+        (&job["status"], &job["cost"]),
+        (&serde_json::json!("completed"), &serde_json::json!(0))
+    );
+    assert_eq!(
+        ann.send(
+            "DELETE",
+            &format!("/api/generate/image/{capture}"),
+            Value::Null,
+            &[]
+        )
+        .0,
+        204
+    );
     assert_eq!(ann.get(&format!("/api/generate/image/{capture}")).0, 404);
     let asset = manifest["asset"].as_str().unwrap();
     let upload = std::fs::read(fixture.join(format!("blobs/assets/{asset}"))).unwrap();
@@ -100,6 +177,11 @@ fn a_data_directory_from_the_last_release_upgrades_intact() {
     let mut r = agent().get(format!("{}/api/feed", s.base)).call().unwrap();
     let feed = json(&mut r);
     let public = &manifest["generations"][0];
-    let item = feed["items"].as_array().unwrap().iter().find(|i| i["id"] == public["id"]).expect("the public generation in the feed");
+    let item = feed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == public["id"])
+        .expect("the public generation in the feed");
     assert_eq!(item["likes_count"], 1);
 }

@@ -75,7 +75,11 @@ fn uploads_img2img_and_bad_input(s: &Server) {
         (&asset["mime"], &asset["width"], &asset["bytes"])
     );
     let (st, back) = a.bytes(&format!("/api/assets/{}", formed["id"].as_str().unwrap()));
-    assert_eq!((st, back == init), (200, true), "the form's file is stored as sent");
+    assert_eq!(
+        (st, back == init),
+        (200, true),
+        "the form's file is stored as sent"
+    );
     // A form without the field, or without a boundary: an error that names the field.
     for (body, ct) in [
         (
@@ -85,8 +89,15 @@ fn uploads_img2img_and_bad_input(s: &Server) {
         (&b"--b--\r\n"[..], "multipart/form-data"),
     ] {
         let (st, e) = a.upload(body.to_vec(), ct);
-        assert_eq!((st, e["error"]["code"].as_str()), (422, Some("invalid-input")), "{e}");
-        assert!(e["error"]["message"].as_str().unwrap().starts_with("file"), "{e}");
+        assert_eq!(
+            (st, e["error"]["code"].as_str()),
+            (422, Some("invalid-input")),
+            "{e}"
+        );
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with("file"),
+            "{e}"
+        );
     }
     let (st, sub) = a.post("/api/generate/image", json!({"prompt": "a painting", "model": "tiny", "steps": 4, "strength": 0.5, "seed": 11, "init_image": aid, "cfg_scale": 0}));
     assert_eq!(st, 202, "{sub}");
@@ -304,4 +315,3 @@ fn uploads_img2img_and_bad_input_on_sqlite() {
 fn uploads_img2img_and_bad_input_on_postgres() {
     on_postgres(uploads_img2img_and_bad_input);
 }
-

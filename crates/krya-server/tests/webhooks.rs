@@ -87,4 +87,3 @@ fn webhooks_are_signed_and_retried_on_sqlite() {
 fn webhooks_are_signed_and_retried_on_postgres() {
     on_postgres(webhooks_are_signed_and_retried);
 }
-

@@ -380,13 +380,26 @@ fn serve_prints_its_address_and_answers_health() {
     // A model added with the CLI for this data directory is one the server offers.
     let added = krya(
         tmp.path(),
-        &["models", "--data-dir", data.to_str().unwrap(), "add", "mine", golden("turbo").to_str().unwrap()],
+        &[
+            "models",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "add",
+            "mine",
+            golden("turbo").to_str().unwrap(),
+        ],
     );
     assert!(added.status.success(), "{}", stderr(&added));
-    let listed = krya(tmp.path(), &["models", "list", "--data-dir", data.to_str().unwrap()]);
+    let listed = krya(
+        tmp.path(),
+        &["models", "list", "--data-dir", data.to_str().unwrap()],
+    );
     assert!(String::from_utf8_lossy(&listed.stdout).contains("mine"));
     let elsewhere = krya(tmp.path(), &["models", "list"]);
-    assert!(!String::from_utf8_lossy(&elsewhere.stdout).contains("mine"), "KRYA_HOME is another data directory");
+    assert!(
+        !String::from_utf8_lossy(&elsewhere.stdout).contains("mine"),
+        "KRYA_HOME is another data directory"
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_krya"))
         .args([
             "serve",
@@ -432,8 +445,14 @@ fn serve_prints_its_address_and_answers_health() {
         .iter()
         .find(|m| m["id"] == "mine")
         .unwrap_or_else(|| panic!("the added model is not offered: {models}"));
-    assert_eq!((&mine["installed"], &mine["local"]), (&serde_json::json!(true), &serde_json::json!(true)));
-    assert!(mine.get("source").is_none(), "anyone can see the server's paths: {mine}");
+    assert_eq!(
+        (&mine["installed"], &mine["local"]),
+        (&serde_json::json!(true), &serde_json::json!(true))
+    );
+    assert!(
+        mine.get("source").is_none(),
+        "anyone can see the server's paths: {mine}"
+    );
     assert!(data.is_dir(), "the data directory is created");
 
     // A typo in the settings is one readable line, exit 2.

@@ -27,7 +27,8 @@ export interface JobsState {
 }
 
 const ORDER: Record<string, number> = { pending: 0, processing: 1, completed: 2, failed: 2, cancelled: 2 };
-const ENDS: Record<string, GenerationStatus> = { completed: "completed", failed: "failed", cancelled: "cancelled", started: "processing", queued: "pending" };
+/** The status an event means by itself (a progress event says it in `data.status`). */
+const STATUS_OF: Record<string, GenerationStatus> = { completed: "completed", failed: "failed", cancelled: "cancelled", started: "processing", queued: "pending" };
 
 export function createJobsStore() {
   const listeners = new Map<string, Set<JobListener>>();
@@ -38,7 +39,7 @@ export function createJobsStore() {
       const kind = data.kind as string | undefined;
       if (!id || !kind) return;
       const old = get().jobs[id];
-      const status = (ENDS[event] ?? (data.status as GenerationStatus | undefined) ?? old?.status ?? "pending") as GenerationStatus;
+      const status = (STATUS_OF[event] ?? (data.status as GenerationStatus | undefined) ?? old?.status ?? "pending") as GenerationStatus;
       const progress = (data.progress as JobState["progress"] | undefined) ?? old?.progress ?? { step: 0, total: 0 };
       const next: JobState = {
         id,
@@ -53,10 +54,10 @@ export function createJobsStore() {
       listeners.get(kind)?.forEach((l) => l(event, data));
     },
     listen(kind, l) {
-      const set = listeners.get(kind) ?? new Set();
-      set.add(l);
-      listeners.set(kind, set);
-      return () => set.delete(l);
+      const subs = listeners.get(kind) ?? new Set();
+      subs.add(l);
+      listeners.set(kind, subs);
+      return () => subs.delete(l);
     },
     reset() {
       set({ jobs: {} });

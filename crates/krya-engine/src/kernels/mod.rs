@@ -83,19 +83,19 @@ pub mod winograd;
 
 mod attention;
 mod conv;
-mod products;
 mod linear;
 mod math;
 mod norm;
+mod products;
 #[cfg(test)]
 mod tests;
 
 pub use attention::*;
 pub use conv::*;
-use products::*;
 pub use linear::*;
 pub use math::*;
 pub use norm::*;
+use products::*;
 
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
@@ -131,4 +131,3 @@ pub(crate) fn uninit(n: usize) -> Vec<f32> {
     unsafe { v.set_len(n) };
     v
 }
-

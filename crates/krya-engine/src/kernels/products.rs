@@ -1,6 +1,5 @@
 //! Matrix products on raw operands (the `gemm` crate), and the pointer tasks share.
 
-
 /// `dst = lhs (m × k) @ rhs (k × n)` (+ `dst` when `accumulate`), row strides given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(

@@ -87,8 +87,7 @@ fn convolutions_equal_candles() {
 fn linear_equals_candles() {
     let dev = Device::Cpu;
     // Few rows (columns split per task, 37 of them: uneven blocks) and many rows.
-    for (rows, cin, cout, bias) in [(7, 24, 37, true), (3, 5, 200, false), (600, 24, 37, true)]
-    {
+    for (rows, cin, cout, bias) in [(7, 24, 37, true), (3, 5, 200, false), (600, 24, 37, true)] {
         let vm = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let theirs = if bias {

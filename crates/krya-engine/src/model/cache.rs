@@ -183,7 +183,9 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         assert!(models.iter().all(|m| Arc::ptr_eq(m, &models[0])));
         // Another type under the same key is another model.
-        let s = cache.get_or_load("m", || Ok(("text".to_string(), 4))).unwrap();
+        let s = cache
+            .get_or_load("m", || Ok(("text".to_string(), 4)))
+            .unwrap();
         assert_eq!(*s, "text");
         assert_eq!(cache.keys(), ["m", "m"]);
         // A failed load caches nothing and the next caller tries again.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use serde_json::Value;
 
+use super::config_json;
 use crate::pipelines::stable_diffusion::clip::{ClipTextConfig, ClipTextModel};
 use crate::pipelines::stable_diffusion::tokenizer::ClipTokenizer;
 use crate::pipelines::stable_diffusion::unet::{UNet2DConditionModel, UNetConfig};
@@ -12,7 +13,6 @@ use crate::pipelines::stable_diffusion::vae::{AutoencoderKL, VaeConfig};
 use crate::pipelines::stable_diffusion::{Defaults, StableDiffusion};
 use crate::schedulers::{SchedulerConfig, TimestepSpacing};
 use crate::weights::Weights;
-use super::config_json;
 use crate::{EngineError, Result};
 
 pub(crate) fn read_text(path: &Path) -> Result<String> {

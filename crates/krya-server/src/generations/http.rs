@@ -380,4 +380,3 @@ pub async fn patch_one(
 pub async fn remix_response(state: &AppState, id: &str) -> Result<Response, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(accepted(state, id).await?)).into_response())
 }
-

@@ -386,7 +386,9 @@ async fn submit(
         let mut params = serde_json::json!({"prompt": c.prompt, "negative_prompt": c.negative_prompt, "model": c.model,
             "width": (c.width > 0).then_some(c.width), "height": (c.height > 0).then_some(c.height), "seed": c.seed,
             "batch_size": c.batch, "is_public": c.is_public});
-        if let (Some(p), Ok(serde_json::Value::Object(extra))) = (params.as_object_mut(), serde_json::to_value(&c.params)) {
+        if let (Some(p), Ok(serde_json::Value::Object(extra))) =
+            (params.as_object_mut(), serde_json::to_value(&c.params))
+        {
             p.extend(extra);
         }
         let params = params.to_string();
@@ -560,7 +562,6 @@ impl Db {
             (d.iter().sum::<i64>() as f64 / d.len() as f64).max(1.0)
         })
     }
-
 }
 
 /// Submits a remix: `source`'s parameters with `overrides` on top, by `user`.

@@ -2,8 +2,8 @@
 //! create jobs of this shape too.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -11,9 +11,9 @@ use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::{JOB_COLUMNS, JobError, JobRow, JobView, NewJob, Progress};
-use crate::db::{Db, User};
-use crate::error::{ApiError, ErrorCode, internal, invalid};
 use crate::credits::log_usage;
+use crate::db::{Db, User};
+use crate::error::{ApiError, ApiQuery, ErrorCode, internal, invalid};
 use crate::ids::random_id;
 use crate::openapi::ErrorBody;
 use crate::runner::with_kind;
@@ -126,7 +126,13 @@ pub async fn create(
     }
     let prepared = task.prepare(&state.services(), req.params).await?;
     for id in &prepared.inputs {
-        if state.db.asset(id, &user.id).await.map_err(internal)?.is_none() {
+        if state
+            .db
+            .asset(id, &user.id)
+            .await
+            .map_err(internal)?
+            .is_none()
+        {
             return Err(invalid("params", format!("no uploaded file {id}")));
         }
     }
@@ -201,20 +207,25 @@ pub struct JobPage {
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<JobPage>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
-    let Query(q) = query.map_err(|e| invalid("query", e.body_text()))?;
     let kinds = user_kinds(&state);
     if let Some(k) = &q.kind
         && !kinds.contains(&k.as_str())
     {
-        return Err(invalid("kind", format!("must be one of {}", kinds.join(", "))));
+        return Err(invalid(
+            "kind",
+            format!("must be one of {}", kinds.join(", ")),
+        ));
     }
     if let Some(s) = &q.status
         && !STATUSES.contains(&s.as_str())
     {
-        return Err(invalid("status", format!("must be one of {}", STATUSES.join(", "))));
+        return Err(invalid(
+            "status",
+            format!("must be one of {}", STATUSES.join(", ")),
+        ));
     }
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -268,7 +279,9 @@ pub async fn cancel(state: &AppState, j: &JobRow) -> Result<bool, ApiError> {
     if !done {
         return Ok(false);
     }
-    crate::credits::refund(&mut tx, &job).await.map_err(internal)?;
+    crate::credits::refund(&mut tx, &job)
+        .await
+        .map_err(internal)?;
     crate::webhooks::enqueue(&mut tx, &*task, &job, "cancelled", &data)
         .await
         .map_err(internal)?;

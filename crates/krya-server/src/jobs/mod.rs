@@ -182,13 +182,11 @@ pub fn output_json(s: &Stored<'_>) -> serde_json::Value {
     })
 }
 
-/// Records a stored output (of `bytes` bytes) as an asset of the job's owner, in the
-/// job's final transaction.
+/// Records a stored output as an asset of the job's owner, in the job's final transaction.
 pub async fn insert_output(
     tx: &mut sqlx::AnyConnection,
     job: &Job,
     s: &Stored<'_>,
-    bytes: i64,
 ) -> Result<(), sqlx::Error> {
     let o = s.output;
     sqlx::query("INSERT INTO assets (id, user_id, blob_key, mime, width, height, bytes, created_at, kind, job_id, parent_id, duration_ms, thumb_key) \
@@ -199,7 +197,7 @@ pub async fn insert_output(
         .bind(o.mime)
         .bind(o.width.unwrap_or(0) as i64)
         .bind(o.height.unwrap_or(0) as i64)
-        .bind(bytes)
+        .bind(o.bytes.len() as i64)
         .bind(crate::auth::now())
         .bind(o.kind)
         .bind(&job.id)

@@ -93,8 +93,11 @@ pub async fn save(
         format!("generations/{id}/capture-0.png"),
         format!("generations/{id}/capture-0-thumb.webp"),
     );
-    let png_len = png.len() as i64;
-    state.blobs.put(&png_key, png).await.map_err(internal)?;
+    state
+        .blobs
+        .put(&png_key, png.clone())
+        .await
+        .map_err(internal)?;
     if let Err(e) = state.blobs.put(&thumb_key, thumb).await {
         let _ = state.blobs.delete(&png_key).await;
         return Err(internal(e));
@@ -153,7 +156,7 @@ pub async fn save(
             kind: "image",
             mime: "image/png",
             ext: "png",
-            bytes: Vec::new(),
+            bytes: png,
             thumbnail: None,
             width: Some(w),
             height: Some(h),
@@ -179,7 +182,7 @@ pub async fn save(
             key: png_key.clone(),
             thumb_key: Some(thumb_key.clone()),
         };
-        crate::jobs::insert_output(&mut tx, &job, &stored, png_len).await?;
+        crate::jobs::insert_output(&mut tx, &job, &stored).await?;
         tx.commit().await
     }
     .await;

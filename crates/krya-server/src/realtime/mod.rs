@@ -29,8 +29,10 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
 use krya_engine::model::ModelSource;
 use krya_engine::model::cache::ModelCache;
-use krya_engine::pipelines::stable_diffusion::stream::{FrameRequest, MAX_STEPS, Stream as EngineStream};
-use krya_engine::{CancelToken, EngineError, device, model};
+use krya_engine::pipelines::stable_diffusion::stream::{
+    FrameRequest, MAX_STEPS, Stream as EngineStream,
+};
+use krya_engine::{CancelToken, EngineError, model};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -38,8 +40,8 @@ use crate::config::Realtime as RealtimeConfig;
 use crate::registry::ModelEntry;
 use crate::{AppState, auth, registry};
 pub use connection::{serve_session, ws};
-pub use krya_core::protocol::{check_canvas_header, decode_canvas, encode_jpeg};
 use input::*;
+pub use krya_core::protocol::{check_canvas_header, decode_canvas, encode_jpeg};
 use protocol::{ClientMessage, Params, ProtocolError, Status, StatusData};
 
 /// WebSocket close code for a connection without a valid session or token.
@@ -438,13 +440,7 @@ impl Hub {
         let m = crate::tasks::image::load_model(&entry, &self.cache).map_err(unavailable)?;
         let source = ModelSource::parse(&entry.source).map_err(unavailable)?;
         let tiny_source = model::tiny_vae_source(&source, &m);
-        let loaded = self.cache.get_or_load(&format!("{tiny_source:?}"), || {
-            let dev = device::best_device()?;
-            let t = model::load_tiny_vae(&tiny_source, &dev, device::default_dtype(&dev))?;
-            let bytes = t.parameter_count * device::default_dtype(&dev).size_in_bytes() as u64;
-            Ok((t, bytes))
-        });
-        let (tiny, notice) = match loaded {
+        let (tiny, notice) = match crate::tasks::image::tiny_vae(&self.cache, &tiny_source) {
             Ok(t) => (Some(t), None),
             // The model's own `taesd/` is broken: that is the model's fault, say it.
             Err(e) if matches!(tiny_source, ModelSource::Folder(_)) => return Err(unavailable(e)),
@@ -688,4 +684,3 @@ mod tests {
         assert!(hub.register(&over), "a closed session frees its place");
     }
 }
-

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use krya_engine::model::cache::{ModelCache, model_bytes};
 use krya_engine::model::{ModelSource, hub};
+use krya_engine::pipelines::stable_diffusion::vae_tiny::AutoencoderTiny;
 use krya_engine::{CancelToken, EngineError, GenerateRequest, SchedulerKind, device, model};
 use tokio::sync::mpsc;
 
@@ -77,8 +78,7 @@ impl Task for ImageTask {
         );
         let model_id = g.model.clone();
         let entry =
-            tokio::task::spawn_blocking(move || registry::find(&data_dir, &local, &model_id))
-                .await;
+            tokio::task::spawn_blocking(move || registry::find(&data_dir, &local, &model_id)).await;
         let entry = match entry {
             Ok(Ok(Some(e))) => e,
             Ok(Ok(None)) => {
@@ -222,7 +222,11 @@ impl Task for ImageTask {
         Ok(())
     }
 
-    async fn cancelled(&self, tx: &mut sqlx::AnyConnection, job: &Job) -> Result<bool, sqlx::Error> {
+    async fn cancelled(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        job: &Job,
+    ) -> Result<bool, sqlx::Error> {
         let r = sqlx::query("UPDATE generations SET status = 'cancelled', completed_at = $1 WHERE id = $2 AND status IN ('pending', 'processing')")
             .bind(crate::auth::now())
             .bind(&job.ref_id)
@@ -245,8 +249,7 @@ pub(crate) fn load_model(
             source = ModelSource::Folder(hub::pull(repo, revision, &mut |_| {})?);
         }
         let dev = device::best_device()?;
-        let dtype = device::default_dtype(&dev);
-        let mut m = model::load(&source, &dev, dtype)?;
+        let mut m = model::load(&source, &dev, device::default_dtype(&dev))?;
         m.name = entry.id.clone();
         // Step previews through the model's tiny autoencoder when one is here (its own
         // `taesd/`, or TAESD in the HF cache); never downloaded just for previews.
@@ -256,12 +259,27 @@ pub(crate) fn load_model(
             ModelSource::Hub { repo, revision } => hub::cached_snapshot(repo, revision).is_some(),
             ModelSource::Checkpoint(_) => false,
         };
-        let mut bytes = model_bytes(&m);
-        if here && let Ok(t) = model::load_tiny_vae(&tiny, &dev, dtype) {
-            bytes += t.parameter_count * dtype.size_in_bytes() as u64;
+        if here && let Ok(t) = tiny_vae(cache, &tiny) {
             m.preview_vae = Some(t);
         }
+        let bytes = model_bytes(&m);
         Ok((m, bytes))
+    })
+}
+
+/// A tiny autoencoder (TAESD) through the model cache: one copy, shared by the models that
+/// preview through it and the live canvas's sessions. A hub one is downloaded when it is
+/// not cached yet (`model::load_tiny_vae`).
+pub(crate) fn tiny_vae(
+    cache: &ModelCache,
+    source: &ModelSource,
+) -> Result<Arc<AutoencoderTiny>, EngineError> {
+    cache.get_or_load(&format!("{source:?}"), || {
+        let dev = device::best_device()?;
+        let dtype = device::default_dtype(&dev);
+        let t = model::load_tiny_vae(source, &dev, dtype)?;
+        let bytes = t.parameter_count * dtype.size_in_bytes() as u64;
+        Ok((t, bytes))
     })
 }
 

@@ -217,7 +217,10 @@ pub trait Task: Send + Sync + 'static {
     ) -> Result<Prepared, ApiError> {
         Err(crate::error::invalid(
             "kind",
-            format!("{} jobs are submitted through their own endpoint", self.kind()),
+            format!(
+                "{} jobs are submitted through their own endpoint",
+                self.kind()
+            ),
         ))
     }
 

@@ -74,7 +74,13 @@ impl Client {
         (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
     }
 
-    pub fn send(&self, method: &str, path: &str, body: Value, extra: &[(&str, &str)]) -> (u16, Value) {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Value,
+        extra: &[(&str, &str)],
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
         let mut req = ureq::http::Request::builder()
             .method(method)
@@ -135,7 +141,10 @@ impl Client {
             if done(&v) {
                 return v;
             }
-            assert!(t0.elapsed() < Duration::from_secs(120), "{path} did not get there: {v}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "{path} did not get there: {v}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -232,4 +241,3 @@ pub fn webhook_receiver() -> (
     });
     (url, rx)
 }
-

@@ -56,7 +56,7 @@ pub struct StableDiffusion {
     pub parameter_count: u64,
     /// A tiny autoencoder (TAESD) for step previews; without one, previews are a fixed
     /// linear map of the latents.
-    pub preview_vae: Option<vae_tiny::AutoencoderTiny>,
+    pub preview_vae: Option<std::sync::Arc<vae_tiny::AutoencoderTiny>>,
     pub device: Device,
     pub dtype: DType,
 }

@@ -77,10 +77,7 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(
-        model: Arc<StableDiffusion>,
-        taesd: Option<Arc<AutoencoderTiny>>,
-    ) -> Result<Stream> {
+    pub fn new(model: Arc<StableDiffusion>, taesd: Option<Arc<AutoencoderTiny>>) -> Result<Stream> {
         if let Some(taesd) = &taesd {
             let (tc, mc) = (taesd.config.latent_channels, model.latent_channels());
             let (tf, mf) = (taesd.config.scale_factor(), model.vae_scale_factor());
