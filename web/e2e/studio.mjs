@@ -113,7 +113,7 @@ function pngText(bytes) {
   return out;
 }
 
-let ann, bob, generationId, downloaded;
+let ann, bob, generationId, jobId, downloaded;
 
 try {
   ann = await person(DESKTOP, "ann");
@@ -177,6 +177,8 @@ try {
     const natural = await a.getByTestId("result-image").evaluate((img) => img.naturalWidth);
     check(natural === 16, `the result image did not load (${natural} px wide)`);
     generationId = await a.evaluate(async () => (await (await fetch("/api/generate/images")).json()).items[0].id);
+    // The gallery shows jobs of any kind; an image job is found by its generation's id too.
+    jobId = await a.evaluate(async (g) => (await (await fetch(`/api/feed/${g}`)).json()).id, generationId);
     const recent = a.getByTestId("recent").locator("img");
     await recent.first().waitFor();
   });
@@ -351,7 +353,7 @@ try {
     await b.getByRole("link", { name: "Gallery" }).click();
     await b.waitForURL("**/feed");
     await b.getByRole("img", { name: PROMPT }).click();
-    await b.waitForURL(`**/feed/${generationId}`);
+    await b.waitForURL(`**/feed/${jobId}`);
     check((await b.getByTestId("detail-prompt").textContent()) === PROMPT, "wrong detail");
     check((await b.getByTestId("author").textContent()).includes("@ann"), "no author link");
   });
@@ -423,7 +425,7 @@ try {
       ["image", "/image", () => a.getByTestId("recent").locator("img").first().waitFor()],
       ["app", "/app", () => a.getByRole("img", { name: PROMPT }).waitFor()],
       ["feed", "/feed", () => a.getByTestId("feed-grid").waitFor()],
-      ["feed-item", `/feed/${generationId}`, () => a.getByTestId("detail-image").waitFor()],
+      ["feed-item", `/feed/${jobId}`, () => a.getByTestId("detail-outputs").locator("img").waitFor()],
       ["profile", "/profile/ann", () => a.getByTestId("feed-card").first().waitFor()],
       ["settings", "/settings", () => a.getByTestId("usage-credits-left").waitFor()],
       ["realtime", "/realtime", () => a.getByTestId("live-output").waitFor({ timeout: 60_000 })],
@@ -451,7 +453,7 @@ try {
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
     await b.goto("/feed");
     await b.getByText("Nothing has been shared yet.").waitFor();
-    await b.goto(`/feed/${generationId}`);
+    await b.goto(`/feed/${jobId}`);
     await b.getByText("not shared (any more)").waitFor();
   });
 

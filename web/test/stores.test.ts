@@ -219,7 +219,8 @@ describe("generate store", () => {
       "POST /api/feed/src1/remix": () => json(202, { id: "g1", status: "pending", estimated_time: 1, queue_position: 0 }),
     });
     await store.getState().loadOptions();
-    const source = generation("src1", { prompt: "a castle", seed: 99, steps: 6, cfg_scale: 1.5, width: 24, height: 16, aspect_ratio: null });
+    // A feed item: the image job's request in its params.
+    const source = { id: "src1", kind: "image", prompt: "a castle", params: { prompt: "a castle", model: "tiny", seed: 99, steps: 6, cfg_scale: 1.5, width: 24, height: 16 }, outputs: [] };
     store.getState().prefillRemix(source as never);
     const f = store.getState().form;
     expect(f).toMatchObject({ prompt: "a castle", seed: "99", steps: "6", cfg: "1.5", aspect: "16:9", remixOf: "src1" });

@@ -15,6 +15,7 @@ pub enum ErrorCode {
     TooLarge,
     UnsupportedMediaType,
     RateLimited,
+    Timeout,
     Internal,
 }
 
@@ -34,6 +35,7 @@ impl ErrorCode {
             TooLarge => ("too-large", 413),
             UnsupportedMediaType => ("unsupported-media-type", 415),
             RateLimited => ("rate-limited", 429),
+            Timeout => ("timeout", 408),
             Internal => ("internal", 500),
         }
     }

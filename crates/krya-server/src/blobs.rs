@@ -18,6 +18,8 @@ pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> BlobResult<()>;
     /// `None` when there is no such blob.
     async fn get(&self, key: &str) -> BlobResult<Option<Vec<u8>>>;
+    /// Its length in bytes; `None` when there is no such blob.
+    async fn size(&self, key: &str) -> BlobResult<Option<u64>>;
     /// Deleting a missing blob is not an error.
     async fn delete(&self, key: &str) -> BlobResult<()>;
     /// Every key starting with `prefix` (a folder-like prefix ending in `/`).
@@ -89,6 +91,15 @@ impl BlobStore for FileStore {
         let path = self.path(key)?;
         match tokio::fs::read(&path).await {
             Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    async fn size(&self, key: &str) -> BlobResult<Option<u64>> {
+        let path = self.path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path, e)),
         }
@@ -242,6 +253,15 @@ impl BlobStore for S3Store {
                     .map_err(|e| BlobError(e.to_string()))?
                     .to_vec(),
             )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BlobError(e.to_string())),
+        }
+    }
+
+    async fn size(&self, key: &str) -> BlobResult<Option<u64>> {
+        use object_store::ObjectStoreExt;
+        match self.store.head(&self.path(key)?).await {
+            Ok(m) => Ok(Some(m.size as u64)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(BlobError(e.to_string())),
         }

@@ -57,6 +57,9 @@ pub struct Server {
     /// refreshing at once) is refused without revoking every session; later reuse is
     /// treated as theft.
     pub refresh_reuse_secs: u64,
+    /// A request's handler (reading its body included) must answer within this many
+    /// seconds, else 408. Streams (events, the live canvas) are answered at once and run on.
+    pub request_timeout_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -180,6 +183,7 @@ impl Default for Config {
                 max_upload_pixels: 4096 * 4096,
                 stream_auth_check_secs: 30.0,
                 refresh_reuse_secs: 10,
+                request_timeout_secs: 120.0,
             },
             database: Database { url: String::new() },
             storage: Storage {
@@ -244,6 +248,9 @@ stream_auth_check_secs = 30.0
 # A refresh token used again this many seconds after it was exchanged (two tabs refreshing at
 # once) is refused without revoking the user's sessions; any later reuse revokes them all.
 refresh_reuse_secs = 10
+# A request must be read and answered within this many seconds, else 408 (a slow client
+# cannot hold a handler). Event streams and the live canvas are answered at once and run on.
+request_timeout_secs = 120.0
 
 [database]
 # Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".

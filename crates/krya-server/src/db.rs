@@ -49,13 +49,14 @@ macro_rules! per_backend {
 
 /// Every migration in order. A file's text is its checksum in `_sqlx_migrations`: an
 /// applied migration's file is never edited, only followed by a new one.
-const MIGRATIONS: [[(i64, &str, &str); 2]; 6] = [
+const MIGRATIONS: [[(i64, &str, &str); 2]; 7] = [
     per_backend!(1, "0001_accounts"),
     per_backend!(2, "0002_sessions"),
     shared!(3, "0003_api_keys"),
     per_backend!(4, "0004_generations"),
     shared!(5, "0005_refresh_rotation"),
     shared!(6, "0006_jobs_and_assets"),
+    shared!(7, "0007_posts"),
 ];
 
 fn migrations(backend: Backend) -> Vec<sqlx::migrate::Migration> {
@@ -406,4 +407,12 @@ impl User {
             created_at: r.try_get("created_at")?,
         })
     }
+}
+
+/// `$from, $from+1, …` for `n` values bound in order (an `IN (…)` list).
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

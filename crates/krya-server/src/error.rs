@@ -127,6 +127,24 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+/// Middleware: a request not read and answered within `server.request_timeout_secs` gets
+/// 408 (its handler is dropped). Streams answer at once, so they are not cut.
+pub async fn timeout(
+    axum::extract::State(secs): axum::extract::State<f64>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = std::time::Duration::from_secs_f64(secs.max(0.001));
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            ErrorCode::Timeout,
+            format!("the request was not read and answered within {secs} s"),
+        )
+        .into_response(),
+    }
+}
+
 /// Middleware: gives each request an id (the client's `x-request-id` if it is short and
 /// printable, else a new one), echoed in the response and named in internal-error logs.
 pub async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {

@@ -141,8 +141,12 @@ async fn state(
             cache.clone(),
         )
     });
+    let blobs = open_blobs(&config)?;
+    generations::upgrade::run(&db, &*blobs)
+        .await
+        .map_err(std::io::Error::other)?;
     Ok(AppState {
-        blobs: open_blobs(&config)?,
+        blobs,
         config: Arc::new(config),
         cache,
         realtime,

@@ -47,16 +47,43 @@ pub struct Asset {
     pub created_at: i64,
     #[serde(skip)]
     pub thumb_key: Option<String>,
+    /// Readable by anyone (its job is public).
+    #[serde(skip)]
+    pub public: bool,
 }
 
 impl Db {
     /// The user's asset with this id.
     pub async fn asset(&self, id: &str, user_id: &str) -> Result<Option<Asset>, sqlx::Error> {
-        let row = sqlx::query("SELECT id, user_id, blob_key, mime, width, height, bytes, created_at, thumb_key FROM assets WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        self.asset_where(id, user_id, false).await
+    }
+
+    /// An asset `viewer` may read: their own, or a public one (an output of a public job).
+    pub async fn readable_asset(
+        &self,
+        id: &str,
+        viewer: Option<&str>,
+    ) -> Result<Option<Asset>, sqlx::Error> {
+        self.asset_where(id, viewer.unwrap_or(""), true).await
+    }
+
+    async fn asset_where(
+        &self,
+        id: &str,
+        user_id: &str,
+        or_public: bool,
+    ) -> Result<Option<Asset>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT a.id, a.user_id, a.blob_key, a.mime, a.width, a.height, a.bytes, a.created_at, a.thumb_key, \
+             CASE WHEN a.visibility = 'public' OR aj.is_public = 1 THEN 1 ELSE 0 END AS public FROM {} \
+             WHERE a.id = $1 AND (a.user_id = $2 OR ($3 = 1 AND (a.visibility = 'public' OR aj.is_public = 1)))",
+            crate::jobs::ASSETS
+        )))
+        .bind(id)
+        .bind(user_id)
+        .bind(or_public as i64)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(Asset {
                 id: r.try_get("id")?,
@@ -68,6 +95,7 @@ impl Db {
                 bytes: r.try_get("bytes")?,
                 created_at: r.try_get("created_at")?,
                 thumb_key: r.try_get("thumb_key")?,
+                public: r.try_get::<i64, _>("public")? != 0,
             })
         })
         .transpose()
@@ -264,8 +292,8 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// `GET /api/assets/:id`: the owner's upload, as uploaded.
-#[utoipa::path(get, path = "/api/assets/{id}", tag = "media", params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The file, with its own type", content_type = "*/*", body = Vec<u8>), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+/// `GET /api/assets/:id`: an upload or output, to its owner, or to anyone once public.
+#[utoipa::path(get, path = "/api/assets/{id}", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The file, with its own type", content_type = "*/*", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_asset(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -275,7 +303,7 @@ pub async fn get_asset(
 }
 
 /// `GET /api/assets/:id/thumbnail`: a small WebP of an output that has one.
-#[utoipa::path(get, path = "/api/assets/{id}/thumbnail", tag = "media", params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The thumbnail (WebP)", content_type = "image/webp", body = Vec<u8>), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, not the caller's, or without a thumbnail", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/assets/{id}/thumbnail", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The thumbnail (WebP)", content_type = "image/webp", body = Vec<u8>), (status = 404, description = "No such item, not the caller's, or without a thumbnail", body = ErrorBody)))]
 pub async fn get_asset_thumbnail(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -284,17 +312,18 @@ pub async fn get_asset_thumbnail(
     serve_asset(&state, &headers, &id, true).await
 }
 
-/// The caller's asset (or its thumbnail); to anyone else it does not exist.
+/// The caller's asset, or a public one (or its thumbnail); to anyone else it does not
+/// exist.
 async fn serve_asset(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
     thumbnail: bool,
 ) -> Result<Response, ApiError> {
-    let user = auth::current_user(state, headers).await?;
+    let viewer = auth::current_user(state, headers).await.ok();
     let a = state
         .db
-        .asset(id, &user.id)
+        .readable_asset(id, viewer.as_ref().map(|v| v.id.as_str()))
         .await
         .map_err(internal)?
         .ok_or_else(|| ApiError::not_found(format!("no asset {id}")))?;
@@ -315,7 +344,16 @@ async fn serve_asset(
     Ok((
         [
             (header::CONTENT_TYPE, mime),
-            (header::CACHE_CONTROL, "private, max-age=3600".into()),
+            (
+                header::CACHE_CONTROL,
+                // Short for public ones: one made private must leave caches soon.
+                if a.public {
+                    "public, max-age=60"
+                } else {
+                    "private, max-age=3600"
+                }
+                .into(),
+            ),
         ],
         bytes,
     )
@@ -335,7 +373,8 @@ async fn serve_image(
     download: bool,
 ) -> Result<Response, ApiError> {
     let viewer = auth::current_user(state, headers).await.ok();
-    let row = sqlx::query("SELECT i.png_key, i.thumb_key, i.idx, g.id AS gid, g.user_id, g.is_public FROM images i JOIN generations g ON g.id = i.generation_id WHERE i.id = $1")
+    let row = sqlx::query("SELECT i.png_key, i.thumb_key, i.idx, g.id AS gid, g.user_id, j.is_public FROM images i JOIN generations g ON g.id = i.generation_id \
+                          JOIN jobs j ON j.ref_id = g.id AND j.kind = 'image' WHERE i.id = $1")
         .bind(id)
         .fetch_optional(&state.db.pool)
         .await

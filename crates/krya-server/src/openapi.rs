@@ -26,7 +26,10 @@ pub struct ErrorDetail {
 /// A queued generation (seed §6.3).
 #[derive(Serialize, ToSchema)]
 pub struct Accepted {
+    /// The record to poll: a generation for images (`/api/generate/image/{id}`), else the job.
     pub id: String,
+    /// Its job (`/api/jobs/{job_id}`).
+    pub job_id: String,
     /// `pending` or `processing`.
     pub status: String,
     /// Seconds until done, estimated from recent jobs of the same model.

@@ -47,7 +47,11 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(generations::cancel_one))
         .routes(routes!(generations::list))
         .routes(routes!(jobs::http::create, jobs::http::list))
-        .routes(routes!(jobs::http::get_one, jobs::http::delete_one))
+        .routes(routes!(
+            jobs::http::get_one,
+            jobs::http::delete_one,
+            jobs::http::patch_one
+        ))
         .routes(routes!(jobs::http::cancel_one))
         .routes(routes!(media::upload))
         .routes(routes!(media::get_asset))
@@ -96,6 +100,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             limit as u64,
             media::limit_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.server.request_timeout_secs,
+            crate::error::timeout,
         ))
         .layer(axum::middleware::from_fn(crate::error::request_id))
         .with_state(state)

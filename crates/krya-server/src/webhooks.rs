@@ -180,9 +180,7 @@ pub async fn enqueue(
             user_id: &job.user_id,
             max_attempts: crate::tasks::webhook::ATTEMPTS,
             payload: Some(&payload.to_string()),
-            params: None,
-            cost: 0,
-            webhook_url: None,
+            ..Default::default()
         },
     )
     .await

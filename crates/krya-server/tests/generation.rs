@@ -439,6 +439,7 @@ fn isolation_feed_likes_remix(s: &Server) {
     let b = Client::register(&s.base, "bob@example.com");
     let (_, sub) = a.post("/api/generate/image", json!({"prompt": "a secret", "model": "tiny", "width": 64, "height": 64, "steps": 1, "seed": 9}));
     let id = sub["id"].as_str().unwrap().to_string();
+    let job = sub["job_id"].as_str().unwrap().to_string();
     let g = a.wait(&id);
     let url = g["images"][0]["url"].as_str().unwrap().to_string();
     let thumb = g["images"][0]["thumbnail_url"]
@@ -446,9 +447,16 @@ fn isolation_feed_likes_remix(s: &Server) {
         .unwrap()
         .to_string();
     // B: A's private generation does not exist.
+    let output = a.get(&format!("/api/jobs/{job}")).1["outputs"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for path in [
         format!("/api/generate/image/{id}"),
         format!("/api/feed/{id}"),
+        format!("/api/feed/{job}"),
+        format!("/api/jobs/{job}"),
+        output.clone(),
         url.clone(),
         thumb.clone(),
     ] {
@@ -505,9 +513,48 @@ fn isolation_feed_likes_remix(s: &Server) {
         &[],
     );
     assert_eq!((st, g["is_public"].as_bool()), (200, Some(true)));
+    // The feed lists jobs of any kind: this one by its job's id, its generation its ref_id,
+    // its file an asset anyone can read now.
     let feed = b.get("/api/feed").1;
-    assert_eq!(feed["items"][0]["id"], id.as_str());
-    assert_eq!(feed["items"][0]["author"]["handle"], a.user["handle"]);
+    let item = &feed["items"][0];
+    assert_eq!(
+        (
+            item["id"].as_str(),
+            item["ref_id"].as_str(),
+            item["kind"].as_str()
+        ),
+        (Some(job.as_str()), Some(id.as_str()), Some("image"))
+    );
+    assert_eq!(item["author"]["handle"], a.user["handle"]);
+    assert_eq!(item["prompt"], "a secret");
+    assert_eq!(
+        (
+            item["params"]["seed"].as_i64(),
+            item["params"]["steps"].as_i64()
+        ),
+        (Some(9), Some(1))
+    );
+    assert_eq!(item["outputs"][0]["url"], output.as_str());
+    assert_eq!(item["outputs"][0]["visibility"], "public");
+    assert_eq!(b.bytes(&output).0, 200);
+    assert_eq!(
+        b.bytes(&output).1,
+        a.bytes(&url).1,
+        "the asset is the image's file"
+    );
+    assert_eq!(
+        b.get(&format!("/api/feed/{id}")).1["id"],
+        job.as_str(),
+        "found by its generation"
+    );
+    assert_eq!(
+        b.get("/api/feed?kind=image").1["items"][0]["id"],
+        job.as_str()
+    );
+    assert!(
+        b.get("/api/feed?kind=echo").0 == 422,
+        "not a kind of this server"
+    );
     // Search by prompt: case-insensitive, and `%`/`_` are plain characters, not wildcards.
     let found = |c: &Client, path: &str| -> Vec<String> {
         let (st, v) = c.get(path);
@@ -524,7 +571,7 @@ fn isolation_feed_likes_remix(s: &Server) {
         "/api/feed?q=a%20sec",
         "/api/feed?sort=top&q=secret",
     ] {
-        assert_eq!(found(&b, path), vec![id.clone()], "{path}");
+        assert_eq!(found(&b, path), vec![job.clone()], "{path}");
     }
     for path in [
         "/api/feed?q=fox",
@@ -578,7 +625,7 @@ fn isolation_feed_likes_remix(s: &Server) {
         .1;
     assert_eq!(
         (
-            profile["public_generations"].as_i64(),
+            profile["public_items"].as_i64(),
             profile["likes_received"].as_i64()
         ),
         (Some(1), Some(1))
@@ -590,6 +637,17 @@ fn isolation_feed_likes_remix(s: &Server) {
     );
     assert_eq!(st, 202, "{r}");
     let rg = b.wait(r["id"].as_str().unwrap());
+    let rjob = b
+        .get(&format!("/api/jobs/{}", r["job_id"].as_str().unwrap()))
+        .1;
+    assert_eq!(rjob["ref_id"], r["id"]);
+    let mine = b
+        .get(&format!("/api/feed/{}", r["job_id"].as_str().unwrap()))
+        .1;
+    assert_eq!(
+        (mine["remix_of"].as_str(), mine["is_public"].as_bool()),
+        (Some(job.as_str()), Some(false))
+    );
     assert_eq!(
         (
             rg["status"].as_str(),
@@ -616,7 +674,9 @@ fn isolation_feed_likes_remix(s: &Server) {
         204
     );
     assert_eq!(b.get(&format!("/api/feed/{id}")).0, 404);
+    assert_eq!(b.get(&format!("/api/feed/{job}")).0, 404);
     assert_eq!(b.bytes(&url).0, 404);
+    assert_eq!(b.bytes(&output).0, 404);
     assert!(b.get("/api/feed").1["items"].as_array().unwrap().is_empty());
     assert_eq!(a.get(&format!("/api/generate/image/{id}")).0, 404);
     // Profile edits.

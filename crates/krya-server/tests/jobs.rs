@@ -457,6 +457,63 @@ fn life_of_a_job(s: &Server) {
             .is_empty()
     );
 
+    // Sharing works on any kind: public, it is in the feed with its output, liked and
+    // remixed by its id; private again, it is gone from others' sight.
+    let out_url = out["url"].as_str().unwrap();
+    assert_eq!(other.bytes(out_url).0, 404);
+    let patch = |c: &Client, public: bool| {
+        c.send(
+            "PATCH",
+            &format!("/api/jobs/{id}"),
+            json!({"is_public": public}),
+            &[],
+        )
+    };
+    assert_eq!(patch(&other, true).0, 404);
+    let (st, shared) = patch(&c, true);
+    assert_eq!(
+        (st, &shared["outputs"][0]["visibility"]),
+        (200, &json!("public")),
+        "{shared}"
+    );
+    let (_, feed) = other.get("/api/feed?kind=echo");
+    let item = &feed["items"][0];
+    assert_eq!(
+        (item["id"].as_str(), item["kind"].as_str()),
+        (Some(id.as_str()), Some("echo")),
+        "{feed}"
+    );
+    assert_eq!(item["outputs"][0]["url"], out["url"]);
+    assert_eq!(other.bytes(out_url), (200, png.clone()));
+    let (_, l) = other.post(&format!("/api/feed/{id}/like"), Value::Null);
+    assert_eq!(
+        (l["liked"].as_bool(), l["likes_count"].as_i64()),
+        (Some(true), Some(1))
+    );
+    // Another's upload is not the remixer's to use; with their own, the remix runs.
+    let (st, e) = other.post(&format!("/api/feed/{id}/remix"), json!({}));
+    assert_eq!(st, 422, "{e}");
+    let (theirs, _) = upload(&other);
+    let (st, r) = other.post(&format!("/api/feed/{id}/remix"), json!({"asset": theirs}));
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["id"], r["job_id"]);
+    let remixed = other.wait_job(r["id"].as_str().unwrap());
+    assert_eq!(
+        (
+            remixed["status"].as_str(),
+            remixed["params"]["steps"].as_i64()
+        ),
+        (Some("completed"), Some(5))
+    );
+    let (_, mine) = other.get(&format!("/api/feed/{}", r["id"].as_str().unwrap()));
+    assert_eq!(
+        (mine["remix_of"].as_str(), mine["is_public"].as_bool()),
+        (Some(id.as_str()), Some(false))
+    );
+    assert_eq!(patch(&c, false).0, 200);
+    assert_eq!(other.get(&format!("/api/feed/{id}")).0, 404);
+    assert_eq!(other.bytes(out_url).0, 404);
+
     // Delete: the job, its output rows and files are gone.
     let before = files(&s.dir.path().join("blobs/jobs"));
     assert!(before >= 1);

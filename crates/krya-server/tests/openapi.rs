@@ -46,6 +46,7 @@ fn openapi_document_covers_every_endpoint() {
         ("get", "/api/jobs"),
         ("get", "/api/jobs/{id}"),
         ("delete", "/api/jobs/{id}"),
+        ("patch", "/api/jobs/{id}"),
         ("post", "/api/jobs/{id}/cancel"),
         ("post", "/api/assets"),
         ("get", "/api/assets/{id}"),

@@ -44,10 +44,7 @@ async fn enqueue_kind(db: &Db, user: &str, n: usize, kind: &str) -> Vec<String> 
                 ref_id: &format!("ref-{id}"),
                 user_id: user,
                 max_attempts: 3,
-                payload: None,
-                params: None,
-                cost: 0,
-                webhook_url: None,
+                ..Default::default()
             },
         )
         .await

@@ -712,3 +712,36 @@ fn webhooks_to_private_addresses_are_refused() {
     stop.send(()).unwrap();
     handle.join().unwrap().unwrap();
 }
+
+/// A client that sends its body slowly cannot hold a handler: past
+/// `server.request_timeout_secs` it gets the API's 408, and the server answers others.
+#[test]
+fn slow_requests_time_out() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.request_timeout_secs = 0.5;
+    let s = Server::start(config, dir);
+    let c = client::Client::register(&s.base, "slow@example.com");
+    let addr = s.base.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    // Half a body, then nothing.
+    write!(
+        tcp,
+        "POST /api/assets HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n",
+        c.token
+    )
+    .unwrap();
+    tcp.write_all(&[0u8; 500]).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("\"code\":\"timeout\""), "{head}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(c.get("/api/auth/me").0, 200);
+}

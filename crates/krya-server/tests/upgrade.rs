@@ -137,6 +137,20 @@ fn a_data_directory_from_the_last_release_upgrades_intact() {
             (&g["status"], &g["credits_used"]),
             "{job}"
         );
+        // Its request is the job's params now, and its files are its job's output assets,
+        // with their sizes read from the store.
+        let (_, generation) = c.get(&format!("/api/generate/image/{id}"));
+        assert_eq!(job["params"]["prompt"], generation["prompt"], "{job}");
+        assert_eq!(job["params"]["seed"], generation["seed"], "{job}");
+        let outputs = job["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), images.len(), "{job}");
+        for (i, o) in outputs.iter().enumerate() {
+            let file =
+                std::fs::read(fixture.join(format!("blobs/generations/{id}/a1-{i}.png"))).unwrap();
+            assert_eq!(o["bytes"].as_u64(), Some(file.len() as u64), "{o}");
+            assert_eq!(o["job_id"], job["id"]);
+            assert_eq!(c.bytes(o["url"].as_str().unwrap()), (200, file), "{o}");
+        }
     }
     let ann = &users["ann@example.com"];
     let (_, list) = ann.get("/api/generate/images?limit=100");
@@ -181,7 +195,64 @@ fn a_data_directory_from_the_last_release_upgrades_intact() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["id"] == public["id"])
+        .find(|i| i["ref_id"] == public["id"])
         .expect("the public generation in the feed");
     assert_eq!(item["likes_count"], 1);
+    // Its like moved to its job: its liker sees it liked, and unliking counts down.
+    let liker = users
+        .values()
+        .find(|c| {
+            c.get(&format!("/api/feed/{}", item["id"].as_str().unwrap()))
+                .1["liked"]
+                == true
+        })
+        .expect("its liker");
+    let (_, l) = liker.post(
+        &format!("/api/feed/{}/like", item["id"].as_str().unwrap()),
+        Value::Null,
+    );
+    assert_eq!(
+        (l["liked"].as_bool(), l["likes_count"].as_i64()),
+        (Some(false), Some(0))
+    );
+    // Its files are public assets: anyone reads them.
+    let first = std::fs::read(fixture.join(format!(
+        "blobs/generations/{}/a1-0.png",
+        public["id"].as_str().unwrap()
+    )))
+    .unwrap();
+    let mut r = agent()
+        .get(format!(
+            "{}{}",
+            s.base,
+            item["outputs"][0]["url"].as_str().unwrap()
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(r.body_mut().read_to_vec().unwrap(), first);
+    // The upgrade runs at every start and finds nothing more to do: no second asset for
+    // any file.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut config = Config::default();
+        config.server.data_dir = s.dir.path().to_path_buf();
+        let db = krya_server::open_database(&config).await.unwrap();
+        let blobs = krya_server::open_blobs(&config).unwrap();
+        let count = || async {
+            use sqlx::Row;
+            sqlx::query("SELECT COUNT(*) AS n FROM assets")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                .get::<i64, _>("n")
+        };
+        let before = count().await;
+        krya_server::generations::upgrade::run(&db, &*blobs)
+            .await
+            .unwrap();
+        assert_eq!(count().await, before);
+    });
 }

@@ -9,6 +9,7 @@ import type {
   FeedItem,
   Generation,
   ImageRequest,
+  Job,
   Model,
   Page,
   Profile,
@@ -217,6 +218,9 @@ export class ApiClient {
   remove = (id: string) => this.request<void>("DELETE", `/api/generate/image/${encodeURIComponent(id)}`);
   setPublic = (id: string, is_public: boolean) =>
     this.request<Generation>("PATCH", `/api/generate/image/${encodeURIComponent(id)}`, { json: { is_public } });
+  // Jobs of any kind
+  setJobPublic = (id: string, is_public: boolean) => this.request<Job>("PATCH", `/api/jobs/${encodeURIComponent(id)}`, { json: { is_public } });
+  removeJob = (id: string) => this.request<void>("DELETE", `/api/jobs/${encodeURIComponent(id)}`);
   upload = (file: Blob) =>
     this.request<Asset>("POST", "/api/assets", {
       body: file,
@@ -232,7 +236,7 @@ export class ApiClient {
     this.request<Page<FeedItem>>("GET", "/api/feed", { query: q });
   feedItem = (id: string) => this.request<FeedItem>("GET", `/api/feed/${encodeURIComponent(id)}`);
   like = (id: string) => this.request<{ liked: boolean; likes_count: number }>("POST", `/api/feed/${encodeURIComponent(id)}/like`);
-  remix = (id: string, overrides: Partial<ImageRequest>) =>
+  remix = (id: string, overrides: object) =>
     this.request<Accepted>("POST", `/api/feed/${encodeURIComponent(id)}/remix`, { json: overrides });
   publicProfile = (handle: string, cursor?: string | null) =>
     this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });

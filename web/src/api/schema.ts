@@ -3,7 +3,10 @@
 
 /** A queued generation (seed §6.3). */
 export interface Accepted {
+  /** The record to poll: a generation for images (`/api/generate/image/{id}`), else the job. */
   id: string;
+  /** Its job (`/api/jobs/{job_id}`). */
+  job_id: string;
   /** `pending` or `processing`. */
   status: string;
   /** Seconds until done, estimated from recent jobs of the same model. */
@@ -61,7 +64,7 @@ export interface AssetView {
   created_at: number;
 }
 
-/** Who made a public generation. */
+/** Who made a public item. */
 export interface Author {
   handle: string;
   name: string;
@@ -104,13 +107,31 @@ export interface ErrorDetail {
 }
 
 /**
- * A public generation in the feed: the generation, its author and whether the viewer
- * likes it.
+ * A public job of any kind in the feed: its request, its outputs, its author and whether
+ * the viewer likes it.
  */
-export type FeedItem = GenerationView & {
-  author: Author;
+export interface FeedItem {
+  /** The job's id. */
+  id: string;
+  kind: string;
+  /** Its prompt, where its kind has one. */
+  prompt?: string | null;
+  /** The request, as its kind checked it. */
+  params: Record<string, unknown>;
+  outputs: AssetView[];
+  likes_count: number;
+  /** Whether the viewer likes it. */
   liked: boolean;
-};
+  /** Whether it is public (a viewer's own item may not be). */
+  is_public: boolean;
+  /** The job it remixes. */
+  remix_of?: string | null;
+  /** Its record in its kind's own API, when it has one (an image job's generation). */
+  ref_id?: string | null;
+  /** Seconds since the epoch. */
+  created_at: number;
+  author: Author;
+}
 
 export interface FeedPage {
   items: FeedItem[];
@@ -234,6 +255,11 @@ export interface JobPage {
   next_cursor?: string | null;
 }
 
+export interface JobPatch {
+  /** Shown in the feed (once completed), its outputs readable by anyone. */
+  is_public?: boolean | null;
+}
+
 /** A job of any kind, as every jobs endpoint shows it. */
 export interface JobView {
   id: string;
@@ -261,6 +287,7 @@ export interface JobView {
 
 /** A like, toggled. */
 export interface LikeResult {
+  /** The job's id. */
   id: string;
   /** Whether the caller likes it now. */
   liked: boolean;
@@ -313,6 +340,8 @@ export interface NewJobRequest {
   kind: string;
   /** The kind's request. */
   params?: Record<string, unknown>;
+  /** Shown in the feed once completed (default false). */
+  is_public?: boolean;
   /** Gets a signed POST when the job ends. */
   webhook_url?: string | null;
 }
@@ -341,7 +370,7 @@ export interface Progress {
   total: number;
 }
 
-/** A public profile and a page of its public generations. */
+/** A public profile and a page of its public items. */
 export interface PublicProfile {
   handle: string;
   name: string;
@@ -349,7 +378,8 @@ export interface PublicProfile {
   avatar_url?: string | null;
   /** Seconds since the epoch. */
   created_at: number;
-  public_generations: number;
+  /** Public items of any kind. */
+  public_items: number;
   likes_received: number;
   items: FeedItem[];
   next_cursor?: string | null;

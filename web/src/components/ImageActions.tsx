@@ -13,7 +13,8 @@ export function ImageActions({
   onDelete,
 }: {
   generation: Pick<Generation, "id" | "is_public" | "prompt">;
-  onReuse: () => void;
+  /** Absent where its parameters cannot fill a form. */
+  onReuse?: () => void;
   onTogglePublic: (value: boolean) => Promise<void>;
   onDelete: () => Promise<void>;
 }) {
@@ -50,9 +51,11 @@ export function ImageActions({
         {generation.is_public ? "● Public" : "○ Private"}
         <span className="text-muted">· {generation.is_public ? "make private" : "make public"}</span>
       </Button>
-      <Button size="sm" onClick={onReuse} title="Fill the form with these parameters">
-        Reuse parameters
-      </Button>
+      {onReuse && (
+        <Button size="sm" onClick={onReuse} title="Fill the form with these parameters">
+          Reuse parameters
+        </Button>
+      )}
       <Button size="sm" variant="ghost" disabled={busy !== null} onClick={() => setConfirming(true)}>
         Delete
       </Button>

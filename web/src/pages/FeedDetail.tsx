@@ -1,20 +1,22 @@
-// /feed/:id: one shared image with its parameters; like it, remix it, meet its author.
+// /feed/:id: one shared item of any kind (its outputs and request); like it, remix it, meet
+// its author.
 
 import { useEffect, useState } from "react";
 import { asApiError, type ApiError } from "../api/client";
 import type { FeedItem } from "../api/types";
 import { api, generate, session, toasts, use } from "../app";
+import { AssetMedia } from "../components/AssetMedia";
 import { ImageActions } from "../components/ImageActions";
 import { Button, ErrorNote, Skeleton } from "../components/ui";
 import { timeAgo } from "../lib/format";
 import { Link, navigate } from "../lib/router";
 
-function Param({ name, value }: { name: string; value: string | number | null | undefined }) {
-  if (value === null || value === undefined || value === "") return null;
+function Param({ name, value }: { name: string; value: unknown }) {
+  if (value === null || value === undefined || value === "" || typeof value === "object") return null;
   return (
     <>
       <dt className="text-muted">{name}</dt>
-      <dd className="break-words text-neutral-200">{value}</dd>
+      <dd className="break-words text-neutral-200">{String(value)}</dd>
     </>
   );
 }
@@ -40,6 +42,9 @@ export default function FeedDetail({ id }: { id: string }) {
     );
 
   const mine = user?.handle === item.author.handle;
+  const p = item.params as Record<string, unknown>;
+  // The size of what it made (a request may leave it to the model).
+  const size = item.outputs[0]?.width && item.outputs[0]?.height ? { width: item.outputs[0].width, height: item.outputs[0].height } : null;
   const signIn = () => navigate(`/login?next=${encodeURIComponent(`/feed/${id}`)}`);
   async function like() {
     if (!user) return signIn();
@@ -55,9 +60,9 @@ export default function FeedDetail({ id }: { id: string }) {
   }
   return (
     <div className="mx-auto grid max-w-6xl gap-6 px-3 py-6 sm:px-5 lg:grid-cols-[minmax(0,1fr)_22rem]">
-      <div className={`grid gap-3 ${item.images.length > 1 ? "grid-cols-2" : ""}`}>
-        {item.images.map((img) => (
-          <img key={img.id} src={img.url} alt={item.prompt} width={img.width} height={img.height} className="pixelated w-full rounded-2xl border border-line bg-surface object-contain" data-testid="detail-image" />
+      <div className={`grid gap-3 ${item.outputs.length > 1 ? "grid-cols-2" : ""}`} data-testid="detail-outputs">
+        {item.outputs.map((a) => (
+          <AssetMedia key={a.id} asset={a} alt={item.prompt ?? item.kind} className="w-full rounded-2xl border border-line bg-surface object-contain" />
         ))}
       </div>
       <aside className="flex flex-col gap-4">
@@ -71,38 +76,41 @@ export default function FeedDetail({ id }: { id: string }) {
           </span>
         </Link>
         <p className="text-base leading-relaxed" data-testid="detail-prompt">
-          {item.prompt}
+          {item.prompt ?? item.kind}
         </p>
         <div className="flex gap-2">
           <Button onClick={like} disabled={liking} aria-pressed={item.liked} data-testid="like" className={item.liked ? "border-pink-500/60 text-pink-300" : ""}>
             ♥ <span data-testid="likes-count">{item.likes_count}</span>
             <span className="sr-only">{item.liked ? "Unlike" : "Like"}</span>
           </Button>
-          <Button variant="primary" onClick={() => (user ? navigate(`/image?remix=${id}`) : signIn())} data-testid="remix">
-            Remix
-          </Button>
+          {item.kind === "image" && (
+            <Button variant="primary" onClick={() => (user ? navigate(`/image?remix=${item.id}`) : signIn())} data-testid="remix">
+              Remix
+            </Button>
+          )}
         </div>
         <dl className="grid grid-cols-[auto_1fr] gap-x-4 gap-y-1.5 rounded-xl border border-line p-4 text-sm" data-testid="parameters">
-          <Param name="Model" value={item.model} />
-          <Param name="Negative" value={item.negative_prompt} />
-          <Param name="Size" value={item.width && item.height ? `${item.width} × ${item.height}` : null} />
-          <Param name="Steps" value={item.steps} />
-          <Param name="CFG" value={item.cfg_scale} />
-          <Param name="Seed" value={item.seed} />
-          <Param name="Scheduler" value={item.scheduler} />
-          <Param name="Style" value={item.style && item.style !== "none" ? item.style : null} />
+          <Param name="Kind" value={item.kind} />
+          <Param name="Model" value={p.model} />
+          <Param name="Negative" value={p.negative_prompt} />
+          <Param name="Size" value={size ? `${size.width} × ${size.height}` : null} />
+          <Param name="Steps" value={p.steps} />
+          <Param name="CFG" value={p.cfg_scale} />
+          <Param name="Seed" value={p.seed} />
+          <Param name="Scheduler" value={p.scheduler} />
+          <Param name="Style" value={p.style !== "none" ? p.style : null} />
         </dl>
         {mine && (
           <ImageActions
-            generation={item}
-            onReuse={() => navigate(`/image?reuse=${id}`)}
+            generation={{ id: item.id, is_public: item.is_public, prompt: item.prompt ?? item.kind }}
+            onReuse={item.kind === "image" && item.ref_id ? () => navigate(`/image?reuse=${item.ref_id}`) : undefined}
             onTogglePublic={async (v) => {
-              const g = await api.setPublic(id, v);
-              setItem((it) => (it ? { ...it, is_public: g.is_public } : it));
+              await api.setJobPublic(item.id, v);
+              setItem((it) => (it ? { ...it, is_public: v } : it));
             }}
             onDelete={async () => {
-              await api.remove(id);
-              generate.getState().forget([id]);
+              await api.removeJob(item.id);
+              if (item.ref_id) generate.getState().forget([item.ref_id]);
               navigate("/feed", { replace: true });
             }}
           />

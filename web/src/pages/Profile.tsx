@@ -41,7 +41,7 @@ export default function Profile({ handle }: { handle: string }) {
           <div>
             <h1 className="text-2xl font-semibold tracking-tight">{profile.name}</h1>
             <p className="text-sm text-muted">
-              @{profile.handle} · {profile.public_generations} shared · {profile.likes_received} likes
+              @{profile.handle} · {profile.public_items} shared · {profile.likes_received} likes
             </p>
             {profile.bio && <p className="mt-1 max-w-xl text-sm text-neutral-300">{profile.bio}</p>}
           </div>

@@ -3,7 +3,7 @@
 
 import { createStore } from "zustand/vanilla";
 import { ApiError, asApiError, type ApiClient } from "../api/client";
-import type { Asset, Generation, ImageRequest, Model, Style } from "../api/types";
+import type { Asset, FeedItem, Generation, ImageRequest, Model, Style } from "../api/types";
 
 export interface GenerateForm {
   prompt: string;
@@ -84,8 +84,8 @@ export interface GenerateState {
   reset(): void;
   /** Fills the form from a generation's parameters. */
   reuse(g: Generation): void;
-  /** Fills the form from someone's feed item; generating then remixes it. */
-  prefillRemix(g: Generation): void;
+  /** Fills the form from someone's image in the feed; generating then remixes it. */
+  prefillRemix(item: FeedItem): void;
   uploadInit(file: Blob): Promise<void>;
 }
 
@@ -353,8 +353,10 @@ export function createGenerateStore(
         set({ form: { ...get().form, ...formFrom(g, get().models) }, error: null });
       },
 
-      prefillRemix(g) {
-        set({ form: { ...get().form, ...formFrom(g, get().models), remixOf: g.id }, error: null });
+      prefillRemix(item) {
+        // An image job's params are its request as checked: the fields a generation has.
+        const g = { ...item.params, prompt: item.prompt ?? "" } as unknown as Generation;
+        set({ form: { ...get().form, ...formFrom(g, get().models), remixOf: item.id }, error: null });
       },
 
       async uploadInit(file) {

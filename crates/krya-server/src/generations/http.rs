@@ -182,8 +182,15 @@ async fn accepted(state: &AppState, id: &str) -> Result<Accepted, ApiError> {
         .map_err(internal)?
         .ok_or_else(|| internal("vanished"))?;
     let v = view(state, &g, true).await?;
+    let job = state
+        .db
+        .job_for(id, IMAGE)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal("generation without a job"))?;
     Ok(Accepted {
         id: v.id,
+        job_id: job.id,
         status: v.status,
         estimated_time: v.estimated_time,
         queue_position: v.queue_position,
@@ -366,7 +373,7 @@ pub async fn patch_one(
     let Json(p) = body?;
     let g = own(&state, &user, &id).await?;
     if let Some(public) = p.is_public {
-        sqlx::query("UPDATE generations SET is_public = $1 WHERE id = $2")
+        sqlx::query("UPDATE jobs SET is_public = $1 WHERE kind = 'image' AND ref_id = $2")
             .bind(public as i64)
             .bind(&g.id)
             .execute(&state.db.pool)

@@ -1,5 +1,5 @@
-//! Lists of generations (a user's, the feed's, a profile's): filters and cursor pages,
-//! newest first by `(created_at, id)`.
+//! Lists of a user's generations: filters and cursor pages, newest first by
+//! `(created_at, id)`. (The feed lists jobs of any kind: `feed.rs`.)
 
 use super::*;
 
@@ -39,8 +39,6 @@ impl Page {
 #[derive(Default)]
 pub(crate) struct Filter<'a> {
     pub user_id: Option<&'a str>,
-    /// Only completed public generations (the feed, profiles).
-    pub public_only: bool,
     pub model: Option<&'a str>,
     pub status: Option<&'a str>,
     /// Words the prompt contains (case-insensitive for ASCII letters).
@@ -75,15 +73,13 @@ pub(crate) async fn page_of(
 ) -> Result<Vec<Generation>, ApiError> {
     let (t, cid) = page.cursor.clone().unwrap_or((i64::MAX, String::new()));
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {GENERATION_COLUMNS} FROM generations g \
-         WHERE ($1 = '' OR g.user_id = $1) AND ($2 = 0 OR (g.is_public = 1 AND g.status = 'completed')) \
-         AND ($3 = '' OR g.model = $3) AND ($4 = '' OR g.status = $4) \
-         AND (g.created_at < $5 OR (g.created_at = $5 AND g.id < $6) OR $7 = 0) \
-         AND ($9 = '' OR LOWER(g.prompt) LIKE $9 ESCAPE '\\') \
-         ORDER BY g.created_at DESC, g.id DESC LIMIT $8"
+        "SELECT {GENERATION_COLUMNS} FROM {GENERATIONS} \
+         WHERE ($1 = '' OR g.user_id = $1) AND ($2 = '' OR g.model = $2) AND ($3 = '' OR g.status = $3) \
+         AND (g.created_at < $4 OR (g.created_at = $4 AND g.id < $5) OR $6 = 0) \
+         AND ($8 = '' OR LOWER(g.prompt) LIKE $8 ESCAPE '\\') \
+         ORDER BY g.created_at DESC, g.id DESC LIMIT $7"
     )))
     .bind(f.user_id.unwrap_or(""))
-    .bind(f.public_only as i64)
     .bind(f.model.unwrap_or(""))
     .bind(f.status.unwrap_or(""))
     .bind(t)

@@ -23,6 +23,7 @@ pub(crate) use crate::ids::random_id;
 
 pub mod http;
 mod listing;
+pub mod upgrade;
 pub use http::*;
 pub(crate) use listing::*;
 
@@ -122,6 +123,21 @@ struct Checked {
     webhook_url: Option<String>,
     params: Params,
     cost: i64,
+}
+
+impl Checked {
+    /// The job's params: the request as checked (the model's defaults filled in).
+    fn job_params(&self) -> String {
+        let mut params = serde_json::json!({"prompt": self.prompt, "negative_prompt": self.negative_prompt, "model": self.model,
+            "width": (self.width > 0).then_some(self.width), "height": (self.height > 0).then_some(self.height), "seed": self.seed,
+            "batch_size": self.batch, "is_public": self.is_public});
+        if let (Some(p), Ok(serde_json::Value::Object(extra))) =
+            (params.as_object_mut(), serde_json::to_value(&self.params))
+        {
+            p.extend(extra);
+        }
+        params.to_string()
+    }
 }
 
 /// Credits a request costs: one per image per started megapixel (at least one).
@@ -318,12 +334,19 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
 
 /// Stores checked requests, reserving their credits and enqueuing their jobs, all or none.
 /// With an idempotency key (single requests only), a repeat returns the first generation.
+/// What a remix remixes: the generation and its job.
+#[derive(Clone, Copy)]
+struct Remixed<'a> {
+    generation: &'a str,
+    job: &'a str,
+}
+
 async fn submit(
     state: &AppState,
     user: &User,
     items: Vec<Checked>,
     idempotency_key: Option<&str>,
-    remix_of: Option<&str>,
+    remix_of: Option<Remixed<'_>>,
 ) -> Result<Vec<String>, ApiError> {
     if let Some(key) = idempotency_key
         && let Some(id) = state
@@ -341,8 +364,8 @@ async fn submit(
     let t = now();
     for c in items {
         let id = random_id();
-        let r = sqlx::query("INSERT INTO generations (id, user_id, type, prompt, negative_prompt, model, parameters, status, seed, width, height, batch_size, is_public, credits_used, idempotency_key, webhook_url, remix_of, created_at) \
-             VALUES ($1, $2, 'image', $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)")
+        let r = sqlx::query("INSERT INTO generations (id, user_id, type, prompt, negative_prompt, model, parameters, status, seed, width, height, batch_size, credits_used, idempotency_key, webhook_url, remix_of, created_at) \
+             VALUES ($1, $2, 'image', $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15)")
             .bind(&id)
             .bind(&user.id)
             .bind(&c.prompt)
@@ -353,11 +376,10 @@ async fn submit(
             .bind(c.width as i64)
             .bind(c.height as i64)
             .bind(c.batch as i64)
-            .bind(c.is_public as i64)
             .bind(c.cost)
             .bind(idempotency_key)
             .bind(&c.webhook_url)
-            .bind(remix_of)
+            .bind(remix_of.map(|r| r.generation))
             .bind(t)
             .execute(&mut *tx)
             .await;
@@ -382,16 +404,7 @@ async fn submit(
         log_usage(&mut tx, &user.id, "image_gen", c.cost, &id)
             .await
             .map_err(internal)?;
-        // The job's params: the request as checked (the model's defaults filled in).
-        let mut params = serde_json::json!({"prompt": c.prompt, "negative_prompt": c.negative_prompt, "model": c.model,
-            "width": (c.width > 0).then_some(c.width), "height": (c.height > 0).then_some(c.height), "seed": c.seed,
-            "batch_size": c.batch, "is_public": c.is_public});
-        if let (Some(p), Ok(serde_json::Value::Object(extra))) =
-            (params.as_object_mut(), serde_json::to_value(&c.params))
-        {
-            p.extend(extra);
-        }
-        let params = params.to_string();
+        let params = c.job_params();
         jobs::enqueue(
             &mut tx,
             jobs::NewJob {
@@ -404,6 +417,8 @@ async fn submit(
                 params: Some(&params),
                 cost: c.cost,
                 webhook_url: c.webhook_url.as_deref(),
+                is_public: c.is_public,
+                remix_of: remix_of.map(|r| r.job),
             },
         )
         .await
@@ -451,7 +466,10 @@ pub struct Generation {
     pub completed_at: Option<i64>,
 }
 
-pub const GENERATION_COLUMNS: &str = "g.id, g.user_id, g.prompt, g.negative_prompt, g.model, g.parameters, g.status, g.seed, g.width, g.height, g.batch_size, g.is_public, g.likes_count, g.credits_used, g.progress_step, g.progress_total, g.error_code, g.error_message, g.webhook_url, g.remix_of, g.created_at, g.started_at, g.completed_at";
+/// Generations with their job (which holds what sharing needs: public, likes).
+pub const GENERATIONS: &str = "generations g JOIN jobs j ON j.ref_id = g.id AND j.kind = 'image'";
+
+pub const GENERATION_COLUMNS: &str = "g.id, g.user_id, g.prompt, g.negative_prompt, g.model, g.parameters, g.status, g.seed, g.width, g.height, g.batch_size, j.is_public, j.likes_count, g.credits_used, g.progress_step, g.progress_total, g.error_code, g.error_message, g.webhook_url, g.remix_of, g.created_at, g.started_at, g.completed_at";
 
 impl Generation {
     pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
@@ -504,7 +522,7 @@ pub struct ImageRow {
 impl Db {
     pub async fn generation(&self, id: &str) -> Result<Option<Generation>, sqlx::Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {GENERATION_COLUMNS} FROM generations g WHERE g.id = $1"
+            "SELECT {GENERATION_COLUMNS} FROM {GENERATIONS} WHERE g.id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -564,11 +582,13 @@ impl Db {
     }
 }
 
-/// Submits a remix: `source`'s parameters with `overrides` on top, by `user`.
+/// Submits a remix: `source`'s parameters (its job is `source_job`) with `overrides` on top,
+/// by `user`.
 pub async fn remix(
     state: &AppState,
     user: &User,
     source: &Generation,
+    source_job: &str,
     overrides: serde_json::Value,
 ) -> Result<String, ApiError> {
     let base = ImageRequest {
@@ -606,6 +626,10 @@ pub async fn remix(
     let req: ImageRequest = serde_json::from_value(merged)
         .map_err(|e| ApiError::new(ErrorCode::InvalidInput, e.to_string()))?;
     let checked = check(state, user, req).await?;
-    let ids = submit(state, user, vec![checked], None, Some(&source.id)).await?;
+    let remixed = Remixed {
+        generation: &source.id,
+        job: source_job,
+    };
+    let ids = submit(state, user, vec![checked], None, Some(remixed)).await?;
     Ok(ids.into_iter().next().unwrap())
 }

@@ -32,6 +32,9 @@ pub struct NewJobRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
+    /// Shown in the feed once completed (default false).
+    #[serde(default)]
+    pub is_public: bool,
     /// Gets a signed POST when the job ends.
     #[serde(default)]
     pub webhook_url: Option<String>,
@@ -81,7 +84,7 @@ pub async fn view(state: &AppState, j: &JobRow, with_queue: bool) -> Result<JobV
 }
 
 /// A task of this server that users submit to and hear from.
-fn task_of(state: &AppState, kind: &str) -> Result<std::sync::Arc<dyn Task>, ApiError> {
+pub(crate) fn task_of(state: &AppState, kind: &str) -> Result<std::sync::Arc<dyn Task>, ApiError> {
     state
         .tasks
         .get(kind)
@@ -119,12 +122,39 @@ pub async fn create(
     let user = auth::current_user(&state, &headers).await?;
     let Json(req) = body?;
     let task = task_of(&state, &req.kind)?;
-    if let Some(url) = &req.webhook_url {
+    let submitted = Submission {
+        params: req.params,
+        webhook_url: req.webhook_url.as_deref(),
+        is_public: req.is_public,
+        remix_of: None,
+    };
+    let id = submit(&state, &user, &*task, submitted).await?;
+    let j = own(&state, &user, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&state, &j, true).await?)).into_response())
+}
+
+/// A request for a job of a kind that takes its requests as `POST /api/jobs` does.
+pub struct Submission<'a> {
+    pub params: serde_json::Value,
+    pub webhook_url: Option<&'a str>,
+    pub is_public: bool,
+    /// The job it remixes.
+    pub remix_of: Option<&'a str>,
+}
+
+/// Checks, prices and queues a job for `user` (credits reserved); its id.
+pub async fn submit(
+    state: &AppState,
+    user: &User,
+    task: &dyn Task,
+    s: Submission<'_>,
+) -> Result<String, ApiError> {
+    if let Some(url) = s.webhook_url {
         crate::webhooks::check_target(url, state.config.webhooks.allow_private)
             .await
             .map_err(|e| invalid("webhook_url", e))?;
     }
-    let prepared = task.prepare(&state.services(), req.params).await?;
+    let prepared = task.prepare(&state.services(), s.params).await?;
     for id in &prepared.inputs {
         if state
             .db
@@ -139,7 +169,7 @@ pub async fn create(
     let id = random_id();
     let params = prepared.params.to_string();
     let tx = state.db.pool.begin().await.map_err(internal)?;
-    let mut tx = crate::credits::reserve(&state.db, tx, &user, prepared.cost).await?;
+    let mut tx = crate::credits::reserve(&state.db, tx, user, prepared.cost).await?;
     log_usage(&mut tx, &user.id, task.kind(), prepared.cost, &id)
         .await
         .map_err(internal)?;
@@ -154,7 +184,9 @@ pub async fn create(
             payload: None,
             params: Some(&params),
             cost: prepared.cost,
-            webhook_url: req.webhook_url.as_deref(),
+            webhook_url: s.webhook_url,
+            is_public: s.is_public,
+            remix_of: s.remix_of,
         },
     )
     .await
@@ -167,8 +199,7 @@ pub async fn create(
         &id,
         with_kind(serde_json::json!({"status": "pending"}), task.kind()),
     );
-    let j = own(&state, &user, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(view(&state, &j, true).await?)).into_response())
+    Ok(id)
 }
 
 #[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")), responses((status = 200, description = "The job", body = JobView), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
@@ -324,6 +355,7 @@ pub async fn delete(state: &AppState, j: &JobRow) -> Result<(), ApiError> {
     let mut tx = state.db.pool.begin().await.map_err(internal)?;
     task.deleted(&mut tx, &job).await.map_err(internal)?;
     for sql in [
+        "DELETE FROM job_likes WHERE job_id = $1",
         "DELETE FROM assets WHERE job_id = $1",
         "DELETE FROM jobs WHERE id = $1",
     ] {
@@ -351,4 +383,34 @@ pub async fn delete_one(
     let j = own(&state, &user, &id).await?;
     delete(&state, &j).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobPatch {
+    /// Shown in the feed (once completed), its outputs readable by anyone.
+    pub is_public: Option<bool>,
+}
+
+/// `PATCH /api/jobs/:id {is_public}`: share a job of any kind, or stop sharing it.
+#[utoipa::path(patch, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")), request_body = JobPatch, responses((status = 200, description = "Updated", body = JobView), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+pub async fn patch_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<JobPatch>, JsonRejection>,
+) -> Result<Json<JobView>, ApiError> {
+    let user = auth::current_user(&state, &headers).await?;
+    let Json(p) = body?;
+    let j = own(&state, &user, &id).await?;
+    if let Some(public) = p.is_public {
+        sqlx::query("UPDATE jobs SET is_public = $1 WHERE id = $2")
+            .bind(public as i64)
+            .bind(&j.id)
+            .execute(&state.db.pool)
+            .await
+            .map_err(internal)?;
+    }
+    let j = own(&state, &user, &id).await?;
+    Ok(Json(view(&state, &j, false).await?))
 }

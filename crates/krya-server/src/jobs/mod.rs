@@ -7,6 +7,8 @@ mod queue;
 
 pub use queue::*;
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
@@ -148,7 +150,11 @@ impl JobRow {
     }
 }
 
-const ASSET_COLUMNS: &str = "a.id, a.kind, a.mime, a.width, a.height, a.duration_ms, a.bytes, a.thumb_key, a.parent_id, a.job_id, a.visibility, a.created_at";
+/// Assets with the job that made them: a public job's outputs are public.
+pub const ASSETS: &str = "assets a LEFT JOIN jobs aj ON aj.id = a.job_id";
+
+const ASSET_COLUMNS: &str = "a.id, a.kind, a.mime, a.width, a.height, a.duration_ms, a.bytes, a.thumb_key, a.parent_id, a.job_id, \
+     CASE WHEN a.visibility = 'public' OR aj.is_public = 1 THEN 'public' ELSE 'private' END AS visibility, a.created_at";
 
 fn asset_view(r: &sqlx::any::AnyRow) -> Result<AssetView, sqlx::Error> {
     let id: String = r.try_get("id")?;
@@ -249,7 +255,7 @@ impl Db {
     /// An asset as the API shows it.
     pub async fn asset_view(&self, id: &str) -> Result<Option<AssetView>, sqlx::Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ASSET_COLUMNS} FROM assets a WHERE a.id = $1"
+            "SELECT {ASSET_COLUMNS} FROM {ASSETS} WHERE a.id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -259,12 +265,33 @@ impl Db {
 
     /// The assets job `id` made, in output order.
     pub async fn outputs(&self, job_id: &str) -> Result<Vec<AssetView>, sqlx::Error> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ASSET_COLUMNS} FROM assets a WHERE a.job_id = $1 ORDER BY LENGTH(a.blob_key), a.blob_key"
-        )))
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(asset_view).collect()
+        let mut all = self.outputs_of(&[job_id.to_string()]).await?;
+        Ok(all.remove(job_id).unwrap_or_default())
+    }
+
+    /// The outputs of each of `job_ids` (one query), in output order.
+    pub async fn outputs_of(
+        &self,
+        job_ids: &[String],
+    ) -> Result<HashMap<String, Vec<AssetView>>, sqlx::Error> {
+        let mut out: HashMap<String, Vec<AssetView>> = HashMap::new();
+        if job_ids.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT {ASSET_COLUMNS} FROM {ASSETS} WHERE a.job_id IN ({}) ORDER BY LENGTH(a.blob_key), a.blob_key",
+            crate::db::placeholders(1, job_ids.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in job_ids {
+            q = q.bind(id);
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            let a = asset_view(&r)?;
+            out.entry(a.job_id.clone().unwrap_or_default())
+                .or_default()
+                .push(a);
+        }
+        Ok(out)
     }
 }

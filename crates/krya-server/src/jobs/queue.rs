@@ -78,6 +78,7 @@ fn fair_order_sql(kinds: &[&str], extra: &str) -> String {
 }
 
 /// A job to add to the queue.
+#[derive(Default)]
 pub struct NewJob<'a> {
     pub id: &'a str,
     pub kind: &'a str,
@@ -92,13 +93,22 @@ pub struct NewJob<'a> {
     /// Credits reserved for it.
     pub cost: i64,
     pub webhook_url: Option<&'a str>,
+    /// Shown in the feed once completed.
+    pub is_public: bool,
+    /// The job it remixes.
+    pub remix_of: Option<&'a str>,
 }
 
 /// Adds a job in the caller's transaction.
 pub async fn enqueue(tx: &mut sqlx::AnyConnection, j: NewJob<'_>) -> Result<(), sqlx::Error> {
     let t = now_ms();
-    sqlx::query("INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, payload, created_at, params, cost, webhook_url) \
-                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $6, $8, $9, $10)")
+    // The feed searches the prompt of any kind that has one.
+    let prompt = j
+        .params
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|p| p["prompt"].as_str().map(str::to_string));
+    sqlx::query("INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, payload, created_at, params, cost, webhook_url, is_public, remix_of, prompt) \
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $6, $8, $9, $10, $11, $12, $13)")
         .bind(j.id)
         .bind(j.kind)
         .bind(j.ref_id)
@@ -109,6 +119,9 @@ pub async fn enqueue(tx: &mut sqlx::AnyConnection, j: NewJob<'_>) -> Result<(), 
         .bind(j.params)
         .bind(j.cost)
         .bind(j.webhook_url)
+        .bind(j.is_public as i64)
+        .bind(j.remix_of)
+        .bind(prompt)
         .execute(tx)
         .await?;
     Ok(())

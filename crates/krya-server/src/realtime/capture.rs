@@ -110,8 +110,8 @@ pub async fn save(
     let stored = async {
         let t = auth::now();
         let mut tx = state.db.pool.begin().await?;
-        sqlx::query("INSERT INTO generations (id, user_id, type, prompt, negative_prompt, model, parameters, status, seed, width, height, batch_size, is_public, credits_used, created_at, started_at, completed_at) \
-             VALUES ($1, $2, 'image', $3, NULL, $4, $5, 'completed', $6, $7, $8, 1, $9, 0, $10, $10, $10)")
+        sqlx::query("INSERT INTO generations (id, user_id, type, prompt, negative_prompt, model, parameters, status, seed, width, height, batch_size, credits_used, created_at, started_at, completed_at) \
+             VALUES ($1, $2, 'image', $3, NULL, $4, $5, 'completed', $6, $7, $8, 1, 0, $9, $9, $9)")
             .bind(&id)
             .bind(&user.id)
             .bind(&prompt)
@@ -120,7 +120,6 @@ pub async fn save(
             .bind(seed)
             .bind(w as i64)
             .bind(h as i64)
-            .bind(c.is_public as i64)
             .bind(t)
             .execute(&mut *tx)
             .await?;
@@ -147,8 +146,8 @@ pub async fn save(
                 max_attempts: 1,
                 payload: None,
                 params: Some(&serde_json::json!({"prompt": prompt, "model": c.model, "seed": seed, "source": "live canvas"}).to_string()),
-                cost: 0,
-                webhook_url: None,
+                is_public: c.is_public,
+                ..Default::default()
             },
         )
         .await?;

@@ -214,7 +214,6 @@ impl Task for ImageTask {
     async fn deleted(&self, tx: &mut sqlx::AnyConnection, job: &Job) -> Result<(), sqlx::Error> {
         for sql in [
             "DELETE FROM images WHERE generation_id = $1",
-            "DELETE FROM likes WHERE generation_id = $1",
             "DELETE FROM generations WHERE id = $1",
         ] {
             sqlx::query(sql).bind(&job.ref_id).execute(&mut *tx).await?;
