@@ -53,6 +53,7 @@ pub fn api() -> OpenApiRouter<AppState> {
             jobs::http::patch_one
         ))
         .routes(routes!(jobs::http::cancel_one))
+        .routes(routes!(jobs::http::kinds))
         .routes(routes!(media::upload))
         .routes(routes!(media::get_asset))
         .routes(routes!(media::get_asset_thumbnail))

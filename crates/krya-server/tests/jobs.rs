@@ -424,6 +424,38 @@ fn life_of_a_job(s: &Server) {
         1,
         "image outputs are assets too"
     );
+    // Search by prompt reaches any kind that has one; the kinds are listed.
+    let (_, boats) = c.get("/api/jobs?q=BOAT");
+    assert_eq!(
+        (
+            boats["items"].as_array().unwrap().len(),
+            &boats["items"][0]["prompt"]
+        ),
+        (1, &json!("a boat"))
+    );
+    assert!(
+        c.get("/api/jobs?q=a%20fox").1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        c.get("/api/jobs?model=tiny").1["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        c.get("/api/jobs?model=sd-turbo").1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        c.get("/api/jobs/kinds").1["kinds"],
+        json!(["echo", "image", "train", "wait"])
+    );
     let (_, echoes) = c.get("/api/jobs?kind=echo&status=completed");
     assert_eq!(echoes["items"].as_array().unwrap().len(), 2);
     let (_, page) = c.get("/api/jobs?kind=echo&limit=3");

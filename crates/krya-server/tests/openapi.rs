@@ -48,6 +48,7 @@ fn openapi_document_covers_every_endpoint() {
         ("delete", "/api/jobs/{id}"),
         ("patch", "/api/jobs/{id}"),
         ("post", "/api/jobs/{id}/cancel"),
+        ("get", "/api/jobs/kinds"),
         ("post", "/api/assets"),
         ("get", "/api/assets/{id}"),
         ("get", "/api/assets/{id}/thumbnail"),

@@ -219,6 +219,9 @@ export class ApiClient {
   setPublic = (id: string, is_public: boolean) =>
     this.request<Generation>("PATCH", `/api/generate/image/${encodeURIComponent(id)}`, { json: { is_public } });
   // Jobs of any kind
+  jobs = (q: { cursor?: string | null; limit?: number; kind?: string; model?: string; q?: string; status?: string } = {}) =>
+    this.request<Page<Job>>("GET", "/api/jobs", { query: q });
+  jobKinds = () => this.request<{ kinds: string[] }>("GET", "/api/jobs/kinds");
   setJobPublic = (id: string, is_public: boolean) => this.request<Job>("PATCH", `/api/jobs/${encodeURIComponent(id)}`, { json: { is_public } });
   removeJob = (id: string) => this.request<void>("DELETE", `/api/jobs/${encodeURIComponent(id)}`);
   upload = (file: Blob) =>

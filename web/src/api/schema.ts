@@ -279,10 +279,23 @@ export interface JobView {
   cost: number;
   /** The record it works on when that is not the job itself (an image job's generation). */
   ref_id?: string | null;
+  /** Its prompt, where its kind has one. */
+  prompt?: string | null;
+  /** Shared: in the feed once completed, its outputs readable by anyone. */
+  is_public: boolean;
   /** Seconds since the epoch. */
   created_at: number;
   started_at?: number | null;
   completed_at?: number | null;
+}
+
+/** The kinds of job this server takes. */
+export interface Kinds {
+  /**
+   * Each kind's name: `image` (`POST /api/generate/image`) and those `POST /api/jobs`
+   * takes.
+   */
+  kinds: string[];
 }
 
 /** A like, toggled. */
@@ -336,7 +349,7 @@ export interface NewApiKey {
 
 /** `POST /api/jobs`: a job of any kind that takes its requests here. */
 export interface NewJobRequest {
-  /** A kind this server runs (`GET /api/jobs/kinds`). */
+  /** A kind this server runs (`GET /api/jobs/kinds`; `image` has its own endpoint). */
   kind: string;
   /** The kind's request. */
   params?: Record<string, unknown>;

@@ -1,9 +1,11 @@
-// /app: everything I made, newest first; filter by model or prompt, select and delete.
+// /app: everything I made, of any kind, newest first; filter by kind, model or prompt,
+// select and delete.
 
 import { useEffect, useMemo, useState } from "react";
 import { useStore } from "zustand";
-import type { Generation } from "../api/types";
+import type { Job } from "../api/types";
 import { api, generate, onChanged, toasts, use } from "../app";
+import { AssetMedia } from "../components/AssetMedia";
 import { GridSkeleton, MoreLoader, gridClass } from "../components/Gallery";
 import { Button, Confirm, Input, Select } from "../components/ui";
 import { timeAgo } from "../lib/format";
@@ -12,10 +14,12 @@ import { createPager } from "../stores/pager";
 
 export default function Dashboard() {
   const [model, setModel] = useState("");
+  const [kind, setKind] = useState("");
+  const [kinds, setKinds] = useState<string[]>([]);
   const [q, setQ] = useState("");
   const [search, setSearch] = useState("");
   const models = use(generate, (s) => s.models);
-  const pager = useMemo(() => createPager<Generation>((cursor) => api.generations({ cursor, limit: 30 })), []);
+  const pager = useMemo(() => createPager<Job>((cursor) => api.jobs({ cursor, limit: 30 })), []);
   const items = useStore(pager, (s) => s.items);
   const loaded = useStore(pager, (s) => s.loaded);
   const [selected, setSelected] = useState<Set<string>>(new Set());
@@ -24,15 +28,24 @@ export default function Dashboard() {
 
   useEffect(() => {
     if (!generate.getState().optionsLoaded) void generate.getState().loadOptions();
+    api.jobKinds().then(
+      (k) => setKinds(k.kinds),
+      () => setKinds([]),
+    );
   }, []);
   useEffect(() => {
-    void pager.getState().reset((cursor) => api.generations({ cursor, limit: 30, model: model || undefined, q: search || undefined }));
+    void pager.getState().reset((cursor) => api.jobs({ cursor, limit: 30, kind: kind || undefined, model: model || undefined, q: search || undefined }));
     setSelected(new Set());
-  }, [pager, model, search]);
+  }, [pager, kind, model, search]);
   useEffect(
     () =>
       onChanged((id, change) => {
-        if (change === "deleted") pager.getState().remove([id]);
+        // Events name an image job by its generation.
+        const hit = pager
+          .getState()
+          .items.filter((j) => j.id === id || j.ref_id === id)
+          .map((j) => j.id);
+        if (change === "deleted") pager.getState().remove(hit);
         else void pager.getState().refresh();
       }),
     [pager],
@@ -50,10 +63,14 @@ export default function Dashboard() {
     setConfirming(false);
     setDeleting(true);
     const ids = [...selected];
-    const results = await Promise.allSettled(ids.map((id) => api.remove(id)));
+    const results = await Promise.allSettled(ids.map((id) => api.removeJob(id)));
     const gone = ids.filter((_, i) => results[i].status === "fulfilled");
+    const records = pager
+      .getState()
+      .items.filter((j) => gone.includes(j.id) && j.ref_id)
+      .map((j) => j.ref_id as string);
     pager.getState().remove(gone);
-    generate.getState().forget(gone);
+    generate.getState().forget(records);
     setSelected(new Set(ids.filter((id) => !gone.includes(id))));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) toasts.getState().error(failed.reason, `${ids.length - gone.length} of ${ids.length} could not be deleted`);
@@ -65,7 +82,7 @@ export default function Dashboard() {
     <div className="mx-auto max-w-[1600px] px-3 py-6 sm:px-5">
       <div className="mb-5 flex flex-wrap items-end gap-3">
         <div className="mr-auto">
-          <h1 className="text-2xl font-semibold tracking-tight">My generations</h1>
+          <h1 className="text-2xl font-semibold tracking-tight">My creations</h1>
           <p className="text-sm text-muted">Private unless you share them.</p>
         </div>
         <form
@@ -78,6 +95,18 @@ export default function Dashboard() {
         >
           <Input type="search" aria-label="Search my prompts" placeholder="Search prompts…" value={q} onChange={(e) => setQ(e.target.value)} />
         </form>
+        {kinds.length > 1 && (
+          <div className="w-36">
+            <Select aria-label="Filter by kind" value={kind} onChange={(e) => setKind(e.target.value)}>
+              <option value="">All kinds</option>
+              {kinds.map((k) => (
+                <option key={k} value={k}>
+                  {k}
+                </option>
+              ))}
+            </Select>
+          </div>
+        )}
         <div className="w-44">
           <Select aria-label="Filter by model" value={model} onChange={(e) => setModel(e.target.value)}>
             <option value="">All models</option>
@@ -103,44 +132,48 @@ export default function Dashboard() {
         <GridSkeleton />
       ) : items.length === 0 ? (
         <div className="rounded-2xl border border-dashed border-line p-10 text-center text-muted">
-          {search || model ? "Nothing matches." : "Nothing here yet."}{" "}
+          {search || model || kind ? "Nothing matches." : "Nothing here yet."}{" "}
           <Link to="/image" className="text-accent underline">
             Generate an image
           </Link>
         </div>
       ) : (
         <ul className={gridClass}>
-          {items.map((g) => (
-            <li key={g.id} className={`group relative overflow-hidden rounded-xl border bg-surface ${selected.has(g.id) ? "border-accent" : "border-line"}`}>
-              <Link to={`/image?open=${g.id}`} className="block" aria-label={`Open: ${g.prompt}`}>
-                {g.images[0] ? (
-                  <img src={g.images[0].thumbnail_url} alt={g.prompt} className="pixelated aspect-square w-full object-cover" loading="lazy" />
-                ) : (
-                  <div className="grid aspect-square place-items-center text-xs text-muted">{g.status}</div>
-                )}
-              </Link>
-              <label className="absolute left-2 top-2 flex h-7 w-7 cursor-pointer items-center justify-center rounded-md bg-black/60">
-                <input type="checkbox" aria-label={`Select: ${g.prompt}`} checked={selected.has(g.id)} onChange={() => toggle(g.id)} className="h-4 w-4 accent-[var(--color-accent)]" />
-              </label>
-              {g.is_public && <span className="absolute right-2 top-2 rounded bg-black/60 px-1.5 py-0.5 text-[10px] uppercase tracking-wide">Public</span>}
-              <div className="px-2 py-1.5">
-                <p className="truncate text-xs text-neutral-300" title={g.prompt}>
-                  {g.prompt}
-                </p>
-                <p className="text-[11px] text-muted">
-                  {g.model} · {timeAgo(g.created_at)}
-                  {g.images.length > 1 ? ` · ${g.images.length} images` : ""}
-                </p>
-              </div>
-            </li>
-          ))}
+          {items.map((j) => {
+            const label = j.prompt ?? j.kind;
+            const model = (j.params as { model?: string }).model;
+            // An image opens in the image tool; other kinds on their own page.
+            const to = j.kind === "image" && j.ref_id ? `/image?open=${j.ref_id}` : `/feed/${j.id}`;
+            return (
+              <li key={j.id} className={`group relative overflow-hidden rounded-xl border bg-surface ${selected.has(j.id) ? "border-accent" : "border-line"}`}>
+                <Link to={to} className="block" aria-label={`Open: ${label}`}>
+                  {j.outputs[0] ? <AssetMedia asset={j.outputs[0]} alt={label} thumbnail className="aspect-square w-full object-cover" /> : <div className="grid aspect-square place-items-center text-xs text-muted">{j.status}</div>}
+                </Link>
+                <label className="absolute left-2 top-2 flex h-7 w-7 cursor-pointer items-center justify-center rounded-md bg-black/60">
+                  <input type="checkbox" aria-label={`Select: ${label}`} checked={selected.has(j.id)} onChange={() => toggle(j.id)} className="h-4 w-4 accent-[var(--color-accent)]" />
+                </label>
+                {j.is_public && <span className="absolute right-2 top-2 rounded bg-black/60 px-1.5 py-0.5 text-[10px] uppercase tracking-wide">Public</span>}
+                <div className="px-2 py-1.5">
+                  <p className="truncate text-xs text-neutral-300" title={label}>
+                    {label}
+                  </p>
+                  <p className="text-[11px] text-muted">
+                    {j.kind === "image" ? "" : `${j.kind} · `}
+                    {model ? `${model} · ` : ""}
+                    {timeAgo(j.created_at)}
+                    {j.outputs.length > 1 ? ` · ${j.outputs.length} files` : ""}
+                  </p>
+                </div>
+              </li>
+            );
+          })}
         </ul>
       )}
       {loaded && <MoreLoader pager={pager} />}
       {confirming && (
         <Confirm
-          title={`Delete ${selected.size} generation${selected.size > 1 ? "s" : ""}?`}
-          body="Their images are removed for good, also from the gallery."
+          title={`Delete ${selected.size} item${selected.size > 1 ? "s" : ""}?`}
+          body="Their files are removed for good, also from the gallery."
           confirm="Delete"
           onCancel={() => setConfirming(false)}
           onConfirm={() => void deleteSelected()}

@@ -5,12 +5,15 @@ ALTER TABLE jobs ADD COLUMN is_public BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN likes_count BIGINT NOT NULL DEFAULT 0;
 -- The job this one remixes.
 ALTER TABLE jobs ADD COLUMN remix_of TEXT;
--- What the feed searches: the request's prompt, where its kind has one.
+-- What the feed and listings search and filter by: the request's prompt and model, where
+-- its kind has them.
 ALTER TABLE jobs ADD COLUMN prompt TEXT;
+ALTER TABLE jobs ADD COLUMN model TEXT;
 UPDATE jobs SET
     is_public = COALESCE((SELECT g.is_public FROM generations g WHERE g.id = jobs.ref_id), 0),
     likes_count = COALESCE((SELECT g.likes_count FROM generations g WHERE g.id = jobs.ref_id), 0),
     prompt = (SELECT g.prompt FROM generations g WHERE g.id = jobs.ref_id),
+    model = (SELECT g.model FROM generations g WHERE g.id = jobs.ref_id),
     remix_of = (SELECT MIN(rj.id) FROM generations g JOIN jobs rj ON rj.kind = 'image' AND rj.ref_id = g.remix_of
                 WHERE g.id = jobs.ref_id)
 WHERE kind = 'image';

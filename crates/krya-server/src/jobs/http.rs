@@ -26,7 +26,7 @@ use krya_core::status::STATUSES;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJobRequest {
-    /// A kind this server runs (`GET /api/jobs/kinds`).
+    /// A kind this server runs (`GET /api/jobs/kinds`; `image` has its own endpoint).
     pub kind: String,
     /// The kind's request.
     #[serde(default)]
@@ -77,6 +77,8 @@ pub async fn view(state: &AppState, j: &JobRow, with_queue: bool) -> Result<JobV
         }),
         cost: j.cost,
         ref_id: (j.ref_id != j.id).then(|| j.ref_id.clone()),
+        prompt: j.prompt.clone(),
+        is_public: j.is_public,
         created_at: j.created_at / 1000,
         started_at: j.started_at.map(|t| t / 1000),
         completed_at: j.completed_at.map(|t| t / 1000),
@@ -220,6 +222,11 @@ pub struct ListQuery {
     /// Only jobs with this status.
     #[param(pattern = "^(pending|processing|completed|failed|cancelled)$")]
     status: Option<String>,
+    /// Only jobs with this model.
+    model: Option<String>,
+    /// Only jobs whose prompt contains this (case-insensitive for ASCII letters).
+    #[param(max_length = 200)]
+    q: Option<String>,
     /// 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
@@ -272,6 +279,7 @@ pub async fn list(
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS}, j.seq FROM jobs j WHERE j.user_id = $1 AND j.kind IN ({}) \
          AND ($2 = '' OR j.kind = $2) AND ($3 = '' OR j.status = $3) AND j.seq < $4 \
+         AND ($6 = '' OR LOWER(j.prompt) LIKE $6 ESCAPE '\\') AND ($7 = '' OR j.model = $7) \
          ORDER BY j.seq DESC LIMIT $5",
         listed.join(", ")
     )))
@@ -280,6 +288,8 @@ pub async fn list(
     .bind(q.status.as_deref().unwrap_or(""))
     .bind(before)
     .bind(limit as i64 + 1)
+    .bind(crate::generations::search_pattern(q.q.as_deref())?)
+    .bind(q.model.as_deref().unwrap_or(""))
     .fetch_all(&state.db.pool)
     .await
     .map_err(internal)?;
@@ -413,4 +423,23 @@ pub async fn patch_one(
     }
     let j = own(&state, &user, &id).await?;
     Ok(Json(view(&state, &j, false).await?))
+}
+
+/// The kinds of job this server takes.
+#[derive(serde::Serialize, ToSchema)]
+pub struct Kinds {
+    /// Each kind's name: `image` (`POST /api/generate/image`) and those `POST /api/jobs`
+    /// takes.
+    pub kinds: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/jobs/kinds", tag = "jobs", responses((status = 200, description = "The kinds of job this server takes", body = Kinds), (status = 401, description = "Not signed in", body = ErrorBody)))]
+pub async fn kinds(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Kinds>, ApiError> {
+    auth::current_user(&state, &headers).await?;
+    Ok(Json(Kinds {
+        kinds: user_kinds(&state).into_iter().map(str::to_string).collect(),
+    }))
 }

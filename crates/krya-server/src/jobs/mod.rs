@@ -74,6 +74,10 @@ pub struct JobView {
     pub cost: i64,
     /// The record it works on when that is not the job itself (an image job's generation).
     pub ref_id: Option<String>,
+    /// Its prompt, where its kind has one.
+    pub prompt: Option<String>,
+    /// Shared: in the feed once completed, its outputs readable by anyone.
+    pub is_public: bool,
     /// Seconds since the epoch.
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -96,12 +100,14 @@ pub struct JobRow {
     pub error_code: Option<String>,
     pub last_error: Option<String>,
     pub webhook_url: Option<String>,
+    pub prompt: Option<String>,
+    pub is_public: bool,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
 }
 
-pub const JOB_COLUMNS: &str = "j.id, j.kind, j.ref_id, j.user_id, j.status, j.attempts, j.params, j.cost, j.progress_step, j.progress_total, j.error_code, j.last_error, j.webhook_url, j.created_at, j.started_at, j.completed_at";
+pub const JOB_COLUMNS: &str = "j.id, j.kind, j.ref_id, j.user_id, j.status, j.attempts, j.params, j.cost, j.progress_step, j.progress_total, j.error_code, j.last_error, j.webhook_url, j.prompt, j.is_public, j.created_at, j.started_at, j.completed_at";
 
 impl JobRow {
     pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
@@ -119,6 +125,8 @@ impl JobRow {
             error_code: r.try_get("error_code")?,
             last_error: r.try_get("last_error")?,
             webhook_url: r.try_get("webhook_url")?,
+            prompt: r.try_get("prompt")?,
+            is_public: r.try_get::<i64, _>("is_public")? != 0,
             created_at: r.try_get("created_at")?,
             started_at: r.try_get("started_at")?,
             completed_at: r.try_get("completed_at")?,

@@ -102,13 +102,14 @@ pub struct NewJob<'a> {
 /// Adds a job in the caller's transaction.
 pub async fn enqueue(tx: &mut sqlx::AnyConnection, j: NewJob<'_>) -> Result<(), sqlx::Error> {
     let t = now_ms();
-    // The feed searches the prompt of any kind that has one.
-    let prompt = j
+    // Listings search the prompt and filter by the model of any kind that has them.
+    let params = j
         .params
         .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-        .and_then(|p| p["prompt"].as_str().map(str::to_string));
-    sqlx::query("INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, payload, created_at, params, cost, webhook_url, is_public, remix_of, prompt) \
-                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $6, $8, $9, $10, $11, $12, $13)")
+        .unwrap_or_default();
+    let text = |k: &str| params[k].as_str().map(str::to_string);
+    sqlx::query("INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, payload, created_at, params, cost, webhook_url, is_public, remix_of, prompt, model) \
+                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $7, $6, $8, $9, $10, $11, $12, $13, $14)")
         .bind(j.id)
         .bind(j.kind)
         .bind(j.ref_id)
@@ -121,7 +122,8 @@ pub async fn enqueue(tx: &mut sqlx::AnyConnection, j: NewJob<'_>) -> Result<(), 
         .bind(j.webhook_url)
         .bind(j.is_public as i64)
         .bind(j.remix_of)
-        .bind(prompt)
+        .bind(text("prompt"))
+        .bind(text("model"))
         .execute(tx)
         .await?;
     Ok(())
