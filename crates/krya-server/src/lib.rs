@@ -1,50 +1,40 @@
 //! Krya's server: the REST API (seed §6) behind `krya serve`, and the job runner behind
 //! `krya worker`.
 //!
-//! Layout, by part:
-//! - HTTP: `router` (the route table, and so the OpenAPI document), the handlers of `auth`
-//!   (accounts, sessions, API keys), `account`, `generations` (the image API), `jobs::http`
-//!   (every kind's jobs), `models`, `media` (uploads and image files), `feed`, `events`
-//!   (SSE), `realtime` (the live canvas over WebSocket), `studio` (the web studio's files);
-//! - work: `tasks` (the kinds of work, one `Task` each), `runner` (runs any kind: claims,
-//!   leases, retries, credits, events, webhooks), `webhooks` (signing, the outbox);
-//! - persistence: `db` (the database and its migrations), `jobs` (the job record and the
-//!   durable queue), `blobs` (file or S3 storage), `registry` (models and styles);
-//! - infrastructure: `config` (layered settings), `error` (the one error type and its
-//!   table of stable codes), `ids` (row ids and time), `credits` (allowances, usage,
-//!   refunds), `throttle`.
+//! The tree, by part:
+//! - `http/`: the route table (`router`, and so the OpenAPI document `openapi`) and the
+//!   handlers of accounts and sessions (`auth`, `account`), models, uploads and files
+//!   (`media`), the feed, event streams (`events`) and the studio's files (`studio`);
+//! - `tasks/`: the kinds of work (one `Task` each: `image`, `webhook`) and the `runner`
+//!   that runs any kind (claims, leases, retries, credits, events, the webhook outbox);
+//! - `persistence/`: the database and its migrations (`db`), file or S3 storage
+//!   (`blobs`), the model and style registry (`registry`);
+//! - `infra/`: layered settings (`config`), the one error type and its table of codes
+//!   (`error`), row ids and time (`ids`), credits, login throttling;
+//! - features that span parts, each a folder with its record, its handlers and its
+//!   protocol: `jobs/` (the job record, the durable queue, the jobs API), `generations/`
+//!   (the image API), `realtime/` (the live canvas over WebSocket).
+//!
 //! `launch` serves on a given listener until a shutdown signal, so tests run the real
 //! server on `127.0.0.1:0`.
 
-pub mod account;
-pub mod auth;
-pub mod blobs;
-pub mod config;
-pub mod credits;
-pub mod db;
-pub mod error;
-pub mod events;
-pub mod feed;
 pub mod generations;
-pub mod ids;
+pub mod http;
+pub mod infra;
 pub mod jobs;
-pub mod media;
-pub mod models;
-pub mod openapi;
+pub mod persistence;
 pub mod realtime;
-pub mod registry;
-pub mod router;
-pub mod runner;
-pub mod studio;
 pub mod tasks;
-pub mod throttle;
-pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
 
-pub use config::Config;
-pub use error::{ApiError, ErrorCode};
+use http::{events, router, studio};
+pub use infra::config::Config;
+pub use infra::error::{ApiError, ErrorCode};
+use infra::throttle;
+use persistence::{blobs, db};
+use tasks::runner;
 
 /// Shared state of a running server.
 #[derive(Clone)]

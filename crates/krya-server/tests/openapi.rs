@@ -104,7 +104,7 @@ fn openapi_document_covers_every_endpoint() {
     // The studio's copy, which its types are generated from (web/scripts/api-types.mjs).
     let committed =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/src/api/openapi.json");
-    let served = krya_server::router::openapi_document() + "\n";
+    let served = krya_server::http::router::openapi_document() + "\n";
     if std::env::var_os("KRYA_UPDATE_OPENAPI").is_some() {
         std::fs::write(&committed, &served).unwrap();
     }

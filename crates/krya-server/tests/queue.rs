@@ -7,11 +7,11 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use krya_server::db::Db;
 use krya_server::jobs;
+use krya_server::persistence::db::Db;
 
 async fn user(db: &Db, name: &str) -> String {
-    let u = krya_server::auth::create_user(
+    let u = krya_server::http::auth::create_user(
         db,
         &format!("{name}@example.com"),
         name,

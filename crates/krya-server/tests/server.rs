@@ -501,7 +501,7 @@ fn studio_is_served_beside_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.data_dir = dir.path().to_path_buf();
-    let (base, stop, handle) = start_serving(config, krya_server::studio::Studio::new(FILES));
+    let (base, stop, handle) = start_serving(config, krya_server::http::studio::Studio::new(FILES));
     let a = agent();
     for path in ["/", "/image", "/feed/abc123", "/profile/ada"] {
         let mut r = a.get(format!("{base}{path}")).call().unwrap();

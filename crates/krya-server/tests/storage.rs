@@ -3,8 +3,8 @@
 
 mod common;
 
-use krya_server::blobs::{BlobStore, FileStore, S3Store};
-use krya_server::config::Storage;
+use krya_server::infra::config::Storage;
+use krya_server::persistence::blobs::{BlobStore, FileStore, S3Store};
 
 #[path = "common/s3.rs"]
 mod s3;

@@ -110,11 +110,11 @@ fn main() -> ExitCode {
         Command::Migrate(s) => serve::migrate(s),
         Command::Users(cmd) => serve::users(cmd),
         Command::DefaultConfig => {
-            print!("{}", krya_server::config::EXAMPLE);
+            print!("{}", krya_server::infra::config::EXAMPLE);
             Ok(())
         }
         Command::Openapi => {
-            println!("{}", krya_server::router::openapi_document());
+            println!("{}", krya_server::http::router::openapi_document());
             Ok(())
         }
     };

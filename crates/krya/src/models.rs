@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use krya_engine::model::{ModelSource, hub};
-use krya_server::registry;
+use krya_server::persistence::registry;
 
 use crate::CliError;
 use crate::serve::Settings;

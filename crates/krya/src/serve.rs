@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use krya_server::config::{Config, Overrides};
+use krya_server::infra::config::{Config, Overrides};
 
 use crate::CliError;
 
@@ -125,8 +125,8 @@ fn load(
 
 /// Logs to stderr through `tracing`: the server's requests and jobs, and what sqlx and
 /// object_store report, at `log.level` (or `KRYA_LOG`), as plain lines or JSON.
-fn init_logging(c: &krya_server::config::Log) -> Result<(), CliError> {
-    use krya_server::config::LogFormat;
+fn init_logging(c: &krya_server::infra::config::Log) -> Result<(), CliError> {
+    use krya_server::infra::config::LogFormat;
     use tracing_subscriber::EnvFilter;
     let (what, directives) = match std::env::var("KRYA_LOG") {
         Ok(v) if !v.is_empty() => ("KRYA_LOG", v),
@@ -188,7 +188,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             })?;
         let addr = listener.local_addr().map_err(internal)?;
         println!("Krya listening on http://{addr}");
-        let studio = krya_server::studio::Studio::new(krya_studio::FILES);
+        let studio = krya_server::http::studio::Studio::new(krya_studio::FILES);
         krya_server::launch(listener, config, studio, shutdown_signal())
             .await
             .map_err(internal)
@@ -251,10 +251,15 @@ pub fn users(cmd: Users) -> Result<(), CliError> {
                 let db = krya_server::open_database(&config)
                     .await
                     .map_err(|e| CliError::user(format!("{}: {e}", describe_db(&config))))?;
-                let user =
-                    krya_server::auth::create_user(&db, &email, &name, &password, Some(admin))
-                        .await
-                        .map_err(|e| CliError::user(e.message))?;
+                let user = krya_server::http::auth::create_user(
+                    &db,
+                    &email,
+                    &name,
+                    &password,
+                    Some(admin),
+                )
+                .await
+                .map_err(|e| CliError::user(e.message))?;
                 println!(
                     "created {}{} ({})",
                     user.email,

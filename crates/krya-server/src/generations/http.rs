@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::*;
+use crate::http::openapi::{Accepted, ErrorBody};
 use crate::jobs::{JobError, Progress};
-use crate::openapi::{Accepted, ErrorBody};
 
 /// An image of a generation.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -290,7 +290,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<ListQuery>,
+    crate::infra::error::ApiQuery(q): crate::infra::error::ApiQuery<ListQuery>,
 ) -> Result<Json<GenerationPage>, ApiError> {
     let user = auth::current_user(&state, &headers).await?;
     let page = Page::new(q.limit, q.cursor.as_deref())?;

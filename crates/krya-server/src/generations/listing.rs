@@ -1,5 +1,5 @@
 //! Lists of a user's generations: filters and cursor pages, newest first by
-//! `(created_at, id)`. (The feed lists jobs of any kind: `feed.rs`.)
+//! `(created_at, id)`. (The feed lists jobs of any kind: `http/feed.rs`.)
 
 use super::*;
 

@@ -9,17 +9,17 @@ use krya_engine::SchedulerKind;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::auth::{self, now};
-use crate::db::{Db, User};
-use crate::error::{ApiError, ErrorCode};
+use crate::http::auth::{self, now};
 #[allow(unused_imports)]
-use crate::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::infra::error::{ApiError, ErrorCode};
+use crate::persistence::db::{Db, User};
 use crate::tasks::image::KIND as IMAGE;
-use crate::{AppState, jobs, registry};
+use crate::{AppState, jobs, persistence::registry};
 
-pub(crate) use crate::credits::log_usage;
-pub(crate) use crate::error::{internal, invalid};
-pub(crate) use crate::ids::random_id;
+pub(crate) use crate::infra::credits::log_usage;
+pub(crate) use crate::infra::error::{internal, invalid};
+pub(crate) use crate::infra::ids::random_id;
 
 pub mod http;
 mod listing;
@@ -184,7 +184,7 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             "must be at most 4000 characters",
         ));
     }
-    let models = crate::models::offered(state).await?;
+    let models = crate::http::models::offered(state).await?;
     let entry = match &r.model {
         Some(id) => models
             .iter()
@@ -293,7 +293,7 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
         if u.len() > 2048 || u.contains(char::is_whitespace) {
             return Err(invalid("webhook_url", "must be an http(s) URL"));
         }
-        crate::webhooks::check_target(u, state.config.webhooks.allow_private)
+        crate::tasks::webhook::outbox::check_target(u, state.config.webhooks.allow_private)
             .await
             .map_err(|e| invalid("webhook_url", e))?;
     }
@@ -359,7 +359,7 @@ async fn submit(
     }
     let total: i64 = items.iter().map(|c| c.cost).sum();
     let tx = state.db.pool.begin().await.map_err(internal)?;
-    let mut tx = crate::credits::reserve(&state.db, tx, user, total).await?;
+    let mut tx = crate::infra::credits::reserve(&state.db, tx, user, total).await?;
     let mut ids = Vec::new();
     let t = now();
     for c in items {
@@ -432,7 +432,7 @@ async fn submit(
             &user.id,
             "queued",
             id,
-            crate::runner::with_kind(serde_json::json!({"status": "pending"}), IMAGE),
+            crate::tasks::runner::with_kind(serde_json::json!({"status": "pending"}), IMAGE),
         );
     }
     Ok(ids)

@@ -6,7 +6,7 @@
 //!   the store, so the feed, listings and storage counts see every file.
 
 use super::*;
-use crate::blobs::BlobStore;
+use crate::persistence::blobs::BlobStore;
 
 pub async fn run(db: &Db, blobs: &dyn BlobStore) -> Result<(), String> {
     let sql_err = |e: sqlx::Error| format!("upgrading image jobs: {e}");

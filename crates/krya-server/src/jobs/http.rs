@@ -11,14 +11,14 @@ use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::{JOB_COLUMNS, JobError, JobRow, JobView, NewJob, Progress};
-use crate::credits::log_usage;
-use crate::db::{Db, User};
-use crate::error::{ApiError, ApiQuery, ErrorCode, internal, invalid};
-use crate::ids::random_id;
-use crate::openapi::ErrorBody;
-use crate::runner::with_kind;
+use crate::http::openapi::ErrorBody;
+use crate::infra::credits::log_usage;
+use crate::infra::error::{ApiError, ApiQuery, ErrorCode, internal, invalid};
+use crate::infra::ids::random_id;
+use crate::persistence::db::{Db, User};
+use crate::tasks::runner::with_kind;
 use crate::tasks::{Slot, Task};
-use crate::{AppState, auth};
+use crate::{AppState, http::auth};
 
 use krya_core::status::STATUSES;
 
@@ -152,7 +152,7 @@ pub async fn submit(
     s: Submission<'_>,
 ) -> Result<String, ApiError> {
     if let Some(url) = s.webhook_url {
-        crate::webhooks::check_target(url, state.config.webhooks.allow_private)
+        crate::tasks::webhook::outbox::check_target(url, state.config.webhooks.allow_private)
             .await
             .map_err(|e| invalid("webhook_url", e))?;
     }
@@ -171,7 +171,7 @@ pub async fn submit(
     let id = random_id();
     let params = prepared.params.to_string();
     let tx = state.db.pool.begin().await.map_err(internal)?;
-    let mut tx = crate::credits::reserve(&state.db, tx, user, prepared.cost).await?;
+    let mut tx = crate::infra::credits::reserve(&state.db, tx, user, prepared.cost).await?;
     log_usage(&mut tx, &user.id, task.kind(), prepared.cost, &id)
         .await
         .map_err(internal)?;
@@ -320,10 +320,10 @@ pub async fn cancel(state: &AppState, j: &JobRow) -> Result<bool, ApiError> {
     if !done {
         return Ok(false);
     }
-    crate::credits::refund(&mut tx, &job)
+    crate::infra::credits::refund(&mut tx, &job)
         .await
         .map_err(internal)?;
-    crate::webhooks::enqueue(&mut tx, &*task, &job, "cancelled", &data)
+    crate::tasks::webhook::outbox::enqueue(&mut tx, &*task, &job, "cancelled", &data)
         .await
         .map_err(internal)?;
     tx.commit().await.map_err(internal)?;

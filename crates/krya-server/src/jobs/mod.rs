@@ -13,7 +13,7 @@ use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::db::Db;
+use crate::persistence::db::Db;
 use crate::tasks::{Job, Stored};
 
 /// A job's progress: step of total (0 of 0 before its first step).
@@ -212,7 +212,7 @@ pub async fn insert_output(
         .bind(o.width.unwrap_or(0) as i64)
         .bind(o.height.unwrap_or(0) as i64)
         .bind(o.bytes.len() as i64)
-        .bind(crate::auth::now())
+        .bind(crate::http::auth::now())
         .bind(o.kind)
         .bind(&job.id)
         .bind(&o.parent_id)
@@ -288,7 +288,7 @@ impl Db {
         }
         let sql = format!(
             "SELECT {ASSET_COLUMNS} FROM {ASSETS} WHERE a.job_id IN ({}) ORDER BY LENGTH(a.blob_key), a.blob_key",
-            crate::db::placeholders(1, job_ids.len())
+            crate::persistence::db::placeholders(1, job_ids.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in job_ids {

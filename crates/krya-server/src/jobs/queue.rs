@@ -13,9 +13,9 @@
 
 use sqlx::Row;
 
-use crate::db::{Backend, Db};
+use crate::persistence::db::{Backend, Db};
 
-pub use crate::ids::now_ms;
+pub use crate::infra::ids::now_ms;
 
 #[derive(Debug, Clone)]
 pub struct Claimed {

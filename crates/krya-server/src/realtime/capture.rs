@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::error::{ApiError, internal, invalid};
 use crate::generations::{Generation, GenerationView, Params, random_id, view};
 #[allow(unused_imports)]
-use crate::openapi::{ErrorBody, Object};
-use crate::{AppState, auth, media};
+use crate::http::openapi::{ErrorBody, Object};
+use crate::infra::error::{ApiError, internal, invalid};
+use crate::{AppState, http::auth, http::media};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +41,7 @@ pub async fn save(
     if prompt.chars().count() > 4000 {
         return Err(invalid("prompt", "must be at most 4000 characters"));
     }
-    let models = crate::models::offered(&state).await?;
+    let models = crate::http::models::offered(&state).await?;
     if !models.iter().any(|m| m.id == c.model) {
         return Err(invalid(
             "model",

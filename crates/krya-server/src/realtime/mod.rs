@@ -36,9 +36,9 @@ use krya_engine::{CancelToken, EngineError, model};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::config::Realtime as RealtimeConfig;
-use crate::registry::ModelEntry;
-use crate::{AppState, auth, registry};
+use crate::infra::config::Realtime as RealtimeConfig;
+use crate::persistence::registry::ModelEntry;
+use crate::{AppState, http::auth, persistence::registry};
 pub use connection::{serve_session, ws};
 use input::*;
 pub use krya_core::protocol::{check_canvas_header, decode_canvas, encode_jpeg};

@@ -1,6 +1,6 @@
 //! Image generation (txt2img, img2img, inpaint, batch) as a task: the engine run for one
 //! attempt, and the `generations` row and its `images` kept in step with the job. Requests
-//! come through `POST /api/generate/image` (`generations.rs`), which stores the generation
+//! come through `POST /api/generate/image` (`generations/`), which stores the generation
 //! and enqueues its job.
 
 use std::sync::Arc;
@@ -13,10 +13,10 @@ use krya_engine::{CancelToken, EngineError, GenerateRequest, SchedulerKind, devi
 use tokio::sync::mpsc;
 
 use super::{Job, Outcome, Output, ProgressMsg, RunContext, Services, Start, Stored, Task};
-use crate::db::Db;
 use crate::generations::Generation;
-use crate::ids::random_id;
-use crate::{media, registry};
+use crate::infra::ids::random_id;
+use crate::persistence::db::Db;
+use crate::{http::media, persistence::registry};
 
 /// Inputs were checked against the upload limit when uploaded; this bounds decoding again.
 const MAX_INPUT_PIXELS: u64 = 8192 * 8192;
@@ -52,7 +52,7 @@ impl Task for ImageTask {
             }));
         }
         sqlx::query("UPDATE generations SET status = 'processing', started_at = COALESCE(started_at, $1) WHERE id = $2 AND status IN ('pending', 'processing')")
-            .bind(crate::auth::now())
+            .bind(crate::http::auth::now())
             .bind(&g.id)
             .execute(&s.db.pool)
             .await?;
@@ -153,7 +153,7 @@ impl Task for ImageTask {
         let r = sqlx::query("UPDATE generations SET status = 'completed', width = $1, height = $2, progress_step = progress_total, completed_at = $3 WHERE id = $4 AND status IN ('pending', 'processing')")
             .bind(w)
             .bind(h)
-            .bind(crate::auth::now())
+            .bind(crate::http::auth::now())
             .bind(&job.ref_id)
             .execute(&mut *tx)
             .await?;
@@ -196,7 +196,7 @@ impl Task for ImageTask {
         let r = sqlx::query("UPDATE generations SET status = 'failed', error_code = $1, error_message = $2, completed_at = $3 WHERE id = $4 AND status IN ('pending', 'processing')")
             .bind(code)
             .bind(message)
-            .bind(crate::auth::now())
+            .bind(crate::http::auth::now())
             .bind(&job.ref_id)
             .execute(&mut *tx)
             .await?;
@@ -227,7 +227,7 @@ impl Task for ImageTask {
         job: &Job,
     ) -> Result<bool, sqlx::Error> {
         let r = sqlx::query("UPDATE generations SET status = 'cancelled', completed_at = $1 WHERE id = $2 AND status IN ('pending', 'processing')")
-            .bind(crate::auth::now())
+            .bind(crate::http::auth::now())
             .bind(&job.ref_id)
             .execute(&mut *tx)
             .await?;

@@ -11,6 +11,7 @@
 //! keep in step, inside the runner's own transactions.
 
 pub mod image;
+pub mod runner;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -21,9 +22,9 @@ use krya_engine::CancelToken;
 use krya_engine::model::cache::ModelCache;
 use tokio::sync::mpsc;
 
-use crate::blobs::Blobs;
-use crate::db::Db;
-use crate::error::ApiError;
+use crate::infra::error::ApiError;
+use crate::persistence::blobs::Blobs;
+use crate::persistence::db::Db;
 
 /// Which of a worker's slots runs a kind. Slots claim and run independently, so a long
 /// kind never holds up the kinds of another slot.
@@ -215,7 +216,7 @@ pub trait Task: Send + Sync + 'static {
         _services: &Services,
         _params: serde_json::Value,
     ) -> Result<Prepared, ApiError> {
-        Err(crate::error::invalid(
+        Err(crate::infra::error::invalid(
             "kind",
             format!(
                 "{} jobs are submitted through their own endpoint",

@@ -20,7 +20,7 @@ pub fn start_with(config: Config) -> Running {
 }
 
 /// The server with a web studio's files beside the API.
-pub fn start_serving(config: Config, studio: krya_server::studio::Studio) -> Running {
+pub fn start_serving(config: Config, studio: krya_server::http::studio::Studio) -> Running {
     start_full(config, studio, krya_server::tasks::builtin())
 }
 
@@ -31,7 +31,7 @@ pub fn start_with_tasks(config: Config, tasks: krya_server::tasks::Registry) -> 
 
 fn start_full(
     config: Config,
-    studio: krya_server::studio::Studio,
+    studio: krya_server::http::studio::Studio,
     tasks: krya_server::tasks::Registry,
 ) -> Running {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::ApiError;
+use crate::infra::error::ApiError;
 
 /// The studio's files by path (`index.html`, `assets/index-3f2a.js`, ...).
 #[derive(Clone, Default)]

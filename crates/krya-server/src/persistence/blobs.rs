@@ -187,7 +187,7 @@ pub struct S3Store {
 }
 
 impl S3Store {
-    pub fn new(storage: &crate::config::Storage) -> BlobResult<Self> {
+    pub fn new(storage: &crate::infra::config::Storage) -> BlobResult<Self> {
         let rest = storage.url.strip_prefix("s3://").ok_or_else(|| {
             BlobError(format!(
                 "storage url {:?}: expected s3://bucket/prefix",

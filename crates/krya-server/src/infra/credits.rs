@@ -2,8 +2,8 @@
 //! when it is submitted (in the submitting transaction) and is refunded by the transaction
 //! that fails or cancels it, so credits are charged exactly once whatever crashes when.
 
-use crate::db::User;
-use crate::ids::{now, random_id};
+use crate::infra::ids::{now, random_id};
+use crate::persistence::db::User;
 use crate::tasks::Job;
 
 /// Credits per day for each tier (seed App. C; free: 50 images a day).
@@ -24,12 +24,12 @@ pub fn today() -> i64 {
 /// top-up); when the balance is short, the transaction is abandoned and the error says
 /// how many are left.
 pub async fn reserve(
-    db: &crate::db::Db,
+    db: &crate::persistence::db::Db,
     mut tx: sqlx::Transaction<'static, sqlx::Any>,
     user: &User,
     cost: i64,
-) -> Result<sqlx::Transaction<'static, sqlx::Any>, crate::error::ApiError> {
-    use crate::error::{ApiError, ErrorCode, internal};
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, crate::infra::error::ApiError> {
+    use crate::infra::error::{ApiError, ErrorCode, internal};
     daily_top_up(&mut tx, user).await.map_err(internal)?;
     let charged = sqlx::query("UPDATE users SET credits_remaining = credits_remaining - $1 WHERE id = $2 AND credits_remaining >= $1")
         .bind(cost)

@@ -46,7 +46,7 @@ pub struct Session {
     pub token_type: String,
     /// Seconds the access token lives.
     pub expires_in: i64,
-    pub user: crate::db::User,
+    pub user: crate::persistence::db::User,
 }
 
 /// Responses every operation of a kind can give, added where a handler's annotation leaves

@@ -15,13 +15,13 @@ use serde::Deserialize;
 use sqlx::Row;
 
 use crate::AppState;
-use crate::auth;
-use crate::db::Db;
-use crate::error::internal;
-use crate::error::{ApiError, ErrorCode};
-use crate::ids::random_id;
+use crate::http::auth;
 #[allow(unused_imports)]
-use crate::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::infra::error::internal;
+use crate::infra::error::{ApiError, ErrorCode};
+use crate::infra::ids::random_id;
+use crate::persistence::db::Db;
 
 pub use krya_core::images::sniff;
 
@@ -429,12 +429,12 @@ pub async fn image(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<ImageQuery>,
+    crate::infra::error::ApiQuery(q): crate::infra::error::ApiQuery<ImageQuery>,
 ) -> Result<Response, ApiError> {
     let download = match q.download {
         None | Some(0) => false,
         Some(1) => true,
-        Some(_) => return Err(crate::error::invalid("download", "must be 0 or 1")),
+        Some(_) => return Err(crate::infra::error::invalid("download", "must be 0 or 1")),
     };
     serve_image(&state, &headers, &id, false, download).await
 }

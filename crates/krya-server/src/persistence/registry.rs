@@ -11,7 +11,7 @@ use std::path::Path;
 use krya_engine::model::{ModelSource, hub};
 use serde::{Deserialize, Serialize};
 
-const CURATED: &str = include_str!("../../../models/registry.toml");
+const CURATED: &str = include_str!("../../../../models/registry.toml");
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelEntry {
@@ -344,7 +344,7 @@ mod tests {
     }
 }
 
-const STYLES: &str = include_str!("../../../presets/styles.toml");
+const STYLES: &str = include_str!("../../../../presets/styles.toml");
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Style {

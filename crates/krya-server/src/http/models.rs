@@ -7,11 +7,11 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, internal, invalid};
 use crate::generations::{ASPECT_RATIOS, aspect_size};
-use crate::openapi::ErrorBody;
-use crate::registry::{self, Capability, ModelEntry, Style};
-use crate::{AppState, auth};
+use crate::http::openapi::ErrorBody;
+use crate::infra::error::{ApiError, internal, invalid};
+use crate::persistence::registry::{self, Capability, ModelEntry, Style};
+use crate::{AppState, http::auth};
 
 /// Every model this server offers (curated and local), with installed state.
 pub(crate) async fn offered(state: &AppState) -> Result<Vec<ModelEntry>, ApiError> {

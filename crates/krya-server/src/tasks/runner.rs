@@ -23,10 +23,10 @@ use krya_engine::CancelToken;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::config;
-use crate::db::Db;
-use crate::events::Bus;
+use crate::http::events::Bus;
+use crate::infra::config;
 use crate::jobs::{self, Claimed};
+use crate::persistence::db::Db;
 use crate::tasks::{
     Job, Outcome, ProgressMsg, Registry, RunContext, Services, Slot, Start, Stored, Task,
 };
@@ -288,7 +288,7 @@ impl Runner {
             }
             stored.push(Stored {
                 output: o,
-                asset_id: crate::ids::random_id(),
+                asset_id: crate::infra::ids::random_id(),
                 key,
                 thumb_key,
             });
@@ -325,7 +325,7 @@ impl Runner {
             return Ok(None);
         };
         if task.notifies() {
-            crate::webhooks::enqueue(&mut tx, task, job, "completed", &data).await?;
+            crate::tasks::webhook::outbox::enqueue(&mut tx, task, job, "completed", &data).await?;
         }
         tx.commit().await?;
         Ok(Some(data))
@@ -357,9 +357,9 @@ impl Runner {
             if !task.failed(&mut tx, job, code, message).await? {
                 return Ok(false);
             }
-            crate::credits::refund(&mut tx, job).await?;
+            crate::infra::credits::refund(&mut tx, job).await?;
             if task.notifies() {
-                crate::webhooks::enqueue(&mut tx, task, job, "failed", &data).await?;
+                crate::tasks::webhook::outbox::enqueue(&mut tx, task, job, "failed", &data).await?;
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(true)
@@ -472,6 +472,6 @@ pub fn runner_id() -> String {
     format!(
         "{host}-{}-{}",
         std::process::id(),
-        &crate::ids::random_id()[..8]
+        &crate::infra::ids::random_id()[..8]
     )
 }

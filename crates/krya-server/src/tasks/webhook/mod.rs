@@ -1,13 +1,15 @@
 //! Webhook deliveries as a task: one POST per job, signed the Standard Webhooks way
-//! (`webhooks::sign`). The runner enqueues a delivery in the transaction that ends the job
+//! (`outbox::sign`). The runner enqueues a delivery in the transaction that ends the job
 //! it reports on (an outbox), so none is lost when a process dies; a failed delivery
 //! (network error or non-2xx) is retried with exponential backoff.
+
+pub mod outbox;
 
 use std::time::Duration;
 
 use super::{Outcome, RunContext, Slot, Task};
-use crate::auth;
-use crate::webhooks::{check_target, secret, sign};
+use crate::http::auth;
+use crate::tasks::webhook::outbox::{check_target, secret, sign};
 
 pub const KIND: &str = "webhook";
 

@@ -14,15 +14,15 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::db::{User, placeholders};
-use crate::error::{ApiError, ErrorCode, internal, invalid};
 use crate::generations::{self, search_pattern};
+#[allow(unused_imports)]
+use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::infra::error::{ApiError, ErrorCode, internal, invalid};
 use crate::jobs::AssetView;
 use crate::jobs::http::{Submission, task_of};
-#[allow(unused_imports)]
-use crate::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::persistence::db::{User, placeholders};
 use crate::tasks::image::KIND as IMAGE;
-use crate::{AppState, auth};
+use crate::{AppState, http::auth};
 
 #[derive(Deserialize)]
 pub struct FeedQuery {
@@ -202,7 +202,7 @@ fn cursor_of(cursor: Option<&str>, first: i64) -> Result<i64, ApiError> {
 pub async fn feed(
     State(state): State<AppState>,
     headers: HeaderMap,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<FeedQuery>,
+    crate::infra::error::ApiQuery(q): crate::infra::error::ApiQuery<FeedQuery>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let viewer = auth::current_user(&state, &headers).await.ok();
     let limit = limit_of(q.limit)?;
@@ -422,7 +422,7 @@ pub async fn profile(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(handle): Path<String>,
-    crate::error::ApiQuery(q): crate::error::ApiQuery<FeedQuery>,
+    crate::infra::error::ApiQuery(q): crate::infra::error::ApiQuery<FeedQuery>,
 ) -> Result<Json<PublicProfile>, ApiError> {
     let viewer = auth::current_user(&state, &headers).await.ok();
     let row = sqlx::query(

@@ -9,13 +9,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::credits::{daily_allowance, daily_top_up, log_usage, today};
-use crate::db::User;
-use crate::error::{ApiError, ErrorCode};
-use crate::error::{internal, invalid};
 #[allow(unused_imports)]
-use crate::openapi::{Accepted, ErrorBody, Object, Session};
-use crate::{AppState, auth};
+use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::infra::credits::{daily_allowance, daily_top_up, log_usage, today};
+use crate::infra::error::{ApiError, ErrorCode};
+use crate::infra::error::{internal, invalid};
+use crate::persistence::db::User;
+use crate::{AppState, http::auth};
 
 /// An account's own profile: the user and what only they (and admins) see.
 #[derive(Serialize, ToSchema)]

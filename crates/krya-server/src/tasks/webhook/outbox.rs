@@ -15,13 +15,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{KeyInit, Mac};
 use sqlx::Row;
 
-use crate::db::Db;
-use crate::error::ApiError;
-use crate::error::internal;
+use crate::infra::error::ApiError;
+use crate::infra::error::internal;
+use crate::persistence::db::Db;
 
 #[allow(unused_imports)]
-use crate::openapi::{Accepted, ErrorBody, Object, Session};
-use crate::{AppState, auth};
+use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::{AppState, http::auth};
 
 /// The Standard Webhooks signature of a message.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
@@ -170,7 +170,7 @@ pub async fn enqueue(
         }
     }
     let payload = serde_json::json!({"url": url, "webhook_id": format!("{}-{event}", job.ref_id), "body": body.to_string()});
-    let id = crate::ids::random_id();
+    let id = crate::infra::ids::random_id();
     crate::jobs::enqueue(
         tx,
         crate::jobs::NewJob {

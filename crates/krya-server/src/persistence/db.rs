@@ -24,7 +24,7 @@ macro_rules! shared {
         [(
             $version,
             $name,
-            include_str!(concat!("../migrations/shared/", $name, ".sql")),
+            include_str!(concat!("../../migrations/shared/", $name, ".sql")),
         ); 2]
     };
 }
@@ -36,12 +36,12 @@ macro_rules! per_backend {
             (
                 $version,
                 $name,
-                include_str!(concat!("../migrations/sqlite/", $name, ".sql")),
+                include_str!(concat!("../../migrations/sqlite/", $name, ".sql")),
             ),
             (
                 $version,
                 $name,
-                include_str!(concat!("../migrations/postgres/", $name, ".sql")),
+                include_str!(concat!("../../migrations/postgres/", $name, ".sql")),
             ),
         ]
     };

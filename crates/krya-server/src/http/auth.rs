@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::db::User;
-use crate::error::{ApiError, ErrorCode, internal, invalid};
 #[allow(unused_imports)]
-use crate::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::infra::error::{ApiError, ErrorCode, internal, invalid};
+use crate::persistence::db::User;
 
 pub const ACCESS_TTL_SECS: i64 = 15 * 60;
 pub const REFRESH_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -23,7 +23,7 @@ pub const REFRESH_COOKIE: &str = "krya_refresh";
 /// A new account's free daily allowance (seed App. C).
 pub const FREE_CREDITS: i64 = 50;
 
-pub use crate::ids::now;
+pub use crate::infra::ids::now;
 
 pub(crate) use krya_core::ids::random_hex;
 
@@ -92,7 +92,7 @@ async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Respo
     let refresh_cookie = format!(
         "{REFRESH_COOKIE}={refresh}; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age={REFRESH_TTL_SECS}"
     );
-    let body = crate::openapi::Session {
+    let body = crate::http::openapi::Session {
         access_token: access,
         refresh_token: refresh,
         token_type: "bearer".into(),
@@ -124,7 +124,7 @@ pub async fn register(
 /// Creates an account. `admin: None` makes the first account an admin (registration);
 /// `Some(_)` sets it (`krya users create [--admin]`).
 pub async fn create_user(
-    db: &crate::db::Db,
+    db: &crate::persistence::db::Db,
     email: &str,
     name: &str,
     password: &str,

@@ -17,10 +17,10 @@ use futures_util::StreamExt;
 
 use tokio::sync::broadcast;
 
-use crate::error::ApiError;
 #[allow(unused_imports)]
-use crate::openapi::{Accepted, ErrorBody, Object, Session};
-use crate::{AppState, auth};
+use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
+use crate::infra::error::ApiError;
+use crate::{AppState, http::auth};
 
 pub use krya_core::events::JobEvent;
 
@@ -47,7 +47,7 @@ impl Default for Bus {
 
 impl Bus {
     /// A bus shared by every process on the PostgreSQL database at `url`.
-    pub async fn postgres(db: crate::db::Db, url: &str) -> Result<Bus, sqlx::Error> {
+    pub async fn postgres(db: crate::persistence::db::Db, url: &str) -> Result<Bus, sqlx::Error> {
         let bus = Bus::default();
         let mut listener = sqlx::postgres::PgListener::connect(url).await?;
         listener.listen(CHANNEL).await?;

@@ -12,10 +12,10 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::infra::error::{ApiError, ErrorCode};
 use crate::{
-    AppState, account, auth, events, feed, generations, jobs, media, models, openapi, realtime,
-    webhooks,
+    AppState, generations, http::account, http::auth, http::events, http::feed, http::media,
+    http::models, http::openapi, jobs, realtime, tasks::webhook::outbox as webhooks,
 };
 
 /// The route table as an OpenAPI router (for the document) before state and layers.
@@ -104,9 +104,9 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.config.server.request_timeout_secs,
-            crate::error::timeout,
+            crate::infra::error::timeout,
         ))
-        .layer(axum::middleware::from_fn(crate::error::request_id))
+        .layer(axum::middleware::from_fn(crate::infra::error::request_id))
         .with_state(state)
 }
 
@@ -144,7 +144,7 @@ async fn fallback(
     method: Method,
     uri: Uri,
 ) -> axum::response::Response {
-    crate::studio::serve(&state.studio, &method, &uri)
+    crate::http::studio::serve(&state.studio, &method, &uri)
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -1,0 +1,12 @@
+//! The HTTP API: the route table and the handlers that are not part of a feature folder
+//! (`jobs/`, `generations/` and `realtime/` hold their own).
+
+pub mod account;
+pub mod auth;
+pub mod events;
+pub mod feed;
+pub mod media;
+pub mod models;
+pub mod openapi;
+pub mod router;
+pub mod studio;
