@@ -43,6 +43,8 @@ pub struct AppState {
     pub db: db::Db,
     pub blobs: blobs::Blobs,
     pub bus: events::Bus,
+    /// Requests on users' behalf.
+    pub outbound: infra::outbound::Outbound,
     /// Failed logins per account and per client address.
     pub login_throttle: Arc<throttle::LoginThrottle>,
     /// Jobs running in this process (to cancel them at once).
@@ -100,6 +102,7 @@ impl AppState {
             data_dir: self.config.server.data_dir.clone(),
             local_models: self.config.models.local.clone(),
             allow_private_webhooks: self.config.webhooks.allow_private,
+            outbound: self.outbound.clone(),
         }
     }
 }
@@ -132,6 +135,10 @@ async fn state(
         )
     });
     let blobs = open_blobs(&config)?;
+    let outbound = infra::outbound::Outbound::new(
+        config.webhooks.allow_private,
+        std::time::Duration::from_secs(10),
+    );
     generations::upgrade::run(&db, &*blobs)
         .await
         .map_err(std::io::Error::other)?;
@@ -142,6 +149,7 @@ async fn state(
         realtime,
         db,
         bus,
+        outbound,
         login_throttle: Default::default(),
         running: Default::default(),
         wake: Default::default(),

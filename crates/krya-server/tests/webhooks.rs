@@ -87,3 +87,64 @@ fn webhooks_are_signed_and_retried_on_sqlite() {
 fn webhooks_are_signed_and_retried_on_postgres() {
     on_postgres(webhooks_are_signed_and_retried);
 }
+
+/// The outbound client checks addresses where it connects: a name that resolves to this
+/// host (`localhost`) and literal loopback addresses are refused with no connection made,
+/// whatever was checked before; with `allow_private` the request gets through, and a
+/// redirect is answered, never followed.
+#[test]
+fn outbound_requests_refuse_private_addresses_at_connect_time() {
+    use krya_server::infra::outbound::{Outbound, OutboundError};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(3);
+    rt.block_on(async {
+        let strict = Outbound::new(false, timeout);
+        for url in [
+            format!("http://localhost:{port}/hook"),
+            format!("http://127.0.0.1:{port}/hook"),
+            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+            format!("http://0.0.0.0:{port}/hook"),
+        ] {
+            match strict.post(&url, &[], "{}".into()).await {
+                Err(OutboundError::Refused(_)) => {}
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    });
+    assert!(
+        listener.accept().is_err(),
+        "a refused request reached the listener"
+    );
+    listener.set_nonblocking(false).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        s.write_all(
+            b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    let status = rt.block_on(async {
+        Outbound::new(true, timeout)
+            .post(
+                &format!("http://localhost:{port}/hook"),
+                &[("x-test", "1".to_string())],
+                "{}".into(),
+            )
+            .await
+            .unwrap()
+    });
+    assert_eq!(status, 302, "the redirect is not followed");
+    let request = server.join().unwrap();
+    assert!(request.starts_with("POST /hook"), "{request}");
+    assert!(request.to_lowercase().contains("x-test: 1"), "{request}");
+}

@@ -4,4 +4,6 @@ pub mod config;
 pub mod credits;
 pub mod error;
 pub mod ids;
+pub mod net;
+pub mod outbound;
 pub mod throttle;

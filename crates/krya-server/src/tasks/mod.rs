@@ -132,6 +132,9 @@ pub struct Services {
     /// Models named in the settings (`[models.local]`).
     pub local_models: BTreeMap<String, String>,
     pub allow_private_webhooks: bool,
+    /// The client for requests on users' behalf (refuses non-public addresses unless
+    /// `webhooks.allow_private`).
+    pub outbound: crate::infra::outbound::Outbound,
 }
 
 /// Progress as a task reports it: step of total, and a preview image (a data URL).

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::{Outcome, RunContext, Slot, Task};
 use crate::http::auth;
-use crate::tasks::webhook::outbox::{check_target, secret, sign};
+use crate::infra::outbound::OutboundError;
+use crate::tasks::webhook::outbox::{secret, sign};
 
 pub const KIND: &str = "webhook";
 
@@ -44,38 +45,26 @@ impl Task for WebhookTask {
             p["webhook_id"].as_str().unwrap_or_default().to_string(),
             p["body"].as_str().unwrap_or_default().to_string(),
         );
-        // Checked again at delivery: the name may resolve elsewhere now.
-        if let Err(e) = check_target(&url, ctx.services.allow_private_webhooks).await {
-            return Outcome::failed("invalid-input", e);
-        }
         let secret = match secret(&ctx.services.db, &ctx.job.user_id).await {
             Ok(s) => s,
             Err(e) => return Outcome::Retry(e.to_string()),
         };
         let ts = auth::now();
         let sig = sign(&secret, &id, ts, &body);
-        let sent = tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(10)))
-                .http_status_as_error(false)
-                // A redirect could point at an address the check refused.
-                .max_redirects(0)
-                .build()
-                .into();
-            agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", &sig)
-                .send(body)
-                .map(|r| r.status().as_u16())
-        })
-        .await;
-        match sent {
-            Ok(Ok(s)) if (200..300).contains(&s) => Outcome::Done(Vec::new()),
-            Ok(Ok(s)) => Outcome::Retry(format!("HTTP {s}")),
-            Ok(Err(e)) => Outcome::Retry(e.to_string()),
+        // The outbound client refuses non-public addresses at connect time (the name may
+        // resolve elsewhere now than at submission).
+        let headers = [
+            ("content-type", "application/json".to_string()),
+            ("webhook-id", id),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ];
+        match ctx.services.outbound.post(&url, &headers, body).await {
+            Ok(s) if (200..300).contains(&s) => Outcome::Done(Vec::new()),
+            Ok(s) => Outcome::Retry(format!("HTTP {s}")),
+            Err(e @ (OutboundError::Refused(_) | OutboundError::BadUrl(_))) => {
+                Outcome::failed("invalid-input", format!("webhook_url: {e}"))
+            }
             Err(e) => Outcome::Retry(e.to_string()),
         }
     }

@@ -77,37 +77,11 @@ pub async fn get_secret(
     Ok(Json(WebhookSecret { secret: s }))
 }
 
-/// Whether an address is one a shared server must not call on a user's behalf.
-pub fn is_private(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.octets()[0] == 0
-                // 100.64.0.0/10 (carrier-grade NAT)
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private(IpAddr::V4(v4));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                // fc00::/7 unique local, fe80::/10 link local
-                || (v6.segments()[0] & 0xFE00) == 0xFC00
-                || (v6.segments()[0] & 0xFFC0) == 0xFE80
-        }
-    }
-}
+pub use crate::infra::net::is_private;
 
 /// Checks that `url` (http or https) resolves only to public addresses; the error says why
-/// not. With `allow_private` any resolvable host passes.
+/// not. With `allow_private` any resolvable host passes. A friendly early answer at
+/// submission: deliveries are guarded at connect time by the outbound client.
 pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
     let (rest, default_port) = if let Some(r) = url.strip_prefix("https://") {
         (r, 443)
