@@ -119,17 +119,23 @@ try {
   ann = await person(DESKTOP, "ann");
   const a = ann.page;
 
-  await step("register: a short password is refused next to its field", async () => {
-    await register(a, "Ann", "ann@example.com", "short");
+  await step("set up: the server's setup link; a short password is refused next to its field", async () => {
+    const link = readFileSync(process.env.KRYA_SETUP_LINK, "utf8").trim();
+    await a.goto(link);
+    await a.getByRole("heading", { name: "Set up this server" }).waitFor();
+    await a.getByLabel("Name", { exact: true }).fill("Ann");
+    await a.getByLabel("Email", { exact: true }).fill("ann@example.com");
+    await a.getByLabel("Password", { exact: true }).fill("short");
+    await a.getByRole("button", { name: "Create the administrator" }).click();
     const err = a.locator("[data-field-error]");
     await err.waitFor();
     check((await err.textContent()).includes("at least 8 characters"), `unexpected: ${await err.textContent()}`);
     check((await a.getByLabel("Password", { exact: true }).getAttribute("aria-invalid")) === "true", "the password field is not marked invalid");
   });
 
-  await step("register, then land on /image", async () => {
+  await step("Ann is the administrator, on /image", async () => {
     await a.getByLabel("Password", { exact: true }).fill("correct horse battery");
-    await a.getByRole("button", { name: "Create account" }).click();
+    await a.getByRole("button", { name: "Create the administrator" }).click();
     await a.waitForURL("**/image");
     await a.getByLabel("Prompt", { exact: true }).waitFor();
   });
@@ -382,7 +388,7 @@ try {
 
   await step("out of credits: the message says so", async () => {
     const bobId = await b.evaluate(async () => (await (await fetch("/api/auth/me")).json()).id);
-    // Ann registered first: she is this server's administrator.
+    // Ann set the server up: she is its administrator.
     const status = await a.evaluate(
       async (id) =>
         (

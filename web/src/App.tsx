@@ -69,7 +69,8 @@ function Home() {
 
 function route(path: string): ReactNode {
   if (path === "/") return <Home />;
-  if (path === "/login") return <Login />;
+  // Sign in; `/register?invite=…` and the server's `/setup?token=…` link open it too.
+  if (path === "/login" || path === "/register" || path === "/setup") return <Login />;
   const tool = toolAt(path);
   if (tool) {
     const Page = tool.page;

@@ -43,6 +43,8 @@ pub struct AppState {
     pub db: db::Db,
     pub blobs: blobs::Blobs,
     pub bus: events::Bus,
+    /// The Host allow-list and trusted proxies, parsed.
+    pub guard: Arc<http::guard::Guard>,
     /// Requests on users' behalf.
     pub outbound: infra::outbound::Outbound,
     /// Failed logins per account and per client address.
@@ -134,6 +136,7 @@ async fn state(
             cache.clone(),
         )
     });
+    let guard = Arc::new(http::guard::Guard::new(&config.server).map_err(std::io::Error::other)?);
     let blobs = open_blobs(&config)?;
     let outbound = infra::outbound::Outbound::new(
         config.webhooks.allow_private,
@@ -150,6 +153,7 @@ async fn state(
         db,
         bus,
         outbound,
+        guard,
         login_throttle: Default::default(),
         running: Default::default(),
         wake: Default::default(),
@@ -198,7 +202,16 @@ pub async fn launch_with(
         // Deliveries only: the work itself is left to `krya worker` processes.
         config.jobs.kinds = vec![tasks::webhook::KIND.to_string()];
     }
+    if !config.server.secure_cookies && !listener.local_addr()?.ip().is_loopback() {
+        tracing::warn!(
+            "server.secure_cookies is off on a non-loopback address: session cookies travel without Secure; put TLS in front and turn it back on"
+        );
+    }
+    let listen = listener.local_addr()?;
     let state = state(config, studio, tasks, stop_rx).await?;
+    http::signup::prepare_setup(&state.db, &state.config.server.data_dir, listen)
+        .await
+        .map_err(std::io::Error::other)?;
     let runner = runner_for(&state);
     let handle = tokio::spawn(runner.clone().run());
     let realtime = state.realtime.clone();

@@ -168,7 +168,7 @@ fn listing_idempotency_batch(c: &Client) {
 #[test]
 fn generation_on_sqlite() {
     let s = server(None);
-    let c = Client::register(&s.base, "ann@example.com");
+    let c = Client::setup_admin(&s.base, s.dir.path(), "ann@example.com");
     let (st, models) = c.get("/api/models");
     assert_eq!(st, 200);
     let models = models["models"].as_array().unwrap();
@@ -214,7 +214,7 @@ fn generation_on_sqlite() {
         sizes(tiny)[..2],
         [("1:1".to_string(), 16, 16), ("16:9".to_string(), 24, 16)]
     );
-    // Where a model's files are is for administrators only (ann, the first user, is one).
+    // Where a model's files are is for administrators only (ann, made through the setup link, is one).
     assert!(
         tiny["source"].as_str().unwrap().ends_with("golden/turbo"),
         "{tiny}"
@@ -288,7 +288,7 @@ fn generation_on_postgres() {
 }
 
 fn events_cancel_credits_and_failures(s: &Server) {
-    let a = Client::register(&s.base, "ann@example.com");
+    let a = Client::setup_admin(&s.base, s.dir.path(), "ann@example.com");
     let mut b = Client::register(&s.base, "bob@example.com");
     let a_events = sse(&a);
     let b_events = sse(&b);
@@ -397,7 +397,7 @@ fn events_cancel_credits_and_failures(s: &Server) {
     assert_eq!(g["error"]["code"], "model-unavailable", "{g}");
     assert_eq!(a.credits(), credits);
 
-    // Too few credits: 402. The first user is an admin and can take B's away.
+    // Too few credits: 402. The administrator (ann) can take B's away.
     let bid = b.user["id"].as_str().unwrap();
     let (st, _) = b.post(
         &format!("/api/admin/users/{bid}/credits"),

@@ -16,7 +16,7 @@ async fn user(db: &Db, name: &str) -> String {
         &format!("{name}@example.com"),
         name,
         "password123",
-        Some(false),
+        false,
     )
     .await
     .unwrap();

@@ -251,15 +251,10 @@ pub fn users(cmd: Users) -> Result<(), CliError> {
                 let db = krya_server::open_database(&config)
                     .await
                     .map_err(|e| CliError::user(format!("{}: {e}", describe_db(&config))))?;
-                let user = krya_server::http::auth::create_user(
-                    &db,
-                    &email,
-                    &name,
-                    &password,
-                    Some(admin),
-                )
-                .await
-                .map_err(|e| CliError::user(e.message))?;
+                let user =
+                    krya_server::http::auth::create_user(&db, &email, &name, &password, admin)
+                        .await
+                        .map_err(|e| CliError::user(e.message))?;
                 println!(
                     "created {}{} ({})",
                     user.email,

@@ -76,7 +76,9 @@ fn studio_end_to_end_in_chromium() {
             .arg("e2e/studio.mjs")
             .arg(&base)
             .arg(&shots)
-            .env("CHROMIUM", &chromium),
+            .env("CHROMIUM", &chromium)
+            // The first administrator comes through the setup link the server wrote.
+            .env("KRYA_SETUP_LINK", data.path().join("setup-link")),
         "the end-to-end run in Chromium",
     );
     // Every page at both widths.

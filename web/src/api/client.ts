@@ -68,7 +68,7 @@ export type Fetch = (input: string, init?: RequestInit) => Promise<Response>;
 export type RefreshResult = "ok" | "refused" | "unreachable";
 
 /** Where a 401 is the answer itself, not an expired session. */
-const NO_REFRESH = ["/api/auth/login", "/api/auth/register", "/api/auth/refresh", "/api/auth/logout"];
+const NO_REFRESH = ["/api/auth/login", "/api/auth/register", "/api/auth/setup", "/api/auth/refresh", "/api/auth/logout"];
 
 /** Runs `fn` while holding a lock shared by every tab of this site (Web Locks), so two
  * tabs never spend the same single-use refresh token. */
@@ -193,8 +193,12 @@ export class ApiClient {
   // Accounts
   me = () => this.request<User>("GET", "/api/auth/me");
   login = (email: string, password: string) => this.request<Session>("POST", "/api/auth/login", { json: { email, password } });
-  register = (email: string, password: string, name: string) =>
-    this.request<Session>("POST", "/api/auth/register", { json: { email, password, name } });
+  register = (email: string, password: string, name: string, invite?: string) =>
+    this.request<Session>("POST", "/api/auth/register", { json: { email, password, name, ...(invite ? { invite } : {}) } });
+  /** The first administrator, with the token of the setup link the server logged. */
+  setup = (token: string, email: string, password: string, name: string) =>
+    this.request<Session>("POST", "/api/auth/setup", { json: { token, email, password, name } });
+  registration = () => this.request<{ registration: "open" | "invite" | "closed"; setup_pending: boolean }>("GET", "/api/auth/registration");
   logout = () => this.request<void>("POST", "/api/auth/logout");
   profile = () => this.request<Profile>("GET", "/api/user/profile");
   updateProfile = (p: ProfileUpdate) => this.request<Profile>("PUT", "/api/user/profile", { json: p });

@@ -243,6 +243,25 @@ export interface ImageView {
   seed: number;
 }
 
+export interface InviteList {
+  items: InviteView[];
+}
+
+/** An invite, as its maker sees it. */
+export interface InviteView {
+  id: string;
+  /** Only when it is made: the code is kept as a hash. */
+  code?: string | null;
+  /** Only when it is made: the studio's registration page with the code. */
+  url?: string | null;
+  /** Seconds since the epoch. */
+  created_at: number;
+  expires_at: number;
+  used_at?: number | null;
+  /** The account it made. */
+  used_by?: string | null;
+}
+
 /** Why a job failed: a stable code (see `docs/api.md`) and a message. */
 export interface JobError {
   code: string;
@@ -347,6 +366,11 @@ export interface NewApiKey {
   name: string;
 }
 
+export interface NewInvite {
+  /** Days it stays valid (default 7). */
+  days?: number | null;
+}
+
 /** `POST /api/jobs`: a job of any kind that takes its requests here. */
 export interface NewJobRequest {
   /** A kind this server runs (`GET /api/jobs/kinds`; `image` has its own endpoint). */
@@ -407,6 +431,16 @@ export interface Register {
   /** At least 8 characters. */
   password: string;
   name: string;
+  /** The code of an invite (when the server takes new accounts by invite). */
+  invite?: string | null;
+}
+
+/** How this server takes new accounts. */
+export interface RegistrationInfo {
+  /** `open`, `invite` or `closed`. */
+  registration: string;
+  /** The server has no administrator yet (its setup link is in its log). */
+  setup_pending: boolean;
 }
 
 /** A signed-in session (also sets the `krya_session` cookie). */
@@ -417,6 +451,14 @@ export interface Session {
   /** Seconds the access token lives. */
   expires_in: number;
   user: User;
+}
+
+export interface Setup {
+  /** The token of the setup link. */
+  token: string;
+  email: string;
+  password: string;
+  name: string;
 }
 
 export interface Style {

@@ -1,6 +1,6 @@
-import { useState } from "react";
+import { useEffect, useState } from "react";
 import { asApiError, type ApiError } from "../api/client";
-import { session } from "../app";
+import { api, session } from "../app";
 import { Button, Field, Input, Spinner } from "../components/ui";
 import { navigate, useLocation } from "../lib/router";
 
@@ -16,9 +16,21 @@ function nextPath(q: URLSearchParams): string {
   return "/image";
 }
 
+type Mode = "login" | "register" | "setup";
+
 export default function Login() {
-  const { query } = useLocation();
-  const [mode, setMode] = useState<"login" | "register">(query.get("mode") === "register" ? "register" : "login");
+  const { path, query } = useLocation();
+  const token = path === "/setup" ? query.get("token") : null;
+  const invite = query.get("invite") ?? undefined;
+  const [mode, setMode] = useState<Mode>(token ? "setup" : path === "/register" || query.get("mode") === "register" ? "register" : "login");
+  // How this server takes new accounts: open, by invite, or closed.
+  const [policy, setPolicy] = useState<"open" | "invite" | "closed">("open");
+  useEffect(() => {
+    api.registration().then(
+      (r) => setPolicy(r.registration),
+      () => undefined,
+    );
+  }, []);
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
   const [name, setName] = useState("");
@@ -27,6 +39,17 @@ export default function Login() {
 
   const fieldError = (f: string) => (error?.field === f ? error.detail : null);
   const general = error && !["email", "password", "name"].includes(error.field ?? "") ? error.message : null;
+  const heading = mode === "login" ? "Welcome back" : mode === "setup" ? "Set up this server" : "Create your account";
+  const lede =
+    mode === "login"
+      ? "Sign in to generate, save and share."
+      : mode === "setup"
+        ? "This account will be the server's administrator."
+        : policy === "invite" && !invite
+          ? "This server takes new accounts by invite: open the invite link you were given."
+          : "Free to use on this server; new accounts get daily credits.";
+  // Modes to switch between: no registering where it is closed; setup stands alone.
+  const modes: Mode[] = mode === "setup" ? [] : policy === "closed" ? ["login"] : ["login", "register"];
 
   async function submit(e: React.FormEvent) {
     e.preventDefault();
@@ -34,7 +57,8 @@ export default function Login() {
     setError(null);
     try {
       if (mode === "login") await session.getState().login(email, password);
-      else await session.getState().register(email, password, name);
+      else if (mode === "setup" && token) await session.getState().setup(token, email, password, name);
+      else await session.getState().register(email, password, name, invite);
       navigate(nextPath(query), { replace: true });
     } catch (err) {
       setError(asApiError(err));
@@ -45,12 +69,13 @@ export default function Login() {
 
   return (
     <div className="mx-auto flex max-w-md flex-col px-4 py-12 sm:py-20">
-      <h1 className="text-3xl font-semibold tracking-tight">{mode === "login" ? "Welcome back" : "Create your account"}</h1>
-      <p className="mt-2 text-sm text-muted">
-        {mode === "login" ? "Sign in to generate, save and share." : "Free to use on this server; new accounts get daily credits."}
+      <h1 className="text-3xl font-semibold tracking-tight">{heading}</h1>
+      <p className="mt-2 text-sm text-muted" data-testid="login-lede">
+        {lede}
       </p>
+      {modes.length > 1 && (
       <div role="tablist" aria-label="Sign in or register" className="mt-8 grid grid-cols-2 rounded-xl border border-line bg-surface p-1">
-        {(["login", "register"] as const).map((m) => (
+        {modes.map((m) => (
           <button
             key={m}
             type="button"
@@ -66,8 +91,9 @@ export default function Login() {
           </button>
         ))}
       </div>
+      )}
       <form onSubmit={submit} className="mt-6 flex flex-col gap-4" noValidate>
-        {mode === "register" && (
+        {mode !== "login" && (
           <Field label="Name" error={fieldError("name")}>
             {(id, d) => (
               <Input id={id} aria-describedby={d} aria-invalid={!!fieldError("name")} autoComplete="name" value={name} onChange={(e) => setName(e.target.value)} required />
@@ -88,7 +114,7 @@ export default function Login() {
             />
           )}
         </Field>
-        <Field label="Password" error={fieldError("password")} hint={mode === "register" ? "At least 8 characters." : undefined}>
+        <Field label="Password" error={fieldError("password")} hint={mode !== "login" ? "At least 8 characters." : undefined}>
           {(id, d) => (
             <Input
               id={id}
@@ -109,7 +135,7 @@ export default function Login() {
         )}
         <Button type="submit" variant="primary" size="lg" disabled={busy}>
           {busy && <Spinner />}
-          {mode === "login" ? "Sign in" : "Create account"}
+          {mode === "login" ? "Sign in" : mode === "setup" ? "Create the administrator" : "Create account"}
         </Button>
       </form>
     </div>

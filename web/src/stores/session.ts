@@ -11,7 +11,9 @@ export interface SessionState {
   /** Asks the server who this browser is (on start-up). */
   load(): Promise<void>;
   login(email: string, password: string): Promise<User>;
-  register(email: string, password: string, name: string): Promise<User>;
+  register(email: string, password: string, name: string, invite?: string): Promise<User>;
+  /** The first administrator, through the server's setup link. */
+  setup(token: string, email: string, password: string, name: string): Promise<User>;
   logout(): Promise<void>;
   /** Re-reads the user (credits change with every generation). */
   refreshUser(): Promise<void>;
@@ -37,8 +39,13 @@ export function createSessionStore(api: ApiClient) {
       set({ status: "signed-in", user: s.user });
       return s.user;
     },
-    async register(email, password, name) {
-      const s = await api.register(email, password, name);
+    async register(email, password, name, invite) {
+      const s = await api.register(email, password, name, invite);
+      set({ status: "signed-in", user: s.user });
+      return s.user;
+    },
+    async setup(token, email, password, name) {
+      const s = await api.setup(token, email, password, name);
       set({ status: "signed-in", user: s.user });
       return s.user;
     },

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
+use crate::http::guard::ClientIp;
 #[allow(unused_imports)]
 use crate::http::openapi::{Accepted, ErrorBody, Object, Session};
 use crate::infra::error::{ApiError, ErrorCode, internal, invalid};
@@ -27,7 +28,7 @@ pub use crate::infra::ids::now;
 
 pub(crate) use krya_core::ids::random_hex;
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(token.as_bytes())
         .iter()
@@ -47,6 +48,9 @@ pub struct Register {
     password: String,
     #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
+    /// The code of an invite (when the server takes new accounts by invite).
+    #[serde(default)]
+    invite: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -69,8 +73,21 @@ fn normalize_email(email: &str) -> Result<String, ApiError> {
     }
 }
 
+/// `; Secure` unless `server.secure_cookies` is off.
+fn secure_attr(state: &AppState) -> &'static str {
+    if state.config.server.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
 /// A session's tokens and the user, as register and login return them.
-async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Response, ApiError> {
+pub(crate) async fn issue(
+    state: &AppState,
+    user: User,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
     let access = random_hex(32);
     let refresh = random_hex(32);
     let t = now();
@@ -87,10 +104,12 @@ async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Respo
         )
         .await
         .map_err(internal)?;
-    let cookie =
-        format!("{COOKIE}={access}; HttpOnly; SameSite=Lax; Path=/; Max-Age={ACCESS_TTL_SECS}");
+    let secure = secure_attr(state);
+    let cookie = format!(
+        "{COOKIE}={access}; HttpOnly; SameSite=Lax; Path=/; Max-Age={ACCESS_TTL_SECS}{secure}"
+    );
     let refresh_cookie = format!(
-        "{REFRESH_COOKIE}={refresh}; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age={REFRESH_TTL_SECS}"
+        "{REFRESH_COOKIE}={refresh}; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age={REFRESH_TTL_SECS}{secure}"
     );
     let body = crate::http::openapi::Session {
         access_token: access,
@@ -111,24 +130,28 @@ async fn issue(state: &AppState, user: User, status: StatusCode) -> Result<Respo
         .into_response())
 }
 
-#[utoipa::path(post, path = "/api/auth/register", tag = "accounts", security(), request_body = Register, responses((status = 201, description = "Account created, signed in", body = Session), (status = 409, description = "Email taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/auth/register", tag = "accounts", security(), request_body = Register, responses((status = 201, description = "Account created, signed in", body = Session), (status = 403, description = "Registration is closed, or needs a valid invite", body = ErrorBody), (status = 409, description = "Email taken", body = ErrorBody), (status = 422, description = "Invalid input (the message names the field)", body = ErrorBody)))]
 pub async fn register(
     State(state): State<AppState>,
     body: Result<Json<Register>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(r) = body?;
-    let user = create_user(&state.db, &r.email, &r.name, &r.password, None).await?;
-    issue(&state, user, StatusCode::CREATED).await
+    let invite = crate::http::signup::admit(&state, r.invite.as_deref()).await?;
+    let made = create_user(&state.db, &r.email, &r.name, &r.password, false).await;
+    if let Some(i) = &invite {
+        crate::http::signup::settle(&state, i, made.as_ref().ok()).await?;
+    }
+    issue(&state, made?, StatusCode::CREATED).await
 }
 
-/// Creates an account. `admin: None` makes the first account an admin (registration);
-/// `Some(_)` sets it (`krya users create [--admin]`).
+/// Creates an account (an administrator with `admin`: `krya users create --admin`, the
+/// setup link). Registration never makes an administrator.
 pub async fn create_user(
     db: &crate::persistence::db::Db,
     email: &str,
     name: &str,
     password: &str,
-    admin: Option<bool>,
+    is_admin: bool,
 ) -> Result<User, ApiError> {
     let email = normalize_email(email)?;
     let name = name.trim().to_string();
@@ -166,10 +189,6 @@ pub async fn create_user(
     while db.handle_taken(&handle).await.map_err(internal)? {
         handle = format!("{base}-{}", &random_hex(2));
     }
-    let is_admin = match admin {
-        Some(a) => a,
-        None => db.user_count().await.map_err(internal)? == 0,
-    };
     let user = User {
         id: random_hex(16),
         email,
@@ -192,23 +211,27 @@ pub async fn create_user(
 #[utoipa::path(post, path = "/api/auth/login", tag = "accounts", security(), request_body = Login, responses((status = 200, description = "Signed in", body = Session), (status = 401, description = "Not signed in", body = ErrorBody), (status = 429, description = "Too many failures; see Retry-After", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    axum::Extension(ClientIp(client)): axum::Extension<ClientIp>,
     body: Result<Json<Login>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(l) = body?;
     let wrong = || ApiError::new(ErrorCode::Unauthorized, "wrong email or password");
     let email = normalize_email(&l.email).map_err(|_| wrong())?;
-    let (account, address) = (format!("account:{email}"), format!("address:{}", peer.ip()));
+    // Per account and address: failures from one address never lock the owner out from
+    // another.
+    let (pair, address) = (format!("{email} {client}"), client.to_string());
     let throttle = &state.login_throttle;
-    for (limits, key) in [(&throttle.account, &account), (&throttle.address, &address)] {
-        if let Err(wait) = limits.check(key) {
-            let mut e = ApiError::new(
-                ErrorCode::RateLimited,
-                format!("too many failed sign-ins; try again in {wait} s"),
-            );
-            e.retry_after = Some(wait);
-            return Err(e);
-        }
+    if let Err(wait) = throttle
+        .pair
+        .check(&pair)
+        .and(throttle.address.check(&address))
+    {
+        let mut e = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("too many failed sign-ins; try again in {wait} s"),
+        );
+        e.retry_after = Some(wait);
+        return Err(e);
     }
     let found = state.db.user_by_email(&email).await.map_err(internal)?;
     let verified = match found {
@@ -227,11 +250,11 @@ pub async fn login(
         None => None,
     };
     let Some(user) = verified else {
-        throttle.account.fail(&account);
+        throttle.pair.fail(&pair);
         throttle.address.fail(&address);
         return Err(wrong());
     };
-    throttle.account.reset(&account);
+    throttle.pair.reset(&pair);
     issue(&state, user, StatusCode::OK).await
 }
 
@@ -321,9 +344,10 @@ pub async fn logout(
             .await
             .map_err(internal)?;
     }
-    let clear = format!("{COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0");
+    let secure = secure_attr(&state);
+    let clear = format!("{COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}");
     let clear_refresh =
-        format!("{REFRESH_COOKIE}=; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age=0");
+        format!("{REFRESH_COOKIE}=; HttpOnly; SameSite=Strict; Path=/api/auth; Max-Age=0{secure}");
     Ok((
         StatusCode::NO_CONTENT,
         axum::response::AppendHeaders([

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use crate::infra::error::{ApiError, ErrorCode};
 use crate::{
     AppState, generations, http::account, http::auth, http::events, http::feed, http::media,
-    http::models, http::openapi, jobs, realtime, tasks::webhook::outbox as webhooks,
+    http::models, http::openapi, http::signup, jobs, realtime, tasks::webhook::outbox as webhooks,
 };
 
 /// The route table as an OpenAPI router (for the document) before state and layers.
@@ -28,6 +28,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::me))
+        .routes(routes!(signup::registration))
+        .routes(routes!(signup::setup))
+        .routes(routes!(signup::create_invite, signup::list_invites))
+        .routes(routes!(signup::delete_invite))
         .routes(routes!(auth::create_api_key, auth::list_api_keys))
         .routes(routes!(auth::delete_api_key))
         .routes(routes!(webhooks::get_secret))
@@ -105,6 +109,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.config.server.request_timeout_secs,
             crate::infra::error::timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.guard.clone(),
+            crate::http::guard::guard,
         ))
         .layer(axum::middleware::from_fn(crate::infra::error::request_id))
         .with_state(state)

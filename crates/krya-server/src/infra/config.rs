@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: Server,
+    pub accounts: Accounts,
     pub database: Database,
     pub storage: Storage,
     pub models: Models,
@@ -60,6 +61,33 @@ pub struct Server {
     /// A request's handler (reading its body included) must answer within this many
     /// seconds, else 408. Streams (events, the live canvas) are answered at once and run on.
     pub request_timeout_secs: f64,
+    /// Session cookies carry `Secure` (browsers accept it on `http://localhost` too). Turn
+    /// off only for plain-http hosts that are not loopback (the server warns at start).
+    pub secure_cookies: bool,
+    /// Proxies (addresses or ranges, `10.0.0.0/8`) whose `Forwarded`/`X-Forwarded-For`
+    /// and `X-Forwarded-Proto` are believed; the client's address is the nearest hop that
+    /// is not one of them.
+    pub trusted_proxies: Vec<String>,
+    /// Host names (with or without port) requests may name: a web page elsewhere cannot
+    /// reach this server through DNS rebinding. Empty: `localhost`, `127.0.0.1` and `[::1]`
+    /// when listening on loopback, any name otherwise.
+    pub allowed_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Accounts {
+    /// Who may register: `open` (anyone), `invite` (with an invite an admin made) or
+    /// `closed` (only `krya users create`).
+    pub registration: Registration,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Open,
+    Invite,
+    Closed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -184,6 +212,12 @@ impl Default for Config {
                 stream_auth_check_secs: 30.0,
                 refresh_reuse_secs: 10,
                 request_timeout_secs: 120.0,
+                secure_cookies: true,
+                trusted_proxies: Vec::new(),
+                allowed_hosts: Vec::new(),
+            },
+            accounts: Accounts {
+                registration: Registration::Open,
             },
             database: Database { url: String::new() },
             storage: Storage {
@@ -251,6 +285,21 @@ refresh_reuse_secs = 10
 # A request must be read and answered within this many seconds, else 408 (a slow client
 # cannot hold a handler). Event streams and the live canvas are answered at once and run on.
 request_timeout_secs = 120.0
+# Session cookies carry Secure (browsers accept it on http://localhost too). Turn it off only
+# for a plain-http host that is not loopback; the server warns at start when it is off.
+secure_cookies = true
+# Proxies (addresses or ranges) whose Forwarded / X-Forwarded-For / X-Forwarded-Proto headers
+# are believed, e.g. ["127.0.0.1", "10.0.0.0/8"]. Empty: the TCP peer is the client.
+trusted_proxies = []
+# Host names requests may name (against DNS rebinding), e.g. ["krya.example.com"]. Empty:
+# localhost, 127.0.0.1 and [::1] when listening on loopback, any name otherwise.
+allowed_hosts = []
+
+[accounts]
+# Who may register: "open" (anyone), "invite" (with an invite link an admin made) or "closed"
+# (only `krya users create`). The first administrator is made with `krya users create --admin`
+# or through the one-time setup link the server logs at start while it has none.
+registration = "open"
 
 [database]
 # Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".

@@ -1,14 +1,18 @@
-//! Failed-login throttling per account and per client address: after `limit` failures in
-//! `window`, further attempts get 429 with `Retry-After` until the oldest failure ages out.
+//! Throttling. Failed sign-ins are throttled per account *and* address with growing
+//! delays, so a wrong password typed from one address never locks the owner out from
+//! another, and per address (many accounts tried from one place). Requests are limited per
+//! user and per address in fixed windows (`Throttle`), answered with 429 and
+//! `Retry-After`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failed logins allowed per account, and per client address (more: people share
-/// addresses), within 15 minutes.
+/// Sign-in failures: per account-and-address pair, a few free tries, then each further
+/// attempt waits twice as long as the one before (up to 15 minutes); per address, at most
+/// 20 failures in 15 minutes.
 pub struct LoginThrottle {
-    pub account: Throttle,
+    pub pair: Backoff,
     pub address: Throttle,
 }
 
@@ -16,9 +20,74 @@ impl Default for LoginThrottle {
     fn default() -> Self {
         let window = Duration::from_secs(15 * 60);
         Self {
-            account: Throttle::new(5, window),
+            pair: Backoff::new(5, Duration::from_secs(1), window),
             address: Throttle::new(20, window),
         }
+    }
+}
+
+/// Growing delays per key: after `free` failures the key waits `first` from its last
+/// failure, and twice as long after each further one (at most `max`). A key idle for
+/// `max` starts over.
+pub struct Backoff {
+    free: u32,
+    first: Duration,
+    max: Duration,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl Backoff {
+    pub fn new(free: u32, first: Duration, max: Duration) -> Self {
+        Self {
+            free,
+            first,
+            max,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn delay(&self, n: u32) -> Duration {
+        if n < self.free {
+            return Duration::ZERO;
+        }
+        let doublings = (n - self.free).min(30);
+        (self.first * 2u32.pow(doublings)).min(self.max)
+    }
+
+    /// `Err(seconds to wait)` while `key` is waiting.
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        let map = self.failures.lock().unwrap();
+        let Some((n, last)) = map.get(key) else {
+            return Ok(());
+        };
+        let since = last.elapsed();
+        if since >= self.max {
+            return Ok(());
+        }
+        let wait = self.delay(*n);
+        if since >= wait {
+            Ok(())
+        } else {
+            Err((wait - since).as_secs_f64().ceil().max(1.0) as u64)
+        }
+    }
+
+    pub fn fail(&self, key: &str) {
+        let mut map = self.failures.lock().unwrap();
+        let now = Instant::now();
+        if map.len() > 100_000 {
+            map.retain(|_, (_, t)| now.duration_since(*t) < self.max);
+        }
+        let e = map.entry(key.to_string()).or_insert((0, now));
+        if now.duration_since(e.1) >= self.max {
+            e.0 = 0;
+        }
+        e.0 += 1;
+        e.1 = now;
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
     }
 }
 
@@ -37,7 +106,7 @@ impl Throttle {
         }
     }
 
-    /// `Err(seconds to wait)` when `key` has used up its failures.
+    /// `Err(seconds to wait)` when `key` has used up its events in the window.
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let mut map = self.failures.lock().unwrap();
         let now = Instant::now();
@@ -73,6 +142,26 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_grow_after_the_free_tries_and_reset_on_success() {
+        let b = Backoff::new(2, Duration::from_millis(100), Duration::from_secs(60));
+        assert!(b.check("k").is_ok());
+        b.fail("k");
+        assert!(b.check("k").is_ok(), "two free tries");
+        b.fail("k");
+        assert_eq!(b.delay(2), Duration::from_millis(100));
+        assert_eq!(b.delay(4), Duration::from_millis(400));
+        assert_eq!(b.delay(40), Duration::from_secs(60));
+        assert!(b.check("k").is_err());
+        assert!(b.check("other").is_ok(), "keys are apart");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(b.check("k").is_ok());
+        b.fail("k");
+        assert!(b.check("k").is_err());
+        b.reset("k");
+        assert!(b.check("k").is_ok());
+    }
 
     #[test]
     fn blocks_after_the_limit_until_the_window_passes() {

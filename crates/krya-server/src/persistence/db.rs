@@ -49,7 +49,7 @@ macro_rules! per_backend {
 
 /// Every migration in order. A file's text is its checksum in `_sqlx_migrations`: an
 /// applied migration's file is never edited, only followed by a new one.
-const MIGRATIONS: [[(i64, &str, &str); 2]; 7] = [
+const MIGRATIONS: [[(i64, &str, &str); 2]; 8] = [
     per_backend!(1, "0001_accounts"),
     per_backend!(2, "0002_sessions"),
     shared!(3, "0003_api_keys"),
@@ -57,6 +57,7 @@ const MIGRATIONS: [[(i64, &str, &str); 2]; 7] = [
     shared!(5, "0005_refresh_rotation"),
     shared!(6, "0006_jobs_and_assets"),
     shared!(7, "0007_posts"),
+    shared!(8, "0008_invites"),
 ];
 
 fn migrations(backend: Backend) -> Vec<sqlx::migrate::Migration> {

@@ -34,6 +34,38 @@ impl Client {
         }
     }
 
+    /// The server's first administrator, made through the setup link the server wrote to
+    /// `DATA_DIR/setup-link` (password `password123`).
+    pub fn setup_admin(base: &str, data_dir: &std::path::Path, email: &str) -> Client {
+        // Answered once the server serves, which is after it wrote the link.
+        let a = agent();
+        assert_eq!(
+            a.get(format!("{base}/api/health")).call().unwrap().status(),
+            200
+        );
+        let link = std::fs::read_to_string(data_dir.join("setup-link")).expect("a setup link");
+        let token = link
+            .trim()
+            .split("token=")
+            .nth(1)
+            .expect("a token in the link");
+        let a = agent();
+        let mut r = post(
+            &a,
+            &format!("{base}/api/auth/setup"),
+            &json!({"token": token, "email": email, "password": "password123", "name": email.split('@').next().unwrap()}).to_string(),
+        );
+        assert_eq!(r.status(), 201, "setup");
+        let body = json(&mut r);
+        assert_eq!(body["user"]["is_admin"], true);
+        Client {
+            a,
+            base: base.to_string(),
+            token: body["access_token"].as_str().unwrap().to_string(),
+            user: body["user"].clone(),
+        }
+    }
+
     /// Signs in an existing account (password `password123`, as `register` makes them).
     pub fn login(base: &str, email: &str) -> Client {
         let a = agent();
