@@ -45,6 +45,8 @@ pub struct AppState {
     pub bus: events::Bus,
     /// The Host allow-list and trusted proxies, parsed.
     pub guard: Arc<http::guard::Guard>,
+    /// Request limits per address and user (`[limits]`).
+    pub limits: Arc<http::limits::Limits>,
     /// Requests on users' behalf.
     pub outbound: infra::outbound::Outbound,
     /// Failed logins per account and per client address.
@@ -138,6 +140,7 @@ async fn state(
     });
     let guard = Arc::new(http::guard::Guard::new(&config.server).map_err(std::io::Error::other)?);
     let blobs = open_blobs(&config)?;
+    let limits = Arc::new(http::limits::Limits::new(&config.limits));
     let outbound = infra::outbound::Outbound::new(
         config.webhooks.allow_private,
         std::time::Duration::from_secs(10),
@@ -154,6 +157,7 @@ async fn state(
         bus,
         outbound,
         guard,
+        limits,
         login_throttle: Default::default(),
         running: Default::default(),
         wake: Default::default(),

@@ -349,3 +349,78 @@ fn security_headers_on_every_answer() {
     );
     assert!(!head.contains("strict-transport-security"), "{head}");
 }
+
+/// Registrations per address, uploads and submissions per address and per user: 429 with
+/// `Retry-After` beyond the limit, others unaffected.
+#[test]
+fn requests_are_limited_per_address_and_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.trusted_proxies = vec!["127.0.0.1".into()];
+    config.limits.register_per_hour = 2;
+    config.limits.uploads_per_minute = 2;
+    config.limits.submissions_per_minute = 2;
+    let (base, stop, handle) = start_limited(config);
+    let s = Server::from_parts(base, stop, handle, dir);
+    let reg = |email: &str, client: &str| {
+        let body = json!({"email": email, "password": "password123", "name": "N"}).to_string();
+        raw(
+            &s.base,
+            "POST",
+            "/api/auth/register",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", client),
+            ],
+            &body,
+        )
+    };
+    assert_eq!(reg("a@example.com", "198.51.100.1").0, 201);
+    assert_eq!(reg("b@example.com", "198.51.100.1").0, 201);
+    let (st, head, body) = reg("c@example.com", "198.51.100.1");
+    assert_eq!(st, 429, "{body}");
+    assert!(head.contains("retry-after: "), "{head}");
+    assert!(body.contains("\"code\":\"rate-limited\""), "{body}");
+    assert_eq!(
+        reg("c@example.com", "198.51.100.2").0,
+        201,
+        "another address"
+    );
+
+    let a = Client::login(&s.base, "a@example.com");
+    let png = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../krya-engine/tests/golden/init.png"
+    ))
+    .unwrap();
+    let upload = |c: &Client, client: &str| {
+        let mut r =
+            c.a.post(format!("{}/api/assets", s.base))
+                .header("Authorization", format!("Bearer {}", c.token))
+                .header("Content-Type", "image/png")
+                .header("X-Forwarded-For", client)
+                .send(&png[..])
+                .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(upload(&a, "203.0.113.1").0, 201);
+    assert_eq!(upload(&a, "203.0.113.2").0, 201);
+    // Per user: a third from yet another address is refused.
+    let (st, body) = upload(&a, "203.0.113.3");
+    assert_eq!(st, 429, "{body}");
+    let b = Client::login(&s.base, "b@example.com");
+    assert_eq!(upload(&b, "203.0.113.4").0, 201, "another user");
+
+    let submit = |c: &Client| {
+        c.post(
+            "/api/generate/image",
+            json!({"prompt": "x", "model": "nope"}),
+        )
+        .0
+    };
+    // Counted whatever the answer (here 422: no such model).
+    assert_eq!(submit(&b), 422);
+    assert_eq!(submit(&b), 422);
+    assert_eq!(submit(&b), 429);
+}

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod events;
 pub mod feed;
 pub mod guard;
+pub mod limits;
 pub mod media;
 pub mod models;
 pub mod openapi;

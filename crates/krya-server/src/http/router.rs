@@ -111,6 +111,10 @@ pub fn router(state: AppState) -> Router {
             crate::infra::error::timeout,
         ))
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::limits::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.guard.clone(),
             crate::http::guard::guard,
         ))

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     pub server: Server,
     pub accounts: Accounts,
+    pub limits: Limits,
     pub database: Database,
     pub storage: Storage,
     pub models: Models,
@@ -80,6 +81,22 @@ pub struct Accounts {
     /// Who may register: `open` (anyone), `invite` (with an invite an admin made) or
     /// `closed` (only `krya users create`).
     pub registration: Registration,
+}
+
+/// Requests allowed per client address and, where signed in, per user (0: no limit);
+/// beyond them 429 with `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Registrations per address per hour.
+    pub register_per_hour: u32,
+    /// Sign-in attempts per address per minute (failures are throttled besides).
+    pub login_per_minute: u32,
+    /// Uploads per user and per address per minute.
+    pub uploads_per_minute: u32,
+    /// Submitted jobs (images, batches, remixes, jobs of any kind, captures) per user and
+    /// per address per minute.
+    pub submissions_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -219,6 +236,12 @@ impl Default for Config {
             accounts: Accounts {
                 registration: Registration::Open,
             },
+            limits: Limits {
+                register_per_hour: 10,
+                login_per_minute: 30,
+                uploads_per_minute: 60,
+                submissions_per_minute: 60,
+            },
             database: Database { url: String::new() },
             storage: Storage {
                 url: String::new(),
@@ -300,6 +323,15 @@ allowed_hosts = []
 # (only `krya users create`). The first administrator is made with `krya users create --admin`
 # or through the one-time setup link the server logs at start while it has none.
 registration = "open"
+
+[limits]
+# Requests allowed per client address and, where signed in, per user; beyond them 429 with
+# Retry-After. 0: no limit.
+register_per_hour = 10
+login_per_minute = 30
+uploads_per_minute = 60
+# Jobs submitted: images, batches, remixes, jobs of any kind, live-canvas captures.
+submissions_per_minute = 60
 
 [database]
 # Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".

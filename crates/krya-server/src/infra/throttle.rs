@@ -121,6 +121,29 @@ impl Throttle {
         Err((self.window - now.duration_since(oldest)).as_secs().max(1))
     }
 
+    /// Counts an event for `key` unless it has used up the window: `Err(seconds to wait)`.
+    /// A limit of 0 is no limit.
+    pub fn hit(&self, key: &str) -> Result<(), u64> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let mut map = self.failures.lock().unwrap();
+        let now = Instant::now();
+        if map.len() > 100_000 {
+            map.retain(|_, v| {
+                v.last()
+                    .is_some_and(|t| now.duration_since(*t) < self.window)
+            });
+        }
+        let list = map.entry(key.to_string()).or_default();
+        list.retain(|t| now.duration_since(*t) < self.window);
+        if list.len() >= self.limit {
+            return Err((self.window - now.duration_since(list[0])).as_secs().max(1));
+        }
+        list.push(now);
+        Ok(())
+    }
+
     pub fn fail(&self, key: &str) {
         let mut map = self.failures.lock().unwrap();
         // Bound memory under a flood of distinct keys: forget entries with nothing recent.

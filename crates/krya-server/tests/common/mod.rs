@@ -29,7 +29,27 @@ pub fn start_with_tasks(config: Config, tasks: krya_server::tasks::Registry) -> 
     start_full(config, Default::default(), tasks)
 }
 
+/// The server with its request limits as `config` sets them (`start_with` and the others
+/// lift them: tests make many accounts and jobs from one address).
+pub fn start_limited(config: Config) -> Running {
+    launch_in_thread(config, Default::default(), krya_server::tasks::builtin())
+}
+
 fn start_full(
+    mut config: Config,
+    studio: krya_server::http::studio::Studio,
+    tasks: krya_server::tasks::Registry,
+) -> Running {
+    config.limits = krya_server::infra::config::Limits {
+        register_per_hour: 0,
+        login_per_minute: 0,
+        uploads_per_minute: 0,
+        submissions_per_minute: 0,
+    };
+    launch_in_thread(config, studio, tasks)
+}
+
+fn launch_in_thread(
     config: Config,
     studio: krya_server::http::studio::Studio,
     tasks: krya_server::tasks::Registry,
