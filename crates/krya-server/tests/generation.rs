@@ -563,9 +563,14 @@ fn generation_on_s3() {
     assert_eq!(st, 201);
     let aid = asset["id"].as_str().unwrap();
     assert_eq!(a.bytes(&format!("/api/assets/{aid}")).1, init);
+    // Streamed from S3 in ranges too.
+    a.check_ranges(&format!("/api/assets/{aid}"), &init);
+    let g = a.get(&format!("/api/generate/image/{id}")).1;
+    let url = g["images"][0]["url"].as_str().unwrap();
+    let png = a.bytes(url).1;
+    a.check_ranges(url, &png);
     assert_eq!(moto.keys(&format!("k/assets/{aid}")).len(), 1);
     let b = Client::register(&s.base, "other@example.com");
-    let g = a.get(&format!("/api/generate/image/{id}")).1;
     assert_eq!(b.bytes(g["images"][0]["url"].as_str().unwrap()).0, 404);
     assert_eq!(
         a.send(

@@ -58,6 +58,7 @@ fn uploads_img2img_and_bad_input(s: &Server) {
     let aid = asset["id"].as_str().unwrap();
     let (st, back) = a.bytes(&format!("/api/assets/{aid}"));
     assert_eq!((st, back == init), (200, true));
+    a.check_ranges(&format!("/api/assets/{aid}"), &init);
     // The same file as a form (field `file`), as browsers and most HTTP clients send it.
     let boundary = "----krya-test-boundary";
     let mut form = format!(

@@ -293,7 +293,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// `GET /api/assets/:id`: an upload or output, to its owner, or to anyone once public.
-#[utoipa::path(get, path = "/api/assets/{id}", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The file, with its own type", content_type = "*/*", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/assets/{id}", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The file, with its own type", content_type = "*/*", body = Vec<u8>), (status = 206, description = "The part a Range asked for"), (status = 304, description = "Not modified (If-None-Match)"), (status = 416, description = "The Range starts past the end"), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_asset(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -303,7 +303,7 @@ pub async fn get_asset(
 }
 
 /// `GET /api/assets/:id/thumbnail`: a small WebP of an output that has one.
-#[utoipa::path(get, path = "/api/assets/{id}/thumbnail", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The thumbnail (WebP)", content_type = "image/webp", body = Vec<u8>), (status = 404, description = "No such item, not the caller's, or without a thumbnail", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/assets/{id}/thumbnail", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The thumbnail (WebP)", content_type = "image/webp", body = Vec<u8>), (status = 206, description = "The part a Range asked for"), (status = 304, description = "Not modified (If-None-Match)"), (status = 416, description = "The Range starts past the end"), (status = 404, description = "No such item, not the caller's, or without a thumbnail", body = ErrorBody)))]
 pub async fn get_asset_thumbnail(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -335,29 +335,21 @@ async fn serve_asset(
     } else {
         (a.blob_key, a.mime)
     };
-    let bytes = state
-        .blobs
-        .get(&key)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| internal(format!("asset {id}: blob missing")))?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, mime),
-            (
-                header::CACHE_CONTROL,
-                // Short for public ones: one made private must leave caches soon.
-                if a.public {
-                    "public, max-age=60"
-                } else {
-                    "private, max-age=3600"
-                }
-                .into(),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    let file = crate::http::files::File {
+        key: &key,
+        mime: &mime,
+        // Short for public ones: one made private must leave caches soon.
+        cache: if a.public {
+            "public, max-age=60"
+        } else {
+            "private, max-age=3600"
+        },
+        disposition: None,
+    };
+    crate::http::files::send(state, headers, file, || {
+        internal(format!("asset {id}: blob missing"))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -389,12 +381,6 @@ async fn serve_image(
     let key: String = row
         .try_get(if thumbnail { "thumb_key" } else { "png_key" })
         .map_err(internal)?;
-    let bytes = state
-        .blobs
-        .get(&key)
-        .await
-        .map_err(internal)?
-        .ok_or_else(missing)?;
     let (mime, ext) = if thumbnail {
         ("image/webp", "webp")
     } else {
@@ -407,24 +393,21 @@ async fn serve_image(
         if download { "attachment" } else { "inline" },
         if thumbnail { "-thumb" } else { "" }
     );
-    // Short: a generation made private must stop being served from caches soon.
-    let cache = if public {
-        "public, max-age=60"
-    } else {
-        "private, max-age=60"
+    let file = crate::http::files::File {
+        key: &key,
+        mime,
+        // Short: a generation made private must stop being served from caches soon.
+        cache: if public {
+            "public, max-age=60"
+        } else {
+            "private, max-age=60"
+        },
+        disposition: Some(disposition),
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, mime.to_string()),
-            (header::CONTENT_DISPOSITION, disposition),
-            (header::CACHE_CONTROL, cache.into()),
-        ],
-        bytes,
-    )
-        .into_response())
+    crate::http::files::send(state, headers, file, missing).await
 }
 
-#[utoipa::path(get, path = "/api/images/{id}", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Image id"), ("download" = Option<u8>, Query, minimum = 0, maximum = 1, description = "1: as an attachment")), responses((status = 200, description = "PNG with the A1111 parameters chunk", content_type = "image/png", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/images/{id}", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Image id"), ("download" = Option<u8>, Query, minimum = 0, maximum = 1, description = "1: as an attachment")), responses((status = 200, description = "PNG with the A1111 parameters chunk", content_type = "image/png", body = Vec<u8>), (status = 206, description = "The part a Range asked for"), (status = 304, description = "Not modified (If-None-Match)"), (status = 416, description = "The Range starts past the end"), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn image(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -439,7 +422,7 @@ pub async fn image(
     serve_image(&state, &headers, &id, false, download).await
 }
 
-#[utoipa::path(get, path = "/api/images/{id}/thumbnail", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Image id")), responses((status = 200, description = "WebP thumbnail", content_type = "image/webp", body = Vec<u8>), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/images/{id}/thumbnail", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Image id")), responses((status = 200, description = "WebP thumbnail", content_type = "image/webp", body = Vec<u8>), (status = 206, description = "The part a Range asked for"), (status = 304, description = "Not modified (If-None-Match)"), (status = 416, description = "The Range starts past the end"), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn thumbnail(
     State(state): State<AppState>,
     headers: HeaderMap,

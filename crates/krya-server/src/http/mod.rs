@@ -5,6 +5,7 @@ pub mod account;
 pub mod auth;
 pub mod events;
 pub mod feed;
+pub mod files;
 pub mod guard;
 pub mod limits;
 pub mod media;

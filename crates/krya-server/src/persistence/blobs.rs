@@ -20,6 +20,13 @@ pub trait BlobStore: Send + Sync {
     async fn get(&self, key: &str) -> BlobResult<Option<Vec<u8>>>;
     /// Its length in bytes; `None` when there is no such blob.
     async fn size(&self, key: &str) -> BlobResult<Option<u64>>;
+    /// Bytes `range` of the blob (within its size), as a stream: files are served without
+    /// being read whole into memory. `None` when there is no such blob.
+    async fn stream(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> BlobResult<Option<ByteStream>>;
     /// Deleting a missing blob is not an error.
     async fn delete(&self, key: &str) -> BlobResult<()>;
     /// Every key starting with `prefix` (a folder-like prefix ending in `/`).
@@ -27,6 +34,38 @@ pub trait BlobStore: Send + Sync {
 }
 
 pub type Blobs = Arc<dyn BlobStore>;
+
+/// A blob's bytes as they arrive.
+pub type ByteStream =
+    futures_util::stream::BoxStream<'static, Result<axum::body::Bytes, std::io::Error>>;
+
+/// Chunks of a file's `range`, read as the stream is polled.
+fn file_chunks(file: tokio::fs::File, len: u64) -> ByteStream {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+    const CHUNK: u64 = 64 * 1024;
+    futures_util::stream::unfold((file, len), |(mut f, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; CHUNK.min(left) as usize];
+        match f.read(&mut buf).await {
+            Ok(0) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file got shorter",
+                )),
+                (f, 0),
+            )),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), (f, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (f, 0))),
+        }
+    })
+    .boxed()
+}
 
 /// Checks a server-made key: lowercase ASCII letters, digits, `-`, `_`, `.` and `/`
 /// separators, no empty or dot-only segments.
@@ -103,6 +142,24 @@ impl BlobStore for FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path, e)),
         }
+    }
+
+    async fn stream(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> BlobResult<Option<ByteStream>> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.path(key)?;
+        let mut f = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        f.seek(std::io::SeekFrom::Start(range.start))
+            .await
+            .map_err(|e| io_err(&path, e))?;
+        Ok(Some(file_chunks(f, range.end.saturating_sub(range.start))))
     }
 
     async fn delete(&self, key: &str) -> BlobResult<()> {
@@ -262,6 +319,27 @@ impl BlobStore for S3Store {
         use object_store::ObjectStoreExt;
         match self.store.head(&self.path(key)?).await {
             Ok(m) => Ok(Some(m.size as u64)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BlobError(e.to_string())),
+        }
+    }
+
+    async fn stream(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> BlobResult<Option<ByteStream>> {
+        use futures_util::{StreamExt, TryStreamExt};
+        use object_store::ObjectStore;
+        if range.is_empty() {
+            return Ok(Some(futures_util::stream::empty().boxed()));
+        }
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        match self.store.get_opts(&self.path(key)?, opts).await {
+            Ok(r) => Ok(Some(r.into_stream().map_err(std::io::Error::other).boxed())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(BlobError(e.to_string())),
         }

@@ -96,6 +96,49 @@ impl Client {
         (s, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// A GET with extra headers: the status, the answer's headers and its bytes.
+    pub fn fetch(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, ureq::http::HeaderMap, Vec<u8>) {
+        let mut req = self
+            .a
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut r = req.call().unwrap();
+        let h = r.headers().clone();
+        (r.status().as_u16(), h, r.body_mut().read_to_vec().unwrap())
+    }
+
+    /// A file is served streamed with an ETag (304 on If-None-Match) and one Range at a
+    /// time (206; 416 past its end; the whole file when If-Range names another version).
+    pub fn check_ranges(&self, path: &str, full: &[u8]) {
+        let n = full.len();
+        let (st, h, body) = self.fetch(path, &[]);
+        assert_eq!((st, body.as_slice()), (200, full), "{path}");
+        assert_eq!(h["accept-ranges"], "bytes");
+        assert_eq!(h["content-length"], n.to_string().as_str());
+        let tag = h["etag"].to_str().unwrap().to_string();
+        assert!(tag.starts_with('"') && tag.len() > 10, "{tag}");
+        let (st, h, body) = self.fetch(path, &[("If-None-Match", &tag)]);
+        assert_eq!((st, body.len()), (304, 0));
+        assert_eq!(h["etag"], tag.as_str());
+        let (st, h, body) = self.fetch(path, &[("Range", "bytes=0-9")]);
+        assert_eq!((st, body.as_slice()), (206, &full[..10]));
+        assert_eq!(h["content-range"], format!("bytes 0-9/{n}").as_str());
+        let (st, _, body) = self.fetch(path, &[("Range", "bytes=-5")]);
+        assert_eq!((st, body.as_slice()), (206, &full[n - 5..]));
+        let (st, h, _) = self.fetch(path, &[("Range", &format!("bytes={n}-"))]);
+        assert_eq!(st, 416);
+        assert_eq!(h["content-range"], format!("bytes */{n}").as_str());
+        let (st, _, body) = self.fetch(path, &[("Range", "bytes=0-9"), ("If-Range", "\"old\"")]);
+        assert_eq!((st, body.len()), (200, n));
+    }
+
     pub fn bytes(&self, path: &str) -> (u16, Vec<u8>) {
         let mut r = self
             .a
