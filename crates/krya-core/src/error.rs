@@ -15,6 +15,7 @@ pub enum ErrorCode {
     TooLarge,
     UnsupportedMediaType,
     RateLimited,
+    QuotaExceeded,
     Timeout,
     Internal,
 }
@@ -36,6 +37,7 @@ impl ErrorCode {
             UnsupportedMediaType => ("unsupported-media-type", 415),
             RateLimited => ("rate-limited", 429),
             Timeout => ("timeout", 408),
+            QuotaExceeded => ("quota-exceeded", 403),
             Internal => ("internal", 500),
         }
     }

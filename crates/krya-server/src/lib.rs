@@ -218,6 +218,19 @@ pub async fn launch_with(
         .map_err(std::io::Error::other)?;
     let runner = runner_for(&state);
     let handle = tokio::spawn(runner.clone().run());
+    // Uploads no job used are removed: at start, then hourly.
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                if let Err(e) = http::storage::sweep(&state).await {
+                    tracing::warn!(error = %e.message, "sweeping unused uploads");
+                }
+            }
+        })
+    };
     let realtime = state.realtime.clone();
     if let Some(r) = &realtime {
         r.start();
@@ -240,6 +253,7 @@ pub async fn launch_with(
         r.stop();
     }
     runner.stop();
+    sweeper.abort();
     // A job stuck inside a long step is left to its lease (it runs again elsewhere).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(12), handle).await;
     served

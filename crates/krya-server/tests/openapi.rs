@@ -56,6 +56,7 @@ fn openapi_document_covers_every_endpoint() {
         ("get", "/api/jobs/kinds"),
         ("post", "/api/assets"),
         ("get", "/api/assets/{id}"),
+        ("delete", "/api/assets/{id}"),
         ("get", "/api/assets/{id}/thumbnail"),
         ("get", "/api/images/{id}"),
         ("get", "/api/images/{id}/thumbnail"),

@@ -316,3 +316,106 @@ fn uploads_img2img_and_bad_input_on_sqlite() {
 fn uploads_img2img_and_bad_input_on_postgres() {
     on_postgres(uploads_img2img_and_bad_input);
 }
+
+/// A noise PNG of about `side² · 3` bytes (noise does not compress).
+fn noise_png(side: u32, seed: u8) -> Vec<u8> {
+    let mut x = seed as u32 + 1;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        image::Rgb([(x >> 16) as u8, (x >> 8) as u8, (x >> 24) as u8])
+    });
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// Deleting uploads; the storage quota for uploads and submissions; and uploads no job used
+/// removed after a while, at the next start, while a used one stays.
+#[test]
+fn uploads_are_deleted_counted_and_swept() {
+    use krya_server::Config;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("models.json"),
+        json!({"tiny": tiny_model()}).to_string(),
+    )
+    .unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.jobs.poll_ms = 50;
+    config.limits.storage_mb_per_user = 1;
+    config.limits.unused_upload_hours = 1;
+    let (base, stop, handle) = start_with(config.clone());
+    let a = Client::register(&base, "ann@example.com");
+    let b = Client::register(&base, "bob@example.com");
+    let big = noise_png(500, 1);
+    assert!(
+        big.len() > 400_000 && big.len() < 1024 * 1024,
+        "{}",
+        big.len()
+    );
+    let (st, first) = a.upload(big.clone(), "image/png");
+    assert_eq!(st, 201, "{first}");
+    let first = first["id"].as_str().unwrap().to_string();
+    // A second would pass 1 MiB.
+    let (st, e) = a.upload(noise_png(500, 2), "image/png");
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (403, Some("quota-exceeded")),
+        "{e}"
+    );
+    assert_eq!(
+        b.upload(noise_png(500, 2), "image/png").0,
+        201,
+        "bob has his own"
+    );
+    // Deleting: not another's; gone with its file; then there is room again.
+    let path = format!("/api/assets/{first}");
+    assert_eq!(b.send("DELETE", &path, Value::Null, &[]).0, 404);
+    let blobs = dir.path().join("blobs/assets");
+    let before = std::fs::read_dir(&blobs).unwrap().count();
+    assert_eq!(a.send("DELETE", &path, Value::Null, &[]).0, 204);
+    assert_eq!(a.bytes(&path).0, 404);
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), before - 1);
+    let small = std::fs::read(tiny_model().join("../init.png")).unwrap();
+    let (_, used) = a.upload(small.clone(), "image/png");
+    let (_, unused) = a.upload(small.clone(), "image/png");
+    let (used, unused) = (used["id"].as_str().unwrap(), unused["id"].as_str().unwrap());
+    let (st, g) = a.post(
+        "/api/generate/image",
+        json!({"prompt": "x", "model": "tiny", "init_image": used, "strength": 0.5, "steps": 2}),
+    );
+    assert_eq!(st, 202, "{g}");
+    let g = a.wait(g["id"].as_str().unwrap());
+    assert_eq!(g["status"], "completed", "{g}");
+    // An output is deleted with its job, not alone.
+    let job = &a.get("/api/jobs?kind=image").1["items"][0];
+    let out = job["outputs"][0]["id"].as_str().unwrap();
+    assert_eq!(
+        a.send("DELETE", &format!("/api/assets/{out}"), Value::Null, &[])
+            .0,
+        409
+    );
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+
+    // Two hours later (the rows made older), the next start removes the unused upload.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = krya_server::open_database(&config).await.unwrap();
+        sqlx::query("UPDATE assets SET created_at = created_at - 7200")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    });
+    let (base, stop, handle) = start_with(config);
+    let a = Client::login(&base, "ann@example.com");
+    assert_eq!(a.bytes(&format!("/api/assets/{unused}")).0, 404);
+    assert_eq!(a.bytes(&format!("/api/assets/{used}")), (200, small));
+    stop.send(()).unwrap();
+    handle.join().unwrap().unwrap();
+}

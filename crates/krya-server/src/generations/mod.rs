@@ -358,6 +358,11 @@ async fn submit(
         return Ok(vec![id]);
     }
     let total: i64 = items.iter().map(|c| c.cost).sum();
+    let inputs: Vec<String> = items
+        .iter()
+        .flat_map(|c| [c.params.init_image.clone(), c.params.mask.clone()])
+        .flatten()
+        .collect();
     let tx = state.db.pool.begin().await.map_err(internal)?;
     let mut tx = crate::infra::credits::reserve(&state.db, tx, user, total).await?;
     let mut ids = Vec::new();
@@ -426,6 +431,9 @@ async fn submit(
         ids.push(id);
     }
     tx.commit().await.map_err(internal)?;
+    crate::http::storage::mark_used(&state.db, &inputs)
+        .await
+        .map_err(internal)?;
     state.wake.notify();
     for id in &ids {
         state.bus.publish(

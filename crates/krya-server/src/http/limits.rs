@@ -78,11 +78,14 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     {
         return limited(what, wait);
     }
-    if per_user
-        && let Ok(user) = auth::current_user(&state, req.headers()).await
-        && let Err(wait) = throttle.hit(&format!("user {}", user.id))
-    {
-        return limited(what, wait);
+    if per_user && let Ok(user) = auth::current_user(&state, req.headers()).await {
+        if let Err(wait) = throttle.hit(&format!("user {}", user.id)) {
+            return limited(what, wait);
+        }
+        // Outputs take storage: nothing more past the quota (uploads check their size).
+        if let Err(e) = crate::http::storage::check_quota(&state, &user.id, 0).await {
+            return e.into_response();
+        }
     }
     next.run(req).await
 }

@@ -154,6 +154,7 @@ pub async fn upload(
     })
     .await
     .map_err(internal)??;
+    crate::http::storage::check_quota(&state, &user.id, bytes.len() as u64).await?;
     let id = random_id();
     let key = format!("assets/{id}");
     state

@@ -13,4 +13,5 @@ pub mod models;
 pub mod openapi;
 pub mod router;
 pub mod signup;
+pub mod storage;
 pub mod studio;

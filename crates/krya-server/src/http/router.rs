@@ -15,7 +15,8 @@ use utoipa_axum::routes;
 use crate::infra::error::{ApiError, ErrorCode};
 use crate::{
     AppState, generations, http::account, http::auth, http::events, http::feed, http::media,
-    http::models, http::openapi, http::signup, jobs, realtime, tasks::webhook::outbox as webhooks,
+    http::models, http::openapi, http::signup, http::storage, jobs, realtime,
+    tasks::webhook::outbox as webhooks,
 };
 
 /// The route table as an OpenAPI router (for the document) before state and layers.
@@ -59,7 +60,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::http::cancel_one))
         .routes(routes!(jobs::http::kinds))
         .routes(routes!(media::upload))
-        .routes(routes!(media::get_asset))
+        .routes(routes!(media::get_asset, storage::delete_asset))
         .routes(routes!(media::get_asset_thumbnail))
         .routes(routes!(media::image))
         .routes(routes!(media::thumbnail))

@@ -97,6 +97,11 @@ pub struct Limits {
     /// Submitted jobs (images, batches, remixes, jobs of any kind, captures) per user and
     /// per address per minute.
     pub submissions_per_minute: u32,
+    /// Storage per user (uploads and outputs), in MiB; uploads and submissions beyond it
+    /// are refused.
+    pub storage_mb_per_user: u64,
+    /// Uploads no job used are removed after this many hours.
+    pub unused_upload_hours: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -241,6 +246,8 @@ impl Default for Config {
                 login_per_minute: 30,
                 uploads_per_minute: 60,
                 submissions_per_minute: 60,
+                storage_mb_per_user: 10 * 1024,
+                unused_upload_hours: 24,
             },
             database: Database { url: String::new() },
             storage: Storage {
@@ -332,6 +339,11 @@ login_per_minute = 30
 uploads_per_minute = 60
 # Jobs submitted: images, batches, remixes, jobs of any kind, live-canvas captures.
 submissions_per_minute = 60
+# Storage per user (uploads and outputs), in MiB: uploads and submissions beyond it are
+# refused until the user deletes something. 0: no quota.
+storage_mb_per_user = 10240
+# Uploads no job used are removed after this many hours. 0: kept.
+unused_upload_hours = 24
 
 [database]
 # Empty: SQLite at data_dir/krya.db. For many workers: "postgres://krya@db-host/krya".

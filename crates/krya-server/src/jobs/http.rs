@@ -194,6 +194,9 @@ pub async fn submit(
     .await
     .map_err(internal)?;
     tx.commit().await.map_err(internal)?;
+    crate::http::storage::mark_used(&state.db, &prepared.inputs)
+        .await
+        .map_err(internal)?;
     state.wake.notify();
     state.bus.publish(
         &user.id,

@@ -368,6 +368,11 @@ impl Runner {
         .map_err(|e| e.to_string())?;
         if ended {
             tracing::info!(code, error = message, "failed");
+            // A failed job keeps no files: what its attempts left is removed.
+            let prefix = task.blob_prefix(job);
+            for key in self.services.blobs.list(&prefix).await.unwrap_or_default() {
+                let _ = self.services.blobs.delete(&key).await;
+            }
         }
         if ended {
             self.publish(task, job, "failed", data);

@@ -45,6 +45,7 @@ fn start_full(
         login_per_minute: 0,
         uploads_per_minute: 0,
         submissions_per_minute: 0,
+        ..config.limits.clone()
     };
     launch_in_thread(config, studio, tasks)
 }

@@ -190,9 +190,24 @@ fn life_of_a_job(s: &Server) {
 
     // Failure: refunded, the error on the job.
     assert_eq!(c.credits(), 48);
-    let failed = submit(&c, json!({"asset": asset, "steps": 1, "fail": true}));
+    // It answers "not done yet" for a while; a file an earlier attempt left (as a worker
+    // killed while storing would) goes when it fails.
+    let failed = submit(
+        &c,
+        json!({"asset": asset, "steps": 1, "fail": true, "polls": 5}),
+    );
     assert_eq!(failed["cost"], 1);
+    let left = s
+        .dir
+        .path()
+        .join(format!("blobs/jobs/{}", failed["id"].as_str().unwrap()));
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("a1-0.png"), b"partial").unwrap();
     let failed = c.wait_job(failed["id"].as_str().unwrap());
+    assert!(
+        !left.join("a1-0.png").exists(),
+        "a failed job keeps no files"
+    );
     assert_eq!(failed["status"], "failed");
     assert_eq!(
         failed["error"],
