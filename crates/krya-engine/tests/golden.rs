@@ -328,7 +328,14 @@ fn stream_frames_match_diffusers() {
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(dir().join("stream_cases.json")).unwrap())
             .unwrap();
-    assert!(cases.len() >= 5);
+    // Exactly the frames make.py wrote, each with its reference: a case lost from either
+    // file fails here instead of passing untested.
+    assert_eq!(cases.len(), 7);
+    let ids: std::collections::BTreeSet<String> = cases
+        .iter()
+        .map(|c| format!("stream.{}", c["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ids, refs.keys().cloned().collect());
     let canvas = Arc::new(image_io::load_rgb(&dir().join("stream_canvas.png")).unwrap());
     let mut streams: HashMap<String, Stream> = HashMap::new();
     let mut bad = Vec::new();
@@ -456,7 +463,18 @@ fn scheduler_configs_as_repos_ship_them() {
 fn pipelines_match_diffusers() {
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap();
-    assert!(cases.len() >= 20);
+    // Exactly the cases make.py wrote, each with its reference image.
+    assert_eq!(cases.len(), 33);
+    let ids: std::collections::BTreeSet<String> = cases
+        .iter()
+        .map(|c| format!("case.{}", c["id"].as_str().unwrap()))
+        .collect();
+    let refs: std::collections::BTreeSet<String> = reference()
+        .keys()
+        .filter(|k| k.starts_with("case."))
+        .cloned()
+        .collect();
+    assert_eq!(ids, refs);
     let mut models = HashMap::new();
     let mut failures = Vec::new();
     for case in &cases {

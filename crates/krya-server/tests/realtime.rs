@@ -207,23 +207,26 @@ fn frame_rgb(m: &Value) -> image::RgbImage {
     image::load_from_memory(&bytes).unwrap().to_rgb8()
 }
 
-fn reference(case: &str) -> Vec<u8> {
+/// A reference frame of `stream.safetensors` as an image (its tensor is height × width × 3).
+fn reference(case: &str) -> image::RgbImage {
     let t = candle_core::safetensors::load(golden("stream.safetensors"), &candle_core::Device::Cpu)
         .unwrap();
-    t[&format!("stream.{case}")]
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    let t = &t[&format!("stream.{case}")];
+    let (h, w, c) = t.dims3().unwrap();
+    assert_eq!(c, 3);
+    let bytes: Vec<u8> = t.flatten_all().unwrap().to_vec1().unwrap();
+    image::RgbImage::from_raw(w as u32, h as u32, bytes).unwrap()
 }
 
-fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
+/// Mean absolute difference per channel value, in 1/255; the sizes must be equal first.
+fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions(), "frame size");
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
         .map(|(x, y)| (*x as f64 - *y as f64).abs())
         .sum::<f64>()
-        / a.len() as f64
+        / a.as_raw().len() as f64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +261,7 @@ async fn frames_match_diffusers_and_bad_input_keeps_the_connection() {
     assert!(f["latency_ms"].as_f64().unwrap() > 0.0);
     let img = frame_rgb(&f);
     assert_eq!(img.dimensions(), (32, 24), "rendered at the canvas's size");
-    let d = mean_abs_diff(img.as_raw(), &reference("turbo_canvas_1_05"));
+    let d = mean_abs_diff(&img, &reference("turbo_canvas_1_05"));
     assert!(
         d < 4.0,
         "the frame differs from diffusers by {d:.2}/255 on average"
@@ -281,7 +284,7 @@ async fn frames_match_diffusers_and_bad_input_keeps_the_connection() {
         Value::Null,
         "an update_params answers no client frame"
     );
-    let d = mean_abs_diff(frame_rgb(&f).as_raw(), &reference("turbo_canvas_2_07"));
+    let d = mean_abs_diff(&frame_rgb(&f), &reference("turbo_canvas_2_07"));
     assert!(d < 4.0, "after update_params: {d:.2}/255");
     // A generate without canvas_data keeps the canvas: back to `turbo_canvas_1_05`.
     ws.send(generate(GenerateData {
@@ -295,7 +298,7 @@ async fn frames_match_diffusers_and_bad_input_keeps_the_connection() {
     .await
     .unwrap();
     let f = next_of(&mut ws, "frame").await;
-    let d = mean_abs_diff(frame_rgb(&f).as_raw(), &reference("turbo_canvas_1_05"));
+    let d = mean_abs_diff(&frame_rgb(&f), &reference("turbo_canvas_1_05"));
     assert!(
         d < 4.0,
         "an absent canvas_data dropped the canvas: {d:.2}/255"
@@ -315,7 +318,7 @@ async fn frames_match_diffusers_and_bad_input_keeps_the_connection() {
     .await
     .unwrap();
     let f = next_of(&mut ws, "frame").await;
-    let d = mean_abs_diff(frame_rgb(&f).as_raw(), &reference("turbo_text"));
+    let d = mean_abs_diff(&frame_rgb(&f), &reference("turbo_text"));
     assert!(d < 4.0, "text only: {d:.2}/255");
 
     // Bad input: an error naming the problem, and the connection stays usable.
@@ -539,7 +542,7 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
             &krya_engine::CancelToken::new(),
         )
         .unwrap();
-    let d = mean_abs_diff(img.as_raw(), want.as_raw());
+    let d = mean_abs_diff(&img, &want);
     assert!(d < 4.0, "the frame differs from the engine's by {d:.2}/255");
     // Later statuses keep saying it.
     ws.send(packed(

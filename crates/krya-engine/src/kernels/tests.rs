@@ -26,6 +26,10 @@ fn close(a: &Tensor, b: &Tensor, tol: f32) {
 }
 
 #[test]
+#[cfg_attr(
+    krya_no_avx2,
+    ignore = "this CPU has no AVX2 and FMA: the SIMD kernels are not tested here"
+)]
 fn convolutions_equal_candles() {
     let dev = Device::Cpu;
     for (b, cin, cout, h, w, k, stride, padding) in [
@@ -84,6 +88,10 @@ fn convolutions_equal_candles() {
 }
 
 #[test]
+#[cfg_attr(
+    krya_no_avx2,
+    ignore = "this CPU has no AVX2 and FMA: the SIMD kernels are not tested here"
+)]
 fn linear_equals_candles() {
     let dev = Device::Cpu;
     // Few rows (columns split per task, 37 of them: uneven blocks) and many rows.
@@ -106,6 +114,10 @@ fn linear_equals_candles() {
 }
 
 #[test]
+#[cfg_attr(
+    krya_no_avx2,
+    ignore = "this CPU has no AVX2 and FMA: the SIMD kernels are not tested here"
+)]
 fn erf_and_geglu_match_the_exact_ones() {
     let mut worst = 0f32;
     for i in -6000..=6000 {
@@ -124,6 +136,10 @@ fn erf_and_geglu_match_the_exact_ones() {
 }
 
 #[test]
+#[cfg_attr(
+    krya_no_avx2,
+    ignore = "this CPU has no AVX2 and FMA: the SIMD kernels are not tested here"
+)]
 fn exp_is_within_two_ulp() {
     let mut worst = 0f64;
     for i in -87_000..=88_000 {
@@ -150,6 +166,10 @@ fn libm_erf(x: f64) -> f64 {
 }
 
 #[test]
+#[cfg_attr(
+    krya_no_avx2,
+    ignore = "this CPU has no AVX2 and FMA: the SIMD kernels are not tested here"
+)]
 fn attention_equals_candles() {
     let dev = Device::Cpu;
     for (b, h, n, m, d, causal) in [
@@ -215,6 +235,10 @@ fn attention_equals_candles() {
 }
 
 #[test]
+#[cfg_attr(
+    krya_no_avx2,
+    ignore = "this CPU has no AVX2 and FMA: the SIMD kernels are not tested here"
+)]
 fn group_norm_equals_candles() {
     let dev = Device::Cpu;
     let vm = candle_nn::VarMap::new();
@@ -238,5 +262,19 @@ fn group_norm_equals_candles() {
         &gn.forward(&tokens).unwrap(),
         &gn.inner.forward(&tokens).unwrap(),
         1e-4,
+    );
+}
+
+/// The AVX-512 kernels, where the CPU has them (the tests above take them by default).
+#[test]
+#[cfg_attr(
+    krya_no_avx512,
+    ignore = "this CPU has no AVX-512: those kernels are not tested here"
+)]
+#[cfg(target_arch = "x86_64")]
+fn the_avx512_kernels_are_the_ones_tested() {
+    assert!(
+        simd::use_avx512(),
+        "the tests above took another path than AVX-512"
     );
 }
