@@ -428,6 +428,14 @@ async fn save_to_gallery(base: &str, token: &str, frame: &Value) {
         let (st, e) = send("/api/realtime/captures", json!({"image": "nope", "prompt": "x", "model": "tiny"}));
         assert_eq!(st, 422);
         assert!(e["error"]["message"].as_str().unwrap().starts_with("image:"), "{e}");
+        // An upload the server did not render for this user is not a capture.
+        let other = std::fs::read(golden("init.png")).unwrap();
+        let mut r = a.post(format!("{base}/api/assets")).header("Authorization", &t).header("Content-Type", "image/png").send(&other[..]).unwrap();
+        assert_eq!(r.status(), 201);
+        let other = json(&mut r)["id"].as_str().unwrap().to_string();
+        let (st, e) = send("/api/realtime/captures", json!({"image": other, "prompt": "not rendered", "model": "tiny"}));
+        assert_eq!(st, 422, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("not a frame this server rendered"), "{e}");
         let url = format!("{base}{}", g["images"][0]["url"].as_str().unwrap());
         let png = a.get(url).header("Authorization", &t).call().unwrap().body_mut().read_to_vec().unwrap();
         let listed = json(&mut a.get(format!("{base}/api/generate/images")).header("Authorization", &t).call().unwrap());

@@ -70,23 +70,45 @@ pub async fn save(
         .await
         .map_err(internal)?
         .ok_or_else(|| internal("an asset's file is missing"))?;
-    let img = media::decode_limited(&bytes, state.config.server.max_upload_pixels)?.into_rgb8();
+    // Only a frame this server rendered for this user: a capture cannot publish an
+    // arbitrary upload as a free generation.
+    let hub = state
+        .realtime
+        .as_ref()
+        .ok_or_else(|| invalid("image", "the live canvas is off on this server"))?;
+    if !hub.rendered_for(&user.id, &bytes) {
+        return Err(invalid(
+            "image",
+            "is not a frame this server rendered for you on the live canvas",
+        ));
+    }
+    let max_pixels = state.config.server.max_upload_pixels;
+    let (model, steps, strength) = (c.model.clone(), c.steps, c.strength);
+    let text_prompt = prompt.clone();
+    // Decoding and encoding off the async threads.
+    let (img, png, thumb) = tokio::task::spawn_blocking(move || {
+        let img = media::decode_limited(&bytes, max_pixels)?.into_rgb8();
+        let (w, h) = img.dimensions();
+        let mut settings = vec![
+            ("Seed", seed.to_string()),
+            ("Size", format!("{w}x{h}")),
+            ("Model", model),
+        ];
+        if let Some(s) = steps {
+            settings.insert(0, ("Steps", s.to_string()));
+        }
+        if let Some(s) = strength {
+            settings.push(("Denoising strength", format!("{s}")));
+        }
+        settings.push(("Source", "live canvas".into()));
+        let text = krya_engine::image_io::a1111_parameters(&text_prompt, None, &settings);
+        let png = krya_engine::image_io::png_bytes(&img, &text).map_err(internal)?;
+        let thumb = media::thumbnail_webp(&img, 384).map_err(internal)?;
+        Ok::<_, ApiError>((img, png, thumb))
+    })
+    .await
+    .map_err(internal)??;
     let (w, h) = img.dimensions();
-    let mut settings = vec![
-        ("Seed", seed.to_string()),
-        ("Size", format!("{w}x{h}")),
-        ("Model", c.model.clone()),
-    ];
-    if let Some(s) = c.steps {
-        settings.insert(0, ("Steps", s.to_string()));
-    }
-    if let Some(s) = c.strength {
-        settings.push(("Denoising strength", format!("{s}")));
-    }
-    settings.push(("Source", "live canvas".into()));
-    let text = krya_engine::image_io::a1111_parameters(&prompt, None, &settings);
-    let png = krya_engine::image_io::png_bytes(&img, &text).map_err(internal)?;
-    let thumb = media::thumbnail_webp(&img, 384).map_err(internal)?;
 
     let id = random_id();
     let (png_key, thumb_key) = (

@@ -191,6 +191,16 @@ pub struct Hub {
     work: Condvar,
     /// Frames rendered (all sessions), for tests and metrics.
     pub frames_rendered: AtomicU64,
+    /// Per user, the hashes of the latest frames sent: a capture must be one of them.
+    recent: Mutex<std::collections::HashMap<String, std::collections::VecDeque<[u8; 32]>>>,
+}
+
+/// Frames per user a capture may be made of.
+const RECENT_FRAMES: usize = 64;
+
+fn frame_hash(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 pub type Realtime = Arc<Hub>;
@@ -203,6 +213,25 @@ enum Rendered {
 }
 
 impl Hub {
+    fn remember(&self, user_id: &str, frame: &[u8]) {
+        let mut recent = self.recent.lock().unwrap();
+        let list = recent.entry(user_id.to_string()).or_default();
+        list.push_back(frame_hash(frame));
+        while list.len() > RECENT_FRAMES {
+            list.pop_front();
+        }
+    }
+
+    /// Whether `bytes` are one of the latest frames this server sent the user.
+    pub fn rendered_for(&self, user_id: &str, bytes: &[u8]) -> bool {
+        let h = frame_hash(bytes);
+        self.recent
+            .lock()
+            .unwrap()
+            .get(user_id)
+            .is_some_and(|l| l.contains(&h))
+    }
+
     pub fn new(
         config: RealtimeConfig,
         data_dir: std::path::PathBuf,
@@ -221,6 +250,7 @@ impl Hub {
             }),
             work: Condvar::new(),
             frames_rendered: AtomicU64::new(0),
+            recent: Default::default(),
         })
     }
 
@@ -338,6 +368,7 @@ impl Hub {
             match result {
                 Ok(Rendered::Frame(jpeg)) => {
                     self.frames_rendered.fetch_add(1, Ordering::SeqCst);
+                    self.remember(&session.user_id, &jpeg);
                     let latency = job.received.elapsed().as_secs_f64() * 1000.0;
                     let id = session.next_frame.fetch_add(1, Ordering::SeqCst);
                     session.send_frame(protocol::frame(&jpeg, id, job.input_frame_id, latency));
