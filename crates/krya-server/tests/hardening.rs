@@ -424,3 +424,50 @@ fn requests_are_limited_per_address_and_user() {
     assert_eq!(submit(&b), 422);
     assert_eq!(submit(&b), 429);
 }
+
+/// Avatars are the user's own uploads (public once chosen): the studio's pages load images
+/// from this server only.
+#[test]
+fn avatars_are_uploads() {
+    let s = server(|_| {});
+    let a = Client::register(&s.base, "ann@example.com");
+    let b = Client::register(&s.base, "bob@example.com");
+    let png = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../krya-engine/tests/golden/init.png"
+    ))
+    .unwrap();
+    let (_, mine) = a.upload(png.clone(), "image/png");
+    let (_, theirs) = b.upload(png.clone(), "image/png");
+    let put =
+        |c: &Client, url: &str| c.send("PUT", "/api/user/profile", json!({"avatar_url": url}), &[]);
+    for bad in [
+        "https://example.com/a.png".to_string(),
+        format!("/api/assets/{}", theirs["id"].as_str().unwrap()),
+        "/api/health".into(),
+    ] {
+        let (st, e) = put(&a, &bad);
+        assert_eq!(
+            (
+                st,
+                e["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("avatar_url")
+            ),
+            (422, true),
+            "{bad}: {e}"
+        );
+    }
+    let url = format!("/api/assets/{}", mine["id"].as_str().unwrap());
+    let (st, p) = put(&a, &url);
+    assert_eq!(
+        (st, p["avatar_url"].as_str()),
+        (200, Some(url.as_str())),
+        "{p}"
+    );
+    let mut r = agent().get(format!("{}{url}", s.base)).call().unwrap();
+    assert_eq!(r.status(), 200, "anyone sees an avatar");
+    assert_eq!(r.body_mut().read_to_vec().unwrap(), png);
+    assert_eq!(put(&a, "").0, 200);
+}

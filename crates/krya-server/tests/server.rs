@@ -516,7 +516,9 @@ fn studio_is_served_beside_the_api() {
             .unwrap()
             .to_string();
         assert!(
-            csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            csp.contains("default-src 'self'")
+                && csp.contains("frame-ancestors 'none'")
+                && csp.contains("img-src 'self' data: blob:;"),
             "{csp}"
         );
         assert!(

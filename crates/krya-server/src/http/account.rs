@@ -63,8 +63,10 @@ pub struct ProfileUpdate {
     handle: Option<String>,
     #[schema(max_length = 500)]
     bio: Option<String>,
-    /// An https URL (or one of this server's `/api/` paths), or empty to remove it.
-    #[schema(max_length = 2048, pattern = "^($|https://|/api/)")]
+    /// One of the caller's uploaded images, as `/api/assets/{id}` (it becomes public), or
+    /// empty to remove it. Images from elsewhere are not shown: the studio loads images from
+    /// this server only.
+    #[schema(max_length = 2048, pattern = "^($|/api/assets/[0-9a-f]+$)")]
     avatar_url: Option<String>,
 }
 
@@ -99,10 +101,32 @@ pub async fn put_profile(
         return Err(invalid("bio", "must be at most 500 characters"));
     }
     if let Some(a) = &p.avatar_url
-        && !(a.is_empty()
-            || ((a.starts_with("https://") || a.starts_with("/api/")) && a.len() <= 2048))
+        && !a.is_empty()
     {
-        return Err(invalid("avatar_url", "must be an https URL or empty"));
+        let asset = a
+            .strip_prefix("/api/assets/")
+            .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()));
+        let own = match asset {
+            Some(id) => state.db.asset(id, &user.id).await.map_err(internal)?,
+            None => None,
+        };
+        match own {
+            Some(asset) if asset.mime.starts_with("image/") => {
+                // Seen by anyone who sees the profile; kept as used.
+                sqlx::query("UPDATE assets SET visibility = 'public', used_at = COALESCE(used_at, $1) WHERE id = $2")
+                    .bind(auth::now())
+                    .bind(&asset.id)
+                    .execute(&state.db.pool)
+                    .await
+                    .map_err(internal)?;
+            }
+            _ => {
+                return Err(invalid(
+                    "avatar_url",
+                    "must be one of your uploaded images (/api/assets/{id}) or empty",
+                ));
+            }
+        }
     }
     let r = sqlx::query("UPDATE users SET name = COALESCE($1, name), handle = COALESCE($2, handle), bio = COALESCE($3, bio), avatar_url = COALESCE($4, avatar_url), updated_at = $5 WHERE id = $6")
         .bind(p.name.map(|n| n.trim().to_string()))

@@ -47,8 +47,8 @@ fn mime(path: &str) -> &'static str {
 }
 
 /// The page's policy: everything from this origin; images may also be data/blob URLs
-/// (previews, uploads) or https (avatars).
-const CSP: &str = "default-src 'self'; img-src 'self' data: blob: https:; style-src 'self' 'unsafe-inline'; \
+/// (previews, uploads). Avatars are uploads too.
+const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; \
      connect-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'";
 
 /// Answers a request no API route took: a studio file, the studio's page for its own
