@@ -19,6 +19,7 @@ fn main() {
         "package-lock.json",
         "vite.config.ts",
         "tsconfig.json",
+        "scripts/compress.mjs",
     ] {
         if web.join(p).exists() {
             println!("cargo::rerun-if-changed={}", web.join(p).display());
@@ -78,6 +79,10 @@ fn build(web: &Path, dist: &Path) {
         .args(["run", "build", "--", "--emptyOutDir", "--outDir"])
         .arg(dist);
     run(b, "npm run build (web/)");
+    // Brotli and gzip copies of the text files, made once here, sent as the browser asks.
+    let mut c = Command::new("node");
+    c.current_dir(web).arg("scripts/compress.mjs").arg(dist);
+    run(c, "node scripts/compress.mjs");
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {

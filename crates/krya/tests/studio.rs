@@ -57,6 +57,13 @@ fn studio_end_to_end_in_chromium() {
     );
     let data = data_dir();
     let (_server, base) = serve(data.path(), &[]);
+    // The studio's page and scripts go out compressed at build time where the browser
+    // accepts it (the run below loads them so).
+    let r = ureq::get(format!("{base}/"))
+        .header("Accept-Encoding", "br")
+        .call()
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "br");
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio");
     std::fs::create_dir_all(&shots).unwrap();
     run(

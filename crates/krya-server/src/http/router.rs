@@ -29,6 +29,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::me))
+        .routes(routes!(auth::session))
         .routes(routes!(signup::registration))
         .routes(routes!(signup::setup))
         .routes(routes!(signup::create_invite, signup::list_invites))
@@ -156,8 +157,9 @@ async fn fallback(
     axum::extract::State(state): axum::extract::State<AppState>,
     method: Method,
     uri: Uri,
+    headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
-    crate::http::studio::serve(&state.studio, &method, &uri)
+    crate::http::studio::serve(&state.studio, &method, &uri, &headers)
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::infra::error::ApiError;
@@ -53,7 +53,7 @@ const CSP: &str = "default-src 'self'; img-src 'self' data: blob:; style-src 'se
 
 /// Answers a request no API route took: a studio file, the studio's page for its own
 /// routes, or the API's JSON 404.
-pub fn serve(studio: &Studio, method: &Method, uri: &Uri) -> Response {
+pub fn serve(studio: &Studio, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
     let path = uri.path();
     let api = path == "/api" || path.starts_with("/api/") || path.starts_with("/ws/");
     if api || !(method == Method::GET || method == Method::HEAD) {
@@ -78,6 +78,32 @@ pub fn serve(studio: &Studio, method: &Method, uri: &Uri) -> Response {
         }
         _ => return ApiError::not_found(format!("no file at {path}")).into_response(),
     };
+    // The copy compressed at build time that the browser accepts: brotli, else gzip.
+    let accepts = |coding: &str| {
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|c| {
+                let mut parts = c.split(';');
+                parts
+                    .next()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(coding))
+                    && !parts.any(|p| p.trim().replace(' ', "") == "q=0")
+            })
+    };
+    let (bytes, encoding) = ["br", "gzip"]
+        .iter()
+        .filter(|c| accepts(c))
+        .find_map(|c| {
+            let ext = if *c == "gzip" { "gz" } else { "br" };
+            studio
+                .files
+                .get(format!("{name}.{ext}").as_str())
+                .map(|b| (*b, Some(*c)))
+        })
+        .unwrap_or((bytes, None));
     let mut resp = Response::new(if method == Method::HEAD {
         Body::empty()
     } else {
@@ -85,6 +111,10 @@ pub fn serve(studio: &Studio, method: &Method, uri: &Uri) -> Response {
     });
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime(name)));
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Some(e) = encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
+    }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
