@@ -358,6 +358,9 @@ try {
     await b.waitForURL("**/image");
     await b.getByRole("link", { name: "Gallery" }).click();
     await b.waitForURL("**/feed");
+    // The page names itself, and focus moves to its heading.
+    await b.waitForFunction(() => document.activeElement?.tagName === "H1" && document.activeElement.textContent === "Gallery");
+    check((await b.title()) === "Gallery · Krya", `title: ${await b.title()}`);
     await b.getByRole("img", { name: PROMPT }).click();
     await b.waitForURL(`**/feed/${jobId}`);
     check((await b.getByTestId("detail-prompt").textContent()) === PROMPT, "wrong detail");
@@ -418,6 +421,21 @@ try {
 
   await step("screenshots of every page at 1440 and 390 px", async () => {
     const guest = await person(DESKTOP, "guest");
+    // A signed-out visitor's pages make no failing requests (browsers log every 4xx).
+    const failed = [];
+    guest.page.on("response", (r) => {
+      if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`);
+    });
+    for (const [path, ready] of [
+      ["/feed", () => guest.page.getByTestId("feed-grid").waitFor()],
+      ["/profile/ann", () => guest.page.getByTestId("feed-card").first().waitFor()],
+      ["/login", () => guest.page.getByRole("button", { name: "Sign in" }).last().waitFor()],
+    ]) {
+      await guest.page.goto(path);
+      await ready();
+    }
+    await guest.page.waitForLoadState("networkidle");
+    check(failed.length === 0, `a guest's pages made failing requests:\n${failed.join("\n")}`);
     // A guest asking for a page of one's own signs in first, then gets there.
     await guest.page.goto("/app");
     await guest.page.waitForURL("**/login?next=%2Fapp");

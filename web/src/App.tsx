@@ -1,3 +1,4 @@
+import { usePageHeading } from "./lib/heading";
 import { Component, lazy, Suspense, useEffect, type ReactNode } from "react";
 import { session, use } from "./app";
 import { Header } from "./components/Header";
@@ -104,6 +105,7 @@ function route(path: string): ReactNode {
 
 export function App() {
   const { path } = useLocation();
+  usePageHeading(path);
   return (
     <div className="flex min-h-screen flex-col">
       <a href="#main" className="sr-only focus:not-sr-only focus:absolute focus:left-2 focus:top-2 focus:z-50 focus:rounded focus:bg-white focus:px-3 focus:py-2 focus:text-neutral-950">

@@ -8,23 +8,36 @@ import { createToastStore } from "../src/stores/toasts";
 import { apiError, fakeServer, generation, json, tinyModel, user } from "./fake";
 
 describe("session store", () => {
-  it("loads the signed-in user, or settles on signed-out for a 401", async () => {
-    const ok = createSessionStore(new ApiClient({ fetch: fakeServer({ "GET /api/auth/me": () => user }).fetch }));
+  it("loads the signed-in user, or settles on signed-out for a guest, without a 401", async () => {
+    const ok = createSessionStore(new ApiClient({ fetch: fakeServer({ "GET /api/auth/session": () => json(200, { user, refreshable: false }) }).fetch }));
     await ok.getState().load();
     expect(ok.getState().status).toBe("signed-in");
     expect(ok.getState().user?.handle).toBe("ada");
 
-    const out = createSessionStore(
-      new ApiClient({
-        fetch: fakeServer({ "GET /api/auth/me": () => apiError(401, "unauthorized", "sign in first") }).fetch,
-      }),
-    );
+    const guest = fakeServer({ "GET /api/auth/session": () => json(200, { user: null, refreshable: false }) });
+    const out = createSessionStore(new ApiClient({ fetch: guest.fetch }));
     await out.getState().load();
     expect(out.getState().status).toBe("signed-out");
+    expect(guest.calls.map((c) => c.path)).toEqual(["/api/auth/session"]);
+  });
+
+  it("renews an expired access token from the refresh cookie while loading", async () => {
+    let fresh = false;
+    const srv = fakeServer({
+      "GET /api/auth/session": () => json(200, { user: null, refreshable: true }),
+      "GET /api/auth/me": () => (fresh ? user : apiError(401, "unauthorized", "expired")),
+      "POST /api/auth/refresh": () => {
+        fresh = true;
+        return json(200, { user });
+      },
+    });
+    const s = createSessionStore(new ApiClient({ fetch: srv.fetch }));
+    await s.getState().load();
+    expect(s.getState().status).toBe("signed-in");
   });
 
   it("reports a server that fails while checking (not a silent sign-out)", async () => {
-    const s = createSessionStore(new ApiClient({ fetch: fakeServer({ "GET /api/auth/me": () => apiError(500, "internal", "boom") }).fetch }));
+    const s = createSessionStore(new ApiClient({ fetch: fakeServer({ "GET /api/auth/session": () => apiError(500, "internal", "boom") }).fetch }));
     await expect(s.getState().load()).rejects.toThrow("boom");
     expect(s.getState().status).toBe("signed-out");
   });

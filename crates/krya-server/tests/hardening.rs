@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-
 use common::client::Client;
 use common::*;
 use krya_server::Config;
@@ -19,38 +17,6 @@ fn server(adjust: impl FnOnce(&mut Config)) -> Server {
     config.server.data_dir = dir.path().to_path_buf();
     adjust(&mut config);
     Server::start(config, dir)
-}
-
-/// One request over a raw connection (to send any `Host` and forwarding headers): the
-/// status, the header block (lowercased) and the body.
-fn raw(
-    base: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-        req.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    tcp.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head[9..12].parse().unwrap();
-    (status, head.to_lowercase(), body.to_string())
 }
 
 fn login(base: &str, email: &str, password: &str, client: &str) -> (u16, String) {

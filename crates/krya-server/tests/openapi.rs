@@ -34,6 +34,7 @@ fn openapi_document_covers_every_endpoint() {
         ("get", "/api/user/subscription"),
         ("post", "/api/admin/users/{id}/credits"),
         ("get", "/api/auth/registration"),
+        ("get", "/api/auth/session"),
         ("post", "/api/auth/setup"),
         ("post", "/api/admin/invites"),
         ("get", "/api/admin/invites"),

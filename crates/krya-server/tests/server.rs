@@ -499,12 +499,37 @@ fn studio_is_served_beside_the_api() {
             b"<!doctype html><script src=\"/assets/app-3f2a.js\"></script>",
         ),
         ("assets/app-3f2a.js", b"console.log(1)"),
+        // Compressed at build time (these stand-ins only need to differ).
+        ("assets/app-3f2a.js.br", b"brotli bytes"),
+        ("assets/app-3f2a.js.gz", b"gzip bytes"),
         ("favicon.svg", b"<svg/>"),
     ];
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.data_dir = dir.path().to_path_buf();
     let (base, stop, handle) = start_serving(config, krya_server::http::studio::Studio::new(FILES));
+    // The copy the browser accepts: brotli first, then gzip, else the file itself.
+    for (accept, body, encoding) in [
+        ("gzip, deflate, br, zstd", "brotli bytes", Some("br")),
+        ("gzip", "gzip bytes", Some("gzip")),
+        ("br;q=0, gzip", "gzip bytes", Some("gzip")),
+        ("identity", "console.log(1)", None),
+    ] {
+        let (st, head, got) = raw(
+            &base,
+            "GET",
+            "/assets/app-3f2a.js",
+            &[("Accept-Encoding", accept)],
+            "",
+        );
+        assert_eq!((st, got.as_str()), (200, body), "{accept}");
+        match encoding {
+            Some(e) => assert!(head.contains(&format!("content-encoding: {e}")), "{head}"),
+            None => assert!(!head.contains("content-encoding"), "{head}"),
+        }
+        assert!(head.contains("vary: accept-encoding"), "{head}");
+        assert!(head.contains("content-type: text/javascript"), "{head}");
+    }
     let a = agent();
     for path in ["/", "/image", "/feed/abc123", "/profile/ada"] {
         let mut r = a.get(format!("{base}{path}")).call().unwrap();

@@ -192,6 +192,8 @@ export class ApiClient {
 
   // Accounts
   me = () => this.request<User>("GET", "/api/auth/me");
+  /** Who this is, for a guest too (never a 401, which browsers log). */
+  session = () => this.request<{ user: User | null; refreshable: boolean }>("GET", "/api/auth/session");
   login = (email: string, password: string) => this.request<Session>("POST", "/api/auth/login", { json: { email, password } });
   register = (email: string, password: string, name: string, invite?: string) =>
     this.request<Session>("POST", "/api/auth/register", { json: { email, password, name, ...(invite ? { invite } : {}) } });

@@ -397,7 +397,11 @@ export interface ProfileUpdate {
   name?: string | null;
   handle?: string | null;
   bio?: string | null;
-  /** An https URL (or one of this server's `/api/` paths), or empty to remove it. */
+  /**
+   * One of the caller's uploaded images, as `/api/assets/{id}` (it becomes public), or
+   * empty to remove it. Images from elsewhere are not shown: the studio loads images from
+   * this server only.
+   */
   avatar_url?: string | null;
 }
 
@@ -451,6 +455,13 @@ export interface Session {
   /** Seconds the access token lives. */
   expires_in: number;
   user: User;
+}
+
+/** Who the caller is, for pages that work signed in or not: never a 401. */
+export interface SessionState {
+  user?: User | null;
+  /** No valid access token, but a refresh cookie: `POST /api/auth/refresh` may renew it. */
+  refreshable: boolean;
 }
 
 export interface Setup {

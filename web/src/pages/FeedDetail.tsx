@@ -75,9 +75,9 @@ export default function FeedDetail({ id }: { id: string }) {
             </span>
           </span>
         </Link>
-        <p className="text-base leading-relaxed" data-testid="detail-prompt">
+        <h1 className="text-base font-normal leading-relaxed" data-testid="detail-prompt">
           {item.prompt ?? item.kind}
-        </p>
+        </h1>
         <div className="flex gap-2">
           <Button onClick={like} disabled={liking} aria-pressed={item.liked} data-testid="like" className={item.liked ? "border-pink-500/60 text-pink-300" : ""}>
             ♥ <span data-testid="likes-count">{item.likes_count}</span>

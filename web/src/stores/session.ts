@@ -27,7 +27,10 @@ export function createSessionStore(api: ApiClient) {
     user: null,
     async load() {
       try {
-        set({ status: "signed-in", user: await api.me() });
+        const s = await api.session();
+        // An expired access token with a live refresh cookie: renew, then ask again.
+        const user = s.user ?? (s.refreshable && (await api.refresh()) === "ok" ? await api.me() : null);
+        set(user ? { status: "signed-in", user } : { status: "signed-out", user: null });
       } catch (e) {
         set({ status: "signed-out", user: null });
         // Only "not signed in" is an answer; anything else is worth telling.

@@ -412,6 +412,31 @@ pub async fn me(State(state): State<AppState>, headers: HeaderMap) -> Result<Jso
     Ok(Json(current_user(&state, &headers).await?))
 }
 
+/// Who the caller is, for pages that work signed in or not: never a 401.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionState {
+    /// The signed-in user; null for a guest (or an expired access token).
+    pub user: Option<User>,
+    /// No valid access token, but a refresh cookie: `POST /api/auth/refresh` may renew it.
+    pub refreshable: bool,
+}
+
+/// `GET /api/auth/session`: the caller, or null. Browsers log every 4xx answer, so a
+/// guest's pages ask this instead of `/api/auth/me`.
+#[utoipa::path(get, path = "/api/auth/session", tag = "accounts", security((), ("bearer" = [])), responses((status = 200, description = "The caller, or null", body = SessionState)))]
+pub async fn session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<SessionState>, ApiError> {
+    let user = match current_user(&state, &headers).await {
+        Ok(u) => Some(u),
+        Err(e) if e.code == ErrorCode::Unauthorized => None,
+        Err(e) => return Err(e),
+    };
+    let refreshable = user.is_none() && cookie(&headers, REFRESH_COOKIE).is_some();
+    Ok(Json(SessionState { user, refreshable }))
+}
+
 /// API keys start with this, so a bearer token's kind is known without two look-ups.
 pub const API_KEY_PREFIX: &str = "krya_";
 
