@@ -218,7 +218,8 @@ pub async fn launch_with(
         .map_err(std::io::Error::other)?;
     let runner = runner_for(&state);
     let handle = tokio::spawn(runner.clone().run());
-    // Uploads no job used are removed: at start, then hourly.
+    // Uploads no job used are removed, and finished deliveries past their retention: at
+    // start, then hourly.
     let sweeper = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -227,6 +228,9 @@ pub async fn launch_with(
                 every.tick().await;
                 if let Err(e) = http::storage::sweep(&state).await {
                     tracing::warn!(error = %e.message, "sweeping unused uploads");
+                }
+                if let Err(e) = http::storage::prune_jobs(&state).await {
+                    tracing::warn!(error = %e.message, "pruning finished jobs");
                 }
             }
         })

@@ -411,11 +411,42 @@ fn uploads_are_deleted_counted_and_swept() {
             .execute(&db.pool)
             .await
             .unwrap();
+        // A delivery finished long ago is pruned; a user's job of the same age is not.
+        sqlx::query("INSERT INTO jobs (id, kind, ref_id, user_id, status, attempts, max_attempts, run_after, created_at, completed_at) \
+                     VALUES ('old-delivery', 'webhook', 'x', 'u', 'completed', 1, 5, 0, 0, 0)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE jobs SET completed_at = 0 WHERE kind = 'image'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
     });
-    let (base, stop, handle) = start_with(config);
+    let count = |sql: &'static str| {
+        let config = config.clone();
+        rt.block_on(async move {
+            use sqlx::Row;
+            let db = krya_server::open_database(&config).await.unwrap();
+            sqlx::query(sql)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap()
+                .get::<i64, _>("n")
+        })
+    };
+    let images = count("SELECT COUNT(*) AS n FROM jobs WHERE kind = 'image'");
+    let (base, stop, handle) = start_with(config.clone());
     let a = Client::login(&base, "ann@example.com");
     assert_eq!(a.bytes(&format!("/api/assets/{unused}")).0, 404);
     assert_eq!(a.bytes(&format!("/api/assets/{used}")), (200, small));
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM jobs WHERE id = 'old-delivery'"),
+        0
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM jobs WHERE kind = 'image'"),
+        images
+    );
     stop.send(()).unwrap();
     handle.join().unwrap().unwrap();
 }

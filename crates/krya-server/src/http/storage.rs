@@ -103,6 +103,41 @@ async fn remove(state: &AppState, id: &str, row: &sqlx::any::AnyRow) -> Result<(
     Ok(())
 }
 
+/// Deletes finished jobs that nobody lists (kinds that notify no one: webhook deliveries)
+/// older than `jobs.retention_days`; the number deleted.
+pub async fn prune_jobs(state: &AppState) -> Result<u64, ApiError> {
+    let days = state.config.jobs.retention_days;
+    if days == 0 {
+        return Ok(0);
+    }
+    let internal_kinds: Vec<&str> = state
+        .tasks
+        .all_kinds()
+        .into_iter()
+        .filter(|k| state.tasks.get(k).is_some_and(|t| !t.notifies()))
+        .collect();
+    let before = crate::jobs::now_ms() - days as i64 * 86_400_000;
+    let mut n = 0;
+    for kind in internal_kinds {
+        n += sqlx::query(
+            "DELETE FROM jobs WHERE kind = $1 AND status IN ('completed', 'failed', 'cancelled') AND completed_at < $2",
+        )
+        .bind(kind)
+        .bind(before)
+        .execute(&state.db.pool)
+        .await
+        .map_err(internal)?
+        .rows_affected();
+    }
+    if n > 0 {
+        tracing::info!(
+            deleted = n,
+            "finished deliveries past their retention were deleted"
+        );
+    }
+    Ok(n)
+}
+
 /// Removes uploads older than `limits.unused_upload_hours` that no job used (as an input or
 /// a parent); the number removed.
 pub async fn sweep(state: &AppState) -> Result<usize, ApiError> {

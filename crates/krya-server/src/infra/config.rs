@@ -175,6 +175,8 @@ pub struct Jobs {
     /// Jobs that mostly wait on the network (webhooks, remote providers) run at once.
     #[serde(default = "default_io_slots")]
     pub io_slots: usize,
+    /// Finished jobs nobody lists (webhook deliveries) are deleted after this many days.
+    pub retention_days: u64,
 }
 
 fn default_io_slots() -> usize {
@@ -269,6 +271,7 @@ impl Default for Config {
                 retry_base_ms: 2000,
                 kinds: Vec::new(),
                 io_slots: 4,
+                retention_days: 30,
             },
             webhooks: Webhooks {
                 allow_private: false,
@@ -384,6 +387,8 @@ retry_base_ms = 2000
 kinds = []
 # Jobs that mostly wait on the network (webhook deliveries, remote providers) run at once.
 io_slots = 4
+# Finished jobs nobody lists (webhook deliveries) are deleted after this many days. 0: kept.
+retention_days = 30
 
 [webhooks]
 # Allow webhook URLs on loopback, private or link-local addresses (refused by default: on a

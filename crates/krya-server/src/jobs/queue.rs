@@ -32,8 +32,10 @@ pub struct Claimed {
     pub webhook_url: Option<String>,
 }
 
-/// The runnable jobs: pending and due, or processing with an expired lease.
-const RUNNABLE: &str = "((j.status = 'pending' AND j.run_after <= $1) OR (j.status = 'processing' AND j.lease_expires_at < $1))";
+/// The runnable jobs: pending and due, or processing with an expired lease. The leading
+/// `status IN` lets the planner reach them through the status index instead of reading
+/// every finished job.
+const RUNNABLE: &str = "(j.status IN ('pending', 'processing') AND ((j.status = 'pending' AND j.run_after <= $1) OR (j.status = 'processing' AND j.lease_expires_at < $1)))";
 
 /// `IN (...)` of kinds. Kinds are the server's registered names, checked to be lowercase
 /// letters and `_` when registered; never user input.
@@ -55,15 +57,18 @@ fn kind_list(kinds: &[&str]) -> String {
 /// Runnable jobs of `kinds` with their fair-order key `(rn, last, klast, seq)`: rank within
 /// the user's runnable jobs of that kind, then the user served longest ago (never: first;
 /// `last` is their latest claim), then the kind that user was served longest ago, then
-/// submission order.
+/// submission order. When users were served comes from `job_claims` (a row per user and
+/// kind), never from the history of jobs.
 fn ranked_cte(kinds: &[&str]) -> String {
     let kinds = kind_list(kinds);
+    // Looked up per runnable job by `job_claims`' key: the cost follows the jobs waiting,
+    // not the users or jobs there have ever been.
     format!(
-        "WITH served AS (SELECT user_id, MAX(claimed_at) AS last FROM jobs WHERE claimed_at IS NOT NULL AND kind IN {kinds} GROUP BY user_id), \
-         kind_served AS (SELECT user_id, kind, MAX(claimed_at) AS klast FROM jobs WHERE claimed_at IS NOT NULL AND kind IN {kinds} GROUP BY user_id, kind), \
+        "WITH runnable AS (SELECT j.seq, j.ref_id, j.status, j.user_id, j.kind FROM jobs j WHERE {RUNNABLE} AND j.kind IN {kinds}), \
          ranked AS (SELECT j.seq, j.ref_id, j.status, ROW_NUMBER() OVER (PARTITION BY j.user_id, j.kind ORDER BY j.seq) AS rn, \
-         COALESCE(s.last, 0) AS last, COALESCE(k.klast, 0) AS klast FROM jobs j LEFT JOIN served s ON s.user_id = j.user_id \
-         LEFT JOIN kind_served k ON k.user_id = j.user_id AND k.kind = j.kind WHERE {RUNNABLE} AND j.kind IN {kinds})"
+         COALESCE((SELECT MAX(c.last_claimed_at) FROM job_claims c WHERE c.user_id = j.user_id AND c.kind IN {kinds}), 0) AS last, \
+         COALESCE((SELECT c.last_claimed_at FROM job_claims c WHERE c.user_id = j.user_id AND c.kind = j.kind), 0) AS klast \
+         FROM runnable j)"
     )
 }
 
@@ -177,11 +182,19 @@ impl Db {
             .bind(&job.id)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             if done.rows_affected() == 1 {
+                sqlx::query("INSERT INTO job_claims (user_id, kind, last_claimed_at) VALUES ($1, $2, $3) \
+                             ON CONFLICT (user_id, kind) DO UPDATE SET last_claimed_at = excluded.last_claimed_at")
+                    .bind(&job.user_id)
+                    .bind(&job.kind)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
                 job.attempts += 1;
                 return Ok(Some(job));
             }
+            tx.commit().await?;
         }
         Ok(None)
     }
