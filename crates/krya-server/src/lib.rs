@@ -139,6 +139,7 @@ async fn state(
         )
     });
     let guard = Arc::new(http::guard::Guard::new(&config.server).map_err(std::io::Error::other)?);
+    db.prepare_search().await;
     let blobs = open_blobs(&config)?;
     let limits = Arc::new(http::limits::Limits::new(&config.limits));
     let outbound = infra::outbound::Outbound::new(

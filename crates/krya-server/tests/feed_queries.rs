@@ -85,3 +85,51 @@ fn a_feed_page_takes_the_same_queries_for_one_item_or_twenty() {
     drop(s);
     pg_exec(format!("DROP SCHEMA {schema} CASCADE"));
 }
+
+/// On PostgreSQL, prompt search (`LOWER(prompt) LIKE '%…%'`) can use a trigram index on
+/// jobs and generations instead of reading every row.
+#[test]
+fn prompt_search_has_a_trigram_index_on_postgres() {
+    let (url, schema) = postgres_schema();
+    let s = common::tiny::server(Some(url.clone()));
+    let a = Client::register(&s.base, "ann@example.com");
+    assert_eq!(a.get("/api/feed?q=fox").0, 200);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plans = rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let mut plans = Vec::new();
+        for table in ["jobs", "generations"] {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN SELECT 1 FROM {table} WHERE LOWER(prompt) LIKE '%fox%'"
+            )))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+            use sqlx::Row;
+            plans.push(
+                rows.iter()
+                    .map(|r| r.get::<String, _>(0))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+        }
+        plans
+    });
+    assert!(plans[0].contains("idx_jobs_prompt_trgm"), "{}", plans[0]);
+    assert!(
+        plans[1].contains("idx_generations_prompt_trgm"),
+        "{}",
+        plans[1]
+    );
+    drop(s);
+    pg_exec(format!("DROP SCHEMA {schema} CASCADE"));
+}

@@ -118,6 +118,26 @@ impl Db {
         Ok(db)
     }
 
+    /// On PostgreSQL, trigram indexes for prompt search (`LOWER(prompt) LIKE '%…%'`):
+    /// they need the `pg_trgm` extension, which a role without the privilege cannot create;
+    /// then search works without them (a warning says so).
+    pub async fn prepare_search(&self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        for sql in [
+            // In `public`, whatever the search path: one copy per database.
+            "CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public",
+            "CREATE INDEX IF NOT EXISTS idx_jobs_prompt_trgm ON jobs USING gin (LOWER(prompt) public.gin_trgm_ops)",
+            "CREATE INDEX IF NOT EXISTS idx_generations_prompt_trgm ON generations USING gin (LOWER(prompt) public.gin_trgm_ops)",
+        ] {
+            if let Err(e) = sqlx::query(sql).execute(&self.pool).await {
+                tracing::warn!(error = %e, "prompt search without a trigram index (pg_trgm): {sql}");
+                return;
+            }
+        }
+    }
+
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         sqlx::migrate::Migrator::with_migrations(migrations(self.backend))
             .run(&self.pool)
