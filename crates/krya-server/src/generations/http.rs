@@ -373,10 +373,15 @@ pub async fn patch_one(
     let Json(p) = body?;
     let g = own(&state, &user, &id).await?;
     if let Some(public) = p.is_public {
-        sqlx::query("UPDATE jobs SET is_public = $1 WHERE kind = 'image' AND ref_id = $2")
-            .bind(public as i64)
-            .bind(&g.id)
-            .execute(&state.db.pool)
+        let job = state
+            .db
+            .job_for(&g.id, IMAGE)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| internal(format!("generation {id} has no job")))?;
+        state
+            .db
+            .set_public(&job.id, public)
             .await
             .map_err(internal)?;
     }

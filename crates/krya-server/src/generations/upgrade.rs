@@ -1,6 +1,7 @@
-//! What a data directory made before jobs held everything needs, done at start where SQL
-//! alone cannot. Each step finds only what is not done yet, so it runs at every start and
-//! does nothing once done:
+//! What a data directory made before jobs held everything needs, done at the first start
+//! after the upgrade where SQL alone cannot (then recorded as done in `settings`, so later
+//! starts read no table for it). Each step finds only what is not done yet, so an
+//! interrupted run completes at the next start:
 //! - image jobs without params (made before jobs had them) get them from their generation;
 //! - images without an asset (made before outputs were assets) get one, its size read from
 //!   the store, so the feed, listings and storage counts see every file.
@@ -8,8 +9,19 @@
 use super::*;
 use crate::persistence::blobs::BlobStore;
 
+/// Its name in `settings` once done.
+const DONE: &str = "upgrade_0007_assets";
+
 pub async fn run(db: &Db, blobs: &dyn BlobStore) -> Result<(), String> {
     let sql_err = |e: sqlx::Error| format!("upgrading image jobs: {e}");
+    let done = sqlx::query("SELECT 1 AS x FROM settings WHERE name = $1")
+        .bind(DONE)
+        .fetch_optional(&db.pool)
+        .await
+        .map_err(sql_err)?;
+    if done.is_some() {
+        return Ok(());
+    }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT j.id AS job_id, {GENERATION_COLUMNS} FROM {GENERATIONS} WHERE j.params IS NULL"
     )))
@@ -81,5 +93,11 @@ pub async fn run(db: &Db, blobs: &dyn BlobStore) -> Result<(), String> {
     if !rows.is_empty() {
         tracing::info!(images = rows.len(), "earlier images recorded as assets");
     }
+    // New image jobs always have params and assets: nothing can be left to do.
+    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, 'done') ON CONFLICT DO NOTHING")
+        .bind(DONE)
+        .execute(&db.pool)
+        .await
+        .map_err(sql_err)?;
     Ok(())
 }

@@ -82,8 +82,11 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
         if let Err(wait) = throttle.hit(&format!("user {}", user.id)) {
             return limited(what, wait);
         }
-        // Outputs take storage: nothing more past the quota (uploads check their size).
-        if let Err(e) = crate::http::storage::check_quota(&state, &user.id, 0).await {
+        // Outputs take storage: no submission past the quota. (An upload checks the
+        // quota itself, with its size.)
+        if what == "submissions"
+            && let Err(e) = crate::http::storage::check_quota(&state, &user.id, 0).await
+        {
             return e.into_response();
         }
     }

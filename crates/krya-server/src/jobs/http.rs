@@ -417,12 +417,7 @@ pub async fn patch_one(
     let Json(p) = body?;
     let j = own(&state, &user, &id).await?;
     if let Some(public) = p.is_public {
-        sqlx::query("UPDATE jobs SET is_public = $1 WHERE id = $2")
-            .bind(public as i64)
-            .bind(&j.id)
-            .execute(&state.db.pool)
-            .await
-            .map_err(internal)?;
+        state.db.set_public(&j.id, public).await.map_err(internal)?;
     }
     let j = own(&state, &user, &id).await?;
     Ok(Json(view(&state, &j, false).await?))

@@ -248,6 +248,16 @@ impl Db {
         row.map(|r| JobRow::from_row(&r)).transpose()
     }
 
+    /// Shares a job (its outputs become readable by anyone), or stops sharing it.
+    pub async fn set_public(&self, job_id: &str, public: bool) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE jobs SET is_public = $1 WHERE id = $2")
+            .bind(public as i64)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The job of `kind` working on record `ref_id` (an image job by its generation).
     pub async fn job_for(&self, ref_id: &str, kind: &str) -> Result<Option<JobRow>, sqlx::Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
