@@ -411,6 +411,41 @@ try {
     check(text.includes("Not enough credits") && text.includes("0 are left"), `unexpected: ${text}`);
   });
 
+  await step("moderation: Bob reports it; Ann hides it and shows it again, suspends Bob and lets him back", async () => {
+    await b.goto(`/feed/${jobId}`);
+    await b.getByTestId("report").click();
+    await b.getByLabel("What is wrong with it?").fill("not a lighthouse");
+    await b.getByTestId("report-send").click();
+    await b.getByTestId("reported").waitFor();
+    await a.getByRole("button", { name: "Account" }).click();
+    await a.getByRole("menuitem", { name: "Moderation" }).click();
+    await a.waitForURL("**/admin");
+    const row = a.getByTestId("reported-item");
+    await row.getByTestId("report-reason").filter({ hasText: "not a lighthouse" }).waitFor();
+    check((await row.getByTestId("report-reason").textContent()).includes("@bob"), "the reporter is not named");
+    await row.getByTestId("hide").click();
+    await row.getByRole("button", { name: "Show again" }).waitFor();
+    await b.goto(`/feed/${jobId}`);
+    await b.getByText("not shared (any more)").waitFor();
+    await row.getByRole("button", { name: "Show again" }).click();
+    await row.getByTestId("hide").waitFor();
+    await b.goto(`/feed/${jobId}`);
+    await b.getByTestId("detail-prompt").waitFor();
+
+    await a.getByTestId("account-search").fill("bob@");
+    const account = a.getByTestId("account").filter({ hasText: "@bob" });
+    await account.getByRole("button", { name: "Suspend" }).click();
+    await account.getByText("suspended", { exact: true }).waitFor();
+    const refused = await b.evaluate(async () => {
+      const r = await fetch("/api/auth/me");
+      return [r.status, (await r.json()).error.message];
+    });
+    check(refused[0] === 403 && refused[1].includes("suspended"), `suspended Bob: ${refused}`);
+    await account.getByRole("button", { name: "Lift suspension" }).click();
+    await account.getByRole("button", { name: "Suspend" }).waitFor();
+    check((await b.evaluate(async () => (await fetch("/api/auth/me")).status)) === 200, "Bob was not let back in");
+  });
+
   await step("keyboard: the first Tab reaches the skip link", async () => {
     await b.goto("/feed");
     await b.getByTestId("feed-grid").waitFor();
@@ -452,6 +487,7 @@ try {
       ["feed-item", `/feed/${jobId}`, () => a.getByTestId("detail-outputs").locator("img").waitFor()],
       ["profile", "/profile/ann", () => a.getByTestId("feed-card").first().waitFor()],
       ["settings", "/settings", () => a.getByTestId("usage-credits-left").waitFor()],
+      ["admin", "/admin", () => a.getByTestId("accounts").waitFor()],
       ["realtime", "/realtime", () => a.getByTestId("live-output").waitFor({ timeout: 60_000 })],
     ];
     for (const [name, path, ready] of pages) {

@@ -14,6 +14,7 @@ const Feed = lazy(() => import("./pages/Feed"));
 const FeedDetail = lazy(() => import("./pages/FeedDetail"));
 const Profile = lazy(() => import("./pages/Profile"));
 const Settings = lazy(() => import("./pages/Settings"));
+const Admin = lazy(() => import("./pages/Admin"));
 const NotFound = lazy(() => import("./pages/NotFound"));
 
 /** A page that fails to load or render (a chunk gone after an upgrade, a bug) says so and
@@ -93,6 +94,12 @@ function route(path: string): ReactNode {
     return (
       <SignedIn>
         <Settings />
+      </SignedIn>
+    );
+  if (path === "/admin")
+    return (
+      <SignedIn>
+        <Admin />
       </SignedIn>
     );
   if (path === "/feed") return <Feed />;

@@ -240,19 +240,18 @@ pub async fn launch_with(
     if let Some(r) = &realtime {
         r.start();
     }
-    // Client addresses reach handlers (login throttling per address).
-    let app = router::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    // No Nagle delay: a live-canvas frame must not wait for the ACK of the message before.
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let header_timeout =
+        std::time::Duration::from_secs_f64(state.config.server.header_read_timeout_secs.max(0.1));
+    http::serve::serve(
+        listener,
+        router::router(state),
+        header_timeout,
+        async move {
             shutdown.await;
             let _ = stop_tx.send(true);
-        })
-        .await;
+        },
+    )
+    .await;
     if let Some(r) = &realtime {
         // Render threads end after the frame in hand.
         r.stop();
@@ -261,7 +260,7 @@ pub async fn launch_with(
     sweeper.abort();
     // A job stuck inside a long step is left to its lease (it runs again elsewhere).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(12), handle).await;
-    served
+    Ok(())
 }
 
 /// Runs jobs only (`krya worker`), against the configured database and storage, until

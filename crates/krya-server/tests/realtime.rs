@@ -763,3 +763,137 @@ async fn a_burst_renders_the_latest_input_not_a_backlog() {
     let quiet = tokio::time::timeout(Duration::from_millis(800), next_of(&mut ws, "frame")).await;
     assert!(quiet.is_err(), "rendered after the last input: {quiet:?}");
 }
+
+fn usage(base: &str, token: &str) -> Value {
+    let mut r = agent()
+        .get(format!("{base}/api/user/usage"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    json(&mut r)
+}
+
+/// Renders `n` distinct frames on one connection, then closes it.
+async fn render_frames(base: &str, token: &str, n: u32) {
+    let mut ws = connect(base, Some(token)).await;
+    assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
+    for k in 0..n {
+        let prompt = format!("a lighthouse, take {k}");
+        let data = GenerateData {
+            prompt: Some(&prompt),
+            model: Some("tiny"),
+            steps: Some(2),
+            frame_id: Some(k as u64 + 1),
+            ..Default::default()
+        };
+        ws.send(generate(data)).await.unwrap();
+        let f = next_of(&mut ws, "frame").await;
+        assert_eq!(f["input_frame_id"], k + 1);
+    }
+    ws.close(None).await.unwrap();
+}
+
+/// The live canvas is metered: a session is charged `credits_per_minute` for its frames'
+/// render time, which usage shows; a balance that runs out ends the canvas with an
+/// `insufficient-credits` error and close code 4402; without credits a canvas does not open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_rendering_is_metered_and_shown_in_usage() {
+    // 600 credits a minute: one per 100 ms of rendering.
+    let s = server(|c| {
+        c.realtime.credits_per_minute = 600.0;
+        c.server.stream_auth_check_secs = 0.2;
+    });
+    let token = register(&s.base, "meter@example.com");
+    let (base, t) = (s.base.clone(), token.clone());
+    let before = tokio::task::spawn_blocking(move || usage(&base, &t))
+        .await
+        .unwrap();
+    assert_eq!(before["live_credits_per_minute"], 600.0);
+    let started = std::time::Instant::now();
+    render_frames(&s.base, &token, 6).await;
+    let wall = started.elapsed().as_secs_f64();
+    // The last settlement runs as the connection ends: wait for its usage row.
+    let (base, t) = (s.base.clone(), token.clone());
+    let after = tokio::task::spawn_blocking(move || {
+        for _ in 0..200 {
+            let u = usage(&base, &t);
+            if u["history"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{u}"))
+                .iter()
+                .any(|d| d["live_seconds"].as_f64() > Some(0.0))
+            {
+                return u;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no live-canvas usage was recorded");
+    })
+    .await
+    .unwrap();
+    let live: f64 = after["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["live_seconds"].as_f64().unwrap())
+        .sum();
+    assert!(live > 0.0 && live <= wall, "{live} s rendered in {wall} s");
+    let used = before["credits_remaining"].as_i64().unwrap()
+        - after["credits_remaining"].as_i64().unwrap();
+    // Charged for what usage shows (milliseconds there, microseconds when charging),
+    // the last fraction rounded up.
+    let ms = (live * 1000.0).round();
+    let expected = [
+        (ms / 100.0).ceil() as i64,
+        ((ms + 1.0) / 100.0).ceil() as i64,
+    ];
+    assert!(
+        expected.contains(&used),
+        "charged {used} for {ms} ms (expected {expected:?})"
+    );
+    assert_eq!(
+        after["credits_used_today"].as_i64().unwrap(),
+        used,
+        "{after}"
+    );
+    drop(s);
+
+    // So dear that the first frame costs more than the day's credits: the canvas ends,
+    // and the next one does not open.
+    let s = server(|c| {
+        c.realtime.credits_per_minute = 60_000_000.0;
+        c.server.stream_auth_check_secs = 0.2;
+    });
+    let token = register(&s.base, "broke@example.com");
+    let mut ws = connect(&s.base, Some(&token)).await;
+    next(&mut ws, 10).await.unwrap();
+    let data = GenerateData {
+        prompt: Some("a lighthouse"),
+        model: Some("tiny"),
+        steps: Some(2),
+        ..Default::default()
+    };
+    ws.send(generate(data)).await.unwrap();
+    next_of(&mut ws, "frame").await;
+    let mut error = None;
+    let close = loop {
+        let m = next(&mut ws, 20).await.expect("the canvas stayed open");
+        match m["type"].as_str() {
+            Some("error") => error = Some(m),
+            Some("close") => break m,
+            _ => {}
+        }
+    };
+    assert_eq!(close["code"], 4402, "{close}");
+    let error = error.expect("an error before the close");
+    assert_eq!(error["data"]["code"], "insufficient-credits", "{error}");
+    let (base, t) = (s.base.clone(), token.clone());
+    let u = tokio::task::spawn_blocking(move || usage(&base, &t))
+        .await
+        .unwrap();
+    assert_eq!(u["credits_remaining"], 0, "{u}");
+    let mut ws = connect(&s.base, Some(&token)).await;
+    let m = next(&mut ws, 10).await.unwrap();
+    assert_eq!(m["data"]["code"], "insufficient-credits", "{m}");
+    assert_eq!(next(&mut ws, 10).await.unwrap()["code"], 4402);
+}

@@ -775,3 +775,65 @@ fn slow_requests_time_out() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(c.get("/api/auth/me").0, 200);
 }
+
+/// A client that sends its headers slowly (or opens a connection and says nothing) is let
+/// go after `server.header_read_timeout_secs`; one that keeps to it is answered on the same
+/// connection, more than once.
+#[test]
+fn slow_headers_close_the_connection() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.header_read_timeout_secs = 1.0;
+    let s = Server::start(config, dir);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let closed_within = |tcp: &mut std::net::TcpStream| {
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        // Closed: end of stream (or a reset), not a read timeout.
+        match tcp.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("answered: {}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        t0.elapsed()
+    };
+    // Half a request line, a header a second: the deadline holds whatever trickles in.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(slow, "GET /api/health HTTP/1.1\r\nHost: {addr}\r\n").unwrap();
+    let trickle = {
+        let mut w = slow.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for i in 0..30 {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                if write!(w, "X-Slow-{i}: 1\r\n").is_err() {
+                    return i;
+                }
+            }
+            30
+        })
+    };
+    let waited = closed_within(&mut slow);
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    assert!(
+        trickle.join().unwrap() < 30,
+        "the trickle was never cut off"
+    );
+    // A connection that says nothing.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_within(&mut silent) < std::time::Duration::from_secs(5));
+    // Prompt requests on one keep-alive connection are answered.
+    let mut ok = std::net::TcpStream::connect(&addr).unwrap();
+    ok.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    for _ in 0..2 {
+        write!(ok, "GET /api/health HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        let n = ok.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+}

@@ -4,6 +4,7 @@
 
 import type {
   Accepted,
+  Account,
   ApiKey,
   Asset,
   FeedItem,
@@ -15,6 +16,7 @@ import type {
   Profile,
   ProfileUpdate,
   PublicProfile,
+  ReportList,
   Session,
   Style,
   Usage,
@@ -249,4 +251,13 @@ export class ApiClient {
     this.request<Accepted>("POST", `/api/feed/${encodeURIComponent(id)}/remix`, { json: overrides });
   publicProfile = (handle: string, cursor?: string | null) =>
     this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });
+  report = (id: string, reason: string) => this.request<{ id: string; new: boolean }>("POST", `/api/feed/${encodeURIComponent(id)}/report`, { json: { reason } });
+
+  // Administration
+  reports = () => this.request<ReportList>("GET", "/api/admin/reports");
+  moderate = (id: string, hidden: boolean) => this.request<{ id: string; hidden: boolean; is_public: boolean }>("PATCH", `/api/admin/jobs/${encodeURIComponent(id)}`, { json: { hidden } });
+  dismissReports = (id: string) => this.request<void>("DELETE", `/api/admin/jobs/${encodeURIComponent(id)}/reports`);
+  removeAnyJob = (id: string) => this.request<void>("DELETE", `/api/admin/jobs/${encodeURIComponent(id)}`);
+  accounts = (q?: string) => this.request<{ users: Account[] }>("GET", "/api/admin/users", { query: { q } });
+  suspend = (id: string, suspended: boolean) => this.request<Account>("PATCH", `/api/admin/users/${encodeURIComponent(id)}`, { json: { suspended } });
 }

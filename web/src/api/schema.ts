@@ -20,6 +20,30 @@ export interface AcceptedBatch {
   items: Accepted[];
 }
 
+export interface AccountList {
+  users: AccountView[];
+}
+
+export interface AccountPatch {
+  /**
+   * Suspend the account (sign-in, tokens and keys refused, queued work cancelled,
+   * public items hidden), or lift the suspension (its items show again).
+   */
+  suspended: boolean;
+}
+
+/** An account as administrators see it. */
+export interface AccountView {
+  id: string;
+  email: string;
+  name: string;
+  handle: string;
+  is_admin: boolean;
+  suspended: boolean;
+  /** Seconds since the epoch. */
+  created_at: number;
+}
+
 export interface ApiKeyList {
   items: ApiKeyView[];
 }
@@ -362,6 +386,21 @@ export interface ModelList {
   models: Model[];
 }
 
+/** A job's state after moderation. */
+export interface Moderated {
+  id: string;
+  hidden: boolean;
+  is_public: boolean;
+}
+
+export interface Moderation {
+  /**
+   * Hide the item from everyone but its owner (its open reports are resolved), or show
+   * it again.
+   */
+  hidden: boolean;
+}
+
 export interface NewApiKey {
   name: string;
 }
@@ -381,6 +420,11 @@ export interface NewJobRequest {
   is_public?: boolean;
   /** Gets a signed POST when the job ends. */
   webhook_url?: string | null;
+}
+
+export interface NewReport {
+  /** What is wrong with it (1 to 500 characters). */
+  reason: string;
 }
 
 export interface Patch {
@@ -447,6 +491,40 @@ export interface RegistrationInfo {
   setup_pending: boolean;
 }
 
+export interface ReportList {
+  /** Items with open reports, the most recently reported first (at most 100). */
+  items: ReportedItem[];
+}
+
+/** One person's report. */
+export interface ReportView {
+  reason: string;
+  /** The reporter's handle. */
+  reporter: string;
+  /** Seconds since the epoch. */
+  created_at: number;
+}
+
+/** A report, as its reporter gets it back. */
+export interface Reported {
+  /** The job reported. */
+  id: string;
+  /**
+   * False when the caller's earlier report of it is still open (one per person and
+   * item).
+   */
+  new: boolean;
+}
+
+/** An item with open reports. */
+export interface ReportedItem {
+  item: FeedItem;
+  /** Hidden by an administrator, or because its author is suspended. */
+  hidden: boolean;
+  /** Its open reports, newest first. */
+  reports: ReportView[];
+}
+
 /** A signed-in session (also sets the `krya_session` cookie). */
 export interface Session {
   access_token: string;
@@ -511,6 +589,8 @@ export interface Usage {
   /** When the allowance is topped up next, seconds since the epoch. */
   resets_at: number;
   tier: string;
+  /** What a minute of live-canvas rendering costs here (0: free). */
+  live_credits_per_minute: number;
   /** The last 30 days with any use, oldest first. */
   history: UsageDay[];
 }
@@ -521,6 +601,11 @@ export interface UsageDay {
   day: number;
   credits_used: number;
   generations: number;
+  /**
+   * Seconds the live canvas spent rendering frames (charged at
+   * `live_credits_per_minute`).
+   */
+  live_seconds: number;
 }
 
 /** An account as the API shows it. */

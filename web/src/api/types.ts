@@ -27,6 +27,9 @@ export type Usage = S.Usage;
 export type ProfileUpdate = S.ProfileUpdate;
 export type Job = S.JobView;
 export type Progress = S.Progress;
+export type Account = S.AccountView;
+export type ReportedItem = Omit<S.ReportedItem, "item"> & { item: FeedItem };
+export type ReportList = { items: ReportedItem[] };
 
 export interface Page<T> {
   items: T[];

@@ -112,6 +112,11 @@ function Account() {
           <Link to="/settings" role="menuitem" className={menuItem} onClick={close}>
             Settings
           </Link>
+          {user.is_admin && (
+            <Link to="/admin" role="menuitem" className={menuItem} onClick={close}>
+              Moderation
+            </Link>
+          )}
           <button
             type="button"
             role="menuitem"

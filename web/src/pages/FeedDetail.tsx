@@ -1,14 +1,15 @@
 // /feed/:id: one shared item of any kind (its outputs and request); like it, remix it, meet
 // its author.
 
-import { useEffect, useState } from "react";
+import { useState } from "react";
 import { asApiError, type ApiError } from "../api/client";
 import type { FeedItem } from "../api/types";
 import { api, generate, session, toasts, use } from "../app";
 import { AssetMedia } from "../components/AssetMedia";
 import { ImageActions } from "../components/ImageActions";
-import { Button, ErrorNote, Skeleton } from "../components/ui";
+import { Button, ErrorNote, Skeleton, Textarea } from "../components/ui";
 import { timeAgo } from "../lib/format";
+import { useLoad } from "../lib/load";
 import { Link, navigate } from "../lib/router";
 
 function Param({ name, value }: { name: string; value: unknown }) {
@@ -21,16 +22,58 @@ function Param({ name, value }: { name: string; value: unknown }) {
   );
 }
 
-export default function FeedDetail({ id }: { id: string }) {
-  const [item, setItem] = useState<FeedItem | null>(null);
+/** Reporting an item to the server's administrators: a reason, then a thank-you. */
+function Report({ id, onSignIn }: { id: string; onSignIn: (() => void) | null }) {
+  const [open, setOpen] = useState(false);
+  const [reason, setReason] = useState("");
+  const [sent, setSent] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
+  if (sent) return <p className="text-xs text-muted" data-testid="reported">Reported. The administrators will look at it; thank you.</p>;
+  if (!open)
+    return (
+      <button type="button" className="self-start text-xs text-muted underline-offset-2 hover:underline" onClick={() => (onSignIn ? onSignIn() : setOpen(true))} data-testid="report">
+        Report this
+      </button>
+    );
+  async function send() {
+    setError(null);
+    try {
+      await api.report(id, reason);
+      setSent(true);
+    } catch (e) {
+      setError(asApiError(e));
+    }
+  }
+  return (
+    <form
+      className="flex flex-col gap-2 rounded-xl border border-line p-3"
+      onSubmit={(e) => {
+        e.preventDefault();
+        void send();
+      }}
+    >
+      <label htmlFor="report-reason" className="text-xs font-medium uppercase tracking-wide text-muted">
+        What is wrong with it?
+      </label>
+      <Textarea id="report-reason" value={reason} maxLength={500} rows={3} onChange={(e) => setReason(e.target.value)} required data-testid="report-reason-input" />
+      {error && <p className="text-xs text-red-300">{error.detail}</p>}
+      <div className="flex gap-2">
+        <Button type="submit" size="sm" variant="danger" disabled={!reason.trim()} data-testid="report-send">
+          Report
+        </Button>
+        <Button size="sm" variant="ghost" onClick={() => setOpen(false)}>
+          Cancel
+        </Button>
+      </div>
+    </form>
+  );
+}
+
+export default function FeedDetail({ id }: { id: string }) {
+  const { data: item, error, reload: load, update } = useLoad(() => api.feedItem(id), id);
+  const setItem = (f: (it: FeedItem) => FeedItem) => update(f);
   const [liking, setLiking] = useState(false);
   const user = use(session, (s) => s.user);
-  const load = () => {
-    setError(null);
-    api.feedItem(id).then(setItem, (e) => setError(asApiError(e)));
-  };
-  useEffect(load, [id]);
 
   if (error) return <div className="mx-auto max-w-3xl p-6">{error.status === 404 ? <ErrorNote error={{ message: "This image is not shared (any more), or does not exist." }} /> : <ErrorNote error={error} onRetry={load} />}</div>;
   if (!item)
@@ -51,7 +94,7 @@ export default function FeedDetail({ id }: { id: string }) {
     setLiking(true);
     try {
       const r = await api.like(id);
-      setItem((it) => (it ? { ...it, liked: r.liked, likes_count: r.likes_count } : it));
+      setItem((it) => ({ ...it, liked: r.liked, likes_count: r.likes_count }));
     } catch (e) {
       toasts.getState().error(e, "Cannot like");
     } finally {
@@ -100,13 +143,14 @@ export default function FeedDetail({ id }: { id: string }) {
           <Param name="Scheduler" value={p.scheduler} />
           <Param name="Style" value={p.style !== "none" ? p.style : null} />
         </dl>
+        {!mine && item.is_public && <Report id={item.id} onSignIn={user ? null : signIn} />}
         {mine && (
           <ImageActions
             generation={{ id: item.id, is_public: item.is_public, prompt: item.prompt ?? item.kind }}
             onReuse={item.kind === "image" && item.ref_id ? () => navigate(`/image?reuse=${item.ref_id}`) : undefined}
             onTogglePublic={async (v) => {
               await api.setJobPublic(item.id, v);
-              setItem((it) => (it ? { ...it, is_public: v } : it));
+              setItem((it) => ({ ...it, is_public: v }));
             }}
             onDelete={async () => {
               await api.removeJob(item.id);

@@ -1,11 +1,12 @@
 // /settings: profile, API keys (shown once at creation), usage and credits.
 
-import { useEffect, useState } from "react";
+import { useState } from "react";
 import { asApiError, type ApiError } from "../api/client";
-import type { ApiKey, Profile, Usage } from "../api/types";
+import type { ApiKey, Profile } from "../api/types";
 import { api, session, toasts } from "../app";
 import { Button, Confirm, ErrorNote, Field, FieldError, Input, Skeleton, Spinner, Textarea } from "../components/ui";
 import { day, timeAgo } from "../lib/format";
+import { useLoad } from "../lib/load";
 
 function Section({ title, children, id }: { title: string; children: React.ReactNode; id: string }) {
   return (
@@ -19,24 +20,17 @@ function Section({ title, children, id }: { title: string; children: React.React
 }
 
 function ProfileForm() {
-  const [p, setP] = useState<Profile | null>(null);
-  const [form, setForm] = useState({ name: "", handle: "", bio: "" });
-  const [loadError, setLoadError] = useState<ApiError | null>(null);
+  const loaded = useLoad(() => api.profile());
+  if (loaded.error) return <ErrorNote error={loaded.error} onRetry={loaded.reload} />;
+  if (!loaded.data) return <Skeleton className="h-48" />;
+  return <ProfileFields initial={loaded.data} />;
+}
+
+function ProfileFields({ initial }: { initial: Profile }) {
+  const [p, setP] = useState(initial);
+  const [form, setForm] = useState({ name: initial.name, handle: initial.handle, bio: initial.bio });
   const [error, setError] = useState<ApiError | null>(null);
   const [saving, setSaving] = useState(false);
-  const load = () => {
-    setLoadError(null);
-    api.profile().then(
-      (x) => {
-        setP(x);
-        setForm({ name: x.name, handle: x.handle, bio: x.bio });
-      },
-      (e) => setLoadError(asApiError(e)),
-    );
-  };
-  useEffect(load, []);
-  if (loadError) return <ErrorNote error={loadError} onRetry={load} />;
-  if (!p) return <Skeleton className="h-48" />;
   const err = (f: string) => (error?.field === f ? error.detail : null);
   return (
     <form
@@ -87,22 +81,14 @@ function ProfileForm() {
 }
 
 function ApiKeys() {
-  const [keys, setKeys] = useState<ApiKey[] | null>(null);
-  const [loadError, setLoadError] = useState<ApiError | null>(null);
+  const loaded = useLoad(() => api.apiKeys().then((r) => r.items));
+  const [keys, loadError, load] = [loaded.data, loaded.error, loaded.reload];
   const [name, setName] = useState("");
   const [error, setError] = useState<ApiError | null>(null);
   const [created, setCreated] = useState<ApiKey | null>(null);
   const [copied, setCopied] = useState(false);
   const [revoking, setRevoking] = useState<ApiKey | null>(null);
   const [creating, setCreating] = useState(false);
-  const load = () => {
-    setLoadError(null);
-    api.apiKeys().then(
-      (r) => setKeys(r.items),
-      (e) => setLoadError(asApiError(e)),
-    );
-  };
-  useEffect(load, []);
   return (
     <div className="flex flex-col gap-4">
       <p className="text-sm text-muted">
@@ -193,7 +179,7 @@ function ApiKeys() {
             setRevoking(null);
             try {
               await api.revokeApiKey(k.id);
-              setKeys((ks) => ks?.filter((x) => x.id !== k.id) ?? null);
+              loaded.update((ks) => ks.filter((x) => x.id !== k.id));
             } catch (e) {
               toasts.getState().error(e, "Cannot revoke");
             }
@@ -204,17 +190,19 @@ function ApiKeys() {
   );
 }
 
+/** Seconds as "2 min 5 s" (or "0 s"). */
+function minutes(seconds: number): string {
+  const s = Math.round(seconds);
+  return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+}
+
 function UsagePanel() {
-  const [u, setU] = useState<Usage | null>(null);
-  const [error, setError] = useState<ApiError | null>(null);
-  const load = () => {
-    setError(null);
-    api.usage().then(setU, (e) => setError(asApiError(e)));
-  };
-  useEffect(load, []);
-  if (error) return <ErrorNote error={error} onRetry={load} />;
+  const { data: u, error, reload } = useLoad(() => api.usage());
+  if (error) return <ErrorNote error={error} onRetry={reload} />;
   if (!u) return <Skeleton className="h-40" />;
   const max = Math.max(1, ...u.history.map((h) => h.credits_used));
+  // Today began a day before the next top-up.
+  const liveToday = u.history.find((h) => h.day === u.resets_at - 86_400)?.live_seconds ?? 0;
   return (
     <div className="flex flex-col gap-5">
       <div className="grid grid-cols-2 gap-3 sm:grid-cols-4">
@@ -233,7 +221,12 @@ function UsagePanel() {
         ))}
       </div>
       <p className="text-xs text-muted">
-        One credit per image per started megapixel. Topped up to the allowance daily; next top-up {new Date(u.resets_at * 1000).toLocaleString()}.
+        One credit per image per started megapixel
+        {u.live_credits_per_minute > 0 ? `; the live canvas ${u.live_credits_per_minute} per minute of rendering` : "; the live canvas is free"}. Topped up to the allowance daily; next top-up{" "}
+        {new Date(u.resets_at * 1000).toLocaleString()}.
+      </p>
+      <p className="text-sm text-neutral-300" data-testid="usage-live">
+        Live canvas today: {minutes(liveToday)} of rendering.
       </p>
       <div>
         <h3 className="mb-2 text-sm text-neutral-300">Last 30 days</h3>
@@ -242,7 +235,7 @@ function UsagePanel() {
         ) : (
           <ol className="flex h-32 max-w-2xl gap-1" aria-label="Credits used per day">
             {u.history.map((h) => (
-              <li key={h.day} className="flex min-w-0 flex-1 flex-col items-center gap-1" title={`${day(h.day)}: ${h.credits_used} credits, ${h.generations} generations`}>
+              <li key={h.day} className="flex min-w-0 flex-1 flex-col items-center gap-1" title={`${day(h.day)}: ${h.credits_used} credits, ${h.generations} generations, ${minutes(h.live_seconds)} on the live canvas`}>
                 <span className="text-[10px] text-neutral-300">{h.credits_used}</span>
                 <div className="flex w-full flex-1 items-end justify-center">
                   <div className="brand-gradient w-full max-w-8 rounded-t" style={{ height: `${Math.max(4, (100 * Math.max(0, h.credits_used)) / max)}%` }} />

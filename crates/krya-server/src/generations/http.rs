@@ -379,11 +379,7 @@ pub async fn patch_one(
             .await
             .map_err(internal)?
             .ok_or_else(|| internal(format!("generation {id} has no job")))?;
-        state
-            .db
-            .set_public(&job.id, public)
-            .await
-            .map_err(internal)?;
+        state.db.set_public(&job.id, public).await?;
     }
     let g = own(&state, &user, &id).await?;
     Ok(Json(view(&state, &g, false).await?))

@@ -167,13 +167,13 @@ pub async fn usage(
         .map_err(internal)?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
     let since = (today() - 29) * 86_400;
-    let rows = sqlx::query("SELECT action_type, credits_used, created_at FROM usage_logs WHERE user_id = $1 AND created_at >= $2 ORDER BY created_at")
+    let rows = sqlx::query("SELECT action_type, credits_used, metadata, created_at FROM usage_logs WHERE user_id = $1 AND created_at >= $2 ORDER BY created_at")
         .bind(&user.id)
         .bind(since)
         .fetch_all(&state.db.pool)
         .await
         .map_err(internal)?;
-    let mut days: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+    let mut days: std::collections::BTreeMap<i64, UsageDay> = Default::default();
     for r in &rows {
         let credits: i64 = r.try_get("credits_used").map_err(internal)?;
         let day = r
@@ -181,38 +181,47 @@ pub async fn usage(
             .map_err(internal)?
             .div_euclid(86_400);
         let action: String = r.try_get("action_type").map_err(internal)?;
-        let e = days.entry(day).or_default();
-        e.0 += credits;
-        if action == "image_gen" {
-            e.1 += 1;
+        let e = days.entry(day).or_insert_with(|| UsageDay {
+            day: day * 86_400,
+            ..Default::default()
+        });
+        e.credits_used += credits;
+        match action.as_str() {
+            "image_gen" => e.generations += 1,
+            crate::realtime::METER_ACTION => {
+                let meta: String = r.try_get("metadata").map_err(internal)?;
+                let ms = serde_json::from_str::<serde_json::Value>(&meta)
+                    .ok()
+                    .and_then(|m| m["render_ms"].as_f64())
+                    .unwrap_or(0.0);
+                e.live_seconds += ms / 1000.0;
+            }
+            _ => {}
         }
     }
-    let today_used = days.get(&today()).map(|d| d.0).unwrap_or(0);
-    let history = days
-        .iter()
-        .map(|(d, (c, n))| UsageDay {
-            day: d * 86_400,
-            credits_used: *c,
-            generations: *n,
-        })
-        .collect();
+    let today_used = days.get(&today()).map(|d| d.credits_used).unwrap_or(0);
+    let history = days.into_values().collect();
     Ok(Json(Usage {
         credits_remaining: user.credits_remaining,
         daily_allowance: daily_allowance(&user.subscription_tier),
         credits_used_today: today_used,
         resets_at: (today() + 1) * 86_400,
         tier: user.subscription_tier,
+        live_credits_per_minute: state.config.realtime.credits_per_minute.max(0.0),
         history,
     }))
 }
 
 /// Credits used on one UTC day.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Default)]
 pub struct UsageDay {
     /// The day's start, seconds since the epoch.
     pub day: i64,
     pub credits_used: i64,
     pub generations: i64,
+    /// Seconds the live canvas spent rendering frames (charged at
+    /// `live_credits_per_minute`).
+    pub live_seconds: f64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -223,6 +232,8 @@ pub struct Usage {
     /// When the allowance is topped up next, seconds since the epoch.
     pub resets_at: i64,
     pub tier: String,
+    /// What a minute of live-canvas rendering costs here (0: free).
+    pub live_credits_per_minute: f64,
     /// The last 30 days with any use, oldest first.
     pub history: Vec<UsageDay>,
 }
@@ -287,13 +298,7 @@ pub async fn grant(
     Path(id): Path<String>,
     body: Result<Json<Grant>, JsonRejection>,
 ) -> Result<Json<Profile>, ApiError> {
-    let admin = auth::current_user(&state, &headers).await?;
-    if !admin.is_admin {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only administrators can grant credits",
-        ));
-    }
+    let admin = auth::admin(&state, &headers, "can grant credits").await?;
     let Json(g) = body?;
     if let Some(a) = g.amount
         && a.abs() > 1_000_000_000

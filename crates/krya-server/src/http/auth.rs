@@ -88,6 +88,9 @@ pub(crate) async fn issue(
     user: User,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
+    if user.suspended {
+        return Err(suspended());
+    }
     let access = random_hex(32);
     let refresh = random_hex(32);
     let t = now();
@@ -198,6 +201,7 @@ pub async fn create_user(
         credits_remaining: FREE_CREDITS,
         subscription_tier: "free".into(),
         created_at: now(),
+        suspended: false,
     };
     if !db.insert_user(&user, &hash).await.map_err(internal)? {
         return Err(ApiError::new(
@@ -391,8 +395,32 @@ pub async fn current_user(state: &AppState, headers: &HeaderMap) -> Result<User,
     } else {
         state.db.user_by_access(&hash, now()).await
     };
-    user.map_err(internal)?
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the token is invalid or expired"))
+    let user = user
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the token is invalid or expired"))?;
+    if user.suspended {
+        return Err(suspended());
+    }
+    Ok(user)
+}
+
+fn suspended() -> ApiError {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        "this account is suspended; ask the server's administrators",
+    )
+}
+
+/// The signed-in user, who must be an administrator; `what` says what only they may do.
+pub async fn admin(state: &AppState, headers: &HeaderMap, what: &str) -> Result<User, ApiError> {
+    let u = current_user(state, headers).await?;
+    if !u.is_admin {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("only administrators {what}"),
+        ));
+    }
+    Ok(u)
 }
 
 /// The signed-in user, or `None` for a request without a token (a token that is sent must

@@ -79,8 +79,8 @@ pub struct FeedPage {
 }
 
 /// A job with its author, as the feed reads it.
-const POST_COLUMNS: &str = "j.id, j.kind, j.ref_id, j.user_id, j.params, j.prompt, j.likes_count, j.is_public, j.remix_of, j.created_at, j.seq, u.handle, u.name, u.avatar_url";
-const POSTS: &str = "jobs j JOIN users u ON u.id = j.user_id";
+pub(crate) const POST_COLUMNS: &str = "j.id, j.kind, j.ref_id, j.user_id, j.params, j.prompt, j.likes_count, j.is_public, j.remix_of, j.created_at, j.seq, u.handle, u.name, u.avatar_url";
+pub(crate) const POSTS: &str = "jobs j JOIN users u ON u.id = j.user_id";
 /// What everyone sees.
 const SHOWN: &str = "j.is_public = 1 AND j.status = 'completed'";
 
@@ -119,7 +119,7 @@ fn post(r: &sqlx::any::AnyRow) -> Result<Post, sqlx::Error> {
 }
 
 /// The feed items of `rows`: their outputs and the viewer's likes, one query each.
-async fn items(
+pub(crate) async fn items(
     state: &AppState,
     rows: &[sqlx::any::AnyRow],
     viewer: Option<&User>,
@@ -241,7 +241,7 @@ pub async fn feed(
 
 /// A job the viewer may see, by its id (or an image job by its generation's): public and
 /// completed, or their own. Its row, and the row read.
-async fn visible(
+pub(crate) async fn visible(
     state: &AppState,
     id: &str,
     viewer: Option<&User>,

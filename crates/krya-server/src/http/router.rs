@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use crate::infra::error::{ApiError, ErrorCode};
 use crate::{
     AppState, generations, http::account, http::auth, http::events, http::feed, http::media,
-    http::models, http::openapi, http::signup, http::storage, jobs, realtime,
+    http::models, http::moderation, http::openapi, http::signup, http::storage, jobs, realtime,
     tasks::webhook::outbox as webhooks,
 };
 
@@ -70,6 +70,12 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(feed::get_item))
         .routes(routes!(feed::like))
         .routes(routes!(feed::remix))
+        .routes(routes!(moderation::report))
+        .routes(routes!(moderation::reports))
+        .routes(routes!(moderation::moderate, moderation::delete_job))
+        .routes(routes!(moderation::dismiss))
+        .routes(routes!(moderation::users))
+        .routes(routes!(moderation::patch_user))
         .routes(routes!(feed::profile))
         .routes(routes!(realtime::capture::save))
 }

@@ -225,14 +225,7 @@ pub async fn setup(
 }
 
 async fn admin(state: &AppState, headers: &HeaderMap) -> Result<User, ApiError> {
-    let u = auth::current_user(state, headers).await?;
-    if !u.is_admin {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "only administrators manage invites",
-        ));
-    }
-    Ok(u)
+    auth::admin(state, headers, "manage invites").await
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -55,6 +55,9 @@ pub struct Server {
     pub max_upload_pixels: u64,
     /// How often an open event stream re-checks its token, in seconds.
     pub stream_auth_check_secs: f64,
+    /// A request's headers must arrive within this many seconds of the connection being
+    /// ready for one (an idle keep-alive connection is closed after it too).
+    pub header_read_timeout_secs: f64,
     /// A refresh token used again this many seconds after its rotation (two tabs
     /// refreshing at once) is refused without revoking every session; later reuse is
     /// treated as theft.
@@ -207,6 +210,9 @@ pub struct Realtime {
     pub max_frame_pixels: u64,
     /// Quality of the JPEG frames sent back, 1 to 100.
     pub jpeg_quality: u8,
+    /// Credits charged per minute of rendering (the frames' render time); 0 keeps the live
+    /// canvas free. Either way each session's render time shows in usage.
+    pub credits_per_minute: f64,
 }
 
 /// `KRYA_HOME`, else `$XDG_DATA_HOME/krya`, else `~/.local/share/krya`: the one default
@@ -234,6 +240,7 @@ impl Default for Config {
                 max_upload_bytes: 20 * 1024 * 1024,
                 max_upload_pixels: 4096 * 4096,
                 stream_auth_check_secs: 30.0,
+                header_read_timeout_secs: 30.0,
                 refresh_reuse_secs: 10,
                 request_timeout_secs: 120.0,
                 secure_cookies: true,
@@ -283,6 +290,7 @@ impl Default for Config {
                 max_frame_bytes: 4 * 1024 * 1024,
                 max_frame_pixels: 2048 * 2048,
                 jpeg_quality: 80,
+                credits_per_minute: 0.0,
             },
             log: Log {
                 level: "info".into(),
@@ -318,6 +326,9 @@ refresh_reuse_secs = 10
 # A request must be read and answered within this many seconds, else 408 (a slow client
 # cannot hold a handler). Event streams and the live canvas are answered at once and run on.
 request_timeout_secs = 120.0
+# A request's headers must arrive within this many seconds (a client sending them slowly, or
+# a keep-alive connection left idle, is closed).
+header_read_timeout_secs = 30.0
 # Session cookies carry Secure (browsers accept it on http://localhost too). Turn it off only
 # for a plain-http host that is not loopback; the server warns at start when it is off.
 secure_cookies = true
@@ -408,6 +419,9 @@ max_frame_bytes = 4194304
 max_frame_pixels = 4194304
 # Quality of the JPEG frames sent back, 1 to 100.
 jpeg_quality = 80
+# Credits per minute of rendering (the time frames take to render, settled every few seconds
+# and when a session ends); 0 keeps the live canvas free. Usage shows the minutes either way.
+credits_per_minute = 0.0
 
 [log]
 # What to log: a level (error, warn, info, debug, trace) or per-target directives such as

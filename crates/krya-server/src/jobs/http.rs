@@ -98,7 +98,7 @@ pub(crate) fn task_of(state: &AppState, kind: &str) -> Result<std::sync::Arc<dyn
         })
 }
 
-fn user_kinds(state: &AppState) -> Vec<&'static str> {
+pub(crate) fn user_kinds(state: &AppState) -> Vec<&'static str> {
     state
         .tasks
         .all_kinds()
@@ -369,6 +369,7 @@ pub async fn delete(state: &AppState, j: &JobRow) -> Result<(), ApiError> {
     task.deleted(&mut tx, &job).await.map_err(internal)?;
     for sql in [
         "DELETE FROM job_likes WHERE job_id = $1",
+        "DELETE FROM reports WHERE job_id = $1",
         "DELETE FROM assets WHERE job_id = $1",
         "DELETE FROM jobs WHERE id = $1",
     ] {
@@ -417,7 +418,7 @@ pub async fn patch_one(
     let Json(p) = body?;
     let j = own(&state, &user, &id).await?;
     if let Some(public) = p.is_public {
-        state.db.set_public(&j.id, public).await.map_err(internal)?;
+        state.db.set_public(&j.id, public).await?;
     }
     let j = own(&state, &user, &id).await?;
     Ok(Json(view(&state, &j, false).await?))

@@ -13,6 +13,7 @@ use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
 
+use crate::infra::error::{ApiError, ErrorCode, internal};
 use crate::persistence::db::Db;
 use crate::tasks::{Job, Stored};
 
@@ -248,14 +249,35 @@ impl Db {
         row.map(|r| JobRow::from_row(&r)).transpose()
     }
 
-    /// Shares a job (its outputs become readable by anyone), or stops sharing it.
-    pub async fn set_public(&self, job_id: &str, public: bool) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE jobs SET is_public = $1 WHERE id = $2")
-            .bind(public as i64)
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
+    /// Shares a job (its outputs become readable by anyone), or stops sharing it. A job an
+    /// administrator hid cannot be shared again by its owner (403).
+    pub async fn set_public(&self, job_id: &str, public: bool) -> Result<(), ApiError> {
+        let changed =
+            sqlx::query("UPDATE jobs SET is_public = $1 WHERE id = $2 AND hidden IS NULL")
+                .bind(public as i64)
+                .bind(job_id)
+                .execute(&self.pool)
+                .await
+                .map_err(internal)?
+                .rows_affected();
+        if changed == 0 && public {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "an administrator has hidden this item: it cannot be shared",
+            ));
+        }
         Ok(())
+    }
+
+    /// A user's pending and running jobs.
+    pub async fn active_jobs_of(&self, user_id: &str) -> Result<Vec<JobRow>, sqlx::Error> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.user_id = $1 AND j.status IN ('pending', 'processing')"
+        )))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(JobRow::from_row).collect()
     }
 
     /// The job of `kind` working on record `ref_id` (an image job by its generation).

@@ -49,7 +49,7 @@ macro_rules! per_backend {
 
 /// Every migration in order. A file's text is its checksum in `_sqlx_migrations`: an
 /// applied migration's file is never edited, only followed by a new one.
-const MIGRATIONS: [[(i64, &str, &str); 2]; 10] = [
+const MIGRATIONS: [[(i64, &str, &str); 2]; 11] = [
     per_backend!(1, "0001_accounts"),
     per_backend!(2, "0002_sessions"),
     shared!(3, "0003_api_keys"),
@@ -60,6 +60,7 @@ const MIGRATIONS: [[(i64, &str, &str); 2]; 10] = [
     shared!(8, "0008_invites"),
     shared!(9, "0009_asset_use"),
     shared!(10, "0010_job_claims"),
+    shared!(11, "0011_moderation"),
 ];
 
 fn migrations(backend: Backend) -> Vec<sqlx::migrate::Migration> {
@@ -401,8 +402,7 @@ impl Db {
     }
 }
 
-const USER_COLUMNS: &str =
-    "id, email, name, handle, is_admin, credits_remaining, subscription_tier, created_at";
+const USER_COLUMNS: &str = "id, email, name, handle, is_admin, credits_remaining, subscription_tier, created_at, suspended_at";
 
 /// An account as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -415,6 +415,9 @@ pub struct User {
     pub credits_remaining: i64,
     pub subscription_tier: String,
     pub created_at: i64,
+    /// Suspended by an administrator: signing in and every token are refused.
+    #[serde(skip)]
+    pub suspended: bool,
 }
 
 impl User {
@@ -428,6 +431,7 @@ impl User {
             credits_remaining: r.try_get("credits_remaining")?,
             subscription_tier: r.try_get("subscription_tier")?,
             created_at: r.try_get("created_at")?,
+            suspended: r.try_get::<Option<i64>, _>("suspended_at")?.is_some(),
         })
     }
 }

@@ -23,6 +23,11 @@ where
         return;
     };
     let (mut sink, mut incoming) = socket.split();
+    let mut meter = meter::Meter::new(&state, &user_id);
+    if meter.charges() && meter::balance(&state, &user_id).await < 1 {
+        refuse(&mut sink, out_of_credits(), CLOSE_NO_CREDITS, "no credits").await;
+        return;
+    }
     let (session, mut control) = Session::new(user_id);
     if !hub.register(&session) {
         let e = ProtocolError::new(
@@ -32,13 +37,7 @@ where
                 hub.config.sessions_per_user
             ),
         );
-        let _ = sink.send(Message::Binary(protocol::error(&e).into())).await;
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code: CLOSE_TOO_MANY,
-                reason: "too many sessions".into(),
-            })))
-            .await;
+        refuse(&mut sink, e, CLOSE_TOO_MANY, "too many sessions").await;
         return;
     }
     hub.announce(&session, Status::Ready, None);
@@ -74,9 +73,16 @@ where
                 }
             }
             session.end();
+            // What was said before the end (the reason for it, often) goes out first.
+            while let Ok(bytes) = control.try_recv() {
+                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                    break;
+                }
+            }
             let code = session.close_code.load(Ordering::SeqCst);
             let reason = match code {
                 CLOSE_UNAUTHORIZED => "the session ended; sign in again",
+                CLOSE_NO_CREDITS => "no credits left",
                 1001 => "going away",
                 1008 => "messages were not read",
                 _ => "",
@@ -95,6 +101,9 @@ where
     let every = Duration::from_secs_f64(state.config.server.stream_auth_check_secs.max(0.05));
     let mut recheck = tokio::time::interval(every);
     recheck.tick().await;
+    // Settled every few seconds (at most), so a balance cannot be overrun by much.
+    let mut settle = tokio::time::interval(every.min(METER_EVERY));
+    settle.tick().await;
     loop {
         tokio::select! {
             m = incoming.next() => {
@@ -120,6 +129,18 @@ where
                     break;
                 }
             }
+            _ = settle.tick() => {
+                let used = session.rendered_us.load(Ordering::SeqCst);
+                match meter.settle(&state, used, false).await {
+                    Ok(meter::Balance::Enough) => {}
+                    Ok(meter::Balance::Exhausted) => {
+                        session.send_error(&out_of_credits());
+                        session.end_with(CLOSE_NO_CREDITS);
+                        break;
+                    }
+                    Err(e) => tracing::warn!("metering the live canvas: {e}"),
+                }
+            }
             _ = ended(&mut shutdown) => {
                 session.end_with(1001);
                 break;
@@ -129,6 +150,41 @@ where
     }
     hub.unregister(&session);
     let _ = writer.await;
+    // What the last frames took, with a frame still rendering once it is done.
+    for _ in 0..600 {
+        if !session.state.lock().unwrap().rendering {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let used = session.rendered_us.load(Ordering::SeqCst);
+    if let Err(e) = meter.settle(&state, used, true).await {
+        tracing::warn!("metering the live canvas: {e}");
+    }
+}
+
+/// How often an open session's render time is charged, at most.
+const METER_EVERY: Duration = Duration::from_secs(5);
+
+fn out_of_credits() -> ProtocolError {
+    ProtocolError::new(
+        "insufficient-credits",
+        "no credits left for the live canvas; they are topped up daily",
+    )
+}
+
+/// Says why a connection is refused, and closes it.
+async fn refuse<S>(sink: &mut S, e: ProtocolError, code: u16, reason: &'static str)
+where
+    S: Sink<Message> + Unpin,
+{
+    let _ = sink.send(Message::Binary(protocol::error(&e).into())).await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,7 @@
 pub mod capture;
 mod connection;
 mod input;
+mod meter;
 pub use krya_core::protocol;
 
 use std::collections::VecDeque;
@@ -42,12 +43,15 @@ use crate::{AppState, http::auth, persistence::registry};
 pub use connection::{serve_session, ws};
 use input::*;
 pub use krya_core::protocol::{check_canvas_header, decode_canvas, encode_jpeg};
+pub use meter::ACTION as METER_ACTION;
 use protocol::{ClientMessage, Params, ProtocolError, Status, StatusData};
 
 /// WebSocket close code for a connection without a valid session or token.
 pub const CLOSE_UNAUTHORIZED: u16 = 4401;
 /// Close code when a user already has `realtime.sessions_per_user` canvases open.
 pub const CLOSE_TOO_MANY: u16 = 4429;
+/// Close code when the user's credits ran out (`realtime.credits_per_minute`).
+pub const CLOSE_NO_CREDITS: u16 = 4402;
 
 /// What a session renders: its parameters, resolved to values.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +123,8 @@ pub struct Session {
     /// The close code the connection ends with: the first reason given wins.
     close_code: std::sync::atomic::AtomicU16,
     next_frame: AtomicU64,
+    /// Time spent rendering this session's frames, in microseconds (what it is charged for).
+    rendered_us: AtomicU64,
     /// The engine stream (model, TAESD, cached prompt); render and loader threads only.
     stream: Mutex<Option<EngineStream>>,
 }
@@ -135,6 +141,7 @@ impl Session {
             ending: tokio::sync::watch::channel(false).0,
             close_code: std::sync::atomic::AtomicU16::new(1000),
             next_frame: AtomicU64::new(1),
+            rendered_us: AtomicU64::new(0),
             stream: Mutex::new(None),
         });
         (session, rx)
@@ -346,6 +353,7 @@ impl Hub {
             self.announce(&session, Status::Generating, None);
             // A panic in a render (a bug, an engine failure) costs this frame, not the
             // thread: every session would otherwise lose its renderer.
+            let started = Instant::now();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.render(&session, &job)
             }))
@@ -368,6 +376,9 @@ impl Hub {
             match result {
                 Ok(Rendered::Frame(jpeg)) => {
                     self.frames_rendered.fetch_add(1, Ordering::SeqCst);
+                    session
+                        .rendered_us
+                        .fetch_add(started.elapsed().as_micros() as u64, Ordering::SeqCst);
                     self.remember(&session.user_id, &jpeg);
                     let latency = job.received.elapsed().as_secs_f64() * 1000.0;
                     let id = session.next_frame.fetch_add(1, Ordering::SeqCst);

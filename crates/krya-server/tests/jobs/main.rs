@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod kinds;
+mod moderation;
 
 use std::time::Duration;
 
