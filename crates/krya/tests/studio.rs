@@ -1,4 +1,4 @@
-//! The studio (web/): its Vitest units, and the whole of it end to end in Chromium
+//! The studio (web/): its lint, its Vitest units, and the whole of it end to end in Chromium
 //! (playwright-core, `web/e2e/studio.mjs`) against a real `krya serve` on a free port with
 //! the committed tiny model. Screenshots of every page at 1440 and 390 px land in
 //! `CARGO_TARGET_TMPDIR/studio/`.
@@ -44,6 +44,18 @@ fn studio_units() {
             .current_dir(web())
             .args(["test", "--", "--reporter=verbose"]),
         "vitest",
+    );
+}
+
+/// The React hooks rules (rules of hooks, exhaustive dependencies, no state set
+/// synchronously in an effect, pure renders) and other correctness rules, with oxlint
+/// (`web/.oxlintrc.json`; typescript-eslint does not accept TypeScript 7 yet).
+#[test]
+#[cfg_attr(krya_no_studio, ignore = "KRYA_SKIP_WEB: the studio was not built")]
+fn studio_lint() {
+    run(
+        Command::new("npm").current_dir(web()).args(["run", "lint"]),
+        "oxlint",
     );
 }
 

@@ -35,8 +35,14 @@ export default function Dashboard() {
   }, []);
   useEffect(() => {
     void pager.getState().reset((cursor) => api.jobs({ cursor, limit: 30, kind: kind || undefined, model: model || undefined, q: search || undefined }));
-    setSelected(new Set());
   }, [pager, kind, model, search]);
+  // Another filter, another list: the selection starts empty.
+  const filter = `${kind}\n${model}\n${search}`;
+  const [selectedFor, setSelectedFor] = useState(filter);
+  if (selectedFor !== filter) {
+    setSelectedFor(filter);
+    setSelected(new Set());
+  }
   useEffect(
     () =>
       onChanged((id, change) => {

@@ -15,7 +15,12 @@ export default function Feed() {
   const sort = query.get("sort") === "top" ? "top" : "new";
   const q = query.get("q") ?? "";
   const [text, setText] = useState(q);
-  useEffect(() => setText(q), [q]);
+  // The box follows the URL's q when it changes (the header's search, back and forward).
+  const [shownQ, setShownQ] = useState(q);
+  if (shownQ !== q) {
+    setShownQ(q);
+    setText(q);
+  }
   const pager = useMemo(() => createPager<FeedItem>((cursor) => api.feed({ cursor, sort, q, limit: 30 })), [sort, q]);
   const items = useStore(pager, (s) => s.items);
   const loaded = useStore(pager, (s) => s.loaded);

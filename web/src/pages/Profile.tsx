@@ -12,7 +12,6 @@ import { createPager } from "../stores/pager";
 
 export default function Profile({ handle }: { handle: string }) {
   const [profile, setProfile] = useState<PublicProfile | null>(null);
-  const [error, setError] = useState<ApiError | null>(null);
   const pager = useMemo(
     () =>
       createPager<FeedItem>(async (cursor) => {
@@ -28,9 +27,8 @@ export default function Profile({ handle }: { handle: string }) {
   useEffect(() => {
     void pager.getState().loadMore();
   }, [pager]);
-  useEffect(() => {
-    if (pageError && !profile) setError(asApiError(pageError));
-  }, [pageError, profile]);
+  // The first page failing is the profile failing (a handle that does not exist: 404).
+  const error: ApiError | null = pageError && !profile ? asApiError(pageError) : null;
 
   if (error) return <div className="mx-auto max-w-3xl p-6">{error.status === 404 ? <ErrorNote error={{ message: `There is no @${handle} here.` }} /> : <ErrorNote error={error} />}</div>;
   return (

@@ -25,9 +25,12 @@ function PromptBox() {
   const promptError = useFieldError("prompt");
   const negativeError = useFieldError("negative_prompt");
   const [showNegative, setShowNegative] = useState(negative !== "");
-  useEffect(() => {
+  // A negative prompt that arrives (reuse, remix) opens its field.
+  const [seenNegative, setSeenNegative] = useState(negative);
+  if (negative !== seenNegative) {
+    setSeenNegative(negative);
     if (negative) setShowNegative(true);
-  }, [negative]);
+  }
   const g = generate.getState();
   return (
     <div className="rounded-2xl border border-line bg-surface p-3 focus-within:border-neutral-600">

@@ -24,7 +24,8 @@ const images = new Map<string, HTMLImageElement>();
 /** An image element for `src`; `onLoad` runs when one that was still loading arrives (the
  * canvas changed after the frame was sent). */
 function useImage(src: string, onLoad: () => void): HTMLImageElement | null {
-  const [img, setImg] = useState<HTMLImageElement | null>(() => (images.get(src)?.complete ? images.get(src)! : null));
+  // The source whose image has arrived since this shape was drawn.
+  const [arrived, setArrived] = useState<string | null>(null);
   useEffect(() => {
     let el = images.get(src);
     if (!el) {
@@ -32,14 +33,22 @@ function useImage(src: string, onLoad: () => void): HTMLImageElement | null {
       el.src = src;
       images.set(src, el);
     }
-    if (el.complete) setImg(el);
-    else
-      el.addEventListener("load", () => {
-        setImg(el!);
-        onLoad();
-      });
+    const wasLoading = !el.complete;
+    let current = true;
+    el.decode().then(
+      () => {
+        if (!current) return;
+        setArrived(src);
+        if (wasLoading) onLoad();
+      },
+      () => {},
+    );
+    return () => {
+      current = false;
+    };
   }, [src, onLoad]);
-  return img;
+  const el = images.get(src);
+  return el && (el.complete || arrived === src) ? el : null;
 }
 
 function ImageShape({ shape, common, onLoad }: { shape: Extract<Shape, { kind: "image" }>; common: Record<string, unknown>; onLoad: () => void }) {

@@ -36,7 +36,7 @@ export async function startLive(layerId: string, kind: "webcam" | "screen", want
 
 /** Stops every live layer not among `keep` (a layer undone, the page left). */
 export function stopLiveExcept(keep: Set<string>) {
-  for (const id of [...videos.keys()]) if (!keep.has(id)) stopLive(id);
+  for (const id of videos.keys()) if (!keep.has(id)) stopLive(id);
 }
 
 export function stopLive(layerId: string) {
