@@ -6,6 +6,7 @@
 //! print one line and exit with status 2; anything else exits with 1.
 
 mod bench;
+mod enhance;
 mod generate;
 mod models;
 mod realtime;
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Generate images with a local model.
     Generate(generate::Args),
+    /// Make an image larger (1×-8×) with a super-resolution model, tile by tile.
+    Enhance(enhance::Args),
     /// Run the API server (and, unless jobs.in_process is off, its jobs).
     Serve(serve::Args),
     /// Run jobs only, from the configured (shared) database and storage.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Enhance(args) => enhance::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Realtime(cmd) => realtime::run(cmd),

@@ -462,3 +462,69 @@ fn serve_prints_its_address_and_answers_health() {
     let o = krya(tmp.path(), &["default-config"]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("[server]"));
 }
+
+/// `krya enhance`: the tiny compact model (×4) takes an image to 2× and 4× (its own
+/// scale by default), written as a PNG of that size; bad requests are one line and exit 2,
+/// and leave no output behind.
+#[test]
+fn enhance_writes_the_larger_png_and_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let model = golden("upscale/compact.safetensors");
+    let model = model.to_str().unwrap();
+    let input = golden("init.png");
+    let input = input.to_str().unwrap();
+    for (scale, size) in [(None, (256, 192)), (Some("2"), (128, 96))] {
+        let out = t.join("big.png");
+        let mut args = vec![
+            "enhance",
+            input,
+            out.to_str().unwrap(),
+            "--model",
+            model,
+            "--tile",
+            "32",
+        ];
+        if let Some(s) = scale {
+            args.extend(["--scale", s]);
+        }
+        let o = krya(t, &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let img = image::open(&out).unwrap();
+        assert_eq!((img.width(), img.height()), size, "scale {scale:?}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    let out = t.join("never.png");
+    let out = out.to_str().unwrap();
+    assert_user_error(
+        &krya(
+            t,
+            &["enhance", input, out, "--model", model, "--scale", "3"],
+        ),
+        "scale: must be 1, 2, 4 or 8",
+    );
+    assert_user_error(
+        &krya(t, &["enhance", "/nonexistent.png", out, "--model", model]),
+        "input image /nonexistent.png does not exist",
+    );
+    let notes = t.join("notes.png");
+    std::fs::write(&notes, b"hello, not a picture").unwrap();
+    assert_user_error(
+        &krya(
+            t,
+            &["enhance", notes.to_str().unwrap(), out, "--model", model],
+        ),
+        "image:",
+    );
+    // A model file that is no upscaler: the SD test model's UNet weights.
+    let unet = golden("sd1/unet/diffusion_pytorch_model.safetensors");
+    assert_user_error(
+        &krya(
+            t,
+            &["enhance", input, out, "--model", unet.to_str().unwrap()],
+        ),
+        "not a super-resolution model",
+    );
+    assert!(!Path::new(out).exists());
+    assert!(!t.join("never.partial.png").exists());
+}

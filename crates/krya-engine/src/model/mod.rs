@@ -9,6 +9,7 @@ pub mod config_json;
 pub mod diffusers;
 pub mod hub;
 pub mod single_file;
+pub mod state_dict;
 
 use std::path::{Path, PathBuf};
 

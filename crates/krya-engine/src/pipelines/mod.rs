@@ -1,3 +1,4 @@
 //! Pipelines: each turns a request into images with a step callback and a cancel token.
 
 pub mod stable_diffusion;
+pub mod upscale;

@@ -1,0 +1,108 @@
+//! A model file's tensors by name, whatever it was saved as: `.safetensors`, or a PyTorch
+//! pickle (`.pth`, `.pt`, `.ckpt`; the zip format of torch ≥ 1.6, which candle's restricted
+//! unpickler reads without running any code from the file).
+//!
+//! Checkpoints from training code wrap their state dict; it is unwrapped as spandrel does
+//! (chaiNNer-org/spandrel@b0c3eb2d04:libs/spandrel/spandrel/__helpers/canonicalize.py): the
+//! first of `params_ema`, `params`, `state_dict`, `model_state_dict`, `model`, `net` that
+//! holds tensors, and a prefix every key shares (`module.` from DataParallel, `netG.`) is
+//! dropped.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::{EngineError, Result};
+
+/// Tensors by name (sorted, so messages and iteration are stable).
+pub type StateDict = BTreeMap<String, Tensor>;
+
+/// Keys a training checkpoint keeps its weights under, in the order they are preferred
+/// (the EMA copy first, as Real-ESRGAN's and GFPGAN's loaders do).
+const WRAPPERS: [&str; 7] = [
+    "params_ema",
+    "params-ema",
+    "params",
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+];
+
+/// Prefixes dropped when every key has them.
+const PREFIXES: [&str; 2] = ["module.", "netG."];
+
+/// Reads every tensor of `path`, as f32 on the CPU.
+pub fn read(path: &Path) -> Result<StateDict> {
+    let bad = |m: String| EngineError::bad_model(path, m);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let tensors: Vec<(String, Tensor)> = match ext.as_str() {
+        "safetensors" => candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?
+            .into_iter()
+            .collect(),
+        "pth" | "pt" | "ckpt" | "bin" => read_pickle(path)?,
+        _ => {
+            return Err(bad(
+                "a model file must be .safetensors or a PyTorch .pth/.pt/.ckpt".into(),
+            ));
+        }
+    };
+    if tensors.is_empty() {
+        return Err(bad("holds no tensors".into()));
+    }
+    let mut dict = StateDict::new();
+    for (name, t) in tensors {
+        let t = if t.dtype() == DType::F32 {
+            t
+        } else {
+            t.to_dtype(DType::F32)?
+        };
+        dict.insert(name, t);
+    }
+    Ok(strip_prefix(dict))
+}
+
+/// A pickle's state dict: under the first wrapper key that holds tensors, else the top
+/// level.
+fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bad = |m: String| EngineError::bad_model(path, m);
+    // Not a zip archive: a pickle from before torch 1.6, which is not read here.
+    let mut head = [0u8; 2];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?,
+        &mut head,
+    )
+    .map_err(|e| EngineError::io(path, e))?;
+    if &head != b"PK" {
+        return Err(bad(
+            "an old-format PyTorch pickle (before torch 1.6); convert it to .safetensors".into(),
+        ));
+    }
+    for key in WRAPPERS {
+        if let Ok(t) = candle_core::pickle::read_all_with_key(path, Some(key))
+            && !t.is_empty()
+        {
+            return Ok(t);
+        }
+    }
+    candle_core::pickle::read_all(path)
+        .map_err(|e| bad(format!("not a readable PyTorch file: {e}")))
+}
+
+fn strip_prefix(dict: StateDict) -> StateDict {
+    for p in PREFIXES {
+        if dict.keys().all(|k| k.starts_with(p)) {
+            return dict
+                .into_iter()
+                .map(|(k, v)| (k[p.len()..].to_string(), v))
+                .collect();
+        }
+    }
+    dict
+}
