@@ -1,5 +1,6 @@
 //! What a queue claim costs with a long history: the median time of a claim on an empty
-//! `jobs` table and with 100,000 finished jobs of 1,000 users, and their ratio.
+//! `jobs` table and with 100,000 finished jobs of 1,000 users (two databases claimed from
+//! in turn), and their ratio.
 //!
 //!   cargo run --release -p krya-server --example claim_cost              # SQLite
 //!   cargo run --release -p krya-server --example claim_cost -- postgres://root@127.0.0.1/test
@@ -15,43 +16,44 @@ const HISTORY: usize = 100_000;
 const USERS: usize = 1_000;
 const RUNS: usize = 300;
 
-/// Median seconds of `RUNS` claims, each of a job just queued among 10 users' jobs.
-async fn claims(db: &Db, tag: &str) -> f64 {
-    let mut times = Vec::with_capacity(RUNS);
-    for i in 0..RUNS {
-        let id = format!("{tag}-{i}");
-        let user = format!("live-{}", i % 10);
-        let mut conn = db.pool.acquire().await.unwrap();
-        jobs::enqueue(
-            &mut conn,
-            NewJob {
-                id: &id,
-                kind: "image",
-                ref_id: &id,
-                user_id: &user,
-                max_attempts: 3,
-                ..Default::default()
-            },
-        )
+/// Seconds of one claim of a job just queued (user `i % 10`), which then finishes.
+async fn claim(db: &Db, tag: &str, i: usize) -> f64 {
+    let id = format!("{tag}-{i}");
+    let user = format!("live-{}", i % 10);
+    let mut conn = db.pool.acquire().await.unwrap();
+    jobs::enqueue(
+        &mut conn,
+        NewJob {
+            id: &id,
+            kind: "image",
+            ref_id: &id,
+            user_id: &user,
+            max_attempts: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let t = Instant::now();
+    let claimed = db
+        .claim_job("bench", 60_000, &["image", "webhook"])
         .await
         .unwrap();
-        drop(conn);
-        let t = Instant::now();
-        let claimed = db
-            .claim_job("bench", 60_000, &["image", "webhook"])
-            .await
-            .unwrap();
-        times.push(t.elapsed().as_secs_f64());
-        let claimed = claimed.expect("the job just queued");
-        sqlx::query("UPDATE jobs SET status = 'completed', completed_at = $1 WHERE id = $2")
-            .bind(jobs::now_ms())
-            .bind(&claimed.id)
-            .execute(&db.pool)
-            .await
-            .unwrap();
-    }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times[RUNS / 2]
+    let took = t.elapsed().as_secs_f64();
+    let claimed = claimed.expect("the job just queued");
+    sqlx::query("UPDATE jobs SET status = 'completed', completed_at = $1 WHERE id = $2")
+        .bind(jobs::now_ms())
+        .bind(&claimed.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    took
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
 }
 
 /// `HISTORY` finished jobs of `USERS` users, claimed long ago, as a busy server keeps.
@@ -102,27 +104,53 @@ async fn history(db: &Db) {
 async fn main() {
     let pg = std::env::args().nth(1);
     let dir = tempfile_dir();
-    let (url, schema) = match &pg {
-        Some(base) => {
-            let schema = format!("krya_bench_{}", std::process::id());
-            // A plain connection (Db::connect would migrate the default schema).
-            sqlx::any::install_default_drivers();
-            let admin = sqlx::AnyPool::connect(base).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                .execute(&admin)
-                .await
-                .unwrap();
-            (
-                format!("{base}?options=-c%20search_path%3D{schema}"),
-                Some((admin, schema)),
-            )
+    // Two databases, one empty and one with the history, claimed from in turn: drift in the
+    // machine's speed over the run falls on both alike.
+    let mut schemas = Vec::new();
+    let mut dbs = Vec::new();
+    for name in ["empty", "full"] {
+        let url = match &pg {
+            Some(base) => {
+                let schema = format!("krya_bench_{}_{name}", std::process::id());
+                // A plain connection (Db::connect would migrate the default schema).
+                sqlx::any::install_default_drivers();
+                let admin = sqlx::AnyPool::connect(base).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                schemas.push((admin, schema.clone()));
+                format!("{base}?options=-c%20search_path%3D{schema}")
+            }
+            None => format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+        };
+        let db = Db::connect(&url).await.unwrap();
+        if std::env::var_os("KRYA_BENCH_OLD_INDEXES").is_some() {
+            // The indexes before migration 0012, for the comparison in docs/benchmarks.md.
+            for sql in [
+                "DROP INDEX idx_jobs_runnable",
+                "DROP INDEX idx_jobs_finished",
+                "CREATE INDEX idx_jobs_status ON jobs(status, run_after)",
+                "CREATE INDEX idx_jobs_user_claimed ON jobs(user_id, claimed_at)",
+                "CREATE INDEX idx_jobs_kind_status ON jobs(kind, status, completed_at)",
+            ] {
+                sqlx::query(sql).execute(&db.pool).await.unwrap();
+            }
         }
-        None => (format!("sqlite://{}", dir.join("bench.db").display()), None),
-    };
-    let db = Db::connect(&url).await.unwrap();
-    let empty = claims(&db, "empty").await;
-    history(&db).await;
-    let full = claims(&db, "full").await;
+        dbs.push(db);
+    }
+    history(&dbs[1]).await;
+    let (mut empty, mut full) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        if i % 2 == 0 {
+            empty.push(claim(&dbs[0], "bench", i).await);
+            full.push(claim(&dbs[1], "bench", i).await);
+        } else {
+            full.push(claim(&dbs[1], "bench", i).await);
+            empty.push(claim(&dbs[0], "bench", i).await);
+        }
+    }
+    let (empty, full) = (median(empty), median(full));
     println!(
         "{}: claim median {:.3} ms on an empty table, {:.3} ms with {HISTORY} finished jobs: ratio {:.2}",
         if pg.is_some() { "PostgreSQL" } else { "SQLite" },
@@ -130,7 +158,7 @@ async fn main() {
         full * 1000.0,
         full / empty
     );
-    if let Some((admin, schema)) = schema {
+    for (admin, schema) in schemas {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&admin)
             .await

@@ -49,7 +49,7 @@ macro_rules! per_backend {
 
 /// Every migration in order. A file's text is its checksum in `_sqlx_migrations`: an
 /// applied migration's file is never edited, only followed by a new one.
-const MIGRATIONS: [[(i64, &str, &str); 2]; 11] = [
+const MIGRATIONS: [[(i64, &str, &str); 2]; 12] = [
     per_backend!(1, "0001_accounts"),
     per_backend!(2, "0002_sessions"),
     shared!(3, "0003_api_keys"),
@@ -61,6 +61,7 @@ const MIGRATIONS: [[(i64, &str, &str); 2]; 11] = [
     shared!(9, "0009_asset_use"),
     shared!(10, "0010_job_claims"),
     shared!(11, "0011_moderation"),
+    shared!(12, "0012_claim_indexes"),
 ];
 
 fn migrations(backend: Backend) -> Vec<sqlx::migrate::Migration> {
