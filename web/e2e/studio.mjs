@@ -446,6 +446,31 @@ try {
     check((await b.evaluate(async () => (await fetch("/api/auth/me")).status)) === 200, "Bob was not let back in");
   });
 
+  await step("enhance: upload, 2× with the tiny upscaler, compare before and after, the result in the gallery with its source", async () => {
+    const source = join(shots, "enhance-source.png");
+    writeFileSync(source, downloaded);
+    await a.goto("/enhance");
+    await a.getByRole("heading", { name: "Enhance" }).waitFor();
+    await a.getByLabel("Image to enhance").setInputFiles(source);
+    await a.getByTestId("enhance-source").waitFor();
+    await a.getByRole("button", { name: "2×" }).click();
+    const sizes = (await a.getByTestId("enhance-size").textContent()).match(/(\d+) × (\d+) → (\d+) × (\d+)/);
+    check(sizes && +sizes[3] === 2 * +sizes[1] && +sizes[4] === 2 * +sizes[2], `size: ${sizes}`);
+    await a.getByTestId("enhance-start").click();
+    await a.getByTestId("compare").waitFor({ timeout: 120_000 });
+    check((await a.getByTestId("enhance-result-size").textContent()) === `${sizes[3]} × ${sizes[4]}`, "the result is not 2×");
+    const clip = () => a.getByTestId("compare").locator("div").first().getAttribute("style");
+    const before = await clip();
+    await a.getByTestId("compare-slider").fill("20");
+    await a.waitForFunction((b) => document.querySelector('[data-testid="compare"] div')?.getAttribute("style") !== b, before);
+    check((await clip()).includes("80%"), `the slider did not move the split: ${await clip()}`);
+    const sourceId = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=enhance")).json()).items[0].outputs[0].parent_id);
+    await a.goto("/app");
+    await a.getByRole("link", { name: "Open: enhance" }).first().click();
+    await a.getByTestId("source-link").waitFor();
+    check((await a.getByTestId("source-link").getAttribute("href")).endsWith(sourceId), "the source is not linked");
+  });
+
   await step("keyboard: the first Tab reaches the skip link", async () => {
     await b.goto("/feed");
     await b.getByTestId("feed-grid").waitFor();
@@ -487,6 +512,7 @@ try {
       ["feed-item", `/feed/${jobId}`, () => a.getByTestId("detail-outputs").locator("img").waitFor()],
       ["profile", "/profile/ann", () => a.getByTestId("feed-card").first().waitFor()],
       ["settings", "/settings", () => a.getByTestId("usage-credits-left").waitFor()],
+      ["enhance", "/enhance", () => a.getByTestId("enhance-start").waitFor()],
       ["admin", "/admin", () => a.getByTestId("accounts").waitFor()],
       ["realtime", "/realtime", () => a.getByTestId("live-output").waitFor({ timeout: 60_000 })],
     ];
@@ -535,7 +561,8 @@ try {
     const cards = a.getByRole("list").first().getByRole("listitem");
     await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
     await cards.last().scrollIntoViewIfNeeded();
-    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 33);
+    // 31 fillers, the sketch and the enhanced image.
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 33 + 1);
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 

@@ -34,8 +34,16 @@ export const TOOLS: Tool[] = [
     signedIn: true,
     page: lazy(() => import("./features/realtime/Realtime")),
   },
-  // Enhancer, Editor, Video, 3D and Train join as they are built (menu "tools" for the
-  // ones that work on an image you have).
+  {
+    path: "/enhance",
+    menu: "tools",
+    label: "Enhance",
+    hint: "Upscale to print size",
+    signedIn: true,
+    page: lazy(() => import("./features/enhance/EnhancePage")),
+  },
+  // Editor, Video, 3D and Train join as they are built (menu "tools" for the ones that
+  // work on an image you have).
 ];
 
 /** The tool at `path`, if any. */

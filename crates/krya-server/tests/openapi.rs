@@ -40,6 +40,8 @@ fn openapi_document_covers_every_endpoint() {
         ("delete", "/api/admin/jobs/{id}"),
         ("delete", "/api/admin/jobs/{id}/reports"),
         ("post", "/api/feed/{id}/report"),
+        ("post", "/api/enhance/image"),
+        ("get", "/api/enhance/{id}"),
         ("get", "/api/auth/registration"),
         ("get", "/api/auth/session"),
         ("post", "/api/auth/setup"),

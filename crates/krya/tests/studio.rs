@@ -68,6 +68,15 @@ fn studio_end_to_end_in_chromium() {
         "{chromium} is missing: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM"
     );
     let data = data_dir();
+    // And an upscaler for the enhancer: the tiny compact model (×4).
+    let models = data.path().join("models.json");
+    let mut listed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&models).unwrap()).unwrap();
+    listed["sharp"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden/upscale/compact.safetensors")
+        .to_string_lossy()
+        .into();
+    std::fs::write(&models, listed.to_string()).unwrap();
     let (_server, base) = serve(data.path(), &[]);
     // The studio's page and scripts go out compressed at build time where the browser
     // accepts it (the run below loads them so).

@@ -212,7 +212,7 @@ export class ApiClient {
   usage = () => this.request<Usage>("GET", "/api/user/usage");
 
   // Generation
-  models = () => this.request<{ models: Model[] }>("GET", "/api/models");
+  models = (capability?: string) => this.request<{ models: Model[] }>("GET", "/api/models", { query: { capability } });
   styles = () => this.request<{ styles: Style[] }>("GET", "/api/styles");
   generate = (req: ImageRequest, idempotencyKey?: string) =>
     this.request<Accepted>("POST", "/api/generate/image", {
@@ -251,6 +251,8 @@ export class ApiClient {
     this.request<Accepted>("POST", `/api/feed/${encodeURIComponent(id)}/remix`, { json: overrides });
   publicProfile = (handle: string, cursor?: string | null) =>
     this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });
+  enhance = (req: { image: string; model: string; scale?: number; tile?: number; denoise?: number }) => this.request<Job>("POST", "/api/enhance/image", { json: req });
+  enhanceJob = (id: string) => this.request<Job>("GET", `/api/enhance/${encodeURIComponent(id)}`);
   report = (id: string, reason: string) => this.request<{ id: string; new: boolean }>("POST", `/api/feed/${encodeURIComponent(id)}/report`, { json: { reason } });
 
   // Administration

@@ -100,7 +100,7 @@ export interface BatchRequest {
 }
 
 /** A kind of work a model can do; `GET /api/models?capability=` filters by it. */
-export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime";
+export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale";
 
 export interface Capture {
   /** The frame, uploaded with `POST /api/assets`. */
@@ -117,6 +117,20 @@ export interface Capture {
 export type CreatedApiKey = ApiKeyView & {
   key: string;
 };
+
+/** What `POST /api/enhance/image` takes. */
+export interface EnhanceRequest {
+  /** The uploaded image (`POST /api/assets`). */
+  image: string;
+  /** An upscaler (`GET /api/models?capability=upscale`). */
+  model: string;
+  /** 1, 2, 4 or 8; leave out for the model's own. */
+  scale?: number | null;
+  /** Tile size in input pixels (64 to 1024; default 256). */
+  tile?: number | null;
+  /** realesr-general-x4v3's denoise strength, 0 to 1 (needs the model's denoise twin). */
+  denoise?: number | null;
+}
 
 /** Every error: a stable code (see the table in `docs/api.md`) and a message. */
 export interface ErrorBody {
@@ -404,6 +418,17 @@ export interface Moderation {
 export interface NewApiKey {
   name: string;
 }
+
+/**
+ * An enhance request, with what every job takes (the OpenAPI document's shape of the
+ * body `create` reads).
+ */
+export type NewEnhance = EnhanceRequest & ({
+  /** Shown in the feed once completed. */
+  is_public?: boolean;
+  /** Told when the job ends (signed). */
+  webhook_url?: string | null;
+});
 
 export interface NewInvite {
   /** Days it stays valid (default 7). */

@@ -144,11 +144,12 @@ export function Header() {
       <nav aria-label="Main" className="mx-auto flex h-14 max-w-[1600px] items-center gap-1 px-3 sm:gap-2 sm:px-5">
         <Link to="/" className="mr-1 flex items-center gap-2 rounded-lg px-1 font-semibold tracking-tight sm:mr-3">
           <img src="/favicon.svg" alt="" className="h-7 w-7" />
-          <span className="text-lg">Krya</span>
+          {/* On a phone the logo alone: the menus need the width. */}
+          <span className="sr-only text-lg sm:not-sr-only">Krya</span>
         </Link>
         <EntryMenu label="Generate" entries={entries("generate")} />
         <EntryMenu label="Tools" entries={entries("tools")} />
-        <Link to="/feed" className="inline-flex h-9 items-center rounded-lg px-3 text-sm text-neutral-200 hover:bg-neutral-800">
+        <Link to="/feed" className="inline-flex h-9 items-center rounded-lg px-2 text-sm text-neutral-200 hover:bg-neutral-800 sm:px-3">
           Gallery
         </Link>
         <div className="flex-1" />

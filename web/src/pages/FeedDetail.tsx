@@ -142,8 +142,26 @@ export default function FeedDetail({ id }: { id: string }) {
           <Param name="Seed" value={p.seed} />
           <Param name="Scheduler" value={p.scheduler} />
           <Param name="Style" value={p.style !== "none" ? p.style : null} />
+          <Param name="Scale" value={typeof p.scale === "number" ? `${p.scale}×` : null} />
         </dl>
+        {item.outputs[0]?.parent_id && (
+          <p className="text-sm text-muted">
+            Made from{" "}
+            <a href={`/api/assets/${encodeURIComponent(item.outputs[0].parent_id)}`} className="text-neutral-200 underline-offset-2 hover:underline" data-testid="source-link">
+              the source image
+            </a>
+          </p>
+        )}
         {!mine && item.is_public && <Report id={item.id} onSignIn={user ? null : signIn} />}
+        {mine && item.outputs[0]?.kind === "image" && (
+          <Link
+            to={`/enhance?asset=${encodeURIComponent(item.outputs[0].id)}&url=${encodeURIComponent(item.outputs[0].url)}&w=${item.outputs[0].width ?? 0}&h=${item.outputs[0].height ?? 0}`}
+            className="self-start rounded-lg border border-line px-3 py-1.5 text-sm hover:bg-surface"
+            data-testid="enhance-link"
+          >
+            Enhance
+          </Link>
+        )}
         {mine && (
           <ImageActions
             generation={{ id: item.id, is_public: item.is_public, prompt: item.prompt ?? item.kind }}

@@ -196,7 +196,7 @@ export function createGenerateStore(
 
       async loadOptions() {
         try {
-          const [m, s] = await Promise.all([api.models(), api.styles()]);
+          const [m, s] = await Promise.all([api.models("txt2img"), api.styles()]);
           set({ models: m.models, styles: s.styles, optionsLoaded: true, optionsError: null });
           const f = get().form;
           if (!f.model || !m.models.some((x) => x.id === f.model)) {

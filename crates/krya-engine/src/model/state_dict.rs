@@ -95,9 +95,51 @@ fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .map_err(|e| bad(format!("not a readable PyTorch file: {e}")))
 }
 
-fn strip_prefix(dict: StateDict) -> StateDict {
+/// The names and shapes of `path`'s tensors, their data unread (unwrapped and
+/// prefix-stripped as `read` does).
+pub fn shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
+    let bad = |m: String| EngineError::bad_model(path, m);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let names: BTreeMap<String, Vec<usize>> = match ext.as_str() {
+        "safetensors" => {
+            // SAFETY: the file is mapped read-only; the engine does not write model files.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+                .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?;
+            st.tensors()
+                .into_iter()
+                .map(|(n, v)| (n, v.shape().to_vec()))
+                .collect()
+        }
+        "pth" | "pt" | "ckpt" | "bin" => {
+            let info = WRAPPERS
+                .iter()
+                .find_map(|k| {
+                    candle_core::pickle::read_pth_tensor_info(path, false, Some(k))
+                        .ok()
+                        .filter(|t| !t.is_empty())
+                })
+                .map(Ok)
+                .unwrap_or_else(|| {
+                    candle_core::pickle::read_pth_tensor_info(path, false, None)
+                        .map_err(|e| bad(format!("not a readable PyTorch file: {e}")))
+                })?;
+            info.into_iter()
+                .map(|t| (t.name, t.layout.shape().dims().to_vec()))
+                .collect()
+        }
+        _ => return Err(bad("not a model file".into())),
+    };
+    Ok(strip_prefix(names))
+}
+
+/// The map without a prefix every key shares (`module.`, `netG.`).
+fn strip_prefix<V>(dict: BTreeMap<String, V>) -> BTreeMap<String, V> {
     for p in PREFIXES {
-        if dict.keys().all(|k| k.starts_with(p)) {
+        if !dict.is_empty() && dict.keys().all(|k| k.starts_with(p)) {
             return dict
                 .into_iter()
                 .map(|(k, v)| (k[p.len()..].to_string(), v))

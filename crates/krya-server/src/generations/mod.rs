@@ -185,18 +185,31 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
         ));
     }
     let models = crate::http::models::offered(state).await?;
+    use crate::persistence::registry::Capability;
     let entry = match &r.model {
         Some(id) => models
             .iter()
             .find(|m| &m.id == id)
             .ok_or_else(|| invalid("model", format!("no model {id:?} (see GET /api/models)")))?,
-        None => models.iter().find(|m| m.installed).ok_or_else(|| {
-            invalid(
-                "model",
-                "no model is installed; name one (see GET /api/models)",
-            )
-        })?,
+        None => models
+            .iter()
+            .find(|m| m.installed && m.capabilities.contains(&Capability::Txt2img))
+            .ok_or_else(|| {
+                invalid(
+                    "model",
+                    "no model is installed; name one (see GET /api/models)",
+                )
+            })?,
     };
+    if !entry.capabilities.is_empty() && !entry.capabilities.contains(&Capability::Txt2img) {
+        return Err(invalid(
+            "model",
+            format!(
+                "{} does not make images from prompts (it is an upscaler: see POST /api/enhance/image)",
+                entry.id
+            ),
+        ));
+    }
     let dims = |v: Option<u32>, field: &str| -> Result<Option<u32>, ApiError> {
         match v {
             Some(x) if !(8..=2048).contains(&x) || x % 8 != 0 => {

@@ -70,6 +70,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(feed::get_item))
         .routes(routes!(feed::like))
         .routes(routes!(feed::remix))
+        .routes(routes!(crate::tasks::enhance::http::create))
+        .routes(routes!(crate::tasks::enhance::http::get_one))
         .routes(routes!(moderation::report))
         .routes(routes!(moderation::reports))
         .routes(routes!(moderation::moderate, moderation::delete_job))

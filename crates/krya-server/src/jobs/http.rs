@@ -108,7 +108,7 @@ pub(crate) fn user_kinds(state: &AppState) -> Vec<&'static str> {
 }
 
 /// The caller's job with this id; others' do not exist (404).
-async fn own(state: &AppState, user: &User, id: &str) -> Result<JobRow, ApiError> {
+pub(crate) async fn own(state: &AppState, user: &User, id: &str) -> Result<JobRow, ApiError> {
     match state.db.job(id).await.map_err(internal)? {
         Some(j) if j.user_id == user.id && task_of(state, &j.kind).is_ok() => Ok(j),
         _ => Err(ApiError::not_found(format!("no job {id}"))),

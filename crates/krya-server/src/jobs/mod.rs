@@ -292,6 +292,21 @@ impl Db {
         row.map(|r| JobRow::from_row(&r)).transpose()
     }
 
+    /// An asset's size in pixels (whoever owns it; the caller checks ownership).
+    pub async fn asset_size(&self, id: &str) -> Result<Option<(u64, u64)>, sqlx::Error> {
+        let row = sqlx::query("SELECT width, height FROM assets WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get::<i64, _>("width")?.max(0) as u64,
+                r.try_get::<i64, _>("height")?.max(0) as u64,
+            ))
+        })
+        .transpose()
+    }
+
     /// An asset as the API shows it.
     pub async fn asset_view(&self, id: &str) -> Result<Option<AssetView>, sqlx::Error> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -49,14 +49,17 @@ pub enum Capability {
     Inpaint,
     /// Few-step (distilled) models: fast enough for the live canvas.
     Realtime,
+    /// Super-resolution models (ESRGAN, SRVGGNetCompact): the enhancer's.
+    Upscale,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 4] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Txt2img,
         Capability::Img2img,
         Capability::Inpaint,
         Capability::Realtime,
+        Capability::Upscale,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Capability {
             Capability::Img2img => "img2img",
             Capability::Inpaint => "inpaint",
             Capability::Realtime => "realtime",
+            Capability::Upscale => "upscale",
         }
     }
 
@@ -102,15 +106,20 @@ struct FromFiles {
     diffusion: bool,
     /// Distilled for few steps: an LCM scheduler or UNet, or a trailing (turbo) schedule.
     fast: bool,
+    /// A super-resolution model (one file whose tensors make an upscaler).
+    upscale: bool,
 }
 
 fn from_files(source: &str) -> Option<FromFiles> {
     let dir = match ModelSource::parse(source).ok()? {
         ModelSource::Folder(d) => d,
         ModelSource::Hub { repo, revision } => hub::cached_snapshot(&repo, &revision)?,
-        ModelSource::Checkpoint(_) => {
+        ModelSource::Checkpoint(path) => {
+            // An upscaler is told from a checkpoint by its tensors' names and shapes.
+            let upscale = krya_engine::pipelines::upscale::detect_file(&path).is_some();
             return Some(FromFiles {
-                diffusion: true,
+                diffusion: !upscale,
+                upscale,
                 ..Default::default()
             });
         }
@@ -128,6 +137,7 @@ fn from_files(source: &str) -> Option<FromFiles> {
             .zip(blocks)
             .map(|(s, b)| (s << b.saturating_sub(1)) as u32),
         diffusion: true,
+        upscale: false,
         fast: scheduler["_class_name"] == "LCMScheduler"
             || scheduler["timestep_spacing"] == "trailing"
             || unet["time_cond_proj_dim"].is_u64(),
@@ -246,9 +256,12 @@ fn describe(m: &mut ModelEntry) {
         m.resolution = m.resolution.or(f.resolution);
     }
     // Not downloaded yet: a curated entry's family says what it is.
-    let diffusion = files.map_or(m.family.is_some(), |f| f.diffusion);
+    let diffusion = files.as_ref().map_or(m.family.is_some(), |f| f.diffusion);
     if diffusion {
         m.capabilities = diffusion_capabilities(m.fast);
+    }
+    if files.as_ref().is_some_and(|f| f.upscale) {
+        m.capabilities = vec![Capability::Upscale];
     }
 }
 

@@ -454,7 +454,14 @@ impl Hub {
             })?,
             // The first installed distilled model, else the first installed one.
             None => {
-                let mut installed: Vec<_> = models.into_iter().filter(|m| m.installed).collect();
+                let mut installed: Vec<_> = models
+                    .into_iter()
+                    .filter(|m| {
+                        m.installed
+                            && m.capabilities
+                                .contains(&crate::persistence::registry::Capability::Txt2img)
+                    })
+                    .collect();
                 installed.sort_by_key(|m| !m.fast);
                 installed.into_iter().next().ok_or_else(|| {
                     ProtocolError::new(

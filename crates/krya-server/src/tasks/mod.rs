@@ -10,6 +10,7 @@
 //! `deleted`
 //! keep in step, inside the runner's own transactions.
 
+pub mod enhance;
 pub mod image;
 pub mod runner;
 pub mod webhook;
@@ -362,5 +363,6 @@ impl Registry {
 pub fn builtin() -> Registry {
     Registry::default()
         .with(image::ImageTask)
+        .with(enhance::EnhanceTask)
         .with(webhook::WebhookTask)
 }

@@ -246,7 +246,7 @@ export default function Realtime() {
 
   // Models that can stream: installed first, distilled (fast) first.
   useEffect(() => {
-    api.models().then(
+    api.models("txt2img").then(
       (r) => {
         const list = [...r.models].sort((a, b) => Number(b.installed) - Number(a.installed) || Number(b.fast) - Number(a.fast));
         setModels(list);

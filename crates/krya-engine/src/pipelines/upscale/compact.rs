@@ -31,9 +31,9 @@ pub struct CompactConfig {
 }
 
 /// Whether `sd` holds an SRVGGNetCompact (a first conv and a per-channel PReLU after it).
-pub fn detect(sd: &StateDict) -> bool {
+pub fn detect(sd: &super::Shapes) -> bool {
     match (sd.get("body.0.weight"), sd.get("body.1.weight")) {
-        (Some(w0), Some(w1)) => w0.rank() == 4 && w1.rank() == 1,
+        (Some(w0), Some(w1)) => w0.len() == 4 && w1.len() == 1,
         _ => false,
     }
 }

@@ -54,8 +54,8 @@ impl EsrganConfig {
     }
 }
 
-/// Whether `sd` holds an RRDBNet, in any of its layouts.
-pub fn detect(sd: &StateDict) -> bool {
+/// Whether tensors of these names and shapes are an RRDBNet, in any of its layouts.
+pub fn detect(sd: &super::Shapes) -> bool {
     let has = |k: &str| sd.contains_key(k);
     (has("conv_first.weight") && has("body.0.rdb1.conv1.weight"))
         || (has("conv_first.weight") && has("RRDB_trunk.0.RDB1.conv1.weight"))

@@ -53,9 +53,12 @@ impl Architecture {
     }
 }
 
-/// The architecture `sd` holds, by its keys (SRVGGNetCompact is tried first, as in
-/// spandrel's registry).
-pub fn detect(sd: &StateDict) -> Option<Architecture> {
+/// Tensor names and their shapes: what detection reads.
+pub type Shapes = std::collections::BTreeMap<String, Vec<usize>>;
+
+/// The architecture tensors of these names and shapes make (SRVGGNetCompact is tried
+/// first, as in spandrel's registry).
+pub fn detect_shapes(sd: &Shapes) -> Option<Architecture> {
     if compact::detect(sd) {
         Some(Architecture::Compact)
     } else if esrgan::detect(sd) {
@@ -63,6 +66,21 @@ pub fn detect(sd: &StateDict) -> Option<Architecture> {
     } else {
         None
     }
+}
+
+/// The architecture `sd` holds.
+pub fn detect(sd: &StateDict) -> Option<Architecture> {
+    detect_shapes(
+        &sd.iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect(),
+    )
+}
+
+/// The upscaler architecture a model file holds, from its tensors' names and shapes only
+/// (nothing else is read: a multi-gigabyte checkpoint is not loaded to find it is none).
+pub fn detect_file(path: &Path) -> Option<Architecture> {
+    detect_shapes(&state_dict::shapes(path).ok()?)
 }
 
 /// A loaded upscaler.

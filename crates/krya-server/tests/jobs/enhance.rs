@@ -1,0 +1,122 @@
+//! The enhance kind through `POST /api/enhance/image` with the tiny compact upscaler (×4)
+//! registered as a local model: it is listed with the `upscale` capability (and not for
+//! images), the job runs with progress per tile, its output is a PNG of the scaled size
+//! whose parent is the input, it is priced by output size, and bad requests get a 422
+//! naming the field.
+
+use super::*;
+
+fn golden(p: &str) -> String {
+    format!(
+        "{}/../krya-engine/tests/golden/{p}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn enhance(s: &Server) {
+    let c = Client::register(&s.base, "enhance@example.com");
+    // Listed as an upscaler, and only as one.
+    let (_, models) = c.get("/api/models?capability=upscale");
+    let ids: Vec<&str> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["sharp"], "{models}");
+    let (_, images) = c.get("/api/models?capability=txt2img");
+    assert!(!images.to_string().contains("\"sharp\""), "{images}");
+    let (st, e) = c.post(
+        "/api/generate/image",
+        json!({"prompt": "x", "model": "sharp"}),
+    );
+    assert_eq!(
+        (st, &e["error"]["code"]),
+        (422, &json!("invalid-input")),
+        "{e}"
+    );
+
+    let (input, _) = upload(&c); // 64×48
+    let before = c.credits();
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "tile": 64}),
+    );
+    assert_eq!(st, 202, "{j}");
+    assert_eq!(j["kind"], "enhance");
+    let id = j["id"].as_str().unwrap();
+    let done = c.wait_until(&format!("/api/enhance/{id}"), |j| {
+        ["completed", "failed", "cancelled"].contains(&j["status"].as_str().unwrap())
+    });
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["cost"], 1);
+    assert_eq!(c.credits(), before - 1);
+    let out = &done["outputs"][0];
+    assert_eq!(
+        (out["width"].as_i64(), out["height"].as_i64()),
+        (Some(256), Some(192)),
+        "{out}"
+    );
+    assert_eq!(out["parent_id"], input.as_str());
+    assert_eq!(out["mime"], "image/png");
+    let (st, bytes) = c.bytes(out["url"].as_str().unwrap());
+    assert_eq!(st, 200);
+    let img = image::load_from_memory(&bytes).unwrap();
+    assert_eq!((img.width(), img.height()), (256, 192));
+    // The same job through /api/jobs; an image job is not an enhance job.
+    assert_eq!(c.get(&format!("/api/jobs/{id}")).1["kind"], "enhance");
+    assert_eq!(c.get("/api/enhance/nope").0, 404);
+
+    // 2× from the ×4 model.
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "scale": 2}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["outputs"][0]["width"], 128, "{done}");
+
+    // Bad requests, each naming its field.
+    for (body, field) in [
+        (
+            json!({"image": input, "model": "sharp", "scale": 3}),
+            "scale",
+        ),
+        (
+            json!({"image": input, "model": "tiny", "scale": 2}),
+            "model",
+        ),
+        (json!({"image": input, "model": "nope"}), "model"),
+        (json!({"image": "nope", "model": "sharp"}), "image"),
+        (json!({"image": input, "model": "sharp", "tile": 8}), "tile"),
+        (
+            json!({"image": input, "model": "sharp", "colour": 1}),
+            "params",
+        ),
+    ] {
+        let (st, e) = c.post("/api/enhance/image", body.clone());
+        assert_eq!(st, 422, "{body}: {e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.starts_with(field), "{body}: {m}");
+    }
+    // Another user's upload is not the caller's to enhance.
+    let other = Client::register(&s.base, "other-enhance@example.com");
+    let (st, _) = other.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp"}),
+    );
+    assert_eq!(st, 422);
+}
+
+#[test]
+fn enhance_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("models.json"),
+        json!({"tiny": golden("turbo"), "sharp": golden("upscale/compact.safetensors")})
+            .to_string(),
+    )
+    .unwrap();
+    let s = start(config(dir.path()), dir);
+    enhance(&s);
+}
