@@ -33,14 +33,18 @@ const WRAPPERS: [&str; 7] = [
 /// Prefixes dropped when every key has them.
 const PREFIXES: [&str; 2] = ["module.", "netG."];
 
+/// A file's extension, lower-case ("" without one).
+fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
 /// Reads every tensor of `path`, as f32 on the CPU.
 pub fn read(path: &Path) -> Result<StateDict> {
     let bad = |m: String| EngineError::bad_model(path, m);
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = extension(path);
     let tensors: Vec<(String, Tensor)> = match ext.as_str() {
         "safetensors" => candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| bad(format!("not a readable safetensors file: {e}")))?
@@ -99,11 +103,7 @@ fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// prefix-stripped as `read` does).
 pub fn shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
     let bad = |m: String| EngineError::bad_model(path, m);
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = extension(path);
     let names: BTreeMap<String, Vec<usize>> = match ext.as_str() {
         "safetensors" => {
             // SAFETY: the file is mapped read-only; the engine does not write model files.

@@ -81,6 +81,22 @@ impl Decoded {
     pub fn is_16_bit(&self) -> bool {
         matches!(self.pixels, Buffer::U16(_))
     }
+
+    /// The image as 8-bit RGB (oriented, alpha dropped): a thumbnail's source.
+    pub fn to_rgb8(&self) -> image::RgbImage {
+        let (w, h, c) = (self.width as u32, self.height as u32, self.channels);
+        image::RgbImage::from_fn(w, h, |x, y| {
+            let at = (y as usize * self.width + x as usize) * c;
+            image::Rgb(match &self.pixels {
+                Buffer::U8(p) => [p[at], p[at + 1], p[at + 2]],
+                Buffer::U16(p) => [
+                    (p[at] >> 8) as u8,
+                    (p[at + 1] >> 8) as u8,
+                    (p[at + 2] >> 8) as u8,
+                ],
+            })
+        })
+    }
 }
 
 /// Decodes `bytes` (any format the `image` crate reads), refusing more than `max_pixels`

@@ -79,8 +79,27 @@ pub fn detect(sd: &StateDict) -> Option<Architecture> {
 
 /// The upscaler architecture a model file holds, from its tensors' names and shapes only
 /// (nothing else is read: a multi-gigabyte checkpoint is not loaded to find it is none).
+/// Model lists ask for every listed file on every listing, so the answer is kept per file
+/// until its size or modification time changes (a pickle's names cost a parse).
 pub fn detect_file(path: &Path) -> Option<Architecture> {
-    detect_shapes(&state_dict::shapes(path).ok()?)
+    type Seen =
+        std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, Option<Architecture>)>;
+    static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let meta = std::fs::metadata(path).ok()?;
+    let stamp = (meta.len(), meta.modified().ok()?);
+    if let Some((len, at, arch)) = SEEN.lock().unwrap().get_or_insert_default().get(path)
+        && (*len, *at) == stamp
+    {
+        return *arch;
+    }
+    let arch = state_dict::shapes(path)
+        .ok()
+        .and_then(|s| detect_shapes(&s));
+    SEEN.lock()
+        .unwrap()
+        .get_or_insert_default()
+        .insert(path.to_path_buf(), (stamp.0, stamp.1, arch));
+    arch
 }
 
 /// A loaded upscaler.

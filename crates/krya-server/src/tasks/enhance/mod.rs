@@ -146,11 +146,9 @@ impl Task for EnhanceTask {
                         ..Default::default()
                     },
                 )?;
-                // The list's picture: the input (the same picture, smaller), not a read of the
-                // whole output.
-                let thumbnail = image::load_from_memory(&bytes)
-                    .ok()
-                    .and_then(|i| media::thumbnail_webp(&i.to_rgb8(), 384).ok());
+                // The list's picture: the input as decoded (oriented), the same picture
+                // smaller, not a read of the whole output.
+                let thumbnail = media::thumbnail_webp(&input.to_rgb8(), 384).ok();
                 let mut png = Vec::new();
                 let (w, h) = engine::enhance(
                     &model,
