@@ -136,6 +136,32 @@ pub fn shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
     Ok(strip_prefix(names))
 }
 
+/// What `shapes` says of `path` (`None`: not a model file it reads), kept per file until
+/// its size or modification time changes: model lists ask what every listed file holds on
+/// every listing, and a pickle's names cost a parse.
+pub fn shapes_cached(path: &Path) -> Option<std::sync::Arc<BTreeMap<String, Vec<usize>>>> {
+    type Entry = (
+        u64,
+        std::time::SystemTime,
+        Option<std::sync::Arc<BTreeMap<String, Vec<usize>>>>,
+    );
+    static SEEN: std::sync::Mutex<Option<std::collections::HashMap<std::path::PathBuf, Entry>>> =
+        std::sync::Mutex::new(None);
+    let meta = std::fs::metadata(path).ok()?;
+    let stamp = (meta.len(), meta.modified().ok()?);
+    if let Some((len, at, shapes)) = SEEN.lock().unwrap().get_or_insert_default().get(path)
+        && (*len, *at) == stamp
+    {
+        return shapes.clone();
+    }
+    let shapes = shapes(path).ok().map(std::sync::Arc::new);
+    SEEN.lock()
+        .unwrap()
+        .get_or_insert_default()
+        .insert(path.to_path_buf(), (stamp.0, stamp.1, shapes.clone()));
+    shapes
+}
+
 /// The map without a prefix every key shares (`module.`, `netG.`).
 fn strip_prefix<V>(dict: BTreeMap<String, V>) -> BTreeMap<String, V> {
     for p in PREFIXES {

@@ -1,4 +1,5 @@
 //! Pipelines: each turns a request into images with a step callback and a cancel token.
 
+pub mod face;
 pub mod stable_diffusion;
 pub mod upscale;

@@ -13,6 +13,7 @@ pub mod blocks;
 pub mod clip;
 pub mod prompt_weighting;
 pub mod stream;
+pub mod tiles;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
@@ -169,6 +170,9 @@ pub struct GenerateOptions<'a> {
     /// diffusers does with `pipe.vae = AutoencoderTiny(...)`: its encoder is deterministic
     /// (no posterior sample is drawn) and its latents need no scaling.
     pub tiny_vae: Option<&'a vae_tiny::AutoencoderTiny>,
+    /// Denoise a large latent as overlapping tiles (MultiDiffusion, `tiles`); a latent no
+    /// larger than one tile runs as without.
+    pub tiles: Option<tiles::LatentTiles>,
 }
 
 impl StableDiffusion {
@@ -445,23 +449,32 @@ impl StableDiffusion {
             }
             None => None,
         };
-        let time_ids = if self.unet.needs_added_cond() {
-            let ids = [
-                height as f32,
-                width as f32,
-                0.,
-                0.,
-                height as f32,
-                width as f32,
-            ];
-            let n = if cfg { 2 * b } else { b };
-            Some(
-                Tensor::from_slice(&ids, (1, 6), dev)?
-                    .repeat((n, 1))?
-                    .to_dtype(self.dtype)?,
-            )
-        } else {
-            None
+        // SDXL's micro-conditioning: the original size, the crop's top-left corner and the
+        // target size (a tile is a crop of the whole at its place).
+        let time_ids_for =
+            |top: usize, left: usize, h: usize, w: usize| -> Result<Option<Tensor>> {
+                if !self.unet.needs_added_cond() {
+                    return Ok(None);
+                }
+                let ids = [
+                    height as f32,
+                    width as f32,
+                    top as f32,
+                    left as f32,
+                    h as f32,
+                    w as f32,
+                ];
+                let n = if cfg { 2 * b } else { b };
+                Ok(Some(
+                    Tensor::from_slice(&ids, (1, 6), dev)?
+                        .repeat((n, 1))?
+                        .to_dtype(self.dtype)?,
+                ))
+            };
+        let time_ids = time_ids_for(0, 0, height, width)?;
+        let tiling = match opts.tiles {
+            Some(t) => tiles::layout(lh, lw, t, self.dtype, dev)?,
+            None => Vec::new(),
         };
 
         // LCM models do image-to-image in their schedule (diffusers'
@@ -595,16 +608,26 @@ impl StableDiffusion {
             if let Some(extra) = inpaint.as_ref().and_then(|ip| ip.unet_extra.as_ref()) {
                 input = Tensor::cat(&[&input, extra], 1)?;
             }
-            let added = match (&pooled, &time_ids) {
-                (Some(p), Some(ids)) => Some(AddedCond {
-                    text_embeds: p,
-                    time_ids: ids,
-                }),
-                _ => None,
+            let out = if tiling.is_empty() {
+                self.unet.forward(
+                    &input,
+                    t,
+                    &context,
+                    timestep_cond.as_ref(),
+                    added_cond(pooled.as_ref(), time_ids.as_ref()),
+                )?
+            } else {
+                tiles::blend(&tiling, &input, &mut |crop, tile| {
+                    let ids = time_ids_for(tile.y * f, tile.x * f, tile.h * f, tile.w * f)?;
+                    Ok(self.unet.forward(
+                        crop,
+                        t,
+                        &context,
+                        timestep_cond.as_ref(),
+                        added_cond(pooled.as_ref(), ids.as_ref()),
+                    )?)
+                })?
             };
-            let out = self
-                .unet
-                .forward(&input, t, &context, timestep_cond.as_ref(), added)?;
             let noise_pred = if cfg {
                 let (u, c) = (out.i(0..b)?, out.i(b..2 * b)?);
                 (&u + ((c - &u)? * guidance)?)?
@@ -677,6 +700,17 @@ impl StableDiffusion {
             images.push(image_io::from_tensor(&x.i(0)?)?);
         }
         Ok(images)
+    }
+}
+
+/// SDXL's added conditioning, when the model takes it.
+fn added_cond<'a>(pooled: Option<&'a Tensor>, ids: Option<&'a Tensor>) -> Option<AddedCond<'a>> {
+    match (pooled, ids) {
+        (Some(p), Some(ids)) => Some(AddedCond {
+            text_embeds: p,
+            time_ids: ids,
+        }),
+        _ => None,
     }
 }
 

@@ -141,6 +141,7 @@ impl Stream {
         let opts = GenerateOptions {
             embeds,
             tiny_vae: self.taesd.as_deref(),
+            ..Default::default()
         };
         let mut out = self.model.generate_with(&req, opts, &mut |_| {}, cancel)?;
         Ok(out.images.swap_remove(0))

@@ -9,11 +9,13 @@
 //! runs them, and blends the overlaps into output rows that it hands on as they are done.
 //!
 //! Layout: `mod.rs` (loading, detection, shared tensor helpers), `esrgan.rs`, `compact.rs`,
-//! `tile.rs`.
+//! `tile.rs`, `filter.rs` (blur and the streaming unsharp mask), `enhance.rs` (file in, PNG
+//! out: scales, alpha, 16-bit, EXIF, the generative mode).
 
 pub mod compact;
 pub mod enhance;
 pub mod esrgan;
+pub mod filter;
 pub mod tile;
 
 use std::path::{Path, PathBuf};
@@ -79,27 +81,8 @@ pub fn detect(sd: &StateDict) -> Option<Architecture> {
 
 /// The upscaler architecture a model file holds, from its tensors' names and shapes only
 /// (nothing else is read: a multi-gigabyte checkpoint is not loaded to find it is none).
-/// Model lists ask for every listed file on every listing, so the answer is kept per file
-/// until its size or modification time changes (a pickle's names cost a parse).
 pub fn detect_file(path: &Path) -> Option<Architecture> {
-    type Seen =
-        std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, Option<Architecture>)>;
-    static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
-    let meta = std::fs::metadata(path).ok()?;
-    let stamp = (meta.len(), meta.modified().ok()?);
-    if let Some((len, at, arch)) = SEEN.lock().unwrap().get_or_insert_default().get(path)
-        && (*len, *at) == stamp
-    {
-        return *arch;
-    }
-    let arch = state_dict::shapes(path)
-        .ok()
-        .and_then(|s| detect_shapes(&s));
-    SEEN.lock()
-        .unwrap()
-        .get_or_insert_default()
-        .insert(path.to_path_buf(), (stamp.0, stamp.1, arch));
-    arch
+    detect_shapes(state_dict::shapes_cached(path)?.as_ref())
 }
 
 /// A loaded upscaler.

@@ -1,0 +1,259 @@
+//! Face restoration against spandrel's GFPGANv1Clean: tiny random-weight models
+//! (`tools/golden/face.py`), one in the released layout (`params_ema` in a `.pth`, SFT on
+//! half of the channels, a style code per layer), one with SFT on all channels and a single
+//! style code; sized from their shapes and run natively, within 1e-4 of the reference.
+//! RetinaFace against facexlib (raw outputs and detections), and the alignment against
+//! OpenCV (the similarity fit and the warp). Then the whole: an upscale with faces restored
+//! changes the face and leaves the rest.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use krya_engine::pipelines::face::{self, FaceRestorer, align};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/face")
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn gfpgan_matches_spandrel() {
+    let reference =
+        candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu).unwrap();
+    for (case, file, sft_half) in [
+        ("gfpgan", "gfpgan.pth", true),
+        ("gfpgan_whole", "gfpgan_whole.safetensors", false),
+    ] {
+        let m = FaceRestorer::load(&dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let c = &m.net.config;
+        assert_eq!(
+            (c.out_size, c.num_style_feat, c.num_mlp),
+            (32, 16, 2),
+            "{case}"
+        );
+        assert_eq!((c.sft_half, c.different_w), (sft_half, sft_half), "{case}");
+        let x = &reference[&format!("{case}.input")];
+        let want = &reference[&format!("{case}.output")];
+        let got = m.net.forward(x).unwrap();
+        let d = max_abs_diff(&got, want);
+        let scale = max_abs_diff(want, &want.zeros_like().unwrap());
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "{case}: max diff {d} (values up to {scale})"
+        );
+        // The same face gives the same pixels: the stored noise, not fresh noise.
+        assert_eq!(max_abs_diff(&m.net.forward(x).unwrap(), &got), 0.0);
+    }
+}
+
+#[test]
+fn gfpgan_refuses_other_files_and_sizes() {
+    let up =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/upscale/compact.safetensors");
+    let e = FaceRestorer::load(&up).err().unwrap();
+    assert!(
+        e.to_string().contains("not a face restoration model"),
+        "{e}"
+    );
+    let m = FaceRestorer::load(&dir().join("gfpgan.pth")).unwrap();
+    let e = m
+        .restore(&Tensor::zeros((1, 3, 16, 16), candle_core::DType::F32, &Device::Cpu).unwrap())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("32×32"), "{e}");
+}
+
+fn reference() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir().join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn retinaface_matches_facexlib() {
+    let r = reference();
+    let net = face::load_detector(&dir().join("retinaface.pth")).unwrap();
+    let image = r["retina.image"]
+        .permute((2, 0, 1))
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mean = Tensor::new(&[104f32, 117., 123.], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let bgr = image.flip(&[1]).unwrap().broadcast_sub(&mean).unwrap();
+    let (loc, conf, landms) = net.forward(&bgr).unwrap();
+    for (name, got) in [("loc", &loc), ("conf", &conf), ("landms", &landms)] {
+        let want = &r[&format!("retina.{name}")];
+        let d = max_abs_diff(got, want);
+        assert!(d < 1e-4, "{name}: {d}");
+    }
+    // Detections: thresholded, sorted, suppressed, decoded to pixels.
+    let dets = net.detect(&image, 0.5).unwrap();
+    let want: Vec<Vec<f32>> = r["retina.dets"].to_vec2().unwrap();
+    assert_eq!(dets.len(), want.len());
+    assert!(dets.len() > 3, "the random detector finds several boxes");
+    for (d, w) in dets.iter().zip(&want) {
+        let got: Vec<f32> = d
+            .bbox
+            .iter()
+            .chain([d.score].iter())
+            .chain(d.landmarks.iter().flatten())
+            .copied()
+            .collect();
+        for (g, e) in got.iter().zip(w) {
+            assert!((g - e).abs() < 1e-3, "{got:?} vs {w:?}");
+        }
+    }
+}
+
+#[test]
+fn alignment_matches_opencv() {
+    let r = reference();
+    let marks: Vec<[f64; 2]> = r["align.landmarks"]
+        .to_vec2::<f32>()
+        .unwrap()
+        .iter()
+        .map(|p| [p[0] as f64, p[1] as f64])
+        .collect();
+    let template: Vec<[f64; 2]> = align::TEMPLATE_512
+        .iter()
+        .map(|p| [p[0] * 32.0 / 512.0, p[1] * 32.0 / 512.0])
+        .collect();
+    let m = align::similarity_lmeds(&marks, &template);
+    let cv: Vec<Vec<f32>> = r["align.matrix"].to_vec2().unwrap();
+    // OpenCV's LMEDS on five noisy points (plain least squares is off by several percent).
+    for row in 0..2 {
+        for col in 0..3 {
+            assert!(
+                (m[row][col] - cv[row][col] as f64).abs() < 1e-3,
+                "{m:?} vs {cv:?}"
+            );
+        }
+    }
+    let ls = align::similarity(&marks, &template);
+    assert!(
+        (ls[0][0] - cv[0][0] as f64).abs() > 0.01,
+        "the points are noisy enough to tell"
+    );
+    // The warp itself, with OpenCV's matrix: bilinear, the grey outside.
+    let cvm: align::Affine = [
+        [cv[0][0] as f64, cv[0][1] as f64, cv[0][2] as f64],
+        [cv[1][0] as f64, cv[1][1] as f64, cv[1][2] as f64],
+    ];
+    let img: Vec<Vec<Vec<f32>>> = r["align.image"].to_vec3().unwrap();
+    let (h, w) = (img.len(), img[0].len());
+    let src = |x: usize, y: usize, c: usize| img[y][x][c] / 255.0;
+    let crop = align::warp(&src, (w, h), &cvm, 32, align::BORDER);
+    let want: Vec<f32> = r["align.crop"].flatten_all().unwrap().to_vec1().unwrap();
+    let diffs: Vec<f32> = crop
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a * 255.0 - b).abs())
+        .collect();
+    let worst = diffs.iter().copied().fold(0f32, f32::max);
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    // OpenCV interpolates 8-bit images with 5-bit fixed-point weights and rounds.
+    assert!(worst <= 2.0 && mean < 0.5, "worst {worst}, mean {mean}");
+}
+
+/// An upscale with faces restored: pixels of the detected faces' paste areas change, the
+/// rest of the image is the plain upscale's, byte for byte.
+#[test]
+fn enhance_restores_faces_and_leaves_the_rest() {
+    use krya_engine::CancelToken;
+    use krya_engine::pipelines::upscale::enhance::{self, EnhanceOptions};
+    use krya_engine::pipelines::upscale::{LoadOptions, Upscaler};
+
+    let r = reference();
+    let rgb: Vec<u8> = r["retina.image"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| *v as u8)
+        .collect();
+    let img = image::RgbImage::from_raw(100, 72, rgb).unwrap();
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let input = enhance::decode(&png, 1 << 20).unwrap();
+    let up = Upscaler::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/upscale/compact.safetensors"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let mut faces =
+        face::Faces::load(&dir().join("gfpgan.pth"), &dir().join("retinaface.pth")).unwrap();
+    // The random detector's scores are low: restore its best face only (the score above
+    // the second best).
+    let image_t = r["retina.image"]
+        .permute((2, 0, 1))
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let found = faces.detector.detect(&image_t, 0.5).unwrap();
+    faces.threshold = found[1].score;
+    // Its landmarks are close together: a small face.
+    faces.min_eye_distance = 1.0;
+    let run = |o: &EnhanceOptions| {
+        let mut out = Vec::new();
+        enhance::enhance(
+            &up,
+            &input,
+            o,
+            &CancelToken::new(),
+            &mut |_, _| {},
+            &mut out,
+        )
+        .unwrap();
+        image::load_from_memory(&out).unwrap().into_rgb8()
+    };
+    let plain = run(&EnhanceOptions::default());
+    let faces = std::sync::Arc::new(faces);
+    let restored = run(&EnhanceOptions {
+        faces: Some(faces.clone()),
+        ..Default::default()
+    });
+    assert_eq!(restored.dimensions(), (400, 288));
+    let pasted = face::restore_faces(&faces, &input, 4.0, (400, 288), &CancelToken::new()).unwrap();
+    assert_eq!(pasted.len(), 1);
+    let touched = |x: usize, y: usize| {
+        pasted
+            .iter()
+            .any(|p| (p.rows.0..p.rows.1).contains(&y) && (p.cols.0..p.cols.1).contains(&x))
+    };
+    let (mut changed, mut outside) = (0, 0);
+    for (x, y, px) in restored.enumerate_pixels() {
+        let before = plain.get_pixel(x, y);
+        if touched(x as usize, y as usize) {
+            changed += (px != before) as usize;
+        } else {
+            outside += 1;
+            assert_eq!(px, before, "({x}, {y}) is outside every face");
+        }
+    }
+    assert!(changed > 100, "faces pasted: {changed} pixels changed");
+    assert!(
+        outside > 1000,
+        "the face's area is not the whole image: {outside} outside"
+    );
+}
