@@ -446,7 +446,7 @@ try {
     check((await b.evaluate(async () => (await fetch("/api/auth/me")).status)) === 200, "Bob was not let back in");
   });
 
-  await step("enhance: upload, 2× with the tiny upscaler, compare before and after, the result in the gallery with its source", async () => {
+  await step("enhance: upload, 2× with the tiny upscaler, compare before and after (slider, zoom), the result in the gallery with its source", async () => {
     const source = join(shots, "enhance-source.png");
     writeFileSync(source, downloaded);
     await a.goto("/enhance");
@@ -464,6 +464,11 @@ try {
     await a.getByTestId("compare-slider").fill("20");
     await a.waitForFunction((b) => document.querySelector('[data-testid="compare"] div')?.getAttribute("style") !== b, before);
     check((await clip()).includes("80%"), `the slider did not move the split: ${await clip()}`);
+    await a.getByRole("button", { name: "Zoom in" }).click();
+    check((await a.getByTestId("compare-zoom").textContent()) === "200%", "zoom in did nothing");
+    check((await a.getByAltText("After").getAttribute("style")).includes("scale(2)"), "the after image is not zoomed");
+    check((await a.getByAltText("Before").getAttribute("style")).includes("scale(2)"), "the before image is not zoomed with it");
+    await a.getByRole("button", { name: "Zoom out" }).click();
     const sourceId = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=enhance")).json()).items[0].outputs[0].parent_id);
     await a.goto("/app");
     await a.getByRole("link", { name: "Open: enhance" }).first().click();

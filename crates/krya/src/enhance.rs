@@ -1,5 +1,6 @@
 //! `krya enhance IN OUT`: an image made 1×–8× larger by a super-resolution model, tile by
-//! tile in bounded memory, written as a PNG, with a progress bar.
+//! tile in bounded memory, optionally sharpened or re-drawn by an image model
+//! (`--generative M`), written as a PNG, with a progress bar.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +39,35 @@ pub struct Args {
     /// The denoising twin of `--model` (realesr-general-wdn-x4v3).
     #[arg(long)]
     denoise_model: Option<PathBuf>,
+    /// Restore faces with this GFPGAN file (v1.3/v1.4, `.pth` or `.safetensors`); needs
+    /// --face-detector.
+    #[arg(long, value_name = "FILE")]
+    face_restore: Option<PathBuf>,
+    /// The face detector for --face-restore: RetinaFace (detection_mobilenet0.25_Final.pth).
+    #[arg(long, value_name = "FILE")]
+    face_detector: Option<PathBuf>,
+    /// Unsharp-mask amount after upscaling, 0-4.
+    #[arg(long, default_value_t = 0.0)]
+    sharpen: f32,
+    /// Generative enhance: re-draw detail with this image model (a registered name, a hub
+    /// id, a diffusers folder or a checkpoint) over overlapping tiles.
+    #[arg(long, value_name = "MODEL")]
+    generative: Option<String>,
+    /// With --generative: how much is re-drawn, 0-1.
+    #[arg(long, default_value_t = 0.35)]
+    creativity: f64,
+    /// With --generative: how much of the upscaled image's colours and large shapes stay, 0-1.
+    #[arg(long, default_value_t = 0.5)]
+    resemblance: f64,
+    /// With --generative: what the image shows.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// With --generative: the seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where registered model names are looked up (as `krya serve`).
+    #[command(flatten)]
+    settings: crate::serve::Settings,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
@@ -72,8 +102,44 @@ pub fn run(a: Args) -> Result<(), CliError> {
             overlap: a.overlap,
             blend: true,
         },
+        sharpen: a.sharpen,
         ..Default::default()
     };
+    if !(0.0..=4.0).contains(&a.sharpen) {
+        return Err(CliError::user(format!(
+            "--sharpen must be from 0 to 4 (got {})",
+            a.sharpen
+        )));
+    }
+    if a.generative.is_some() {
+        for (flag, v) in [
+            ("--creativity", a.creativity),
+            ("--resemblance", a.resemblance),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(CliError::user(format!(
+                    "{flag} must be from 0 to 1 (got {v})"
+                )));
+            }
+        }
+    }
+    let mut options = options;
+    match (&a.face_restore, &a.face_detector) {
+        (Some(r), Some(d)) => {
+            options.faces = Some(std::sync::Arc::new(
+                krya_engine::pipelines::face::Faces::load(r, d)?,
+            ));
+        }
+        (Some(_), None) => {
+            return Err(CliError::user(
+                "--face-restore needs --face-detector (a RetinaFace file)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CliError::user("--face-detector is for --face-restore"));
+        }
+        (None, None) => {}
+    }
     let input = enhance::decode(&bytes, options.max_input_pixels)?;
     let t0 = Instant::now();
     let model = Upscaler::load(
@@ -86,12 +152,27 @@ pub fn run(a: Args) -> Result<(), CliError> {
     // The scale and size are checked before anything is written.
     let plan = enhance::plan(options.scale, model.scale())?;
     let (ow, oh) = (input.width * plan.scale, input.height * plan.scale);
-    if ow.max(oh) > options.max_side {
+    let max = if a.generative.is_some() {
+        enhance::GENERATIVE_MAX_SIDE
+    } else {
+        options.max_side
+    };
+    if ow.max(oh) > max {
         return Err(CliError::user(format!(
-            "--scale {}: the output would be {ow}×{oh}; at most {} px a side",
-            plan.scale, options.max_side
+            "--scale {}: the output would be {ow}×{oh}; at most {max} px a side{}",
+            plan.scale,
+            if a.generative.is_some() {
+                " with --generative"
+            } else {
+                ""
+            }
         )));
     }
+    let sd = a
+        .generative
+        .as_deref()
+        .map(|m| crate::generate::load_image_model(m, &a.settings))
+        .transpose()?;
     eprintln!(
         "{} ×{} from {} ({:.1}s); {}×{} → {ow}×{oh}",
         model.architecture.name(),
@@ -114,17 +195,36 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let file = std::fs::File::create(&partial)
         .map_err(|e| CliError::user(format!("{}: {e}", partial.display())))?;
     let t1 = Instant::now();
-    let result = enhance::enhance(
-        &model,
-        &input,
-        &options,
-        &CancelToken::new(),
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-        std::io::BufWriter::new(file),
-    );
+    let mut progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let out = std::io::BufWriter::new(file);
+    let cancel = CancelToken::new();
+    let result = match &sd {
+        None => enhance::enhance(&model, &input, &options, &cancel, &mut progress, out),
+        Some(sd) => {
+            let g = enhance::Generative {
+                model: sd,
+                prompt: a.prompt.clone(),
+                negative_prompt: None,
+                creativity: a.creativity,
+                resemblance: a.resemblance,
+                seed: a.seed,
+                steps: None,
+                guidance: None,
+                tiles: None,
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} (tiles, then steps) [{bar:30}] {elapsed_precise} (eta {eta})",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            enhance::enhance_generative(&model, &g, &input, &options, &cancel, &mut progress, out)
+        }
+    };
     bar.finish_and_clear();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);

@@ -140,22 +140,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             .unwrap_or(0)
     });
 
-    let (name, mut source) = models::resolve(&a.model, &a.settings)?;
-    // A hub model not in the cache yet is pulled first (or fails with the offline error).
-    if let ModelSource::Hub { repo, revision } = &source
-        && krya_engine::model::hub::cached_snapshot(repo, revision).is_none()
-    {
-        source = ModelSource::Folder(models::pull_with_progress(repo, revision)?);
-    }
-    let dev = device::best_device()?;
-    let dtype = device::default_dtype(&dev);
-    let spinner = ProgressBar::new_spinner().with_message(format!("loading {name}"));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let t0 = Instant::now();
-    let mut m = model::load(&source, &dev, dtype)?;
-    m.name = name.clone();
-    spinner.finish_and_clear();
-    eprintln!("loaded {name} in {:.1}s", t0.elapsed().as_secs_f64());
+    let m = load_image_model(&a.model, &a.settings)?;
 
     let req = GenerateRequest {
         prompt: a.prompt.clone(),
@@ -197,7 +182,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
 
     let paths = output_paths(&a.out, out.images.len());
     for (i, (img, path)) in out.images.iter().zip(&paths).enumerate() {
-        let params = out.parameters_text(&req, &name, i);
+        let params = out.parameters_text(&req, &m.name, i);
         image_io::write_png(path, img, &params)?;
         println!("{}", path.display());
     }
@@ -207,4 +192,29 @@ pub fn run(a: Args) -> Result<(), CliError> {
         t1.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The image model `spec` names (a registered name, a hub id, a folder or a checkpoint),
+/// pulled first when it is a hub model not cached yet, loaded with a spinner.
+pub fn load_image_model(
+    spec: &str,
+    settings: &crate::serve::Settings,
+) -> Result<krya_engine::StableDiffusion, CliError> {
+    let (name, mut source) = models::resolve(spec, settings)?;
+    // A hub model not in the cache yet is pulled first (or fails with the offline error).
+    if let ModelSource::Hub { repo, revision } = &source
+        && krya_engine::model::hub::cached_snapshot(repo, revision).is_none()
+    {
+        source = ModelSource::Folder(models::pull_with_progress(repo, revision)?);
+    }
+    let dev = device::best_device()?;
+    let dtype = device::default_dtype(&dev);
+    let spinner = ProgressBar::new_spinner().with_message(format!("loading {name}"));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let t0 = Instant::now();
+    let mut m = model::load(&source, &dev, dtype)?;
+    m.name = name.clone();
+    spinner.finish_and_clear();
+    eprintln!("loaded {name} in {:.1}s", t0.elapsed().as_secs_f64());
+    Ok(m)
 }

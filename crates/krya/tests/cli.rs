@@ -464,8 +464,8 @@ fn serve_prints_its_address_and_answers_health() {
 }
 
 /// `krya enhance`: the tiny compact model (×4) takes an image to 2× and 4× (its own
-/// scale by default), written as a PNG of that size; bad requests are one line and exit 2,
-/// and leave no output behind.
+/// scale by default), written as a PNG of that size, sharpened or re-drawn when asked; bad
+/// requests are one line and exit 2, and leave no output behind.
 #[test]
 fn enhance_writes_the_larger_png_and_refuses_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
@@ -494,6 +494,97 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
         assert_eq!((img.width(), img.height()), size, "scale {scale:?}");
         std::fs::remove_file(&out).unwrap();
     }
+    // Sharpened, and re-drawn by the tiny turbo model: the same size, other pixels.
+    let turbo = golden("turbo");
+    let mut outputs = Vec::new();
+    for extra in [
+        &[][..],
+        &["--sharpen", "1"][..],
+        &[
+            "--generative",
+            turbo.to_str().unwrap(),
+            "--creativity",
+            "0.5",
+            "--seed",
+            "3",
+        ][..],
+    ] {
+        let out = t.join("one.png");
+        let mut args = vec![
+            "enhance",
+            input,
+            out.to_str().unwrap(),
+            "--model",
+            model,
+            "--scale",
+            "1",
+        ];
+        args.extend(extra);
+        let o = krya(t, &args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let img = image::open(&out).unwrap().into_rgb8();
+        assert_eq!(img.dimensions(), (64, 48), "{extra:?}");
+        outputs.push(img.into_raw());
+    }
+    // Faces: the tiny GFPGAN and the random RetinaFace (whose scores stay under the 0.97
+    // GFPGANer asks for: no face, the plain output), and the flags checked.
+    let (gfpgan, retina) = (golden("face/gfpgan.pth"), golden("face/retinaface.pth"));
+    let out = t.join("faces.png");
+    let o = krya(
+        t,
+        &[
+            "enhance",
+            input,
+            out.to_str().unwrap(),
+            "--model",
+            model,
+            "--scale",
+            "1",
+            "--face-restore",
+            gfpgan.to_str().unwrap(),
+            "--face-detector",
+            retina.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        image::open(&out).unwrap().into_rgb8().into_raw(),
+        outputs[0]
+    );
+    assert_user_error(
+        &krya(
+            t,
+            &[
+                "enhance",
+                input,
+                out.to_str().unwrap(),
+                "--model",
+                model,
+                "--face-restore",
+                gfpgan.to_str().unwrap(),
+            ],
+        ),
+        "--face-restore needs --face-detector",
+    );
+    assert_user_error(
+        &krya(
+            t,
+            &[
+                "enhance",
+                input,
+                out.to_str().unwrap(),
+                "--model",
+                model,
+                "--face-restore",
+                retina.to_str().unwrap(),
+                "--face-detector",
+                retina.to_str().unwrap(),
+            ],
+        ),
+        "not a face restoration model",
+    );
+    assert_ne!(outputs[0], outputs[1], "sharpened");
+    assert_ne!(outputs[0], outputs[2], "re-drawn");
     let out = t.join("never.png");
     let out = out.to_str().unwrap();
     assert_user_error(
@@ -502,6 +593,23 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
             &["enhance", input, out, "--model", model, "--scale", "3"],
         ),
         "scale: must be 1, 2, 4 or 8",
+    );
+    assert_user_error(
+        &krya(
+            t,
+            &[
+                "enhance",
+                input,
+                out,
+                "--model",
+                model,
+                "--generative",
+                turbo.to_str().unwrap(),
+                "--creativity",
+                "2",
+            ],
+        ),
+        "--creativity must be from 0 to 1",
     );
     assert_user_error(
         &krya(t, &["enhance", "/nonexistent.png", out, "--model", model]),

@@ -7,6 +7,7 @@ import type {
   Account,
   ApiKey,
   Asset,
+  EnhanceRequest,
   FeedItem,
   Generation,
   ImageRequest,
@@ -251,7 +252,7 @@ export class ApiClient {
     this.request<Accepted>("POST", `/api/feed/${encodeURIComponent(id)}/remix`, { json: overrides });
   publicProfile = (handle: string, cursor?: string | null) =>
     this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });
-  enhance = (req: { image: string; model: string; scale?: number; tile?: number; denoise?: number }) => this.request<Job>("POST", "/api/enhance/image", { json: req });
+  enhance = (req: EnhanceRequest) => this.request<Job>("POST", "/api/enhance/image", { json: req });
   enhanceJob = (id: string) => this.request<Job>("GET", `/api/enhance/${encodeURIComponent(id)}`);
   report = (id: string, reason: string) => this.request<{ id: string; new: boolean }>("POST", `/api/feed/${encodeURIComponent(id)}/report`, { json: { reason } });
 

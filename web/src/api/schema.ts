@@ -100,7 +100,7 @@ export interface BatchRequest {
 }
 
 /** A kind of work a model can do; `GET /api/models?capability=` filters by it. */
-export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale";
+export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect";
 
 export interface Capture {
   /** The frame, uploaded with `POST /api/assets`. */
@@ -118,6 +118,9 @@ export type CreatedApiKey = ApiKeyView & {
   key: string;
 };
 
+/** How the enhancer works. */
+export type EnhanceMode = "upscale" | "generative";
+
 /** What `POST /api/enhance/image` takes. */
 export interface EnhanceRequest {
   /** The uploaded image (`POST /api/assets`). */
@@ -130,6 +133,35 @@ export interface EnhanceRequest {
   tile?: number | null;
   /** realesr-general-x4v3's denoise strength, 0 to 1 (needs the model's denoise twin). */
   denoise?: number | null;
+  /**
+   * Restore faces: find them in the image, repaint them (GFPGAN) and paste them into the
+   * output.
+   */
+  face_restore?: boolean | null;
+  /**
+   * The face restorer (`GET /api/models?capability=face_restore`); default the first
+   * installed one. Faces are found with the first installed `face_detect` model.
+   */
+  face_model?: string | null;
+  /** Unsharp-mask amount after upscaling, 0 (none, the default) to 4. */
+  sharpen?: number | null;
+  mode?: EnhanceMode | null;
+  /** Generative: how much is re-drawn (the image-to-image strength), 0 to 1; default 0.35. */
+  creativity?: number | null;
+  /**
+   * Generative: how much of the upscaled image's colours and large shapes are kept, 0 to
+   * 1; default 0.5.
+   */
+  resemblance?: number | null;
+  /** Generative: what the image shows (optional; at most 4000 characters). */
+  prompt?: string | null;
+  /**
+   * Generative: the image model that re-draws (`GET /api/models?capability=img2img`);
+   * default the first installed one.
+   */
+  diffusion_model?: string | null;
+  /** Generative: the seed; -1 or left out for a random one (the job records it). */
+  seed?: number | null;
 }
 
 /** Every error: a stable code (see the table in `docs/api.md`) and a message. */

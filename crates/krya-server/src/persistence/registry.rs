@@ -51,15 +51,21 @@ pub enum Capability {
     Realtime,
     /// Super-resolution models (ESRGAN, SRVGGNetCompact): the enhancer's.
     Upscale,
+    /// Face restorers (GFPGAN): the enhancer's `face_restore`.
+    FaceRestore,
+    /// Face detectors (RetinaFace): what face restoration finds faces with.
+    FaceDetect,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Txt2img,
         Capability::Img2img,
         Capability::Inpaint,
         Capability::Realtime,
         Capability::Upscale,
+        Capability::FaceRestore,
+        Capability::FaceDetect,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +75,8 @@ impl Capability {
             Capability::Inpaint => "inpaint",
             Capability::Realtime => "realtime",
             Capability::Upscale => "upscale",
+            Capability::FaceRestore => "face_restore",
+            Capability::FaceDetect => "face_detect",
         }
     }
 
@@ -108,6 +116,8 @@ struct FromFiles {
     fast: bool,
     /// A super-resolution model (one file whose tensors make an upscaler).
     upscale: bool,
+    /// A face restorer or detector (one file).
+    face: Option<krya_engine::pipelines::face::FaceModel>,
 }
 
 fn from_files(source: &str) -> Option<FromFiles> {
@@ -115,11 +125,14 @@ fn from_files(source: &str) -> Option<FromFiles> {
         ModelSource::Folder(d) => d,
         ModelSource::Hub { repo, revision } => hub::cached_snapshot(&repo, &revision)?,
         ModelSource::Checkpoint(path) => {
-            // An upscaler is told from a checkpoint by its tensors' names and shapes.
+            // An upscaler or a face model is told from a checkpoint by its tensors' names
+            // and shapes.
             let upscale = krya_engine::pipelines::upscale::detect_file(&path).is_some();
+            let face = krya_engine::pipelines::face::detect_file(&path);
             return Some(FromFiles {
-                diffusion: !upscale,
+                diffusion: !upscale && face.is_none(),
                 upscale,
+                face,
                 ..Default::default()
             });
         }
@@ -138,6 +151,7 @@ fn from_files(source: &str) -> Option<FromFiles> {
             .map(|(s, b)| (s << b.saturating_sub(1)) as u32),
         diffusion: true,
         upscale: false,
+        face: None,
         fast: scheduler["_class_name"] == "LCMScheduler"
             || scheduler["timestep_spacing"] == "trailing"
             || unet["time_cond_proj_dim"].is_u64(),
@@ -262,6 +276,12 @@ fn describe(m: &mut ModelEntry) {
     }
     if files.as_ref().is_some_and(|f| f.upscale) {
         m.capabilities = vec![Capability::Upscale];
+    }
+    use krya_engine::pipelines::face::FaceModel;
+    match files.as_ref().and_then(|f| f.face) {
+        Some(FaceModel::Restorer) => m.capabilities = vec![Capability::FaceRestore],
+        Some(FaceModel::Detector) => m.capabilities = vec![Capability::FaceDetect],
+        None => {}
     }
 }
 

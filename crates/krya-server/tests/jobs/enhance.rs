@@ -1,8 +1,8 @@
 //! The enhance kind through `POST /api/enhance/image` with the tiny compact upscaler (×4)
 //! registered as a local model: it is listed with the `upscale` capability (and not for
 //! images), the job runs with progress per tile, its output is a PNG of the scaled size
-//! whose parent is the input, it is priced by output size, and bad requests get a 422
-//! naming the field.
+//! whose parent is the input, it is priced by output size, the generative mode gives the
+//! engine's pixels, and bad requests get a 422 naming the field.
 
 use super::*;
 
@@ -24,6 +24,8 @@ fn enhance(s: &Server) {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["sharp"], "{models}");
+    let (_, images) = c.get("/api/models?capability=img2img");
+    assert!(!images.to_string().contains("\"face\""), "{images}");
     let (_, images) = c.get("/api/models?capability=txt2img");
     assert!(!images.to_string().contains("\"sharp\""), "{images}");
     let (st, e) = c.post(
@@ -76,6 +78,97 @@ fn enhance(s: &Server) {
     let done = c.wait_job(j["id"].as_str().unwrap());
     assert_eq!(done["outputs"][0]["width"], 128, "{done}");
 
+    // Generative: upscaled (×4 averaged to 1×), then re-drawn by the tiny turbo model over
+    // latent tiles; the pixels are the engine's for the same settings.
+    let before = c.credits();
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "scale": 1, "mode": "generative",
+               "prompt": "a fox", "creativity": 0.5, "resemblance": 0.25, "seed": 3,
+               "sharpen": 0.5}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["cost"], 2, "an upscale credit and a re-draw credit");
+    assert_eq!(c.credits(), before - 2);
+    let out = &done["outputs"][0];
+    assert_eq!(out["parent_id"], input.as_str());
+    // The job records what re-drew it (the model chosen by default).
+    let params = &done["params"];
+    assert_eq!(params["mode"], "generative", "{params}");
+    assert_eq!(params["diffusion_model"], "tiny", "{params}");
+    assert_eq!(params["seed"], 3, "{params}");
+    let (_, bytes) = c.bytes(out["url"].as_str().unwrap());
+    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let want = {
+        use krya_engine::pipelines::upscale::enhance as e;
+        let up = krya_engine::pipelines::upscale::Upscaler::load(
+            std::path::Path::new(&golden("upscale/compact.safetensors")),
+            &Default::default(),
+        )
+        .unwrap();
+        let source = krya_engine::model::ModelSource::parse(&golden("turbo")).unwrap();
+        let sd =
+            krya_engine::model::load(&source, &candle_core::Device::Cpu, candle_core::DType::F32)
+                .unwrap();
+        let (_, upload_bytes) = c.bytes(&format!("/api/assets/{input}"));
+        let d = e::decode(&upload_bytes, 1 << 24).unwrap();
+        let g = e::Generative {
+            model: &sd,
+            prompt: "a fox".into(),
+            negative_prompt: None,
+            creativity: 0.5,
+            resemblance: 0.25,
+            seed: 3,
+            steps: None,
+            guidance: None,
+            tiles: None,
+        };
+        let options = e::EnhanceOptions {
+            scale: 1,
+            sharpen: 0.5,
+            ..Default::default()
+        };
+        let mut png = Vec::new();
+        e::enhance_generative(
+            &up,
+            &g,
+            &d,
+            &options,
+            &krya_engine::CancelToken::new(),
+            &mut |_, _| {},
+            &mut png,
+        )
+        .unwrap();
+        image::load_from_memory(&png).unwrap().into_rgb8()
+    };
+    assert_eq!((got.width(), got.height()), (64, 48));
+    assert!(
+        got.as_raw() == want.as_raw(),
+        "the server's pixels are the engine's"
+    );
+
+    // Face models are listed by what they do; a face-restored job records its restorer.
+    for (cap, id) in [("face_restore", "face"), ("face_detect", "finder")] {
+        let (_, m) = c.get(&format!("/api/models?capability={cap}"));
+        let ids: Vec<&str> = m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [id], "{cap}: {m}");
+    }
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "scale": 2, "face_restore": true}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["params"]["face_model"], "face", "{done}");
+
     // Bad requests, each naming its field.
     for (body, field) in [
         (
@@ -92,6 +185,38 @@ fn enhance(s: &Server) {
         (
             json!({"image": input, "model": "sharp", "colour": 1}),
             "params",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "mode": "paint"}),
+            "params",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "sharpen": 5}),
+            "sharpen",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "prompt": "a fox"}),
+            "prompt",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "face_restore": true, "face_model": "sharp"}),
+            "face_model",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "face_model": "face"}),
+            "face_model",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "mode": "generative", "creativity": 2}),
+            "creativity",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "mode": "generative", "diffusion_model": "sharp"}),
+            "diffusion_model",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "mode": "generative", "seed": -5}),
+            "seed",
         ),
     ] {
         let (st, e) = c.post("/api/enhance/image", body.clone());
@@ -113,8 +238,9 @@ fn enhance_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("models.json"),
-        json!({"tiny": golden("turbo"), "sharp": golden("upscale/compact.safetensors")})
-            .to_string(),
+        json!({"tiny": golden("turbo"), "sharp": golden("upscale/compact.safetensors"),
+               "face": golden("face/gfpgan.pth"), "finder": golden("face/retinaface.pth")})
+        .to_string(),
     )
     .unwrap();
     let s = start(config(dir.path()), dir);

@@ -1,12 +1,15 @@
-// /enhance: an image made larger by a super-resolution model. Drop or pick a file (or come
-// from "Enhance" on an image: `?asset=ID&url=…`), choose the model and the scale, watch it
-// go tile by tile, compare before and after with a slider, download.
+// /enhance: an image made larger by a super-resolution model, optionally with faces restored
+// and sharpened, or
+// re-drawn by an image model ("Generative": creativity, resemblance, prompt, seed). Drop or
+// pick a file (or come from "Enhance" on an image: `?asset=ID&url=…`), choose the model and
+// the scale, watch it go tile by tile, compare before and after with a slider (zoom with the
+// wheel or the buttons, drag to pan), download.
 
-import { useEffect, useMemo, useState } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
 import { asApiError, type ApiError } from "../../api/client";
 import type { Asset, Job, Model } from "../../api/types";
 import { api, jobs, use } from "../../app";
-import { Button, Chip, ErrorNote, Select, Spinner } from "../../components/ui";
+import { Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
 
@@ -20,23 +23,76 @@ interface Source {
 
 const SCALES = [0, 1, 2, 4, 8] as const;
 const MAX_SIDE = 22_000;
+/** Generative enhance re-draws the whole image in memory: at most this a side. */
+const GENERATIVE_MAX_SIDE = 2048;
+type Mode = "upscale" | "generative";
 
+/** A labelled 0–`max` slider showing its value. */
+function Amount({ label, value, max = 1, step = 0.05, onChange, testId }: { label: string; value: number; max?: number; step?: number; onChange: (v: number) => void; testId: string }) {
+  return (
+    <label className="flex flex-col gap-1.5">
+      <span className="flex justify-between text-xs font-medium uppercase tracking-wide text-muted">
+        {label}
+        <span className="tabular-nums normal-case">{value.toFixed(2)}</span>
+      </span>
+      <input type="range" min={0} max={max} step={step} value={value} onChange={(e) => onChange(Number(e.target.value))} aria-label={label} data-testid={testId} />
+    </label>
+  );
+}
+
+/** Before and after, split by a slider; both zoom (wheel, buttons) and pan (drag) together. */
 function Compare({ before, after, width, height }: { before: string; after: string; width: number; height: number }) {
   const [at, setAt] = useState(50);
+  const [zoom, setZoom] = useState(1);
+  const [pan, setPan] = useState({ x: 0, y: 0 });
+  const drag = useRef<{ x: number; y: number; px: number; py: number } | null>(null);
+  const zoomTo = (z: number) => {
+    const next = Math.min(16, Math.max(1, z));
+    setZoom(next);
+    if (next === 1) setPan({ x: 0, y: 0 });
+  };
+  const transform = { transform: `translate(${pan.x}px, ${pan.y}px) scale(${zoom})`, transformOrigin: "center" };
   return (
     <div className="flex flex-col gap-2">
-      <div className="relative overflow-hidden rounded-2xl border border-line bg-surface" style={{ aspectRatio: `${width} / ${height}` }} data-testid="compare">
-        <img src={after} alt="After" className="absolute inset-0 h-full w-full object-contain" />
+      <div
+        className={`relative touch-none overflow-hidden rounded-2xl border border-line bg-surface ${zoom > 1 ? "cursor-grab" : ""}`}
+        style={{ aspectRatio: `${width} / ${height}` }}
+        data-testid="compare"
+        data-zoom={zoom}
+        onWheel={(e) => zoomTo(zoom * (e.deltaY < 0 ? 1.25 : 0.8))}
+        onPointerDown={(e) => {
+          if (zoom === 1) return;
+          e.currentTarget.setPointerCapture(e.pointerId);
+          drag.current = { x: e.clientX, y: e.clientY, px: pan.x, py: pan.y };
+        }}
+        onPointerMove={(e) => {
+          const d = drag.current;
+          if (d) setPan({ x: d.px + e.clientX - d.x, y: d.py + e.clientY - d.y });
+        }}
+        onPointerUp={() => (drag.current = null)}
+      >
+        <img src={after} alt="After" draggable={false} className="absolute inset-0 h-full w-full object-contain" style={transform} />
         <div className="absolute inset-0" style={{ clipPath: `inset(0 ${100 - at}% 0 0)` }}>
-          <img src={before} alt="Before" className="pixelated h-full w-full object-contain" />
+          <img src={before} alt="Before" draggable={false} className="pixelated h-full w-full object-contain" style={transform} />
         </div>
         <div className="pointer-events-none absolute inset-y-0 w-0.5 bg-white/80" style={{ left: `${at}%` }} />
       </div>
-      <label className="flex items-center gap-3 text-xs text-muted">
-        Before
-        <input type="range" min={0} max={100} value={at} onChange={(e) => setAt(Number(e.target.value))} className="flex-1" aria-label="Before and after" data-testid="compare-slider" />
-        After
-      </label>
+      <div className="flex items-center gap-3 text-xs text-muted">
+        <label className="flex flex-1 items-center gap-3">
+          Before
+          <input type="range" min={0} max={100} value={at} onChange={(e) => setAt(Number(e.target.value))} className="flex-1" aria-label="Before and after" data-testid="compare-slider" />
+          After
+        </label>
+        <Button size="sm" onClick={() => zoomTo(zoom / 2)} disabled={zoom === 1} aria-label="Zoom out">
+          −
+        </Button>
+        <span className="w-10 text-center tabular-nums" data-testid="compare-zoom">
+          {Math.round(zoom * 100)}%
+        </span>
+        <Button size="sm" onClick={() => zoomTo(zoom * 2)} disabled={zoom >= 16} aria-label="Zoom in">
+          +
+        </Button>
+      </div>
     </div>
   );
 }
@@ -58,6 +114,16 @@ export default function EnhancePage() {
   const models = useLoad(() => api.models("upscale").then((r) => r.models));
   const [model, setModel] = useState("");
   const [scale, setScale] = useState<(typeof SCALES)[number]>(0);
+  const [mode, setMode] = useState<Mode>("upscale");
+  const [sharpen, setSharpen] = useState(0);
+  const [creativity, setCreativity] = useState(0.35);
+  const [resemblance, setResemblance] = useState(0.5);
+  const [prompt, setPrompt] = useState("");
+  const painters = useLoad(() => api.models("img2img").then((r) => r.models.filter((m) => m.installed)));
+  const [painter, setPainter] = useState("");
+  const restorers = useLoad(() => api.models("face_restore").then((r) => r.models.filter((m) => m.installed)));
+  const [faces, setFaces] = useState(false);
+  const chosenPainter = painter || painters.data?.[0]?.id || "";
   const [uploading, setUploading] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
   const [job, setJob] = useState<Job | null>(null);
@@ -98,7 +164,17 @@ export default function EnhancePage() {
     if (!source) return;
     setError(null);
     try {
-      setJob(await api.enhance({ image: source.id, model: chosen, scale: scale || undefined }));
+      const generative = mode === "generative";
+      setJob(
+        await api.enhance({
+          image: source.id,
+          model: chosen,
+          scale: scale || undefined,
+          sharpen: sharpen || undefined,
+          face_restore: faces || undefined,
+          ...(generative ? { mode, creativity, resemblance, prompt: prompt.trim() || undefined, diffusion_model: chosenPainter || undefined } : {}),
+        }),
+      );
     } catch (e) {
       setError(asApiError(e));
     }
@@ -108,7 +184,8 @@ export default function EnhancePage() {
   const progress = live?.progress ?? job?.progress;
   const output = job?.status === "completed" ? job.outputs[0] : undefined;
   const factor = scale || 4;
-  const tooBig = source ? Math.max(source.width, source.height) * factor > MAX_SIDE : false;
+  const limit = mode === "generative" ? GENERATIVE_MAX_SIDE : MAX_SIDE;
+  const tooBig = source ? Math.max(source.width, source.height) * factor > limit : false;
   return (
     <div className="mx-auto grid max-w-6xl gap-6 px-3 py-6 sm:px-5 lg:grid-cols-[20rem_minmax(0,1fr)]">
       <aside className="flex flex-col gap-4">
@@ -138,7 +215,7 @@ export default function EnhancePage() {
         {source && source.width > 0 && (
           <p className="text-xs text-muted" data-testid="enhance-size">
             {source.width} × {source.height} → {source.width * factor} × {source.height * factor}
-            {tooBig && ` (over ${MAX_SIDE.toLocaleString()} px)`}
+            {tooBig && ` (over ${limit.toLocaleString()} px${mode === "generative" ? " for generative" : ""})`}
           </p>
         )}
         <label className="flex flex-col gap-1.5">
@@ -166,7 +243,51 @@ export default function EnhancePage() {
             ))}
           </div>
         </div>
-        <Button variant="primary" size="lg" disabled={!source || !chosen || !!running || tooBig} onClick={start} data-testid="enhance-start">
+        <Amount label="Sharpen" value={sharpen} max={2} onChange={setSharpen} testId="enhance-sharpen" />
+        {(restorers.data ?? []).length > 0 && (
+          <label className="flex items-center gap-2 text-sm text-neutral-300">
+            <input type="checkbox" checked={faces} onChange={(e) => setFaces(e.target.checked)} data-testid="enhance-faces" />
+            Restore faces ({restorers.data?.[0]?.name})
+          </label>
+        )}
+        <div className="flex flex-col gap-1.5">
+          <span className="text-xs font-medium uppercase tracking-wide text-muted">Mode</span>
+          <div className="flex flex-wrap gap-1.5" role="group" aria-label="Mode">
+            <Chip active={mode === "upscale"} onClick={() => setMode("upscale")}>
+              Upscale
+            </Chip>
+            <Chip active={mode === "generative"} onClick={() => setMode("generative")}>
+              Generative
+            </Chip>
+          </div>
+        </div>
+        {mode === "generative" && (
+          <div className="flex flex-col gap-4 rounded-xl border border-line p-3" data-testid="enhance-generative">
+            <p className="text-xs text-muted">Upscales, then an image model re-draws the detail, tile by tile.</p>
+            <label className="flex flex-col gap-1.5">
+              <span className="text-xs font-medium uppercase tracking-wide text-muted">Image model</span>
+              {painters.error ? (
+                <ErrorNote error={painters.error} onRetry={painters.reload} />
+              ) : (
+                <Select value={chosenPainter} onChange={(e) => setPainter(e.target.value)} aria-label="Image model">
+                  {(painters.data ?? []).length === 0 && <option value="">No image model installed</option>}
+                  {(painters.data ?? []).map((m) => (
+                    <option key={m.id} value={m.id}>
+                      {m.name}
+                    </option>
+                  ))}
+                </Select>
+              )}
+            </label>
+            <label className="flex flex-col gap-1.5">
+              <span className="text-xs font-medium uppercase tracking-wide text-muted">Prompt (optional)</span>
+              <Textarea rows={2} value={prompt} maxLength={4000} onChange={(e) => setPrompt(e.target.value)} placeholder="What the image shows" aria-label="Prompt" />
+            </label>
+            <Amount label="Creativity" value={creativity} onChange={setCreativity} testId="enhance-creativity" />
+            <Amount label="Resemblance" value={resemblance} onChange={setResemblance} testId="enhance-resemblance" />
+          </div>
+        )}
+        <Button variant="primary" size="lg" disabled={!source || !chosen || !!running || tooBig || (mode === "generative" && !chosenPainter)} onClick={start} data-testid="enhance-start">
           {running && <Spinner />}
           Enhance
         </Button>
@@ -176,7 +297,7 @@ export default function EnhancePage() {
         {running && (
           <div className="flex flex-col gap-2 rounded-xl border border-line p-4" data-testid="enhance-progress">
             <p className="text-sm text-neutral-300">
-              {progress && progress.total > 0 ? `Tile ${progress.step} of ${progress.total}` : "Waiting for the enhancer…"}
+              {progress && progress.total > 0 ? `${mode === "generative" ? "Step" : "Tile"} ${progress.step} of ${progress.total}` : "Waiting for the enhancer…"}
             </p>
             <div className="h-1.5 overflow-hidden rounded-full bg-neutral-800" role="progressbar" aria-valuemin={0} aria-valuemax={progress?.total || 1} aria-valuenow={progress?.step ?? 0} aria-label="Progress">
               <div className="brand-gradient h-full transition-all" style={{ width: `${progress && progress.total ? (100 * progress.step) / progress.total : 0}%` }} />
