@@ -316,3 +316,35 @@ fn the_colour_profile_is_kept() {
     use image::ImageDecoder;
     assert_eq!(decoder.icc_profile().unwrap(), Some(profile));
 }
+
+/// The progress preview: the output at most 256 px a side, each pixel the output's nearest
+/// (the first output row and column that fall in it), drawn as the rows are made.
+#[test]
+fn the_preview_is_a_small_picture_of_the_output() {
+    use std::sync::{Arc, Mutex};
+    let m = model("compact.safetensors");
+    let img = image::DynamicImage::ImageRgb8(test_image(100, 80));
+    let preview = Arc::new(Mutex::new(image::RgbImage::new(0, 0)));
+    let o = EnhanceOptions {
+        preview: Some(preview.clone()),
+        ..options(4)
+    };
+    let (_, out) = run(&m, &png(&img), &o);
+    let out = out.into_rgb8();
+    let p = preview.lock().unwrap();
+    let k = 256.0 / 400.0;
+    assert_eq!(p.dimensions(), (256, 205));
+    let mut checked = 0;
+    for y in 0..320u32 {
+        let py = (y as f64 * k) as u32;
+        if py >= 205 || (y > 0 && ((y - 1) as f64 * k) as u32 == py) {
+            continue;
+        }
+        for px in 0..256u32 {
+            let x = ((px as f64 / k) as u32).min(399);
+            assert_eq!(p.get_pixel(px, py), out.get_pixel(x, y), "({px}, {py})");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 256 * 205);
+}

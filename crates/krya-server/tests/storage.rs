@@ -69,6 +69,24 @@ async fn behaves(store: &dyn BlobStore) {
     let big: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     store.put("assets/big", big.clone()).await.unwrap();
     assert!(store.get("assets/big").await.unwrap().unwrap() == big);
+    // A file stored a part at a time: 19 MiB is two 8 MiB parts and a last one on S3; a
+    // small one goes in one piece.
+    let dir = tempfile::tempdir().unwrap();
+    let huge: Vec<u8> = (0..19 * 1024 * 1024 + 7).map(|i| (i % 253) as u8).collect();
+    for (name, bytes) in [("huge", &huge), ("small", &big[..1000].to_vec())] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let key = format!("assets/{name}.png");
+        store.put_file(&key, &file).await.unwrap();
+        assert_eq!(store.size(&key).await.unwrap(), Some(bytes.len() as u64));
+        assert!(store.get(&key).await.unwrap().unwrap() == *bytes, "{name}");
+    }
+    assert!(
+        store
+            .put_file("assets/none.png", &dir.path().join("missing"))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

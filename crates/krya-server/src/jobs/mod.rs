@@ -191,7 +191,7 @@ pub fn output_json(s: &Stored<'_>) -> serde_json::Value {
     let o = s.output;
     serde_json::json!({
         "id": s.asset_id, "kind": o.kind, "mime": o.mime, "width": o.width, "height": o.height,
-        "duration_ms": o.duration_ms, "bytes": o.bytes.len(), "url": format!("/api/assets/{}", s.asset_id),
+        "duration_ms": o.duration_ms, "bytes": o.body.len(), "url": format!("/api/assets/{}", s.asset_id),
         "thumbnail_url": s.thumb_key.as_ref().map(|_| format!("/api/assets/{}/thumbnail", s.asset_id)),
         "parent_id": o.parent_id,
     })
@@ -212,7 +212,7 @@ pub async fn insert_output(
         .bind(o.mime)
         .bind(o.width.unwrap_or(0) as i64)
         .bind(o.height.unwrap_or(0) as i64)
-        .bind(o.bytes.len() as i64)
+        .bind(o.body.len() as i64)
         .bind(crate::http::auth::now())
         .bind(o.kind)
         .bind(&job.id)

@@ -16,6 +16,9 @@ pub struct BlobError(pub String);
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> BlobResult<()>;
+    /// Stores the file at `file` under `key`, reading it a part at a time (an enhanced image
+    /// of hundreds of megabytes is never held whole).
+    async fn put_file(&self, key: &str, file: &std::path::Path) -> BlobResult<()>;
     /// `None` when there is no such blob.
     async fn get(&self, key: &str) -> BlobResult<Option<Vec<u8>>>;
     /// Its length in bytes; `None` when there is no such blob.
@@ -34,6 +37,9 @@ pub trait BlobStore: Send + Sync {
 }
 
 pub type Blobs = Arc<dyn BlobStore>;
+
+/// The part size of multipart uploads (S3's minimum is 5 MiB).
+const PART: usize = 8 << 20;
 
 /// A blob's bytes as they arrive.
 pub type ByteStream =
@@ -121,6 +127,25 @@ impl BlobStore for FileStore {
         tokio::fs::write(&tmp, &bytes)
             .await
             .map_err(|e| io_err(&tmp, e))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| io_err(&path, e))
+    }
+
+    async fn put_file(&self, key: &str, file: &std::path::Path) -> BlobResult<()> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("keys are under the root");
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io_err(dir, e))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.part",
+            path.file_name().unwrap().to_string_lossy(),
+            rand::random::<u64>()
+        ));
+        tokio::fs::copy(file, &tmp)
+            .await
+            .map_err(|e| io_err(file, e))?;
         tokio::fs::rename(&tmp, &path)
             .await
             .map_err(|e| io_err(&path, e))
@@ -299,6 +324,51 @@ impl BlobStore for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| BlobError(e.to_string()))
+    }
+
+    async fn put_file(&self, key: &str, file: &std::path::Path) -> BlobResult<()> {
+        use object_store::ObjectStoreExt;
+        use tokio::io::AsyncReadExt;
+        let err = |e: &dyn std::fmt::Display| BlobError(format!("{}: {e}", file.display()));
+        let len = tokio::fs::metadata(file).await.map_err(|e| err(&e))?.len();
+        if len <= PART as u64 {
+            return self
+                .put(key, tokio::fs::read(file).await.map_err(|e| err(&e))?)
+                .await;
+        }
+        // A multipart upload in parts of PART bytes, two in flight.
+        let upload = self
+            .store
+            .put_multipart(&self.path(key)?)
+            .await
+            .map_err(|e| BlobError(e.to_string()))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let sent = async {
+            let mut f = tokio::fs::File::open(file).await.map_err(|e| err(&e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf).await.map_err(|e| err(&e))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                w.wait_for_capacity(2)
+                    .await
+                    .map_err(|e| BlobError(e.to_string()))?;
+                w.write(&buf[..n]);
+            }
+        }
+        .await;
+        match sent {
+            Ok(()) => w
+                .finish()
+                .await
+                .map(|_| ())
+                .map_err(|e| BlobError(e.to_string())),
+            Err(e) => {
+                let _ = w.abort().await;
+                Err(e)
+            }
+        }
     }
 
     async fn get(&self, key: &str) -> BlobResult<Option<Vec<u8>>> {

@@ -177,7 +177,7 @@ pub async fn save(
             kind: "image",
             mime: "image/png",
             ext: "png",
-            bytes: png,
+            body: crate::tasks::Body::Bytes(png),
             thumbnail: None,
             width: Some(w),
             height: Some(h),

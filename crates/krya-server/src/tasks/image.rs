@@ -364,7 +364,7 @@ fn run_engine(
             kind: "image",
             mime: "image/png",
             ext: "png",
-            bytes: png,
+            body: crate::tasks::Body::Bytes(png),
             thumbnail: Some(thumb),
             width: Some(img.width()),
             height: Some(img.height()),

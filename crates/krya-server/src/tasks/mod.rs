@@ -74,7 +74,7 @@ pub struct Output {
     pub mime: &'static str,
     /// The file's extension in storage keys.
     pub ext: &'static str,
-    pub bytes: Vec<u8>,
+    pub body: Body,
     /// A small WebP for lists.
     pub thumbnail: Option<Vec<u8>>,
     pub width: Option<u32>,
@@ -84,6 +84,27 @@ pub struct Output {
     pub parent_id: Option<String>,
     /// What the kind's own record wants to keep (an image's seed).
     pub meta: serde_json::Value,
+}
+
+/// An output's file: in memory, or (large ones) a temporary file stored a part at a time
+/// and deleted once dropped.
+pub enum Body {
+    Bytes(Vec<u8>),
+    File(tempfile::TempPath),
+}
+
+impl Body {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// An output once stored: its asset id and storage keys.

@@ -274,17 +274,24 @@ impl Runner {
                 .thumbnail
                 .as_ref()
                 .map(|_| format!("{mine}{i}-thumb.webp"));
-            let files = [
-                Some((&key, &o.bytes)),
-                thumb_key.as_ref().zip(o.thumbnail.as_ref()),
-            ];
-            for (k, b) in files.into_iter().flatten() {
-                if let Err(e) = self.services.blobs.put(k, b.clone()).await {
-                    self.delete_blobs(&keys).await;
-                    let delay = task.retry_delay_ms(job.attempt, self.config.retry_base_ms);
-                    return self.requeue(task, job, delay, &e.to_string()).await;
+            let blobs = &self.services.blobs;
+            let mut written = match &o.body {
+                crate::tasks::Body::Bytes(b) => blobs.put(&key, b.clone()).await,
+                crate::tasks::Body::File(p) => blobs.put_file(&key, p).await,
+            };
+            if written.is_ok() {
+                keys.push(key.clone());
+                if let (Some(k), Some(b)) = (&thumb_key, &o.thumbnail) {
+                    written = blobs.put(k, b.clone()).await;
+                    if written.is_ok() {
+                        keys.push(k.clone());
+                    }
                 }
-                keys.push(k.clone());
+            }
+            if let Err(e) = written {
+                self.delete_blobs(&keys).await;
+                let delay = task.retry_delay_ms(job.attempt, self.config.retry_base_ms);
+                return self.requeue(task, job, delay, &e.to_string()).await;
             }
             stored.push(Stored {
                 output: o,

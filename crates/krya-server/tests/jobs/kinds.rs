@@ -82,11 +82,14 @@ impl Task for Echo {
             tokio::time::sleep(Duration::from_millis(p.step_ms)).await;
             let _ = progress.send((step, p.steps as usize, None));
         }
+        // Stored from a temporary file, as large outputs are (deleted once stored).
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &bytes).unwrap();
         Outcome::Done(vec![Output {
             kind: "image",
             mime: "image/png",
             ext: "png",
-            bytes,
+            body: krya_server::tasks::Body::File(file.into_temp_path()),
             thumbnail: None,
             width: None,
             height: None,

@@ -299,6 +299,7 @@ export default function EnhancePage() {
             <p className="text-sm text-neutral-300">
               {progress && progress.total > 0 ? `${mode === "generative" ? "Step" : "Tile"} ${progress.step} of ${progress.total}` : "Waiting for the enhancer…"}
             </p>
+            {live?.preview && <img src={live.preview} alt="The output so far" className="pixelated max-h-80 w-full rounded-lg object-contain" data-testid="enhance-preview" />}
             <div className="h-1.5 overflow-hidden rounded-full bg-neutral-800" role="progressbar" aria-valuemin={0} aria-valuemax={progress?.total || 1} aria-valuenow={progress?.step ?? 0} aria-label="Progress">
               <div className="brand-gradient h-full transition-all" style={{ width: `${progress && progress.total ? (100 * progress.step) / progress.total : 0}%` }} />
             </div>

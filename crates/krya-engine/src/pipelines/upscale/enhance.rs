@@ -45,7 +45,13 @@ pub struct EnhanceOptions {
     pub sharpen: f32,
     /// Restore faces: found in the input, repainted, pasted into the output.
     pub faces: Option<std::sync::Arc<Faces>>,
+    /// Filled, as the output's rows are made, with a small picture of it (at most
+    /// `PREVIEW_SIDE` a side; sized when the run starts): progress previews read it.
+    pub preview: Option<std::sync::Arc<std::sync::Mutex<image::RgbImage>>>,
 }
+
+/// The preview's longest side.
+pub const PREVIEW_SIDE: usize = 256;
 
 /// The unsharp mask's blur, in output pixels.
 pub const SHARPEN_SIGMA: f32 = 1.0;
@@ -59,6 +65,7 @@ impl Default for EnhanceOptions {
             max_input_pixels: 8192 * 8192,
             sharpen: 0.0,
             faces: None,
+            preview: None,
         }
     }
 }
@@ -422,7 +429,13 @@ pub fn enhance<W: Write>(
         .channels
         .min(if input.alpha == Alpha::None { 3 } else { 4 });
     let faces = restored_faces(input, options, plan.scale, (ow, oh), cancel)?;
-    let mut pasting = FacePaste::new(&faces, plan.scale, ow, channels);
+    let mut stage = RowStage::new(
+        &faces,
+        plan.scale,
+        (ow, oh),
+        channels,
+        options.preview.as_ref(),
+    );
     let spec = PngSpec {
         size: (ow, oh),
         channels,
@@ -438,7 +451,7 @@ pub fn enhance<W: Write>(
             options,
             cancel,
             &mut |d| progress(d, total),
-            &mut |values| sink(pasting.apply(values)),
+            &mut |values| sink(stage.apply(values)),
         )
         .map(|_| ())
     })?;
@@ -459,8 +472,9 @@ fn restored_faces(
     }
 }
 
-/// Restored faces pasted into output rows as they pass.
-struct FacePaste<'a> {
+/// What output rows go through before the PNG: restored faces pasted in, and the preview
+/// drawn.
+struct RowStage<'a> {
     faces: &'a [align::Pasted],
     mask: Vec<f32>,
     scale: f64,
@@ -468,10 +482,24 @@ struct FacePaste<'a> {
     channels: usize,
     y: usize,
     rows: Vec<f32>,
+    /// The preview and its size over the output's.
+    preview: Option<(std::sync::Arc<std::sync::Mutex<image::RgbImage>>, f64)>,
 }
 
-impl<'a> FacePaste<'a> {
-    fn new(faces: &'a [align::Pasted], scale: usize, width: usize, channels: usize) -> Self {
+impl<'a> RowStage<'a> {
+    fn new(
+        faces: &'a [align::Pasted],
+        scale: usize,
+        (width, height): (usize, usize),
+        channels: usize,
+        preview: Option<&std::sync::Arc<std::sync::Mutex<image::RgbImage>>>,
+    ) -> Self {
+        let preview = preview.map(|p| {
+            let k = (PREVIEW_SIDE as f64 / width.max(height) as f64).min(1.0);
+            let size = |n: usize| ((n as f64 * k).round() as u32).max(1);
+            *p.lock().unwrap() = image::RgbImage::new(size(width), size(height));
+            (p.clone(), k)
+        });
         Self {
             faces,
             mask: faces
@@ -482,6 +510,7 @@ impl<'a> FacePaste<'a> {
             channels,
             y: 0,
             rows: Vec::new(),
+            preview,
         }
     }
 
@@ -489,24 +518,43 @@ impl<'a> FacePaste<'a> {
     fn apply<'b>(&'b mut self, values: &'b [f32]) -> &'b [f32] {
         let stride = self.width * self.channels;
         let n = values.len() / stride;
-        if self.faces.is_empty() {
-            self.y += n;
-            return values;
-        }
-        self.rows.clear();
-        self.rows.extend_from_slice(values);
-        for (i, row) in self.rows.chunks_exact_mut(stride).enumerate() {
-            align::paste_row(
-                self.faces,
-                &self.mask,
-                self.scale,
-                self.y + i,
-                row,
-                self.channels,
-            );
+        let out = if self.faces.is_empty() {
+            values
+        } else {
+            self.rows.clear();
+            self.rows.extend_from_slice(values);
+            for (i, row) in self.rows.chunks_exact_mut(stride).enumerate() {
+                align::paste_row(
+                    self.faces,
+                    &self.mask,
+                    self.scale,
+                    self.y + i,
+                    row,
+                    self.channels,
+                );
+            }
+            &self.rows
+        };
+        if let Some((p, k)) = &self.preview {
+            // Nearest sampling: each preview row from the first output row in it.
+            let mut img = p.lock().unwrap();
+            let (pw, ph) = img.dimensions();
+            for (i, row) in out.chunks_exact(stride).enumerate() {
+                let y = self.y + i;
+                let py = (y as f64 * k) as u32;
+                if py >= ph || (y > 0 && ((y - 1) as f64 * k) as u32 == py) {
+                    continue;
+                }
+                for px in 0..pw {
+                    let x = ((px as f64 / k) as usize).min(self.width - 1);
+                    let at = x * self.channels;
+                    let rgb = std::array::from_fn(|c| (row[at + c] * 255.0).round() as u8);
+                    img.put_pixel(px, py, image::Rgb(rgb));
+                }
+            }
         }
         self.y += n;
-        &self.rows
+        out
     }
 }
 
@@ -610,7 +658,13 @@ pub fn enhance_generative<W: Write>(
         }
     }
     let faces = restored_faces(input, options, plan.scale, (ow, oh), cancel)?;
-    let mut pasting = FacePaste::new(&faces, plan.scale, ow, channels);
+    let mut stage = RowStage::new(
+        &faces,
+        plan.scale,
+        (ow, oh),
+        channels,
+        options.preview.as_ref(),
+    );
     let spec = PngSpec {
         size: (ow, oh),
         channels,
@@ -618,7 +672,7 @@ pub fn enhance_generative<W: Write>(
         icc: input.icc.as_deref(),
         sharpen: options.sharpen,
     };
-    write_png(out, spec, |sink| sink(pasting.apply(&values)))?;
+    write_png(out, spec, |sink| sink(stage.apply(&values)))?;
     Ok((ow, oh))
 }
 

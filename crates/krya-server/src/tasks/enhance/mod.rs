@@ -12,7 +12,7 @@ pub mod http;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Outcome, Output, Prepared, RunContext, Services, Task};
+use super::{Body, Outcome, Output, Prepared, RunContext, Services, Task};
 use crate::http::media;
 use crate::infra::error::{ApiError, internal, invalid};
 use crate::persistence::registry::{self, Capability};
@@ -333,6 +333,7 @@ impl Task for EnhanceTask {
             _ => None,
         };
         let cache = ctx.services.cache.clone();
+        let data_dir = ctx.services.data_dir.clone();
         let progress = ctx.progress();
         let cancel = ctx.cancel.clone();
         let parent = r.image.clone();
@@ -365,9 +366,36 @@ impl Task for EnhanceTask {
                 // The list's picture: the input as decoded (oriented), the same picture
                 // smaller, not a read of the whole output.
                 let thumbnail = media::thumbnail_webp(&input.to_rgb8(), 384).ok();
-                let mut png = Vec::new();
+                // The PNG goes to a temporary file beside the data (stored from there a part
+                // at a time): at 22,000 px it is hundreds of megabytes.
+                let file = tempfile::Builder::new()
+                    .prefix(".enhance-")
+                    .suffix(".png")
+                    .tempfile_in(&data_dir)
+                    .map_err(|e| krya_engine::EngineError::Io {
+                        path: data_dir.clone(),
+                        source: e,
+                    })?;
+                let mut png = std::io::BufWriter::new(file);
+                // Progress per tile, with a picture of the output so far (at most ~4 a
+                // second, and the last).
+                let preview =
+                    std::sync::Arc::new(std::sync::Mutex::new(image::RgbImage::new(0, 0)));
+                options.preview = Some(preview.clone());
+                let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
                 let mut report = |done, total| {
-                    let _ = progress.send((done, total, None));
+                    let picture = if shown.elapsed() >= std::time::Duration::from_millis(250)
+                        || done == total
+                    {
+                        shown = std::time::Instant::now();
+                        let img = preview.lock().unwrap().clone();
+                        (img.width() > 0)
+                            .then(|| media::preview_data_url(&img))
+                            .flatten()
+                    } else {
+                        None
+                    };
+                    let _ = progress.send((done, total, picture));
                 };
                 let mut meta = json!({"model": r.model});
                 let (w, h) = match &diffusion {
@@ -418,7 +446,14 @@ impl Task for EnhanceTask {
                     kind: "image",
                     mime: "image/png",
                     ext: "png",
-                    bytes: png,
+                    body: Body::File(
+                        png.into_inner()
+                            .map_err(|e| krya_engine::EngineError::Io {
+                                path: data_dir.clone(),
+                                source: e.into_error(),
+                            })?
+                            .into_temp_path(),
+                    ),
                     thumbnail,
                     width: Some(w as u32),
                     height: Some(h as u32),
