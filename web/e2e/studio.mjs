@@ -470,6 +470,14 @@ try {
     check((await a.getByAltText("Before").getAttribute("style")).includes("scale(2)"), "the before image is not zoomed with it");
     await a.getByRole("button", { name: "Zoom out" }).click();
     const sourceId = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=enhance")).json()).items[0].outputs[0].parent_id);
+    // Its zoomable copy, for outputs too large to show whole: the shape and a JPEG tile.
+    const tiles = await a.evaluate(async () => {
+      const out = (await (await fetch("/api/jobs?kind=enhance")).json()).items[0].outputs[0];
+      const info = await (await fetch(`/api/assets/${out.id}/tiles`)).json();
+      const tile = await fetch(`/api/assets/${out.id}/tiles/${info.levels - 1}/0/0`);
+      return [out.width, info.width, tile.status, tile.headers.get("content-type")];
+    });
+    check(tiles[0] === tiles[1] && tiles[2] === 200 && tiles[3] === "image/jpeg", `tiles: ${tiles}`);
     await a.goto("/app");
     await a.getByRole("link", { name: "Open: enhance" }).first().click();
     await a.getByTestId("source-link").waitFor();

@@ -11,7 +11,8 @@
 //! - `schedulers`: one file per sampling algorithm;
 //! - `rng`: a PyTorch-compatible generator so seeds match diffusers;
 //! - `weights`: tensor sources that check every stored tensor is used;
-//! - `image_io`: image tensors, previews and PNGs with A1111 parameters;
+//! - `image_io`: image tensors, previews and PNGs with A1111 parameters; `pyramid`: a large
+//!   image as levels of tiles for viewers;
 //! - `kernels`: CPU kernels faster than candle's generic ones, a file per family (conv,
 //!   linear, norm, attention, math; the direct, Winograd and flash-attention kernels).
 
@@ -22,6 +23,7 @@ pub mod image_io;
 pub mod kernels;
 pub mod model;
 pub mod pipelines;
+pub mod pyramid;
 pub mod rng;
 pub mod schedulers;
 pub mod weights;

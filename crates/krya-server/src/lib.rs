@@ -66,6 +66,9 @@ pub struct AppState {
     pub cache: Arc<krya_engine::model::cache::ModelCache>,
     /// The live canvas (`None` when `realtime.enabled` is off).
     pub realtime: Option<realtime::Realtime>,
+    /// Tile pyramids' indexes read lately (by blob key), so a viewer's tiles cost one read
+    /// each.
+    pub pyramids: http::tiles::Indexes,
 }
 
 /// Connects the configured database (SQLite at `data_dir/krya.db` when none is set) and
@@ -105,6 +108,7 @@ impl AppState {
             cache: self.cache.clone(),
             data_dir: self.config.server.data_dir.clone(),
             local_models: self.config.models.local.clone(),
+            model_mirror: self.config.models.mirror.clone(),
             allow_private_webhooks: self.config.webhooks.allow_private,
             outbound: self.outbound.clone(),
         }
@@ -160,6 +164,7 @@ async fn state(
         guard,
         limits,
         login_throttle: Default::default(),
+        pyramids: Default::default(),
         running: Default::default(),
         wake: Default::default(),
         tasks,

@@ -68,6 +68,8 @@ fn openapi_document_covers_every_endpoint() {
         ("get", "/api/assets/{id}"),
         ("delete", "/api/assets/{id}"),
         ("get", "/api/assets/{id}/thumbnail"),
+        ("get", "/api/assets/{id}/tiles"),
+        ("get", "/api/assets/{id}/tiles/{level}/{x}/{y}"),
         ("get", "/api/images/{id}"),
         ("get", "/api/images/{id}/thumbnail"),
         ("get", "/api/events"),

@@ -12,6 +12,7 @@ use krya_engine::pipelines::upscale::tile::TileOptions;
 use krya_engine::pipelines::upscale::{LoadOptions, Upscaler};
 
 use crate::CliError;
+use krya_server::persistence::registry::{self, Capability, ModelEntry};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,10 +20,12 @@ pub struct Args {
     input: PathBuf,
     /// Where to write the PNG.
     output: PathBuf,
-    /// The model: a `.pth` or `.safetensors` file of an ESRGAN (RRDBNet) or
-    /// SRVGGNetCompact network (its architecture and scale are read from its weights).
+    /// The upscaler: a `.pth` or `.safetensors` file of an ESRGAN (RRDBNet) or
+    /// SRVGGNetCompact network (its architecture and scale are read from its weights), or a
+    /// model's name (`krya models add`, or a curated one such as realesrgan-x4plus,
+    /// downloaded on first use).
     #[arg(long)]
-    model: PathBuf,
+    model: String,
     /// 1, 2, 4 or 8 (default: the model's own).
     #[arg(long)]
     scale: Option<usize>,
@@ -36,16 +39,21 @@ pub struct Args {
     /// twin (`--denoise-model`).
     #[arg(long)]
     denoise: Option<f64>,
-    /// The denoising twin of `--model` (realesr-general-wdn-x4v3).
+    /// The denoising twin of `--model` (realesr-general-wdn-x4v3): a file or a name; a
+    /// curated model knows its own.
     #[arg(long)]
-    denoise_model: Option<PathBuf>,
-    /// Restore faces with this GFPGAN file (v1.3/v1.4, `.pth` or `.safetensors`); needs
-    /// --face-detector.
-    #[arg(long, value_name = "FILE")]
-    face_restore: Option<PathBuf>,
-    /// The face detector for --face-restore: RetinaFace (detection_mobilenet0.25_Final.pth).
-    #[arg(long, value_name = "FILE")]
-    face_detector: Option<PathBuf>,
+    denoise_model: Option<String>,
+    /// Restore faces: find them, repaint them and paste them into the output.
+    #[arg(long)]
+    face_restore: bool,
+    /// The face restorer for --face-restore (GFPGAN v1.3/v1.4): a file or a name; default
+    /// the first installed one, else gfpgan-1.4, downloaded on first use.
+    #[arg(long, value_name = "MODEL")]
+    face_model: Option<String>,
+    /// The face detector for --face-restore (RetinaFace MobileNet-0.25): a file or a name;
+    /// default the first installed one, else retinaface-mobilenet.
+    #[arg(long, value_name = "MODEL")]
+    face_detector: Option<String>,
     /// Unsharp-mask amount after upscaling, 0-4.
     #[arg(long, default_value_t = 0.0)]
     sharpen: f32,
@@ -71,13 +79,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    for (p, what) in [(&a.input, "input image"), (&a.model, "model")] {
-        if !p.is_file() {
-            return Err(CliError::user(format!(
-                "{what} {} does not exist or is not a file",
-                p.display()
-            )));
-        }
+    if !a.input.is_file() {
+        return Err(CliError::user(format!(
+            "input image {} does not exist or is not a file",
+            a.input.display()
+        )));
     }
     if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.is_dir()
@@ -124,29 +130,34 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     let mut options = options;
-    match (&a.face_restore, &a.face_detector) {
-        (Some(r), Some(d)) => {
-            options.faces = Some(std::sync::Arc::new(
-                krya_engine::pipelines::face::Faces::load(r, d)?,
-            ));
+    if !a.face_restore && (a.face_model.is_some() || a.face_detector.is_some()) {
+        return Err(CliError::user(
+            "--face-model and --face-detector are for --face-restore",
+        ));
+    }
+    let config = a.settings.config()?;
+    let (model_path, entry) = weights(&config, Some(&a.model), Capability::Upscale)?;
+    let twin = match (&a.denoise_model, entry.and_then(|e| e.denoise_twin)) {
+        (Some(m), _) => Some(weights(&config, Some(m), Capability::Upscale)?.0),
+        (None, Some(id)) if a.denoise.is_some_and(|d| d < 1.0) => {
+            Some(weights(&config, Some(&id), Capability::Upscale)?.0)
         }
-        (Some(_), None) => {
-            return Err(CliError::user(
-                "--face-restore needs --face-detector (a RetinaFace file)",
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(CliError::user("--face-detector is for --face-restore"));
-        }
-        (None, None) => {}
+        _ => None,
+    };
+    if a.face_restore {
+        let (restorer, _) = weights(&config, a.face_model.as_deref(), Capability::FaceRestore)?;
+        let (detector, _) = weights(&config, a.face_detector.as_deref(), Capability::FaceDetect)?;
+        options.faces = Some(std::sync::Arc::new(
+            krya_engine::pipelines::face::Faces::load(&restorer, &detector)?,
+        ));
     }
     let input = enhance::decode(&bytes, options.max_input_pixels)?;
     let t0 = Instant::now();
     let model = Upscaler::load(
-        &a.model,
+        &model_path,
         &LoadOptions {
             denoise: a.denoise,
-            denoise_twin: a.denoise_model.clone(),
+            denoise_twin: twin,
         },
     )?;
     // The scale and size are checked before anything is written.
@@ -177,7 +188,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         "{} ×{} from {} ({:.1}s); {}×{} → {ow}×{oh}",
         model.architecture.name(),
         model.scale(),
-        a.model.display(),
+        a.model,
         t0.elapsed().as_secs_f64(),
         input.width,
         input.height
@@ -238,4 +249,46 @@ pub fn run(a: Args) -> Result<(), CliError> {
         t1.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// What `spec` names, as a weights file: a file, or a model's name (its file downloaded on
+/// first use, with a progress bar); no name: the default model for `capability`. The
+/// entry comes back when it was a name.
+fn weights(
+    config: &krya_server::infra::config::Config,
+    spec: Option<&str>,
+    capability: Capability,
+) -> Result<(PathBuf, Option<ModelEntry>), CliError> {
+    let (what, a) = match capability {
+        Capability::Upscale => ("upscaler", "an"),
+        Capability::FaceRestore => ("face restorer", "a"),
+        _ => ("face detector", "a"),
+    };
+    let (data_dir, local) = (&config.server.data_dir, &config.models.local);
+    let entry = match spec {
+        Some(s) if std::path::Path::new(s).is_file() => return Ok((PathBuf::from(s), None)),
+        Some(s) => registry::find(data_dir, local, s)
+            .map_err(CliError::user)?
+            .ok_or_else(|| {
+                CliError::user(format!(
+                    "{what} {s:?} is neither a file nor a model's name (see `krya models list`)"
+                ))
+            })?,
+        None => registry::default_for(data_dir, local, capability)
+            .map_err(CliError::user)?
+            .ok_or_else(|| CliError::user(format!("no {what} is installed")))?,
+    };
+    // A URL of one file says what it is once it is here.
+    let mut entry = entry;
+    if entry.capabilities.is_empty() && krya_engine::model::download::is_url(&entry.source) {
+        crate::models::fetch_with_progress(config, &entry)?;
+        if let Some(e) = registry::find(data_dir, local, &entry.id).map_err(CliError::user)? {
+            entry = e;
+        }
+    }
+    if !entry.capabilities.contains(&capability) {
+        return Err(CliError::user(format!("{} is not {a} {what}", entry.id)));
+    }
+    let path = crate::models::fetch_with_progress(config, &entry)?;
+    Ok((path, Some(entry)))
 }

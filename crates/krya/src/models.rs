@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
-use krya_engine::model::{ModelSource, hub};
+use krya_engine::model::{ModelSource, download, hub};
 use krya_server::persistence::registry;
 
 use crate::CliError;
@@ -25,12 +25,14 @@ pub struct Args {
 pub enum Command {
     /// List registered models and models in the Hugging Face cache, with sizes.
     List,
-    /// Register NAME for a folder, a checkpoint file or a Hugging Face repo id.
+    /// Register NAME for a folder, a checkpoint file, a Hugging Face repo id, or the URL of
+    /// one weights file (downloaded now into DATA_DIR/models/).
     Add { name: String, source: String },
     /// Forget a registered name (files are left alone).
     Rm { name: String },
-    /// Download a Hugging Face repo (owner/name[@revision]) into the HF cache: resumable,
-    /// verified against the hub's sha256 sums.
+    /// Download a Hugging Face repo (owner/name[@revision]) into the HF cache, or a
+    /// listed model that is one file (such as realesrgan-x4plus) into DATA_DIR/models/:
+    /// resumable, verified against the sha256 sums the hub or the list gives.
     Pull { repo: String },
 }
 
@@ -100,6 +102,37 @@ pub fn pull_with_progress(repo: &str, revision: &str) -> Result<PathBuf, CliErro
     Ok(result?)
 }
 
+/// The weights file of a model that is one file, downloaded first (with a progress bar, or
+/// a line when stderr is not a terminal) when it is a URL's and not here yet.
+pub fn fetch_with_progress(
+    config: &krya_server::infra::config::Config,
+    entry: &registry::ModelEntry,
+) -> Result<PathBuf, CliError> {
+    use std::io::IsTerminal;
+    let bar = indicatif::ProgressBar::new(entry.size.unwrap_or(0)).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} (eta {eta})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    bar.set_message(entry.id.clone());
+    let mut fetched = None;
+    let (data_dir, mirror) = (&config.server.data_dir, &config.models.mirror);
+    let result = registry::local_file(data_dir, entry, mirror, &mut |done, total| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+        fetched = Some(done);
+    });
+    bar.finish_and_clear();
+    if let (Some(n), false, Ok(p)) = (fetched, std::io::stderr().is_terminal(), &result) {
+        eprintln!("downloaded {} ({}) to {}", entry.id, human(n), p.display());
+    }
+    Ok(result?)
+}
+
 fn dir_size(p: &Path) -> u64 {
     let Ok(meta) = std::fs::metadata(p) else {
         return 0;
@@ -124,12 +157,21 @@ fn human(bytes: u64) -> String {
 }
 
 pub fn run(args: Args) -> Result<(), CliError> {
-    let data_dir = args.settings.data_dir()?;
+    let config = args.settings.config()?;
+    let data_dir = config.server.data_dir.clone();
     match args.command {
         Command::List => {
             let reg = load_registry(&data_dir)?;
             println!("{:<28} {:>10}  SOURCE", "NAME", "SIZE");
+            let file_size = |url: &str| match registry::url_file(&data_dir, url) {
+                Ok(p) if p.is_file() => human(dir_size(&p)),
+                _ => "not pulled".into(),
+            };
             for (name, src) in &reg {
+                if download::is_url(src) {
+                    println!("{name:<28} {:>10}  {src}", file_size(src));
+                    continue;
+                }
                 let size = match ModelSource::parse(src) {
                     Ok(ModelSource::Folder(p)) | Ok(ModelSource::Checkpoint(p)) => {
                         human(dir_size(&p))
@@ -145,6 +187,12 @@ pub fn run(args: Args) -> Result<(), CliError> {
                     Err(_) => "missing".into(),
                 };
                 println!("{name:<28} {size:>10}  {src}");
+            }
+            // The listed upscalers and face models (one file each, pulled on first use).
+            for m in registry::list(&data_dir, &BTreeMap::new()).map_err(CliError::user)? {
+                if !m.local && download::is_url(&m.source) {
+                    println!("{:<28} {:>10}  {}", m.id, file_size(&m.source), m.name);
+                }
             }
             // Repos that diffusers or `krya models pull` put in the shared cache.
             if let Ok(rd) = std::fs::read_dir(hub::cache_dir()) {
@@ -174,6 +222,19 @@ pub fn run(args: Args) -> Result<(), CliError> {
                     "{name:?} cannot be a model name: use a short name without '/' that is not a path"
                 )));
             }
+            if download::is_url(&source) {
+                let entry = registry::ModelEntry {
+                    id: name.clone(),
+                    source: source.clone(),
+                    ..Default::default()
+                };
+                let path = fetch_with_progress(&config, &entry)?;
+                let mut reg = load_registry(&data_dir)?;
+                reg.insert(name.clone(), source.clone());
+                save_registry(&data_dir, &reg)?;
+                println!("added {name} -> {source} ({})", path.display());
+                return Ok(());
+            }
             let parsed = ModelSource::parse(&source)?;
             let stored = match parsed {
                 ModelSource::Folder(p) | ModelSource::Checkpoint(p) => std::fs::canonicalize(&p)
@@ -189,6 +250,15 @@ pub fn run(args: Args) -> Result<(), CliError> {
             Ok(())
         }
         Command::Pull { repo } => {
+            if !repo.contains('/')
+                && let Some(entry) = registry::find(&data_dir, &config.models.local, &repo)
+                    .map_err(CliError::user)?
+                && download::is_url(&entry.source)
+            {
+                let path = fetch_with_progress(&config, &entry)?;
+                println!("{}", path.display());
+                return Ok(());
+            }
             let (repo, revision) = match ModelSource::parse(&repo)? {
                 ModelSource::Hub { repo, revision } => (repo, revision),
                 _ => {

@@ -23,7 +23,12 @@ pub struct Settings {
 impl Settings {
     /// The data directory `krya serve` would use with these settings.
     pub fn data_dir(&self) -> Result<PathBuf, CliError> {
-        Ok(resolve(self, None, vec![])?.server.data_dir)
+        Ok(self.config()?.server.data_dir)
+    }
+
+    /// The settings `krya serve` would run with.
+    pub fn config(&self) -> Result<Config, CliError> {
+        resolve(self, None, vec![])
     }
 }
 

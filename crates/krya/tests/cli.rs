@@ -541,6 +541,7 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
             "--scale",
             "1",
             "--face-restore",
+            "--face-model",
             gfpgan.to_str().unwrap(),
             "--face-detector",
             retina.to_str().unwrap(),
@@ -560,11 +561,11 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
                 out.to_str().unwrap(),
                 "--model",
                 model,
-                "--face-restore",
+                "--face-model",
                 gfpgan.to_str().unwrap(),
             ],
         ),
-        "--face-restore needs --face-detector",
+        "--face-model and --face-detector are for --face-restore",
     );
     assert_user_error(
         &krya(
@@ -576,6 +577,7 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
                 "--model",
                 model,
                 "--face-restore",
+                "--face-model",
                 retina.to_str().unwrap(),
                 "--face-detector",
                 retina.to_str().unwrap(),
@@ -623,6 +625,20 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
             &["enhance", notes.to_str().unwrap(), out, "--model", model],
         ),
         "image:",
+    );
+    // A name that is neither a file nor a model; a curated model not downloaded, offline;
+    // a model that is no upscaler.
+    assert_user_error(
+        &krya(t, &["enhance", input, out, "--model", "nope"]),
+        "upscaler \"nope\" is neither a file nor a model's name",
+    );
+    assert_user_error(
+        &krya(t, &["enhance", input, out, "--model", "realesrgan-x4plus"]),
+        "RealESRGAN_x4plus.pth is not downloaded and HF_HUB_OFFLINE is set; download https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+    );
+    assert_user_error(
+        &krya(t, &["enhance", input, out, "--model", "gfpgan-1.4"]),
+        "gfpgan-1.4 is not an upscaler",
     );
     // A model file that is no upscaler: the SD test model's UNet weights.
     let unet = golden("sd1/unet/diffusion_pytorch_model.safetensors");

@@ -77,6 +77,10 @@ fn sha256(b: &[u8]) -> String {
 /// (config.json and weights at its root), here the tiny TAESD that fits the turbo model.
 const TAESD_REPO: &str = "madebyollin/taesd";
 
+/// Single files served by URL (`{hub}/{FILES_REPO}/resolve/{COMMIT}/{path}`): a model that
+/// is one file, and what a mirror of GitHub serves.
+const FILES_REPO: &str = "files/one";
+
 impl Hub {
     /// The paths of the files requested so far.
     fn fetched(&self) -> Vec<String> {
@@ -108,6 +112,21 @@ fn start_hub() -> Hub {
         [
             (REPO.to_string(), repo_files()),
             (TAESD_REPO.to_string(), taesd_files()),
+            (
+                FILES_REPO.to_string(),
+                HashMap::from([
+                    (
+                        "compact.safetensors".to_string(),
+                        std::fs::read(golden("upscale/compact.safetensors")).unwrap(),
+                    ),
+                    // What a mirror serves for the curated x4plus: not the pinned file.
+                    (
+                        "github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
+                            .to_string(),
+                        std::fs::read(golden("upscale/compact.safetensors")).unwrap(),
+                    ),
+                ]),
+            ),
         ]
         .into(),
     );
@@ -240,8 +259,19 @@ fn serve(
 }
 
 fn krya(home: &Path, endpoint: &str, offline: bool, args: &[&str]) -> Output {
+    krya_with(home, endpoint, offline, args, &[])
+}
+
+fn krya_with(
+    home: &Path,
+    endpoint: &str,
+    offline: bool,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_krya"));
     c.args(args)
+        .envs(env.iter().copied())
         .env("KRYA_HOME", home)
         .env("HF_HUB_CACHE", home.join("hub"))
         .env("HF_ENDPOINT", endpoint)
@@ -575,4 +605,82 @@ fn live_canvas_fetches_model_and_tiny_autoencoder_from_the_hub() {
         !fetched.iter().any(|p| p.starts_with("taesd/")),
         "the pipeline repo's own taesd/ is not part of a pull: {fetched:?}"
     );
+}
+
+#[test]
+fn one_file_models_download_by_url_and_by_name() {
+    let hub = start_hub();
+    let url = format!("http://127.0.0.1:{}", hub.port);
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let file = format!("{url}/{FILES_REPO}/resolve/{COMMIT}/compact.safetensors");
+    // `models add` with a URL downloads the file now; an interrupted transfer resumes.
+    hub.faults.lock().unwrap().interrupt = Some(("compact.safetensors".into(), 5000));
+    let o = krya(home, &url, false, &["models", "add", "sharp", &file]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("transfer interrupted"), "{}", err(&o));
+    let o = krya(home, &url, false, &["models", "add", "sharp", &file]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("downloaded sharp"), "{}", err(&o));
+    let ranges: Vec<Option<String>> = hub
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_eq!(ranges, vec![None, Some("bytes=5000-".to_string())]);
+    let kept = home.join("models/compact.safetensors");
+    assert!(
+        std::fs::read(&kept).unwrap()
+            == std::fs::read(golden("upscale/compact.safetensors")).unwrap()
+    );
+
+    // Used by its name, offline, with no further request.
+    let out = home.join("big.png");
+    let o = krya(
+        home,
+        &url,
+        true,
+        &[
+            "enhance",
+            golden("init.png").to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--model",
+            "sharp",
+            "--scale",
+            "2",
+        ],
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(image::image_dimensions(&out).unwrap(), (128, 96));
+    assert_eq!(hub.requests.lock().unwrap().len(), 2);
+    let o = krya(home, &url, true, &["models", "list"]);
+    let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("sharp ") && l.contains("KB") && l.contains(&file)),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("realesrgan-x4plus ") && l.contains("not pulled")),
+        "{listed}"
+    );
+
+    // A curated model through a mirror must still be the file the list pins.
+    let mirror = format!("{url}/{FILES_REPO}/resolve/{COMMIT}");
+    let o = krya_with(
+        home,
+        &url,
+        false,
+        &["models", "pull", "realesrgan-x4plus"],
+        &[("KRYA__MODELS__MIRROR", &mirror)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("size mismatch"), "{}", err(&o));
+    assert!(!home.join("models/RealESRGAN_x4plus.pth").exists());
+    assert!(!home.join("models/RealESRGAN_x4plus.pth.part").exists());
 }

@@ -20,6 +20,7 @@ import type {
   ReportList,
   Session,
   Style,
+  TileInfo,
   Usage,
   User,
 } from "./types";
@@ -254,6 +255,8 @@ export class ApiClient {
     this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });
   enhance = (req: EnhanceRequest) => this.request<Job>("POST", "/api/enhance/image", { json: req });
   enhanceJob = (id: string) => this.request<Job>("GET", `/api/enhance/${encodeURIComponent(id)}`);
+  /** The shape of an output's tile pyramid (404 when it has none). */
+  assetTiles = (id: string) => this.request<TileInfo>("GET", `/api/assets/${encodeURIComponent(id)}/tiles`);
   report = (id: string, reason: string) => this.request<{ id: string; new: boolean }>("POST", `/api/feed/${encodeURIComponent(id)}/report`, { json: { reason } });
 
   // Administration

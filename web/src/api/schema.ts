@@ -418,6 +418,12 @@ export interface Model {
   local: boolean;
   /** Its files are on this server (else they are downloaded on first use). */
   installed: boolean;
+  /** The download's size in bytes, where it is one file of known size. */
+  size?: number | null;
+  /** The weights' licence (an SPDX id), where the list knows it. */
+  license?: string | null;
+  /** An upscaler with a denoising twin: the enhancer's `denoise` strength applies. */
+  denoise: boolean;
   capabilities: Capability[];
   /** Each aspect ratio's size at the model's native pixel count. */
   aspect_ratios: AspectSize[];
@@ -631,6 +637,20 @@ export interface Subscription {
 export interface Tier {
   tier: string;
   daily_allowance: number;
+}
+
+/** What a viewer needs to lay the tiles out. */
+export interface TileInfo {
+  /** The image's size (level 0). */
+  width: number;
+  height: number;
+  /** A tile's side in pixels of its level (edge tiles are smaller). */
+  tile: number;
+  /**
+   * Levels: level `l` is the image halved `l` times (sides rounded up); the last fits in
+   * one tile.
+   */
+  levels: number;
 }
 
 /** An upload as a form: the image in the field `file`. */

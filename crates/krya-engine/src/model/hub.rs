@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::download::{self, Expect, http_agent, offline};
 use crate::{EngineError, Result};
 
 /// The hub cache folder this process uses.
@@ -56,13 +57,6 @@ pub fn endpoint() -> String {
         .unwrap_or_else(|| "https://huggingface.co".into())
         .trim_end_matches('/')
         .to_string()
-}
-
-fn offline() -> bool {
-    matches!(
-        std::env::var("HF_HUB_OFFLINE").as_deref(),
-        Ok("1") | Ok("true") | Ok("TRUE") | Ok("yes")
-    )
 }
 
 /// Progress of a pull, reported as bytes arrive.
@@ -152,15 +146,6 @@ fn wanted_files(all: &[RemoteFile], components: &[String]) -> Vec<RemoteFile> {
         }
     }
     out
-}
-
-fn http_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(std::time::Duration::from_secs(15)))
-        .timeout_recv_body(Some(std::time::Duration::from_secs(60)))
-        .build()
-        .into()
 }
 
 fn auth(
@@ -328,9 +313,6 @@ fn fetch_file(
     files: usize,
     on_progress: &mut dyn FnMut(PullProgress),
 ) -> Result<()> {
-    use sha2::Digest;
-    use std::io::{Read, Write};
-
     if f.path.split('/').any(|p| p == ".." || p.is_empty()) {
         return Err(EngineError::Download(format!(
             "{repo}: refusing the file name {:?}",
@@ -350,93 +332,26 @@ fn fetch_file(
     let blob = blobs.join(&blob_name);
     if !blob.exists() {
         let part = blobs.join(format!("{blob_name}.incomplete"));
-        let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
         let url = format!("{base}/{repo}/resolve/{commit}/{}", f.path);
-        let mut req = auth(agent.get(&url));
-        if have > 0 {
-            req = req.header("Range", format!("bytes={have}-"));
-        }
-        let resp = req.call().map_err(|e| net_error(base, e))?;
-        let status = resp.status().as_u16();
-        let (mut file, start) = match status {
-            206 => (
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&part)
-                    .map_err(|e| EngineError::io(&part, e))?,
-                have,
-            ),
-            200 => (
-                std::fs::File::create(&part).map_err(|e| EngineError::io(&part, e))?,
-                0,
-            ),
-            416 => (
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(&part)
-                    .map_err(|e| EngineError::io(&part, e))?,
-                have,
-            ),
-            s => {
-                return Err(EngineError::Download(format!(
-                    "{repo}/{}: the hub answered HTTP {s}",
-                    f.path
-                )));
-            }
+        let label = format!("{repo}/{}", f.path);
+        let expect = Expect {
+            sha256: f.sha256.as_deref(),
+            size: f.size,
         };
-        let mut done = start;
-        let total = f.size;
-        let mut reader = resp.into_body().into_reader();
-        let mut buf = vec![0u8; 1 << 16];
-        if status != 416 {
-            loop {
-                let n = reader
-                    .read(&mut buf)
-                    .map_err(|e| EngineError::Download(format!("{repo}/{}: transfer interrupted after {done} bytes ({e}); run the pull again to resume", f.path)))?;
-                if n == 0 {
-                    break;
-                }
-                file.write_all(&buf[..n])
-                    .map_err(|e| EngineError::io(&part, e))?;
-                done += n as u64;
-                on_progress(PullProgress {
-                    file: &f.path,
-                    done,
-                    total,
-                    file_index,
-                    files,
-                });
-            }
-        }
-        file.sync_all().map_err(|e| EngineError::io(&part, e))?;
-        drop(file);
-        if let Some(t) = total
-            && done < t
-        {
-            return Err(EngineError::Download(format!(
-                "{repo}/{}: transfer interrupted at {done} of {t} bytes; run the pull again to resume",
-                f.path
-            )));
-        }
-        if let Some(want) = &f.sha256 {
-            let mut h = sha2::Sha256::new();
-            let mut r = std::fs::File::open(&part).map_err(|e| EngineError::io(&part, e))?;
-            loop {
-                let n = r.read(&mut buf).map_err(|e| EngineError::io(&part, e))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            if &got != want {
-                let _ = std::fs::remove_file(&part);
-                return Err(EngineError::Download(format!(
-                    "{repo}/{}: checksum mismatch (expected sha256 {want}, got {got}); the partial file was removed",
-                    f.path
-                )));
-            }
-        }
+        download::transfer(agent, &url, &auth, &part, &label, expect, &mut |done| {
+            on_progress(PullProgress {
+                file: &f.path,
+                done,
+                total: f.size,
+                file_index,
+                files,
+            })
+        })
+        .map_err(|e| match e {
+            // The listing was read from this hub a moment ago: a file it lists is there.
+            EngineError::NotFound(m) => EngineError::Download(m),
+            e => e,
+        })?;
         std::fs::rename(&part, &blob).map_err(|e| EngineError::io(&blob, e))?;
     }
     let parent = link.parent().unwrap();

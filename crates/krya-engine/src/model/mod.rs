@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod config_json;
 pub mod diffusers;
+pub mod download;
 pub mod hub;
 pub mod single_file;
 pub mod state_dict;

@@ -17,3 +17,4 @@ pub mod serve;
 pub mod signup;
 pub mod storage;
 pub mod studio;
+pub mod tiles;

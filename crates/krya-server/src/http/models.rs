@@ -52,6 +52,12 @@ pub struct Model {
     pub local: bool,
     /// Its files are on this server (else they are downloaded on first use).
     pub installed: bool,
+    /// The download's size in bytes, where it is one file of known size.
+    pub size: Option<u64>,
+    /// The weights' licence (an SPDX id), where the list knows it.
+    pub license: Option<String>,
+    /// An upscaler with a denoising twin: the enhancer's `denoise` strength applies.
+    pub denoise: bool,
     pub capabilities: Vec<Capability>,
     /// Each aspect ratio's size at the model's native pixel count.
     pub aspect_ratios: Vec<AspectSize>,
@@ -115,6 +121,9 @@ pub async fn models(
                 fast: m.fast,
                 local: m.local,
                 installed: m.installed,
+                size: m.size,
+                license: m.license,
+                denoise: m.denoise_twin.is_some(),
                 capabilities: m.capabilities,
             }
         })

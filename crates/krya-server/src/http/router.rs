@@ -15,8 +15,8 @@ use utoipa_axum::routes;
 use crate::infra::error::{ApiError, ErrorCode};
 use crate::{
     AppState, generations, http::account, http::auth, http::events, http::feed, http::media,
-    http::models, http::moderation, http::openapi, http::signup, http::storage, jobs, realtime,
-    tasks::webhook::outbox as webhooks,
+    http::models, http::moderation, http::openapi, http::signup, http::storage, http::tiles, jobs,
+    realtime, tasks::webhook::outbox as webhooks,
 };
 
 /// The route table as an OpenAPI router (for the document) before state and layers.
@@ -63,6 +63,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(media::upload))
         .routes(routes!(media::get_asset, storage::delete_asset))
         .routes(routes!(media::get_asset_thumbnail))
+        .routes(routes!(tiles::info))
+        .routes(routes!(tiles::tile))
         .routes(routes!(media::image))
         .routes(routes!(media::thumbnail))
         .routes(routes!(events::stream))

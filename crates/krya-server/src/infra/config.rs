@@ -155,6 +155,12 @@ pub struct Models {
     /// (a diffusers folder, a `.safetensors` checkpoint or a Hugging Face repo id).
     #[serde(default)]
     pub local: std::collections::BTreeMap<String, String>,
+    /// Where models that are one file at a URL (the curated upscalers and face models) are
+    /// fetched from instead: `https://host/path` from `MIRROR/host/path`, for hosts that
+    /// reach the internet only through a mirror of their own. Files must still match their
+    /// pinned sums. Empty: from the URL itself.
+    #[serde(default)]
+    pub mirror: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -269,6 +275,7 @@ impl Default for Config {
             models: Models {
                 cache_budget_mb: 8192,
                 local: Default::default(),
+                mirror: String::new(),
             },
             jobs: Jobs {
                 in_process: true,
@@ -375,6 +382,9 @@ secret_access_key = ""
 [models]
 # Memory for loaded models, in MiB; the least recently used model is dropped beyond it.
 cache_budget_mb = 8192
+# Fetch the one-file models (upscalers, face models: GitHub release assets) from a mirror
+# instead: https://host/path from MIRROR/host/path. They must still match their sums.
+mirror = ""
 
 # Models offered besides the curated list (models/registry.toml) and those added with
 # `krya models add` (DATA_DIR/models.json): name = folder, checkpoint or repo id. Also

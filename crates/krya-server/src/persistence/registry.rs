@@ -4,16 +4,22 @@
 //! CLI and the server read one file). API clients name models only by these ids: a request
 //! can never make the server read an arbitrary path, and only administrators see where a
 //! model's files are.
+//!
+//! A source is a Hugging Face repo id, a local folder or file, or a URL of one file (the
+//! curated upscalers and face models are GitHub release assets, pinned by sha256 and
+//! size). A URL's file is downloaded on first use into `DATA_DIR/models/` under the URL's
+//! file name ([`local_file`]).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use krya_engine::model::{ModelSource, hub};
+use krya_engine::EngineError;
+use krya_engine::model::{ModelSource, download, hub};
 use serde::{Deserialize, Serialize};
 
 const CURATED: &str = include_str!("../../../../models/registry.toml");
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ModelEntry {
     pub id: String,
     pub name: String,
@@ -35,9 +41,23 @@ pub struct ModelEntry {
     /// Its files are here (a folder or file that exists, or a repo in the HF cache).
     #[serde(default)]
     pub installed: bool,
-    /// What it can do, from its files (or, not downloaded yet, from its curated family).
+    /// What it can do, from its files (or, not downloaded yet, from its curated family or
+    /// list).
     #[serde(default)]
     pub capabilities: Vec<Capability>,
+    /// A URL source's sha256 (lower-case hex): the download must match it.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A URL source's size in bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// The weights' licence (SPDX id where there is one).
+    #[serde(default)]
+    pub license: Option<String>,
+    /// realesr-general-x4v3's denoising twin (another entry's id), which its `denoise`
+    /// strength blends with.
+    #[serde(default)]
+    pub denoise_twin: Option<String>,
 }
 
 /// A kind of work a model can do; `GET /api/models?capability=` filters by it.
@@ -96,8 +116,52 @@ fn curated() -> Vec<ModelEntry> {
         .models
 }
 
-fn installed(source: &str) -> bool {
-    match ModelSource::parse(source) {
+/// Where URL sources' files are kept.
+pub fn models_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("models")
+}
+
+/// Where a URL source's file is (or will be once downloaded).
+pub fn url_file(data_dir: &Path, url: &str) -> Result<PathBuf, EngineError> {
+    Ok(models_dir(data_dir).join(download::file_name(url)?))
+}
+
+/// The one file an entry's weights are in: a local file as it is, a URL's downloaded first
+/// (from under `mirror` when it is not empty; checked against the entry's sha256 and size;
+/// `on_progress` gets bytes done and the total). A folder or repo is not one file.
+pub fn local_file(
+    data_dir: &Path,
+    entry: &ModelEntry,
+    mirror: &str,
+    on_progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<PathBuf, EngineError> {
+    if download::is_url(&entry.source) {
+        let dest = url_file(data_dir, &entry.source)?;
+        let expect = download::Expect {
+            sha256: entry.sha256.as_deref(),
+            size: entry.size,
+        };
+        return download::fetch_url(&entry.source, mirror, &dest, expect, on_progress);
+    }
+    match ModelSource::parse(&entry.source)? {
+        ModelSource::Checkpoint(p) => Ok(p),
+        _ => Err(EngineError::InvalidInput(format!(
+            "model {} is a folder or a repo, not one weights file",
+            entry.id
+        ))),
+    }
+}
+
+/// A downloaded URL source's file as a source `ModelSource::parse` reads, else `source`.
+fn resolved(data_dir: &Path, source: &str) -> String {
+    match download::is_url(source).then(|| url_file(data_dir, source)) {
+        Some(Ok(p)) if p.is_file() => p.display().to_string(),
+        _ => source.to_string(),
+    }
+}
+
+fn installed(data_dir: &Path, source: &str) -> bool {
+    match ModelSource::parse(&resolved(data_dir, source)) {
         Ok(ModelSource::Folder(_)) | Ok(ModelSource::Checkpoint(_)) => true,
         Ok(ModelSource::Hub { repo, revision }) => hub::cached_snapshot(&repo, &revision).is_some(),
         Err(_) => false,
@@ -120,8 +184,8 @@ struct FromFiles {
     face: Option<krya_engine::pipelines::face::FaceModel>,
 }
 
-fn from_files(source: &str) -> Option<FromFiles> {
-    let dir = match ModelSource::parse(source).ok()? {
+fn from_files(data_dir: &Path, source: &str) -> Option<FromFiles> {
+    let dir = match ModelSource::parse(&resolved(data_dir, source)).ok()? {
         ModelSource::Folder(d) => d,
         ModelSource::Hub { repo, revision } => hub::cached_snapshot(&repo, &revision)?,
         ModelSource::Checkpoint(path) => {
@@ -208,7 +272,7 @@ pub fn list(
     configured: &BTreeMap<String, String>,
 ) -> Result<Vec<ModelEntry>, String> {
     let mut out = entries(data_dir, configured)?;
-    out.iter_mut().for_each(describe);
+    out.iter_mut().for_each(|m| describe(data_dir, m));
     Ok(out)
 }
 
@@ -221,8 +285,27 @@ pub fn find(
     let mut m = entries(data_dir, configured)?
         .into_iter()
         .find(|m| m.id == id);
-    m.iter_mut().for_each(describe);
+    m.iter_mut().for_each(|m| describe(data_dir, m));
     Ok(m)
+}
+
+/// The model a request that names none gets for `capability`: the first installed one,
+/// else the first that is one file to download on first use (a curated upscaler or face
+/// model; never a whole image model).
+pub fn default_for(
+    data_dir: &Path,
+    configured: &BTreeMap<String, String>,
+    capability: Capability,
+) -> Result<Option<ModelEntry>, String> {
+    let all = list(data_dir, configured)?;
+    let able = |m: &&ModelEntry| m.capabilities.contains(&capability);
+    let installed = all.iter().filter(able).find(|m| m.installed);
+    let first = installed.or_else(|| {
+        all.iter()
+            .filter(able)
+            .find(|m| download::is_url(&m.source))
+    });
+    Ok(first.cloned())
 }
 
 /// The entries, as named: local ones first, then the curated ones not replaced.
@@ -236,20 +319,35 @@ fn entries(
     let mut out: Vec<ModelEntry> = local
         .into_iter()
         .map(|(id, source)| {
-            // A local name for a curated repo keeps the curated defaults.
             let known = curated.iter().find(|c| c.source == source || c.id == id);
-            ModelEntry {
-                name: known.map(|k| k.name.clone()).unwrap_or_else(|| id.clone()),
-                family: known.and_then(|k| k.family.clone()),
-                resolution: known.and_then(|k| k.resolution),
-                default_steps: known.and_then(|k| k.default_steps),
-                default_cfg: known.and_then(|k| k.default_cfg),
-                fast: known.is_some_and(|k| k.fast),
-                local: true,
-                installed: false,
-                capabilities: Vec::new(),
-                id,
-                source,
+            match known {
+                // A local name for a curated model keeps what the curated entry knows.
+                // (Its pins and list of capabilities only when it names the same file.)
+                Some(k) => {
+                    let same = k.source == source;
+                    ModelEntry {
+                        local: true,
+                        installed: false,
+                        capabilities: k
+                            .capabilities
+                            .clone()
+                            .into_iter()
+                            .filter(|_| same)
+                            .collect(),
+                        sha256: k.sha256.clone().filter(|_| same),
+                        size: k.size.filter(|_| same),
+                        id,
+                        source,
+                        ..k.clone()
+                    }
+                }
+                None => ModelEntry {
+                    name: id.clone(),
+                    local: true,
+                    id,
+                    source,
+                    ..Default::default()
+                },
             }
         })
         .collect();
@@ -262,9 +360,9 @@ fn entries(
 }
 
 /// Fills in what a model's files say: installed state, speed, size and capabilities.
-fn describe(m: &mut ModelEntry) {
-    m.installed = installed(&m.source);
-    let files = from_files(&m.source);
+fn describe(data_dir: &Path, m: &mut ModelEntry) {
+    m.installed = installed(data_dir, &m.source);
+    let files = from_files(data_dir, &m.source);
     if let Some(f) = &files {
         m.fast |= f.fast;
         m.resolution = m.resolution.or(f.resolution);
@@ -298,12 +396,48 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), c.len());
         for m in &c {
-            assert!(
-                matches!(ModelSource::parse(&m.source), Ok(ModelSource::Hub { .. })),
-                "{}",
-                m.id
-            );
+            if download::is_url(&m.source) {
+                // One file: an https release asset, pinned where a sum is published, and
+                // saying what it can do before it is downloaded.
+                assert!(m.source.starts_with("https://"), "{}", m.id);
+                assert!(download::file_name(&m.source).is_ok(), "{}", m.id);
+                assert!(
+                    m.sha256.as_ref().is_none_or(|h| h.len() == 64
+                        && h.chars()
+                            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())),
+                    "{}",
+                    m.id
+                );
+                assert!(
+                    !m.capabilities.is_empty() && m.license.is_some(),
+                    "{}",
+                    m.id
+                );
+            } else {
+                assert!(
+                    matches!(ModelSource::parse(&m.source), Ok(ModelSource::Hub { .. })),
+                    "{}",
+                    m.id
+                );
+            }
+            if let Some(twin) = &m.denoise_twin {
+                assert!(c.iter().any(|t| &t.id == twin), "{}", m.id);
+            }
         }
+        let pinned = c.iter().filter(|m| m.sha256.is_some()).count();
+        assert!(pinned >= 8, "{pinned}");
+        // Not downloaded: offered by what the list says.
+        let dir = tempfile::tempdir().unwrap();
+        let all = list(dir.path(), &BTreeMap::new()).unwrap();
+        let x4 = all.iter().find(|m| m.id == "realesrgan-x4plus").unwrap();
+        assert_eq!(
+            (x4.installed, &x4.capabilities[..]),
+            (false, &[Capability::Upscale][..])
+        );
+        assert_eq!(
+            url_file(dir.path(), &x4.source).unwrap(),
+            dir.path().join("models/RealESRGAN_x4plus.pth")
+        );
     }
 
     #[test]

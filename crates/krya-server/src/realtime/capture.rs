@@ -179,6 +179,7 @@ pub async fn save(
             ext: "png",
             body: crate::tasks::Body::Bytes(png),
             thumbnail: None,
+            tiles: None,
             width: Some(w),
             height: Some(h),
             duration_ms: None,

@@ -366,6 +366,7 @@ fn run_engine(
             ext: "png",
             body: crate::tasks::Body::Bytes(png),
             thumbnail: Some(thumb),
+            tiles: None,
             width: Some(img.width()),
             height: Some(img.height()),
             duration_ms: None,

@@ -77,6 +77,9 @@ pub struct Output {
     pub body: Body,
     /// A small WebP for lists.
     pub thumbnail: Option<Vec<u8>>,
+    /// A zoomable copy of a large image (`krya_engine::pyramid`'s levels of tiles), stored
+    /// beside the file as [`tiles_key`] of its key, served by `GET /api/assets/:id/tiles`.
+    pub tiles: Option<Body>,
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub duration_ms: Option<i64>,
@@ -84,6 +87,16 @@ pub struct Output {
     pub parent_id: Option<String>,
     /// What the kind's own record wants to keep (an image's seed).
     pub meta: serde_json::Value,
+}
+
+/// Where the tile pyramid of the file stored under `key` is kept: `a1-0.png` →
+/// `a1-0-tiles.bin`.
+pub fn tiles_key(key: &str) -> String {
+    let stem = match key.rsplit_once('.') {
+        Some((stem, ext)) if !ext.contains('/') => stem,
+        _ => key,
+    };
+    format!("{stem}-tiles.bin")
 }
 
 /// An output's file: in memory, or (large ones) a temporary file stored a part at a time
@@ -153,6 +166,8 @@ pub struct Services {
     pub data_dir: PathBuf,
     /// Models named in the settings (`[models.local]`).
     pub local_models: BTreeMap<String, String>,
+    /// `[models] mirror`: where one-file models are downloaded from ("": their URLs).
+    pub model_mirror: String,
     pub allow_private_webhooks: bool,
     /// The client for requests on users' behalf (refuses non-public addresses unless
     /// `webhooks.allow_private`).

@@ -288,6 +288,16 @@ impl Runner {
                     }
                 }
             }
+            if let (true, Some(tiles)) = (written.is_ok(), &o.tiles) {
+                let k = crate::tasks::tiles_key(&key);
+                written = match tiles {
+                    crate::tasks::Body::Bytes(b) => blobs.put(&k, b.clone()).await,
+                    crate::tasks::Body::File(p) => blobs.put_file(&k, p).await,
+                };
+                if written.is_ok() {
+                    keys.push(k);
+                }
+            }
             if let Err(e) = written {
                 self.delete_blobs(&keys).await;
                 let delay = task.retry_delay_ms(job.attempt, self.config.retry_base_ms);

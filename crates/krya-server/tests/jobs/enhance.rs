@@ -2,7 +2,8 @@
 //! registered as a local model: it is listed with the `upscale` capability (and not for
 //! images), the job runs with progress per tile, its output is a PNG of the scaled size
 //! whose parent is the input, it is priced by output size, the generative mode gives the
-//! engine's pixels, and bad requests get a 422 naming the field.
+//! engine's pixels, and bad requests get a 422 naming the field. The curated upscalers
+//! and face models are downloaded on first use, held to their pinned sums.
 
 use super::*;
 
@@ -15,15 +16,17 @@ fn golden(p: &str) -> String {
 
 fn enhance(s: &Server) {
     let c = Client::register(&s.base, "enhance@example.com");
-    // Listed as an upscaler, and only as one.
+    // Listed as an upscaler, and only as one (after it, the curated ones, not installed).
     let (_, models) = c.get("/api/models?capability=upscale");
-    let ids: Vec<&str> = models["models"]
+    let installed: Vec<&str> = models["models"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| m["installed"] == true)
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["sharp"], "{models}");
+    assert_eq!(installed, ["sharp"], "{models}");
+    assert_eq!(models["models"][0]["id"], "sharp", "{models}");
     let (_, images) = c.get("/api/models?capability=img2img");
     assert!(!images.to_string().contains("\"face\""), "{images}");
     let (_, images) = c.get("/api/models?capability=txt2img");
@@ -65,6 +68,39 @@ fn enhance(s: &Server) {
     assert_eq!(st, 200);
     let img = image::load_from_memory(&bytes).unwrap();
     assert_eq!((img.width(), img.height()), (256, 192));
+    // Its zoomable copy: one level here (it fits in a tile), the PNG's pixels in JPEG.
+    let out_id = out["id"].as_str().unwrap();
+    let (st, info) = c.get(&format!("/api/assets/{out_id}/tiles"));
+    assert_eq!(st, 200, "{info}");
+    assert_eq!(
+        info,
+        json!({"width": 256, "height": 192, "tile": 512, "levels": 1})
+    );
+    let (st, jpeg) = c.bytes(&format!("/api/assets/{out_id}/tiles/0/0/0"));
+    assert_eq!(st, 200);
+    let tile = image::load_from_memory(&jpeg).unwrap().into_rgb8();
+    assert_eq!(tile.dimensions(), (256, 192));
+    let png = img.to_rgb8();
+    let diff: f64 = tile
+        .as_raw()
+        .iter()
+        .zip(png.as_raw())
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / png.as_raw().len() as f64;
+    // (The random model's output is noise, JPEG's hardest picture.)
+    assert!(diff < 8.0, "mean difference {diff}");
+    for bad in ["1/0/0", "0/1/0", "0/0/x"] {
+        let (st, _) = c.bytes(&format!("/api/assets/{out_id}/tiles/{bad}"));
+        assert_eq!(st, 404, "{bad}");
+    }
+    let stranger = Client::register(&s.base, "stranger-tiles@example.com");
+    assert_eq!(stranger.get(&format!("/api/assets/{out_id}/tiles")).0, 404);
+    assert_eq!(
+        c.get(&format!("/api/assets/{input}/tiles")).0,
+        404,
+        "an upload has none"
+    );
     // The same job through /api/jobs; an image job is not an enhance job.
     assert_eq!(c.get(&format!("/api/jobs/{id}")).1["kind"], "enhance");
     assert_eq!(c.get("/api/enhance/nope").0, 404);
@@ -156,6 +192,7 @@ fn enhance(s: &Server) {
             .as_array()
             .unwrap()
             .iter()
+            .filter(|m| m["installed"] == true)
             .map(|m| m["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, [id], "{cap}: {m}");
@@ -245,4 +282,145 @@ fn enhance_on_sqlite() {
     .unwrap();
     let s = start(config(dir.path()), dir);
     enhance(&s);
+}
+
+/// A file server on 127.0.0.1 standing in for GitHub (the `[models] mirror`): `files` maps
+/// a path to its bytes.
+fn mirror(files: Vec<(String, Vec<u8>)>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match files.iter().find(|(p, _)| p == path) {
+                Some((_, b)) => ("200 OK", b.clone()),
+                None => ("404 Not Found", Vec::new()),
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    base
+}
+
+/// The curated upscalers and face models are offered before they are here (with their
+/// size and licence), fetched on first use, and held to their pinned sums: a file that is
+/// not the one the list pins fails the job and is not kept.
+#[test]
+fn curated_models_download_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    std::fs::write(
+        data.join("models.json"),
+        json!({"sharp": golden("upscale/compact.safetensors"), "face": golden("face/gfpgan.pth")})
+            .to_string(),
+    )
+    .unwrap();
+    let retina = std::fs::read(golden("face/retinaface.pth")).unwrap();
+    let base = mirror(vec![
+        (
+            "/github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth"
+                .into(),
+            retina.clone(),
+        ),
+        (
+            // Not the pinned x4plus.
+            "/github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
+                .into(),
+            std::fs::read(golden("upscale/compact.safetensors")).unwrap(),
+        ),
+    ]);
+    let mut cfg = config(&data);
+    cfg.models.mirror = base;
+    let s = start(cfg, dir);
+    let c = Client::register(&s.base, "curated@example.com");
+
+    let (_, models) = c.get("/api/models?capability=upscale");
+    let models = models["models"].as_array().unwrap().clone();
+    assert_eq!(models[0]["id"], "sharp");
+    let x4 = models
+        .iter()
+        .find(|m| m["id"] == "realesrgan-x4plus")
+        .unwrap();
+    assert_eq!(
+        (&x4["installed"], &x4["size"], &x4["license"]),
+        (&json!(false), &json!(67040989), &json!("BSD-3-Clause")),
+        "{x4}"
+    );
+    assert!(
+        x4.get("source").is_none(),
+        "only administrators see sources"
+    );
+
+    let (input, _) = upload(&c);
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "realesrgan-x4plus", "scale": 1}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "failed", "{done}");
+    let m = done["error"]["message"].as_str().unwrap();
+    assert!(m.contains("size mismatch"), "{m}");
+    let kept: Vec<_> = std::fs::read_dir(data.join("models"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        !kept
+            .iter()
+            .any(|n| n.to_string_lossy().contains("RealESRGAN")),
+        "{kept:?}"
+    );
+
+    // No detector is installed: the curated one is fetched for the first face job.
+    let (_, d) = c.get("/api/models?capability=face_detect");
+    assert_eq!(d["models"][0]["id"], "retinaface-mobilenet", "{d}");
+    assert_eq!(d["models"][0]["installed"], false, "{d}");
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "scale": 1, "face_restore": true}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["params"]["face_model"], "face",
+        "installed first: {done}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("models/detection_mobilenet0.25_Final.pth")).unwrap(),
+        retina
+    );
+    let (_, d) = c.get("/api/models?capability=face_detect");
+    assert_eq!(d["models"][0]["installed"], true, "{d}");
+
+    // Denoise needs a model with a denoising twin.
+    let (st, e) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "denoise": 0.5}),
+    );
+    assert_eq!(st, 422, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("denoise"),
+        "{e}"
+    );
 }

@@ -91,6 +91,7 @@ impl Task for Echo {
             ext: "png",
             body: krya_server::tasks::Body::File(file.into_temp_path()),
             thumbnail: None,
+            tiles: None,
             width: None,
             height: None,
             duration_ms: None,

@@ -3,15 +3,17 @@
 // re-drawn by an image model ("Generative": creativity, resemblance, prompt, seed). Drop or
 // pick a file (or come from "Enhance" on an image: `?asset=ID&url=…`), choose the model and
 // the scale, watch it go tile by tile, compare before and after with a slider (zoom with the
-// wheel or the buttons, drag to pan), download.
+// wheel or the buttons, drag to pan; a large output through its tiles, only those in view at
+// the zoom's level), download.
 
-import { useEffect, useMemo, useRef, useState } from "react";
+import { type CSSProperties, useEffect, useMemo, useRef, useState } from "react";
 import { asApiError, type ApiError } from "../../api/client";
 import type { Asset, Job, Model } from "../../api/types";
 import { api, jobs, use } from "../../app";
 import { Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
+import { type PlacedTile, TILED_ABOVE, type TileInfo, levelFor, tilesInView } from "./tiles";
 
 /** The input: an upload of this page, or an image of the gallery. */
 interface Source {
@@ -40,12 +42,39 @@ function Amount({ label, value, max = 1, step = 0.05, onChange, testId }: { labe
   );
 }
 
-/** Before and after, split by a slider; both zoom (wheel, buttons) and pan (drag) together. */
-function Compare({ before, after, width, height }: { before: string; after: string; width: number; height: number }) {
+/** A pyramid's tiles in view at this zoom, over its one-tile top level (always there, so
+ * nothing is blank while finer tiles load). */
+function TiledImage({ id, info, fit, zoom, pan, style }: { id: string; info: TileInfo; fit: { width: number; height: number }; zoom: number; pan: { x: number; y: number }; style: CSSProperties }) {
+  const level = levelFor(info, fit.width, zoom, window.devicePixelRatio || 1);
+  const shown = [...tilesInView(info, info.levels - 1, fit, 1, { x: 0, y: 0 }), ...(level < info.levels - 1 ? tilesInView(info, level, fit, zoom, pan, 1) : [])];
+  const url = (t: PlacedTile) => `/api/assets/${encodeURIComponent(id)}/tiles/${t.level}/${t.x}/${t.y}`;
+  return (
+    <div role="img" aria-label="After" className="absolute inset-0 overflow-hidden" style={style} data-testid="compare-tiles" data-level={level}>
+      {shown.map((t) => (
+        <img key={`${t.level}/${t.x}/${t.y}`} src={url(t)} alt="" draggable={false} className="absolute max-w-none" style={{ left: t.left, top: t.top, width: t.width, height: t.height }} />
+      ))}
+    </div>
+  );
+}
+
+/** Before and after, split by a slider; both zoom (wheel, buttons) and pan (drag) together.
+ * A large output is shown through its tiles (`tiles`), never whole. */
+function Compare({ before, after, width, height, tiles }: { before: string; after: string; width: number; height: number; tiles?: { id: string; info: TileInfo } }) {
   const [at, setAt] = useState(50);
   const [zoom, setZoom] = useState(1);
   const [pan, setPan] = useState({ x: 0, y: 0 });
   const drag = useRef<{ x: number; y: number; px: number; py: number } | null>(null);
+  const box = useRef<HTMLDivElement | null>(null);
+  const [fit, setFit] = useState({ width: 0, height: 0 });
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return;
+    const measure = () => setFit({ width: el.clientWidth, height: el.clientHeight });
+    measure();
+    const o = new ResizeObserver(measure);
+    o.observe(el);
+    return () => o.disconnect();
+  }, []);
   const zoomTo = (z: number) => {
     const next = Math.min(16, Math.max(1, z));
     setZoom(next);
@@ -55,6 +84,7 @@ function Compare({ before, after, width, height }: { before: string; after: stri
   return (
     <div className="flex flex-col gap-2">
       <div
+        ref={box}
         className={`relative touch-none overflow-hidden rounded-2xl border border-line bg-surface ${zoom > 1 ? "cursor-grab" : ""}`}
         style={{ aspectRatio: `${width} / ${height}` }}
         data-testid="compare"
@@ -71,7 +101,11 @@ function Compare({ before, after, width, height }: { before: string; after: stri
         }}
         onPointerUp={() => (drag.current = null)}
       >
-        <img src={after} alt="After" draggable={false} className="absolute inset-0 h-full w-full object-contain" style={transform} />
+        {tiles ? (
+          <TiledImage id={tiles.id} info={tiles.info} fit={fit} zoom={zoom} pan={pan} style={transform} />
+        ) : (
+          <img src={after} alt="After" draggable={false} className="absolute inset-0 h-full w-full object-contain" style={transform} />
+        )}
         <div className="absolute inset-0" style={{ clipPath: `inset(0 ${100 - at}% 0 0)` }}>
           <img src={before} alt="Before" draggable={false} className="pixelated h-full w-full object-contain" style={transform} />
         </div>
@@ -95,6 +129,10 @@ function Compare({ before, after, width, height }: { before: string; after: stri
       </div>
     </div>
   );
+}
+
+function megabytes(bytes: number): string {
+  return `${Math.max(1, Math.round(bytes / 1e6))} MB`;
 }
 
 export default function EnhancePage() {
@@ -121,15 +159,18 @@ export default function EnhancePage() {
   const [prompt, setPrompt] = useState("");
   const painters = useLoad(() => api.models("img2img").then((r) => r.models.filter((m) => m.installed)));
   const [painter, setPainter] = useState("");
-  const restorers = useLoad(() => api.models("face_restore").then((r) => r.models.filter((m) => m.installed)));
+  // Installed first; the curated ones are downloaded on their first use.
+  const restorers = useLoad(() => api.models("face_restore").then((r) => [...r.models].sort((a, b) => Number(b.installed) - Number(a.installed))));
+  const [denoise, setDenoise] = useState(1);
   const [faces, setFaces] = useState(false);
   const chosenPainter = painter || painters.data?.[0]?.id || "";
   const [uploading, setUploading] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
   const [job, setJob] = useState<Job | null>(null);
   const live = use(jobs, (s) => (job ? s.jobs[job.id] : undefined));
-  const installed: Model[] = useMemo(() => (models.data ?? []).filter((m) => m.installed), [models.data]);
-  const chosen = model || installed[0]?.id || "";
+  const offered: Model[] = useMemo(() => [...(models.data ?? [])].sort((a, b) => Number(b.installed) - Number(a.installed)), [models.data]);
+  const chosen = model || offered[0]?.id || "";
+  const chosenModel = offered.find((m) => m.id === chosen);
 
   // When the job ends (the event stream says so), its record has the output.
   const ended = live && ["completed", "failed", "cancelled"].includes(live.status);
@@ -171,6 +212,7 @@ export default function EnhancePage() {
           model: chosen,
           scale: scale || undefined,
           sharpen: sharpen || undefined,
+          denoise: chosenModel?.denoise && denoise < 1 ? denoise : undefined,
           face_restore: faces || undefined,
           ...(generative ? { mode, creativity, resemblance, prompt: prompt.trim() || undefined, diffusion_model: chosenPainter || undefined } : {}),
         }),
@@ -180,6 +222,21 @@ export default function EnhancePage() {
     }
   }
 
+  // A large output is viewed through its tile pyramid.
+  const outputId = job?.status === "completed" ? job.outputs[0]?.id : undefined;
+  const large = job?.status === "completed" && Math.max(job.outputs[0]?.width ?? 0, job.outputs[0]?.height ?? 0) > TILED_ABOVE;
+  const [tiles, setTiles] = useState<{ id: string; info: TileInfo } | null>(null);
+  useEffect(() => {
+    if (!outputId || !large) return;
+    let current = true;
+    api.assetTiles(outputId).then(
+      (info) => current && setTiles({ id: outputId, info }),
+      () => {},
+    );
+    return () => {
+      current = false;
+    };
+  }, [outputId, large]);
   const running = job && !["completed", "failed", "cancelled"].includes(job.status);
   const progress = live?.progress ?? job?.progress;
   const output = job?.status === "completed" ? job.outputs[0] : undefined;
@@ -224,13 +281,19 @@ export default function EnhancePage() {
             <ErrorNote error={models.error} onRetry={models.reload} />
           ) : (
             <Select value={chosen} onChange={(e) => setModel(e.target.value)} aria-label="Model">
-              {installed.length === 0 && <option value="">No upscaler installed</option>}
-              {installed.map((m) => (
+              {offered.length === 0 && <option value="">No upscaler installed</option>}
+              {offered.map((m) => (
                 <option key={m.id} value={m.id}>
                   {m.name}
+                  {m.installed ? "" : ` — downloads${m.size ? ` ${megabytes(m.size)}` : ""} on first use`}
                 </option>
               ))}
             </Select>
+          )}
+          {chosenModel?.license && (
+            <span className="text-xs text-muted" data-testid="enhance-license">
+              Licence: {chosenModel.license}
+            </span>
           )}
         </label>
         <div className="flex flex-col gap-1.5">
@@ -244,10 +307,12 @@ export default function EnhancePage() {
           </div>
         </div>
         <Amount label="Sharpen" value={sharpen} max={2} onChange={setSharpen} testId="enhance-sharpen" />
+        {chosenModel?.denoise && <Amount label="Denoise" value={denoise} onChange={setDenoise} testId="enhance-denoise" />}
         {(restorers.data ?? []).length > 0 && (
           <label className="flex items-center gap-2 text-sm text-neutral-300">
             <input type="checkbox" checked={faces} onChange={(e) => setFaces(e.target.checked)} data-testid="enhance-faces" />
-            Restore faces ({restorers.data?.[0]?.name})
+            Restore faces ({restorers.data?.[0]?.name}
+            {restorers.data?.[0]?.installed ? "" : ", downloaded on first use"})
           </label>
         )}
         <div className="flex flex-col gap-1.5">
@@ -297,7 +362,7 @@ export default function EnhancePage() {
         {running && (
           <div className="flex flex-col gap-2 rounded-xl border border-line p-4" data-testid="enhance-progress">
             <p className="text-sm text-neutral-300">
-              {progress && progress.total > 0 ? `${mode === "generative" ? "Step" : "Tile"} ${progress.step} of ${progress.total}` : "Waiting for the enhancer…"}
+              {progress && progress.total > 0 ? `${mode === "generative" ? "Step" : "Tile"} ${progress.step} of ${progress.total}` : chosenModel && !chosenModel.installed ? "Downloading the model…" : "Waiting for the enhancer…"}
             </p>
             {live?.preview && <img src={live.preview} alt="The output so far" className="pixelated max-h-80 w-full rounded-lg object-contain" data-testid="enhance-preview" />}
             <div className="h-1.5 overflow-hidden rounded-full bg-neutral-800" role="progressbar" aria-valuemin={0} aria-valuemax={progress?.total || 1} aria-valuenow={progress?.step ?? 0} aria-label="Progress">
@@ -308,7 +373,7 @@ export default function EnhancePage() {
         {job?.status === "failed" && <ErrorNote error={{ message: job.error?.message ?? "The enhancer failed." }} />}
         {output && source && (
           <>
-            <Compare before={source.url} after={output.url} width={output.width ?? 1} height={output.height ?? 1} />
+            <Compare before={source.url} after={output.url} width={output.width ?? 1} height={output.height ?? 1} tiles={tiles && tiles.id === outputId ? tiles : undefined} />
             <div className="flex items-center gap-3 text-sm">
               <a href={output.url} download className="rounded-lg bg-white px-4 py-2 font-medium text-neutral-950" data-testid="enhance-download">
                 Download PNG

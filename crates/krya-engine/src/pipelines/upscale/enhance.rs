@@ -27,6 +27,7 @@ use super::filter::{Sharpen, gaussian_blur};
 use super::tile::{self, Alpha, Image, Pixels, Rows, TileOptions};
 use crate::pipelines::face::{self, Faces, align};
 use crate::pipelines::stable_diffusion::tiles::LatentTiles;
+use crate::pyramid;
 use crate::{CancelToken, EngineError, GenerateOptions, GenerateRequest, Result, StableDiffusion};
 
 /// The largest output side (Krea's enhancer goes to 22K).
@@ -48,6 +49,9 @@ pub struct EnhanceOptions {
     /// Filled, as the output's rows are made, with a small picture of it (at most
     /// `PREVIEW_SIDE` a side; sized when the run starts): progress previews read it.
     pub preview: Option<std::sync::Arc<std::sync::Mutex<image::RgbImage>>>,
+    /// Also write a zoomable copy of the output here: [`crate::pyramid`]'s levels of JPEG
+    /// tiles, made from the PNG's rows as they go (transparent pixels over black).
+    pub pyramid: Option<std::path::PathBuf>,
 }
 
 /// The preview's longest side.
@@ -66,6 +70,7 @@ impl Default for EnhanceOptions {
             sharpen: 0.0,
             faces: None,
             preview: None,
+            pyramid: None,
         }
     }
 }
@@ -359,6 +364,8 @@ struct PngSpec<'a> {
     icc: Option<&'a [u8]>,
     /// Unsharp-mask amount (0: none).
     sharpen: f32,
+    /// Where to write the tile pyramid, if anywhere.
+    pyramid: Option<&'a std::path::Path>,
 }
 
 /// Writes a PNG to `out` whose rows `body` hands, as `[0, 1]` values, to the sink it is
@@ -387,7 +394,27 @@ fn write_png<W: Write>(
     let mut writer = header.stream_writer().map_err(png_error)?;
     let mut bytes = Vec::new();
     let sixteen = spec.sixteen;
+    let mut tiles = match spec.pyramid {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| EngineError::io(path, e))?;
+            let out = std::io::BufWriter::new(file);
+            Some(pyramid::Writer::new(out, width, height, pyramid::TILE)?)
+        }
+        None => None,
+    };
+    let channels = spec.channels;
+    let mut rgb = Vec::new();
     let mut put = |values: &[f32]| -> Result<()> {
+        if let Some(t) = &mut tiles {
+            for row in values.chunks_exact(width * channels) {
+                rgb.clear();
+                for px in row.chunks_exact(channels) {
+                    let a = if channels == 4 { px[3] } else { 1.0 };
+                    rgb.extend(px[..3].iter().map(|v| (v * a * 255.0).round() as u8));
+                }
+                t.push_row(&rgb)?;
+            }
+        }
         bytes.clear();
         if sixteen {
             for v in values {
@@ -410,7 +437,11 @@ fn write_png<W: Write>(
         s.finish(&mut put)?;
     }
     writer.finish().map_err(png_error)?;
-    header.finish().map_err(png_error)
+    header.finish().map_err(png_error)?;
+    if let Some(t) = tiles {
+        t.finish()?;
+    }
+    Ok(())
 }
 
 /// Upscales `input` as `options` say and writes the PNG to `out`; `progress(done, total)`
@@ -442,6 +473,7 @@ pub fn enhance<W: Write>(
         sixteen: input.is_16_bit(),
         icc: input.icc.as_deref(),
         sharpen: options.sharpen,
+        pyramid: options.pyramid.as_deref(),
     };
     write_png(out, spec, |sink| {
         upscale_rows(
@@ -671,6 +703,7 @@ pub fn enhance_generative<W: Write>(
         sixteen: false,
         icc: input.icc.as_deref(),
         sharpen: options.sharpen,
+        pyramid: options.pyramid.as_deref(),
     };
     write_png(out, spec, |sink| sink(stage.apply(&values)))?;
     Ok((ow, oh))

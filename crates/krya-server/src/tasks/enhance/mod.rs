@@ -12,6 +12,8 @@ pub mod http;
 use serde::Deserialize;
 use serde_json::json;
 
+use std::path::PathBuf;
+
 use super::{Body, Outcome, Output, Prepared, RunContext, Services, Task};
 use crate::http::media;
 use crate::infra::error::{ApiError, internal, invalid};
@@ -121,7 +123,7 @@ fn diffusion_source(
     )
 }
 
-fn upscaler_source(services: &Services, id: &str) -> Result<String, ApiError> {
+fn upscaler(services: &Services, id: &str) -> Result<registry::ModelEntry, ApiError> {
     model_source(
         services,
         "model",
@@ -129,11 +131,11 @@ fn upscaler_source(services: &Services, id: &str) -> Result<String, ApiError> {
         Capability::Upscale,
         "an upscaler",
     )
-    .map(|e| e.source)
 }
 
 /// The model `id` names, which must have `capability` (`what` says what that is), or,
-/// without an id, the first installed one that has it. Errors name `field`.
+/// without an id, the first installed one that has it, else the first that is one file to
+/// download (a curated face model, fetched on first use). Errors name `field`.
 fn model_source(
     services: &Services,
     field: &str,
@@ -146,10 +148,8 @@ fn model_source(
         Some(id) => registry::find(&services.data_dir, &services.local_models, id)
             .map_err(internal)?
             .ok_or_else(|| invalid(field, format!("no model {id:?} (see GET /api/models)")))?,
-        None => registry::list(&services.data_dir, &services.local_models)
+        None => registry::default_for(&services.data_dir, &services.local_models, capability)
             .map_err(internal)?
-            .into_iter()
-            .find(|m| m.installed && m.capabilities.contains(&capability))
             .ok_or_else(|| invalid(field, format!("no {what} is installed (see {list})")))?,
     };
     if !entry.capabilities.contains(&capability) {
@@ -159,6 +159,104 @@ fn model_source(
         ));
     }
     Ok(entry)
+}
+
+/// The weights file of each model a job uses, downloaded first where it is a URL's.
+struct Files {
+    upscaler: registry::ModelEntry,
+    /// realesr-general-x4v3's denoising twin, when `denoise` blends with it.
+    twin: Option<registry::ModelEntry>,
+    /// The face restorer and detector.
+    faces: Option<(registry::ModelEntry, registry::ModelEntry)>,
+}
+
+impl Files {
+    /// Each file's path, fetched if needed (in the job, off the async runtime).
+    fn fetch(
+        &self,
+        data_dir: &std::path::Path,
+        mirror: &str,
+    ) -> Result<(PathBuf, Option<PathBuf>, Option<(PathBuf, PathBuf)>), krya_engine::EngineError>
+    {
+        let get = |e: &registry::ModelEntry| {
+            registry::local_file(data_dir, e, mirror, &mut |done, total| {
+                if total.is_some_and(|t| done == t) {
+                    tracing::info!(model = %e.id, bytes = done, "model downloaded");
+                }
+            })
+        };
+        let up = get(&self.upscaler)?;
+        let twin = self.twin.as_ref().map(get).transpose()?;
+        let faces = match &self.faces {
+            Some((r, d)) => Some((get(r)?, get(d)?)),
+            None => None,
+        };
+        Ok((up, twin, faces))
+    }
+}
+
+/// A temporary file beside the data (large outputs are stored from there a part at a time).
+fn temp_file(
+    data_dir: &std::path::Path,
+    suffix: &str,
+) -> Result<tempfile::NamedTempFile, krya_engine::EngineError> {
+    tempfile::Builder::new()
+        .prefix(".enhance-")
+        .suffix(suffix)
+        .tempfile_in(data_dir)
+        .map_err(|e| krya_engine::EngineError::Io {
+            path: data_dir.to_path_buf(),
+            source: e,
+        })
+}
+
+/// The models an enhance request names (checked when it is made, again when it runs).
+fn job_models(services: &Services, r: &EnhanceRequest) -> Result<Files, ApiError> {
+    let upscaler = upscaler(services, &r.model)?;
+    let twin = match (r.denoise, &upscaler.denoise_twin) {
+        (Some(d), Some(id)) if d < 1.0 => Some(model_source(
+            services,
+            "denoise",
+            Some(id),
+            Capability::Upscale,
+            "an upscaler",
+        )?),
+        (Some(d), None) if d < 1.0 => {
+            return Err(invalid(
+                "denoise",
+                format!(
+                    "{} has no denoising twin to blend with (realesr-general-x4v3 has)",
+                    upscaler.id
+                ),
+            ));
+        }
+        _ => None,
+    };
+    let faces = match r.face_restore {
+        Some(true) => {
+            let restorer = model_source(
+                services,
+                "face_model",
+                r.face_model.as_deref(),
+                Capability::FaceRestore,
+                "a face restorer",
+            )?;
+            let detector = model_source(
+                services,
+                "face_restore",
+                None,
+                Capability::FaceDetect,
+                "a face detector",
+            )?;
+            Some((restorer, detector))
+        }
+        _ => None,
+    };
+    Ok(Files {
+        upscaler,
+        twin,
+        faces,
+    })
 }
 
 #[async_trait::async_trait]
@@ -233,26 +331,14 @@ impl Task for EnhanceTask {
                 }
             }
         }
-        if r.face_restore == Some(true) {
-            let restorer = model_source(
-                services,
-                "face_model",
-                r.face_model.as_deref(),
-                Capability::FaceRestore,
-                "a face restorer",
-            )?;
-            model_source(
-                services,
-                "face_restore",
-                None,
-                Capability::FaceDetect,
-                "a face detector",
-            )?;
-            r.face_model = Some(restorer.id);
-        } else if r.face_model.is_some() {
+        if r.face_model.is_some() && r.face_restore != Some(true) {
             return Err(invalid("face_model", "is for face_restore: true only"));
         }
-        upscaler_source(services, &r.model)?;
+        let models = job_models(services, &r)?;
+        // The restorer is fixed now, so a retry restores with the same one.
+        if let Some((restorer, _)) = &models.faces {
+            r.face_model = Some(restorer.id.clone());
+        }
         // The size is known from the upload; a scale left to the model is at most 4 for
         // the architectures read here (checked exactly when the job runs).
         let (w, h) = services
@@ -289,9 +375,9 @@ impl Task for EnhanceTask {
             Ok(r) => r,
             Err(e) => return Outcome::failed("invalid-input", format!("params: {e}")),
         };
-        let source = match upscaler_source(&ctx.services, &r.model) {
-            Ok(s) => s,
-            Err(e) => return Outcome::failed("invalid-input", e.message),
+        let files = match job_models(&ctx.services, &r) {
+            Ok(f) => f,
+            Err(e) => return Outcome::failed("model-unavailable", e.message),
         };
         let bytes = match ctx.input(&r.image).await {
             Ok(b) => b,
@@ -306,34 +392,9 @@ impl Task for EnhanceTask {
             }
             _ => None,
         };
-        let faces = match (&r.face_restore, &r.face_model) {
-            (Some(true), Some(id)) => {
-                let found = model_source(
-                    &ctx.services,
-                    "face_model",
-                    Some(id),
-                    Capability::FaceRestore,
-                    "a face restorer",
-                )
-                .and_then(|restorer| {
-                    let detector = model_source(
-                        &ctx.services,
-                        "face_restore",
-                        None,
-                        Capability::FaceDetect,
-                        "a face detector",
-                    )?;
-                    Ok((restorer.source, detector.source))
-                });
-                match found {
-                    Ok(paths) => Some(paths),
-                    Err(e) => return Outcome::failed("model-unavailable", e.message),
-                }
-            }
-            _ => None,
-        };
         let cache = ctx.services.cache.clone();
         let data_dir = ctx.services.data_dir.clone();
+        let mirror = ctx.services.model_mirror.clone();
         let progress = ctx.progress();
         let cancel = ctx.cancel.clone();
         let parent = r.image.clone();
@@ -349,18 +410,17 @@ impl Task for EnhanceTask {
                     ..Default::default()
                 };
                 let mut options = options;
+                // Curated models are downloaded on their first use.
+                let (source, twin, faces) = files.fetch(&data_dir, &mirror)?;
                 if let Some((restorer, detector)) = &faces {
-                    options.faces = Some(std::sync::Arc::new(Faces::load(
-                        std::path::Path::new(restorer),
-                        std::path::Path::new(detector),
-                    )?));
+                    options.faces = Some(std::sync::Arc::new(Faces::load(restorer, detector)?));
                 }
                 let input = engine::decode(&bytes, options.max_input_pixels)?;
                 let model = Upscaler::load(
-                    std::path::Path::new(&source),
+                    &source,
                     &LoadOptions {
                         denoise: r.denoise,
-                        ..Default::default()
+                        denoise_twin: twin,
                     },
                 )?;
                 // The list's picture: the input as decoded (oriented), the same picture
@@ -368,14 +428,7 @@ impl Task for EnhanceTask {
                 let thumbnail = media::thumbnail_webp(&input.to_rgb8(), 384).ok();
                 // The PNG goes to a temporary file beside the data (stored from there a part
                 // at a time): at 22,000 px it is hundreds of megabytes.
-                let file = tempfile::Builder::new()
-                    .prefix(".enhance-")
-                    .suffix(".png")
-                    .tempfile_in(&data_dir)
-                    .map_err(|e| krya_engine::EngineError::Io {
-                        path: data_dir.clone(),
-                        source: e,
-                    })?;
+                let file = temp_file(&data_dir, ".png")?;
                 let mut png = std::io::BufWriter::new(file);
                 // Progress per tile, with a picture of the output so far (at most ~4 a
                 // second, and the last).
@@ -397,6 +450,9 @@ impl Task for EnhanceTask {
                     };
                     let _ = progress.send((done, total, picture));
                 };
+                // And a zoomable copy, for viewers of outputs too large to show whole.
+                let tiles = temp_file(&data_dir, ".bin")?.into_temp_path();
+                options.pyramid = Some(tiles.to_path_buf());
                 let mut meta = json!({"model": r.model});
                 let (w, h) = match &diffusion {
                     None => {
@@ -455,6 +511,7 @@ impl Task for EnhanceTask {
                             .into_temp_path(),
                     ),
                     thumbnail,
+                    tiles: Some(Body::File(tiles)),
                     width: Some(w as u32),
                     height: Some(h as u32),
                     duration_ms: None,
