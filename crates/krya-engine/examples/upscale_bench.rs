@@ -8,7 +8,22 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use krya_engine::pipelines::upscale::{LoadOptions, Upscaler};
 
+/// The allocator and settings the `krya` binary runs with (see its `main.rs`): freed
+/// memory kept for reuse rather than faulted in and zeroed again for every layer's output,
+/// and candle's element-wise pool not spinning between them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay`.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() {
+    // SAFETY: sets an allocator option; valid at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: no other thread exists yet to read the environment concurrently.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000") };
+    }
     let mut size = 256;
     let mut runs = 3;
     let mut files = Vec::new();

@@ -211,19 +211,7 @@ pub fn conv3x3_s1(
     let mut out = uninit(b * cout * h * w);
     for bi in 0..b {
         let src = &x[bi * cin * h * w..(bi + 1) * cin * h * w];
-        padded[..cin * stride]
-            .par_chunks_mut(stride)
-            .zip(src.par_chunks(h * w))
-            .for_each(|(p, s)| {
-                p[..wp + 1].fill(0.0);
-                for y in 0..h {
-                    let row = (y + 1) * wp;
-                    p[row + 1..row + 1 + w].copy_from_slice(&s[y * w..(y + 1) * w]);
-                    // The right border of this row and the left one of the next.
-                    p[row + w + 1..row + wp + 1].fill(0.0);
-                }
-                p[(h + 1) * wp + 1..].fill(0.0);
-            });
+        pad_planes(src, h, w, stride, &mut padded[..cin * stride], |v| v);
         if let Some((packed, winograd)) = direct {
             let g = direct::Geometry {
                 cin,
@@ -288,6 +276,139 @@ pub fn conv3x3_s1(
             });
     }
     out
+}
+
+/// Copies planes `src` (`c × h × w`) into `padded` (`c` planes `stride` floats apart, rows
+/// `w + 2` wide, zero borders, zeros to the end of each plane), each value through `f`.
+fn pad_planes(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    stride: usize,
+    padded: &mut [f32],
+    f: impl Fn(f32) -> f32 + Sync,
+) {
+    let wp = w + 2;
+    padded
+        .par_chunks_mut(stride)
+        .zip(src.par_chunks(h * w))
+        .for_each(|(p, s)| {
+            p[..wp + 1].fill(0.0);
+            for y in 0..h {
+                let row = (y + 1) * wp;
+                for (d, v) in p[row + 1..row + 1 + w]
+                    .iter_mut()
+                    .zip(&s[y * w..(y + 1) * w])
+                {
+                    *d = f(*v);
+                }
+                // The right border of this row and the left one of the next.
+                p[row + w + 1..row + wp + 1].fill(0.0);
+            }
+            p[(h + 1) * wp + 1..].fill(0.0);
+        });
+}
+
+/// ESRGAN's residual dense block in one pass over one padded buffer: convolution `k` sees
+/// the block's input and the outputs of the convolutions before it (each through a leaky
+/// ReLU of `slope`), the last one's output is scaled by `scale` and added to the input.
+/// `torch.cat` and the per-layer padding copies are gone: each output is written once,
+/// padded, beside the channels before it, where the next convolution reads them all.
+/// `None` where the fast kernels do not apply (the caller runs the layers one by one); the
+/// numbers are those of the layers run one by one.
+pub fn dense_block(
+    x: &Tensor,
+    convs: &[Conv2d],
+    slope: f32,
+    scale: f32,
+) -> candle_core::Result<Option<Tensor>> {
+    let (b, c0, h, w) = x.dims4()?;
+    let Some(lanes) = direct::lanes() else {
+        return Ok(None);
+    };
+    if !cpu_f32(x) || convs.is_empty() {
+        return Ok(None);
+    }
+    // Each layer's packed weights, output channels and bias; the input grows by each
+    // output but the last's.
+    let mut layers = Vec::with_capacity(convs.len());
+    let mut cin = c0;
+    for (i, conv) in convs.iter().enumerate() {
+        let ConvWeight::Packed {
+            packed,
+            cout,
+            cin: ci,
+        } = &conv.weight
+        else {
+            return Ok(None);
+        };
+        if *ci != cin {
+            return Ok(None);
+        }
+        let bias = conv.bias.as_ref().map(data).transpose()?;
+        layers.push((packed.clone(), *cout, bias));
+        if i + 1 < convs.len() {
+            cin += cout;
+        }
+    }
+    if layers.last().is_none_or(|l| l.1 != c0) {
+        return Ok(None);
+    }
+    let wp = w + 2;
+    let plane = (h + 2) * wp;
+    let n = (h * wp).next_multiple_of(lanes);
+    // As `conv3x3_s1` lays planes out for the direct kernel.
+    let stride = (plane.div_ceil(16) | 1) * 16;
+    let reach = 2 * wp + 2 + n;
+    let tail = reach.saturating_sub(stride);
+    let mut padded = uninit(cin * stride + tail);
+    padded[cin * stride..].fill(0.0);
+    // A kernel reads a little past its last plane, into the head of the next (a layer's
+    // outputs not written yet): those reads make only dropped pixels, but are zeros.
+    for p in padded[..cin * stride].chunks_mut(stride) {
+        let head = p.len().min(reach.saturating_sub(stride));
+        p[..head].fill(0.0);
+    }
+    let mut out = uninit(b * c0 * h * w);
+    let mut y = Vec::new();
+    with_slice(x, |xs| {
+        for bi in 0..b {
+            let xb = &xs[bi * c0 * h * w..(bi + 1) * c0 * h * w];
+            pad_planes(xb, h, w, stride, &mut padded[..c0 * stride], |v| v);
+            let mut c = c0;
+            for (k, (packed, cout, bias)) in layers.iter().enumerate() {
+                let g = direct::Geometry {
+                    cin: c,
+                    cout: *cout,
+                    plane: stride,
+                    h,
+                    w,
+                    n,
+                };
+                y.resize(cout * h * w, 0.0);
+                if winograd::applies(h, w) {
+                    winograd::conv(&padded, packed, bias.as_deref(), g, &mut y);
+                } else {
+                    direct::conv(&padded, packed, bias.as_deref(), g, &mut y);
+                }
+                if k + 1 < layers.len() {
+                    let dst = &mut padded[c * stride..(c + cout) * stride];
+                    pad_planes(&y, h, w, stride, dst, |v| v.max(v * slope));
+                    c += cout;
+                } else {
+                    out[bi * c0 * h * w..(bi + 1) * c0 * h * w]
+                        .par_chunks_mut(h * w)
+                        .zip(y.par_chunks(h * w).zip(xb.par_chunks(h * w)))
+                        .for_each(|(o, (y, x))| {
+                            for ((o, y), x) in o.iter_mut().zip(y).zip(x) {
+                                *o = y * scale + x;
+                            }
+                        });
+                }
+            }
+        }
+    })?;
+    Ok(Some(Tensor::from_vec(out, (b, c0, h, w), x.device())?))
 }
 
 /// A 1×1 convolution: `[b, cout, hw] = weight [cout, cin] @ x [b, cin, hw]` (+ bias).
