@@ -3,12 +3,13 @@
 //!
 //! A model file is read whatever its format (`model::state_dict`), and its architecture,
 //! scale and sizes come from its tensors' names and shapes, as spandrel detects them
-//! (never from the file's name): [`esrgan`] (RRDBNet in its three key layouts) and
-//! [`compact`] (SRVGGNetCompact). Each is an [`Arch`]: NCHW f32 in `[0, 1]` in, the image
+//! (never from the file's name): [`esrgan`] (RRDBNet in its three key layouts),
+//! [`compact`] (SRVGGNetCompact) and [`swinir`] (SwinIR, all four reconstructions). Each is an [`Arch`]: NCHW f32 in `[0, 1]` in, the image
 //! `scale` times larger out, unclamped. [`tile`] cuts an image into overlapping tiles,
 //! runs them, and blends the overlaps into output rows that it hands on as they are done.
 //!
 //! Layout: `mod.rs` (loading, detection, shared tensor helpers), `esrgan.rs`, `compact.rs`,
+//! `swinir.rs`,
 //! `tile.rs`, `filter.rs` (blur and the streaming unsharp mask), `enhance.rs` (file in, PNG
 //! out: scales, alpha, 16-bit, EXIF, the generative mode).
 
@@ -16,6 +17,7 @@ pub mod compact;
 pub mod enhance;
 pub mod esrgan;
 pub mod filter;
+pub mod swinir;
 pub mod tile;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,7 @@ pub trait Arch: Send + Sync {
 pub enum Architecture {
     Esrgan,
     Compact,
+    SwinIr,
 }
 
 impl Architecture {
@@ -51,6 +54,7 @@ impl Architecture {
         match self {
             Architecture::Esrgan => "ESRGAN (RRDBNet)",
             Architecture::Compact => "SRVGGNetCompact",
+            Architecture::SwinIr => "SwinIR",
         }
     }
 }
@@ -63,6 +67,8 @@ pub type Shapes = std::collections::BTreeMap<String, Vec<usize>>;
 pub fn detect_shapes(sd: &Shapes) -> Option<Architecture> {
     if compact::detect(sd) {
         Some(Architecture::Compact)
+    } else if swinir::detect(sd) {
+        Some(Architecture::SwinIr)
     } else if esrgan::detect(sd) {
         Some(Architecture::Esrgan)
     } else {
@@ -135,7 +141,7 @@ impl Upscaler {
     pub fn from_state_dict(sd: StateDict, origin: &Path) -> Result<Upscaler> {
         let architecture = detect(&sd).ok_or_else(|| {
             layout_error(
-                "not a super-resolution model this engine reads (ESRGAN/RRDBNet or SRVGGNetCompact)",
+                "not a super-resolution model this engine reads (ESRGAN/RRDBNet, SRVGGNetCompact or SwinIR)",
             )
         })?;
         let (sd, net): (
@@ -149,6 +155,16 @@ impl Upscaler {
                     Box::new(move |w: &Weights| {
                         let vb = w.var_builder(DType::F32, &Device::Cpu);
                         Ok(Box::new(esrgan::Esrgan::new(config, vb)?) as Box<dyn Arch>)
+                    }),
+                )
+            }
+            Architecture::SwinIr => {
+                let (sd, config) = swinir::canonical(sd)?;
+                (
+                    sd,
+                    Box::new(move |w: &Weights| {
+                        let vb = w.var_builder(DType::F32, &Device::Cpu);
+                        Ok(Box::new(swinir::SwinIr::new(config, vb)?) as Box<dyn Arch>)
                     }),
                 )
             }
