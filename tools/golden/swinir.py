@@ -16,7 +16,9 @@ policy of its own). Cases:
 - `swinir_real`: `nearest+conv` ×4 (real-world SR), `3conv`, one group, input 9×11;
 - `swinir_direct`: `pixelshuffledirect` ×3 (lightweight), input 8×8, `.pth` in `params`;
 - `swinir_jpeg`: no upsampler (×1, the residual added to the input), window 7, so the image
-  range is 255 as in the JPEG models, input 15×13.
+  range is 255 as in the JPEG models, input 15×13;
+- `hat`, `hat_identity`: HAT (convolution branches, overlapping cross-attention), ×2 with
+  `1conv` residuals and ×4 with none.
 
 `swinir_reference.safetensors` holds `{case}.input` and `{case}.output`; `swinir_cases.json`
 lists the cases with what spandrel detected.
@@ -28,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 import spandrel
+from spandrel.architectures.HAT import HAT
 from spandrel.architectures.SwinIR import SwinIR
 
 OUT = Path(__file__).resolve().parents[2] / "crates/krya-engine/tests/golden/upscale"
@@ -35,9 +38,9 @@ torch.set_num_threads(2)
 GEN = torch.Generator().manual_seed(20261208)
 
 
-def model(**kw):
+def model(arch=SwinIR, **kw):
     torch.manual_seed(0)
-    m = SwinIR(
+    m = arch(
         patch_size=1,
         in_chans=3,
         mlp_ratio=2.0,
@@ -94,6 +97,16 @@ def main():
          image(8, 8), fmt="pth", wrap="params")
     case("swinir_jpeg", model(img_size=14, embed_dim=8, depths=[2], num_heads=[2], window_size=7,
                               upscale=1, img_range=255.0, upsampler="", resi_connection="1conv"), image(15, 13))
+
+    # HAT: SwinIR's layout with convolution branches and overlapping cross-attention, window
+    # 4 with keys from 6 × 6 (overlap 0.5), two groups of different heads, ×2 (and ×4 with
+    # the groups' and body's residual convolutions left out: "identity").
+    case("hat", model(HAT, img_size=16, embed_dim=12, depths=[2, 2], num_heads=[2, 3], window_size=4,
+                      compress_ratio=3, squeeze_factor=4, overlap_ratio=0.5, upscale=2,
+                      resi_connection="1conv", num_feat=16), image(13, 10))
+    case("hat_identity", model(HAT, img_size=16, embed_dim=8, depths=[2], num_heads=[2], window_size=4,
+                               compress_ratio=2, squeeze_factor=4, overlap_ratio=0.5, upscale=4,
+                               resi_connection="identity", num_feat=8), image(9, 11))
 
     save_file(tensors, str(OUT / "swinir_reference.safetensors"))
     (OUT / "swinir_cases.json").write_text(json.dumps(cases, indent=1) + "\n")

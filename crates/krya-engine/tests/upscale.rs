@@ -97,22 +97,27 @@ fn every_layout_matches_spandrel() {
     assert_eq!(checked, 9);
 }
 
-/// SwinIR with each of its reconstructions (`tools/golden/swinir.py`): detected from the
+/// SwinIR with each of its reconstructions, and HAT (`tools/golden/swinir.py`): detected from the
 /// tensors (buffers included, as the official files store them), padded to whole windows,
 /// within 1e-4 of spandrel's network.
 #[test]
-fn swinir_matches_spandrel() {
+fn swinir_and_hat_match_spandrel() {
     let reference =
         candle_core::safetensors::load(dir().join("swinir_reference.safetensors"), &Device::Cpu)
             .unwrap();
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(dir().join("swinir_cases.json")).unwrap())
             .unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), 6);
     for c in &cases {
         let name = c["name"].as_str().unwrap();
         let m = load(c["file"].as_str().unwrap(), &LoadOptions::default());
-        assert_eq!(m.architecture, Architecture::SwinIr, "{name}");
+        let want = match c["architecture"].as_str().unwrap() {
+            "SwinIR" => Architecture::SwinIr,
+            "HAT" => Architecture::Hat,
+            a => panic!("{a}"),
+        };
+        assert_eq!(m.architecture, want, "{name}");
         assert_eq!(m.scale() as u64, c["scale"].as_u64().unwrap(), "{name}");
         // Unclamped, as the network makes it (values up to 3 here).
         let got = m.net.forward(&reference[&format!("{name}.input")]).unwrap();

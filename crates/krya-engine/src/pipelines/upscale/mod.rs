@@ -4,12 +4,13 @@
 //! A model file is read whatever its format (`model::state_dict`), and its architecture,
 //! scale and sizes come from its tensors' names and shapes, as spandrel detects them
 //! (never from the file's name): [`esrgan`] (RRDBNet in its three key layouts),
-//! [`compact`] (SRVGGNetCompact) and [`swinir`] (SwinIR, all four reconstructions). Each is an [`Arch`]: NCHW f32 in `[0, 1]` in, the image
+//! [`compact`] (SRVGGNetCompact), [`swinir`] (SwinIR, all four reconstructions) and
+//! [`hat`] (HAT, SwinIR's layout with convolution branches and overlapping attention). Each is an [`Arch`]: NCHW f32 in `[0, 1]` in, the image
 //! `scale` times larger out, unclamped. [`tile`] cuts an image into overlapping tiles,
 //! runs them, and blends the overlaps into output rows that it hands on as they are done.
 //!
 //! Layout: `mod.rs` (loading, detection, shared tensor helpers), `esrgan.rs`, `compact.rs`,
-//! `swinir.rs`,
+//! `swinir.rs`, `hat.rs`,
 //! `tile.rs`, `filter.rs` (blur and the streaming unsharp mask), `enhance.rs` (file in, PNG
 //! out: scales, alpha, 16-bit, EXIF, the generative mode).
 
@@ -17,6 +18,7 @@ pub mod compact;
 pub mod enhance;
 pub mod esrgan;
 pub mod filter;
+pub mod hat;
 pub mod swinir;
 pub mod tile;
 
@@ -47,6 +49,7 @@ pub enum Architecture {
     Esrgan,
     Compact,
     SwinIr,
+    Hat,
 }
 
 impl Architecture {
@@ -55,6 +58,7 @@ impl Architecture {
             Architecture::Esrgan => "ESRGAN (RRDBNet)",
             Architecture::Compact => "SRVGGNetCompact",
             Architecture::SwinIr => "SwinIR",
+            Architecture::Hat => "HAT",
         }
     }
 }
@@ -67,6 +71,8 @@ pub type Shapes = std::collections::BTreeMap<String, Vec<usize>>;
 pub fn detect_shapes(sd: &Shapes) -> Option<Architecture> {
     if compact::detect(sd) {
         Some(Architecture::Compact)
+    } else if hat::detect(sd) {
+        Some(Architecture::Hat)
     } else if swinir::detect(sd) {
         Some(Architecture::SwinIr)
     } else if esrgan::detect(sd) {
@@ -141,7 +147,7 @@ impl Upscaler {
     pub fn from_state_dict(sd: StateDict, origin: &Path) -> Result<Upscaler> {
         let architecture = detect(&sd).ok_or_else(|| {
             layout_error(
-                "not a super-resolution model this engine reads (ESRGAN/RRDBNet, SRVGGNetCompact or SwinIR)",
+                "not a super-resolution model this engine reads (ESRGAN/RRDBNet, SRVGGNetCompact, SwinIR or HAT)",
             )
         })?;
         let (sd, net): (
@@ -155,6 +161,16 @@ impl Upscaler {
                     Box::new(move |w: &Weights| {
                         let vb = w.var_builder(DType::F32, &Device::Cpu);
                         Ok(Box::new(esrgan::Esrgan::new(config, vb)?) as Box<dyn Arch>)
+                    }),
+                )
+            }
+            Architecture::Hat => {
+                let (sd, config) = hat::canonical(sd)?;
+                (
+                    sd,
+                    Box::new(move |w: &Weights| {
+                        let vb = w.var_builder(DType::F32, &Device::Cpu);
+                        Ok(Box::new(hat::Hat::new(config, vb)?) as Box<dyn Arch>)
                     }),
                 )
             }

@@ -222,7 +222,46 @@ impl ResidualConv {
     }
 }
 
-struct Block {
+/// HAT's convolution branch of a block: 3×3 to fewer channels, GELU, 3×3 back, then
+/// channel attention (average pool, 1×1 down, ReLU, 1×1 up, sigmoid, times the input).
+pub(super) struct Cab {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    squeeze: Conv2d,
+    excite: Conv2d,
+}
+
+impl Cab {
+    pub(super) fn new(dim: usize, hidden: usize, squeezed: usize, vb: VarBuilder) -> Result<Self> {
+        let pad1 = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv1: conv2d(dim, hidden, 3, pad1, vb.pp("0"))?,
+            conv2: conv2d(hidden, dim, 3, pad1, vb.pp("2"))?,
+            squeeze: conv2d(dim, squeezed, 1, Default::default(), vb.pp("3.attention.1"))?,
+            excite: conv2d(squeezed, dim, 1, Default::default(), vb.pp("3.attention.3"))?,
+        })
+    }
+
+    /// `[B, C, H, W]` → the same.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.conv2.forward(&self.conv1.forward(x)?.gelu_erf()?)?;
+        let pooled = y.mean_keepdim(3)?.mean_keepdim(2)?;
+        let weights = candle_nn::ops::sigmoid(
+            &self
+                .excite
+                .forward(&self.squeeze.forward(&pooled)?.relu()?)?,
+        )?;
+        Ok(y.broadcast_mul(&weights)?)
+    }
+}
+
+/// The weight of HAT's convolution branch in a block.
+const CONV_SCALE: f64 = 0.01;
+
+pub(super) struct Block {
     norm1: LayerNorm,
     qkv: Linear,
     proj: Linear,
@@ -232,12 +271,14 @@ struct Block {
     fc1: Linear,
     fc2: Linear,
     heads: usize,
-    window: usize,
-    shift: usize,
+    pub(super) window: usize,
+    pub(super) shift: usize,
+    /// HAT's convolution branch (`conv_block.cab`), added at [`CONV_SCALE`].
+    pub(super) cab: Option<Cab>,
 }
 
 /// The index into the relative-position table of each pair of positions in a window.
-fn relative_index(ws: usize) -> Vec<u32> {
+pub(super) fn relative_index(ws: usize) -> Vec<u32> {
     let n = ws * ws;
     let mut out = Vec::with_capacity(n * n);
     for a in 0..n {
@@ -251,7 +292,7 @@ fn relative_index(ws: usize) -> Vec<u32> {
 }
 
 /// `[B, H, W, C]` → `[B·nW, ws·ws, C]`, windows in row-major order.
-fn partition(x: &Tensor, ws: usize) -> candle_core::Result<Tensor> {
+pub(super) fn partition(x: &Tensor, ws: usize) -> candle_core::Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     x.reshape(vec![b, h / ws, ws, w / ws, ws, c])?
         .permute(vec![0, 1, 3, 2, 4, 5])?
@@ -260,7 +301,13 @@ fn partition(x: &Tensor, ws: usize) -> candle_core::Result<Tensor> {
 }
 
 /// The inverse of [`partition`].
-fn reverse(x: &Tensor, ws: usize, b: usize, h: usize, w: usize) -> candle_core::Result<Tensor> {
+pub(super) fn reverse(
+    x: &Tensor,
+    ws: usize,
+    b: usize,
+    h: usize,
+    w: usize,
+) -> candle_core::Result<Tensor> {
     let c = x.dim(2)?;
     x.reshape(vec![b, h / ws, w / ws, ws, ws, c])?
         .permute(vec![0, 1, 3, 2, 4, 5])?
@@ -270,7 +317,12 @@ fn reverse(x: &Tensor, ws: usize, b: usize, h: usize, w: usize) -> candle_core::
 
 /// The shifted windows' mask for an `h × w` image: `[nW, N, N]`, 0 between pixels of the
 /// same region before the roll and -100 between others, as SwinIR's `calculate_mask`.
-fn shift_mask(h: usize, w: usize, ws: usize, shift: usize) -> candle_core::Result<Tensor> {
+pub(super) fn shift_mask(
+    h: usize,
+    w: usize,
+    ws: usize,
+    shift: usize,
+) -> candle_core::Result<Tensor> {
     let region = |i: usize, n: usize| {
         if i < n - ws {
             0
@@ -298,15 +350,27 @@ fn shift_mask(h: usize, w: usize, ws: usize, shift: usize) -> candle_core::Resul
     Tensor::from_vec(mask, (nh * nw, n, n), &Device::Cpu)
 }
 
+/// What a Swin block is built from.
+pub(super) struct BlockShape {
+    pub dim: usize,
+    pub heads: usize,
+    pub mlp: usize,
+    pub window: usize,
+    pub img_size: usize,
+    /// An odd block of its group: on shifted windows.
+    pub odd: bool,
+}
+
 impl Block {
-    fn new(c: &SwinIrConfig, dim: usize, heads: usize, odd: bool, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(b: &BlockShape, cab: Option<Cab>, vb: VarBuilder) -> Result<Self> {
+        let (dim, heads) = (b.dim, b.heads);
         let ln = |name: &str| candle_nn::layer_norm(dim, 1e-5, vb.pp(name));
         // A window no smaller than the image the model was built for is shrunk to it and
         // not shifted.
-        let (window, shift) = if c.img_size <= c.window {
-            (c.img_size, 0)
+        let (window, shift) = if b.img_size <= b.window {
+            (b.img_size, 0)
         } else {
-            (c.window, if odd { c.window / 2 } else { 0 })
+            (b.window, if b.odd { b.window / 2 } else { 0 })
         };
         let table = vb.pp("attn").get(
             ((2 * window - 1) * (2 * window - 1), heads),
@@ -325,20 +389,35 @@ impl Block {
             proj: linear(dim, dim, vb.pp("attn.proj"))?,
             bias,
             norm2: ln("norm2")?,
-            fc1: linear(dim, c.mlp, vb.pp("mlp.fc1"))?,
-            fc2: linear(c.mlp, dim, vb.pp("mlp.fc2"))?,
+            fc1: linear(dim, b.mlp, vb.pp("mlp.fc1"))?,
+            fc2: linear(b.mlp, dim, vb.pp("mlp.fc2"))?,
             heads,
             window,
             shift,
+            cab,
         })
     }
 
     /// `x`: `[B, H·W, C]` tokens of an `h × w` image (whole windows); `mask`: the shifted
     /// windows' mask for this size (used when this block shifts).
-    fn forward(&self, x: &Tensor, h: usize, w: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        h: usize,
+        w: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, l, c) = x.dims3()?;
         let (ws, s) = (self.window, self.shift);
         let y = self.norm1.forward(x)?.reshape((b, h, w, c))?;
+        let conv = match &self.cab {
+            Some(cab) => {
+                let img = y.permute((0, 3, 1, 2))?.contiguous()?;
+                let out = cab.forward(&img)?.permute((0, 2, 3, 1))?.contiguous()?;
+                Some((out.reshape((b, l, c))? * CONV_SCALE)?)
+            }
+            None => None,
+        };
         let y = if s > 0 {
             y.roll(-(s as i32), 1)?.roll(-(s as i32), 2)?
         } else {
@@ -352,7 +431,10 @@ impl Block {
         } else {
             y
         };
-        let x = (x + y.reshape((b, l, c))?)?;
+        let mut x = (x + y.reshape((b, l, c))?)?;
+        if let Some(conv) = conv {
+            x = (x + conv)?;
+        }
         let m = self
             .fc2
             .forward(&self.fc1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
@@ -427,7 +509,15 @@ impl SwinIr {
                 let blocks = (0..depth)
                     .map(|j| {
                         let vb = vb.pp(format!("residual_group.blocks.{j}"));
-                        Block::new(c, d, heads, j % 2 == 1, vb)
+                        let shape = BlockShape {
+                            dim: d,
+                            heads,
+                            mlp: c.mlp,
+                            window: c.window,
+                            img_size: c.img_size,
+                            odd: j % 2 == 1,
+                        };
+                        Block::new(&shape, None, vb)
                     })
                     .collect::<Result<_>>()?;
                 Ok(Group {
