@@ -211,7 +211,7 @@ pub fn conv3x3_s1(
     let mut out = uninit(b * cout * h * w);
     for bi in 0..b {
         let src = &x[bi * cin * h * w..(bi + 1) * cin * h * w];
-        pad_planes(src, h, w, stride, &mut padded[..cin * stride], |v| v);
+        pad_planes(src, h, w, stride, &mut padded[..cin * stride], |_, v| v);
         if let Some((packed, winograd)) = direct {
             let g = direct::Geometry {
                 cin,
@@ -279,20 +279,22 @@ pub fn conv3x3_s1(
 }
 
 /// Copies planes `src` (`c × h × w`) into `padded` (`c` planes `stride` floats apart, rows
-/// `w + 2` wide, zero borders, zeros to the end of each plane), each value through `f`.
+/// `w + 2` wide, zero borders, zeros to the end of each plane), each value through `f`
+/// (given its plane's index).
 fn pad_planes(
     src: &[f32],
     h: usize,
     w: usize,
     stride: usize,
     padded: &mut [f32],
-    f: impl Fn(f32) -> f32 + Sync,
+    f: impl Fn(usize, f32) -> f32 + Sync,
 ) {
     let wp = w + 2;
     padded
         .par_chunks_mut(stride)
         .zip(src.par_chunks(h * w))
-        .for_each(|(p, s)| {
+        .enumerate()
+        .for_each(|(c, (p, s))| {
             p[..wp + 1].fill(0.0);
             for y in 0..h {
                 let row = (y + 1) * wp;
@@ -300,13 +302,141 @@ fn pad_planes(
                     .iter_mut()
                     .zip(&s[y * w..(y + 1) * w])
                 {
-                    *d = f(*v);
+                    *d = f(c, *v);
                 }
                 // The right border of this row and the left one of the next.
                 p[row + w + 1..row + wp + 1].fill(0.0);
             }
             p[(h + 1) * wp + 1..].fill(0.0);
         });
+}
+
+/// Where the direct and Winograd kernels read an `h × w` image's planes: `stride` floats
+/// apart (as [`conv3x3_s1`] lays them out), `n` output pixels computed per plane.
+struct Layout {
+    stride: usize,
+    n: usize,
+}
+
+fn layout(h: usize, w: usize, lanes: usize) -> Layout {
+    let wp = w + 2;
+    let plane = (h + 2) * wp;
+    Layout {
+        stride: (plane.div_ceil(16) | 1) * 16,
+        n: (h * wp).next_multiple_of(lanes),
+    }
+}
+
+/// A buffer of `c` padded planes in that layout, with what the kernels read past the last.
+/// A kernel reads a little past its last plane, into the head of the next (planes not
+/// written yet): those reads make only dropped pixels, but are zeros.
+fn padded_buffer(c: usize, h: usize, w: usize, lanes: usize) -> Vec<f32> {
+    let Layout { stride, n } = layout(h, w, lanes);
+    let reach = 2 * (w + 2) + 2 + n;
+    let mut padded = uninit(c * stride + reach.saturating_sub(stride));
+    padded[c * stride..].fill(0.0);
+    for p in padded[..c * stride].chunks_mut(stride) {
+        let head = p.len().min(reach.saturating_sub(stride));
+        p[..head].fill(0.0);
+    }
+    padded
+}
+
+/// One 3×3 convolution over padded planes: Winograd where it applies, else direct.
+fn run3x3(
+    padded: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    g: direct::Geometry,
+    out: &mut [f32],
+) {
+    if winograd::applies(g.h, g.w) {
+        winograd::conv(padded, packed, bias, g, out);
+    } else {
+        direct::conv(padded, packed, bias, g, out);
+    }
+}
+
+/// A chain of 3×3 convolutions, each but the last followed by a PReLU (`slopes[k]`: one per
+/// output channel), as SRVGGNetCompact's body: each output goes, through its PReLU, straight
+/// into the next layer's padded buffer (no separate activation passes, no padding copy).
+/// `None` where the fast kernels do not apply; the numbers are those of the layers and
+/// `x.relu() + a · x.min(0)` run one by one.
+pub fn conv_prelu_chain(
+    x: &Tensor,
+    convs: &[Conv2d],
+    slopes: &[Vec<f32>],
+) -> candle_core::Result<Option<Tensor>> {
+    let (b, c0, h, w) = x.dims4()?;
+    let Some(lanes) = direct::lanes() else {
+        return Ok(None);
+    };
+    if !cpu_f32(x) || convs.is_empty() || slopes.len() + 1 != convs.len() {
+        return Ok(None);
+    }
+    let mut layers = Vec::with_capacity(convs.len());
+    let (mut cin, mut widest) = (c0, c0);
+    for (k, conv) in convs.iter().enumerate() {
+        let ConvWeight::Packed {
+            packed,
+            cout,
+            cin: ci,
+        } = &conv.weight
+        else {
+            return Ok(None);
+        };
+        if *ci != cin || slopes.get(k).is_some_and(|s| s.len() != *cout) {
+            return Ok(None);
+        }
+        let bias = conv.bias.as_ref().map(data).transpose()?;
+        layers.push((packed.clone(), *cout, bias));
+        cin = *cout;
+        widest = widest.max(cin);
+    }
+    let Layout { stride, n } = layout(h, w, lanes);
+    let mut bufs = [
+        padded_buffer(widest, h, w, lanes),
+        padded_buffer(widest, h, w, lanes),
+    ];
+    let cout = cin;
+    let mut out = uninit(b * cout * h * w);
+    let mut y = Vec::new();
+    with_slice(x, |xs| {
+        for bi in 0..b {
+            let xb = &xs[bi * c0 * h * w..(bi + 1) * c0 * h * w];
+            pad_planes(xb, h, w, stride, &mut bufs[0][..c0 * stride], |_, v| v);
+            let mut c = c0;
+            for (k, (packed, co, bias)) in layers.iter().enumerate() {
+                let g = direct::Geometry {
+                    cin: c,
+                    cout: *co,
+                    plane: stride,
+                    h,
+                    w,
+                    n,
+                };
+                let [first, second] = &mut bufs;
+                let (src, dst) = if k % 2 == 0 {
+                    (&*first, second)
+                } else {
+                    (&*second, first)
+                };
+                if k + 1 < layers.len() {
+                    y.resize(co * h * w, 0.0);
+                    run3x3(src, packed, bias.as_deref(), g, &mut y);
+                    let a = &slopes[k];
+                    pad_planes(&y, h, w, stride, &mut dst[..co * stride], |ch, v| {
+                        if v >= 0.0 { v } else { a[ch] * v }
+                    });
+                } else {
+                    let o = &mut out[bi * cout * h * w..(bi + 1) * cout * h * w];
+                    run3x3(src, packed, bias.as_deref(), g, o);
+                }
+                c = *co;
+            }
+        }
+    })?;
+    Ok(Some(Tensor::from_vec(out, (b, cout, h, w), x.device())?))
 }
 
 /// ESRGAN's residual dense block in one pass over one padded buffer: convolution `k` sees
@@ -354,27 +484,14 @@ pub fn dense_block(
     if layers.last().is_none_or(|l| l.1 != c0) {
         return Ok(None);
     }
-    let wp = w + 2;
-    let plane = (h + 2) * wp;
-    let n = (h * wp).next_multiple_of(lanes);
-    // As `conv3x3_s1` lays planes out for the direct kernel.
-    let stride = (plane.div_ceil(16) | 1) * 16;
-    let reach = 2 * wp + 2 + n;
-    let tail = reach.saturating_sub(stride);
-    let mut padded = uninit(cin * stride + tail);
-    padded[cin * stride..].fill(0.0);
-    // A kernel reads a little past its last plane, into the head of the next (a layer's
-    // outputs not written yet): those reads make only dropped pixels, but are zeros.
-    for p in padded[..cin * stride].chunks_mut(stride) {
-        let head = p.len().min(reach.saturating_sub(stride));
-        p[..head].fill(0.0);
-    }
+    let Layout { stride, n } = layout(h, w, lanes);
+    let mut padded = padded_buffer(cin, h, w, lanes);
     let mut out = uninit(b * c0 * h * w);
     let mut y = Vec::new();
     with_slice(x, |xs| {
         for bi in 0..b {
             let xb = &xs[bi * c0 * h * w..(bi + 1) * c0 * h * w];
-            pad_planes(xb, h, w, stride, &mut padded[..c0 * stride], |v| v);
+            pad_planes(xb, h, w, stride, &mut padded[..c0 * stride], |_, v| v);
             let mut c = c0;
             for (k, (packed, cout, bias)) in layers.iter().enumerate() {
                 let g = direct::Geometry {
@@ -386,14 +503,10 @@ pub fn dense_block(
                     n,
                 };
                 y.resize(cout * h * w, 0.0);
-                if winograd::applies(h, w) {
-                    winograd::conv(&padded, packed, bias.as_deref(), g, &mut y);
-                } else {
-                    direct::conv(&padded, packed, bias.as_deref(), g, &mut y);
-                }
+                run3x3(&padded, packed, bias.as_deref(), g, &mut y);
                 if k + 1 < layers.len() {
                     let dst = &mut padded[c * stride..(c + cout) * stride];
-                    pad_planes(&y, h, w, stride, dst, |v| v.max(v * slope));
+                    pad_planes(&y, h, w, stride, dst, |_, v| v.max(v * slope));
                     c += cout;
                 } else {
                     out[bi * c0 * h * w..(bi + 1) * c0 * h * w]

@@ -106,6 +106,8 @@ pub struct Compact {
     convs: Vec<Conv2d>,
     /// One slope per channel after each convolution but the last, `[1, C, 1, 1]`.
     prelu: Vec<Tensor>,
+    /// The same slopes, for the one-pass chain.
+    slopes: Vec<Vec<f32>>,
 }
 
 impl Compact {
@@ -133,18 +135,38 @@ impl Compact {
             cfg,
             vb.pp(format!("body.{last}")),
         )?);
-        let prelu = (0..=c.convs)
+        let prelu: Vec<Tensor> = (0..=c.convs)
             .map(|i| {
                 vb.pp(format!("body.{}", 2 * i + 1))
                     .get(c.features, "weight")?
                     .reshape((1, c.features, 1, 1))
             })
             .collect::<candle_core::Result<_>>()?;
+        let slopes = prelu
+            .iter()
+            .map(|a| a.flatten_all()?.to_vec1::<f32>())
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             config,
             convs,
             prelu,
+            slopes,
         })
+    }
+}
+
+impl Compact {
+    /// The body layer by layer (what the one-pass chain computes, without the fast kernels).
+    fn forward_layers(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.clone();
+        let n = self.convs.len();
+        for (i, conv) in self.convs.iter().enumerate() {
+            y = conv.forward(&y)?;
+            if i + 1 < n {
+                y = prelu(&y, &self.prelu[i])?;
+            }
+        }
+        Ok(y)
     }
 }
 
@@ -168,17 +190,70 @@ impl Arch for Compact {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.clone();
-        let n = self.convs.len();
-        for (i, conv) in self.convs.iter().enumerate() {
-            y = conv.forward(&y)?;
-            if i + 1 < n {
-                y = prelu(&y, &self.prelu[i])?;
-            }
-        }
+        let y = match crate::kernels::conv_prelu_chain(x, &self.convs, &self.slopes)? {
+            Some(y) => y,
+            None => self.forward_layers(x)?,
+        };
         let s = self.config.scale;
         let y = pixel_shuffle(&y, s)?;
         let (_, _, h, w) = x.dims4()?;
         Ok((y + x.upsample_nearest2d(h * s, w * s)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// The one-pass chain gives the layers' numbers exactly, at a Winograd size and at a
+    /// direct-kernel one.
+    #[test]
+    fn the_chain_is_the_layers() {
+        let dev = Device::Cpu;
+        let vb = VarBuilder::from_varmap(&candle_nn::VarMap::new(), DType::F32, &dev);
+        let config = CompactConfig {
+            in_channels: 3,
+            out_channels: 3,
+            features: 8,
+            convs: 3,
+            scale: 2,
+        };
+        let mut m = Compact::new(config, vb).unwrap();
+        // Slopes of both signs, as trained ones have.
+        m.slopes = (0..m.slopes.len())
+            .map(|i| {
+                (0..8)
+                    .map(|c| (c as f32 - 3.0) * 0.1 + i as f32 * 0.05)
+                    .collect()
+            })
+            .collect();
+        m.prelu = m
+            .slopes
+            .iter()
+            .map(|s| {
+                Tensor::new(s.as_slice(), &dev)
+                    .unwrap()
+                    .reshape((1, 8, 1, 1))
+                    .unwrap()
+            })
+            .collect();
+        for (h, w) in [(20, 18), (7, 5)] {
+            let x = Tensor::randn(0f32, 1f32, (2, 3, h, w), &dev).unwrap();
+            let chain = crate::kernels::conv_prelu_chain(&x, &m.convs, &m.slopes).unwrap();
+            let Some(chain) = chain else {
+                return; // no AVX2: the layers run one by one anyway
+            };
+            let layers = m.forward_layers(&x).unwrap();
+            let d = (chain - layers)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{h}×{w}");
+        }
     }
 }
