@@ -122,6 +122,16 @@ async fn state(
     shutting_down: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<AppState> {
     std::fs::create_dir_all(&config.server.data_dir)?;
+    let stale = tasks::enhance::remove_stale_temp_files(
+        &config.server.data_dir,
+        std::time::Duration::from_secs(86_400),
+    );
+    if stale > 0 {
+        tracing::info!(
+            files = stale,
+            "removed temporary outputs left by a stopped process"
+        );
+    }
     let db = open_database(&config)
         .await
         .map_err(std::io::Error::other)?;

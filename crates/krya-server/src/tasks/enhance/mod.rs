@@ -210,6 +210,25 @@ fn temp_file(
         })
 }
 
+/// Removes temporary outputs (`.enhance-*`) older than `age` from the data directory: what
+/// a process that died mid-job left (a live job's are younger: they are written as it runs).
+pub fn remove_stale_temp_files(data_dir: &std::path::Path, age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".enhance-"))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// The models an enhance request names (checked when it is made, again when it runs).
 fn job_models(services: &Services, r: &EnhanceRequest) -> Result<Files, ApiError> {
     let upscaler = upscaler(services, &r.model)?;
@@ -526,5 +545,30 @@ impl Task for EnhanceTask {
             Ok(Err(e)) => Outcome::Retry(e.to_string()),
             Err(e) => Outcome::Retry(format!("the enhancer stopped: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporary_outputs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".enhance-abc.png");
+        let new = dir.path().join(".enhance-def.bin");
+        let other = dir.path().join("krya.db");
+        for p in [&old, &new, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let day = std::time::Duration::from_secs(86_400);
+        let f = std::fs::File::options().write(true).open(&old).unwrap();
+        f.set_modified(std::time::SystemTime::now() - 2 * day)
+            .unwrap();
+        let f = std::fs::File::options().write(true).open(&other).unwrap();
+        f.set_modified(std::time::SystemTime::now() - 2 * day)
+            .unwrap();
+        assert_eq!(remove_stale_temp_files(dir.path(), day), 1);
+        assert!(!old.exists() && new.exists() && other.exists());
     }
 }
