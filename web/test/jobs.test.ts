@@ -14,7 +14,7 @@ describe("the jobs store", () => {
     apply("progress", { id: "i1", kind: "image", status: "processing", progress: { step: 1, total: 4 } });
     // Out of order: an older progress after a newer one changes nothing.
     apply("progress", { id: "e1", kind: "echo", status: "processing", progress: { step: 1, total: 5 } });
-    expect(jobs.getState().jobs.e1).toEqual({ id: "e1", kind: "echo", status: "processing", progress: { step: 2, total: 5 }, preview: "data:image/jpeg;base64,x" });
+    expect(jobs.getState().jobs.e1).toEqual({ id: "e1", kind: "echo", status: "processing", progress: { step: 2, total: 5 }, preview: "data:image/jpeg;base64,x", stage: null });
     apply("completed", { id: "e1", kind: "echo", status: "completed", outputs: [] });
     apply("started", { id: "e1", kind: "echo", status: "processing" });
     expect(jobs.getState().jobs.e1.status).toBe("completed");
@@ -27,6 +27,21 @@ describe("the jobs store", () => {
     // Events without a kind (older servers) are not a job's.
     apply("progress", { id: "x" });
     expect(jobs.getState().jobs.x).toBeUndefined();
+  });
+
+  it("counts a stage before the steps from its own start", () => {
+    const jobs = createJobsStore();
+    const apply = jobs.getState().applyEvent;
+    apply("started", { id: "u1", kind: "enhance", status: "processing" });
+    apply("progress", { id: "u1", kind: "enhance", status: "processing", progress: { step: 40, total: 67 }, stage: "Downloading realesrgan-x4plus" });
+    expect(jobs.getState().jobs.u1.stage).toBe("Downloading realesrgan-x4plus");
+    // The tiles start at 1: a new stage, not progress going back.
+    apply("progress", { id: "u1", kind: "enhance", status: "processing", progress: { step: 1, total: 9 } });
+    expect(jobs.getState().jobs.u1).toMatchObject({ stage: null, progress: { step: 1, total: 9 } });
+    // Within the steps, an older event still changes nothing.
+    apply("progress", { id: "u1", kind: "enhance", status: "processing", progress: { step: 3, total: 9 } });
+    apply("progress", { id: "u1", kind: "enhance", status: "processing", progress: { step: 2, total: 9 } });
+    expect(jobs.getState().jobs.u1.progress.step).toBe(3);
   });
 });
 

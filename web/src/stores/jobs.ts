@@ -13,6 +13,9 @@ export interface JobState {
   progress: { step: number; total: number };
   /** The latest step's preview (a data URL), until the job ends. */
   preview: string | null;
+  /** What the job is doing before its steps, when it says (`"Downloading gfpgan-1.4"`,
+   * its progress then counted in MB); null during the steps themselves. */
+  stage: string | null;
 }
 
 export type JobListener = (event: string, data: Record<string, unknown>) => void;
@@ -41,13 +44,17 @@ export function createJobsStore() {
       const old = get().jobs[id];
       const status = (STATUS_OF[event] ?? (data.status as GenerationStatus | undefined) ?? old?.status ?? "pending") as GenerationStatus;
       const progress = (data.progress as JobState["progress"] | undefined) ?? old?.progress ?? { step: 0, total: 0 };
+      // A progress event names its stage (none: the job's own steps); others keep it.
+      const stage = event === "progress" ? (typeof data.stage === "string" ? data.stage : null) : (old?.stage ?? null);
       const next: JobState = {
         id,
         kind,
-        // Events may arrive out of order: a status never goes back, nor does progress.
+        // Events may arrive out of order: a status never goes back, nor does progress
+        // within a stage (a new stage counts from its own start).
         status: old && ORDER[status] < ORDER[old.status] ? old.status : status,
-        progress: old && progress.step < old.progress.step ? old.progress : progress,
+        progress: old && old.stage === stage && progress.step < old.progress.step ? old.progress : progress,
         preview: typeof data.preview === "string" ? data.preview : (old?.preview ?? null),
+        stage,
       };
       if (ORDER[next.status] === 2) next.preview = null;
       set({ jobs: { ...get().jobs, [id]: next } });

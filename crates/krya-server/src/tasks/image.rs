@@ -350,7 +350,7 @@ fn run_engine(
                 }
                 _ => None,
             };
-            let _ = progress.send((p.step, p.total, preview));
+            let _ = progress.send(ProgressMsg::step(p.step, p.total, preview));
         },
         cancel,
     )?;

@@ -174,8 +174,37 @@ pub struct Services {
     pub outbound: crate::infra::outbound::Outbound,
 }
 
-/// Progress as a task reports it: step of total, and a preview image (a data URL).
-pub type ProgressMsg = (usize, usize, Option<String>);
+/// Progress as a task reports it: step of total, a preview image (a data URL), and what
+/// it is doing when that is not its steps (`"Downloading gfpgan-1.4"`, counted in MB).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProgressMsg {
+    pub step: usize,
+    pub total: usize,
+    pub preview: Option<String>,
+    pub stage: Option<String>,
+}
+
+impl ProgressMsg {
+    /// Step `step` of `total` of the work itself.
+    pub fn step(step: usize, total: usize, preview: Option<String>) -> Self {
+        Self {
+            step,
+            total,
+            preview,
+            stage: None,
+        }
+    }
+
+    /// `done` of `total` (0: not known) of a stage before the work (a download).
+    pub fn stage(stage: impl Into<String>, done: usize, total: usize) -> Self {
+        Self {
+            step: done,
+            total,
+            preview: None,
+            stage: Some(stage.into()),
+        }
+    }
+}
 
 /// What `Task::run` gets.
 pub struct RunContext {

@@ -452,19 +452,26 @@ async fn report_progress(
     loop {
         let msg = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
         let closed = matches!(msg, Ok(None));
-        if let Ok(Some(m)) = msg {
-            let keep_preview = m.2.is_none() && pending.as_ref().is_some_and(|p| p.2.is_some());
-            let old_preview = if keep_preview {
-                pending.take().and_then(|p| p.2)
-            } else {
-                None
-            };
-            pending = Some((m.0, m.1, m.2.or(old_preview)));
+        if let Ok(Some(mut m)) = msg {
+            // A newer step without a picture keeps the one not sent yet.
+            if m.preview.is_none() {
+                m.preview = pending.take().and_then(|p| p.preview);
+            }
+            pending = Some(m);
         }
         let due = last.elapsed() >= Duration::from_millis(200)
-            || pending.as_ref().is_some_and(|p| p.0 == p.1)
+            || pending
+                .as_ref()
+                .is_some_and(|p| p.step == p.total && p.stage.is_none())
             || closed;
-        if due && let Some((step, total, preview)) = pending.take() {
+        if due
+            && let Some(ProgressMsg {
+                step,
+                total,
+                preview,
+                stage,
+            }) = pending.take()
+        {
             last = Instant::now();
             let _ = sqlx::query("UPDATE jobs SET progress_step = $1, progress_total = $2 WHERE id = $3 AND status = 'processing'")
                 .bind(step as i64)
@@ -474,7 +481,10 @@ async fn report_progress(
                 .await;
             task.progressed(&db, &job, step, total).await;
             if task.notifies() {
-                let data = serde_json::json!({"status": "processing", "progress": {"step": step, "total": total}, "preview": preview});
+                let mut data = serde_json::json!({"status": "processing", "progress": {"step": step, "total": total}, "preview": preview});
+                if let Some(s) = stage {
+                    data["stage"] = s.into();
+                }
                 bus.publish(
                     &job.user_id,
                     "progress",

@@ -392,6 +392,7 @@ fn curated_models_download_on_first_use() {
     let (_, d) = c.get("/api/models?capability=face_detect");
     assert_eq!(d["models"][0]["id"], "retinaface-mobilenet", "{d}");
     assert_eq!(d["models"][0]["installed"], false, "{d}");
+    let events = sse(&c);
     let (st, j) = c.post(
         "/api/enhance/image",
         json!({"image": input, "model": "sharp", "scale": 1, "face_restore": true}),
@@ -402,6 +403,26 @@ fn curated_models_download_on_first_use() {
     assert_eq!(
         done["params"]["face_model"], "face",
         "installed first: {done}"
+    );
+    // The download is a stage of the job's progress, before its tiles.
+    let mut stages = Vec::new();
+    while let Ok((event, data)) = events.recv_timeout(std::time::Duration::from_secs(5)) {
+        if data["id"] == j["id"] && event == "progress" {
+            stages.push(data["stage"].as_str().unwrap_or("tiles").to_string());
+        }
+        if data["id"] == j["id"] && event == "completed" {
+            break;
+        }
+    }
+    assert_eq!(
+        stages.first().map(String::as_str),
+        Some("Downloading retinaface-mobilenet"),
+        "{stages:?}"
+    );
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("tiles"),
+        "{stages:?}"
     );
     assert_eq!(
         std::fs::read(data.join("models/detection_mobilenet0.25_Final.pth")).unwrap(),

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use krya_server::ApiError;
-use krya_server::tasks::{Outcome, Output, Prepared, Registry, RunContext, Services, Slot, Task};
+use krya_server::tasks::{
+    Outcome, Output, Prepared, ProgressMsg, Registry, RunContext, Services, Slot, Task,
+};
 use serde_json::{Value, json};
 
 /// Jobs in the order the echo task started them (this process's runners only).
@@ -80,7 +82,7 @@ impl Task for Echo {
                 return Outcome::Cancelled;
             }
             tokio::time::sleep(Duration::from_millis(p.step_ms)).await;
-            let _ = progress.send((step, p.steps as usize, None));
+            let _ = progress.send(ProgressMsg::step(step, p.steps as usize, None));
         }
         // Stored from a temporary file, as large outputs are (deleted once stored).
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -362,7 +362,13 @@ export default function EnhancePage() {
         {running && (
           <div className="flex flex-col gap-2 rounded-xl border border-line p-4" data-testid="enhance-progress">
             <p className="text-sm text-neutral-300">
-              {progress && progress.total > 0 ? `${mode === "generative" ? "Step" : "Tile"} ${progress.step} of ${progress.total}` : chosenModel && !chosenModel.installed ? "Downloading the model…" : "Waiting for the enhancer…"}
+              {live?.stage
+                ? `${live.stage}… ${progress && progress.total > 0 ? `${progress.step} of ${progress.total} MB` : `${progress?.step ?? 0} MB`}`
+                : progress && progress.total > 0
+                  ? `${mode === "generative" ? "Step" : "Tile"} ${progress.step} of ${progress.total}`
+                  : chosenModel && !chosenModel.installed
+                    ? "Downloading the model…"
+                    : "Waiting for the enhancer…"}
             </p>
             {live?.preview && <img src={live.preview} alt="The output so far" className="pixelated max-h-80 w-full rounded-lg object-contain" data-testid="enhance-preview" />}
             <div className="h-1.5 overflow-hidden rounded-full bg-neutral-800" role="progressbar" aria-valuemin={0} aria-valuemax={progress?.total || 1} aria-valuenow={progress?.step ?? 0} aria-label="Progress">

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use std::path::PathBuf;
 
-use super::{Body, Outcome, Output, Prepared, RunContext, Services, Task};
+use super::{Body, Outcome, Output, Prepared, ProgressMsg, RunContext, Services, Task};
 use crate::http::media;
 use crate::infra::error::{ApiError, internal, invalid};
 use crate::persistence::registry::{self, Capability};
@@ -171,15 +171,26 @@ struct Files {
 }
 
 impl Files {
-    /// Each file's path, fetched if needed (in the job, off the async runtime).
+    /// Each file's path, fetched if needed (in the job, off the async runtime), the
+    /// download reported as a stage of the job's progress, in MB.
     fn fetch(
         &self,
         data_dir: &std::path::Path,
         mirror: &str,
+        progress: &tokio::sync::mpsc::UnboundedSender<ProgressMsg>,
     ) -> Result<(PathBuf, Option<PathBuf>, Option<(PathBuf, PathBuf)>), krya_engine::EngineError>
     {
         let get = |e: &registry::ModelEntry| {
+            let mut shown = None;
             registry::local_file(data_dir, e, mirror, &mut |done, total| {
+                let mb = |b: u64| (b / 1_000_000) as usize;
+                // A message per megabyte: the runner sends at most five a second.
+                if shown != Some(mb(done)) {
+                    shown = Some(mb(done));
+                    let stage = format!("Downloading {}", e.id);
+                    let total = total.map_or(0, mb);
+                    let _ = progress.send(ProgressMsg::stage(stage, mb(done), total));
+                }
                 if total.is_some_and(|t| done == t) {
                     tracing::info!(model = %e.id, bytes = done, "model downloaded");
                 }
@@ -430,7 +441,7 @@ impl Task for EnhanceTask {
                 };
                 let mut options = options;
                 // Curated models are downloaded on their first use.
-                let (source, twin, faces) = files.fetch(&data_dir, &mirror)?;
+                let (source, twin, faces) = files.fetch(&data_dir, &mirror, &progress)?;
                 if let Some((restorer, detector)) = &faces {
                     options.faces = Some(std::sync::Arc::new(Faces::load(restorer, detector)?));
                 }
@@ -467,7 +478,7 @@ impl Task for EnhanceTask {
                     } else {
                         None
                     };
-                    let _ = progress.send((done, total, picture));
+                    let _ = progress.send(ProgressMsg::step(done, total, picture));
                 };
                 // And a zoomable copy, for viewers of outputs too large to show whole.
                 let tiles = temp_file(&data_dir, ".bin")?.into_temp_path();
