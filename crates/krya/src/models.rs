@@ -223,9 +223,16 @@ pub fn run(args: Args) -> Result<(), CliError> {
                 )));
             }
             if download::is_url(&source) {
+                // A curated file's URL keeps its pins.
+                let curated = registry::list(&data_dir, &BTreeMap::new())
+                    .map_err(CliError::user)?
+                    .into_iter()
+                    .find(|m| !m.local && m.source == source);
                 let entry = registry::ModelEntry {
                     id: name.clone(),
                     source: source.clone(),
+                    sha256: curated.as_ref().and_then(|c| c.sha256.clone()),
+                    size: curated.as_ref().and_then(|c| c.size),
                     ..Default::default()
                 };
                 let path = fetch_with_progress(&config, &entry)?;

@@ -28,11 +28,14 @@ pub(crate) fn offline() -> bool {
     )
 }
 
+/// The client for downloads: a minute without a byte is a stalled transfer; a whole body
+/// has no time limit (ureq's `timeout_recv_body` is one budget for the body: a 350 MB file
+/// on a slow line would never finish).
 pub(crate) fn http_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(std::time::Duration::from_secs(15)))
-        .timeout_recv_body(Some(std::time::Duration::from_secs(60)))
+        .timeout_per_read(Some(std::time::Duration::from_secs(60)))
         .build()
         .into()
 }
@@ -173,6 +176,21 @@ pub fn is_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
 }
 
+/// A file already at `dest`: used if it has the expected size (its sum was checked when it
+/// was downloaded; another file of the same name put there is refused).
+fn here(dest: &Path, expect: Expect) -> Result<PathBuf> {
+    let len = std::fs::metadata(dest)
+        .map_err(|e| EngineError::io(dest, e))?
+        .len();
+    match expect.size {
+        Some(want) if want != len => Err(EngineError::Download(format!(
+            "{} is {len} bytes, not the {want} of the file it should be; remove it to download the right one",
+            dest.display()
+        ))),
+        _ => Ok(dest.to_path_buf()),
+    }
+}
+
 /// The name a URL's file is kept under: the last segment of its path, when it is a plain
 /// file name (letters, digits, `.`, `-`, `_`, `+`), else an error.
 pub fn file_name(url: &str) -> Result<String> {
@@ -209,7 +227,7 @@ pub fn fetch_url(
     on_progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<PathBuf> {
     if dest.is_file() {
-        return Ok(dest.to_path_buf());
+        return here(dest, expect);
     }
     let name = dest
         .file_name()
@@ -236,7 +254,7 @@ pub fn fetch_url(
     if dest.is_file() {
         // Another process finished it while this one waited.
         let _ = std::fs::remove_file(&part);
-        return Ok(dest.to_path_buf());
+        return here(dest, expect);
     }
     let agent = http_agent();
     let url = &mirrored(url, mirror);
@@ -313,9 +331,17 @@ mod tests {
         let got = fetch_url(&url, "", &dest, expect, &mut |d, t| last = (d, t)).unwrap();
         assert_eq!(std::fs::read(&got).unwrap(), body);
         assert_eq!(last, (body.len() as u64, Some(body.len() as u64)));
-        // Here already: no second request.
+        // Here already: no second request; another file under its name is refused.
         fetch_url(&url, "", &dest, expect, &mut |_, _| {}).unwrap();
         assert_eq!(ranges.lock().unwrap().len(), 1);
+        let other = Expect {
+            sha256: None,
+            size: Some(5),
+        };
+        let e = fetch_url(&url, "", &dest, other, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("remove it"), "{e}");
 
         // An interrupted earlier transfer is resumed from where it stopped.
         let resumed = dir.path().join("models/again.pth");

@@ -212,7 +212,8 @@ pub async fn insert_output(
         .bind(o.mime)
         .bind(o.width.unwrap_or(0) as i64)
         .bind(o.height.unwrap_or(0) as i64)
-        .bind(o.body.len() as i64)
+        // The zoomable copy counts against the owner's storage with the file.
+        .bind((o.body.len() + o.tiles.as_ref().map_or(0, |t| t.len())) as i64)
         .bind(crate::http::auth::now())
         .bind(o.kind)
         .bind(&job.id)

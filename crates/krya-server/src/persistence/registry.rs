@@ -336,6 +336,8 @@ fn entries(
                             .collect(),
                         sha256: k.sha256.clone().filter(|_| same),
                         size: k.size.filter(|_| same),
+                        license: k.license.clone().filter(|_| same),
+                        denoise_twin: k.denoise_twin.clone().filter(|_| same),
                         id,
                         source,
                         ..k.clone()

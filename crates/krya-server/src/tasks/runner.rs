@@ -473,13 +473,17 @@ async fn report_progress(
             }) = pending.take()
         {
             last = Instant::now();
-            let _ = sqlx::query("UPDATE jobs SET progress_step = $1, progress_total = $2 WHERE id = $3 AND status = 'processing'")
-                .bind(step as i64)
-                .bind(total as i64)
-                .bind(&job.id)
-                .execute(&db.pool)
-                .await;
-            task.progressed(&db, &job, step, total).await;
+            // The job's record counts its own steps; a stage before them (a download) is
+            // told in events only.
+            if stage.is_none() {
+                let _ = sqlx::query("UPDATE jobs SET progress_step = $1, progress_total = $2 WHERE id = $3 AND status = 'processing'")
+                    .bind(step as i64)
+                    .bind(total as i64)
+                    .bind(&job.id)
+                    .execute(&db.pool)
+                    .await;
+                task.progressed(&db, &job, step, total).await;
+            }
             if task.notifies() {
                 let mut data = serde_json::json!({"status": "processing", "progress": {"step": step, "total": total}, "preview": preview});
                 if let Some(s) = stage {

@@ -376,6 +376,7 @@ fn curated_models_download_on_first_use() {
     assert_eq!(done["status"], "failed", "{done}");
     let m = done["error"]["message"].as_str().unwrap();
     assert!(m.contains("size mismatch"), "{m}");
+    assert_eq!(done["error"]["code"], "model-unavailable", "{done}");
     let kept: Vec<_> = std::fs::read_dir(data.join("models"))
         .unwrap()
         .flatten()

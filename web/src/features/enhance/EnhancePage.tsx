@@ -379,7 +379,14 @@ export default function EnhancePage() {
         {job?.status === "failed" && <ErrorNote error={{ message: job.error?.message ?? "The enhancer failed." }} />}
         {output && source && (
           <>
-            <Compare before={source.url} after={output.url} width={output.width ?? 1} height={output.height ?? 1} tiles={tiles && tiles.id === outputId ? tiles : undefined} />
+            <Compare
+              before={source.url}
+              // A large output is never fetched whole: its thumbnail stands in until its tiles' shape arrives.
+              after={large ? (output.thumbnail_url ?? source.url) : output.url}
+              width={output.width ?? 1}
+              height={output.height ?? 1}
+              tiles={tiles && tiles.id === outputId ? tiles : undefined}
+            />
             <div className="flex items-center gap-3 text-sm">
               <a href={output.url} download className="rounded-lg bg-white px-4 py-2 font-medium text-neutral-950" data-testid="enhance-download">
                 Download PNG

@@ -552,8 +552,18 @@ impl Task for EnhanceTask {
         match work.await {
             Ok(Ok(out)) => Outcome::Done(vec![out]),
             Ok(Err(krya_engine::EngineError::Cancelled)) => Outcome::Cancelled,
-            Ok(Err(e)) if e.is_user_error() => Outcome::failed("invalid-input", e.to_string()),
-            Ok(Err(e)) => Outcome::Retry(e.to_string()),
+            // As image jobs: a disk's trouble is worth another try, a model that cannot be
+            // had is not the input's fault.
+            Ok(Err(
+                e @ (krya_engine::EngineError::Tensor(_) | krya_engine::EngineError::Io { .. }),
+            )) => Outcome::Retry(e.to_string()),
+            Ok(Err(e @ krya_engine::EngineError::Download(_))) => {
+                Outcome::failed("model-unavailable", e.to_string())
+            }
+            Ok(Err(e)) if e.code() == "invalid-input" => {
+                Outcome::failed("invalid-input", e.to_string())
+            }
+            Ok(Err(e)) => Outcome::failed("model-unavailable", e.to_string()),
             Err(e) => Outcome::Retry(format!("the enhancer stopped: {e}")),
         }
     }
