@@ -50,7 +50,7 @@ pub struct Args {
     /// the first installed one, else gfpgan-1.4, downloaded on first use.
     #[arg(long, value_name = "MODEL")]
     face_model: Option<String>,
-    /// The face detector for --face-restore (RetinaFace MobileNet-0.25): a file or a name;
+    /// The face detector for --face-restore (RetinaFace, MobileNet-0.25 or ResNet-50): a file or a name;
     /// default the first installed one, else retinaface-mobilenet.
     #[arg(long, value_name = "MODEL")]
     face_detector: Option<String>,

@@ -1,6 +1,7 @@
 //! RetinaFace, as facexlib runs it (xinntao/facexlib@260620ae93:facexlib/detection/
-//! retinaface.py, retinaface_net.py, retinaface_utils.py): a backbone (MobileNetV1 ×0.25;
-//! the ResNet-50 one is refused for now), a three-level FPN, an SSH context module per level, and per
+//! retinaface.py, retinaface_net.py, retinaface_utils.py): a backbone (MobileNetV1 ×0.25, or
+//! torchvision's ResNet-50 up to its fourth stage, GFPGANer's default), a three-level FPN, an
+//! SSH context module per level, and per
 //! level 1×1 heads for two anchors a cell: face score (softmax of two), box and five
 //! landmarks, decoded against the prior boxes (`min_sizes [[16,32],[64,128],[256,512]]`,
 //! `steps [8,16,32]`, variances 0.1 and 0.2), thresholded and suppressed (IoU 0.4).
@@ -85,6 +86,32 @@ impl ConvBn {
 enum Body {
     /// Stages of layers, run in turn; the outputs of stages 1–3 feed the FPN.
     Mobile(Vec<Vec<ConvBn>>),
+    /// ResNet-50: a 7×7 stride-2 convolution and a 3×3 stride-2 max pool, then four stages of
+    /// bottlenecks; the outputs of stages 2–4 feed the FPN.
+    Resnet {
+        stem: ConvBn,
+        stages: Vec<Vec<Bottleneck>>,
+    },
+}
+
+/// A ResNet bottleneck: 1×1, 3×3 (with the stage's stride), 1×1 to four times the width,
+/// added to the input (through a strided 1×1 where the shape changes), ReLU.
+struct Bottleneck {
+    c1: ConvBn,
+    c2: ConvBn,
+    c3: ConvBn,
+    down: Option<ConvBn>,
+}
+
+impl Bottleneck {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.c3.forward(&self.c2.forward(&self.c1.forward(x)?)?)?;
+        let id = match &self.down {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        (y + id)?.relu()
+    }
 }
 
 struct Ssh {
@@ -104,6 +131,7 @@ struct Head {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backbone {
     MobileNet025,
+    ResNet50,
 }
 
 /// A face: its box `[x1, y1, x2, y2]`, score, and five landmarks (left eye, right eye,
@@ -201,12 +229,58 @@ impl RetinaFace {
                 stages.push(layers);
             }
             (Backbone::MobileNet025, Body::Mobile(stages))
+        } else if t.0.contains_key("body.layer1.0.conv1.weight") {
+            let stem = t.conv_bn("body.conv1", "body.bn1", 2, 1, Some(0.0))?;
+            let mut stages = Vec::new();
+            for s in 1..=4 {
+                let stride = if s == 1 { 1 } else { 2 };
+                let count = (0..)
+                    .take_while(|i| t.0.contains_key(&format!("body.layer{s}.{i}.conv1.weight")))
+                    .count();
+                let mut blocks = Vec::new();
+                for i in 0..count {
+                    let p = format!("body.layer{s}.{i}");
+                    let stride = if i == 0 { stride } else { 1 };
+                    let down = if t.0.contains_key(&format!("{p}.downsample.0.weight")) {
+                        Some(t.conv_bn(
+                            &format!("{p}.downsample.0"),
+                            &format!("{p}.downsample.1"),
+                            stride,
+                            1,
+                            None,
+                        )?)
+                    } else {
+                        None
+                    };
+                    blocks.push(Bottleneck {
+                        c1: t.conv_bn(
+                            &format!("{p}.conv1"),
+                            &format!("{p}.bn1"),
+                            1,
+                            1,
+                            Some(0.0),
+                        )?,
+                        c2: t.conv_bn(
+                            &format!("{p}.conv2"),
+                            &format!("{p}.bn2"),
+                            stride,
+                            1,
+                            Some(0.0),
+                        )?,
+                        c3: t.conv_bn(&format!("{p}.conv3"), &format!("{p}.bn3"), 1, 1, None)?,
+                        down,
+                    });
+                }
+                if blocks.is_empty() {
+                    return Err(bad(format!("RetinaFace (ResNet) without body.layer{s}")));
+                }
+                stages.push(blocks);
+            }
+            (Backbone::ResNet50, Body::Resnet { stem, stages })
         } else {
-            return Err(bad(if t.0.contains_key("body.layer1.0.conv1.weight") {
-                "RetinaFace with a ResNet-50 backbone is not read yet: use the MobileNet one (detection_mobilenet0.25_Final.pth)"
-            } else {
-                "RetinaFace whose backbone is not MobileNetV1"
-            }));
+            return Err(bad(
+                "RetinaFace whose backbone is neither MobileNetV1 nor ResNet",
+            ));
         };
         // The FPN and SSH use LeakyReLU 0.1 at 64 channels or fewer, else ReLU.
         let out =
@@ -278,6 +352,22 @@ impl RetinaFace {
                         x = l.forward(&x)?;
                     }
                     outs.push(x.clone());
+                }
+            }
+            Body::Resnet { stem, stages } => {
+                // The max pool pads with zeros: after a ReLU that is its -∞.
+                let x = stem.forward(x)?;
+                let mut x = x
+                    .pad_with_zeros(2, 1, 1)?
+                    .pad_with_zeros(3, 1, 1)?
+                    .max_pool2d_with_stride(3, 2)?;
+                for (s, stage) in stages.iter().enumerate() {
+                    for b in stage {
+                        x = b.forward(&x)?;
+                    }
+                    if s > 0 {
+                        outs.push(x.clone());
+                    }
                 }
             }
         }
