@@ -125,6 +125,7 @@ pub fn fetch_with_progress(
         }
         bar.set_position(done);
         fetched = Some(done);
+        Ok(())
     });
     bar.finish_and_clear();
     if let (Some(n), false, Ok(p)) = (fetched, std::io::stderr().is_terminal(), &result) {

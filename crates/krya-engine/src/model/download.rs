@@ -45,7 +45,8 @@ type Request = ureq::RequestBuilder<ureq::typestate::WithoutBody>;
 /// Appends `url`'s bytes to `part` (from its current length, by a `Range` request), then
 /// checks the whole file against `expect`; a file whose sha256 differs is removed. `label`
 /// names the file in errors; `prepare` adds headers (the hub's token); `on_bytes` gets the
-/// bytes on disk so far.
+/// bytes on disk so far, and stops the transfer by returning an error (a cancelled job's:
+/// the part stays, to be resumed).
 pub(crate) fn transfer(
     agent: &ureq::Agent,
     url: &str,
@@ -53,7 +54,7 @@ pub(crate) fn transfer(
     part: &Path,
     label: &str,
     expect: Expect,
-    on_bytes: &mut dyn FnMut(u64),
+    on_bytes: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let mut req = prepare(agent.get(url));
@@ -113,7 +114,7 @@ pub(crate) fn transfer(
             file.write_all(&buf[..n])
                 .map_err(|e| EngineError::io(part, e))?;
             done += n as u64;
-            on_bytes(done);
+            on_bytes(done)?;
         }
     }
     file.sync_all().map_err(|e| EngineError::io(part, e))?;
@@ -218,13 +219,13 @@ pub fn file_name(url: &str) -> Result<String> {
 /// unless it is there: resumable, checked against `expect` (a mirror's file too), and
 /// renamed into place only when whole. Two processes fetching the same file take turns (a
 /// lock on the `.part` file); the second finds the first's file. `on_progress` gets the
-/// bytes on disk and the total when known.
+/// bytes on disk and the total when known, and stops the download by returning an error.
 pub fn fetch_url(
     url: &str,
     mirror: &str,
     dest: &Path,
     expect: Expect,
-    on_progress: &mut dyn FnMut(u64, Option<u64>),
+    on_progress: &mut dyn FnMut(u64, Option<u64>) -> Result<()>,
 ) -> Result<PathBuf> {
     if dest.is_file() {
         return here(dest, expect);
@@ -328,17 +329,21 @@ mod tests {
             size: Some(body.len() as u64),
         };
         let mut last = (0, None);
-        let got = fetch_url(&url, "", &dest, expect, &mut |d, t| last = (d, t)).unwrap();
+        let got = fetch_url(&url, "", &dest, expect, &mut |d, t| {
+            last = (d, t);
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(std::fs::read(&got).unwrap(), body);
         assert_eq!(last, (body.len() as u64, Some(body.len() as u64)));
         // Here already: no second request; another file under its name is refused.
-        fetch_url(&url, "", &dest, expect, &mut |_, _| {}).unwrap();
+        fetch_url(&url, "", &dest, expect, &mut |_, _| Ok(())).unwrap();
         assert_eq!(ranges.lock().unwrap().len(), 1);
         let other = Expect {
             sha256: None,
             size: Some(5),
         };
-        let e = fetch_url(&url, "", &dest, other, &mut |_, _| {})
+        let e = fetch_url(&url, "", &dest, other, &mut |_, _| Ok(()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("remove it"), "{e}");
@@ -346,9 +351,18 @@ mod tests {
         // An interrupted earlier transfer is resumed from where it stopped.
         let resumed = dir.path().join("models/again.pth");
         std::fs::write(dir.path().join("models/again.pth.part"), &body[..1000]).unwrap();
-        fetch_url(&url, "", &resumed, expect, &mut |_, _| {}).unwrap();
+        fetch_url(&url, "", &resumed, expect, &mut |_, _| Ok(())).unwrap();
         assert_eq!(std::fs::read(&resumed).unwrap(), body);
         assert_eq!(ranges.lock().unwrap()[1].as_deref(), Some("bytes=1000-"));
+
+        // Stopped by its caller (a cancelled job): the part is kept for the next try.
+        let stopped = dir.path().join("models/stopped.pth");
+        let e = fetch_url(&url, "", &stopped, expect, &mut |_, _| {
+            Err(crate::EngineError::Cancelled)
+        })
+        .unwrap_err();
+        assert!(matches!(e, crate::EngineError::Cancelled), "{e}");
+        assert!(!stopped.exists() && dir.path().join("models/stopped.pth.part").exists());
 
         // A file that is not what the list pins is refused and not kept.
         let wrong = dir.path().join("models/wrong.pth");
@@ -361,7 +375,7 @@ mod tests {
                 sha256: Some(&bad),
                 size: None,
             },
-            &mut |_, _| {},
+            &mut |_, _| Ok(()),
         )
         .unwrap_err()
         .to_string();
@@ -377,7 +391,7 @@ mod tests {
                 sha256: None,
                 size: Some(10),
             },
-            &mut |_, _| {},
+            &mut |_, _| Ok(()),
         )
         .unwrap_err()
         .to_string();

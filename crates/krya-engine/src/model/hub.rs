@@ -345,7 +345,8 @@ fn fetch_file(
                 total: f.size,
                 file_index,
                 files,
-            })
+            });
+            Ok(())
         })
         .map_err(|e| match e {
             // The listing was read from this hub a moment ago: a file it lists is there.

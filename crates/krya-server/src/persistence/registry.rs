@@ -128,12 +128,13 @@ pub fn url_file(data_dir: &Path, url: &str) -> Result<PathBuf, EngineError> {
 
 /// The one file an entry's weights are in: a local file as it is, a URL's downloaded first
 /// (from under `mirror` when it is not empty; checked against the entry's sha256 and size;
-/// `on_progress` gets bytes done and the total). A folder or repo is not one file.
+/// `on_progress` gets bytes done and the total, and stops it by returning an error). A
+/// folder or repo is not one file.
 pub fn local_file(
     data_dir: &Path,
     entry: &ModelEntry,
     mirror: &str,
-    on_progress: &mut dyn FnMut(u64, Option<u64>),
+    on_progress: &mut dyn FnMut(u64, Option<u64>) -> krya_engine::Result<()>,
 ) -> Result<PathBuf, EngineError> {
     if download::is_url(&entry.source) {
         let dest = url_file(data_dir, &entry.source)?;

@@ -172,12 +172,13 @@ struct Files {
 
 impl Files {
     /// Each file's path, fetched if needed (in the job, off the async runtime), the
-    /// download reported as a stage of the job's progress, in MB.
+    /// download reported as a stage of the job's progress, in MB, and stopped by `cancel`.
     fn fetch(
         &self,
         data_dir: &std::path::Path,
         mirror: &str,
         progress: &tokio::sync::mpsc::UnboundedSender<ProgressMsg>,
+        cancel: &krya_engine::CancelToken,
     ) -> Result<(PathBuf, Option<PathBuf>, Option<(PathBuf, PathBuf)>), krya_engine::EngineError>
     {
         let get = |e: &registry::ModelEntry| {
@@ -194,6 +195,7 @@ impl Files {
                 if total.is_some_and(|t| done == t) {
                     tracing::info!(model = %e.id, bytes = done, "model downloaded");
                 }
+                cancel.check()
             })
         };
         let up = get(&self.upscaler)?;
@@ -441,7 +443,7 @@ impl Task for EnhanceTask {
                 };
                 let mut options = options;
                 // Curated models are downloaded on their first use.
-                let (source, twin, faces) = files.fetch(&data_dir, &mirror, &progress)?;
+                let (source, twin, faces) = files.fetch(&data_dir, &mirror, &progress, &cancel)?;
                 if let Some((restorer, detector)) = &faces {
                     options.faces = Some(std::sync::Arc::new(Faces::load(restorer, detector)?));
                 }
