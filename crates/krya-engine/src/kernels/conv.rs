@@ -314,46 +314,97 @@ fn pad_planes(
 /// Where the direct and Winograd kernels read an `h × w` image's planes: `stride` floats
 /// apart (as [`conv3x3_s1`] lays them out), `n` output pixels computed per plane.
 struct Layout {
+    h: usize,
+    w: usize,
     stride: usize,
     n: usize,
 }
 
-fn layout(h: usize, w: usize, lanes: usize) -> Layout {
-    let wp = w + 2;
-    let plane = (h + 2) * wp;
-    Layout {
-        stride: (plane.div_ceil(16) | 1) * 16,
-        n: (h * wp).next_multiple_of(lanes),
+impl Layout {
+    fn new(h: usize, w: usize, lanes: usize) -> Self {
+        let wp = w + 2;
+        let plane = (h + 2) * wp;
+        Layout {
+            h,
+            w,
+            stride: (plane.div_ceil(16) | 1) * 16,
+            n: (h * wp).next_multiple_of(lanes),
+        }
+    }
+
+    /// A buffer of `c` padded planes, with what the kernels read past the last. A kernel
+    /// reads a little past its last plane, into the head of the next (planes not written
+    /// yet): those reads make only dropped pixels, but are zeros.
+    fn buffer(&self, c: usize) -> Vec<f32> {
+        let stride = self.stride;
+        let reach = 2 * (self.w + 2) + 2 + self.n;
+        let mut padded = uninit(c * stride + reach.saturating_sub(stride));
+        padded[c * stride..].fill(0.0);
+        for p in padded[..c * stride].chunks_mut(stride) {
+            let head = p.len().min(reach.saturating_sub(stride));
+            p[..head].fill(0.0);
+        }
+        padded
+    }
+
+    /// `src` (`c × h × w`) into `c` planes of `padded`, each value through `f` (given its
+    /// plane's index).
+    fn pad(&self, src: &[f32], padded: &mut [f32], f: impl Fn(usize, f32) -> f32 + Sync) {
+        let c = src.len() / (self.h * self.w);
+        pad_planes(
+            src,
+            self.h,
+            self.w,
+            self.stride,
+            &mut padded[..c * self.stride],
+            f,
+        );
     }
 }
 
-/// A buffer of `c` padded planes in that layout, with what the kernels read past the last.
-/// A kernel reads a little past its last plane, into the head of the next (planes not
-/// written yet): those reads make only dropped pixels, but are zeros.
-fn padded_buffer(c: usize, h: usize, w: usize, lanes: usize) -> Vec<f32> {
-    let Layout { stride, n } = layout(h, w, lanes);
-    let reach = 2 * (w + 2) + 2 + n;
-    let mut padded = uninit(c * stride + reach.saturating_sub(stride));
-    padded[c * stride..].fill(0.0);
-    for p in padded[..c * stride].chunks_mut(stride) {
-        let head = p.len().min(reach.saturating_sub(stride));
-        p[..head].fill(0.0);
-    }
-    padded
+/// A packed 3×3 convolution, as the one-pass kernels below run it.
+struct Packed3x3 {
+    packed: std::sync::Arc<Vec<f32>>,
+    cin: usize,
+    cout: usize,
+    bias: Option<Vec<f32>>,
 }
 
-/// One 3×3 convolution over padded planes: Winograd where it applies, else direct.
-fn run3x3(
-    padded: &[f32],
-    packed: &[f32],
-    bias: Option<&[f32]>,
-    g: direct::Geometry,
-    out: &mut [f32],
-) {
-    if winograd::applies(g.h, g.w) {
-        winograd::conv(padded, packed, bias, g, out);
-    } else {
-        direct::conv(padded, packed, bias, g, out);
+impl Packed3x3 {
+    /// Each of `convs`, or `None` when one is not a packed 3×3.
+    fn all(convs: &[Conv2d]) -> candle_core::Result<Option<Vec<Self>>> {
+        let mut layers = Vec::with_capacity(convs.len());
+        for conv in convs {
+            let ConvWeight::Packed { packed, cout, cin } = &conv.weight else {
+                return Ok(None);
+            };
+            layers.push(Self {
+                packed: packed.clone(),
+                cin: *cin,
+                cout: *cout,
+                bias: conv.bias.as_ref().map(data).transpose()?,
+            });
+        }
+        Ok(Some(layers))
+    }
+
+    /// Over the first `cin` planes of `padded`: `cout × h × w` into `out`, by Winograd
+    /// where it applies, else the direct kernel.
+    fn run(&self, l: &Layout, padded: &[f32], out: &mut [f32]) {
+        let g = direct::Geometry {
+            cin: self.cin,
+            cout: self.cout,
+            plane: l.stride,
+            h: l.h,
+            w: l.w,
+            n: l.n,
+        };
+        let bias = self.bias.as_deref();
+        if winograd::applies(l.h, l.w) {
+            winograd::conv(padded, &self.packed, bias, g, out);
+        } else {
+            direct::conv(padded, &self.packed, bias, g, out);
+        }
     }
 }
 
@@ -374,47 +425,31 @@ pub fn conv_prelu_chain(
     if !cpu_f32(x) || convs.is_empty() || slopes.len() + 1 != convs.len() {
         return Ok(None);
     }
-    let mut layers = Vec::with_capacity(convs.len());
+    let Some(layers) = Packed3x3::all(convs)? else {
+        return Ok(None);
+    };
+    // Each takes what the one before makes, and each PReLU has a slope per channel.
     let (mut cin, mut widest) = (c0, c0);
-    for (k, conv) in convs.iter().enumerate() {
-        let ConvWeight::Packed {
-            packed,
-            cout,
-            cin: ci,
-        } = &conv.weight
-        else {
-            return Ok(None);
-        };
-        if *ci != cin || slopes.get(k).is_some_and(|s| s.len() != *cout) {
+    for (k, l) in layers.iter().enumerate() {
+        if l.cin != cin || slopes.get(k).is_some_and(|s| s.len() != l.cout) {
             return Ok(None);
         }
-        let bias = conv.bias.as_ref().map(data).transpose()?;
-        layers.push((packed.clone(), *cout, bias));
-        cin = *cout;
+        cin = l.cout;
         widest = widest.max(cin);
     }
-    let Layout { stride, n } = layout(h, w, lanes);
-    let mut bufs = [
-        padded_buffer(widest, h, w, lanes),
-        padded_buffer(widest, h, w, lanes),
-    ];
+    let layout = Layout::new(h, w, lanes);
+    let mut bufs = [layout.buffer(widest), layout.buffer(widest)];
     let cout = cin;
     let mut out = uninit(b * cout * h * w);
     let mut y = Vec::new();
     with_slice(x, |xs| {
         for bi in 0..b {
-            let xb = &xs[bi * c0 * h * w..(bi + 1) * c0 * h * w];
-            pad_planes(xb, h, w, stride, &mut bufs[0][..c0 * stride], |_, v| v);
-            let mut c = c0;
-            for (k, (packed, co, bias)) in layers.iter().enumerate() {
-                let g = direct::Geometry {
-                    cin: c,
-                    cout: *co,
-                    plane: stride,
-                    h,
-                    w,
-                    n,
-                };
+            layout.pad(
+                &xs[bi * c0 * h * w..(bi + 1) * c0 * h * w],
+                &mut bufs[0],
+                |_, v| v,
+            );
+            for (k, l) in layers.iter().enumerate() {
                 let [first, second] = &mut bufs;
                 let (src, dst) = if k % 2 == 0 {
                     (&*first, second)
@@ -422,17 +457,17 @@ pub fn conv_prelu_chain(
                     (&*second, first)
                 };
                 if k + 1 < layers.len() {
-                    y.resize(co * h * w, 0.0);
-                    run3x3(src, packed, bias.as_deref(), g, &mut y);
+                    y.resize(l.cout * h * w, 0.0);
+                    l.run(&layout, src, &mut y);
                     let a = &slopes[k];
-                    pad_planes(&y, h, w, stride, &mut dst[..co * stride], |ch, v| {
-                        if v >= 0.0 { v } else { a[ch] * v }
-                    });
+                    layout.pad(&y, dst, |ch, v| if v >= 0.0 { v } else { a[ch] * v });
                 } else {
-                    let o = &mut out[bi * cout * h * w..(bi + 1) * cout * h * w];
-                    run3x3(src, packed, bias.as_deref(), g, o);
+                    l.run(
+                        &layout,
+                        src,
+                        &mut out[bi * cout * h * w..(bi + 1) * cout * h * w],
+                    );
                 }
-                c = *co;
             }
         }
     })?;
@@ -459,55 +494,35 @@ pub fn dense_block(
     if !cpu_f32(x) || convs.is_empty() {
         return Ok(None);
     }
-    // Each layer's packed weights, output channels and bias; the input grows by each
-    // output but the last's.
-    let mut layers = Vec::with_capacity(convs.len());
-    let mut cin = c0;
-    for (i, conv) in convs.iter().enumerate() {
-        let ConvWeight::Packed {
-            packed,
-            cout,
-            cin: ci,
-        } = &conv.weight
-        else {
-            return Ok(None);
-        };
-        if *ci != cin {
-            return Ok(None);
-        }
-        let bias = conv.bias.as_ref().map(data).transpose()?;
-        layers.push((packed.clone(), *cout, bias));
-        if i + 1 < convs.len() {
-            cin += cout;
-        }
-    }
-    if layers.last().is_none_or(|l| l.1 != c0) {
+    let Some(layers) = Packed3x3::all(convs)? else {
         return Ok(None);
+    };
+    // The input grows by each output but the last's, which has the input's channels.
+    let mut cin = c0;
+    for (k, l) in layers.iter().enumerate() {
+        if l.cin != cin {
+            return Ok(None);
+        }
+        if k + 1 < layers.len() {
+            cin += l.cout;
+        } else if l.cout != c0 {
+            return Ok(None);
+        }
     }
-    let Layout { stride, n } = layout(h, w, lanes);
-    let mut padded = padded_buffer(cin, h, w, lanes);
+    let layout = Layout::new(h, w, lanes);
+    let mut padded = layout.buffer(cin);
     let mut out = uninit(b * c0 * h * w);
     let mut y = Vec::new();
     with_slice(x, |xs| {
         for bi in 0..b {
             let xb = &xs[bi * c0 * h * w..(bi + 1) * c0 * h * w];
-            pad_planes(xb, h, w, stride, &mut padded[..c0 * stride], |_, v| v);
-            let mut c = c0;
-            for (k, (packed, cout, bias)) in layers.iter().enumerate() {
-                let g = direct::Geometry {
-                    cin: c,
-                    cout: *cout,
-                    plane: stride,
-                    h,
-                    w,
-                    n,
-                };
-                y.resize(cout * h * w, 0.0);
-                run3x3(&padded, packed, bias.as_deref(), g, &mut y);
+            layout.pad(xb, &mut padded, |_, v| v);
+            for (k, l) in layers.iter().enumerate() {
+                y.resize(l.cout * h * w, 0.0);
+                l.run(&layout, &padded, &mut y);
                 if k + 1 < layers.len() {
-                    let dst = &mut padded[c * stride..(c + cout) * stride];
-                    pad_planes(&y, h, w, stride, dst, |_, v| v.max(v * slope));
-                    c += cout;
+                    let dst = &mut padded[l.cin * layout.stride..];
+                    layout.pad(&y, dst, |_, v| v.max(v * slope));
                 } else {
                     out[bi * c0 * h * w..(bi + 1) * c0 * h * w]
                         .par_chunks_mut(h * w)

@@ -313,21 +313,29 @@ pub async fn get_asset_thumbnail(
     serve_asset(&state, &headers, &id, true).await
 }
 
-/// The caller's asset, or a public one (or its thumbnail); to anyone else it does not
-/// exist.
+/// The caller's asset, or a public one; to anyone else it does not exist (404).
+pub(crate) async fn readable(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Asset, ApiError> {
+    let viewer = auth::current_user(state, headers).await.ok();
+    state
+        .db
+        .readable_asset(id, viewer.as_ref().map(|v| v.id.as_str()))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no asset {id}")))
+}
+
+/// The caller's asset, or a public one (or its thumbnail).
 async fn serve_asset(
     state: &AppState,
     headers: &HeaderMap,
     id: &str,
     thumbnail: bool,
 ) -> Result<Response, ApiError> {
-    let viewer = auth::current_user(state, headers).await.ok();
-    let a = state
-        .db
-        .readable_asset(id, viewer.as_ref().map(|v| v.id.as_str()))
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no asset {id}")))?;
+    let a = readable(state, headers, id).await?;
     let (key, mime) = if thumbnail {
         let key = a
             .thumb_key

@@ -16,7 +16,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::http::auth;
 use crate::http::openapi::ErrorBody;
 use crate::infra::error::{ApiError, internal};
 
@@ -62,13 +61,7 @@ async fn index(
     headers: &HeaderMap,
     id: &str,
 ) -> Result<(String, Arc<Index>, bool), ApiError> {
-    let viewer = auth::current_user(state, headers).await.ok();
-    let a = state
-        .db
-        .readable_asset(id, viewer.as_ref().map(|v| v.id.as_str()))
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no asset {id}")))?;
+    let a = crate::http::media::readable(state, headers, id).await?;
     let key = crate::tasks::tiles_key(&a.blob_key);
     let none = || ApiError::not_found(format!("asset {id} has no tiles"));
     if let Some(i) = state.pyramids.lock().unwrap().get(&key) {

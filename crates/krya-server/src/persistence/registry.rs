@@ -161,8 +161,8 @@ fn resolved(data_dir: &Path, source: &str) -> String {
     }
 }
 
-fn installed(data_dir: &Path, source: &str) -> bool {
-    match ModelSource::parse(&resolved(data_dir, source)) {
+fn installed(source: &str) -> bool {
+    match ModelSource::parse(source) {
         Ok(ModelSource::Folder(_)) | Ok(ModelSource::Checkpoint(_)) => true,
         Ok(ModelSource::Hub { repo, revision }) => hub::cached_snapshot(&repo, &revision).is_some(),
         Err(_) => false,
@@ -185,8 +185,8 @@ struct FromFiles {
     face: Option<krya_engine::pipelines::face::FaceModel>,
 }
 
-fn from_files(data_dir: &Path, source: &str) -> Option<FromFiles> {
-    let dir = match ModelSource::parse(&resolved(data_dir, source)).ok()? {
+fn from_files(source: &str) -> Option<FromFiles> {
+    let dir = match ModelSource::parse(source).ok()? {
         ModelSource::Folder(d) => d,
         ModelSource::Hub { repo, revision } => hub::cached_snapshot(&repo, &revision)?,
         ModelSource::Checkpoint(path) => {
@@ -364,8 +364,10 @@ fn entries(
 
 /// Fills in what a model's files say: installed state, speed, size and capabilities.
 fn describe(data_dir: &Path, m: &mut ModelEntry) {
-    m.installed = installed(data_dir, &m.source);
-    let files = from_files(data_dir, &m.source);
+    // A URL's file, where it has been downloaded.
+    let source = resolved(data_dir, &m.source);
+    m.installed = installed(&source);
+    let files = from_files(&source);
     if let Some(f) = &files {
         m.fast |= f.fast;
         m.resolution = m.resolution.or(f.resolution);

@@ -131,6 +131,11 @@ function Compare({ before, after, width, height, tiles }: { before: string; afte
   );
 }
 
+/** Installed models first; the curated ones after them are downloaded on first use. */
+function installedFirst(models: Model[]): Model[] {
+  return [...models].sort((a, b) => Number(b.installed) - Number(a.installed));
+}
+
 function megabytes(bytes: number): string {
   return `${Math.max(1, Math.round(bytes / 1e6))} MB`;
 }
@@ -159,8 +164,7 @@ export default function EnhancePage() {
   const [prompt, setPrompt] = useState("");
   const painters = useLoad(() => api.models("img2img").then((r) => r.models.filter((m) => m.installed)));
   const [painter, setPainter] = useState("");
-  // Installed first; the curated ones are downloaded on their first use.
-  const restorers = useLoad(() => api.models("face_restore").then((r) => [...r.models].sort((a, b) => Number(b.installed) - Number(a.installed))));
+  const restorers = useLoad(() => api.models("face_restore").then((r) => installedFirst(r.models)));
   const [denoise, setDenoise] = useState(1);
   const [faces, setFaces] = useState(false);
   const chosenPainter = painter || painters.data?.[0]?.id || "";
@@ -168,7 +172,7 @@ export default function EnhancePage() {
   const [error, setError] = useState<ApiError | null>(null);
   const [job, setJob] = useState<Job | null>(null);
   const live = use(jobs, (s) => (job ? s.jobs[job.id] : undefined));
-  const offered: Model[] = useMemo(() => [...(models.data ?? [])].sort((a, b) => Number(b.installed) - Number(a.installed)), [models.data]);
+  const offered: Model[] = useMemo(() => installedFirst(models.data ?? []), [models.data]);
   const chosen = model || offered[0]?.id || "";
   const chosenModel = offered.find((m) => m.id === chosen);
 

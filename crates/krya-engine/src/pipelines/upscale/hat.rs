@@ -11,11 +11,14 @@
 //! window and the overlap); the index of the overlapping bias is computed as HAT does,
 //! negative entries counting from the table's end as PyTorch's indexing reads them.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
+use candle_core::{Device, IndexOp, Module, Tensor};
+use candle_nn::{LayerNorm, VarBuilder};
 
-use super::swinir::{Block, BlockShape, Cab, partition, reverse, shift_mask};
-use super::{Arch, layout_error, leaky_relu, pixel_shuffle, reflect_pad_to_multiple};
+use super::swinir::{
+    Block, BlockShape, Cab, Grid, PAD1, ShuffleTail, dims, div2k_mean, groups, heads_fit, isqrt,
+    partition, reverse, shuffle_scale,
+};
+use super::{Arch, layout_error, reflect_pad_to_multiple};
 use crate::Result;
 use crate::kernels::{Conv2d, Linear, conv2d, linear};
 use crate::model::state_dict::StateDict;
@@ -68,42 +71,15 @@ pub fn canonical(sd: StateDict) -> Result<(StateDict, HatConfig)> {
             "HAT with an absolute position embedding is not supported yet",
         ));
     }
-    let dims = |k: &str| -> Result<Vec<usize>> {
-        Ok(sd
-            .get(k)
-            .ok_or_else(|| layout_error(format!("HAT without {k}")))?
-            .dims()
-            .to_vec())
-    };
-    let isqrt = |n: usize| (n as f64).sqrt().round() as usize;
+    let dims = |k: &str| dims(&sd, k, "HAT");
     let first = dims("conv_first.weight")?;
     let (embed_dim, channels) = (first[0], first[1]);
     let features = dims("conv_last.weight")?[1];
-    let scale = (0..10)
-        .step_by(2)
-        .map_while(|i| sd.get(&format!("upsample.{i}.weight")))
-        .map(|t| {
-            let d = t.dims();
-            isqrt(d[0] / d[1])
-        })
-        .product();
+    let scale = shuffle_scale(&sd);
     let oca = dims("relative_position_index_OCA")?;
-    let count = |prefix: &str| {
-        (0..)
-            .take_while(|i| {
-                let p = format!("{prefix}.{i}.");
-                sd.keys().any(|k| k.starts_with(&p))
-            })
-            .count()
-    };
-    let layers = count("layers");
-    let mut depths = Vec::new();
-    let mut heads = Vec::new();
-    for i in 0..layers {
-        depths.push(count(&format!("layers.{i}.residual_group.blocks")));
-        let table = format!("layers.{i}.residual_group.overlap_attn.relative_position_bias_table");
-        heads.push(dims(&table)?[1]);
-    }
+    let (depths, heads) = groups(&sd, "HAT", |i| {
+        format!("layers.{i}.residual_group.overlap_attn.relative_position_bias_table")
+    })?;
     let config = HatConfig {
         channels,
         embed_dim,
@@ -120,12 +96,11 @@ pub fn canonical(sd: StateDict) -> Result<(StateDict, HatConfig)> {
         one_conv: sd.contains_key("conv_after_body.weight"),
         img_size: 64,
     };
-    if layers == 0
-        || config.window == 0
+    if config.window == 0
         || config.overlap_window < config.window
         || (config.overlap_window - config.window) % 2 != 0
         || !(1..=8).contains(&scale)
-        || config.heads.iter().any(|&h| h == 0 || embed_dim % h != 0)
+        || !heads_fit(&config.heads, embed_dim)
     {
         return Err(layout_error(format!(
             "a HAT that cannot be read: {config:?}"
@@ -268,9 +243,7 @@ pub struct Hat {
     groups: Vec<Group>,
     norm: LayerNorm,
     conv_after_body: Option<Conv2d>,
-    before: Conv2d,
-    ups: Vec<Conv2d>,
-    conv_last: Conv2d,
+    tail: ShuffleTail,
     mean: Tensor,
 }
 
@@ -278,10 +251,6 @@ impl Hat {
     pub fn new(config: HatConfig, vb: VarBuilder) -> Result<Self> {
         let c = &config;
         let d = c.embed_dim;
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let groups = c
             .depths
             .iter()
@@ -289,102 +258,59 @@ impl Hat {
             .enumerate()
             .map(|(i, (&depth, &heads))| {
                 let vb = vb.pp(format!("layers.{i}"));
-                let blocks = (0..depth)
-                    .map(|j| {
-                        let vb = vb.pp(format!("residual_group.blocks.{j}"));
-                        let cab = Cab::new(d, c.cab, c.squeeze, vb.pp("conv_block.cab"))?;
-                        let shape = BlockShape {
-                            dim: d,
-                            heads,
-                            mlp: c.mlp,
-                            window: c.window,
-                            img_size: c.img_size,
-                            odd: j % 2 == 1,
-                        };
-                        Block::new(&shape, Some(cab), vb)
-                    })
-                    .collect::<Result<_>>()?;
+                let shape = BlockShape {
+                    dim: d,
+                    heads,
+                    mlp: c.mlp,
+                    window: c.window,
+                    img_size: c.img_size,
+                };
+                let blocks = shape.blocks(depth, &vb, |vb| {
+                    let cab = Cab::new(d, c.cab, c.squeeze, vb.pp("conv_block.cab"))?;
+                    Ok(Some(cab))
+                })?;
                 Ok(Group {
                     blocks,
                     overlap: Ocab::new(c, heads, vb.pp("residual_group.overlap_attn"))?,
                     conv: c
                         .one_conv
-                        .then(|| conv2d(d, d, 3, pad1, vb.pp("conv")))
+                        .then(|| conv2d(d, d, 3, PAD1, vb.pp("conv")))
                         .transpose()?,
                 })
             })
             .collect::<Result<_>>()?;
-        let nf = c.features;
-        let factors: Vec<usize> = if c.scale == 3 {
-            vec![3]
-        } else {
-            vec![2; c.scale.trailing_zeros() as usize]
-        };
-        let ups = factors
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                conv2d(
-                    nf,
-                    f * f * nf,
-                    3,
-                    pad1,
-                    vb.pp(format!("upsample.{}", 2 * i)),
-                )
-            })
-            .collect::<candle_core::Result<_>>()?;
-        let mean = if c.channels == 3 {
-            Tensor::new(&[0.4488f32, 0.4371, 0.4040], &Device::Cpu)?.reshape((1, 3, 1, 1))?
-        } else {
-            Tensor::zeros((1, c.channels, 1, 1), DType::F32, &Device::Cpu)?
-        };
         Ok(Self {
-            conv_first: conv2d(c.channels, d, 3, pad1, vb.pp("conv_first"))?,
+            conv_first: conv2d(c.channels, d, 3, PAD1, vb.pp("conv_first"))?,
             embed_norm: candle_nn::layer_norm(d, 1e-5, vb.pp("patch_embed.norm"))?,
             groups,
             norm: candle_nn::layer_norm(d, 1e-5, vb.pp("norm"))?,
             conv_after_body: c
                 .one_conv
-                .then(|| conv2d(d, d, 3, pad1, vb.pp("conv_after_body")))
+                .then(|| conv2d(d, d, 3, PAD1, vb.pp("conv_after_body")))
                 .transpose()?,
-            before: conv2d(d, nf, 3, pad1, vb.pp("conv_before_upsample.0"))?,
-            ups,
-            conv_last: conv2d(nf, c.channels, 3, pad1, vb.pp("conv_last"))?,
-            mean,
+            tail: ShuffleTail::new(d, c.features, c.channels, c.scale, &vb)?,
+            mean: div2k_mean(c.channels)?,
             config,
         })
     }
 
+    /// The transformer body, as SwinIR's with each group's overlapping attention.
     fn features(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let tokens = |x: &Tensor| -> candle_core::Result<Tensor> {
-            x.flatten_from(2)?.transpose(1, 2)?.contiguous()
-        };
-        let image = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
-        };
-        let shifted = self
-            .groups
-            .iter()
-            .flat_map(|g| &g.blocks)
-            .find(|b| b.shift > 0);
-        let mask = shifted
-            .map(|blk| shift_mask(h, w, blk.window, blk.shift))
-            .transpose()?;
-        let mut t = self.embed_norm.forward(&tokens(x)?)?;
-        for g in &self.groups {
+        let g = Grid::of(x)?;
+        let mask = g.mask(self.groups.iter().flat_map(|g| &g.blocks))?;
+        let mut t = self.embed_norm.forward(&g.tokens(x)?)?;
+        for group in &self.groups {
             let mut y = t.clone();
-            for blk in &g.blocks {
-                y = blk.forward(&y, h, w, mask.as_ref())?;
+            for blk in &group.blocks {
+                y = blk.forward(&y, g.h, g.w, mask.as_ref())?;
             }
-            y = g.overlap.forward(&y, h, w)?;
-            let y = match &g.conv {
-                Some(conv) => tokens(&conv.forward(&image(&y)?)?)?,
-                None => y,
-            };
+            y = group.overlap.forward(&y, g.h, g.w)?;
+            if let Some(conv) = &group.conv {
+                y = g.tokens(&conv.forward(&g.image(&y)?)?)?;
+            }
             t = (y + t)?;
         }
-        Ok(image(&self.norm.forward(&t)?)?)
+        Ok(g.image(&self.norm.forward(&t)?)?)
     }
 }
 
@@ -416,12 +342,7 @@ impl Arch for Hat {
             None => body,
         };
         let feat = (body + &first)?;
-        let mut y = leaky_relu(&self.before.forward(&feat)?, 0.01)?;
-        let f = if c.scale == 3 { 3 } else { 2 };
-        for up in &self.ups {
-            y = pixel_shuffle(&up.forward(&y)?, f)?;
-        }
-        let y = self.conv_last.forward(&y)?.broadcast_add(&self.mean)?;
+        let y = self.tail.forward(&feat)?.broadcast_add(&self.mean)?;
         Ok(y.narrow(2, 0, h * c.scale)?.narrow(3, 0, w * c.scale)?)
     }
 }

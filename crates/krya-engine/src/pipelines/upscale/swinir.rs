@@ -85,13 +85,7 @@ pub fn canonical(sd: StateDict) -> Result<(StateDict, SwinIrConfig)> {
             "SwinIR with a pixel-unshuffled input (conv_first.1) is not supported yet",
         ));
     }
-    let dims = |k: &str| -> Result<Vec<usize>> {
-        Ok(sd
-            .get(k)
-            .ok_or_else(|| layout_error(format!("SwinIR without {k}")))?
-            .dims()
-            .to_vec())
-    };
+    let dims = |k: &str| dims(&sd, k, "SwinIR");
     let has = |k: &str| sd.contains_key(k);
     let upsampler = if has("conv_before_upsample.0.weight") {
         if has("conv_up1.weight") {
@@ -116,21 +110,13 @@ pub fn canonical(sd: StateDict) -> Result<(StateDict, SwinIrConfig)> {
             "SwinIR with {channels} channels in and {out} out"
         )));
     }
-    let isqrt = |n: usize| (n as f64).sqrt().round() as usize;
     let scale = match upsampler {
         Upsampler::NearestConv => {
             1 << (1..)
                 .take_while(|i| has(&format!("conv_up{i}.weight")))
                 .count()
         }
-        Upsampler::PixelShuffle => (0..10)
-            .step_by(2)
-            .map_while(|i| sd.get(&format!("upsample.{i}.weight")))
-            .map(|t| {
-                let d = t.dims();
-                isqrt(d[0] / d[1])
-            })
-            .product(),
+        Upsampler::PixelShuffle => shuffle_scale(&sd),
         Upsampler::PixelShuffleDirect => isqrt(dims("upsample.0.bias")?[0] / channels),
         Upsampler::None => 1,
     };
@@ -139,22 +125,9 @@ pub fn canonical(sd: StateDict) -> Result<(StateDict, SwinIrConfig)> {
         Some(m) => isqrt(m.dims()[0]) * window,
         None => 64,
     };
-    let count = |prefix: &str| {
-        (0..)
-            .take_while(|i| {
-                let p = format!("{prefix}.{i}.");
-                sd.keys().any(|k| k.starts_with(&p))
-            })
-            .count()
-    };
-    let layers = count("layers");
-    let mut depths = Vec::new();
-    let mut heads = Vec::new();
-    for i in 0..layers {
-        depths.push(count(&format!("layers.{i}.residual_group.blocks")));
-        let table = format!("layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table");
-        heads.push(dims(&table)?[1]);
-    }
+    let (depths, heads) = groups(&sd, "SwinIR", |i| {
+        format!("layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table")
+    })?;
     let features = match sd.get("conv_before_upsample.0.weight") {
         Some(t) => t.dims()[0],
         None => embed_dim,
@@ -173,17 +146,179 @@ pub fn canonical(sd: StateDict) -> Result<(StateDict, SwinIrConfig)> {
         img_range: if window == 7 { 255.0 } else { 1.0 },
         img_size,
     };
-    if layers == 0
-        || window == 0
-        || !(1..=8).contains(&scale)
-        || config.heads.iter().any(|&h| h == 0 || embed_dim % h != 0)
-    {
+    if window == 0 || !(1..=8).contains(&scale) || !heads_fit(&config.heads, embed_dim) {
         return Err(layout_error(format!(
             "a SwinIR that cannot be read: {config:?}"
         )));
     }
     let sd = sd.into_iter().filter(|(k, _)| !is_buffer(k)).collect();
     Ok((sd, config))
+}
+
+// What HAT (`super::hat`) shares with SwinIR: reading their shapes, the DIV2K mean, the
+// pixel-shuffle reconstruction, and moving between feature maps and tokens.
+
+/// `√n`, for sizes stored squared.
+pub(super) fn isqrt(n: usize) -> usize {
+    (n as f64).sqrt().round() as usize
+}
+
+/// The shape of tensor `k`, or an error naming `arch`.
+pub(super) fn dims(sd: &StateDict, k: &str, arch: &str) -> Result<Vec<usize>> {
+    Ok(sd
+        .get(k)
+        .ok_or_else(|| layout_error(format!("{arch} without {k}")))?
+        .dims()
+        .to_vec())
+}
+
+/// How many `{prefix}.{i}.…` there are, from 0 (spandrel's `get_seq_len`).
+fn seq_len(sd: &StateDict, prefix: &str) -> usize {
+    (0..)
+        .take_while(|i| {
+            let p = format!("{prefix}.{i}.");
+            sd.keys().any(|k| k.starts_with(&p))
+        })
+        .count()
+}
+
+/// Each group's depth (blocks), and its heads: the second dimension of the relative-position
+/// table `table(i)` names. At least one group.
+pub(super) fn groups(
+    sd: &StateDict,
+    arch: &str,
+    table: impl Fn(usize) -> String,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    let layers = seq_len(sd, "layers");
+    if layers == 0 {
+        return Err(layout_error(format!("{arch} without layers")));
+    }
+    let depths = (0..layers)
+        .map(|i| seq_len(sd, &format!("layers.{i}.residual_group.blocks")))
+        .collect();
+    let heads = (0..layers)
+        .map(|i| Ok(dims(sd, &table(i), arch)?[1]))
+        .collect::<Result<_>>()?;
+    Ok((depths, heads))
+}
+
+/// Whether every group's heads split the features evenly.
+pub(super) fn heads_fit(heads: &[usize], dim: usize) -> bool {
+    heads.iter().all(|&h| h > 0 && dim % h == 0)
+}
+
+/// The scale of a pixel-shuffle upsampler (`upsample.0`, `.2`, … each to `f²` times its
+/// input's channels).
+pub(super) fn shuffle_scale(sd: &StateDict) -> usize {
+    (0..10)
+        .step_by(2)
+        .map_while(|i| sd.get(&format!("upsample.{i}.weight")))
+        .map(|t| {
+            let d = t.dims();
+            isqrt(d[0] / d[1])
+        })
+        .product()
+}
+
+/// The DIV2K mean colour both subtract (zero for other than 3 channels), `[1, C, 1, 1]`.
+pub(super) fn div2k_mean(channels: usize) -> Result<Tensor> {
+    Ok(if channels == 3 {
+        Tensor::new(&[0.4488f32, 0.4371, 0.4040], &Device::Cpu)?.reshape((1, 3, 1, 1))?
+    } else {
+        Tensor::zeros((1, channels, 1, 1), DType::F32, &Device::Cpu)?
+    })
+}
+
+pub(super) const PAD1: Conv2dConfig = Conv2dConfig {
+    padding: 1,
+    stride: 1,
+    dilation: 1,
+    groups: 1,
+    cudnn_fwd_algo: None,
+};
+
+/// The `pixelshuffle` reconstruction: a convolution to `nf` and LeakyReLU(0.01), then a
+/// convolution to 4× (or 9×) the channels and a shuffle by 2 (or 3) per factor of the
+/// scale, then a convolution to the image.
+pub(super) struct ShuffleTail {
+    before: Conv2d,
+    ups: Vec<Conv2d>,
+    factor: usize,
+    last: Conv2d,
+}
+
+impl ShuffleTail {
+    pub(super) fn new(
+        dim: usize,
+        nf: usize,
+        channels: usize,
+        scale: usize,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
+        let (factor, n) = if scale == 3 {
+            (3, 1)
+        } else {
+            (2, scale.trailing_zeros() as usize)
+        };
+        let ups = (0..n)
+            .map(|i| {
+                let vb = vb.pp(format!("upsample.{}", 2 * i));
+                conv2d(nf, factor * factor * nf, 3, PAD1, vb)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            before: conv2d(dim, nf, 3, PAD1, vb.pp("conv_before_upsample.0"))?,
+            ups,
+            factor,
+            last: conv2d(nf, channels, 3, PAD1, vb.pp("conv_last"))?,
+        })
+    }
+
+    pub(super) fn forward(&self, feat: &Tensor) -> Result<Tensor> {
+        let mut y = leaky_relu(&self.before.forward(feat)?, 0.01)?;
+        for up in &self.ups {
+            y = pixel_shuffle(&up.forward(&y)?, self.factor)?;
+        }
+        Ok(self.last.forward(&y)?)
+    }
+}
+
+/// A `[B, C, H, W]` feature map's size: between it and its `[B, H·W, C]` tokens.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Grid {
+    b: usize,
+    c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Grid {
+    pub(super) fn of(x: &Tensor) -> Result<Self> {
+        let (b, c, h, w) = x.dims4()?;
+        Ok(Self { b, c, h, w })
+    }
+
+    pub(super) fn tokens(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.flatten_from(2)?.transpose(1, 2)?.contiguous()
+    }
+
+    pub(super) fn image(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        t.transpose(1, 2)?
+            .contiguous()?
+            .reshape((self.b, self.c, self.h, self.w))
+    }
+
+    /// The shifted windows' mask at this size, shared by every shifted block of `blocks`
+    /// (`None` when none shifts).
+    pub(super) fn mask<'a>(
+        &self,
+        mut blocks: impl Iterator<Item = &'a Block>,
+    ) -> Result<Option<Tensor>> {
+        Ok(blocks
+            .find(|b| b.shift > 0)
+            .map(|b| shift_mask(self.h, self.w, b.window, b.shift))
+            .transpose()?)
+    }
 }
 
 /// The residual convolution of a group or of the body: one 3×3, or 3×3 to a quarter,
@@ -195,18 +330,14 @@ enum ResidualConv {
 
 impl ResidualConv {
     fn new(dim: usize, three: bool, vb: VarBuilder) -> Result<Self> {
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         if !three {
-            return Ok(Self::One(conv2d(dim, dim, 3, pad1, vb)?));
+            return Ok(Self::One(conv2d(dim, dim, 3, PAD1, vb)?));
         }
         let q = dim / 4;
         Ok(Self::Three([
-            conv2d(dim, q, 3, pad1, vb.pp("0"))?,
+            conv2d(dim, q, 3, PAD1, vb.pp("0"))?,
             conv2d(q, q, 1, Default::default(), vb.pp("2"))?,
-            conv2d(q, dim, 3, pad1, vb.pp("4"))?,
+            conv2d(q, dim, 3, PAD1, vb.pp("4"))?,
         ]))
     }
 
@@ -233,13 +364,9 @@ pub(super) struct Cab {
 
 impl Cab {
     pub(super) fn new(dim: usize, hidden: usize, squeezed: usize, vb: VarBuilder) -> Result<Self> {
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         Ok(Self {
-            conv1: conv2d(dim, hidden, 3, pad1, vb.pp("0"))?,
-            conv2: conv2d(hidden, dim, 3, pad1, vb.pp("2"))?,
+            conv1: conv2d(dim, hidden, 3, PAD1, vb.pp("0"))?,
+            conv2: conv2d(hidden, dim, 3, PAD1, vb.pp("2"))?,
             squeeze: conv2d(dim, squeezed, 1, Default::default(), vb.pp("3.attention.1"))?,
             excite: conv2d(squeezed, dim, 1, Default::default(), vb.pp("3.attention.3"))?,
         })
@@ -350,19 +477,37 @@ pub(super) fn shift_mask(
     Tensor::from_vec(mask, (nh * nw, n, n), &Device::Cpu)
 }
 
-/// What a Swin block is built from.
+/// What a group's Swin blocks are built from.
 pub(super) struct BlockShape {
     pub dim: usize,
     pub heads: usize,
     pub mlp: usize,
     pub window: usize,
     pub img_size: usize,
-    /// An odd block of its group: on shifted windows.
-    pub odd: bool,
+}
+
+impl BlockShape {
+    /// The `depth` blocks of the group under `vb` (`residual_group.blocks.{j}`), the odd
+    /// ones on shifted windows, each with the convolution branch `cab` makes from its own
+    /// `VarBuilder` (HAT's), if any.
+    pub(super) fn blocks(
+        &self,
+        depth: usize,
+        vb: &VarBuilder,
+        cab: impl Fn(&VarBuilder) -> Result<Option<Cab>>,
+    ) -> Result<Vec<Block>> {
+        (0..depth)
+            .map(|j| {
+                let vb = vb.pp(format!("residual_group.blocks.{j}"));
+                Block::new(self, j % 2 == 1, cab(&vb)?, vb)
+            })
+            .collect()
+    }
 }
 
 impl Block {
-    pub(super) fn new(b: &BlockShape, cab: Option<Cab>, vb: VarBuilder) -> Result<Self> {
+    /// A block of `b`'s group; an `odd` one works on shifted windows.
+    fn new(b: &BlockShape, odd: bool, cab: Option<Cab>, vb: VarBuilder) -> Result<Self> {
         let (dim, heads) = (b.dim, b.heads);
         let ln = |name: &str| candle_nn::layer_norm(dim, 1e-5, vb.pp(name));
         // A window no smaller than the image the model was built for is shrunk to it and
@@ -370,7 +515,7 @@ impl Block {
         let (window, shift) = if b.img_size <= b.window {
             (b.img_size, 0)
         } else {
-            (b.window, if b.odd { b.window / 2 } else { 0 })
+            (b.window, if odd { b.window / 2 } else { 0 })
         };
         let table = vb.pp("attn").get(
             ((2 * window - 1) * (2 * window - 1), heads),
@@ -475,6 +620,20 @@ struct Group {
     conv: ResidualConv,
 }
 
+/// How SwinIR's features become the image (see [`Upsampler`]).
+enum Tail {
+    Shuffle(ShuffleTail),
+    Direct(Conv2d),
+    Nearest {
+        before: Conv2d,
+        ups: Vec<Conv2d>,
+        hr: Conv2d,
+        last: Conv2d,
+    },
+    /// ×1: a convolution added to the input.
+    Residual(Conv2d),
+}
+
 pub struct SwinIr {
     pub config: SwinIrConfig,
     conv_first: Conv2d,
@@ -483,11 +642,7 @@ pub struct SwinIr {
     groups: Vec<Group>,
     norm: LayerNorm,
     conv_after_body: ResidualConv,
-    /// The upsampler's convolutions, in order (by kind, see [`Upsampler`]).
-    before: Option<Conv2d>,
-    ups: Vec<Conv2d>,
-    conv_hr: Option<Conv2d>,
-    conv_last: Option<Conv2d>,
+    tail: Tail,
     mean: Tensor,
 }
 
@@ -495,10 +650,6 @@ impl SwinIr {
     pub fn new(config: SwinIrConfig, vb: VarBuilder) -> Result<Self> {
         let c = &config;
         let d = c.embed_dim;
-        let pad1 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let groups = c
             .depths
             .iter()
@@ -506,87 +657,47 @@ impl SwinIr {
             .enumerate()
             .map(|(i, (&depth, &heads))| {
                 let vb = vb.pp(format!("layers.{i}"));
-                let blocks = (0..depth)
-                    .map(|j| {
-                        let vb = vb.pp(format!("residual_group.blocks.{j}"));
-                        let shape = BlockShape {
-                            dim: d,
-                            heads,
-                            mlp: c.mlp,
-                            window: c.window,
-                            img_size: c.img_size,
-                            odd: j % 2 == 1,
-                        };
-                        Block::new(&shape, None, vb)
-                    })
-                    .collect::<Result<_>>()?;
+                let shape = BlockShape {
+                    dim: d,
+                    heads,
+                    mlp: c.mlp,
+                    window: c.window,
+                    img_size: c.img_size,
+                };
+                let blocks = shape.blocks(depth, &vb, |_| Ok(None))?;
                 Ok(Group {
                     blocks,
                     conv: ResidualConv::new(d, c.three_conv, vb.pp("conv"))?,
                 })
             })
             .collect::<Result<_>>()?;
-        let mut before = None;
-        let mut ups = Vec::new();
-        let (mut conv_hr, mut conv_last) = (None, None);
-        match c.upsampler {
+        let nf = c.features;
+        let tail = match c.upsampler {
             Upsampler::PixelShuffle => {
-                let nf = c.features;
-                before = Some(conv2d(d, nf, 3, pad1, vb.pp("conv_before_upsample.0"))?);
-                let factors: Vec<usize> = if c.scale == 3 {
-                    vec![3]
-                } else {
-                    vec![2; c.scale.trailing_zeros() as usize]
-                };
-                for (i, f) in factors.iter().enumerate() {
-                    ups.push(conv2d(
-                        nf,
-                        f * f * nf,
-                        3,
-                        pad1,
-                        vb.pp(format!("upsample.{}", 2 * i)),
-                    )?);
-                }
-                conv_last = Some(conv2d(nf, c.channels, 3, pad1, vb.pp("conv_last"))?);
+                Tail::Shuffle(ShuffleTail::new(d, nf, c.channels, c.scale, &vb)?)
             }
             Upsampler::PixelShuffleDirect => {
-                ups.push(conv2d(
-                    d,
-                    c.channels * c.scale * c.scale,
-                    3,
-                    pad1,
-                    vb.pp("upsample.0"),
-                )?);
+                let out = c.channels * c.scale * c.scale;
+                Tail::Direct(conv2d(d, out, 3, PAD1, vb.pp("upsample.0"))?)
             }
-            Upsampler::NearestConv => {
-                let nf = c.features;
-                before = Some(conv2d(d, nf, 3, pad1, vb.pp("conv_before_upsample.0"))?);
-                for i in 1..=c.scale.trailing_zeros() as usize {
-                    ups.push(conv2d(nf, nf, 3, pad1, vb.pp(format!("conv_up{i}")))?);
-                }
-                conv_hr = Some(conv2d(nf, nf, 3, pad1, vb.pp("conv_hr"))?);
-                conv_last = Some(conv2d(nf, c.channels, 3, pad1, vb.pp("conv_last"))?);
-            }
-            Upsampler::None => {
-                conv_last = Some(conv2d(d, c.channels, 3, pad1, vb.pp("conv_last"))?);
-            }
-        }
-        let mean = if c.channels == 3 {
-            Tensor::new(&[0.4488f32, 0.4371, 0.4040], &Device::Cpu)?.reshape((1, 3, 1, 1))?
-        } else {
-            Tensor::zeros((1, c.channels, 1, 1), DType::F32, &Device::Cpu)?
+            Upsampler::NearestConv => Tail::Nearest {
+                before: conv2d(d, nf, 3, PAD1, vb.pp("conv_before_upsample.0"))?,
+                ups: (1..=c.scale.trailing_zeros() as usize)
+                    .map(|i| conv2d(nf, nf, 3, PAD1, vb.pp(format!("conv_up{i}"))))
+                    .collect::<candle_core::Result<_>>()?,
+                hr: conv2d(nf, nf, 3, PAD1, vb.pp("conv_hr"))?,
+                last: conv2d(nf, c.channels, 3, PAD1, vb.pp("conv_last"))?,
+            },
+            Upsampler::None => Tail::Residual(conv2d(d, c.channels, 3, PAD1, vb.pp("conv_last"))?),
         };
         Ok(Self {
-            conv_first: conv2d(c.channels, d, 3, pad1, vb.pp("conv_first"))?,
+            conv_first: conv2d(c.channels, d, 3, PAD1, vb.pp("conv_first"))?,
             embed_norm: candle_nn::layer_norm(d, 1e-5, vb.pp("patch_embed.norm"))?,
             groups,
             norm: candle_nn::layer_norm(d, 1e-5, vb.pp("norm"))?,
             conv_after_body: ResidualConv::new(d, c.three_conv, vb.pp("conv_after_body"))?,
-            before,
-            ups,
-            conv_hr,
-            conv_last,
-            mean,
+            tail,
+            mean: div2k_mean(c.channels)?,
             config,
         })
     }
@@ -594,31 +705,17 @@ impl SwinIr {
     /// The transformer body on `[B, C, H, W]` features (whole windows): patch embedding's
     /// norm, the groups, the last norm.
     fn features(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let tokens = |x: &Tensor| -> candle_core::Result<Tensor> {
-            x.flatten_from(2)?.transpose(1, 2)?.contiguous()
-        };
-        let image = |t: &Tensor| -> candle_core::Result<Tensor> {
-            t.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
-        };
-        // Every shifted block of this size shares one mask.
-        let shifted = self
-            .groups
-            .iter()
-            .flat_map(|g| &g.blocks)
-            .find(|b| b.shift > 0);
-        let mask = shifted
-            .map(|blk| shift_mask(h, w, blk.window, blk.shift))
-            .transpose()?;
-        let mut t = self.embed_norm.forward(&tokens(x)?)?;
-        for g in &self.groups {
+        let g = Grid::of(x)?;
+        let mask = g.mask(self.groups.iter().flat_map(|g| &g.blocks))?;
+        let mut t = self.embed_norm.forward(&g.tokens(x)?)?;
+        for group in &self.groups {
             let mut y = t.clone();
-            for blk in &g.blocks {
-                y = blk.forward(&y, h, w, mask.as_ref())?;
+            for blk in &group.blocks {
+                y = blk.forward(&y, g.h, g.w, mask.as_ref())?;
             }
-            t = (tokens(&g.conv.forward(&image(&y)?)?)? + t)?;
+            t = (g.tokens(&group.conv.forward(&g.image(&y)?)?)? + t)?;
         }
-        Ok(image(&self.norm.forward(&t)?)?)
+        Ok(g.image(&self.norm.forward(&t)?)?)
     }
 }
 
@@ -648,26 +745,23 @@ impl Arch for SwinIr {
         let x = (x.broadcast_sub(&self.mean)? * c.img_range)?;
         let first = self.conv_first.forward(&x)?;
         let feat = (self.conv_after_body.forward(&self.features(&first)?)? + &first)?;
-        let y = match c.upsampler {
-            Upsampler::PixelShuffle => {
-                let mut y = leaky_relu(&self.before.as_ref().unwrap().forward(&feat)?, 0.01)?;
-                let f = if c.scale == 3 { 3 } else { 2 };
-                for up in &self.ups {
-                    y = pixel_shuffle(&up.forward(&y)?, f)?;
-                }
-                self.conv_last.as_ref().unwrap().forward(&y)?
-            }
-            Upsampler::PixelShuffleDirect => pixel_shuffle(&self.ups[0].forward(&feat)?, c.scale)?,
-            Upsampler::NearestConv => {
-                let mut y = leaky_relu(&self.before.as_ref().unwrap().forward(&feat)?, 0.01)?;
-                for up in &self.ups {
+        let y = match &self.tail {
+            Tail::Shuffle(t) => t.forward(&feat)?,
+            Tail::Direct(conv) => pixel_shuffle(&conv.forward(&feat)?, c.scale)?,
+            Tail::Nearest {
+                before,
+                ups,
+                hr,
+                last,
+            } => {
+                let mut y = leaky_relu(&before.forward(&feat)?, 0.01)?;
+                for up in ups {
                     let (_, _, fh, fw) = y.dims4()?;
                     y = leaky_relu(&up.forward(&y.upsample_nearest2d(fh * 2, fw * 2)?)?, 0.2)?;
                 }
-                let hr = leaky_relu(&self.conv_hr.as_ref().unwrap().forward(&y)?, 0.2)?;
-                self.conv_last.as_ref().unwrap().forward(&hr)?
+                last.forward(&leaky_relu(&hr.forward(&y)?, 0.2)?)?
             }
-            Upsampler::None => (&x + self.conv_last.as_ref().unwrap().forward(&feat)?)?,
+            Tail::Residual(conv) => (&x + conv.forward(&feat)?)?,
         };
         let y = (y / c.img_range)?.broadcast_add(&self.mean)?;
         Ok(y.narrow(2, 0, h * c.scale)?.narrow(3, 0, w * c.scale)?)
