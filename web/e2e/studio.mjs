@@ -484,6 +484,47 @@ try {
     check((await a.getByTestId("source-link").getAttribute("href")).endsWith(sourceId), "the source is not linked");
   });
 
+  await step("edit: paint a mask and inpaint (a new version, its parent the original; undo and redo), compare, then outpaint to 16:9 (the new size)", async () => {
+    const source = join(shots, "edit-source.png");
+    writeFileSync(source, downloaded);
+    await a.goto("/edit");
+    await a.getByRole("heading", { name: "Edit" }).waitFor();
+    await a.getByLabel("Image to edit").setInputFiles(source);
+    const mask = a.getByTestId("edit-mask");
+    await mask.waitFor();
+    check((await a.getByTestId("edit-run").textContent()).includes("Paint a mask first") && (await a.getByTestId("edit-run").isDisabled()), "inpaint is offered before a mask is painted");
+    const box = await mask.boundingBox();
+    await a.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.3);
+    await a.mouse.down();
+    await a.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.55, { steps: 8 });
+    await a.mouse.up();
+    const original = await a.getByTestId("edit-image").getAttribute("data-version");
+    await a.getByLabel("Prompt").fill("a fox");
+    await a.getByTestId("edit-run").click();
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 2, null, { timeout: 120_000 });
+    const edited = await a.getByTestId("edit-image").getAttribute("data-version");
+    check(edited && edited !== original, "the new version is not shown");
+    const job = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0]);
+    check(job.outputs[0].id === edited && job.outputs[0].parent_id === original, `the edit's parent: ${JSON.stringify(job.outputs[0])}`);
+    check(job.params.operation === "inpaint" && job.params.prompt === "a fox", `params: ${JSON.stringify(job.params)}`);
+    await a.getByTestId("edit-undo").click();
+    check((await a.getByTestId("edit-image").getAttribute("data-version")) === original, "undo did not go back to the original");
+    await a.getByTestId("edit-redo").click();
+    check((await a.getByTestId("edit-image").getAttribute("data-version")) === edited, "redo did not come back");
+    await a.getByTestId("edit-compare").check();
+    await a.getByTestId("compare-slider").waitFor();
+    await a.getByTestId("edit-compare").uncheck();
+    await a.getByRole("group", { name: "Operation" }).getByRole("button", { name: "Outpaint" }).click();
+    await a.getByRole("group", { name: "Aspect" }).getByRole("button", { name: "16:9" }).click();
+    const want = (await a.getByTestId("edit-outpaint-size").textContent()).match(/→ (\d+) × (\d+)/);
+    check(want && Math.abs(+want[1] / +want[2] - 16 / 9) < 0.05, `outpaint size: ${want}`);
+    await a.getByTestId("edit-run").click();
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 3, null, { timeout: 120_000 });
+    check((await a.getByTestId("edit-size").textContent()) === `${want[1]} × ${want[2]}`, `the outpainted size: ${await a.getByTestId("edit-size").textContent()}`);
+    const outpainted = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0].outputs[0]);
+    check(outpainted.width === +want[1] && outpainted.height === +want[2] && outpainted.parent_id === edited, `outpaint: ${JSON.stringify(outpainted)}`);
+  });
+
   await step("keyboard: the first Tab reaches the skip link", async () => {
     await b.goto("/feed");
     await b.getByTestId("feed-grid").waitFor();
@@ -526,6 +567,7 @@ try {
       ["profile", "/profile/ann", () => a.getByTestId("feed-card").first().waitFor()],
       ["settings", "/settings", () => a.getByTestId("usage-credits-left").waitFor()],
       ["enhance", "/enhance", () => a.getByTestId("enhance-start").waitFor()],
+      ["edit", "/edit", () => a.getByTestId("edit-run").waitFor()],
       ["admin", "/admin", () => a.getByTestId("accounts").waitFor()],
       ["realtime", "/realtime", () => a.getByTestId("live-output").waitFor({ timeout: 60_000 })],
     ];
@@ -574,8 +616,8 @@ try {
     const cards = a.getByRole("list").first().getByRole("listitem");
     await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
     await cards.last().scrollIntoViewIfNeeded();
-    // 31 fillers, the sketch and the enhanced image.
-    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 33 + 1);
+    // 31 fillers, the sketch, the enhanced image and the two edits.
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 35 + 1);
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 

@@ -42,7 +42,15 @@ export const TOOLS: Tool[] = [
     signedIn: true,
     page: lazy(() => import("./features/enhance/EnhancePage")),
   },
-  // Editor, Video, 3D and Train join as they are built (menu "tools" for the ones that
+  {
+    path: "/edit",
+    menu: "tools",
+    label: "Edit",
+    hint: "Inpaint and outpaint with a mask",
+    signedIn: true,
+    page: lazy(() => import("./features/edit/EditPage")),
+  },
+  // Video, 3D and Train join as they are built (menu "tools" for the ones that
   // work on an image you have).
 ];
 

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use krya_engine::pipelines::face::{self, FaceRestorer, align};
+use krya_engine::pipelines::face::{self, FaceRestorer, Restorer, align};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/face")
@@ -38,7 +38,10 @@ fn gfpgan_matches_spandrel() {
         ("gfpgan_whole", "gfpgan_whole.safetensors", false),
     ] {
         let m = FaceRestorer::load(&dir().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let c = &m.net.config;
+        let Restorer::Gfpgan(net) = &m.net else {
+            panic!("{file} is not read as GFPGAN")
+        };
+        let c = &net.config;
         assert_eq!(
             (c.out_size, c.num_style_feat, c.num_mlp),
             (32, 16, 2),
@@ -47,7 +50,7 @@ fn gfpgan_matches_spandrel() {
         assert_eq!((c.sft_half, c.different_w), (sft_half, sft_half), "{case}");
         let x = &reference[&format!("{case}.input")];
         let want = &reference[&format!("{case}.output")];
-        let got = m.net.forward(x).unwrap();
+        let got = net.forward(x).unwrap();
         let d = max_abs_diff(&got, want);
         let scale = max_abs_diff(want, &want.zeros_like().unwrap());
         assert!(
@@ -55,7 +58,7 @@ fn gfpgan_matches_spandrel() {
             "{case}: max diff {d} (values up to {scale})"
         );
         // The same face gives the same pixels: the stored noise, not fresh noise.
-        assert_eq!(max_abs_diff(&m.net.forward(x).unwrap(), &got), 0.0);
+        assert_eq!(max_abs_diff(&net.forward(x).unwrap(), &got), 0.0);
     }
 }
 
@@ -70,10 +73,65 @@ fn gfpgan_refuses_other_files_and_sizes() {
     );
     let m = FaceRestorer::load(&dir().join("gfpgan.pth")).unwrap();
     let e = m
-        .restore(&Tensor::zeros((1, 3, 16, 16), candle_core::DType::F32, &Device::Cpu).unwrap())
+        .restore(
+            &Tensor::zeros((1, 3, 16, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            0.5,
+        )
         .err()
         .unwrap();
     assert!(e.to_string().contains("32×32"), "{e}");
+}
+
+/// CodeFormer against spandrel-extra-arches' copy of the reference, at fidelity 0, 0.5
+/// and 1 (`tools/golden/codeformer.py`): a tiny model of the released structure (four
+/// levels to a 16×16 code grid, fusion at three sizes), read from a `params_ema` `.pth`.
+#[test]
+fn codeformer_matches_reference() {
+    let reference =
+        candle_core::safetensors::load(dir().join("codeformer.safetensors"), &Device::Cpu).unwrap();
+    let m = FaceRestorer::load(&dir().join("codeformer.pth")).unwrap();
+    assert!(m.has_fidelity());
+    let Restorer::CodeFormer(net) = &m.net else {
+        panic!("codeformer.pth is not read as CodeFormer")
+    };
+    let c = &net.config;
+    assert_eq!(
+        (c.size, c.grid, c.dim, c.layers, c.codes, c.code_dim),
+        (128, 16, 64, 2, 64, 256)
+    );
+    assert_eq!(c.fused, vec![32, 64, 128]);
+    let x = &reference["input"];
+    let want: Vec<u32> = reference["codes"]
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(net.codes(x).unwrap(), want);
+    let mut outputs = Vec::new();
+    for w in [0.0, 0.5, 1.0] {
+        let want = &reference[&format!("w{w:?}.output")];
+        let got = net.forward(x, w).unwrap();
+        let d = max_abs_diff(&got, want);
+        let scale = max_abs_diff(want, &want.zeros_like().unwrap());
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "w {w}: max diff {d} (values up to {scale})"
+        );
+        outputs.push(got);
+    }
+    // The weight matters: each fidelity gives another face.
+    assert!(max_abs_diff(&outputs[0], &outputs[1]) > 1e-2);
+    assert!(max_abs_diff(&outputs[1], &outputs[2]) > 1e-2);
+    let e = m
+        .restore(
+            &Tensor::zeros((1, 3, 64, 64), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            0.5,
+        )
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("128×128"), "{e}");
 }
 
 fn reference() -> std::collections::HashMap<String, Tensor> {

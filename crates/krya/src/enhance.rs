@@ -46,10 +46,14 @@ pub struct Args {
     /// Restore faces: find them, repaint them and paste them into the output.
     #[arg(long)]
     face_restore: bool,
-    /// The face restorer for --face-restore (GFPGAN v1.3/v1.4): a file or a name; default
-    /// the first installed one, else gfpgan-1.4, downloaded on first use.
+    /// The face restorer for --face-restore (GFPGAN v1.3/v1.4, CodeFormer): a file or a
+    /// name; default the first installed one, else gfpgan-1.4, downloaded on first use.
     #[arg(long, value_name = "MODEL")]
     face_model: Option<String>,
+    /// CodeFormer's fidelity weight, 0-1: 0 repaints faces the most, 1 keeps them closest
+    /// to the input (default 0.5).
+    #[arg(long)]
+    fidelity: Option<f32>,
     /// The face detector for --face-restore (RetinaFace, MobileNet-0.25 or ResNet-50): a file or a name;
     /// default the first installed one, else retinaface-mobilenet.
     #[arg(long, value_name = "MODEL")]
@@ -130,10 +134,19 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     let mut options = options;
-    if !a.face_restore && (a.face_model.is_some() || a.face_detector.is_some()) {
+    if !a.face_restore
+        && (a.face_model.is_some() || a.face_detector.is_some() || a.fidelity.is_some())
+    {
         return Err(CliError::user(
-            "--face-model and --face-detector are for --face-restore",
+            "--face-model, --face-detector and --fidelity are for --face-restore",
         ));
+    }
+    if let Some(f) = a.fidelity
+        && !(0.0..=1.0).contains(&f)
+    {
+        return Err(CliError::user(format!(
+            "--fidelity must be from 0 to 1 (got {f})"
+        )));
     }
     let config = a.settings.config()?;
     let (model_path, entry) = weights(&config, Some(&a.model), Capability::Upscale)?;
@@ -147,9 +160,17 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if a.face_restore {
         let (restorer, _) = weights(&config, a.face_model.as_deref(), Capability::FaceRestore)?;
         let (detector, _) = weights(&config, a.face_detector.as_deref(), Capability::FaceDetect)?;
-        options.faces = Some(std::sync::Arc::new(
-            krya_engine::pipelines::face::Faces::load(&restorer, &detector)?,
-        ));
+        let mut faces = krya_engine::pipelines::face::Faces::load(&restorer, &detector)?;
+        if let Some(f) = a.fidelity {
+            if !faces.restorer.has_fidelity() {
+                return Err(CliError::user(format!(
+                    "--fidelity is for CodeFormer; {} has no fidelity weight",
+                    restorer.display()
+                )));
+            }
+            faces.fidelity = f;
+        }
+        options.faces = Some(std::sync::Arc::new(faces));
     }
     let input = enhance::decode(&bytes, options.max_input_pixels)?;
     let t0 = Instant::now();

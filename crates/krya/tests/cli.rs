@@ -565,7 +565,7 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
                 gfpgan.to_str().unwrap(),
             ],
         ),
-        "--face-model and --face-detector are for --face-restore",
+        "--face-model, --face-detector and --fidelity are for --face-restore",
     );
     assert_user_error(
         &krya(
@@ -584,6 +584,39 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
             ],
         ),
         "not a face restoration model",
+    );
+    // CodeFormer takes a fidelity weight; GFPGAN has none.
+    let codeformer = golden("face/codeformer.pth");
+    let with_fidelity = |restorer: &std::path::Path, w: &str| {
+        krya(
+            t,
+            &[
+                "enhance",
+                input,
+                out.to_str().unwrap(),
+                "--model",
+                model,
+                "--scale",
+                "1",
+                "--face-restore",
+                "--face-model",
+                restorer.to_str().unwrap(),
+                "--face-detector",
+                retina.to_str().unwrap(),
+                "--fidelity",
+                w,
+            ],
+        )
+    };
+    let o = with_fidelity(&codeformer, "0.7");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_user_error(
+        &with_fidelity(&gfpgan, "0.7"),
+        "--fidelity is for CodeFormer",
+    );
+    assert_user_error(
+        &with_fidelity(&codeformer, "1.5"),
+        "--fidelity must be from 0 to 1",
     );
     assert_ne!(outputs[0], outputs[1], "sharpened");
     assert_ne!(outputs[0], outputs[2], "re-drawn");

@@ -108,6 +108,7 @@ fn studio_end_to_end_in_chromium() {
         "profile",
         "settings",
         "realtime",
+        "edit",
     ] {
         for w in [1440, 390] {
             let f = shots.join(format!("{page}-{w}.png"));

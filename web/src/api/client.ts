@@ -8,6 +8,7 @@ import type {
   ApiKey,
   Asset,
   EnhanceRequest,
+  EditRequest,
   FeedItem,
   Generation,
   ImageRequest,
@@ -255,6 +256,8 @@ export class ApiClient {
     this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });
   enhance = (req: EnhanceRequest) => this.request<Job>("POST", "/api/enhance/image", { json: req });
   enhanceJob = (id: string) => this.request<Job>("GET", `/api/enhance/${encodeURIComponent(id)}`);
+  edit = (req: EditRequest) => this.request<Job>("POST", "/api/edit/image", { json: req });
+  editJob = (id: string) => this.request<Job>("GET", `/api/edit/${encodeURIComponent(id)}`);
   /** The shape of an output's tile pyramid (404 when it has none). */
   assetTiles = (id: string) => this.request<TileInfo>("GET", `/api/assets/${encodeURIComponent(id)}/tiles`);
   report = (id: string, reason: string) => this.request<{ id: string; new: boolean }>("POST", `/api/feed/${encodeURIComponent(id)}/report`, { json: { reason } });

@@ -118,6 +118,47 @@ export type CreatedApiKey = ApiKeyView & {
   key: string;
 };
 
+/** What an edit does. */
+export type EditOperation = "inpaint" | "outpaint";
+
+/** What `POST /api/edit/image` takes. */
+export interface EditRequest {
+  /** The image to edit (an uploaded or generated asset of the caller's). */
+  image: string;
+  operation: EditOperation;
+  /**
+   * Inpaint: the mask, an image of the same size; white (at least half grey) is
+   * repainted, black kept.
+   */
+  mask?: string | null;
+  /** What to paint (default: nothing in particular, the surroundings continued). */
+  prompt?: string | null;
+  negative_prompt?: string | null;
+  /**
+   * The image model (`GET /api/models?capability=inpaint`); default the first
+   * installed one.
+   */
+  model?: string | null;
+  /** How much the masked area is re-drawn, 0 to 1 (default 1: from noise). */
+  strength?: number | null;
+  /** Pixels the mask is grown by, 0 to 256 (default 4). */
+  grow?: number | null;
+  /** The mask's feather (a Gaussian's standard deviation), 0 to 64 px (default 4). */
+  blur?: number | null;
+  extend?: ExtendPixels | null;
+  /**
+   * Outpaint: the aspect to extend to, `W:H` (`16:9`), added evenly to both ends of the
+   * short side; instead of `extend`.
+   */
+  aspect?: string | null;
+  /** The seed; -1 or left out for a random one (the job records it). */
+  seed?: number | null;
+  /** Denoising steps (default the model's). */
+  steps?: number | null;
+  /** Classifier-free guidance (default the model's). */
+  cfg_scale?: number | null;
+}
+
 /** How the enhancer works. */
 export type EnhanceMode = "upscale" | "generative";
 
@@ -134,7 +175,7 @@ export interface EnhanceRequest {
   /** realesr-general-x4v3's denoise strength, 0 to 1 (needs the model's denoise twin). */
   denoise?: number | null;
   /**
-   * Restore faces: find them in the image, repaint them (GFPGAN) and paste them into the
+   * Restore faces: find them in the image, repaint them (GFPGAN, CodeFormer) and paste them into the
    * output.
    */
   face_restore?: boolean | null;
@@ -143,6 +184,12 @@ export interface EnhanceRequest {
    * installed one. Faces are found with the first installed `face_detect` model.
    */
   face_model?: string | null;
+  /**
+   * CodeFormer's fidelity weight, 0 (the most repainted faces) to 1 (closest to the
+   * input); default 0.5. Only for a face model that has one (`fidelity` in
+   * `GET /api/models`).
+   */
+  fidelity?: number | null;
   /** Unsharp-mask amount after upscaling, 0 (none, the default) to 4. */
   sharpen?: number | null;
   mode?: EnhanceMode | null;
@@ -174,6 +221,14 @@ export interface ErrorDetail {
   code: string;
   /** For validation errors it starts with the field: `steps: must be from 1 to 150`. */
   message: string;
+}
+
+/** Pixels added on each side (outpaint). */
+export interface ExtendPixels {
+  left?: number;
+  top?: number;
+  right?: number;
+  bottom?: number;
 }
 
 /**
@@ -424,6 +479,11 @@ export interface Model {
   license?: string | null;
   /** An upscaler with a denoising twin: the enhancer's `denoise` strength applies. */
   denoise: boolean;
+  /**
+   * A face restorer with a fidelity weight (CodeFormer): the enhancer's `fidelity`
+   * applies.
+   */
+  fidelity: boolean;
   capabilities: Capability[];
   /** Each aspect ratio's size at the model's native pixel count. */
   aspect_ratios: AspectSize[];
@@ -456,6 +516,17 @@ export interface Moderation {
 export interface NewApiKey {
   name: string;
 }
+
+/**
+ * An edit request, with what every job takes (the OpenAPI document's shape of the body
+ * `create` reads).
+ */
+export type NewEdit = EditRequest & ({
+  /** Shown in the feed once completed. */
+  is_public?: boolean;
+  /** Told when the job ends (signed). */
+  webhook_url?: string | null;
+});
 
 /**
  * An enhance request, with what every job takes (the OpenAPI document's shape of the

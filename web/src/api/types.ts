@@ -27,6 +27,7 @@ export type Usage = S.Usage;
 export type ProfileUpdate = S.ProfileUpdate;
 export type Job = S.JobView;
 export type EnhanceRequest = S.EnhanceRequest;
+export type EditRequest = S.EditRequest;
 export type TileInfo = S.TileInfo;
 export type Progress = S.Progress;
 export type Account = S.AccountView;

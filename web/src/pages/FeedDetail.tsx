@@ -162,6 +162,15 @@ export default function FeedDetail({ id }: { id: string }) {
             Enhance
           </Link>
         )}
+        {mine && item.outputs[0]?.kind === "image" && (
+          <Link
+            to={`/edit?asset=${encodeURIComponent(item.outputs[0].id)}&url=${encodeURIComponent(item.outputs[0].url)}&w=${item.outputs[0].width ?? 0}&h=${item.outputs[0].height ?? 0}`}
+            className="self-start rounded-lg border border-line px-3 py-1.5 text-sm hover:bg-surface"
+            data-testid="edit-link"
+          >
+            Edit
+          </Link>
+        )}
         {mine && (
           <ImageActions
             generation={{ id: item.id, is_public: item.is_public, prompt: item.prompt ?? item.kind }}

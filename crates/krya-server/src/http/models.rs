@@ -58,6 +58,9 @@ pub struct Model {
     pub license: Option<String>,
     /// An upscaler with a denoising twin: the enhancer's `denoise` strength applies.
     pub denoise: bool,
+    /// A face restorer with a fidelity weight (CodeFormer): the enhancer's `fidelity`
+    /// applies.
+    pub fidelity: bool,
     pub capabilities: Vec<Capability>,
     /// Each aspect ratio's size at the model's native pixel count.
     pub aspect_ratios: Vec<AspectSize>,
@@ -124,6 +127,7 @@ pub async fn models(
                 size: m.size,
                 license: m.license,
                 denoise: m.denoise_twin.is_some(),
+                fidelity: m.fidelity,
                 capabilities: m.capabilities,
             }
         })

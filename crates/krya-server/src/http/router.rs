@@ -74,6 +74,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(feed::remix))
         .routes(routes!(crate::tasks::enhance::http::create))
         .routes(routes!(crate::tasks::enhance::http::get_one))
+        .routes(routes!(crate::tasks::edit::http::create))
+        .routes(routes!(crate::tasks::edit::http::get_one))
         .routes(routes!(moderation::report))
         .routes(routes!(moderation::reports))
         .routes(routes!(moderation::moderate, moderation::delete_job))

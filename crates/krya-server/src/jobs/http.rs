@@ -107,6 +107,60 @@ pub(crate) fn user_kinds(state: &AppState) -> Vec<&'static str> {
         .collect()
 }
 
+/// A kind's own create endpoint (`POST /api/enhance/image`…): the body is the kind's
+/// request with what every job takes (`is_public`, `webhook_url`) beside it; those come
+/// off, and the rest is checked strictly (an unknown field is refused) by the kind's task.
+pub(crate) async fn create_of_kind(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+    kind: &str,
+) -> Result<Response, ApiError> {
+    let user = auth::current_user(state, headers).await?;
+    let Json(mut params) = body?;
+    let mut take = |k: &str| params.as_object_mut().and_then(|o| o.remove(k));
+    let is_public = match take("is_public") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(_) => return Err(invalid("is_public", "must be true or false")),
+    };
+    let webhook_url = match take("webhook_url") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(u)) => Some(u),
+        Some(_) => return Err(invalid("webhook_url", "must be a URL")),
+    };
+    let task = task_of(state, kind)?;
+    let id = submit(
+        state,
+        &user,
+        &*task,
+        Submission {
+            params,
+            webhook_url: webhook_url.as_deref(),
+            is_public,
+            remix_of: None,
+        },
+    )
+    .await?;
+    let j = own(state, &user, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(state, &j, true).await?)).into_response())
+}
+
+/// A kind's own read endpoint (`GET /api/enhance/:id`…): the caller's job of that kind.
+pub(crate) async fn get_of_kind(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+    kind: &str,
+) -> Result<Json<JobView>, ApiError> {
+    let user = auth::current_user(state, headers).await?;
+    let j = own(state, &user, id).await?;
+    if j.kind != kind {
+        return Err(ApiError::not_found(format!("no {kind} job {id}")));
+    }
+    Ok(Json(view(state, &j, true).await?))
+}
+
 /// The caller's job with this id; others' do not exist (404).
 pub(crate) async fn own(state: &AppState, user: &User, id: &str) -> Result<JobRow, ApiError> {
     match state.db.job(id).await.map_err(internal)? {
@@ -168,6 +222,8 @@ pub async fn submit(
             return Err(invalid("params", format!("no uploaded file {id}")));
         }
     }
+    task.check_inputs(&state.services(), &user.id, &prepared.params)
+        .await?;
     let id = random_id();
     let params = prepared.params.to_string();
     let tx = state.db.pool.begin().await.map_err(internal)?;

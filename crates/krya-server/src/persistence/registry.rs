@@ -58,6 +58,9 @@ pub struct ModelEntry {
     /// strength blends with.
     #[serde(default)]
     pub denoise_twin: Option<String>,
+    /// A face restorer with a fidelity weight (CodeFormer): the enhancer's `fidelity`.
+    #[serde(default)]
+    pub fidelity: bool,
 }
 
 /// A kind of work a model can do; `GET /api/models?capability=` filters by it.
@@ -339,6 +342,7 @@ fn entries(
                         size: k.size.filter(|_| same),
                         license: k.license.clone().filter(|_| same),
                         denoise_twin: k.denoise_twin.clone().filter(|_| same),
+                        fidelity: k.fidelity && same,
                         id,
                         source,
                         ..k.clone()
@@ -382,7 +386,10 @@ fn describe(data_dir: &Path, m: &mut ModelEntry) {
     }
     use krya_engine::pipelines::face::FaceModel;
     match files.as_ref().and_then(|f| f.face) {
-        Some(FaceModel::Restorer) => m.capabilities = vec![Capability::FaceRestore],
+        Some(FaceModel::Restorer { fidelity }) => {
+            m.capabilities = vec![Capability::FaceRestore];
+            m.fidelity = fidelity;
+        }
         Some(FaceModel::Detector) => m.capabilities = vec![Capability::FaceDetect],
         None => {}
     }

@@ -10,6 +10,7 @@
 //! `deleted`
 //! keep in step, inside the runner's own transactions.
 
+pub mod edit;
 pub mod enhance;
 pub mod image;
 pub mod runner;
@@ -23,9 +24,10 @@ use krya_engine::CancelToken;
 use krya_engine::model::cache::ModelCache;
 use tokio::sync::mpsc;
 
-use crate::infra::error::ApiError;
+use crate::infra::error::{ApiError, internal, invalid};
 use crate::persistence::blobs::Blobs;
 use crate::persistence::db::Db;
+use crate::persistence::registry::{self, Capability};
 
 /// Which of a worker's slots runs a kind. Slots claim and run independently, so a long
 /// kind never holds up the kinds of another slot.
@@ -294,6 +296,17 @@ pub trait Task: Send + Sync + 'static {
         ))
     }
 
+    /// Checks what can only be seen in the request's uploads (a mask with nothing
+    /// painted), once they are known to be the caller's: before any credit is taken.
+    async fn check_inputs(
+        &self,
+        _services: &Services,
+        _user_id: &str,
+        _params: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     /// Runs one attempt.
     async fn run(&self, ctx: RunContext) -> Outcome;
 
@@ -424,10 +437,80 @@ impl Registry {
     }
 }
 
+/// The model `id` names, which must have `capability` (`what` says what that is), or,
+/// without an id, the first installed one that has it, else the first that is one file to
+/// download (a curated face model, fetched on first use). Errors name `field`.
+pub(crate) fn model_source(
+    services: &Services,
+    field: &str,
+    id: Option<&str>,
+    capability: Capability,
+    what: &str,
+) -> Result<registry::ModelEntry, ApiError> {
+    let list = format!("GET /api/models?capability={}", capability.name());
+    let entry = match id {
+        Some(id) => registry::find(&services.data_dir, &services.local_models, id)
+            .map_err(internal)?
+            .ok_or_else(|| invalid(field, format!("no model {id:?} (see GET /api/models)")))?,
+        None => registry::default_for(&services.data_dir, &services.local_models, capability)
+            .map_err(internal)?
+            .ok_or_else(|| invalid(field, format!("no {what} is installed (see {list})")))?,
+    };
+    if !entry.capabilities.contains(&capability) {
+        return Err(invalid(
+            field,
+            format!("{} is not {what} (see {list})", entry.id),
+        ));
+    }
+    Ok(entry)
+}
+
+/// How an engine job's attempt ended: a disk's or a tensor's trouble is worth another try,
+/// bad input and a model that cannot be had are not (`what` names the work in a crash).
+pub(crate) fn engine_outcome(
+    work: Result<Result<Output, krya_engine::EngineError>, tokio::task::JoinError>,
+    what: &str,
+) -> Outcome {
+    use krya_engine::EngineError as E;
+    match work {
+        Ok(Ok(out)) => Outcome::Done(vec![out]),
+        Ok(Err(E::Cancelled)) => Outcome::Cancelled,
+        Ok(Err(e @ (E::Tensor(_) | E::Io { .. }))) => Outcome::Retry(e.to_string()),
+        Ok(Err(e @ E::Download(_))) => Outcome::failed("model-unavailable", e.to_string()),
+        Ok(Err(e)) if e.code() == "invalid-input" => {
+            Outcome::failed("invalid-input", e.to_string())
+        }
+        Ok(Err(e)) => Outcome::failed("model-unavailable", e.to_string()),
+        Err(e) => Outcome::Retry(format!("{what} stopped: {e}")),
+    }
+}
+
+/// The bytes of the caller's upload `id` (for checks before a job is queued).
+pub(crate) async fn own_upload(
+    services: &Services,
+    user_id: &str,
+    field: &str,
+    id: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let asset = services
+        .db
+        .asset(id, user_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| invalid(field, format!("no uploaded file {id}")))?;
+    services
+        .blobs
+        .get(&asset.blob_key)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| invalid(field, format!("the uploaded file {id} is missing")))
+}
+
 /// The kinds Krya ships: one line each.
 pub fn builtin() -> Registry {
     Registry::default()
         .with(image::ImageTask)
         .with(enhance::EnhanceTask)
+        .with(edit::EditTask)
         .with(webhook::WebhookTask)
 }

@@ -185,18 +185,35 @@ fn enhance(s: &Server) {
         "the server's pixels are the engine's"
     );
 
-    // Face models are listed by what they do; a face-restored job records its restorer.
-    for (cap, id) in [("face_restore", "face"), ("face_detect", "finder")] {
+    // Face models are listed by what they do (CodeFormer with its fidelity weight); a
+    // face-restored job records its restorer.
+    for (cap, want) in [
+        ("face_restore", &[("face", false), ("former", true)][..]),
+        ("face_detect", &[("finder", false)][..]),
+    ] {
         let (_, m) = c.get(&format!("/api/models?capability={cap}"));
-        let ids: Vec<&str> = m["models"]
+        let got: Vec<(&str, bool)> = m["models"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|m| m["installed"] == true)
-            .map(|m| m["id"].as_str().unwrap())
+            .map(|m| (m["id"].as_str().unwrap(), m["fidelity"] == true))
             .collect();
-        assert_eq!(ids, [id], "{cap}: {m}");
+        assert_eq!(got, want, "{cap}: {m}");
     }
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "scale": 2, "face_restore": true,
+               "face_model": "former", "fidelity": 0.8}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        (&done["params"]["face_model"], &done["params"]["fidelity"]),
+        (&json!("former"), &json!(0.8)),
+        "{done}"
+    );
     let (st, j) = c.post(
         "/api/enhance/image",
         json!({"image": input, "model": "sharp", "scale": 2, "face_restore": true}),
@@ -244,6 +261,18 @@ fn enhance(s: &Server) {
             "face_model",
         ),
         (
+            json!({"image": input, "model": "sharp", "fidelity": 0.5}),
+            "fidelity",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "face_restore": true, "face_model": "face", "fidelity": 0.5}),
+            "fidelity",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "face_restore": true, "face_model": "former", "fidelity": 2}),
+            "fidelity",
+        ),
+        (
             json!({"image": input, "model": "sharp", "mode": "generative", "creativity": 2}),
             "creativity",
         ),
@@ -276,7 +305,8 @@ fn enhance_on_sqlite() {
     std::fs::write(
         dir.path().join("models.json"),
         json!({"tiny": golden("turbo"), "sharp": golden("upscale/compact.safetensors"),
-               "face": golden("face/gfpgan.pth"), "finder": golden("face/retinaface.pth")})
+               "face": golden("face/gfpgan.pth"), "finder": golden("face/retinaface.pth"),
+               "former": golden("face/codeformer.pth")})
         .to_string(),
     )
     .unwrap();

@@ -6,14 +6,15 @@
 // wheel or the buttons, drag to pan; a large output through its tiles, only those in view at
 // the zoom's level), download.
 
-import { type CSSProperties, useEffect, useMemo, useRef, useState } from "react";
+import { useEffect, useMemo, useState } from "react";
 import { asApiError, type ApiError } from "../../api/client";
 import type { Asset, Job, Model } from "../../api/types";
 import { api, jobs, use } from "../../app";
-import { Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
+import { Compare } from "../../components/Compare";
+import { Amount, Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
-import { useLocation } from "../../lib/router";
-import { type PlacedTile, TILED_ABOVE, type TileInfo, levelFor, tilesInView } from "./tiles";
+import { Link, useLocation } from "../../lib/router";
+import { TILED_ABOVE, type TileInfo } from "./tiles";
 
 /** The input: an upload of this page, or an image of the gallery. */
 interface Source {
@@ -28,108 +29,6 @@ const MAX_SIDE = 22_000;
 /** Generative enhance re-draws the whole image in memory: at most this a side. */
 const GENERATIVE_MAX_SIDE = 2048;
 type Mode = "upscale" | "generative";
-
-/** A labelled 0–`max` slider showing its value. */
-function Amount({ label, value, max = 1, step = 0.05, onChange, testId }: { label: string; value: number; max?: number; step?: number; onChange: (v: number) => void; testId: string }) {
-  return (
-    <label className="flex flex-col gap-1.5">
-      <span className="flex justify-between text-xs font-medium uppercase tracking-wide text-muted">
-        {label}
-        <span className="tabular-nums normal-case">{value.toFixed(2)}</span>
-      </span>
-      <input type="range" min={0} max={max} step={step} value={value} onChange={(e) => onChange(Number(e.target.value))} aria-label={label} data-testid={testId} />
-    </label>
-  );
-}
-
-/** A pyramid's tiles in view at this zoom, over its one-tile top level (always there, so
- * nothing is blank while finer tiles load). */
-function TiledImage({ id, info, fit, zoom, pan, style }: { id: string; info: TileInfo; fit: { width: number; height: number }; zoom: number; pan: { x: number; y: number }; style: CSSProperties }) {
-  const level = levelFor(info, fit.width, zoom, window.devicePixelRatio || 1);
-  const shown = [...tilesInView(info, info.levels - 1, fit, 1, { x: 0, y: 0 }), ...(level < info.levels - 1 ? tilesInView(info, level, fit, zoom, pan, 1) : [])];
-  const url = (t: PlacedTile) => `/api/assets/${encodeURIComponent(id)}/tiles/${t.level}/${t.x}/${t.y}`;
-  return (
-    <div role="img" aria-label="After" className="absolute inset-0 overflow-hidden" style={style} data-testid="compare-tiles" data-level={level}>
-      {shown.map((t) => (
-        <img key={`${t.level}/${t.x}/${t.y}`} src={url(t)} alt="" draggable={false} className="absolute max-w-none" style={{ left: t.left, top: t.top, width: t.width, height: t.height }} />
-      ))}
-    </div>
-  );
-}
-
-/** Before and after, split by a slider; both zoom (wheel, buttons) and pan (drag) together.
- * A large output is shown through its tiles (`tiles`), never whole. */
-function Compare({ before, after, width, height, tiles }: { before: string; after: string; width: number; height: number; tiles?: { id: string; info: TileInfo } }) {
-  const [at, setAt] = useState(50);
-  const [zoom, setZoom] = useState(1);
-  const [pan, setPan] = useState({ x: 0, y: 0 });
-  const drag = useRef<{ x: number; y: number; px: number; py: number } | null>(null);
-  const box = useRef<HTMLDivElement | null>(null);
-  const [fit, setFit] = useState({ width: 0, height: 0 });
-  useEffect(() => {
-    const el = box.current;
-    if (!el) return;
-    const measure = () => setFit({ width: el.clientWidth, height: el.clientHeight });
-    measure();
-    const o = new ResizeObserver(measure);
-    o.observe(el);
-    return () => o.disconnect();
-  }, []);
-  const zoomTo = (z: number) => {
-    const next = Math.min(16, Math.max(1, z));
-    setZoom(next);
-    if (next === 1) setPan({ x: 0, y: 0 });
-  };
-  const transform = { transform: `translate(${pan.x}px, ${pan.y}px) scale(${zoom})`, transformOrigin: "center" };
-  return (
-    <div className="flex flex-col gap-2">
-      <div
-        ref={box}
-        className={`relative touch-none overflow-hidden rounded-2xl border border-line bg-surface ${zoom > 1 ? "cursor-grab" : ""}`}
-        style={{ aspectRatio: `${width} / ${height}` }}
-        data-testid="compare"
-        data-zoom={zoom}
-        onWheel={(e) => zoomTo(zoom * (e.deltaY < 0 ? 1.25 : 0.8))}
-        onPointerDown={(e) => {
-          if (zoom === 1) return;
-          e.currentTarget.setPointerCapture(e.pointerId);
-          drag.current = { x: e.clientX, y: e.clientY, px: pan.x, py: pan.y };
-        }}
-        onPointerMove={(e) => {
-          const d = drag.current;
-          if (d) setPan({ x: d.px + e.clientX - d.x, y: d.py + e.clientY - d.y });
-        }}
-        onPointerUp={() => (drag.current = null)}
-      >
-        {tiles ? (
-          <TiledImage id={tiles.id} info={tiles.info} fit={fit} zoom={zoom} pan={pan} style={transform} />
-        ) : (
-          <img src={after} alt="After" draggable={false} className="absolute inset-0 h-full w-full object-contain" style={transform} />
-        )}
-        <div className="absolute inset-0" style={{ clipPath: `inset(0 ${100 - at}% 0 0)` }}>
-          <img src={before} alt="Before" draggable={false} className="pixelated h-full w-full object-contain" style={transform} />
-        </div>
-        <div className="pointer-events-none absolute inset-y-0 w-0.5 bg-white/80" style={{ left: `${at}%` }} />
-      </div>
-      <div className="flex items-center gap-3 text-xs text-muted">
-        <label className="flex flex-1 items-center gap-3">
-          Before
-          <input type="range" min={0} max={100} value={at} onChange={(e) => setAt(Number(e.target.value))} className="flex-1" aria-label="Before and after" data-testid="compare-slider" />
-          After
-        </label>
-        <Button size="sm" onClick={() => zoomTo(zoom / 2)} disabled={zoom === 1} aria-label="Zoom out">
-          −
-        </Button>
-        <span className="w-10 text-center tabular-nums" data-testid="compare-zoom">
-          {Math.round(zoom * 100)}%
-        </span>
-        <Button size="sm" onClick={() => zoomTo(zoom * 2)} disabled={zoom >= 16} aria-label="Zoom in">
-          +
-        </Button>
-      </div>
-    </div>
-  );
-}
 
 /** Installed models first; the curated ones after them are downloaded on first use. */
 function installedFirst(models: Model[]): Model[] {
@@ -167,6 +66,9 @@ export default function EnhancePage() {
   const restorers = useLoad(() => api.models("face_restore").then((r) => installedFirst(r.models)));
   const [denoise, setDenoise] = useState(1);
   const [faces, setFaces] = useState(false);
+  const [restorer, setRestorer] = useState("");
+  const [fidelity, setFidelity] = useState(0.5);
+  const chosenRestorer = (restorers.data ?? []).find((m) => m.id === restorer) ?? restorers.data?.[0];
   const chosenPainter = painter || painters.data?.[0]?.id || "";
   const [uploading, setUploading] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
@@ -218,6 +120,7 @@ export default function EnhancePage() {
           sharpen: sharpen || undefined,
           denoise: chosenModel?.denoise && denoise < 1 ? denoise : undefined,
           face_restore: faces || undefined,
+          ...(faces && chosenRestorer ? { face_model: chosenRestorer.id, fidelity: chosenRestorer.fidelity ? fidelity : undefined } : {}),
           ...(generative ? { mode, creativity, resemblance, prompt: prompt.trim() || undefined, diffusion_model: chosenPainter || undefined } : {}),
         }),
       );
@@ -313,11 +216,33 @@ export default function EnhancePage() {
         <Amount label="Sharpen" value={sharpen} max={2} onChange={setSharpen} testId="enhance-sharpen" />
         {chosenModel?.denoise && <Amount label="Denoise" value={denoise} onChange={setDenoise} testId="enhance-denoise" />}
         {(restorers.data ?? []).length > 0 && (
-          <label className="flex items-center gap-2 text-sm text-neutral-300">
-            <input type="checkbox" checked={faces} onChange={(e) => setFaces(e.target.checked)} data-testid="enhance-faces" />
-            Restore faces ({restorers.data?.[0]?.name}
-            {restorers.data?.[0]?.installed ? "" : ", downloaded on first use"})
-          </label>
+          <div className="flex flex-col gap-3">
+            <label className="flex items-center gap-2 text-sm text-neutral-300">
+              <input type="checkbox" checked={faces} onChange={(e) => setFaces(e.target.checked)} data-testid="enhance-faces" />
+              Restore faces
+            </label>
+            {faces && (
+              <>
+                <label className="flex flex-col gap-1.5">
+                  <span className="text-xs font-medium uppercase tracking-wide text-muted">Face model</span>
+                  <Select value={chosenRestorer?.id ?? ""} onChange={(e) => setRestorer(e.target.value)} aria-label="Face model" data-testid="enhance-face-model">
+                    {(restorers.data ?? []).map((m) => (
+                      <option key={m.id} value={m.id}>
+                        {m.name}
+                        {m.installed ? "" : ` — downloads${m.size ? ` ${megabytes(m.size)}` : ""} on first use`}
+                      </option>
+                    ))}
+                  </Select>
+                  {chosenRestorer?.license && (
+                    <span className="text-xs text-muted" data-testid="enhance-face-license">
+                      Licence: {chosenRestorer.license}
+                    </span>
+                  )}
+                </label>
+                {chosenRestorer?.fidelity && <Amount label="Fidelity" value={fidelity} onChange={setFidelity} testId="enhance-fidelity" />}
+              </>
+            )}
+          </div>
         )}
         <div className="flex flex-col gap-1.5">
           <span className="text-xs font-medium uppercase tracking-wide text-muted">Mode</span>
@@ -395,6 +320,11 @@ export default function EnhancePage() {
               <a href={output.url} download className="rounded-lg bg-white px-4 py-2 font-medium text-neutral-950" data-testid="enhance-download">
                 Download PNG
               </a>
+              {!large && (
+                <Link to={`/edit?asset=${encodeURIComponent(output.id)}&url=${encodeURIComponent(output.url)}&w=${output.width ?? 0}&h=${output.height ?? 0}`} className="rounded-lg border border-line px-4 py-2" data-testid="enhance-edit">
+                  Edit
+                </Link>
+              )}
               <span className="text-muted" data-testid="enhance-result-size">
                 {output.width} × {output.height}
               </span>

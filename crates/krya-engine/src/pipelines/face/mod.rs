@@ -1,12 +1,14 @@
 //! Face restoration, as GFPGANer runs it: faces are found in the input ([`retinaface`]),
 //! each is aligned to the five-point template and cut out ([`align`]), repainted by the
-//! restorer ([`gfpgan`]: GFPGAN v1.3/v1.4, clean architecture), and pasted back under a soft
-//! mask into the upscaled output as its rows pass ([`align::paste_row`]).
+//! restorer ([`gfpgan`]: GFPGAN v1.3/v1.4, clean architecture; or [`codeformer`], with its
+//! fidelity weight), and pasted back under a soft mask into the upscaled output as its rows
+//! pass ([`align::paste_row`]).
 //!
 //! Every model is detected from its tensors' names and sized from their shapes, as
 //! spandrel does, never from a file name.
 
 pub mod align;
+pub mod codeformer;
 pub mod gfpgan;
 pub mod retinaface;
 
@@ -22,14 +24,23 @@ use crate::{EngineError, Result};
 use align::Pasted;
 use retinaface::RetinaFace;
 
+/// The network of a face restorer.
+pub enum Restorer {
+    Gfpgan(gfpgan::Gfpgan),
+    CodeFormer(codeformer::CodeFormer),
+}
+
 /// A loaded face restorer.
 pub struct FaceRestorer {
-    pub net: gfpgan::Gfpgan,
+    pub net: Restorer,
     pub source: PathBuf,
 }
 
+/// CodeFormer's fidelity weight when none is asked for (its CLI's default).
+pub const DEFAULT_FIDELITY: f32 = 0.5;
+
 impl FaceRestorer {
-    /// Loads a GFPGAN file (`.pth`, as released, or `.safetensors`).
+    /// Loads a GFPGAN or CodeFormer file (`.pth`, as released, or `.safetensors`).
     pub fn load(path: &Path) -> Result<Self> {
         let sd = state_dict::read(path)?;
         let shapes = sd
@@ -42,17 +53,22 @@ impl FaceRestorer {
             }
             e => e,
         };
-        if !gfpgan::detect(&shapes) {
+        let origin = path.display().to_string();
+        let net = if gfpgan::detect(&shapes) {
+            let config = gfpgan::config(&shapes).map_err(at)?;
+            let weights = Weights::from_tensors(sd.into_iter().collect(), &origin);
+            let net = gfpgan::Gfpgan::new(config, weights.var_builder(DType::F32, &Device::Cpu))
+                .map_err(at)?;
+            weights.check_all_used().map_err(at)?;
+            Restorer::Gfpgan(net)
+        } else if codeformer::detect(&shapes) {
+            Restorer::CodeFormer(codeformer::CodeFormer::from_state_dict(sd, &origin).map_err(at)?)
+        } else {
             return Err(EngineError::bad_model(
                 path,
-                "not a face restoration model this engine reads (GFPGAN v1.3/v1.4)",
+                "not a face restoration model this engine reads (GFPGAN v1.3/v1.4, CodeFormer)",
             ));
-        }
-        let config = gfpgan::config(&shapes).map_err(at)?;
-        let weights = Weights::from_tensors(sd.into_iter().collect(), &path.display().to_string());
-        let net = gfpgan::Gfpgan::new(config, weights.var_builder(DType::F32, &Device::Cpu))
-            .map_err(at)?;
-        weights.check_all_used().map_err(at)?;
+        };
         Ok(Self {
             net,
             source: path.to_path_buf(),
@@ -61,13 +77,25 @@ impl FaceRestorer {
 
     /// The face side the model takes and makes.
     pub fn size(&self) -> usize {
-        self.net.config.out_size
+        match &self.net {
+            Restorer::Gfpgan(n) => n.config.out_size,
+            Restorer::CodeFormer(n) => n.config.size,
+        }
     }
 
-    /// `[1, 3, S, S]` RGB in `[0, 1]` → the restored face, the same, clamped.
-    pub fn restore(&self, face: &Tensor) -> Result<Tensor> {
+    /// Whether the model takes a fidelity weight (CodeFormer).
+    pub fn has_fidelity(&self) -> bool {
+        matches!(self.net, Restorer::CodeFormer(_))
+    }
+
+    /// `[1, 3, S, S]` RGB in `[0, 1]` → the restored face, the same, clamped. `fidelity`
+    /// (0 to 1) is CodeFormer's weight `w`; GFPGAN has none.
+    pub fn restore(&self, face: &Tensor, fidelity: f32) -> Result<Tensor> {
         let x = ((face * 2.0)? - 1.0)?;
-        let y = self.net.forward(&x)?;
+        let y = match &self.net {
+            Restorer::Gfpgan(n) => n.forward(&x)?,
+            Restorer::CodeFormer(n) => n.forward(&x, fidelity.clamp(0.0, 1.0) as f64)?,
+        };
         Ok(((y + 1.0)? / 2.0)?.clamp(0f32, 1f32)?)
     }
 }
@@ -75,8 +103,8 @@ impl FaceRestorer {
 /// What a face model file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaceModel {
-    /// Repaints aligned faces (GFPGAN).
-    Restorer,
+    /// Repaints aligned faces (GFPGAN; CodeFormer, which takes a fidelity weight).
+    Restorer { fidelity: bool },
     /// Finds faces and their landmarks (RetinaFace).
     Detector,
 }
@@ -84,7 +112,9 @@ pub enum FaceModel {
 /// The face model tensors of these names and shapes make.
 pub fn detect_shapes(sd: &crate::pipelines::upscale::Shapes) -> Option<FaceModel> {
     if gfpgan::detect(sd) {
-        Some(FaceModel::Restorer)
+        Some(FaceModel::Restorer { fidelity: false })
+    } else if codeformer::detect(sd) {
+        Some(FaceModel::Restorer { fidelity: true })
     } else if retinaface::detect(&mut sd.keys()) {
         Some(FaceModel::Detector)
     } else {
@@ -105,6 +135,8 @@ pub struct Faces {
     pub threshold: f32,
     /// …whose eyes are at least this far apart, in input pixels (`MIN_EYE_DISTANCE`).
     pub min_eye_distance: f32,
+    /// CodeFormer's fidelity weight (`DEFAULT_FIDELITY`); GFPGAN ignores it.
+    pub fidelity: f32,
 }
 
 impl std::fmt::Debug for Faces {
@@ -120,6 +152,7 @@ impl Faces {
             restorer: FaceRestorer::load(restorer)?,
             threshold: CONFIDENCE,
             min_eye_distance: MIN_EYE_DISTANCE,
+            fidelity: DEFAULT_FIDELITY,
         })
     }
 }
@@ -208,8 +241,10 @@ pub fn restore_faces(
         let planes: Vec<f32> = (0..3)
             .flat_map(|ch| crop.chunks_exact(3).map(move |p| p[ch]))
             .collect();
-        let restored =
-            restorer.restore(&Tensor::from_vec(planes, (1, 3, size, size), &Device::Cpu)?)?;
+        let restored = restorer.restore(
+            &Tensor::from_vec(planes, (1, 3, size, size), &Device::Cpu)?,
+            faces.fidelity,
+        )?;
         let v: Vec<f32> = restored.flatten_all()?.to_vec1()?;
         let face: Vec<f32> = (0..size * size)
             .flat_map(|i| [v[i], v[size * size + i], v[2 * size * size + i]])

@@ -214,9 +214,21 @@ impl Attention {
         chunk_bytes: usize,
     ) -> candle_core::Result<Tensor> {
         let ctx = context.unwrap_or(x);
-        let q = self.to_q.forward(x)?;
-        let k = self.to_k.forward(ctx)?;
-        let v = self.to_v.forward(ctx)?;
+        self.forward_qkv(x, ctx, ctx, chunk_bytes)
+    }
+
+    /// Queries, keys and values projected from three inputs (DETR-style layers add a
+    /// position embedding to the queries' and keys' input only).
+    pub fn forward_qkv(
+        &self,
+        q_in: &Tensor,
+        k_in: &Tensor,
+        v_in: &Tensor,
+        chunk_bytes: usize,
+    ) -> candle_core::Result<Tensor> {
+        let q = self.to_q.forward(q_in)?;
+        let k = self.to_k.forward(k_in)?;
+        let v = self.to_v.forward(v_in)?;
         // The score matrix is heads x n x m; at large sizes (SD 1.5 at 2048², 65536
         // tokens) it would take hundreds of GB: it is only ever made a block of queries at
         // a time (within chunk_bytes off the CPU kernel); each row's softmax is unchanged.

@@ -14,7 +14,9 @@ use serde_json::json;
 
 use std::path::PathBuf;
 
-use super::{Body, Outcome, Output, Prepared, ProgressMsg, RunContext, Services, Task};
+use super::{
+    Body, Outcome, Output, Prepared, ProgressMsg, RunContext, Services, Task, model_source,
+};
 use crate::http::media;
 use crate::infra::error::{ApiError, internal, invalid};
 use crate::persistence::registry::{self, Capability};
@@ -45,7 +47,7 @@ pub struct EnhanceRequest {
     /// realesr-general-x4v3's denoise strength, 0 to 1 (needs the model's denoise twin).
     #[serde(default)]
     pub denoise: Option<f64>,
-    /// Restore faces: find them in the image, repaint them (GFPGAN) and paste them into the
+    /// Restore faces: find them in the image, repaint them (GFPGAN, CodeFormer) and paste them into the
     /// output.
     #[serde(default)]
     pub face_restore: Option<bool>,
@@ -53,6 +55,12 @@ pub struct EnhanceRequest {
     /// installed one. Faces are found with the first installed `face_detect` model.
     #[serde(default)]
     pub face_model: Option<String>,
+    /// CodeFormer's fidelity weight, 0 (the most repainted faces) to 1 (closest to the
+    /// input); default 0.5. Only for a face model that has one (`fidelity` in
+    /// `GET /api/models`).
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub fidelity: Option<f64>,
     /// Unsharp-mask amount after upscaling, 0 (none, the default) to 4.
     #[serde(default)]
     #[schema(minimum = 0.0, maximum = 4.0)]
@@ -131,34 +139,6 @@ fn upscaler(services: &Services, id: &str) -> Result<registry::ModelEntry, ApiEr
         Capability::Upscale,
         "an upscaler",
     )
-}
-
-/// The model `id` names, which must have `capability` (`what` says what that is), or,
-/// without an id, the first installed one that has it, else the first that is one file to
-/// download (a curated face model, fetched on first use). Errors name `field`.
-fn model_source(
-    services: &Services,
-    field: &str,
-    id: Option<&str>,
-    capability: Capability,
-    what: &str,
-) -> Result<registry::ModelEntry, ApiError> {
-    let list = format!("GET /api/models?capability={}", capability.name());
-    let entry = match id {
-        Some(id) => registry::find(&services.data_dir, &services.local_models, id)
-            .map_err(internal)?
-            .ok_or_else(|| invalid(field, format!("no model {id:?} (see GET /api/models)")))?,
-        None => registry::default_for(&services.data_dir, &services.local_models, capability)
-            .map_err(internal)?
-            .ok_or_else(|| invalid(field, format!("no {what} is installed (see {list})")))?,
-    };
-    if !entry.capabilities.contains(&capability) {
-        return Err(invalid(
-            field,
-            format!("{} is not {what} (see {list})", entry.id),
-        ));
-    }
-    Ok(entry)
 }
 
 /// The weights file of each model a job uses, downloaded first where it is a URL's.
@@ -280,6 +260,12 @@ fn job_models(services: &Services, r: &EnhanceRequest) -> Result<Files, ApiError
                 Capability::FaceDetect,
                 "a face detector",
             )?;
+            if r.fidelity.is_some() && !restorer.fidelity {
+                return Err(invalid(
+                    "fidelity",
+                    format!("{} has no fidelity weight (CodeFormer has)", restorer.id),
+                ));
+            }
             Some((restorer, detector))
         }
         _ => None,
@@ -363,8 +349,18 @@ impl Task for EnhanceTask {
                 }
             }
         }
-        if r.face_model.is_some() && r.face_restore != Some(true) {
-            return Err(invalid("face_model", "is for face_restore: true only"));
+        for (field, set) in [
+            ("face_model", r.face_model.is_some()),
+            ("fidelity", r.fidelity.is_some()),
+        ] {
+            if set && r.face_restore != Some(true) {
+                return Err(invalid(field, "is for face_restore: true only"));
+            }
+        }
+        if let Some(f) = r.fidelity
+            && !(0.0..=1.0).contains(&f)
+        {
+            return Err(invalid("fidelity", "must be from 0 to 1"));
         }
         let models = job_models(services, &r)?;
         // The restorer is fixed now, so a retry restores with the same one.
@@ -445,7 +441,11 @@ impl Task for EnhanceTask {
                 // Curated models are downloaded on their first use.
                 let (source, twin, faces) = files.fetch(&data_dir, &mirror, &progress, &cancel)?;
                 if let Some((restorer, detector)) = &faces {
-                    options.faces = Some(std::sync::Arc::new(Faces::load(restorer, detector)?));
+                    let mut f = Faces::load(restorer, detector)?;
+                    if let Some(w) = r.fidelity {
+                        f.fidelity = w as f32;
+                    }
+                    options.faces = Some(std::sync::Arc::new(f));
                 }
                 let input = engine::decode(&bytes, options.max_input_pixels)?;
                 let model = Upscaler::load(
@@ -530,6 +530,9 @@ impl Task for EnhanceTask {
                 if let Some(f) = &r.face_model {
                     meta["face_model"] = json!(f);
                 }
+                if let Some(w) = r.fidelity {
+                    meta["fidelity"] = json!(w);
+                }
                 Ok(Output {
                     kind: "image",
                     mime: "image/png",
@@ -551,23 +554,7 @@ impl Task for EnhanceTask {
                     meta,
                 })
             });
-        match work.await {
-            Ok(Ok(out)) => Outcome::Done(vec![out]),
-            Ok(Err(krya_engine::EngineError::Cancelled)) => Outcome::Cancelled,
-            // As image jobs: a disk's trouble is worth another try, a model that cannot be
-            // had is not the input's fault.
-            Ok(Err(
-                e @ (krya_engine::EngineError::Tensor(_) | krya_engine::EngineError::Io { .. }),
-            )) => Outcome::Retry(e.to_string()),
-            Ok(Err(e @ krya_engine::EngineError::Download(_))) => {
-                Outcome::failed("model-unavailable", e.to_string())
-            }
-            Ok(Err(e)) if e.code() == "invalid-input" => {
-                Outcome::failed("invalid-input", e.to_string())
-            }
-            Ok(Err(e)) => Outcome::failed("model-unavailable", e.to_string()),
-            Err(e) => Outcome::Retry(format!("the enhancer stopped: {e}")),
-        }
+        super::engine_outcome(work.await, "the enhancer")
     }
 }
 

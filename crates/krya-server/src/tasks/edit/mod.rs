@@ -1,0 +1,403 @@
+//! The `edit` kind (seed §2.5, `POST /api/edit/image`): an uploaded image changed by an
+//! image model where a mask says (`inpaint`), or on a larger canvas (`outpaint`), with
+//! `krya_engine::pipelines::edit`. The output is a PNG asset whose `parent_id` is the
+//! image it edits, so an image's versions form a chain the studio's history follows.
+//!
+//! Priced as image generation: a credit per started output megapixel.
+
+pub mod http;
+
+use serde::Deserialize;
+
+use super::{Body, Outcome, Output, Prepared, ProgressMsg, RunContext, Services, Task};
+use crate::http::media;
+use crate::infra::error::{ApiError, internal, invalid};
+use crate::persistence::registry::Capability;
+use krya_engine::pipelines::edit::{self as engine, Extend, MaskOptions};
+use krya_engine::{EngineError, GenerateRequest};
+
+pub const KIND: &str = "edit";
+
+/// Inputs are decoded up to this many pixels (as image-to-image's).
+const MAX_INPUT_PIXELS: u64 = 8192 * 8192;
+
+/// What an edit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EditOperation {
+    /// Repaint where `mask` is white, as `prompt` says.
+    Inpaint,
+    /// Extend the canvas (`extend` or `aspect`) and fill the new area.
+    Outpaint,
+}
+
+/// Pixels added on each side (outpaint).
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendPixels {
+    #[serde(default)]
+    pub left: u32,
+    #[serde(default)]
+    pub top: u32,
+    #[serde(default)]
+    pub right: u32,
+    #[serde(default)]
+    pub bottom: u32,
+}
+
+/// What `POST /api/edit/image` takes.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditRequest {
+    /// The image to edit (an uploaded or generated asset of the caller's).
+    pub image: String,
+    pub operation: EditOperation,
+    /// Inpaint: the mask, an image of the same size; white (at least half grey) is
+    /// repainted, black kept.
+    #[serde(default)]
+    pub mask: Option<String>,
+    /// What to paint (default: nothing in particular, the surroundings continued).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    /// The image model (`GET /api/models?capability=inpaint`); default the first
+    /// installed one.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How much the masked area is re-drawn, 0 to 1 (default 1: from noise).
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub strength: Option<f64>,
+    /// Pixels the mask is grown by, 0 to 256 (default 4).
+    #[serde(default)]
+    #[schema(maximum = 256)]
+    pub grow: Option<u32>,
+    /// The mask's feather (a Gaussian's standard deviation), 0 to 64 px (default 4).
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 64.0)]
+    pub blur: Option<f64>,
+    /// Outpaint: pixels added on each side.
+    #[serde(default)]
+    pub extend: Option<ExtendPixels>,
+    /// Outpaint: the aspect to extend to, `W:H` (`16:9`), added evenly to both ends of the
+    /// short side; instead of `extend`.
+    #[serde(default)]
+    pub aspect: Option<String>,
+    /// The seed; -1 or left out for a random one (the job records it).
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Denoising steps (default the model's).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 150)]
+    pub steps: Option<u32>,
+    /// Classifier-free guidance (default the model's).
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 30.0)]
+    pub cfg_scale: Option<f64>,
+}
+
+/// `W:H` with both from 1 to 100.
+fn parse_aspect(s: &str) -> Option<(u32, u32)> {
+    let (w, h) = s.split_once(':')?;
+    let (w, h) = (w.trim().parse().ok()?, h.trim().parse().ok()?);
+    ((1..=100).contains(&w) && (1..=100).contains(&h)).then_some((w, h))
+}
+
+/// The pixels an outpaint adds to a `w × h` image.
+fn extension(r: &EditRequest, w: u32, h: u32) -> Result<Extend, ApiError> {
+    let e = match (&r.extend, &r.aspect) {
+        (Some(_), Some(_)) => return Err(invalid("aspect", "give extend or aspect, not both")),
+        (Some(e), None) => Extend {
+            left: e.left,
+            top: e.top,
+            right: e.right,
+            bottom: e.bottom,
+        },
+        (None, Some(a)) => {
+            let (aw, ah) = parse_aspect(a)
+                .ok_or_else(|| invalid("aspect", "must be W:H, each from 1 to 100 (16:9)"))?;
+            Extend::to_aspect(w, h, aw, ah)
+        }
+        (None, None) => return Err(invalid("extend", "outpaint needs extend or aspect")),
+    };
+    if e.is_empty() {
+        return Err(invalid(
+            if r.aspect.is_some() {
+                "aspect"
+            } else {
+                "extend"
+            },
+            "adds nothing: the image is that size already",
+        ));
+    }
+    let (nw, nh) = (
+        w as u64 + e.left as u64 + e.right as u64,
+        h as u64 + e.top as u64 + e.bottom as u64,
+    );
+    if nw.max(nh) > 8192 {
+        return Err(invalid(
+            "extend",
+            format!("the canvas would be {nw}×{nh}; at most 8192 px a side"),
+        ));
+    }
+    Ok(e)
+}
+
+/// Credits for an output of `w × h`: one per started megapixel.
+fn cost(w: u64, h: u64) -> i64 {
+    (w * h).div_ceil(1_000_000).max(1) as i64
+}
+
+pub struct EditTask;
+
+#[async_trait::async_trait]
+impl Task for EditTask {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    async fn prepare(
+        &self,
+        services: &Services,
+        params: serde_json::Value,
+    ) -> Result<Prepared, ApiError> {
+        let mut r: EditRequest =
+            serde_json::from_value(params).map_err(|e| invalid("params", e.to_string()))?;
+        if let Some(s) = r.strength
+            && !(0.0..=1.0).contains(&s)
+        {
+            return Err(invalid("strength", "must be from 0 to 1"));
+        }
+        if r.grow.is_some_and(|g| g > 256) {
+            return Err(invalid("grow", "must be from 0 to 256"));
+        }
+        if let Some(b) = r.blur
+            && !(0.0..=64.0).contains(&b)
+        {
+            return Err(invalid("blur", "must be from 0 to 64"));
+        }
+        if r.steps.is_some_and(|s| !(1..=150).contains(&s)) {
+            return Err(invalid("steps", "must be from 1 to 150"));
+        }
+        if let Some(g) = r.cfg_scale
+            && !(0.0..=30.0).contains(&g)
+        {
+            return Err(invalid("cfg_scale", "must be from 0 to 30"));
+        }
+        for (field, text) in [
+            ("prompt", &r.prompt),
+            ("negative_prompt", &r.negative_prompt),
+        ] {
+            if text.as_ref().is_some_and(|p| p.chars().count() > 4000) {
+                return Err(invalid(field, "must be at most 4000 characters"));
+            }
+        }
+        r.seed = match r.seed {
+            None | Some(-1) => Some(rand::random::<u32>() as i64),
+            Some(s) if (0..=u32::MAX as i64).contains(&s) => Some(s),
+            Some(_) => {
+                return Err(invalid(
+                    "seed",
+                    "must be -1 (random) or from 0 to 4294967295",
+                ));
+            }
+        };
+        // The model is fixed now, so a retry paints with the same one.
+        let entry = super::model_source(
+            services,
+            "model",
+            r.model.as_deref(),
+            Capability::Inpaint,
+            "an image model that inpaints",
+        )?;
+        r.model = Some(entry.id);
+        let size = |id: String, field: &'static str| async move {
+            services
+                .db
+                .asset_size(&id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| invalid(field, format!("no uploaded file {id}")))
+        };
+        let (w, h) = size(r.image.clone(), "image").await?;
+        let mut inputs = vec![r.image.clone()];
+        let (ow, oh) = match r.operation {
+            EditOperation::Inpaint => {
+                for (field, set) in [
+                    ("extend", r.extend.is_some()),
+                    ("aspect", r.aspect.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(field, "is for operation \"outpaint\" only"));
+                    }
+                }
+                let mask = r
+                    .mask
+                    .clone()
+                    .ok_or_else(|| invalid("mask", "inpaint needs a mask (white = repaint)"))?;
+                let (mw, mh) = size(mask.clone(), "mask").await?;
+                if (mw, mh) != (w, h) {
+                    return Err(invalid(
+                        "mask",
+                        format!(
+                            "is {mw}×{mh} but the image is {w}×{h}; give a mask of the same size"
+                        ),
+                    ));
+                }
+                inputs.push(mask);
+                (w, h)
+            }
+            EditOperation::Outpaint => {
+                if r.mask.is_some() {
+                    return Err(invalid("mask", "is for operation \"inpaint\" only"));
+                }
+                let e = extension(&r, w as u32, h as u32)?;
+                (w + (e.left + e.right) as u64, h + (e.top + e.bottom) as u64)
+            }
+        };
+        Ok(Prepared {
+            cost: cost(ow, oh),
+            inputs,
+            params: serde_json::to_value(&r).map_err(internal)?,
+        })
+    }
+
+    async fn check_inputs(
+        &self,
+        services: &Services,
+        user_id: &str,
+        params: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let Some(mask) = params.get("mask").and_then(|m| m.as_str()) else {
+            return Ok(());
+        };
+        let bytes = super::own_upload(services, user_id, "mask", mask).await?;
+        let decoded = media::decode_limited(&bytes, MAX_INPUT_PIXELS)
+            .map_err(|e| invalid("mask", e.message))?;
+        if engine::mask::is_empty(&engine::mask::hard(&decoded.to_luma8())) {
+            return Err(invalid("mask", "is empty: paint what to change in white"));
+        }
+        Ok(())
+    }
+
+    async fn run(&self, ctx: RunContext) -> Outcome {
+        let r: EditRequest = match serde_json::from_value(ctx.job.params.clone()) {
+            Ok(r) => r,
+            Err(e) => return Outcome::failed("invalid-input", format!("params: {e}")),
+        };
+        let entry = match super::model_source(
+            &ctx.services,
+            "model",
+            r.model.as_deref(),
+            Capability::Inpaint,
+            "an image model that inpaints",
+        ) {
+            Ok(e) => e,
+            Err(e) => return Outcome::failed("model-unavailable", e.message),
+        };
+        let image = match ctx.input(&r.image).await {
+            Ok(b) => b,
+            Err(outcome) => return outcome,
+        };
+        let mask = match &r.mask {
+            Some(id) => match ctx.input(id).await {
+                Ok(b) => Some(b),
+                Err(outcome) => return outcome,
+            },
+            None => None,
+        };
+        let cache = ctx.services.cache.clone();
+        let progress = ctx.progress();
+        let cancel = ctx.cancel.clone();
+        let work = tokio::task::spawn_blocking(move || -> Result<Output, EngineError> {
+            let decode = |b: &[u8]| {
+                media::decode_limited(b, MAX_INPUT_PIXELS)
+                    .map_err(|e| EngineError::InvalidInput(e.message))
+            };
+            let picture = decode(&image)?.to_rgb8();
+            let model = crate::tasks::image::load_model(&entry, &cache)?;
+            cancel.check()?;
+            let request = GenerateRequest {
+                prompt: r.prompt.clone().unwrap_or_default(),
+                negative_prompt: r.negative_prompt.clone(),
+                steps: r.steps.map(|s| s as usize),
+                guidance: r.cfg_scale,
+                seed: r.seed.unwrap_or(0) as u64,
+                strength: r.strength.unwrap_or(1.0),
+                ..Default::default()
+            };
+            let options = MaskOptions {
+                grow: r.grow.unwrap_or(4),
+                blur: r.blur.unwrap_or(4.0) as f32,
+            };
+            let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
+            let mut on_step = |p: krya_engine::StepProgress| {
+                let preview = match p.preview {
+                    Some(img)
+                        if shown.elapsed() >= std::time::Duration::from_millis(250)
+                            || p.step == p.total =>
+                    {
+                        shown = std::time::Instant::now();
+                        media::preview_data_url(img)
+                    }
+                    _ => None,
+                };
+                let _ = progress.send(ProgressMsg::step(p.step, p.total, preview));
+            };
+            let out = match r.operation {
+                EditOperation::Inpaint => {
+                    let mask = decode(mask.as_deref().unwrap_or_default())?.to_luma8();
+                    engine::inpaint(
+                        &model,
+                        &request,
+                        &picture,
+                        &mask,
+                        options,
+                        &cancel,
+                        &mut on_step,
+                    )?
+                }
+                EditOperation::Outpaint => {
+                    let e = extension(&r, picture.width(), picture.height())
+                        .map_err(|e| EngineError::InvalidInput(e.message))?;
+                    engine::outpaint(
+                        &model,
+                        &request,
+                        &picture,
+                        e,
+                        options,
+                        &cancel,
+                        &mut on_step,
+                    )?
+                }
+            };
+            let parameters = format!(
+                "{}\nEdit: {}, Model: {}, Seed: {}",
+                request.prompt,
+                match r.operation {
+                    EditOperation::Inpaint => "inpaint",
+                    EditOperation::Outpaint => "outpaint",
+                },
+                entry.id,
+                request.seed
+            );
+            let png = krya_engine::image_io::png_bytes(&out, &parameters)?;
+            let thumbnail = media::thumbnail_webp(&out, 384).ok();
+            Ok(Output {
+                kind: "image",
+                mime: "image/png",
+                ext: "png",
+                body: Body::Bytes(png),
+                thumbnail,
+                tiles: None,
+                width: Some(out.width()),
+                height: Some(out.height()),
+                duration_ms: None,
+                parent_id: Some(r.image.clone()),
+                meta: serde_json::json!({"seed": r.seed}),
+            })
+        });
+        super::engine_outcome(work.await, "the edit")
+    }
+}

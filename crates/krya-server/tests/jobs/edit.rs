@@ -1,0 +1,174 @@
+//! The edit kind through `POST /api/edit/image` with the tiny SD 1.5 model: inpainting a
+//! painted mask leaves every pixel the feathered mask does not reach as it was (exactly)
+//! and repaints inside it; outpainting to 16:9 gives the wider canvas; each output's
+//! parent is the image it edits, so versions chain (an edit of an edit); bad requests get
+//! a 422 naming the field (a mask of another size, an empty one, no mask, no extension).
+
+use super::*;
+use krya_engine::pipelines::edit::mask;
+
+fn png(img: image::DynamicImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn upload_png(c: &Client, img: image::DynamicImage) -> String {
+    let (st, a) = c.upload(png(img), "image/png");
+    assert_eq!(st, 201, "{a}");
+    a["id"].as_str().unwrap().to_string()
+}
+
+fn edit(s: &Server) {
+    let c = Client::register(&s.base, "edit@example.com");
+    let (input, input_png) = upload(&c); // 64×48
+    let original = image::load_from_memory(&input_png).unwrap().into_rgb8();
+    let painted = image::GrayImage::from_fn(64, 48, |x, y| {
+        image::Luma([if (20..40).contains(&x) && (16..32).contains(&y) {
+            255
+        } else {
+            0
+        }])
+    });
+    let mask_id = upload_png(&c, image::DynamicImage::ImageLuma8(painted.clone()));
+
+    let before = c.credits();
+    let (st, j) = c.post(
+        "/api/edit/image",
+        json!({"image": input, "operation": "inpaint", "mask": mask_id, "prompt": "a fox",
+               "seed": 3, "steps": 2, "grow": 2, "blur": 1.5}),
+    );
+    assert_eq!(st, 202, "{j}");
+    assert_eq!(j["kind"], "edit");
+    let id = j["id"].as_str().unwrap();
+    let done = c.wait_until(&format!("/api/edit/{id}"), |j| {
+        ["completed", "failed", "cancelled"].contains(&j["status"].as_str().unwrap())
+    });
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!((done["cost"].as_i64(), c.credits()), (Some(1), before - 1));
+    assert_eq!(
+        done["params"]["model"], "tiny",
+        "the default model is recorded"
+    );
+    let out = &done["outputs"][0];
+    assert_eq!(
+        (out["width"].as_u64(), out["height"].as_u64()),
+        (Some(64), Some(48))
+    );
+    assert_eq!(out["parent_id"], input.as_str());
+    let inpainted_id = out["id"].as_str().unwrap().to_string();
+    let (_, bytes) = c.bytes(&format!("/api/assets/{inpainted_id}"));
+    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let soft = mask::feather(&mask::grow(&mask::hard(&painted), 2), 1.5);
+    let (mut kept, mut changed) = (0, 0);
+    for (x, y, p) in got.enumerate_pixels() {
+        match soft.get_pixel(x, y).0[0] {
+            0 => {
+                assert_eq!(
+                    p,
+                    original.get_pixel(x, y),
+                    "({x}, {y}) is outside the mask"
+                );
+                kept += 1;
+            }
+            255 => changed += (p != original.get_pixel(x, y)) as usize,
+            _ => {}
+        }
+    }
+    assert!(
+        kept > 64 * 48 / 2 && changed > 100,
+        "{kept} kept, {changed} changed"
+    );
+
+    // Outpaint the new version to 16:9: a version of a version.
+    let (st, j) = c.post(
+        "/api/edit/image",
+        json!({"image": inpainted_id, "operation": "outpaint", "aspect": "16:9", "steps": 2}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    let out = &done["outputs"][0];
+    assert_eq!(
+        (out["width"].as_u64(), out["height"].as_u64()),
+        (Some(86), Some(48))
+    );
+    assert_eq!(out["parent_id"], inpainted_id.as_str());
+
+    // Bad requests, each naming its field.
+    let small = upload_png(
+        &c,
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(32, 32, image::Luma([255]))),
+    );
+    let empty = upload_png(
+        &c,
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(64, 48, image::Luma([90]))),
+    );
+    for (body, field) in [
+        (
+            json!({"image": input, "operation": "inpaint", "mask": small}),
+            "mask",
+        ),
+        (
+            json!({"image": input, "operation": "inpaint", "mask": empty}),
+            "mask",
+        ),
+        (json!({"image": input, "operation": "inpaint"}), "mask"),
+        (json!({"image": input, "operation": "outpaint"}), "extend"),
+        (
+            json!({"image": input, "operation": "outpaint", "aspect": "wide"}),
+            "aspect",
+        ),
+        (
+            json!({"image": input, "operation": "outpaint", "aspect": "4:3"}),
+            "aspect",
+        ),
+        (
+            json!({"image": input, "operation": "outpaint", "extend": {"left": 9000}}),
+            "extend",
+        ),
+        (
+            json!({"image": input, "operation": "inpaint", "mask": mask_id, "extend": {"left": 8}}),
+            "extend",
+        ),
+        (
+            json!({"image": input, "operation": "inpaint", "mask": mask_id, "strength": 2}),
+            "strength",
+        ),
+        (
+            json!({"image": input, "operation": "inpaint", "mask": mask_id, "model": "nope"}),
+            "model",
+        ),
+        (json!({"image": input, "operation": "paint"}), "params"),
+        (
+            json!({"image": "nope", "operation": "outpaint", "aspect": "1:1"}),
+            "image",
+        ),
+    ] {
+        let (st, e) = c.post("/api/edit/image", body.clone());
+        assert_eq!(st, 422, "{body}: {e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.starts_with(field), "{body}: {m}");
+    }
+    // Another user's image is not the caller's to edit.
+    let other = Client::register(&s.base, "other-edit@example.com");
+    let (st, _) = other.post(
+        "/api/edit/image",
+        json!({"image": input, "operation": "outpaint", "aspect": "1:1"}),
+    );
+    assert_eq!(st, 422);
+}
+
+#[test]
+fn edit_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("models.json"),
+        json!({"tiny": format!("{}/../krya-engine/tests/golden/sd15", env!("CARGO_MANIFEST_DIR"))})
+            .to_string(),
+    )
+    .unwrap();
+    let s = start(config(dir.path()), dir);
+    edit(&s);
+}

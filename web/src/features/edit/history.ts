@@ -1,0 +1,81 @@
+// The editor's versions of an image: the original, then each result, in order. Undo and
+// redo move along them; editing from an earlier version drops the ones after it (as every
+// editor's history does); any version can be picked to continue from.
+
+export interface Version {
+  /** The asset (the original upload or an edit's output, whose parent is the one before). */
+  id: string;
+  url: string;
+  width: number;
+  height: number;
+  /** What made it ("Original", "Inpaint", "Outpaint 16:9"). */
+  label: string;
+}
+
+export interface History {
+  versions: Version[];
+  /** The version shown and edited. */
+  at: number;
+}
+
+export const empty: History = { versions: [], at: -1 };
+
+/** A history that starts at `v`. */
+export function start(v: Version): History {
+  return { versions: [v], at: 0 };
+}
+
+/** `v` made from the current version: after it, the later ones dropped. */
+export function push(h: History, v: Version): History {
+  return { versions: [...h.versions.slice(0, h.at + 1), v], at: h.at + 1 };
+}
+
+export function canUndo(h: History): boolean {
+  return h.at > 0;
+}
+
+export function canRedo(h: History): boolean {
+  return h.at < h.versions.length - 1;
+}
+
+export function undo(h: History): History {
+  return canUndo(h) ? { ...h, at: h.at - 1 } : h;
+}
+
+export function redo(h: History): History {
+  return canRedo(h) ? { ...h, at: h.at + 1 } : h;
+}
+
+export function select(h: History, i: number): History {
+  return i >= 0 && i < h.versions.length ? { ...h, at: i } : h;
+}
+
+export function current(h: History): Version | undefined {
+  return h.versions[h.at];
+}
+
+/** The size a `w × h` image becomes outpainted to `aw:ah`, as the server extends it: the
+ * short side grown (rounded up) until the aspect holds. */
+export function aspectSize(w: number, h: number, aw: number, ah: number): { width: number; height: number } {
+  if (w * ah >= h * aw) return { width: w, height: Math.ceil((w * ah) / aw) };
+  return { width: Math.ceil((h * aw) / ah), height: h };
+}
+
+/** The painted part of an RGBA mask layer as the server takes it: white where at least
+ * half opaque, black elsewhere (RGBA bytes, opaque). Also whether anything is painted. */
+export function maskPixels(rgba: Uint8ClampedArray): { pixels: Uint8ClampedArray<ArrayBuffer>; painted: boolean } {
+  const out = new Uint8ClampedArray(rgba.length);
+  let painted = false;
+  for (let i = 0; i < rgba.length; i += 4) {
+    const v = rgba[i + 3] >= 128 ? 255 : 0;
+    painted ||= v === 255;
+    out[i] = out[i + 1] = out[i + 2] = v;
+    out[i + 3] = 255;
+  }
+  return { pixels: out, painted };
+}
+
+/** The alpha of a mask layer inverted (painted ↔ clear). */
+export function invertAlpha(rgba: Uint8ClampedArray): void {
+  for (let i = 3; i < rgba.length; i += 4) rgba[i] = 255 - rgba[i];
+}

@@ -1,0 +1,41 @@
+import { describe, expect, it } from "vitest";
+import { aspectSize, canRedo, canUndo, current, invertAlpha, maskPixels, push, redo, select, start, undo } from "../src/features/edit/history";
+
+const v = (id: string) => ({ id, url: `/api/assets/${id}`, width: 64, height: 48, label: id });
+
+describe("the editor's versions", () => {
+  it("undo and redo move along them; an edit from an earlier one drops the later ones", () => {
+    let h = start(v("a"));
+    expect(canUndo(h)).toBe(false);
+    h = push(h, v("b"));
+    h = push(h, v("c"));
+    expect(current(h)?.id).toBe("c");
+    h = undo(undo(h));
+    expect(current(h)?.id).toBe("a");
+    expect(canUndo(h)).toBe(false);
+    expect(canRedo(h)).toBe(true);
+    h = redo(h);
+    expect(current(h)?.id).toBe("b");
+    h = push(h, v("d"));
+    expect(h.versions.map((x) => x.id)).toEqual(["a", "b", "d"]);
+    expect(canRedo(h)).toBe(false);
+    expect(current(select(h, 0))?.id).toBe("a");
+    expect(select(h, 9)).toBe(h);
+  });
+
+  it("outpaint sizes are the server's", () => {
+    expect(aspectSize(64, 48, 16, 9)).toEqual({ width: 86, height: 48 });
+    expect(aspectSize(160, 40, 16, 9)).toEqual({ width: 160, height: 90 });
+    expect(aspectSize(40, 64, 1, 1)).toEqual({ width: 64, height: 64 });
+  });
+
+  it("a mask layer becomes black and white at half opacity, and inverts", () => {
+    const rgba = new Uint8ClampedArray([255, 0, 0, 200, 0, 0, 0, 100, 0, 0, 0, 0]);
+    const { pixels, painted } = maskPixels(rgba);
+    expect(Array.from(pixels)).toEqual([255, 255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255]);
+    expect(painted).toBe(true);
+    expect(maskPixels(new Uint8ClampedArray(8)).painted).toBe(false);
+    invertAlpha(rgba);
+    expect([rgba[3], rgba[7], rgba[11]]).toEqual([55, 155, 255]);
+  });
+});
