@@ -270,11 +270,13 @@ try {
     for (let k = 1; k <= 10; k++) await a.mouse.move(...at(0.2 + k * 0.05, 0.2 + k * 0.04));
     await a.mouse.up();
     await a.waitForFunction((src) => document.querySelector('[data-testid="live-output"]')?.getAttribute("src") !== src, first);
-    await a.waitForFunction(() => {
-      const img = document.querySelector('[data-testid="live-output"]');
-      return img?.complete && img.naturalWidth > 0;
-    });
-    const natural = await out.evaluate((img) => img.naturalWidth);
+    // Read in the same turn as it is seen loaded: the next frame may replace it at any time.
+    const natural = await (
+      await a.waitForFunction(() => {
+        const img = document.querySelector('[data-testid="live-output"]');
+        return img?.complete && img.naturalWidth > 0 && img.naturalWidth;
+      })
+    ).jsonValue();
     check(natural === 32, `the frame is ${natural} px wide, not the chosen 32`);
     // A rectangle with the keyboard shortcut for the tool.
     await a.keyboard.press("r");
@@ -484,7 +486,7 @@ try {
     check((await a.getByTestId("source-link").getAttribute("href")).endsWith(sourceId), "the source is not linked");
   });
 
-  await step("edit: paint a mask and inpaint (a new version, its parent the original; undo and redo), compare, then outpaint to 16:9 (the new size)", async () => {
+  await step("edit: paint a mask and inpaint (a new version, its parent the original; undo and redo), compare, outpaint to 16:9 (the new size), then an instruction", async () => {
     const source = join(shots, "edit-source.png");
     writeFileSync(source, downloaded);
     await a.goto("/edit");
@@ -523,6 +525,17 @@ try {
     check((await a.getByTestId("edit-size").textContent()) === `${want[1]} × ${want[2]}`, `the outpainted size: ${await a.getByTestId("edit-size").textContent()}`);
     const outpainted = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0].outputs[0]);
     check(outpainted.width === +want[1] && outpainted.height === +want[2] && outpainted.parent_id === edited, `outpaint: ${JSON.stringify(outpainted)}`);
+    // An instruction, with the instruction-editing model (the only one offered for it).
+    await a.getByRole("group", { name: "Operation" }).getByRole("button", { name: "Instruct" }).click();
+    await a.getByLabel("Image model").locator("option", { hasText: "ip2p" }).waitFor({ state: "attached" });
+    check((await a.getByLabel("Image model").locator("option").count()) === 1, "instruct offers models that cannot follow instructions");
+    await a.getByLabel("Instruction").fill("");
+    check(await a.getByTestId("edit-run").isDisabled(), "instruct is offered without an instruction");
+    await a.getByLabel("Instruction").fill("make it winter");
+    await a.getByTestId("edit-run").click();
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 4, null, { timeout: 120_000 });
+    const instructed = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0]);
+    check(instructed.params.operation === "instruct" && instructed.params.model === "ip2p" && instructed.outputs[0].width === +want[1], `instruct: ${JSON.stringify(instructed.params)}`);
   });
 
   await step("keyboard: the first Tab reaches the skip link", async () => {
@@ -616,8 +629,8 @@ try {
     const cards = a.getByRole("list").first().getByRole("listitem");
     await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
     await cards.last().scrollIntoViewIfNeeded();
-    // 31 fillers, the sketch, the enhanced image and the two edits.
-    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 35 + 1);
+    // 31 fillers, the sketch, the enhanced image and the three edits.
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 36 + 1);
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 

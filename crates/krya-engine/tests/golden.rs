@@ -587,3 +587,58 @@ fn cancel_stops_at_the_next_step() {
     assert_eq!(err.code(), "cancelled");
     assert_eq!(seen, 2);
 }
+
+/// InstructPix2Pix (a UNet with 8 input channels) against diffusers'
+/// `StableDiffusionInstructPix2PixPipeline` (`tools/golden/pix2pix.py`): three-way guidance
+/// with image guidance, a negative prompt and a batch on DDIM, and no guidance.
+#[test]
+fn instruct_pix2pix_matches_diffusers() {
+    let m = load("pix2pix");
+    assert!(m.is_instruct_unet() && !m.is_inpainting_unet());
+    let reference =
+        candle_core::safetensors::load(dir().join("pix2pix/reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let cases: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("pix2pix/cases.json")).unwrap())
+            .unwrap();
+    let init = image_io::load_rgb(&dir().join("init.png")).unwrap();
+    for case in &cases {
+        let id = case["id"].as_str().unwrap();
+        let req = GenerateRequest {
+            prompt: case["prompt"].as_str().unwrap().to_string(),
+            negative_prompt: case["negative_prompt"].as_str().map(String::from),
+            steps: Some(case["steps"].as_u64().unwrap() as usize),
+            guidance: Some(case["guidance"].as_f64().unwrap()),
+            image_guidance: Some(case["image_guidance"].as_f64().unwrap()),
+            scheduler: case["scheduler"]
+                .as_str()
+                .map(|s| SchedulerKind::parse(s).unwrap()),
+            seed: case["seed"].as_u64().unwrap(),
+            batch: case["batch"].as_u64().unwrap() as usize,
+            init_image: Some(init.clone()),
+            ..Default::default()
+        };
+        let out = m.generate(&req, &mut |_| {}, &CancelToken::new()).unwrap();
+        let want = &reference[&format!("case.{id}")];
+        assert_eq!(out.images.len(), want.dim(0).unwrap(), "{id}: batch size");
+        for (i, img) in out.images.iter().enumerate() {
+            assert_eq!(img.dimensions(), (64, 48), "{id}: the init image's size");
+            if let Some(e) = image_differs(img, &want.i(i).unwrap()) {
+                panic!("{id} image {i}: {e}");
+            }
+        }
+    }
+    // A mask, or no image, is refused.
+    let e = m
+        .generate(
+            &GenerateRequest {
+                prompt: "x".into(),
+                ..Default::default()
+            },
+            &mut |_| {},
+            &CancelToken::new(),
+        )
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("instruction-editing"), "{e}");
+}

@@ -83,20 +83,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
-    if !a.input.is_file() {
-        return Err(CliError::user(format!(
-            "input image {} does not exist or is not a file",
-            a.input.display()
-        )));
-    }
-    if let Some(dir) = a.output.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.is_dir()
-    {
-        return Err(CliError::user(format!(
-            "output folder {} does not exist",
-            dir.display()
-        )));
-    }
+    crate::check_input_output(&a.input, &a.output)?;
     if !(8..=4096).contains(&a.tile) {
         return Err(CliError::user(format!(
             "--tile must be from 8 to 4096 (got {})",

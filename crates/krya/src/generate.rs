@@ -54,6 +54,10 @@ pub struct Args {
     /// Skip this many final text-encoder layers.
     #[arg(long, default_value_t = 0)]
     clip_skip: usize,
+    /// Instruction-editing models (InstructPix2Pix, with --init-image): how strongly the
+    /// output keeps to the image (default 1.5).
+    #[arg(long)]
+    image_guidance: Option<f64>,
     /// Output PNG; with --batch B > 1 the files are OUT-1.png ... OUT-B.png.
     #[arg(long)]
     out: PathBuf,
@@ -158,6 +162,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         init_noise,
         clip_skip: a.clip_skip,
         preview_every: 0,
+        image_guidance: a.image_guidance,
     };
     // Validate against the model before the progress bar appears.
     let (_, _, steps, _, _) = m.resolve(&req)?;

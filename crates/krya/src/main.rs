@@ -6,6 +6,7 @@
 //! print one line and exit with status 2; anything else exits with 1.
 
 mod bench;
+mod edit;
 mod enhance;
 mod generate;
 mod models;
@@ -39,6 +40,8 @@ enum Command {
     Generate(generate::Args),
     /// Make an image larger (1×-8×) with a super-resolution model, tile by tile.
     Enhance(enhance::Args),
+    /// Edit an image: by instruction (InstructPix2Pix), inpaint a mask, outpaint, restyle.
+    Edit(edit::Args),
     /// Run the API server (and, unless jobs.in_process is off, its jobs).
     Serve(serve::Args),
     /// Run jobs only, from the configured (shared) database and storage.
@@ -77,6 +80,25 @@ impl CliError {
     }
 }
 
+/// An input image that is a file and an output whose folder exists, or why not.
+pub fn check_input_output(input: &std::path::Path, out: &std::path::Path) -> Result<(), CliError> {
+    if !input.is_file() {
+        return Err(CliError::user(format!(
+            "input image {} does not exist or is not a file",
+            input.display()
+        )));
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(CliError::user(format!(
+            "output folder {} does not exist",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 impl From<krya_engine::EngineError> for CliError {
     fn from(e: krya_engine::EngineError) -> Self {
         let status = if e.is_user_error() { 2 } else { 1 };
@@ -106,6 +128,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Enhance(args) => enhance::run(args),
+        Command::Edit(args) => edit::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Realtime(cmd) => realtime::run(cmd),

@@ -685,3 +685,85 @@ fn enhance_writes_the_larger_png_and_refuses_bad_input() {
     assert!(!Path::new(out).exists());
     assert!(!t.join("never.partial.png").exists());
 }
+
+/// `krya edit`: an instruction with the tiny InstructPix2Pix model, an outpaint to 16:9 and
+/// an inpaint with the tiny SD model, each a PNG saying what made it; a wrong combination,
+/// a model that cannot follow instructions and a mask of another size are one line, exit 2.
+#[test]
+fn edit_follows_instructions_and_refuses_bad_input() {
+    let home = tempfile::tempdir().unwrap();
+    let t = home.path();
+    let input = golden("init.png"); // 64×48
+    let input = input.to_str().unwrap();
+    let out = t.join("edited.png");
+    let ip2p = golden("pix2pix");
+    let sd = golden("sd15");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "edit",
+            input,
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "2",
+        ];
+        args.extend(extra);
+        krya(t, &args)
+    };
+    for (extra, size, what) in [
+        (
+            vec![
+                "--model",
+                ip2p.to_str().unwrap(),
+                "--instruction",
+                "make it winter",
+            ],
+            (64, 48),
+            "instruct",
+        ),
+        (
+            vec!["--model", sd.to_str().unwrap(), "--aspect", "16:9"],
+            (86, 48),
+            "outpaint",
+        ),
+    ] {
+        let o = run(&extra);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        assert_eq!(image::image_dimensions(&out).unwrap(), size, "{extra:?}");
+        assert!(
+            png_parameters(&out).contains(&format!("Edit: {what}")),
+            "{}",
+            png_parameters(&out)
+        );
+    }
+    let small = t.join("small-mask.png");
+    image::GrayImage::from_pixel(8, 8, image::Luma([255]))
+        .save(&small)
+        .unwrap();
+    for (extra, says) in [
+        (vec!["--model", sd.to_str().unwrap()], "give one of"),
+        (
+            vec!["--model", sd.to_str().unwrap(), "--instruction", "snow"],
+            "needs an instruction-editing model",
+        ),
+        (
+            vec!["--model", ip2p.to_str().unwrap(), "--restyle"],
+            "use --instruction",
+        ),
+        (
+            vec![
+                "--model",
+                sd.to_str().unwrap(),
+                "--mask",
+                small.to_str().unwrap(),
+            ],
+            "mask: is 8×8 but the image is 64×48",
+        ),
+        (
+            vec!["--model", sd.to_str().unwrap(), "--aspect", "wide"],
+            "--aspect must be W:H",
+        ),
+    ] {
+        assert_user_error(&run(&extra), says);
+    }
+}

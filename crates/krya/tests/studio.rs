@@ -76,6 +76,11 @@ fn studio_end_to_end_in_chromium() {
         .join("../krya-engine/tests/golden/upscale/compact.safetensors")
         .to_string_lossy()
         .into();
+    // And an instruction-editing model for the editor: the tiny InstructPix2Pix.
+    listed["ip2p"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden/pix2pix")
+        .to_string_lossy()
+        .into();
     std::fs::write(&models, listed.to_string()).unwrap();
     let (_server, base) = serve(data.path(), &[]);
     // The studio's page and scripts go out compressed at build time where the browser

@@ -100,7 +100,7 @@ export interface BatchRequest {
 }
 
 /** A kind of work a model can do; `GET /api/models?capability=` filters by it. */
-export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect";
+export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct";
 
 export interface Capture {
   /** The frame, uploaded with `POST /api/assets`. */
@@ -119,7 +119,7 @@ export type CreatedApiKey = ApiKeyView & {
 };
 
 /** What an edit does. */
-export type EditOperation = "inpaint" | "outpaint";
+export type EditOperation = "inpaint" | "outpaint" | "restyle" | "instruct";
 
 /** What `POST /api/edit/image` takes. */
 export interface EditRequest {
@@ -131,15 +131,28 @@ export interface EditRequest {
    * repainted, black kept.
    */
   mask?: string | null;
-  /** What to paint (default: nothing in particular, the surroundings continued). */
+  /**
+   * What to paint (default: nothing in particular, the surroundings continued); for
+   * `instruct`, the instruction ("make it winter"; needed).
+   */
   prompt?: string | null;
   negative_prompt?: string | null;
   /**
-   * The image model (`GET /api/models?capability=inpaint`); default the first
-   * installed one.
+   * The image model (`GET /api/models?capability=inpaint`; `img2img` to restyle,
+   * `instruct` for instructions); default the first installed one.
    */
   model?: string | null;
-  /** How much the masked area is re-drawn, 0 to 1 (default 1: from noise). */
+  /** Restyle: a style preset (`GET /api/styles`) applied to the prompt. */
+  style?: string | null;
+  /**
+   * Instruct: how strongly the output keeps to the image (diffusers'
+   * `image_guidance_scale`), 0 to 10; default 1.5.
+   */
+  image_guidance?: number | null;
+  /**
+   * How much is re-drawn, 0 to 1 (default 1 for inpaint and outpaint: from noise; 0.6
+   * to restyle; an instruction always re-draws all).
+   */
   strength?: number | null;
   /** Pixels the mask is grown by, 0 to 256 (default 4). */
   grow?: number | null;

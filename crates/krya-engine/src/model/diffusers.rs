@@ -208,10 +208,15 @@ pub(crate) fn assemble(
     }
     let lc = vae.config.latent_channels;
     let inc = unet.config.in_channels;
-    if inc != lc && inc != 2 * lc + 1 {
+    // Plain, instruction editing (the image's latents beside) or inpainting (and a mask).
+    if inc != lc && inc != 2 * lc && inc != 2 * lc + 1 {
         return Err(EngineError::bad_model(
             &name,
-            format!("UNet in_channels {inc} fits neither {lc} latent channels nor inpainting"),
+            format!(
+                "UNet in_channels {inc} fits none of {lc} latent channels, instruction editing ({}) or inpainting ({})",
+                2 * lc,
+                2 * lc + 1
+            ),
         ));
     }
     if let Some((input, tdim)) = unet.added_cond_dims() {

@@ -78,10 +78,12 @@ pub enum Capability {
     FaceRestore,
     /// Face detectors (RetinaFace): what face restoration finds faces with.
     FaceDetect,
+    /// Instruction editing (InstructPix2Pix): the editor's `instruct`.
+    Instruct,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Txt2img,
         Capability::Img2img,
         Capability::Inpaint,
@@ -89,6 +91,7 @@ impl Capability {
         Capability::Upscale,
         Capability::FaceRestore,
         Capability::FaceDetect,
+        Capability::Instruct,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +103,7 @@ impl Capability {
             Capability::Upscale => "upscale",
             Capability::FaceRestore => "face_restore",
             Capability::FaceDetect => "face_detect",
+            Capability::Instruct => "instruct",
         }
     }
 
@@ -186,6 +190,9 @@ struct FromFiles {
     upscale: bool,
     /// A face restorer or detector (one file).
     face: Option<krya_engine::pipelines::face::FaceModel>,
+    /// An instruction-editing UNet (InstructPix2Pix: the image's latents beside the noisy
+    /// ones).
+    instruct: bool,
 }
 
 fn from_files(source: &str) -> Option<FromFiles> {
@@ -211,9 +218,11 @@ fn from_files(source: &str) -> Option<FromFiles> {
     let unet = read("unet/config.json")?;
     let scheduler = read("scheduler/scheduler_config.json").unwrap_or_default();
     let sample = unet["sample_size"].as_u64();
-    let blocks = read("vae/config.json")
-        .and_then(|v| v["block_out_channels"].as_array().map(|a| a.len() as u32));
+    let vae = read("vae/config.json").unwrap_or_default();
+    let blocks = vae["block_out_channels"].as_array().map(|a| a.len() as u32);
+    let latent = vae["latent_channels"].as_u64().unwrap_or(4);
     Some(FromFiles {
+        instruct: unet["in_channels"].as_u64() == Some(2 * latent),
         resolution: sample
             .zip(blocks)
             .map(|(s, b)| (s << b.saturating_sub(1)) as u32),
@@ -380,6 +389,9 @@ fn describe(data_dir: &Path, m: &mut ModelEntry) {
     let diffusion = files.as_ref().map_or(m.family.is_some(), |f| f.diffusion);
     if diffusion {
         m.capabilities = diffusion_capabilities(m.fast);
+    }
+    if files.as_ref().is_some_and(|f| f.instruct) {
+        m.capabilities = vec![Capability::Instruct];
     }
     if files.as_ref().is_some_and(|f| f.upscale) {
         m.capabilities = vec![Capability::Upscale];

@@ -334,6 +334,7 @@ fn run_engine(
         init_noise: None,
         clip_skip: g.params.clip_skip as usize,
         preview_every: 1,
+        image_guidance: None,
     };
     let mut last_preview = Instant::now() - Duration::from_secs(1);
     let out = model.generate(

@@ -1,6 +1,7 @@
 //! The edit kind through `POST /api/edit/image` with the tiny SD 1.5 model: inpainting a
 //! painted mask leaves every pixel the feathered mask does not reach as it was (exactly)
-//! and repaints inside it; outpainting to 16:9 gives the wider canvas; each output's
+//! and repaints inside it; outpainting to 16:9 gives the wider canvas; restyling and an
+//! instruction (the tiny InstructPix2Pix model) re-draw the image at its size; each output's
 //! parent is the image it edits, so versions chain (an edit of an edit); bad requests get
 //! a 422 naming the field (a mask of another size, an empty one, no mask, no extension).
 
@@ -96,6 +97,43 @@ fn edit(s: &Server) {
     );
     assert_eq!(out["parent_id"], inpainted_id.as_str());
 
+    // Restyle with a style preset, and an instruction with the InstructPix2Pix model (the
+    // only one listed for instructions, and not for inpainting): the image's own size.
+    let (_, styles) = c.get("/api/styles");
+    let style = styles["styles"][1]["id"].as_str().unwrap().to_string();
+    let listed = |cap: &str| -> Vec<String> {
+        let (_, m) = c.get(&format!("/api/models?capability={cap}"));
+        m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["installed"] == true)
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed("instruct"), ["ip2p"]);
+    assert_eq!(listed("inpaint"), ["tiny"]);
+    for body in [
+        json!({"image": input, "operation": "restyle", "style": style, "strength": 0.5, "steps": 2}),
+        json!({"image": input, "operation": "instruct", "prompt": "make it winter", "image_guidance": 1.5, "steps": 2}),
+    ] {
+        let (st, j) = c.post("/api/edit/image", body.clone());
+        assert_eq!(st, 202, "{body}: {j}");
+        let done = c.wait_job(j["id"].as_str().unwrap());
+        assert_eq!(done["status"], "completed", "{done}");
+        let out = &done["outputs"][0];
+        assert_eq!(
+            (out["width"].as_u64(), out["height"].as_u64()),
+            (Some(64), Some(48))
+        );
+        assert_eq!(out["parent_id"], input.as_str());
+        let (_, bytes) = c.bytes(&format!("/api/assets/{}", out["id"].as_str().unwrap()));
+        let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+        assert_ne!(got.as_raw(), original.as_raw(), "{body}: re-drawn");
+    }
+    let (_, j) = c.get("/api/jobs?kind=edit");
+    assert_eq!(j["items"][0]["params"]["model"], "ip2p", "{j}");
+
     // Bad requests, each naming its field.
     let small = upload_png(
         &c,
@@ -145,6 +183,31 @@ fn edit(s: &Server) {
             json!({"image": "nope", "operation": "outpaint", "aspect": "1:1"}),
             "image",
         ),
+        (json!({"image": input, "operation": "instruct"}), "prompt"),
+        (
+            json!({"image": input, "operation": "instruct", "prompt": "snow", "model": "tiny"}),
+            "model",
+        ),
+        (
+            json!({"image": input, "operation": "instruct", "prompt": "snow", "strength": 0.5}),
+            "strength",
+        ),
+        (
+            json!({"image": input, "operation": "restyle", "image_guidance": 2}),
+            "image_guidance",
+        ),
+        (
+            json!({"image": input, "operation": "restyle", "style": "nope"}),
+            "style",
+        ),
+        (
+            json!({"image": input, "operation": "inpaint", "mask": mask_id, "style": style}),
+            "style",
+        ),
+        (
+            json!({"image": input, "operation": "outpaint", "aspect": "1:1", "mask": mask_id}),
+            "mask",
+        ),
     ] {
         let (st, e) = c.post("/api/edit/image", body.clone());
         assert_eq!(st, 422, "{body}: {e}");
@@ -165,8 +228,9 @@ fn edit_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("models.json"),
-        json!({"tiny": format!("{}/../krya-engine/tests/golden/sd15", env!("CARGO_MANIFEST_DIR"))})
-            .to_string(),
+        json!({"tiny": format!("{}/../krya-engine/tests/golden/sd15", env!("CARGO_MANIFEST_DIR")),
+               "ip2p": format!("{}/../krya-engine/tests/golden/pix2pix", env!("CARGO_MANIFEST_DIR"))})
+        .to_string(),
     )
     .unwrap();
     let s = start(config(dir.path()), dir);

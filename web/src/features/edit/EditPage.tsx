@@ -1,4 +1,5 @@
-// /edit: an image changed where a mask says (inpaint) or on a larger canvas (outpaint).
+// /edit: an image changed where a mask says (inpaint), on a larger canvas (outpaint),
+// re-drawn in a style (restyle) or as an instruction says (instruct, InstructPix2Pix).
 // Open an image (drop, pick, or "Edit" on a gallery image: `?asset=ID&url=…&w=…&h=…`), paint
 // the mask with a brush, an eraser or rectangles over it (invert, clear; grow and feather are
 // the server's), choose the operation and run it. Each result is a new version in the strip
@@ -14,7 +15,10 @@ import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
 import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, invertAlpha, maskPixels, push, redo, select, start, undo } from "./history";
 
-type Operation = "inpaint" | "outpaint";
+type Operation = "inpaint" | "outpaint" | "restyle" | "instruct";
+/** The model capability each operation needs. */
+const NEEDS: Record<Operation, "inpaint" | "img2img" | "instruct"> = { inpaint: "inpaint", outpaint: "inpaint", restyle: "img2img", instruct: "instruct" };
+const LABELS: Record<Operation, string> = { inpaint: "Inpaint", outpaint: "Outpaint", restyle: "Restyle", instruct: "Instruct" };
 type Tool = "brush" | "eraser" | "rect";
 const ASPECTS = ["16:9", "9:16", "1:1", "4:3", "3:2", "2:3"] as const;
 /** The mask as it is shown over the image. */
@@ -131,9 +135,12 @@ export default function EditPage() {
   const [blur, setBlur] = useState(4);
   const [aspect, setAspect] = useState<(typeof ASPECTS)[number]>("16:9");
   const [comparing, setComparing] = useState(false);
-  const models = useLoad(() => api.models("inpaint").then((r) => r.models.filter((m) => m.installed)));
+  const models = useLoad(() => api.models(NEEDS[operation]).then((r) => r.models.filter((m) => m.installed)), NEEDS[operation]);
+  const styles = useLoad(() => api.styles().then((r) => r.styles));
+  const [style, setStyle] = useState("");
+  const [imageGuidance, setImageGuidance] = useState(1.5);
   const [model, setModel] = useState("");
-  const chosenModel = model || models.data?.[0]?.id || "";
+  const chosenModel = (models.data ?? []).some((m) => m.id === model) ? model : models.data?.[0]?.id || "";
   const [uploading, setUploading] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
   const [job, setJob] = useState<Job | null>(null);
@@ -188,7 +195,8 @@ export default function EditPage() {
         setJob(j);
         const out = j.outputs[0];
         if (j.status === "completed" && out) {
-          const label = j.params && (j.params as { operation?: string }).operation === "outpaint" ? `Outpaint ${(j.params as { aspect?: string }).aspect ?? ""}`.trim() : "Inpaint";
+          const p = (j.params ?? {}) as { operation?: Operation; aspect?: string };
+          const label = `${LABELS[p.operation ?? "inpaint"]}${p.operation === "outpaint" && p.aspect ? ` ${p.aspect}` : ""}`;
           setHistory((h) => push(h, { id: out.id, url: out.url, width: out.width ?? 0, height: out.height ?? 0, label }));
         }
       },
@@ -232,8 +240,12 @@ export default function EditPage() {
       const common = { image: version.id, prompt: prompt.trim() || undefined, model: chosenModel || undefined, strength, grow, blur };
       if (operation === "inpaint") {
         setJob(await api.edit({ ...common, operation, mask: await uploadMask() }));
-      } else {
+      } else if (operation === "outpaint") {
         setJob(await api.edit({ ...common, operation, aspect }));
+      } else if (operation === "restyle") {
+        setJob(await api.edit({ ...common, operation, style: style || undefined }));
+      } else {
+        setJob(await api.edit({ image: version.id, operation, prompt: prompt.trim(), model: chosenModel || undefined, image_guidance: imageGuidance }));
       }
     } catch (e) {
       setError(asApiError(e));
@@ -245,7 +257,8 @@ export default function EditPage() {
   const [aw, ah] = aspect.split(":").map(Number);
   const target = version && version.width > 0 ? aspectSize(version.width, version.height, aw, ah) : null;
   const sameSize = target && version && target.width === version.width && target.height === version.height;
-  const ready = !!version && !running && !!chosenModel && (operation === "inpaint" ? painted : !sameSize);
+  const ready =
+    !!version && !running && !!chosenModel && (operation === "inpaint" ? painted : operation === "outpaint" ? !sameSize : operation === "instruct" ? prompt.trim() !== "" : true);
   return (
     <div className="mx-auto grid max-w-6xl gap-6 px-3 py-6 sm:px-5 lg:grid-cols-[20rem_minmax(0,1fr)]">
       <aside className="flex flex-col gap-4">
@@ -275,12 +288,11 @@ export default function EditPage() {
         <div className="flex flex-col gap-1.5">
           <span className="text-xs font-medium uppercase tracking-wide text-muted">Operation</span>
           <div className="flex flex-wrap gap-1.5" role="group" aria-label="Operation">
-            <Chip active={operation === "inpaint"} onClick={() => setOperation("inpaint")}>
-              Inpaint
-            </Chip>
-            <Chip active={operation === "outpaint"} onClick={() => setOperation("outpaint")}>
-              Outpaint
-            </Chip>
+            {(Object.keys(LABELS) as Operation[]).map((o) => (
+              <Chip key={o} active={operation === o} onClick={() => setOperation(o)}>
+                {LABELS[o]}
+              </Chip>
+            ))}
           </div>
         </div>
         {operation === "inpaint" ? (
@@ -304,6 +316,20 @@ export default function EditPage() {
             <Amount label="Grow (px)" value={grow} max={64} step={1} digits={0} onChange={setGrow} testId="edit-grow" />
             <Amount label="Feather (px)" value={blur} max={32} step={1} digits={0} onChange={setBlur} testId="edit-blur" />
           </div>
+        ) : operation === "restyle" ? (
+          <label className="flex flex-col gap-1.5">
+            <span className="text-xs font-medium uppercase tracking-wide text-muted">Style</span>
+            <Select value={style} onChange={(e) => setStyle(e.target.value)} aria-label="Style">
+              <option value="">The prompt alone</option>
+              {(styles.data ?? []).map((s) => (
+                <option key={s.id} value={s.id}>
+                  {s.name}
+                </option>
+              ))}
+            </Select>
+          </label>
+        ) : operation === "instruct" ? (
+          <Amount label="Image guidance" value={imageGuidance} max={5} step={0.1} digits={1} onChange={setImageGuidance} testId="edit-image-guidance" />
         ) : (
           <div className="flex flex-col gap-3 rounded-xl border border-line p-3">
             <div className="flex flex-wrap gap-1.5" role="group" aria-label="Aspect">
@@ -322,17 +348,24 @@ export default function EditPage() {
           </div>
         )}
         <label className="flex flex-col gap-1.5">
-          <span className="text-xs font-medium uppercase tracking-wide text-muted">Prompt (optional)</span>
-          <Textarea rows={2} value={prompt} maxLength={4000} onChange={(e) => setPrompt(e.target.value)} placeholder="What to paint there" aria-label="Prompt" />
+          <span className="text-xs font-medium uppercase tracking-wide text-muted">{operation === "instruct" ? "Instruction" : "Prompt (optional)"}</span>
+          <Textarea
+            rows={2}
+            value={prompt}
+            maxLength={4000}
+            onChange={(e) => setPrompt(e.target.value)}
+            placeholder={operation === "instruct" ? "Make it winter" : "What to paint there"}
+            aria-label={operation === "instruct" ? "Instruction" : "Prompt"}
+          />
         </label>
-        <Amount label="Strength" value={strength} onChange={setStrength} testId="edit-strength" />
+        {operation !== "instruct" && <Amount label="Strength" value={strength} onChange={setStrength} testId="edit-strength" />}
         <label className="flex flex-col gap-1.5">
           <span className="text-xs font-medium uppercase tracking-wide text-muted">Image model</span>
           {models.error ? (
             <ErrorNote error={models.error} onRetry={models.reload} />
           ) : (
             <Select value={chosenModel} onChange={(e) => setModel(e.target.value)} aria-label="Image model">
-              {(models.data ?? []).length === 0 && <option value="">No image model installed</option>}
+              {(models.data ?? []).length === 0 && <option value="">{operation === "instruct" ? "No instruction-editing model installed" : "No image model installed"}</option>}
               {(models.data ?? []).map((m) => (
                 <option key={m.id} value={m.id}>
                   {m.name}
@@ -343,7 +376,7 @@ export default function EditPage() {
         </label>
         <Button variant="primary" size="lg" disabled={!ready} onClick={run} data-testid="edit-run">
           {running && <Spinner />}
-          {operation === "inpaint" ? (painted ? "Inpaint" : "Paint a mask first") : "Outpaint"}
+          {operation === "inpaint" && !painted ? "Paint a mask first" : LABELS[operation]}
         </Button>
         {error && <ErrorNote error={error} />}
       </aside>

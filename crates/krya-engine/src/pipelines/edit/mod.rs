@@ -1,5 +1,7 @@
 //! The editor's diffusion operations (seed §2.5) over the Stable Diffusion engine:
-//! inpainting a painted mask, and outpainting (the canvas extended, the new area filled).
+//! inpainting a painted mask, outpainting (the canvas extended, the new area filled), and
+//! whole-image edits (restyling by image-to-image, editing by instruction with an
+//! InstructPix2Pix model) at the model's own size.
 //!
 //! As A1111's "only masked" and InvokeAI's canvas do, the model sees the part of the
 //! image around the mask, not the whole: the mask's bounding box with context around it,
@@ -132,6 +134,42 @@ pub fn inpaint(
         image::imageops::resize(&drawn, rw, rh, FilterType::Lanczos3)
     };
     Ok(blend(image, &drawn, &soft, (x0, y0)))
+}
+
+/// `request` (image-to-image, or an instruction for an InstructPix2Pix model) run on the
+/// whole of `image`, at the model's native pixel count (the aspect kept, whole latent
+/// cells), the result scaled back to the image's size.
+pub fn whole(
+    model: &StableDiffusion,
+    request: &GenerateRequest,
+    image: &RgbImage,
+    cancel: &CancelToken,
+    on_step: &mut dyn FnMut(StepProgress),
+) -> Result<RgbImage> {
+    let (w, h) = image.dimensions();
+    let native = (model.defaults.width * model.defaults.height) as u64;
+    let (ww, wh) = work_size(w, h, native, model.vae_scale_factor() as u32);
+    let input = if (ww, wh) == (w, h) {
+        image.clone()
+    } else {
+        image::imageops::resize(image, ww, wh, FilterType::Lanczos3)
+    };
+    let req = GenerateRequest {
+        width: None,
+        height: None,
+        batch: 1,
+        init_image: Some(input),
+        mask: None,
+        init_noise: None,
+        ..request.clone()
+    };
+    let out = model.generate(&req, on_step, cancel)?;
+    let out = out.images.into_iter().next().expect("one image");
+    Ok(if (ww, wh) == (w, h) {
+        out
+    } else {
+        image::imageops::resize(&out, w, h, FilterType::Lanczos3)
+    })
 }
 
 /// `image` with `drawn` (placed at `at`) blended in by `soft`: a pixel whose mask is 0

@@ -84,6 +84,9 @@ pub struct GenerateRequest {
     pub clip_skip: usize,
     /// Emit a latent preview every this many steps (0: none).
     pub preview_every: usize,
+    /// Instruction-editing models (InstructPix2Pix): how strongly the output keeps to the
+    /// init image (diffusers' `image_guidance_scale`; `None`: 1.5).
+    pub image_guidance: Option<f64>,
 }
 
 impl Default for GenerateRequest {
@@ -104,6 +107,7 @@ impl Default for GenerateRequest {
             init_noise: None,
             clip_skip: 0,
             preview_every: 1,
+            image_guidance: None,
         }
     }
 }
@@ -186,6 +190,12 @@ impl StableDiffusion {
 
     pub fn is_inpainting_unet(&self) -> bool {
         self.unet.config.in_channels == 2 * self.latent_channels() + 1
+    }
+
+    /// An instruction-editing UNet (InstructPix2Pix): the noisy latents and the image's
+    /// latents side by side.
+    pub fn is_instruct_unet(&self) -> bool {
+        self.unet.config.in_channels == 2 * self.latent_channels()
     }
 
     /// Token ids and per-token weights of one prompt for tokenizer `k`.
@@ -370,6 +380,16 @@ impl StableDiffusion {
                 "this is an inpainting model: give an init image and a mask"
             ));
         }
+        if self.is_instruct_unet() && (req.init_image.is_none() || req.mask.is_some()) {
+            return Err(invalid!(
+                "this is an instruction-editing model (InstructPix2Pix): give the image to edit, and no mask"
+            ));
+        }
+        if let Some(g) = req.image_guidance
+            && !(g.is_finite() && g >= 0.0)
+        {
+            return Err(invalid!("image guidance must be a number >= 0 (got {g})"));
+        }
         let steps = req.steps.unwrap_or(self.defaults.steps);
         let guidance = req.guidance.unwrap_or(self.defaults.guidance);
         if !guidance.is_finite() || guidance < 0.0 {
@@ -402,6 +422,9 @@ impl StableDiffusion {
         cancel: &CancelToken,
     ) -> Result<Generated> {
         let (width, height, steps, guidance, kind) = self.resolve(req)?;
+        if self.is_instruct_unet() {
+            return self.instruct(req, (width, height, steps, guidance, kind), on_step, cancel);
+        }
         if let Some(t) = opts.tiny_vae {
             if req.mask.is_some() {
                 return Err(invalid!(
@@ -648,17 +671,7 @@ impl StableDiffusion {
                 latents = (ip.keep_original.broadcast_mul(&proper)?
                     + ip.mask.broadcast_mul(&latents)?)?;
             }
-            let preview =
-                if req.preview_every > 0 && ((k + 1) % req.preview_every == 0 || k + 1 == total) {
-                    Some(self.preview(&step.denoised.i(0..1)?)?)
-                } else {
-                    None
-                };
-            on_step(StepProgress {
-                step: k + 1,
-                total,
-                preview: preview.as_ref(),
-            });
+            self.report_step(req, k + 1, total, &step.denoised, on_step)?;
         }
         cancel.check()?;
 
@@ -677,6 +690,110 @@ impl StableDiffusion {
             width,
             height,
         })
+    }
+
+    /// InstructPix2Pix, as diffusers' `StableDiffusionInstructPix2PixPipeline`: denoising
+    /// from noise over the whole schedule, the UNet seeing the image's latents (the VAE
+    /// posterior's mode, not scaled) beside the noisy ones. With guidance (`guidance > 1`
+    /// and image guidance ≥ 1) each step runs the prompt with the image, the negative prompt
+    /// with the image, and the negative prompt with no image (zeros), and mixes them as
+    /// `uncond + g·(text − image) + ig·(image − uncond)`.
+    fn instruct(
+        &self,
+        req: &GenerateRequest,
+        resolved: (usize, usize, usize, f64, SchedulerKind),
+        on_step: &mut dyn FnMut(StepProgress),
+        cancel: &CancelToken,
+    ) -> Result<Generated> {
+        let (width, height, steps, guidance, kind) = resolved;
+        let image_guidance = req.image_guidance.unwrap_or(1.5);
+        let cfg = self.uses_cfg(guidance) && image_guidance >= 1.0;
+        let b = req.batch;
+        let f = self.vae_scale_factor();
+        let dev = &self.device;
+        let latent_shape = [self.latent_channels(), height / f, width / f];
+        let seeds: Vec<u64> = (0..b as u64).map(|i| req.seed.wrapping_add(i)).collect();
+        let mut rng = BatchRng::new(&seeds);
+        let embeds = self.conditioning(req, cfg)?;
+        let (context, _) = Self::batched(&embeds, b)?;
+        let image = req.init_image.as_ref().expect("checked in resolve");
+        let image = image_io::to_tensor(image, width, height, dev)?.to_dtype(self.dtype)?;
+        let image_latents = self.vae.encode(&image)?.0.repeat((b, 1, 1, 1))?;
+        // [prompt, negative, negative] and [image, image, zeros], a batch each.
+        let (context, image_latents) = if cfg {
+            let (neg, pos) = (context.i(0..b)?, context.i(b..2 * b)?);
+            (
+                Tensor::cat(&[&pos, &neg, &neg], 0)?,
+                Tensor::cat(
+                    &[&image_latents, &image_latents, &image_latents.zeros_like()?],
+                    0,
+                )?,
+            )
+        } else {
+            (context, image_latents)
+        };
+        let mut scheduler = kind.build(&self.scheduler_config, steps)?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let mut latents = match &req.init_noise {
+            Some(t) => t.to_device(dev)?.to_dtype(self.dtype)?,
+            None => rng.randn(&latent_shape, dev)?.to_dtype(self.dtype)?,
+        };
+        latents = (latents * scheduler.init_noise_sigma())?;
+        let total = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            cancel.check()?;
+            let input = if cfg {
+                Tensor::cat(&[&latents, &latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let input = scheduler.scale_model_input(&input, i)?;
+            let input = Tensor::cat(&[&input, &image_latents], 1)?;
+            let out = self.unet.forward(&input, t, &context, None, None)?;
+            let noise_pred = if cfg {
+                let (text, img, uncond) = (out.i(0..b)?, out.i(b..2 * b)?, out.i(2 * b..3 * b)?);
+                ((&uncond + ((text - &img)? * guidance)?)? + ((img - &uncond)? * image_guidance)?)?
+            } else {
+                out
+            };
+            let step = scheduler.step(&noise_pred, i, &latents, &mut rng)?;
+            latents = step.prev_sample;
+            self.report_step(req, i + 1, total, &step.denoised, on_step)?;
+        }
+        cancel.check()?;
+        Ok(Generated {
+            images: self.decode(&latents)?,
+            seeds,
+            steps,
+            guidance,
+            scheduler: kind,
+            width,
+            height,
+        })
+    }
+
+    /// Reports step `step` of `total`, with a preview of the first image's clean-latent
+    /// estimate every `req.preview_every` steps and at the last.
+    fn report_step(
+        &self,
+        req: &GenerateRequest,
+        step: usize,
+        total: usize,
+        denoised: &Tensor,
+        on_step: &mut dyn FnMut(StepProgress),
+    ) -> Result<()> {
+        let every = req.preview_every;
+        let preview = if every > 0 && (step.is_multiple_of(every) || step == total) {
+            Some(self.preview(&denoised.i(0..1)?)?)
+        } else {
+            None
+        };
+        on_step(StepProgress {
+            step,
+            total,
+            preview: preview.as_ref(),
+        });
+        Ok(())
     }
 
     /// A preview of one image's clean-latent estimate `[1, c, h, w]`: TAESD-decoded when

@@ -1,5 +1,6 @@
 //! The `edit` kind (seed §2.5, `POST /api/edit/image`): an uploaded image changed by an
-//! image model where a mask says (`inpaint`), or on a larger canvas (`outpaint`), with
+//! image model where a mask says (`inpaint`), on a larger canvas (`outpaint`), re-drawn in
+//! a style (`restyle`) or as an instruction says (`instruct`, InstructPix2Pix), with
 //! `krya_engine::pipelines::edit`. The output is a PNG asset whose `parent_id` is the
 //! image it edits, so an image's versions form a chain the studio's history follows.
 //!
@@ -29,6 +30,36 @@ pub enum EditOperation {
     Inpaint,
     /// Extend the canvas (`extend` or `aspect`) and fill the new area.
     Outpaint,
+    /// Re-draw the whole image in a style (`style`, `prompt`) by `strength`.
+    Restyle,
+    /// Change the image as `prompt` says ("make it winter") with an instruction-editing
+    /// model (InstructPix2Pix).
+    Instruct,
+}
+
+impl EditOperation {
+    fn name(self) -> &'static str {
+        match self {
+            EditOperation::Inpaint => "inpaint",
+            EditOperation::Outpaint => "outpaint",
+            EditOperation::Restyle => "restyle",
+            EditOperation::Instruct => "instruct",
+        }
+    }
+
+    /// What a model must do for it, and how the error says so.
+    fn capability(self) -> (Capability, &'static str) {
+        match self {
+            EditOperation::Inpaint | EditOperation::Outpaint => {
+                (Capability::Inpaint, "an image model that inpaints")
+            }
+            EditOperation::Restyle => (Capability::Img2img, "an image model that re-draws images"),
+            EditOperation::Instruct => (
+                Capability::Instruct,
+                "an instruction-editing model (InstructPix2Pix)",
+            ),
+        }
+    }
 }
 
 /// Pixels added on each side (outpaint).
@@ -56,16 +87,26 @@ pub struct EditRequest {
     /// repainted, black kept.
     #[serde(default)]
     pub mask: Option<String>,
-    /// What to paint (default: nothing in particular, the surroundings continued).
+    /// What to paint (default: nothing in particular, the surroundings continued); for
+    /// `instruct`, the instruction ("make it winter"; needed).
     #[serde(default)]
     pub prompt: Option<String>,
     #[serde(default)]
     pub negative_prompt: Option<String>,
-    /// The image model (`GET /api/models?capability=inpaint`); default the first
-    /// installed one.
+    /// The image model (`GET /api/models?capability=inpaint`; `img2img` to restyle,
+    /// `instruct` for instructions); default the first installed one.
     #[serde(default)]
     pub model: Option<String>,
-    /// How much the masked area is re-drawn, 0 to 1 (default 1: from noise).
+    /// Restyle: a style preset (`GET /api/styles`) applied to the prompt.
+    #[serde(default)]
+    pub style: Option<String>,
+    /// Instruct: how strongly the output keeps to the image (diffusers'
+    /// `image_guidance_scale`), 0 to 10; default 1.5.
+    #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 10.0)]
+    pub image_guidance: Option<f64>,
+    /// How much is re-drawn, 0 to 1 (default 1 for inpaint and outpaint: from noise; 0.6
+    /// to restyle; an instruction always re-draws all).
     #[serde(default)]
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub strength: Option<f64>,
@@ -203,14 +244,52 @@ impl Task for EditTask {
                 ));
             }
         };
-        // The model is fixed now, so a retry paints with the same one.
-        let entry = super::model_source(
-            services,
-            "model",
-            r.model.as_deref(),
-            Capability::Inpaint,
-            "an image model that inpaints",
+        if let Some(g) = r.image_guidance
+            && !(0.0..=10.0).contains(&g)
+        {
+            return Err(invalid("image_guidance", "must be from 0 to 10"));
+        }
+        let op = r.operation;
+        let only = |field: &'static str, set: bool, ops: &[EditOperation]| {
+            if set && !ops.contains(&op) {
+                let names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
+                return Err(invalid(
+                    field,
+                    format!("is for operation {} only", names.join(" or ")),
+                ));
+            }
+            Ok(())
+        };
+        use EditOperation::{Inpaint, Instruct, Outpaint, Restyle};
+        only("style", r.style.is_some(), &[Restyle])?;
+        only("image_guidance", r.image_guidance.is_some(), &[Instruct])?;
+        only(
+            "strength",
+            r.strength.is_some(),
+            &[Inpaint, Outpaint, Restyle],
         )?;
+        only("extend", r.extend.is_some(), &[Outpaint])?;
+        only("aspect", r.aspect.is_some(), &[Outpaint])?;
+        only("mask", r.mask.is_some(), &[Inpaint])?;
+        if let Some(style) = &r.style
+            && !crate::persistence::registry::styles()
+                .iter()
+                .any(|s| &s.id == style)
+        {
+            return Err(invalid(
+                "style",
+                format!("no style {style:?} (see GET /api/styles)"),
+            ));
+        }
+        if op == Instruct && r.prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
+            return Err(invalid(
+                "prompt",
+                "instruct needs the instruction (\"make it winter\")",
+            ));
+        }
+        // The model is fixed now, so a retry paints with the same one.
+        let (capability, what) = op.capability();
+        let entry = super::model_source(services, "model", r.model.as_deref(), capability, what)?;
         r.model = Some(entry.id);
         let size = |id: String, field: &'static str| async move {
             services
@@ -224,14 +303,6 @@ impl Task for EditTask {
         let mut inputs = vec![r.image.clone()];
         let (ow, oh) = match r.operation {
             EditOperation::Inpaint => {
-                for (field, set) in [
-                    ("extend", r.extend.is_some()),
-                    ("aspect", r.aspect.is_some()),
-                ] {
-                    if set {
-                        return Err(invalid(field, "is for operation \"outpaint\" only"));
-                    }
-                }
                 let mask = r
                     .mask
                     .clone()
@@ -248,10 +319,8 @@ impl Task for EditTask {
                 inputs.push(mask);
                 (w, h)
             }
+            EditOperation::Restyle | EditOperation::Instruct => (w, h),
             EditOperation::Outpaint => {
-                if r.mask.is_some() {
-                    return Err(invalid("mask", "is for operation \"inpaint\" only"));
-                }
                 let e = extension(&r, w as u32, h as u32)?;
                 (w + (e.left + e.right) as u64, h + (e.top + e.bottom) as u64)
             }
@@ -286,16 +355,13 @@ impl Task for EditTask {
             Ok(r) => r,
             Err(e) => return Outcome::failed("invalid-input", format!("params: {e}")),
         };
-        let entry = match super::model_source(
-            &ctx.services,
-            "model",
-            r.model.as_deref(),
-            Capability::Inpaint,
-            "an image model that inpaints",
-        ) {
-            Ok(e) => e,
-            Err(e) => return Outcome::failed("model-unavailable", e.message),
-        };
+        let (capability, what) = r.operation.capability();
+        let entry =
+            match super::model_source(&ctx.services, "model", r.model.as_deref(), capability, what)
+            {
+                Ok(e) => e,
+                Err(e) => return Outcome::failed("model-unavailable", e.message),
+            };
         let image = match ctx.input(&r.image).await {
             Ok(b) => b,
             Err(outcome) => return outcome,
@@ -318,13 +384,27 @@ impl Task for EditTask {
             let picture = decode(&image)?.to_rgb8();
             let model = crate::tasks::image::load_model(&entry, &cache)?;
             cancel.check()?;
+            let prompt = r.prompt.clone().unwrap_or_default();
+            let style = r.style.as_deref().and_then(|s| {
+                crate::persistence::registry::styles()
+                    .into_iter()
+                    .find(|x| x.id == s)
+            });
+            let (prompt, negative_prompt) = match style {
+                Some(style) => style.apply(&prompt, r.negative_prompt.as_deref()),
+                None => (prompt, r.negative_prompt.clone()),
+            };
             let request = GenerateRequest {
-                prompt: r.prompt.clone().unwrap_or_default(),
-                negative_prompt: r.negative_prompt.clone(),
+                prompt,
+                negative_prompt,
                 steps: r.steps.map(|s| s as usize),
                 guidance: r.cfg_scale,
                 seed: r.seed.unwrap_or(0) as u64,
-                strength: r.strength.unwrap_or(1.0),
+                strength: r.strength.unwrap_or(match r.operation {
+                    EditOperation::Restyle => 0.6,
+                    _ => 1.0,
+                }),
+                image_guidance: r.image_guidance,
                 ..Default::default()
             };
             let options = MaskOptions {
@@ -371,14 +451,14 @@ impl Task for EditTask {
                         &mut on_step,
                     )?
                 }
+                EditOperation::Restyle | EditOperation::Instruct => {
+                    engine::whole(&model, &request, &picture, &cancel, &mut on_step)?
+                }
             };
             let parameters = format!(
                 "{}\nEdit: {}, Model: {}, Seed: {}",
                 request.prompt,
-                match r.operation {
-                    EditOperation::Inpaint => "inpaint",
-                    EditOperation::Outpaint => "outpaint",
-                },
+                r.operation.name(),
                 entry.id,
                 request.seed
             );
