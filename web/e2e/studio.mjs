@@ -496,6 +496,24 @@ try {
     await mask.waitFor();
     check((await a.getByTestId("edit-run").textContent()).includes("Paint a mask first") && (await a.getByTestId("edit-run").isDisabled()), "inpaint is offered before a mask is painted");
     const box = await mask.boundingBox();
+    // Click to segment: a click adds, a right-click removes; once the image is read, a
+    // click's mask is back within a second.
+    await a.getByRole("group", { name: "Mask tool" }).getByRole("button", { name: "Select object" }).click();
+    const note = a.getByTestId("edit-segment");
+    await a.mouse.click(box.x + box.width * 0.4, box.y + box.height * 0.4);
+    await a.waitForFunction(() => document.querySelector('[data-testid="edit-segment"]')?.textContent?.includes("score"), null, { timeout: 60_000 });
+    check((await note.textContent()).includes("image read"), `the first click reads the image: ${await note.textContent()}`);
+    const t0 = Date.now();
+    await a.mouse.click(box.x + box.width * 0.7, box.y + box.height * 0.6, { button: "right" });
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-click"]').length === 2 && !document.querySelector('[data-testid="edit-segment"]')?.textContent?.includes("Finding"));
+    const took = Date.now() - t0;
+    check(took < 1000 && !(await note.textContent()).includes("image read"), `the second click took ${took} ms: ${await note.textContent()}`);
+    const segmented = await a.evaluate(async () => {
+      const r = await fetch("/api/segment", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+      return r.status;
+    });
+    check(segmented === 422, `a segment request without an image: ${segmented}`);
+    await a.getByRole("group", { name: "Mask tool" }).getByRole("button", { name: "Brush" }).click();
     await a.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.3);
     await a.mouse.down();
     await a.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.55, { steps: 8 });

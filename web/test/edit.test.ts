@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { aspectSize, canRedo, canUndo, current, invertAlpha, maskPixels, push, redo, select, start, undo } from "../src/features/edit/history";
+import { aspectSize, canRedo, canUndo, current, invertAlpha, maskPixels, push, pushAfter, redo, select, start, undo } from "../src/features/edit/history";
 
 const v = (id: string) => ({ id, url: `/api/assets/${id}`, width: 64, height: 48, label: id });
 
@@ -21,6 +21,17 @@ describe("the editor's versions", () => {
     expect(canRedo(h)).toBe(false);
     expect(current(select(h, 0))?.id).toBe("a");
     expect(select(h, 9)).toBe(h);
+  });
+
+  it("a result goes after the version it was made from, whichever is shown when it ends", () => {
+    let h = push(push(start(v("a")), v("b")), v("c"));
+    h = undo(h); // "b" shown while an edit of "c" runs
+    h = pushAfter(h, "c", v("d"));
+    expect(h.versions.map((x) => x.id)).toEqual(["a", "b", "c", "d"]);
+    expect(current(h)?.id).toBe("d");
+    h = pushAfter(select(h, 0), "a", v("e"));
+    expect(h.versions.map((x) => x.id)).toEqual(["a", "e"]);
+    expect(pushAfter(start(v("a")), "gone", v("f")).versions.map((x) => x.id)).toEqual(["a", "f"]);
   });
 
   it("outpaint sizes are the server's", () => {

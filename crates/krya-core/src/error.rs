@@ -17,6 +17,8 @@ pub enum ErrorCode {
     RateLimited,
     QuotaExceeded,
     Timeout,
+    /// A model that cannot be had now (a download that failed, a file that does not load).
+    ModelUnavailable,
     Internal,
 }
 
@@ -38,6 +40,7 @@ impl ErrorCode {
             RateLimited => ("rate-limited", 429),
             Timeout => ("timeout", 408),
             QuotaExceeded => ("quota-exceeded", 403),
+            ModelUnavailable => ("model-unavailable", 503),
             Internal => ("internal", 500),
         }
     }

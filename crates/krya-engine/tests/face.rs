@@ -11,22 +11,11 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use krya_engine::pipelines::face::{self, FaceRestorer, Restorer, align};
 
+mod common;
+use common::max_abs_diff;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/face")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -13,6 +13,9 @@ use krya_engine::pipelines::stable_diffusion::unet::AddedCond;
 use krya_engine::{CancelToken, GenerateRequest, SchedulerKind, StableDiffusion, image_io};
 use serde_json::Value;
 
+mod common;
+use common::max_abs_diff;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
@@ -33,20 +36,6 @@ fn r(name: &str) -> &'static Tensor {
 fn load(name: &str) -> StableDiffusion {
     let source = ModelSource::parse(dir().join(name).to_str().unwrap()).unwrap();
     model::load(&source, &Device::Cpu, DType::F32).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {

@@ -13,6 +13,9 @@ use krya_engine::pipelines::upscale::tile::{self, Alpha, Image, Pixels, TileOpti
 use krya_engine::pipelines::upscale::{Architecture, LoadOptions, Upscaler};
 use serde_json::Value;
 
+mod common;
+use common::max_abs_diff;
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/upscale")
 }
@@ -32,20 +35,6 @@ fn r(name: &str) -> &'static Tensor {
 
 fn cases() -> Vec<Value> {
     serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn load(file: &str, options: &LoadOptions) -> Upscaler {

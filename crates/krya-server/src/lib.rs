@@ -69,6 +69,8 @@ pub struct AppState {
     /// Tile pyramids' indexes read lately (by blob key), so a viewer's tiles cost one read
     /// each.
     pub pyramids: http::tiles::Indexes,
+    /// Segmentation models and the latest image embeddings (`POST /api/segment`).
+    pub segments: Arc<http::segment::SegmentCache>,
 }
 
 /// Connects the configured database (SQLite at `data_dir/krya.db` when none is set) and
@@ -175,6 +177,7 @@ async fn state(
         limits,
         login_throttle: Default::default(),
         pyramids: Default::default(),
+        segments: Default::default(),
         running: Default::default(),
         wake: Default::default(),
         tasks,

@@ -44,6 +44,7 @@ fn openapi_document_covers_every_endpoint() {
         ("get", "/api/enhance/{id}"),
         ("post", "/api/edit/image"),
         ("get", "/api/edit/{id}"),
+        ("post", "/api/segment"),
         ("get", "/api/auth/registration"),
         ("get", "/api/auth/session"),
         ("post", "/api/auth/setup"),

@@ -98,6 +98,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if a.strength.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
         return Err(CliError::user("--strength must be from 0 to 1"));
     }
+    if !(0.0..=64.0).contains(&a.blur) || a.grow > 256 {
+        return Err(CliError::user(
+            "--blur must be from 0 to 64 and --grow from 0 to 256",
+        ));
+    }
     let image = image_io::load_rgb(&a.input)?;
     let (w, h) = image.dimensions();
     let operation = if a.instruction.is_some() {

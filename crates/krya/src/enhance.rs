@@ -262,7 +262,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
 /// What `spec` names, as a weights file: a file, or a model's name (its file downloaded on
 /// first use, with a progress bar); no name: the default model for `capability`. The
 /// entry comes back when it was a name.
-fn weights(
+/// A one-file model for `capability` that `spec` names (a file or a registered name; none:
+/// the first installed one), downloaded first when it is a URL's, with a progress bar.
+pub(crate) fn weights(
     config: &krya_server::infra::config::Config,
     spec: Option<&str>,
     capability: Capability,
@@ -270,6 +272,7 @@ fn weights(
     let (what, a) = match capability {
         Capability::Upscale => ("upscaler", "an"),
         Capability::FaceRestore => ("face restorer", "a"),
+        Capability::Segment => ("segmentation model", "a"),
         _ => ("face detector", "a"),
     };
     let (data_dir, local) = (&config.server.data_dir, &config.models.local);

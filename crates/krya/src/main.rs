@@ -11,6 +11,7 @@ mod enhance;
 mod generate;
 mod models;
 mod realtime;
+mod segment;
 mod serve;
 
 use std::process::ExitCode;
@@ -42,6 +43,8 @@ enum Command {
     Enhance(enhance::Args),
     /// Edit an image: by instruction (InstructPix2Pix), inpaint a mask, outpaint, restyle.
     Edit(edit::Args),
+    /// A mask of the object at points (or in a box), with Segment Anything.
+    Segment(segment::Args),
     /// Run the API server (and, unless jobs.in_process is off, its jobs).
     Serve(serve::Args),
     /// Run jobs only, from the configured (shared) database and storage.
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Enhance(args) => enhance::run(args),
         Command::Edit(args) => edit::run(args),
+        Command::Segment(args) => segment::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Realtime(cmd) => realtime::run(cmd),

@@ -767,3 +767,47 @@ fn edit_follows_instructions_and_refuses_bad_input() {
         assert_user_error(&run(&extra), says);
     }
 }
+
+/// `krya segment`: the tiny SAM's mask for a click is a black-and-white PNG of the image's
+/// size; bad points and boxes are one line, exit 2.
+#[test]
+fn segment_writes_the_mask_and_refuses_bad_prompts() {
+    let home = tempfile::tempdir().unwrap();
+    let t = home.path();
+    let input = golden("init.png"); // 64×48
+    let sam = golden("segment/sam_original.safetensors");
+    let out = t.join("mask.png");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "segment",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            sam.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        krya(t, &args)
+    };
+    let o = run(&[
+        "--point",
+        "20,15",
+        "--point",
+        "50,40,0",
+        "--box",
+        "2,2,60,44",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mask = image::open(&out).unwrap().into_luma8();
+    assert_eq!(mask.dimensions(), (64, 48));
+    assert!(mask.as_raw().iter().all(|&v| v == 0 || v == 255));
+    for (extra, says) in [
+        (vec![], "give at least one --point"),
+        (vec!["--point", "20"], "must be X,Y"),
+        (vec!["--point", "20,15,3"], "LABEL 1 or 0"),
+        (vec!["--point", "200,15"], "points: each must lie within"),
+        (vec!["--box", "1,2,3"], "must be X0,Y0,X1,Y1"),
+    ] {
+        assert_user_error(&run(&extra), says);
+    }
+}

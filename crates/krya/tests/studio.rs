@@ -76,6 +76,11 @@ fn studio_end_to_end_in_chromium() {
         .join("../krya-engine/tests/golden/upscale/compact.safetensors")
         .to_string_lossy()
         .into();
+    // And a segmentation model for the editor's click to segment: the tiny SAM.
+    listed["sam"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden/segment/sam_original.safetensors")
+        .to_string_lossy()
+        .into();
     // And an instruction-editing model for the editor: the tiny InstructPix2Pix.
     listed["ip2p"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../krya-engine/tests/golden/pix2pix")

@@ -9,6 +9,8 @@ import type {
   Asset,
   EnhanceRequest,
   EditRequest,
+  SegmentRequest,
+  SegmentResult,
   FeedItem,
   Generation,
   ImageRequest,
@@ -258,6 +260,8 @@ export class ApiClient {
   enhanceJob = (id: string) => this.request<Job>("GET", `/api/enhance/${encodeURIComponent(id)}`);
   edit = (req: EditRequest) => this.request<Job>("POST", "/api/edit/image", { json: req });
   editJob = (id: string) => this.request<Job>("GET", `/api/edit/${encodeURIComponent(id)}`);
+  /** A mask for clicks (and a box) on an image (Segment Anything). */
+  segment = (req: SegmentRequest) => this.request<SegmentResult>("POST", "/api/segment", { json: req });
   /** The shape of an output's tile pyramid (404 when it has none). */
   assetTiles = (id: string) => this.request<TileInfo>("GET", `/api/assets/${encodeURIComponent(id)}/tiles`);
   report = (id: string, reason: string) => this.request<{ id: string; new: boolean }>("POST", `/api/feed/${encodeURIComponent(id)}/report`, { json: { reason } });

@@ -100,7 +100,7 @@ export interface BatchRequest {
 }
 
 /** A kind of work a model can do; `GET /api/models?capability=` filters by it. */
-export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct";
+export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct" | "segment";
 
 export interface Capture {
   /** The frame, uploaded with `POST /api/assets`. */
@@ -670,6 +670,44 @@ export interface ReportedItem {
   hidden: boolean;
   /** Its open reports, newest first. */
   reports: ReportView[];
+}
+
+/** A click, in the image's pixels. */
+export interface SegmentPoint {
+  x: number;
+  y: number;
+  /** 1: part of the object (the default); 0: not. */
+  label?: number;
+}
+
+/** What `POST /api/segment` takes. */
+export interface SegmentRequest {
+  /** An image of the caller's (an upload or an output). */
+  image: string;
+  /** Clicks (at most 64). */
+  points?: SegmentPoint[];
+  /** A box around the object, `[x0, y0, x1, y1]` in the image's pixels. */
+  box?: number[] | null;
+  /**
+   * A segmentation model (`GET /api/models?capability=segment`); default the first
+   * installed one, else the curated one (downloaded on first use).
+   */
+  model?: string | null;
+}
+
+/** The mask and how good the model thinks it is. */
+export interface SegmentResult {
+  /** A PNG of the image's size: white inside, black outside (a new image of the caller's). */
+  mask: AssetView;
+  /** The model's predicted IoU of the mask. */
+  score: number;
+  /** The segmentation model used. */
+  model: string;
+  /**
+   * Whether the image's embedding was computed for this request (false: it was kept from
+   * an earlier click).
+   */
+  embedded: boolean;
 }
 
 /** A signed-in session (also sets the `krya_session` cookie). */

@@ -2,5 +2,6 @@
 
 pub mod edit;
 pub mod face;
+pub mod segment;
 pub mod stable_diffusion;
 pub mod upscale;

@@ -154,34 +154,41 @@ pub async fn upload(
     })
     .await
     .map_err(internal)??;
-    crate::http::storage::check_quota(&state, &user.id, bytes.len() as u64).await?;
+    let asset = store_asset(&state, &user.id, bytes.to_vec(), mime, img).await?;
+    Ok((StatusCode::CREATED, Json(asset)).into_response())
+}
+
+/// Stores `bytes` (an image of `size`) as a new asset of `user_id`'s, within their quota.
+pub async fn store_asset(
+    state: &AppState,
+    user_id: &str,
+    bytes: Vec<u8>,
+    mime: &str,
+    size: (u32, u32),
+) -> Result<crate::jobs::AssetView, ApiError> {
+    crate::http::storage::check_quota(state, user_id, bytes.len() as u64).await?;
     let id = random_id();
     let key = format!("assets/{id}");
-    state
-        .blobs
-        .put(&key, bytes.to_vec())
-        .await
-        .map_err(internal)?;
-    let t = auth::now();
+    let len = bytes.len() as i64;
+    state.blobs.put(&key, bytes).await.map_err(internal)?;
     sqlx::query("INSERT INTO assets (id, user_id, blob_key, mime, width, height, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
         .bind(&id)
-        .bind(&user.id)
+        .bind(user_id)
         .bind(&key)
         .bind(mime)
-        .bind(img.0 as i64)
-        .bind(img.1 as i64)
-        .bind(bytes.len() as i64)
-        .bind(t)
+        .bind(size.0 as i64)
+        .bind(size.1 as i64)
+        .bind(len)
+        .bind(auth::now())
         .execute(&state.db.pool)
         .await
         .map_err(internal)?;
-    let asset = state
+    state
         .db
         .asset_view(&id)
         .await
         .map_err(internal)?
-        .ok_or_else(|| internal("vanished"))?;
-    Ok((StatusCode::CREATED, Json(asset)).into_response())
+        .ok_or_else(|| internal("vanished"))
 }
 
 /// The boundary of a `multipart/form-data` body, `None` for any other type.

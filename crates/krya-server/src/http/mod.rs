@@ -13,6 +13,7 @@ pub mod models;
 pub mod moderation;
 pub mod openapi;
 pub mod router;
+pub mod segment;
 pub mod serve;
 pub mod signup;
 pub mod storage;

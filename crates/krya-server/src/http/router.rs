@@ -76,6 +76,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::tasks::enhance::http::get_one))
         .routes(routes!(crate::tasks::edit::http::create))
         .routes(routes!(crate::tasks::edit::http::get_one))
+        .routes(routes!(crate::http::segment::segment))
         .routes(routes!(moderation::report))
         .routes(routes!(moderation::reports))
         .routes(routes!(moderation::moderate, moderation::delete_job))

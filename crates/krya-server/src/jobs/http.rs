@@ -210,7 +210,7 @@ pub async fn submit(
             .await
             .map_err(|e| invalid("webhook_url", e))?;
     }
-    let prepared = task.prepare(&state.services(), s.params).await?;
+    let prepared = task.prepare(&state.services(), &user.id, s.params).await?;
     for id in &prepared.inputs {
         if state
             .db

@@ -294,9 +294,16 @@ impl Db {
     }
 
     /// An asset's size in pixels (whoever owns it; the caller checks ownership).
-    pub async fn asset_size(&self, id: &str) -> Result<Option<(u64, u64)>, sqlx::Error> {
-        let row = sqlx::query("SELECT width, height FROM assets WHERE id = $1")
+    /// The size of `user_id`'s asset `id` (none when it is not theirs: another user's
+    /// images are never described, not even by their size).
+    pub async fn asset_size(
+        &self,
+        id: &str,
+        user_id: &str,
+    ) -> Result<Option<(u64, u64)>, sqlx::Error> {
+        let row = sqlx::query("SELECT width, height FROM assets WHERE id = $1 AND user_id = $2")
             .bind(id)
+            .bind(user_id)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| {

@@ -80,10 +80,12 @@ pub enum Capability {
     FaceDetect,
     /// Instruction editing (InstructPix2Pix): the editor's `instruct`.
     Instruct,
+    /// Click-to-segment masks (Segment Anything): `POST /api/segment`.
+    Segment,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 9] = [
         Capability::Txt2img,
         Capability::Img2img,
         Capability::Inpaint,
@@ -92,6 +94,7 @@ impl Capability {
         Capability::FaceRestore,
         Capability::FaceDetect,
         Capability::Instruct,
+        Capability::Segment,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +107,7 @@ impl Capability {
             Capability::FaceRestore => "face_restore",
             Capability::FaceDetect => "face_detect",
             Capability::Instruct => "instruct",
+            Capability::Segment => "segment",
         }
     }
 
@@ -193,6 +197,10 @@ struct FromFiles {
     /// An instruction-editing UNet (InstructPix2Pix: the image's latents beside the noisy
     /// ones).
     instruct: bool,
+    /// An inpainting UNet (a mask and the masked image's latents too): it only inpaints.
+    inpainting: bool,
+    /// A segmentation model (one file).
+    segment: bool,
 }
 
 fn from_files(source: &str) -> Option<FromFiles> {
@@ -204,8 +212,10 @@ fn from_files(source: &str) -> Option<FromFiles> {
             // and shapes.
             let upscale = krya_engine::pipelines::upscale::detect_file(&path).is_some();
             let face = krya_engine::pipelines::face::detect_file(&path);
+            let segment = krya_engine::pipelines::segment::detect_file(&path);
             return Some(FromFiles {
-                diffusion: !upscale && face.is_none(),
+                diffusion: !upscale && face.is_none() && !segment,
+                segment,
                 upscale,
                 face,
                 ..Default::default()
@@ -223,6 +233,8 @@ fn from_files(source: &str) -> Option<FromFiles> {
     let latent = vae["latent_channels"].as_u64().unwrap_or(4);
     Some(FromFiles {
         instruct: unet["in_channels"].as_u64() == Some(2 * latent),
+        inpainting: unet["in_channels"].as_u64() == Some(2 * latent + 1),
+        segment: false,
         resolution: sample
             .zip(blocks)
             .map(|(s, b)| (s << b.saturating_sub(1)) as u32),
@@ -392,6 +404,12 @@ fn describe(data_dir: &Path, m: &mut ModelEntry) {
     }
     if files.as_ref().is_some_and(|f| f.instruct) {
         m.capabilities = vec![Capability::Instruct];
+    }
+    if files.as_ref().is_some_and(|f| f.inpainting) {
+        m.capabilities = vec![Capability::Inpaint];
+    }
+    if files.as_ref().is_some_and(|f| f.segment) {
+        m.capabilities = vec![Capability::Segment];
     }
     if files.as_ref().is_some_and(|f| f.upscale) {
         m.capabilities = vec![Capability::Upscale];

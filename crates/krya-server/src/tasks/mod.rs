@@ -280,11 +280,12 @@ pub trait Task: Send + Sync + 'static {
         Slot::Compute
     }
 
-    /// Checks a `POST /api/jobs` request (errors name the field) and prices it. Kinds
-    /// with an endpoint of their own (images) are not submitted this way.
+    /// Checks a `POST /api/jobs` request of `user_id`'s (errors name the field) and prices
+    /// it. Kinds with an endpoint of their own (images) are not submitted this way.
     async fn prepare(
         &self,
         _services: &Services,
+        _user_id: &str,
         _params: serde_json::Value,
     ) -> Result<Prepared, ApiError> {
         Err(crate::infra::error::invalid(

@@ -185,6 +185,10 @@ fn edit(s: &Server) {
         ),
         (json!({"image": input, "operation": "instruct"}), "prompt"),
         (
+            json!({"image": input, "operation": "restyle", "strength": 0.2, "steps": 2}),
+            "strength",
+        ),
+        (
             json!({"image": input, "operation": "instruct", "prompt": "snow", "model": "tiny"}),
             "model",
         ),
@@ -214,11 +218,86 @@ fn edit(s: &Server) {
         let m = e["error"]["message"].as_str().unwrap();
         assert!(m.starts_with(field), "{body}: {m}");
     }
+    // Click to segment: the mask is the engine's for the same image and click, stored as a
+    // new image of the caller's; the second click reuses the image's embedding.
+    assert_eq!(listed("segment"), ["sam"]);
+    let (st, r) = c.post(
+        "/api/segment",
+        json!({"image": input, "points": [{"x": 20, "y": 15}]}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (r["embedded"].as_bool(), r["model"].as_str()),
+        (Some(true), Some("sam"))
+    );
+    let mask = &r["mask"];
+    assert_eq!(
+        (mask["width"].as_u64(), mask["height"].as_u64()),
+        (Some(64), Some(48))
+    );
+    let (_, bytes) = c.bytes(&format!("/api/assets/{}", mask["id"].as_str().unwrap()));
+    let got = image::load_from_memory(&bytes).unwrap().into_luma8();
+    let seg = krya_engine::pipelines::segment::Segmenter::load(std::path::Path::new(&format!(
+        "{}/../krya-engine/tests/golden/segment/sam_original.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    )))
+    .unwrap();
+    let click = krya_engine::pipelines::segment::sam::Point {
+        x: 20.0,
+        y: 15.0,
+        positive: true,
+    };
+    let want = seg
+        .segment(&seg.embed(&original).unwrap(), &[click], None)
+        .unwrap();
+    assert_eq!(got.as_raw(), want.mask.as_raw(), "the engine's mask");
+    assert_eq!(r["score"].as_f64().unwrap() as f32, want.score);
+    let (st, r) = c.post(
+        "/api/segment",
+        json!({"image": input, "points": [{"x": 20, "y": 15}, {"x": 50, "y": 40, "label": 0}],
+               "box": [2, 2, 60, 44]}),
+    );
+    assert_eq!((st, r["embedded"].as_bool()), (200, Some(false)), "{r}");
+    for (body, field) in [
+        (json!({"image": input}), "points"),
+        (
+            json!({"image": input, "points": [{"x": 1, "y": 1, "label": 2}]}),
+            "points",
+        ),
+        (
+            json!({"image": input, "points": [{"x": 90, "y": 1}]}),
+            "points",
+        ),
+        (json!({"image": input, "box": [30, 2, 10, 20]}), "box"),
+        (
+            json!({"image": input, "points": [{"x": 1, "y": 1}], "model": "tiny"}),
+            "model",
+        ),
+        (
+            json!({"image": "nope", "points": [{"x": 1, "y": 1}]}),
+            "image",
+        ),
+        (
+            json!({"image": input, "clicks": []}),
+            "Failed to deserialize",
+        ),
+    ] {
+        let (st, e) = c.post("/api/segment", body.clone());
+        assert_eq!(st, 422, "{body}: {e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.starts_with(field), "{body}: {m}");
+    }
+
     // Another user's image is not the caller's to edit.
     let other = Client::register(&s.base, "other-edit@example.com");
     let (st, _) = other.post(
         "/api/edit/image",
         json!({"image": input, "operation": "outpaint", "aspect": "1:1"}),
+    );
+    assert_eq!(st, 422);
+    let (st, _) = other.post(
+        "/api/segment",
+        json!({"image": input, "points": [{"x": 1, "y": 1}]}),
     );
     assert_eq!(st, 422);
 }
@@ -229,7 +308,8 @@ fn edit_on_sqlite() {
     std::fs::write(
         dir.path().join("models.json"),
         json!({"tiny": format!("{}/../krya-engine/tests/golden/sd15", env!("CARGO_MANIFEST_DIR")),
-               "ip2p": format!("{}/../krya-engine/tests/golden/pix2pix", env!("CARGO_MANIFEST_DIR"))})
+               "ip2p": format!("{}/../krya-engine/tests/golden/pix2pix", env!("CARGO_MANIFEST_DIR")),
+               "sam": format!("{}/../krya-engine/tests/golden/segment/sam_original.safetensors", env!("CARGO_MANIFEST_DIR"))})
         .to_string(),
     )
     .unwrap();

@@ -38,7 +38,7 @@ impl Task for Echo {
         "echo"
     }
 
-    async fn prepare(&self, _: &Services, params: Value) -> Result<Prepared, ApiError> {
+    async fn prepare(&self, _: &Services, _: &str, params: Value) -> Result<Prepared, ApiError> {
         let p: EchoParams = serde_json::from_value(params.clone()).map_err(|e| {
             ApiError::new(krya_server::ErrorCode::InvalidInput, format!("params: {e}"))
         })?;
@@ -118,7 +118,7 @@ impl Task for Train {
         Slot::Exclusive
     }
 
-    async fn prepare(&self, _: &Services, params: Value) -> Result<Prepared, ApiError> {
+    async fn prepare(&self, _: &Services, _: &str, params: Value) -> Result<Prepared, ApiError> {
         Ok(Prepared {
             params,
             cost: 1,
@@ -153,7 +153,7 @@ impl Task for Wait {
         Slot::Io
     }
 
-    async fn prepare(&self, _: &Services, params: Value) -> Result<Prepared, ApiError> {
+    async fn prepare(&self, _: &Services, _: &str, params: Value) -> Result<Prepared, ApiError> {
         Ok(Prepared {
             params,
             cost: 0,

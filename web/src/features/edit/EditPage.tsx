@@ -13,21 +13,43 @@ import { Compare } from "../../components/Compare";
 import { Amount, Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
-import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, invertAlpha, maskPixels, push, redo, select, start, undo } from "./history";
+import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, invertAlpha, maskPixels, pushAfter, redo, select, start, undo } from "./history";
 
 type Operation = "inpaint" | "outpaint" | "restyle" | "instruct";
 /** The model capability each operation needs. */
 const NEEDS: Record<Operation, "inpaint" | "img2img" | "instruct"> = { inpaint: "inpaint", outpaint: "inpaint", restyle: "img2img", instruct: "instruct" };
 const LABELS: Record<Operation, string> = { inpaint: "Inpaint", outpaint: "Outpaint", restyle: "Restyle", instruct: "Instruct" };
-type Tool = "brush" | "eraser" | "rect";
+type Tool = "brush" | "eraser" | "rect" | "select";
+/** Clicks and a box for click-to-segment, on one version. */
+interface Prompts {
+  on: string;
+  points: { x: number; y: number; label: number }[];
+  box: [number, number, number, number] | null;
+}
 const ASPECTS = ["16:9", "9:16", "1:1", "4:3", "3:2", "2:3"] as const;
 /** The mask as it is shown over the image. */
 const MASK_COLOUR = "rgb(244, 63, 94)";
 
 /** The mask layer over the image: painted with the pointer in image pixels. */
-function MaskCanvas({ version, tool, size, canvas, onChange }: { version: Version; tool: Tool; size: number; canvas: React.RefObject<HTMLCanvasElement | null>; onChange: () => void }) {
+function MaskCanvas({
+  version,
+  tool,
+  size,
+  canvas,
+  onChange,
+  onPrompt,
+}: {
+  version: Version;
+  tool: Tool;
+  size: number;
+  canvas: React.RefObject<HTMLCanvasElement | null>;
+  onChange: () => void;
+  /** Select: a click (label 1 adds, 0 removes) or a dragged box, in image pixels. */
+  onPrompt: (p: { x: number; y: number; label: number } | { box: [number, number, number, number] }) => void;
+}) {
   const last = useRef<{ x: number; y: number } | null>(null);
   const rectFrom = useRef<{ x: number; y: number } | null>(null);
+  const button = useRef(0);
   const [rect, setRect] = useState<{ x: number; y: number; w: number; h: number } | null>(null);
   // Image pixels per screen pixel: the brush's size is on screen, whatever the zoom.
   const scale = useRef(1);
@@ -58,10 +80,14 @@ function MaskCanvas({ version, tool, size, canvas, onChange }: { version: Versio
         className="absolute inset-0 h-full w-full cursor-crosshair touch-none opacity-60"
         aria-label="Mask: paint what to change"
         data-testid="edit-mask"
+        onContextMenu={(e) => tool === "select" && e.preventDefault()}
         onPointerDown={(e) => {
           e.currentTarget.setPointerCapture(e.pointerId);
           const p = at(e);
-          if (tool === "rect") {
+          if (tool === "select") {
+            rectFrom.current = p;
+            button.current = e.button;
+          } else if (tool === "rect") {
             rectFrom.current = p;
             setRect({ x: p.x, y: p.y, w: 0, h: 0 });
           } else {
@@ -79,7 +105,20 @@ function MaskCanvas({ version, tool, size, canvas, onChange }: { version: Versio
             last.current = p;
           }
         }}
-        onPointerUp={() => {
+        onPointerUp={(e) => {
+          if (tool === "select" && rectFrom.current) {
+            const f = rectFrom.current;
+            const p = at(e);
+            rectFrom.current = null;
+            setRect(null);
+            // A drag of a few screen pixels or more is a box; less, a click (right: remove).
+            if (Math.hypot(p.x - f.x, p.y - f.y) > 6 * scale.current) {
+              onPrompt({ box: [Math.min(f.x, p.x), Math.min(f.y, p.y), Math.max(f.x, p.x), Math.max(f.y, p.y)] });
+            } else {
+              onPrompt({ x: p.x, y: p.y, label: button.current === 2 ? 0 : 1 });
+            }
+            return;
+          }
           if (rectFrom.current && rect) {
             const c = ctx();
             if (c) {
@@ -124,13 +163,16 @@ export default function EditPage() {
   const version = current(history);
   const original = history.versions[0];
   const [operation, setOperation] = useState<Operation>("inpaint");
+  const [submitting, setSubmitting] = useState(false);
   const [tool, setTool] = useState<Tool>("brush");
   const [brush, setBrush] = useState(32);
   // The version whose mask has paint on it (a new version's mask starts clear).
   const [paintedOn, setPaintedOn] = useState<string | null>(null);
   const painted = !!version && paintedOn === version.id;
   const [prompt, setPrompt] = useState("");
-  const [strength, setStrength] = useState(1);
+  // Left to the operation's default (1 to inpaint and outpaint, 0.6 to restyle) until moved.
+  const [strengthSet, setStrength] = useState<number | null>(null);
+  const strength = strengthSet ?? (operation === "restyle" ? 0.6 : 1);
   const [grow, setGrow] = useState(4);
   const [blur, setBlur] = useState(4);
   const [aspect, setAspect] = useState<(typeof ASPECTS)[number]>("16:9");
@@ -146,6 +188,11 @@ export default function EditPage() {
   const [job, setJob] = useState<Job | null>(null);
   const live = use(jobs, (s) => (job ? s.jobs[job.id] : undefined));
   const mask = useRef<HTMLCanvasElement | null>(null);
+  const segmenters = useLoad(() => api.models("segment").then((r) => r.models));
+  const [prompts, setPrompts] = useState<Prompts | null>(null);
+  const shownPrompts = prompts && version && prompts.on === version.id ? prompts : null;
+  const [segmenting, setSegmenting] = useState(false);
+  const [segmentNote, setSegmentNote] = useState<string | null>(null);
 
   // A picture's natural size, when it came without one.
   useEffect(() => {
@@ -159,6 +206,48 @@ export default function EditPage() {
     const c = mask.current;
     c?.getContext("2d")?.clearRect(0, 0, c.width, c.height);
     setPaintedOn(null);
+    setPrompts(null);
+    setSegmentNote(null);
+  }
+
+  /** Click to segment: every click and the box so far give the mask, which replaces the
+   * mask layer. */
+  async function segment(p: { x: number; y: number; label: number } | { box: [number, number, number, number] }) {
+    if (!version) return;
+    const base: Prompts = shownPrompts ?? { on: version.id, points: [], box: null };
+    const next: Prompts = "box" in p ? { ...base, box: p.box } : { ...base, points: [...base.points, p] };
+    setPrompts(next);
+    setSegmenting(true);
+    setError(null);
+    try {
+      const r = await api.segment({ image: version.id, points: next.points.map((q) => ({ x: q.x, y: q.y, label: q.label })), box: next.box ?? undefined });
+      const img = new Image();
+      img.src = r.mask.url;
+      await img.decode();
+      const c = mask.current;
+      const g = c?.getContext("2d");
+      if (!c || !g) return;
+      const tmp = document.createElement("canvas");
+      tmp.width = c.width;
+      tmp.height = c.height;
+      const t = tmp.getContext("2d")!;
+      t.drawImage(img, 0, 0, c.width, c.height);
+      const data = t.getImageData(0, 0, c.width, c.height);
+      for (let i = 0; i < data.data.length; i += 4) {
+        const on = data.data[i] >= 128;
+        data.data[i] = 244;
+        data.data[i + 1] = 63;
+        data.data[i + 2] = 94;
+        data.data[i + 3] = on ? 255 : 0;
+      }
+      g.putImageData(data, 0, 0);
+      checkPainted();
+      setSegmentNote(`Mask ${r.embedded ? "(image read)" : ""} · score ${r.score.toFixed(2)}`);
+    } catch (e) {
+      setError(asApiError(e));
+    } finally {
+      setSegmenting(false);
+    }
   }
 
   function checkPainted() {
@@ -195,9 +284,10 @@ export default function EditPage() {
         setJob(j);
         const out = j.outputs[0];
         if (j.status === "completed" && out) {
-          const p = (j.params ?? {}) as { operation?: Operation; aspect?: string };
+          const p = (j.params ?? {}) as { operation?: Operation; aspect?: string; image?: string };
           const label = `${LABELS[p.operation ?? "inpaint"]}${p.operation === "outpaint" && p.aspect ? ` ${p.aspect}` : ""}`;
-          setHistory((h) => push(h, { id: out.id, url: out.url, width: out.width ?? 0, height: out.height ?? 0, label }));
+          // After the version it was made from, whichever is shown now.
+          setHistory((h) => pushAfter(h, p.image ?? "", { id: out.id, url: out.url, width: out.width ?? 0, height: out.height ?? 0, label }));
         }
       },
       (e) => alive && setError(asApiError(e)),
@@ -234,10 +324,11 @@ export default function EditPage() {
   }
 
   async function run() {
-    if (!version) return;
+    if (!version || submitting) return;
     setError(null);
+    setSubmitting(true);
     try {
-      const common = { image: version.id, prompt: prompt.trim() || undefined, model: chosenModel || undefined, strength, grow, blur };
+      const common = { image: version.id, prompt: prompt.trim() || undefined, model: chosenModel || undefined, strength: strengthSet ?? undefined, grow, blur };
       if (operation === "inpaint") {
         setJob(await api.edit({ ...common, operation, mask: await uploadMask() }));
       } else if (operation === "outpaint") {
@@ -249,6 +340,8 @@ export default function EditPage() {
       }
     } catch (e) {
       setError(asApiError(e));
+    } finally {
+      setSubmitting(false);
     }
   }
 
@@ -258,7 +351,7 @@ export default function EditPage() {
   const target = version && version.width > 0 ? aspectSize(version.width, version.height, aw, ah) : null;
   const sameSize = target && version && target.width === version.width && target.height === version.height;
   const ready =
-    !!version && !running && !!chosenModel && (operation === "inpaint" ? painted : operation === "outpaint" ? !sameSize : operation === "instruct" ? prompt.trim() !== "" : true);
+    !!version && !running && !submitting && !!chosenModel && (operation === "inpaint" ? painted : operation === "outpaint" ? !sameSize : operation === "instruct" ? prompt.trim() !== "" : true);
   return (
     <div className="mx-auto grid max-w-6xl gap-6 px-3 py-6 sm:px-5 lg:grid-cols-[20rem_minmax(0,1fr)]">
       <aside className="flex flex-col gap-4">
@@ -289,7 +382,15 @@ export default function EditPage() {
           <span className="text-xs font-medium uppercase tracking-wide text-muted">Operation</span>
           <div className="flex flex-wrap gap-1.5" role="group" aria-label="Operation">
             {(Object.keys(LABELS) as Operation[]).map((o) => (
-              <Chip key={o} active={operation === o} onClick={() => setOperation(o)}>
+              <Chip
+                key={o}
+                active={operation === o}
+                onClick={() => {
+                  // The mask layer goes with the inpaint view: back to it, it starts clear.
+                  setOperation(o);
+                  setPaintedOn(null);
+                }}
+              >
                 {LABELS[o]}
               </Chip>
             ))}
@@ -298,12 +399,22 @@ export default function EditPage() {
         {operation === "inpaint" ? (
           <div className="flex flex-col gap-3 rounded-xl border border-line p-3">
             <div className="flex flex-wrap gap-1.5" role="group" aria-label="Mask tool">
-              {(["brush", "eraser", "rect"] as const).map((t) => (
-                <Chip key={t} active={tool === t} onClick={() => setTool(t)}>
-                  {t === "rect" ? "Rectangle" : t === "brush" ? "Brush" : "Eraser"}
-                </Chip>
-              ))}
+              {(["brush", "eraser", "rect", "select"] as const)
+                .filter((t) => t !== "select" || (segmenters.data ?? []).length > 0)
+                .map((t) => (
+                  <Chip key={t} active={tool === t} onClick={() => setTool(t)}>
+                    {{ rect: "Rectangle", brush: "Brush", eraser: "Eraser", select: "Select object" }[t]}
+                  </Chip>
+                ))}
             </div>
+            {tool === "select" && (
+              <p className="text-xs text-muted" data-testid="edit-segment">
+                {segmenting
+                  ? "Finding the object…"
+                  : (segmentNote ??
+                    `Click the object (right-click: not this), or drag a box.${segmenters.data?.[0] && !segmenters.data.some((m) => m.installed) ? " The model downloads on the first click." : ""}`)}
+              </p>
+            )}
             <Amount label="Brush size (screen px)" value={brush} max={200} step={1} digits={0} onChange={setBrush} testId="edit-brush" />
             <div className="flex gap-2">
               <Button size="sm" onClick={invert} disabled={!version}>
@@ -391,7 +502,10 @@ export default function EditPage() {
                 Redo
               </Button>
               <label className="flex items-center gap-2 text-neutral-300">
-                <input type="checkbox" checked={comparing} onChange={(e) => setComparing(e.target.checked)} disabled={history.at === 0} data-testid="edit-compare" />
+                <input type="checkbox" checked={comparing} onChange={(e) => {
+                    setComparing(e.target.checked);
+                    setPaintedOn(null);
+                  }} disabled={history.at === 0} data-testid="edit-compare" />
                 Compare with the original
               </label>
               <span className="ml-auto text-muted" data-testid="edit-size">
@@ -406,7 +520,16 @@ export default function EditPage() {
             ) : (
               <div className="relative overflow-hidden rounded-2xl border border-line bg-surface" style={{ aspectRatio: `${version.width || 1} / ${version.height || 1}` }}>
                 <img src={version.url} alt={`Version ${history.at + 1}: ${version.label}`} draggable={false} className="absolute inset-0 h-full w-full object-contain" data-testid="edit-image" data-version={version.id} />
-                {operation === "inpaint" && version.width > 0 && <MaskCanvas key={version.id} version={version} tool={tool} size={brush} canvas={mask} onChange={checkPainted} />}
+                {operation === "inpaint" && version.width > 0 && <MaskCanvas key={version.id} version={version} tool={tool} size={brush} canvas={mask} onChange={checkPainted} onPrompt={(p) => void segment(p)} />}
+                {operation === "inpaint" &&
+                  shownPrompts?.points.map((p, i) => (
+                    <span
+                      key={i}
+                      className={`pointer-events-none absolute h-2.5 w-2.5 -translate-x-1/2 -translate-y-1/2 rounded-full border border-white ${p.label ? "bg-emerald-500" : "bg-red-600"}`}
+                      style={{ left: `${(100 * p.x) / version.width}%`, top: `${(100 * p.y) / version.height}%` }}
+                      data-testid="edit-click"
+                    />
+                  ))}
               </div>
             )}
             {running && (

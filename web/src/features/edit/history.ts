@@ -30,6 +30,13 @@ export function push(h: History, v: Version): History {
   return { versions: [...h.versions.slice(0, h.at + 1), v], at: h.at + 1 };
 }
 
+/** `v` made from version `parent` (whichever is shown now): after it, the ones after it
+ * dropped; after the current one when `parent` is not in the history. */
+export function pushAfter(h: History, parent: string, v: Version): History {
+  const i = h.versions.findIndex((x) => x.id === parent);
+  return push(i < 0 ? h : { ...h, at: i }, v);
+}
+
 export function canUndo(h: History): boolean {
   return h.at > 0;
 }

@@ -60,6 +60,12 @@ pub fn grow(mask: &GrayImage, r: u32) -> GrayImage {
 /// rounded to 8 bits: set pixels far inside stay 255, and the blend falls to 0 within
 /// `ceil(3σ)` pixels outside.
 pub fn feather(mask: &GrayImage, sigma: f32) -> GrayImage {
+    // A feather wider than any image would only cost time; NaN and below zero: none.
+    let sigma = if sigma.is_finite() {
+        sigma.min(256.0)
+    } else {
+        0.0
+    };
     if sigma <= 0.0 {
         return mask.clone();
     }

@@ -55,7 +55,10 @@ pub fn region(bounds: (u32, u32, u32, u32), size: (u32, u32)) -> (u32, u32, u32,
 /// The size the model works at for a `w × h` area: its native pixel count, the aspect
 /// kept, each side a multiple of `cell`, at most 2048 and at least one cell.
 pub fn work_size(w: u32, h: u32, native: u64, cell: u32) -> (u32, u32) {
-    let s = (native as f64 / (w as f64 * h as f64)).sqrt();
+    // At most 2048 a side, the aspect kept.
+    let s = (native as f64 / (w as f64 * h as f64))
+        .sqrt()
+        .min(2048.0 / w.max(h) as f64);
     let side = |v: u32| {
         let cells = ((v as f64 * s) / cell as f64).round().max(1.0) as u32;
         (cells * cell).min(2048 / cell * cell)
@@ -263,13 +266,15 @@ pub fn outpaint(
             "extend: add pixels on at least one side".into(),
         ));
     }
-    let (canvas, mask) = extend_canvas(image, extend);
-    let (nw, nh) = canvas.dimensions();
+    let (w, h) = image.dimensions();
+    let nw = w as u64 + extend.left as u64 + extend.right as u64;
+    let nh = h as u64 + extend.top as u64 + extend.bottom as u64;
     if nw.max(nh) > 8192 {
         return Err(EngineError::InvalidInput(format!(
             "extend: the canvas would be {nw}×{nh}; at most 8192 px a side"
         )));
     }
+    let (canvas, mask) = extend_canvas(image, extend);
     inpaint(model, request, &canvas, &mask, options, cancel, on_step)
 }
 
@@ -287,6 +292,8 @@ mod tests {
         // The native count at the area's aspect, in cells of 8.
         assert_eq!(work_size(1000, 500, 512 * 512, 8), (728, 360));
         assert_eq!(work_size(10, 10, 64 * 64, 8), (64, 64));
+        // Very wide: held to 2048 along the long side, the aspect kept.
+        assert_eq!(work_size(8192, 256, 512 * 512, 8), (2048, 64));
         assert_eq!(
             Extend::to_aspect(100, 100, 16, 9),
             Extend {

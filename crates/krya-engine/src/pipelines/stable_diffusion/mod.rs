@@ -380,6 +380,11 @@ impl StableDiffusion {
                 "this is an inpainting model: give an init image and a mask"
             ));
         }
+        if self.is_instruct_unet() && self.unet.needs_added_cond() {
+            return Err(invalid!(
+                "SDXL instruction editing is not supported yet (its pooled and size conditioning)"
+            ));
+        }
         if self.is_instruct_unet() && (req.init_image.is_none() || req.mask.is_some()) {
             return Err(invalid!(
                 "this is an instruction-editing model (InstructPix2Pix): give the image to edit, and no mask"

@@ -201,6 +201,7 @@ impl Task for EditTask {
     async fn prepare(
         &self,
         services: &Services,
+        user_id: &str,
         params: serde_json::Value,
     ) -> Result<Prepared, ApiError> {
         let mut r: EditRequest =
@@ -290,11 +291,22 @@ impl Task for EditTask {
         // The model is fixed now, so a retry paints with the same one.
         let (capability, what) = op.capability();
         let entry = super::model_source(services, "model", r.model.as_deref(), capability, what)?;
+        // Image-to-image skips the schedule's first (1 − strength) part: a strength that
+        // leaves no step is refused now, not when the job runs.
+        let steps = r.steps.or(entry.default_steps);
+        if let (Some(s), Some(steps)) = (r.strength, steps)
+            && (steps as f64 * s) < 1.0
+        {
+            return Err(invalid(
+                "strength",
+                format!("{s} re-draws nothing in {steps} steps: raise it or the steps"),
+            ));
+        }
         r.model = Some(entry.id);
         let size = |id: String, field: &'static str| async move {
             services
                 .db
-                .asset_size(&id)
+                .asset_size(&id, user_id)
                 .await
                 .map_err(internal)?
                 .ok_or_else(|| invalid(field, format!("no uploaded file {id}")))

@@ -286,6 +286,7 @@ impl Task for EnhanceTask {
     async fn prepare(
         &self,
         services: &Services,
+        user_id: &str,
         params: serde_json::Value,
     ) -> Result<Prepared, ApiError> {
         let r: EnhanceRequest =
@@ -371,7 +372,7 @@ impl Task for EnhanceTask {
         // the architectures read here (checked exactly when the job runs).
         let (w, h) = services
             .db
-            .asset_size(&r.image)
+            .asset_size(&r.image, user_id)
             .await
             .map_err(internal)?
             .ok_or_else(|| invalid("image", format!("no uploaded file {}", r.image)))?;

@@ -1,0 +1,762 @@
+//! Segment Anything (facebookresearch/segment-anything; transformers' `SamModel`): a ViT
+//! image encoder, run once per image, whose 64×64 embedding a light prompt encoder and mask
+//! decoder turn into masks for each click.
+//!
+//! - Image encoder: patch embedding, absolute position embedding, blocks of windowed or
+//!   global attention with decomposed relative positions (a window's tokens padded with
+//!   zeros to whole windows, the pads attended to, as the reference does), a neck of 1×1 and
+//!   3×3 convolutions with channel LayerNorms.
+//! - Prompts: points (+0.5, over the input size, a random-Fourier position encoding) labelled
+//!   1 (add), 0 (remove) or -1 (padding: one is appended when there is no box); a box's two
+//!   corners; without a mask input, `no_mask_embed` everywhere.
+//! - Mask decoder: a two-way transformer (tokens to image and image to tokens, attention at
+//!   half width across), two transposed convolutions up ×4, one hypernetwork MLP per mask
+//!   token, an IoU head. `multimask`: masks 1–3 and their scores, else mask 0.
+//!
+//! Every size is read from the tensors (the window size and which blocks are global from the
+//! relative-position tables); the heads of the image encoder from the table's width; the
+//! decoder's 8 heads are not in the file (as released). Names are transformers' (a
+//! `facebook/sam-vit-*` repo); the original checkpoint's are mapped onto them.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_nn::{ConvTranspose2d, ConvTranspose2dConfig, LayerNorm, VarBuilder};
+
+use crate::kernels::{Conv2d, Linear, conv2d, conv2d_no_bias, linear};
+use crate::model::state_dict::StateDict;
+use crate::weights::Weights;
+use crate::{EngineError, Result};
+use candle_nn::Conv2dConfig;
+
+/// Attention heads of the mask decoder (not in the file).
+pub const DECODER_HEADS: usize = 8;
+
+fn bad(m: impl Into<String>) -> EngineError {
+    EngineError::bad_model(std::path::PathBuf::new(), m)
+}
+
+/// Whether tensors of these names make a SAM (either layout).
+pub fn detect<'a>(mut keys: impl Iterator<Item = &'a String>) -> bool {
+    keys.any(|k| {
+        k.starts_with("mask_decoder.iou_token") || k.starts_with("mask_decoder.iou_prediction_head")
+    })
+}
+
+/// A name of the original checkpoint (`image_encoder.…`) as transformers' names it
+/// (convert_sam_to_hf.py).
+fn hf_name(k: &str) -> String {
+    let mut s = k
+        .replace("image_encoder.", "vision_encoder.")
+        .replace(".blocks.", ".layers.")
+        .replace("patch_embed.proj", "patch_embed.projection")
+        .replace(".norm1", ".layer_norm1")
+        .replace(".norm2", ".layer_norm2")
+        .replace(".norm3", ".layer_norm3")
+        .replace(".norm4", ".layer_norm4")
+        .replace("norm_final_attn", "layer_norm_final_attn")
+        .replace("mask_downscaling.0", "mask_embed.conv1")
+        .replace("mask_downscaling.1", "mask_embed.layer_norm1")
+        .replace("mask_downscaling.3", "mask_embed.conv2")
+        .replace("mask_downscaling.4", "mask_embed.layer_norm2")
+        .replace("mask_downscaling.6", "mask_embed.conv3")
+        .replace("point_embeddings", "point_embed")
+        .replace("output_upscaling.0", "upscale_conv1")
+        .replace("output_upscaling.1", "upscale_layer_norm")
+        .replace("output_upscaling.3", "upscale_conv2")
+        .replace(
+            "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+            "shared_image_embedding.positional_embedding",
+        );
+    // The neck: `neck.0` conv, `neck.1` norm, `neck.2` conv, `neck.3` norm.
+    for (from, to) in [
+        ("neck.0", "neck.conv1"),
+        ("neck.1", "neck.layer_norm1"),
+        ("neck.2", "neck.conv2"),
+        ("neck.3", "neck.layer_norm2"),
+    ] {
+        s = s.replace(from, to);
+    }
+    // The three-layer MLPs: layers.0 in, layers.1 hidden, layers.2 out.
+    if s.contains("output_hypernetworks_mlps.") || s.contains("iou_prediction_head.") {
+        s = s
+            .replace(".layers.0.", ".proj_in.")
+            .replace(".layers.2.", ".proj_out.")
+            .replace(".layers.1.", ".layers.0.");
+    }
+    s
+}
+
+/// A LayerNorm over the channels of `[b, c, h, w]`.
+struct ChannelNorm(LayerNorm);
+
+impl ChannelNorm {
+    fn new(c: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(candle_nn::layer_norm(c, eps, vb)?))
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.0
+            .forward(&x.permute((0, 2, 3, 1))?)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
+    }
+}
+
+/// The random-Fourier position encoding of points in `[0, 1]²`: `[sin, cos](2π (2p − 1) G)`.
+struct PositionEncoding {
+    gaussian: Tensor,
+}
+
+impl PositionEncoding {
+    /// `[n, 2]` → `[n, 2 · feats]`.
+    fn encode(&self, points: &Tensor) -> candle_core::Result<Tensor> {
+        let c = ((points * 2.0)? - 1.0)?.matmul(&self.gaussian)?;
+        let c = (c * (2.0 * std::f64::consts::PI))?;
+        Tensor::cat(&[c.sin()?, c.cos()?], D::Minus1)
+    }
+}
+
+/// One block of the image encoder.
+struct VisionBlock {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    rel_h: Tensor,
+    rel_w: Tensor,
+    heads: usize,
+    /// 0: global attention.
+    window: usize,
+    norm2: LayerNorm,
+    lin1: Linear,
+    lin2: Linear,
+}
+
+/// `table[q - k + size - 1]` for every query and key index along one axis: `[size, size, d]`.
+fn rel_table(table: &Tensor, size: usize) -> candle_core::Result<Tensor> {
+    let idx: Vec<u32> = (0..size)
+        .flat_map(|q| (0..size).map(move |k| (q + size - 1 - k) as u32))
+        .collect();
+    let idx = Tensor::from_vec(idx, size * size, table.device())?;
+    table
+        .index_select(&idx, 0)?
+        .reshape((size, size, table.dim(1)?))
+}
+
+impl VisionBlock {
+    /// Attention over `[n, h, w, c]` groups (windows, or the whole grid).
+    fn attend(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, h, w, c) = x.dims4()?;
+        let heads = self.heads;
+        let d = c / heads;
+        let qkv = self
+            .qkv
+            .forward(&x.reshape((n, h * w, c))?)?
+            .reshape((n, h * w, 3, heads, d))?
+            .permute((2, 0, 3, 1, 4))?; // [3, n, heads, hw, d]
+        let (q, k, v) = (qkv.i(0)?, qkv.i(1)?, qkv.i(2)?);
+        let q = q.contiguous()?.reshape((n * heads, h * w, d))?;
+        let k = k.contiguous()?.reshape((n * heads, h * w, d))?;
+        let v = v.contiguous()?.reshape((n * heads, h * w, d))?;
+        let (rh, rw) = (rel_table(&self.rel_h, h)?, rel_table(&self.rel_w, w)?);
+        let scale = (d as f64).powf(-0.5);
+        // Query rows a block at a time: the scores of a 64×64 grid are 4096² per head.
+        let rows = (1usize << 20) / (h * w).max(1);
+        let rows = rows.clamp(1, h * w);
+        let mut out = Vec::new();
+        let mut r0 = 0;
+        while r0 < h * w {
+            let len = rows.min(h * w - r0);
+            let qc = q.narrow(1, r0, len)?;
+            let mut s = (qc.clone() * scale)?.matmul(&k.t()?)?; // [nh, len, hw]
+            // Decomposed relative positions: q · Rh[qy, ky] + q · Rw[qx, kx].
+            let ys: Vec<u32> = (r0..r0 + len).map(|i| (i / w) as u32).collect();
+            let xs: Vec<u32> = (r0..r0 + len).map(|i| (i % w) as u32).collect();
+            let ys = Tensor::from_vec(ys, len, x.device())?;
+            let xs = Tensor::from_vec(xs, len, x.device())?;
+            let rh_q = rh.index_select(&ys, 0)?; // [len, h, d]
+            let rw_q = rw.index_select(&xs, 0)?; // [len, w, d]
+            // [nh, len, 1, d] · [len, h, d] → [nh, len, h]
+            let bias_h = qc
+                .unsqueeze(2)?
+                .broadcast_mul(&rh_q.unsqueeze(0)?)?
+                .sum(D::Minus1)?;
+            let bias_w = qc
+                .unsqueeze(2)?
+                .broadcast_mul(&rw_q.unsqueeze(0)?)?
+                .sum(D::Minus1)?;
+            let bias = bias_h
+                .unsqueeze(3)?
+                .broadcast_add(&bias_w.unsqueeze(2)?)?
+                .reshape((n * heads, len, h * w))?;
+            s = (s + bias)?;
+            let p = candle_nn::ops::softmax_last_dim(&s)?;
+            out.push(p.matmul(&v)?);
+            r0 += len;
+        }
+        let o = Tensor::cat(&out, 1)?; // [n·heads, hw, d]
+        let o = o
+            .reshape((n, heads, h, w, d))?
+            .permute((0, 2, 3, 1, 4))?
+            .reshape((n, h * w, c))?;
+        self.proj.forward(&o)?.reshape((n, h, w, c))
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let t = self.norm1.forward(x)?;
+        let t = if self.window == 0 {
+            self.attend(&t)?
+        } else {
+            let ws = self.window;
+            let (ph, pw) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+            let t = t
+                .pad_with_zeros(1, 0, ph - h)?
+                .pad_with_zeros(2, 0, pw - w)?;
+            let (nh, nw) = (ph / ws, pw / ws);
+            let windows = t
+                .reshape((b, nh, ws, nw, ws, c))?
+                .permute((0, 1, 3, 2, 4, 5))?
+                .contiguous()?
+                .reshape((b * nh * nw, ws, ws, c))?;
+            let o = self.attend(&windows)?;
+            o.reshape((b, nh, nw, ws, ws, c))?
+                .permute((0, 1, 3, 2, 4, 5))?
+                .contiguous()?
+                .reshape((b, ph, pw, c))?
+                .narrow(1, 0, h)?
+                .narrow(2, 0, w)?
+                .contiguous()?
+        };
+        let x = (x + t)?;
+        let m = self
+            .lin2
+            .forward(&self.lin1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        x + m
+    }
+}
+
+/// SAM's attention: projections to `internal` channels, 8 heads.
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    internal: usize,
+}
+
+impl Attention {
+    fn new(
+        vb: VarBuilder,
+        dim: usize,
+        shapes: &HashMap<String, Vec<usize>>,
+        p: &str,
+    ) -> Result<Self> {
+        let internal = shapes
+            .get(&format!("{p}.q_proj.weight"))
+            .ok_or_else(|| bad(format!("SAM without {p}.q_proj")))?[0];
+        Ok(Self {
+            q: linear(dim, internal, vb.pp("q_proj"))?,
+            k: linear(dim, internal, vb.pp("k_proj"))?,
+            v: linear(dim, internal, vb.pp("v_proj"))?,
+            out: linear(internal, dim, vb.pp("out_proj"))?,
+            internal,
+        })
+    }
+
+    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+        let (q, k, v) = (self.q.forward(q)?, self.k.forward(k)?, self.v.forward(v)?);
+        let scale = ((self.internal / DECODER_HEADS) as f64).powf(-0.5);
+        let o = crate::kernels::attention(&q, &k, &v, DECODER_HEADS, scale, false, 1 << 28)?;
+        self.out.forward(&o)
+    }
+}
+
+struct TwoWayBlock {
+    self_attn: Attention,
+    norm1: LayerNorm,
+    to_image: Attention,
+    norm2: LayerNorm,
+    lin1: Linear,
+    lin2: Linear,
+    norm3: LayerNorm,
+    norm4: LayerNorm,
+    to_token: Attention,
+    skip_first_pe: bool,
+}
+
+impl TwoWayBlock {
+    fn forward(
+        &self,
+        queries: &Tensor,
+        keys: &Tensor,
+        query_pe: &Tensor,
+        key_pe: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let queries = if self.skip_first_pe {
+            self.self_attn.forward(queries, queries, queries)?
+        } else {
+            let q = (queries + query_pe)?;
+            (queries + self.self_attn.forward(&q, &q, queries)?)?
+        };
+        let queries = self.norm1.forward(&queries)?;
+        let q = (&queries + query_pe)?;
+        let k = keys.broadcast_add(key_pe)?;
+        let queries = (&queries + self.to_image.forward(&q, &k, keys)?)?;
+        let queries = self.norm2.forward(&queries)?;
+        let mlp = self.lin2.forward(&self.lin1.forward(&queries)?.relu()?)?;
+        let queries = self.norm3.forward(&(queries + mlp)?)?;
+        let q = (&queries + query_pe)?;
+        let k = keys.broadcast_add(key_pe)?;
+        let keys = (keys + self.to_token.forward(&k, &q, &queries)?)?;
+        let keys = self.norm4.forward(&keys)?;
+        Ok((queries, keys))
+    }
+}
+
+/// A ReLU MLP: `proj_in`, hidden `layers`, `proj_out`.
+struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    fn new(vb: VarBuilder, shapes: &HashMap<String, Vec<usize>>, p: &str) -> Result<Self> {
+        let shape = |n: &str| {
+            shapes
+                .get(&format!("{p}.{n}.weight"))
+                .cloned()
+                .ok_or_else(|| bad(format!("SAM without {p}.{n}")))
+        };
+        let lin = |n: &str| -> Result<Linear> {
+            let s = shape(n)?;
+            Ok(linear(s[1], s[0], vb.pp(n))?)
+        };
+        let mut layers = vec![lin("proj_in")?];
+        let mut i = 0;
+        while shapes.contains_key(&format!("{p}.layers.{i}.weight")) {
+            layers.push(lin(&format!("layers.{i}"))?);
+            i += 1;
+        }
+        layers.push(lin("proj_out")?);
+        Ok(Self { layers })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        let last = self.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x)?;
+            if i < last {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// A point prompt, in the input image's pixels (the image as the encoder saw it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub x: f32,
+    pub y: f32,
+    /// Part of the object (true) or not.
+    pub positive: bool,
+}
+
+/// What the decoder gives: `[n, 256, 256]` mask logits over the encoder's input and a
+/// predicted IoU per mask.
+pub struct Masks {
+    pub logits: Tensor,
+    pub iou: Vec<f32>,
+}
+
+/// What the file's shapes say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamConfig {
+    /// The encoder's input side (1024) and patch (16).
+    pub image_size: usize,
+    pub patch: usize,
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub window: usize,
+    /// Blocks with global attention.
+    pub global: Vec<usize>,
+    /// The embedding's channels (256).
+    pub channels: usize,
+}
+
+pub struct Sam {
+    pub config: SamConfig,
+    patch_embed: Conv2d,
+    pos_embed: Tensor,
+    blocks: Vec<VisionBlock>,
+    neck_conv1: Conv2d,
+    neck_norm1: ChannelNorm,
+    neck_conv2: Conv2d,
+    neck_norm2: ChannelNorm,
+    pe: PositionEncoding,
+    point_embed: Vec<Tensor>,
+    not_a_point: Tensor,
+    no_mask: Tensor,
+    iou_token: Tensor,
+    mask_tokens: Tensor,
+    layers: Vec<TwoWayBlock>,
+    final_attn: Attention,
+    final_norm: LayerNorm,
+    up1: ConvTranspose2d,
+    up_norm: ChannelNorm,
+    up2: ConvTranspose2d,
+    hyper: Vec<Mlp>,
+    iou_head: Mlp,
+}
+
+impl Sam {
+    /// Builds SAM from a state dict (transformers' or the original checkpoint's names).
+    pub fn from_state_dict(sd: StateDict, origin: &str) -> Result<Self> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        let original = sd.keys().any(|k| k.starts_with("image_encoder."));
+        for (k, t) in sd {
+            let k = if original { hf_name(&k) } else { k };
+            // The prompt encoder's copy of the shared position encoding (tied).
+            if k == "prompt_encoder.shared_embedding.positional_embedding" {
+                tensors
+                    .entry("shared_image_embedding.positional_embedding".into())
+                    .or_insert(t);
+                continue;
+            }
+            tensors.insert(k, t);
+        }
+        let shapes: HashMap<String, Vec<usize>> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect();
+        let shape = |k: &str| {
+            shapes
+                .get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("SAM without {k}")))
+        };
+        let weights = Weights::from_tensors(tensors, origin);
+        let vb = weights.var_builder(DType::F32, &Device::Cpu);
+        let ve = vb.pp("vision_encoder");
+        let pw = shape("vision_encoder.patch_embed.projection.weight")?;
+        let (width, patch) = (pw[0], pw[2]);
+        let pos = shape("vision_encoder.pos_embed")?;
+        let grid = pos[1];
+        let image_size = grid * patch;
+        let mut blocks = Vec::new();
+        let mut global = Vec::new();
+        let mut window = 0;
+        while shapes.contains_key(&format!(
+            "vision_encoder.layers.{}.attn.qkv.weight",
+            blocks.len()
+        )) {
+            let i = blocks.len();
+            let p = format!("vision_encoder.layers.{i}");
+            let rel = shape(&format!("{p}.attn.rel_pos_h"))?;
+            let size = rel[0].div_ceil(2);
+            let heads = width / rel[1];
+            let win = if size == grid {
+                global.push(i);
+                0
+            } else {
+                window = size;
+                size
+            };
+            let vb = ve.pp(format!("layers.{i}"));
+            let mlp = shape(&format!("{p}.mlp.lin1.weight"))?[0];
+            blocks.push(VisionBlock {
+                norm1: candle_nn::layer_norm(width, 1e-6, vb.pp("layer_norm1"))?,
+                qkv: linear(width, 3 * width, vb.pp("attn.qkv"))?,
+                proj: linear(width, width, vb.pp("attn.proj"))?,
+                rel_h: vb.get((rel[0], rel[1]), "attn.rel_pos_h")?,
+                rel_w: vb.get(shape(&format!("{p}.attn.rel_pos_w"))?, "attn.rel_pos_w")?,
+                heads,
+                window: win,
+                norm2: candle_nn::layer_norm(width, 1e-6, vb.pp("layer_norm2"))?,
+                lin1: linear(width, mlp, vb.pp("mlp.lin1"))?,
+                lin2: linear(mlp, width, vb.pp("mlp.lin2"))?,
+            });
+        }
+        if blocks.is_empty() {
+            return Err(bad("SAM without image encoder blocks"));
+        }
+        let channels = shape("vision_encoder.neck.conv1.weight")?[0];
+        let g = shape("shared_image_embedding.positional_embedding")?;
+        let pe = PositionEncoding {
+            gaussian: vb.get((g[0], g[1]), "shared_image_embedding.positional_embedding")?,
+        };
+        let pr = vb.pp("prompt_encoder");
+        let point_embed = (0..4)
+            .map(|i| pr.get((1, channels), &format!("point_embed.{i}.weight")))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let md = vb.pp("mask_decoder");
+        let mut layers = Vec::new();
+        while shapes.contains_key(&format!(
+            "mask_decoder.transformer.layers.{}.self_attn.q_proj.weight",
+            layers.len()
+        )) {
+            let i = layers.len();
+            let p = format!("mask_decoder.transformer.layers.{i}");
+            let vb = md.pp(format!("transformer.layers.{i}"));
+            let mlp = shape(&format!("{p}.mlp.lin1.weight"))?[0];
+            let ln = |n: &str| candle_nn::layer_norm(channels, 1e-5, vb.pp(n));
+            layers.push(TwoWayBlock {
+                self_attn: Attention::new(
+                    vb.pp("self_attn"),
+                    channels,
+                    &shapes,
+                    &format!("{p}.self_attn"),
+                )?,
+                norm1: ln("layer_norm1")?,
+                to_image: Attention::new(
+                    vb.pp("cross_attn_token_to_image"),
+                    channels,
+                    &shapes,
+                    &format!("{p}.cross_attn_token_to_image"),
+                )?,
+                norm2: ln("layer_norm2")?,
+                lin1: linear(channels, mlp, vb.pp("mlp.lin1"))?,
+                lin2: linear(mlp, channels, vb.pp("mlp.lin2"))?,
+                norm3: ln("layer_norm3")?,
+                norm4: ln("layer_norm4")?,
+                to_token: Attention::new(
+                    vb.pp("cross_attn_image_to_token"),
+                    channels,
+                    &shapes,
+                    &format!("{p}.cross_attn_image_to_token"),
+                )?,
+                skip_first_pe: i == 0,
+            });
+        }
+        let mask_tokens = shape("mask_decoder.mask_tokens.weight")?[0];
+        let up = ConvTranspose2dConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        let c4 = shape("mask_decoder.upscale_conv1.weight")?[1];
+        let c8 = shape("mask_decoder.upscale_conv2.weight")?[1];
+        let hyper = (0..mask_tokens)
+            .map(|i| {
+                Mlp::new(
+                    md.pp(format!("output_hypernetworks_mlps.{i}")),
+                    &shapes,
+                    &format!("mask_decoder.output_hypernetworks_mlps.{i}"),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sam = Self {
+            config: SamConfig {
+                image_size,
+                patch,
+                width,
+                depth: blocks.len(),
+                heads: blocks[0].heads,
+                window,
+                global,
+                channels,
+            },
+            patch_embed: conv2d(
+                3,
+                width,
+                patch,
+                Conv2dConfig {
+                    stride: patch,
+                    ..Default::default()
+                },
+                ve.pp("patch_embed.projection"),
+            )?,
+            pos_embed: ve.get((1, grid, grid, width), "pos_embed")?,
+            blocks,
+            neck_conv1: conv2d_no_bias(
+                width,
+                channels,
+                1,
+                Default::default(),
+                ve.pp("neck.conv1"),
+            )?,
+            neck_norm1: ChannelNorm::new(channels, 1e-6, ve.pp("neck.layer_norm1"))?,
+            neck_conv2: conv2d_no_bias(
+                channels,
+                channels,
+                3,
+                Conv2dConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+                ve.pp("neck.conv2"),
+            )?,
+            neck_norm2: ChannelNorm::new(channels, 1e-6, ve.pp("neck.layer_norm2"))?,
+            pe,
+            point_embed,
+            not_a_point: pr.get((1, channels), "not_a_point_embed.weight")?,
+            no_mask: pr.get((1, channels), "no_mask_embed.weight")?,
+            iou_token: md.get((1, channels), "iou_token.weight")?,
+            mask_tokens: md.get((mask_tokens, channels), "mask_tokens.weight")?,
+            layers,
+            final_attn: Attention::new(
+                md.pp("transformer.final_attn_token_to_image"),
+                channels,
+                &shapes,
+                "mask_decoder.transformer.final_attn_token_to_image",
+            )?,
+            final_norm: candle_nn::layer_norm(
+                channels,
+                1e-5,
+                md.pp("transformer.layer_norm_final_attn"),
+            )?,
+            up1: candle_nn::conv_transpose2d(channels, c4, 2, up, md.pp("upscale_conv1"))?,
+            up_norm: ChannelNorm::new(c4, 1e-6, md.pp("upscale_layer_norm"))?,
+            up2: candle_nn::conv_transpose2d(c4, c8, 2, up, md.pp("upscale_conv2"))?,
+            hyper,
+            iou_head: Mlp::new(
+                md.pp("iou_prediction_head"),
+                &shapes,
+                "mask_decoder.iou_prediction_head",
+            )?,
+        };
+        // The mask-input path (`prompt_encoder.mask_embed`) is read but not used yet.
+        for n in ["conv1", "conv2", "conv3", "layer_norm1", "layer_norm2"] {
+            for w in ["weight", "bias"] {
+                let k = format!("prompt_encoder.mask_embed.{n}.{w}");
+                if let Some(s) = shapes.get(&k) {
+                    vb.get(s.clone(), &k)?;
+                }
+            }
+        }
+        weights.check_all_used()?;
+        Ok(sam)
+    }
+
+    /// The image embedding `[1, C, g, g]` of a normalised, padded `[1, 3, S, S]` input.
+    pub fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let s = self.config.image_size;
+        let (b, _, h, w) = pixels.dims4()?;
+        if b != 1 || h != s || w != s {
+            return Err(EngineError::InvalidInput(format!(
+                "SAM's encoder takes one {s}×{s} image (got {b} of {h}×{w})"
+            )));
+        }
+        let mut x = self
+            .patch_embed
+            .forward(pixels)?
+            .permute((0, 2, 3, 1))?
+            .broadcast_add(&self.pos_embed)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = x.permute((0, 3, 1, 2))?.contiguous()?;
+        let x = self.neck_norm1.forward(&self.neck_conv1.forward(&x)?)?;
+        Ok(self.neck_norm2.forward(&self.neck_conv2.forward(&x)?)?)
+    }
+
+    /// Points (and a box, `[x0, y0, x1, y1]`) in the encoder input's pixels → masks.
+    pub fn decode(
+        &self,
+        embedding: &Tensor,
+        points: &[Point],
+        bbox: Option<[f32; 4]>,
+        multimask: bool,
+    ) -> Result<Masks> {
+        let dev = embedding.device();
+        let c = self.config.channels;
+        let s = self.config.image_size as f32;
+        let (_, _, gh, gw) = embedding.dims4()?;
+        // Sparse prompts.
+        let mut sparse = Vec::new();
+        let mut coords: Vec<f32> = Vec::new();
+        let mut labels: Vec<i32> = Vec::new();
+        for p in points {
+            coords.extend([(p.x + 0.5) / s, (p.y + 0.5) / s]);
+            labels.push(p.positive as i32);
+        }
+        if bbox.is_none() {
+            coords.extend([0.5 / s, 0.5 / s]);
+            labels.push(-1);
+        }
+        if !labels.is_empty() {
+            let n = labels.len();
+            let pe = self.pe.encode(&Tensor::from_vec(coords, (n, 2), dev)?)?;
+            for (i, &l) in labels.iter().enumerate() {
+                let e = pe.i(i..i + 1)?;
+                sparse.push(match l {
+                    -1 => self.not_a_point.clone(),
+                    0 => (e + &self.point_embed[0])?,
+                    _ => (e + &self.point_embed[1])?,
+                });
+            }
+        }
+        if let Some([x0, y0, x1, y1]) = bbox {
+            let corners = Tensor::from_vec(
+                vec![
+                    (x0 + 0.5) / s,
+                    (y0 + 0.5) / s,
+                    (x1 + 0.5) / s,
+                    (y1 + 0.5) / s,
+                ],
+                (2, 2),
+                dev,
+            )?;
+            let pe = self.pe.encode(&corners)?;
+            sparse.push((pe.i(0..1)? + &self.point_embed[2])?);
+            sparse.push((pe.i(1..2)? + &self.point_embed[3])?);
+        }
+        let tokens = Tensor::cat(
+            &[
+                &[self.iou_token.clone(), self.mask_tokens.clone()][..],
+                &sparse[..],
+            ]
+            .concat(),
+            0,
+        )?
+        .unsqueeze(0)?; // [1, t, c]
+        // The image, its dense prompt, and its position encoding, as token sequences.
+        let image = embedding.broadcast_add(&self.no_mask.reshape((1, c, 1, 1))?)?;
+        let keys = image.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // [1, hw, c]
+        let grid: Vec<f32> = (0..gh)
+            .flat_map(|y| {
+                (0..gw)
+                    .flat_map(move |x| [(x as f32 + 0.5) / gw as f32, (y as f32 + 0.5) / gh as f32])
+            })
+            .collect();
+        let key_pe = self
+            .pe
+            .encode(&Tensor::from_vec(grid, (gh * gw, 2), dev)?)?
+            .unsqueeze(0)?;
+        let mut queries = tokens.clone();
+        let mut keys = keys;
+        for layer in &self.layers {
+            (queries, keys) = layer.forward(&queries, &keys, &tokens, &key_pe)?;
+        }
+        let q = (&queries + &tokens)?;
+        let k = (&keys + &key_pe)?;
+        let queries = (&queries + self.final_attn.forward(&q, &k, &keys)?)?;
+        let queries = self.final_norm.forward(&queries)?;
+        let n_masks = self.hyper.len();
+        let iou_out = queries.i((.., 0, ..))?;
+        let image = keys.transpose(1, 2)?.reshape((1, c, gh, gw))?;
+        let up = self
+            .up_norm
+            .forward(&self.up1.forward(&image)?)?
+            .gelu_erf()?;
+        let up = self.up2.forward(&up)?.gelu_erf()?;
+        let (_, uc, uh, uw) = up.dims4()?;
+        let hyper = (0..n_masks)
+            .map(|i| self.hyper[i].forward(&queries.i((.., 1 + i, ..))?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let hyper = Tensor::stack(&hyper, 1)?; // [1, m, uc]
+        let masks = hyper
+            .matmul(&up.reshape((1, uc, uh * uw))?)?
+            .reshape((n_masks, uh, uw))?;
+        let iou = self
+            .iou_head
+            .forward(&iou_out)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let (first, count) = if multimask { (1, n_masks - 1) } else { (0, 1) };
+        Ok(Masks {
+            logits: masks.narrow(0, first, count)?,
+            iou: iou[first..first + count].to_vec(),
+        })
+    }
+}
