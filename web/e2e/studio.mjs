@@ -513,6 +513,24 @@ try {
       return r.status;
     });
     check(segmented === 422, `a segment request without an image: ${segmented}`);
+    // Zoom: the picture outgrows its frame, which scrolls.
+    await a.getByRole("button", { name: "Zoom in" }).click();
+    check((await a.getByTestId("edit-zoom").textContent()) === "200%", "zoom in did nothing");
+    check(await a.getByTestId("edit-viewport").evaluate((v) => v.scrollWidth > v.clientWidth), "the zoomed picture does not scroll");
+    await a.getByRole("button", { name: "Zoom out" }).click();
+    // A lasso fills its path; grow and shrink keep a painted mask; clear empties it.
+    await a.getByRole("group", { name: "Mask tool" }).getByRole("button", { name: "Lasso" }).click();
+    await a.mouse.move(box.x + box.width * 0.2, box.y + box.height * 0.2);
+    await a.mouse.down();
+    await a.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.25, { steps: 4 });
+    await a.mouse.move(box.x + box.width * 0.4, box.y + box.height * 0.7, { steps: 4 });
+    await a.mouse.up();
+    check((await a.getByTestId("edit-run").textContent()) === "Inpaint", "the lasso painted nothing");
+    await a.getByRole("button", { name: "Grow the mask" }).click();
+    await a.getByRole("button", { name: "Shrink the mask" }).click();
+    check((await a.getByTestId("edit-run").textContent()) === "Inpaint", "grow then shrink emptied the mask");
+    await a.getByRole("button", { name: "Clear" }).click();
+    check((await a.getByTestId("edit-run").textContent()).includes("Paint a mask first"), "clear left paint");
     await a.getByRole("group", { name: "Mask tool" }).getByRole("button", { name: "Brush" }).click();
     await a.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.3);
     await a.mouse.down();
@@ -554,6 +572,7 @@ try {
     await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 4, null, { timeout: 120_000 });
     const instructed = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0]);
     check(instructed.params.operation === "instruct" && instructed.params.model === "ip2p" && instructed.outputs[0].width === +want[1], `instruct: ${JSON.stringify(instructed.params)}`);
+    await a.screenshot({ path: join(shots, "edit-versions.png") });
   });
 
   await step("keyboard: the first Tab reaches the skip link", async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { aspectSize, canRedo, canUndo, current, invertAlpha, maskPixels, push, pushAfter, redo, select, start, undo } from "../src/features/edit/history";
+import { aspectSize, growAlpha, canRedo, canUndo, current, invertAlpha, maskPixels, push, pushAfter, redo, select, start, undo } from "../src/features/edit/history";
 
 const v = (id: string) => ({ id, url: `/api/assets/${id}`, width: 64, height: 48, label: id });
 
@@ -48,5 +48,19 @@ describe("the editor's versions", () => {
     expect(maskPixels(new Uint8ClampedArray(8)).painted).toBe(false);
     invertAlpha(rgba);
     expect([rgba[3], rgba[7], rgba[11]]).toEqual([55, 155, 255]);
+  });
+
+  it("grows and shrinks a mask layer by square windows", () => {
+    // 5 × 3, one painted pixel in the middle.
+    const rgba = new Uint8ClampedArray(5 * 3 * 4);
+    rgba[4 * (1 * 5 + 2) + 3] = 255;
+    growAlpha(rgba, 5, 3, 1);
+    const painted = () => Array.from({ length: 15 }, (_, i) => (rgba[4 * i + 3] ? 1 : 0)).join("");
+    expect(painted()).toBe("011100111001110");
+    growAlpha(rgba, 5, 3, -1);
+    // Shrinking by one keeps only the pixel whose whole window lies in the 3×3 square (the
+    // edge of the image counts as unpainted).
+    expect(painted()).toBe("000000010000000");
+    growAlpha(rgba, 5, 3, 0);
   });
 });

@@ -13,13 +13,13 @@ import { Compare } from "../../components/Compare";
 import { Amount, Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
-import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, invertAlpha, maskPixels, pushAfter, redo, select, start, undo } from "./history";
+import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, growAlpha, invertAlpha, maskPixels, pushAfter, redo, select, start, undo } from "./history";
 
 type Operation = "inpaint" | "outpaint" | "restyle" | "instruct";
 /** The model capability each operation needs. */
 const NEEDS: Record<Operation, "inpaint" | "img2img" | "instruct"> = { inpaint: "inpaint", outpaint: "inpaint", restyle: "img2img", instruct: "instruct" };
 const LABELS: Record<Operation, string> = { inpaint: "Inpaint", outpaint: "Outpaint", restyle: "Restyle", instruct: "Instruct" };
-type Tool = "brush" | "eraser" | "rect" | "select";
+type Tool = "brush" | "eraser" | "rect" | "lasso" | "select";
 /** Clicks and a box for click-to-segment, on one version. */
 interface Prompts {
   on: string;
@@ -51,6 +51,8 @@ function MaskCanvas({
   const rectFrom = useRef<{ x: number; y: number } | null>(null);
   const button = useRef(0);
   const [rect, setRect] = useState<{ x: number; y: number; w: number; h: number } | null>(null);
+  // The lasso's path so far, in image pixels.
+  const [path, setPath] = useState<{ x: number; y: number }[] | null>(null);
   // Image pixels per screen pixel: the brush's size is on screen, whatever the zoom.
   const scale = useRef(1);
   const at = (e: React.PointerEvent<HTMLCanvasElement>) => {
@@ -90,6 +92,8 @@ function MaskCanvas({
           } else if (tool === "rect") {
             rectFrom.current = p;
             setRect({ x: p.x, y: p.y, w: 0, h: 0 });
+          } else if (tool === "lasso") {
+            setPath([p]);
           } else {
             last.current = p;
             stroke(p, p);
@@ -97,7 +101,9 @@ function MaskCanvas({
         }}
         onPointerMove={(e) => {
           const p = at(e);
-          if (rectFrom.current) {
+          if (path) {
+            setPath([...path, p]);
+          } else if (rectFrom.current) {
             const f = rectFrom.current;
             setRect({ x: Math.min(f.x, p.x), y: Math.min(f.y, p.y), w: Math.abs(p.x - f.x), h: Math.abs(p.y - f.y) });
           } else if (last.current) {
@@ -127,12 +133,28 @@ function MaskCanvas({
               c.fillRect(rect.x, rect.y, rect.w, rect.h);
             }
           }
+          const c = ctx();
+          if (path && path.length > 2 && c) {
+            c.globalCompositeOperation = "source-over";
+            c.fillStyle = MASK_COLOUR;
+            c.beginPath();
+            c.moveTo(path[0].x, path[0].y);
+            for (const q of path.slice(1)) c.lineTo(q.x, q.y);
+            c.closePath();
+            c.fill();
+          }
+          setPath(null);
           rectFrom.current = null;
           last.current = null;
           setRect(null);
           onChange();
         }}
       />
+      {path && path.length > 1 && (
+        <svg className="pointer-events-none absolute inset-0 h-full w-full" viewBox={`0 0 ${version.width} ${version.height}`} preserveAspectRatio="none">
+          <polyline points={path.map((q) => `${q.x},${q.y}`).join(" ")} fill="none" stroke="white" strokeDasharray="4 3" vectorEffect="non-scaling-stroke" />
+        </svg>
+      )}
       {rect && (
         <div
           className="pointer-events-none absolute border border-dashed border-white"
@@ -177,6 +199,7 @@ export default function EditPage() {
   const [blur, setBlur] = useState(4);
   const [aspect, setAspect] = useState<(typeof ASPECTS)[number]>("16:9");
   const [comparing, setComparing] = useState(false);
+  const [zoom, setZoom] = useState(1);
   const models = useLoad(() => api.models(NEEDS[operation]).then((r) => r.models.filter((m) => m.installed)), NEEDS[operation]);
   const styles = useLoad(() => api.styles().then((r) => r.styles));
   const [style, setStyle] = useState("");
@@ -254,6 +277,23 @@ export default function EditPage() {
     const c = mask.current;
     const data = c?.getContext("2d")?.getImageData(0, 0, c.width, c.height).data;
     setPaintedOn(data && version && maskPixels(data).painted ? version.id : null);
+  }
+
+  /** Grows (or shrinks) the painted mask by `r` screen pixels. */
+  function reshape(r: number) {
+    const c = mask.current;
+    const g = c?.getContext("2d");
+    if (!c || !g) return;
+    const px = Math.max(1, Math.round((r * c.width) / Math.max(1, c.getBoundingClientRect().width)));
+    const data = g.getImageData(0, 0, c.width, c.height);
+    growAlpha(data.data, c.width, c.height, Math.sign(r) * Math.abs(px));
+    for (let i = 0; i < data.data.length; i += 4) {
+      data.data[i] = 244;
+      data.data[i + 1] = 63;
+      data.data[i + 2] = 94;
+    }
+    g.putImageData(data, 0, 0);
+    checkPainted();
   }
 
   function invert() {
@@ -399,11 +439,11 @@ export default function EditPage() {
         {operation === "inpaint" ? (
           <div className="flex flex-col gap-3 rounded-xl border border-line p-3">
             <div className="flex flex-wrap gap-1.5" role="group" aria-label="Mask tool">
-              {(["brush", "eraser", "rect", "select"] as const)
+              {(["brush", "eraser", "rect", "lasso", "select"] as const)
                 .filter((t) => t !== "select" || (segmenters.data ?? []).length > 0)
                 .map((t) => (
                   <Chip key={t} active={tool === t} onClick={() => setTool(t)}>
-                    {{ rect: "Rectangle", brush: "Brush", eraser: "Eraser", select: "Select object" }[t]}
+                    {{ rect: "Rectangle", lasso: "Lasso", brush: "Brush", eraser: "Eraser", select: "Select object" }[t]}
                   </Chip>
                 ))}
             </div>
@@ -419,6 +459,12 @@ export default function EditPage() {
             <div className="flex gap-2">
               <Button size="sm" onClick={invert} disabled={!version}>
                 Invert
+              </Button>
+              <Button size="sm" onClick={() => reshape(8)} disabled={!painted} aria-label="Grow the mask">
+                Grow
+              </Button>
+              <Button size="sm" onClick={() => reshape(-8)} disabled={!painted} aria-label="Shrink the mask">
+                Shrink
               </Button>
               <Button size="sm" onClick={clearMask} disabled={!painted}>
                 Clear
@@ -508,6 +554,17 @@ export default function EditPage() {
                   }} disabled={history.at === 0} data-testid="edit-compare" />
                 Compare with the original
               </label>
+              <span className="flex items-center gap-1">
+                <Button size="sm" onClick={() => setZoom((z) => Math.max(1, z / 2))} disabled={zoom <= 1} aria-label="Zoom out">
+                  −
+                </Button>
+                <span className="w-12 text-center tabular-nums text-muted" data-testid="edit-zoom">
+                  {Math.round(zoom * 100)}%
+                </span>
+                <Button size="sm" onClick={() => setZoom((z) => Math.min(8, z * 2))} disabled={zoom >= 8} aria-label="Zoom in">
+                  +
+                </Button>
+              </span>
               <span className="ml-auto text-muted" data-testid="edit-size">
                 {version.width} × {version.height}
               </span>
@@ -518,7 +575,9 @@ export default function EditPage() {
             {comparing && original && history.at > 0 ? (
               <Compare before={original.url} after={version.url} width={version.width || 1} height={version.height || 1} />
             ) : (
-              <div className="relative overflow-hidden rounded-2xl border border-line bg-surface" style={{ aspectRatio: `${version.width || 1} / ${version.height || 1}` }}>
+              // Zoomed, the picture is wider than its frame: the frame scrolls (pans).
+              <div className="max-h-[75vh] overflow-auto rounded-2xl border border-line" data-testid="edit-viewport">
+              <div className="relative bg-surface" style={{ width: `${zoom * 100}%`, aspectRatio: `${version.width || 1} / ${version.height || 1}` }}>
                 <img src={version.url} alt={`Version ${history.at + 1}: ${version.label}`} draggable={false} className="absolute inset-0 h-full w-full object-contain" data-testid="edit-image" data-version={version.id} />
                 {operation === "inpaint" && version.width > 0 && <MaskCanvas key={version.id} version={version} tool={tool} size={brush} canvas={mask} onChange={checkPainted} onPrompt={(p) => void segment(p)} />}
                 {operation === "inpaint" &&
@@ -530,6 +589,7 @@ export default function EditPage() {
                       data-testid="edit-click"
                     />
                   ))}
+              </div>
               </div>
             )}
             {running && (

@@ -82,6 +82,36 @@ export function maskPixels(rgba: Uint8ClampedArray): { pixels: Uint8ClampedArray
   return { pixels: out, painted };
 }
 
+/** The alpha of a `w × h` RGBA mask layer grown (`r > 0`) or shrunk (`r < 0`) by `|r|`
+ * pixels: a square window, each pixel painted (or kept) when any (or every) pixel of its
+ * window is painted; painted means at least half opaque. Per row then per column, with
+ * running counts, so any radius costs the same. */
+export function growAlpha(rgba: Uint8ClampedArray, w: number, h: number, r: number): void {
+  if (r === 0) return;
+  const grow = r > 0;
+  const k = Math.abs(r);
+  let on = new Uint8Array(w * h);
+  for (let i = 0; i < w * h; i++) on[i] = rgba[4 * i + 3] >= 128 ? 1 : 0;
+  const pass = (src: Uint8Array, len: number, lines: number, at: (line: number, i: number) => number) => {
+    const out = new Uint8Array(src.length);
+    const prefix = new Int32Array(len + 1);
+    for (let line = 0; line < lines; line++) {
+      for (let i = 0; i < len; i++) prefix[i + 1] = prefix[i] + src[at(line, i)];
+      for (let i = 0; i < len; i++) {
+        const a = Math.max(0, i - k);
+        const b = Math.min(len, i + k + 1);
+        const count = prefix[b] - prefix[a];
+        // Shrinking: the edge of the image counts as unpainted.
+        out[at(line, i)] = grow ? (count > 0 ? 1 : 0) : count === 2 * k + 1 ? 1 : 0;
+      }
+    }
+    return out;
+  };
+  on = pass(on, w, h, (y, x) => y * w + x);
+  on = pass(on, h, w, (x, y) => y * w + x);
+  for (let i = 0; i < w * h; i++) rgba[4 * i + 3] = on[i] ? 255 : 0;
+}
+
 /** The alpha of a mask layer inverted (painted ↔ clear). */
 export function invertAlpha(rgba: Uint8ClampedArray): void {
   for (let i = 3; i < rgba.length; i += 4) rgba[i] = 255 - rgba[i];
