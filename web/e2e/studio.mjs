@@ -572,6 +572,17 @@ try {
     await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 4, null, { timeout: 120_000 });
     const instructed = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0]);
     check(instructed.params.operation === "instruct" && instructed.params.model === "ip2p" && instructed.outputs[0].width === +want[1], `instruct: ${JSON.stringify(instructed.params)}`);
+    // Erase what a stroke covers (the mask layer comes back clear for the new version).
+    await a.getByRole("group", { name: "Operation" }).getByRole("button", { name: "Erase" }).click();
+    const eraseBox = await a.getByTestId("edit-mask").boundingBox();
+    await a.mouse.move(eraseBox.x + eraseBox.width * 0.3, eraseBox.y + eraseBox.height * 0.5);
+    await a.mouse.down();
+    await a.mouse.move(eraseBox.x + eraseBox.width * 0.6, eraseBox.y + eraseBox.height * 0.5, { steps: 6 });
+    await a.mouse.up();
+    await a.getByTestId("edit-run").click();
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 5, null, { timeout: 120_000 });
+    const erased = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0].params);
+    check(erased.operation === "erase" && erased.mask && !erased.prompt, `erase: ${JSON.stringify(erased)}`);
     await a.screenshot({ path: join(shots, "edit-versions.png") });
   });
 
@@ -666,8 +677,8 @@ try {
     const cards = a.getByRole("list").first().getByRole("listitem");
     await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
     await cards.last().scrollIntoViewIfNeeded();
-    // 31 fillers, the sketch, the enhanced image and the three edits.
-    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 36 + 1);
+    // 31 fillers, the sketch, the enhanced image and the four edits.
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 37 + 1);
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 

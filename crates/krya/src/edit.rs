@@ -38,6 +38,10 @@ pub struct Args {
     /// Re-draw the whole image by --strength, as --prompt says.
     #[arg(long)]
     restyle: bool,
+    /// With --mask: remove what it covers, painted over from its surroundings (no prompt;
+    /// the mask grown more). `krya erase` is the same.
+    #[arg(long)]
+    pub erase: bool,
     /// What to paint (inpaint, outpaint, restyle).
     #[arg(long, default_value = "")]
     prompt: String,
@@ -46,9 +50,9 @@ pub struct Args {
     /// How much is re-drawn, 0-1 (default 1; 0.6 with --restyle).
     #[arg(long)]
     strength: Option<f64>,
-    /// Pixels the mask is grown by (inpaint, outpaint).
-    #[arg(long, default_value_t = 4)]
-    grow: u32,
+    /// Pixels the mask is grown by (inpaint, outpaint; default 4, 12 to erase).
+    #[arg(long)]
+    grow: Option<u32>,
     /// The mask's feather, in pixels (inpaint, outpaint).
     #[arg(long, default_value_t = 4.0)]
     blur: f32,
@@ -84,6 +88,12 @@ fn numbers(s: &str, sep: char, n: usize) -> Option<Vec<u32>> {
 
 pub fn run(a: Args) -> Result<(), CliError> {
     crate::check_input_output(&a.input, &a.out)?;
+    if a.erase && a.mask.is_none() {
+        return Err(CliError::user("--erase needs --mask (white = remove)"));
+    }
+    if a.erase && !a.prompt.is_empty() {
+        return Err(CliError::user("--erase takes no --prompt"));
+    }
     let chosen = [
         a.instruction.is_some(),
         a.mask.is_some(),
@@ -98,7 +108,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if a.strength.is_some_and(|s| !(0.0..=1.0).contains(&s)) {
         return Err(CliError::user("--strength must be from 0 to 1"));
     }
-    if !(0.0..=64.0).contains(&a.blur) || a.grow > 256 {
+    if !(0.0..=64.0).contains(&a.blur) || a.grow.is_some_and(|g| g > 256) {
         return Err(CliError::user(
             "--blur must be from 0 to 64 and --grow from 0 to 256",
         ));
@@ -146,9 +156,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
             )
         }));
     }
+    let negative_prompt = match (&a.negative_prompt, a.erase) {
+        (None, true) => Some(edit::ERASE_NEGATIVE.to_string()),
+        (n, _) => n.clone(),
+    };
     let request = GenerateRequest {
         prompt: a.instruction.clone().unwrap_or_else(|| a.prompt.clone()),
-        negative_prompt: a.negative_prompt.clone(),
+        negative_prompt,
         steps: a.steps,
         guidance: a.guidance,
         seed: a.seed,
@@ -158,7 +172,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         ..Default::default()
     };
     let options = MaskOptions {
-        grow: a.grow,
+        grow: a.grow.unwrap_or(if a.erase { edit::ERASE_GROW } else { 4 }),
         blur: a.blur,
     };
     let bar = ProgressBar::new(0).with_style(
@@ -181,7 +195,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
             let mask = image_io::load_mask(path)?;
             (
                 edit::inpaint(&m, &request, &image, &mask, options, &cancel, &mut on_step)?,
-                "inpaint",
+                if a.erase { "erase" } else { "inpaint" },
             )
         }
         Operation::Outpaint(e) => (

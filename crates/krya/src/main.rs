@@ -43,6 +43,8 @@ enum Command {
     Enhance(enhance::Args),
     /// Edit an image: by instruction (InstructPix2Pix), inpaint a mask, outpaint, restyle.
     Edit(edit::Args),
+    /// Remove what a mask covers (`krya edit --erase`).
+    Erase(edit::Args),
     /// A mask of the object at points (or in a box), with Segment Anything.
     Segment(segment::Args),
     /// Run the API server (and, unless jobs.in_process is off, its jobs).
@@ -132,6 +134,10 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Enhance(args) => enhance::run(args),
         Command::Edit(args) => edit::run(args),
+        Command::Erase(mut args) => {
+            args.erase = true;
+            edit::run(args)
+        }
         Command::Segment(args) => segment::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),

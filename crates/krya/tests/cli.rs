@@ -736,6 +736,38 @@ fn edit_follows_instructions_and_refuses_bad_input() {
             png_parameters(&out)
         );
     }
+    // krya erase: the mask's part painted over, the PNG saying so.
+    let stroke = t.join("stroke.png");
+    image::GrayImage::from_fn(64, 48, |x, y| {
+        image::Luma([if (20..40).contains(&x) && (16..32).contains(&y) {
+            255
+        } else {
+            0
+        }])
+    })
+    .save(&stroke)
+    .unwrap();
+    let o = krya(
+        t,
+        &[
+            "erase",
+            input,
+            "--mask",
+            stroke.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--model",
+            sd.to_str().unwrap(),
+            "--steps",
+            "2",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        png_parameters(&out).contains("Edit: erase"),
+        "{}",
+        png_parameters(&out)
+    );
     let small = t.join("small-mask.png");
     image::GrayImage::from_pixel(8, 8, image::Luma([255]))
         .save(&small)
@@ -762,6 +794,10 @@ fn edit_follows_instructions_and_refuses_bad_input() {
         (
             vec!["--model", sd.to_str().unwrap(), "--aspect", "wide"],
             "--aspect must be W:H",
+        ),
+        (
+            vec!["--model", sd.to_str().unwrap(), "--erase"],
+            "--erase needs --mask",
         ),
     ] {
         assert_user_error(&run(&extra), says);

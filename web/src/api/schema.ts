@@ -119,7 +119,7 @@ export type CreatedApiKey = ApiKeyView & {
 };
 
 /** What an edit does. */
-export type EditOperation = "inpaint" | "outpaint" | "restyle" | "instruct";
+export type EditOperation = "inpaint" | "outpaint" | "restyle" | "instruct" | "erase";
 
 /** What `POST /api/edit/image` takes. */
 export interface EditRequest {

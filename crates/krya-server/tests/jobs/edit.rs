@@ -134,6 +134,27 @@ fn edit(s: &Server) {
     let (_, j) = c.get("/api/jobs?kind=edit");
     assert_eq!(j["items"][0]["params"]["model"], "ip2p", "{j}");
 
+    // Erase: the masked part repainted from nothing but its surroundings; outside the
+    // (more grown) mask the image is as it was.
+    let (st, j) = c.post(
+        "/api/edit/image",
+        json!({"image": input, "operation": "erase", "mask": mask_id, "steps": 2}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, bytes) = c.bytes(&format!(
+        "/api/assets/{}",
+        done["outputs"][0]["id"].as_str().unwrap()
+    ));
+    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let soft = mask::feather(&mask::grow(&mask::hard(&painted), 12), 4.0);
+    for (x, y, p) in got.enumerate_pixels() {
+        if soft.get_pixel(x, y).0[0] == 0 {
+            assert_eq!(p, original.get_pixel(x, y), "erase changed ({x}, {y})");
+        }
+    }
+
     // Bad requests, each naming its field.
     let small = upload_png(
         &c,
@@ -184,6 +205,11 @@ fn edit(s: &Server) {
             "image",
         ),
         (json!({"image": input, "operation": "instruct"}), "prompt"),
+        (json!({"image": input, "operation": "erase"}), "mask"),
+        (
+            json!({"image": input, "operation": "erase", "mask": mask_id, "prompt": "a cat"}),
+            "prompt",
+        ),
         (
             json!({"image": input, "operation": "restyle", "strength": 0.2, "steps": 2}),
             "strength",

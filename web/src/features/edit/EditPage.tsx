@@ -15,10 +15,12 @@ import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
 import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, growAlpha, invertAlpha, maskPixels, pushAfter, redo, select, start, undo } from "./history";
 
-type Operation = "inpaint" | "outpaint" | "restyle" | "instruct";
+type Operation = "inpaint" | "erase" | "outpaint" | "restyle" | "instruct";
 /** The model capability each operation needs. */
-const NEEDS: Record<Operation, "inpaint" | "img2img" | "instruct"> = { inpaint: "inpaint", outpaint: "inpaint", restyle: "img2img", instruct: "instruct" };
-const LABELS: Record<Operation, string> = { inpaint: "Inpaint", outpaint: "Outpaint", restyle: "Restyle", instruct: "Instruct" };
+const NEEDS: Record<Operation, "inpaint" | "img2img" | "instruct"> = { inpaint: "inpaint", erase: "inpaint", outpaint: "inpaint", restyle: "img2img", instruct: "instruct" };
+/** The operations that take the painted mask. */
+const MASKED: Operation[] = ["inpaint", "erase"];
+const LABELS: Record<Operation, string> = { inpaint: "Inpaint", erase: "Erase", outpaint: "Outpaint", restyle: "Restyle", instruct: "Instruct" };
 type Tool = "brush" | "eraser" | "rect" | "lasso" | "select";
 /** Clicks and a box for click-to-segment, on one version. */
 interface Prompts {
@@ -371,6 +373,8 @@ export default function EditPage() {
       const common = { image: version.id, prompt: prompt.trim() || undefined, model: chosenModel || undefined, strength: strengthSet ?? undefined, grow, blur };
       if (operation === "inpaint") {
         setJob(await api.edit({ ...common, operation, mask: await uploadMask() }));
+      } else if (operation === "erase") {
+        setJob(await api.edit({ image: version.id, operation, mask: await uploadMask(), model: chosenModel || undefined, blur }));
       } else if (operation === "outpaint") {
         setJob(await api.edit({ ...common, operation, aspect }));
       } else if (operation === "restyle") {
@@ -391,7 +395,7 @@ export default function EditPage() {
   const target = version && version.width > 0 ? aspectSize(version.width, version.height, aw, ah) : null;
   const sameSize = target && version && target.width === version.width && target.height === version.height;
   const ready =
-    !!version && !running && !submitting && !!chosenModel && (operation === "inpaint" ? painted : operation === "outpaint" ? !sameSize : operation === "instruct" ? prompt.trim() !== "" : true);
+    !!version && !running && !submitting && !!chosenModel && (MASKED.includes(operation) ? painted : operation === "outpaint" ? !sameSize : operation === "instruct" ? prompt.trim() !== "" : true);
   return (
     <div className="mx-auto grid max-w-6xl gap-6 px-3 py-6 sm:px-5 lg:grid-cols-[20rem_minmax(0,1fr)]">
       <aside className="flex flex-col gap-4">
@@ -436,7 +440,7 @@ export default function EditPage() {
             ))}
           </div>
         </div>
-        {operation === "inpaint" ? (
+        {MASKED.includes(operation) ? (
           <div className="flex flex-col gap-3 rounded-xl border border-line p-3">
             <div className="flex flex-wrap gap-1.5" role="group" aria-label="Mask tool">
               {(["brush", "eraser", "rect", "lasso", "select"] as const)
@@ -470,7 +474,7 @@ export default function EditPage() {
                 Clear
               </Button>
             </div>
-            <Amount label="Grow (px)" value={grow} max={64} step={1} digits={0} onChange={setGrow} testId="edit-grow" />
+            {operation === "inpaint" && <Amount label="Grow (px)" value={grow} max={64} step={1} digits={0} onChange={setGrow} testId="edit-grow" />}
             <Amount label="Feather (px)" value={blur} max={32} step={1} digits={0} onChange={setBlur} testId="edit-blur" />
           </div>
         ) : operation === "restyle" ? (
@@ -504,18 +508,22 @@ export default function EditPage() {
             )}
           </div>
         )}
-        <label className="flex flex-col gap-1.5">
-          <span className="text-xs font-medium uppercase tracking-wide text-muted">{operation === "instruct" ? "Instruction" : "Prompt (optional)"}</span>
-          <Textarea
-            rows={2}
-            value={prompt}
-            maxLength={4000}
-            onChange={(e) => setPrompt(e.target.value)}
-            placeholder={operation === "instruct" ? "Make it winter" : "What to paint there"}
-            aria-label={operation === "instruct" ? "Instruction" : "Prompt"}
-          />
-        </label>
-        {operation !== "instruct" && <Amount label="Strength" value={strength} onChange={setStrength} testId="edit-strength" />}
+        {operation === "erase" ? (
+          <p className="text-xs text-muted">Paints over what the mask covers with its surroundings (the mask grows a little more).</p>
+        ) : (
+          <label className="flex flex-col gap-1.5">
+            <span className="text-xs font-medium uppercase tracking-wide text-muted">{operation === "instruct" ? "Instruction" : "Prompt (optional)"}</span>
+            <Textarea
+              rows={2}
+              value={prompt}
+              maxLength={4000}
+              onChange={(e) => setPrompt(e.target.value)}
+              placeholder={operation === "instruct" ? "Make it winter" : "What to paint there"}
+              aria-label={operation === "instruct" ? "Instruction" : "Prompt"}
+            />
+          </label>
+        )}
+        {operation !== "instruct" && operation !== "erase" && <Amount label="Strength" value={strength} onChange={setStrength} testId="edit-strength" />}
         <label className="flex flex-col gap-1.5">
           <span className="text-xs font-medium uppercase tracking-wide text-muted">Image model</span>
           {models.error ? (
@@ -533,7 +541,7 @@ export default function EditPage() {
         </label>
         <Button variant="primary" size="lg" disabled={!ready} onClick={run} data-testid="edit-run">
           {running && <Spinner />}
-          {operation === "inpaint" && !painted ? "Paint a mask first" : LABELS[operation]}
+          {MASKED.includes(operation) && !painted ? "Paint a mask first" : LABELS[operation]}
         </Button>
         {error && <ErrorNote error={error} />}
       </aside>
@@ -579,8 +587,8 @@ export default function EditPage() {
               <div className="max-h-[75vh] overflow-auto rounded-2xl border border-line" data-testid="edit-viewport">
               <div className="relative bg-surface" style={{ width: `${zoom * 100}%`, aspectRatio: `${version.width || 1} / ${version.height || 1}` }}>
                 <img src={version.url} alt={`Version ${history.at + 1}: ${version.label}`} draggable={false} className="absolute inset-0 h-full w-full object-contain" data-testid="edit-image" data-version={version.id} />
-                {operation === "inpaint" && version.width > 0 && <MaskCanvas key={version.id} version={version} tool={tool} size={brush} canvas={mask} onChange={checkPainted} onPrompt={(p) => void segment(p)} />}
-                {operation === "inpaint" &&
+                {MASKED.includes(operation) && version.width > 0 && <MaskCanvas key={version.id} version={version} tool={tool} size={brush} canvas={mask} onChange={checkPainted} onPrompt={(p) => void segment(p)} />}
+                {MASKED.includes(operation) &&
                   shownPrompts?.points.map((p, i) => (
                     <span
                       key={i}

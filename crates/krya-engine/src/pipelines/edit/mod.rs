@@ -20,6 +20,11 @@ use image::{GrayImage, RgbImage, imageops::FilterType};
 use crate::pipelines::stable_diffusion::{GenerateRequest, StableDiffusion, StepProgress};
 use crate::{CancelToken, EngineError, Result};
 
+/// What erasing steers away from (its negative prompt; its prompt is empty).
+pub const ERASE_NEGATIVE: &str = "object, person, animal, text, watermark, logo, frame";
+/// Pixels an erase's mask is grown by: an object's edge and shadow go with it.
+pub const ERASE_GROW: u32 = 12;
+
 /// How a painted mask is prepared.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MaskOptions {

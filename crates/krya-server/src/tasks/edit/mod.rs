@@ -35,6 +35,9 @@ pub enum EditOperation {
     /// Change the image as `prompt` says ("make it winter") with an instruction-editing
     /// model (InstructPix2Pix).
     Instruct,
+    /// Remove what `mask` covers, the surroundings continued: inpainting with no prompt, a
+    /// negative one for objects, and the mask grown more (LaMa joins later).
+    Erase,
 }
 
 impl EditOperation {
@@ -44,13 +47,14 @@ impl EditOperation {
             EditOperation::Outpaint => "outpaint",
             EditOperation::Restyle => "restyle",
             EditOperation::Instruct => "instruct",
+            EditOperation::Erase => "erase",
         }
     }
 
     /// What a model must do for it, and how the error says so.
     fn capability(self) -> (Capability, &'static str) {
         match self {
-            EditOperation::Inpaint | EditOperation::Outpaint => {
+            EditOperation::Inpaint | EditOperation::Outpaint | EditOperation::Erase => {
                 (Capability::Inpaint, "an image model that inpaints")
             }
             EditOperation::Restyle => (Capability::Img2img, "an image model that re-draws images"),
@@ -261,7 +265,7 @@ impl Task for EditTask {
             }
             Ok(())
         };
-        use EditOperation::{Inpaint, Instruct, Outpaint, Restyle};
+        use EditOperation::{Erase, Inpaint, Instruct, Outpaint, Restyle};
         only("style", r.style.is_some(), &[Restyle])?;
         only("image_guidance", r.image_guidance.is_some(), &[Instruct])?;
         only(
@@ -271,7 +275,12 @@ impl Task for EditTask {
         )?;
         only("extend", r.extend.is_some(), &[Outpaint])?;
         only("aspect", r.aspect.is_some(), &[Outpaint])?;
-        only("mask", r.mask.is_some(), &[Inpaint])?;
+        only("mask", r.mask.is_some(), &[Inpaint, Erase])?;
+        only(
+            "prompt",
+            r.prompt.is_some(),
+            &[Inpaint, Outpaint, Restyle, Instruct],
+        )?;
         if let Some(style) = &r.style
             && !crate::persistence::registry::styles()
                 .iter()
@@ -314,11 +323,13 @@ impl Task for EditTask {
         let (w, h) = size(r.image.clone(), "image").await?;
         let mut inputs = vec![r.image.clone()];
         let (ow, oh) = match r.operation {
-            EditOperation::Inpaint => {
-                let mask = r
-                    .mask
-                    .clone()
-                    .ok_or_else(|| invalid("mask", "inpaint needs a mask (white = repaint)"))?;
+            EditOperation::Inpaint | EditOperation::Erase => {
+                let mask = r.mask.clone().ok_or_else(|| {
+                    invalid(
+                        "mask",
+                        format!("{} needs a mask (white = change)", op.name()),
+                    )
+                })?;
                 let (mw, mh) = size(mask.clone(), "mask").await?;
                 if (mw, mh) != (w, h) {
                     return Err(invalid(
@@ -402,9 +413,18 @@ impl Task for EditTask {
                     .into_iter()
                     .find(|x| x.id == s)
             });
-            let (prompt, negative_prompt) = match style {
-                Some(style) => style.apply(&prompt, r.negative_prompt.as_deref()),
-                None => (prompt, r.negative_prompt.clone()),
+            let (prompt, negative_prompt) = match (style, r.operation) {
+                (Some(style), _) => style.apply(&prompt, r.negative_prompt.as_deref()),
+                // Erasing asks for the background, and away from anything standing on it.
+                (None, EditOperation::Erase) => (
+                    String::new(),
+                    Some(
+                        r.negative_prompt
+                            .clone()
+                            .unwrap_or_else(|| engine::ERASE_NEGATIVE.into()),
+                    ),
+                ),
+                (None, _) => (prompt, r.negative_prompt.clone()),
             };
             let request = GenerateRequest {
                 prompt,
@@ -420,7 +440,12 @@ impl Task for EditTask {
                 ..Default::default()
             };
             let options = MaskOptions {
-                grow: r.grow.unwrap_or(4),
+                // Erasing grows the mask more: an object's edge and shadow go with it.
+                grow: r.grow.unwrap_or(if r.operation == EditOperation::Erase {
+                    engine::ERASE_GROW
+                } else {
+                    4
+                }),
                 blur: r.blur.unwrap_or(4.0) as f32,
             };
             let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
@@ -438,7 +463,7 @@ impl Task for EditTask {
                 let _ = progress.send(ProgressMsg::step(p.step, p.total, preview));
             };
             let out = match r.operation {
-                EditOperation::Inpaint => {
+                EditOperation::Inpaint | EditOperation::Erase => {
                     let mask = decode(mask.as_deref().unwrap_or_default())?.to_luma8();
                     engine::inpaint(
                         &model,
