@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{ConvTranspose2d, ConvTranspose2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::kernels::{Conv2d, Linear, conv2d, conv2d_no_bias, linear};
 use crate::model::state_dict::StateDict;
@@ -113,6 +113,41 @@ impl PositionEncoding {
         let c = ((points * 2.0)? - 1.0)?.matmul(&self.gaussian)?;
         let c = (c * (2.0 * std::f64::consts::PI))?;
         Tensor::cat(&[c.sin()?, c.cos()?], D::Minus1)
+    }
+}
+
+/// A 2×2 transposed convolution of stride 2 (the decoder's upscaling): each input pixel
+/// paints its own 2×2 block, so it is one product `[h·w, in] × [in, out·4]`.
+struct Up2x2 {
+    /// `[in, out · 4]`, the weight `[in, out, 2, 2]` flattened.
+    weight: Tensor,
+    bias: Tensor,
+    out: usize,
+}
+
+impl Up2x2 {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb
+                .get((cin, cout, 2, 2), "weight")?
+                .reshape((cin, cout * 4))?,
+            bias: vb.get(cout, "bias")?,
+            out: cout,
+        })
+    }
+
+    /// `[1, in, h, w]` → `[1, out, 2h, 2w]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, cin, h, w) = x.dims4()?;
+        let y = x
+            .reshape((cin, h * w))?
+            .t()?
+            .contiguous()?
+            .matmul(&self.weight)?; // [hw, out·4]
+        y.reshape((h, w, self.out, 2, 2))?
+            .permute((2, 0, 3, 1, 4))?
+            .reshape((1, self.out, 2 * h, 2 * w))?
+            .broadcast_add(&self.bias.reshape((1, self.out, 1, 1))?)
     }
 }
 
@@ -403,9 +438,9 @@ pub struct Sam {
     layers: Vec<TwoWayBlock>,
     final_attn: Attention,
     final_norm: LayerNorm,
-    up1: ConvTranspose2d,
+    up1: Up2x2,
     up_norm: ChannelNorm,
-    up2: ConvTranspose2d,
+    up2: Up2x2,
     hyper: Vec<Mlp>,
     iou_head: Mlp,
 }
@@ -530,10 +565,6 @@ impl Sam {
             });
         }
         let mask_tokens = shape("mask_decoder.mask_tokens.weight")?[0];
-        let up = ConvTranspose2dConfig {
-            stride: 2,
-            ..Default::default()
-        };
         let c4 = shape("mask_decoder.upscale_conv1.weight")?[1];
         let c8 = shape("mask_decoder.upscale_conv2.weight")?[1];
         let hyper = (0..mask_tokens)
@@ -605,9 +636,9 @@ impl Sam {
                 1e-5,
                 md.pp("transformer.layer_norm_final_attn"),
             )?,
-            up1: candle_nn::conv_transpose2d(channels, c4, 2, up, md.pp("upscale_conv1"))?,
+            up1: Up2x2::new(channels, c4, md.pp("upscale_conv1"))?,
             up_norm: ChannelNorm::new(c4, 1e-6, md.pp("upscale_layer_norm"))?,
-            up2: candle_nn::conv_transpose2d(c4, c8, 2, up, md.pp("upscale_conv2"))?,
+            up2: Up2x2::new(c4, c8, md.pp("upscale_conv2"))?,
             hyper,
             iou_head: Mlp::new(
                 md.pp("iou_prediction_head"),
