@@ -78,12 +78,9 @@ enum Operation {
     Restyle,
 }
 
+/// `n` whole numbers split at `sep`.
 fn numbers(s: &str, sep: char, n: usize) -> Option<Vec<u32>> {
-    let v: Vec<u32> = s
-        .split(sep)
-        .map(|x| x.trim().parse().ok())
-        .collect::<Option<_>>()?;
-    (v.len() == n).then_some(v)
+    crate::numbers(s, sep).filter(|v: &Vec<u32>| v.len() == n)
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {

@@ -85,6 +85,12 @@ impl CliError {
     }
 }
 
+/// The numbers of a flag's value split at `sep` (`16:9`, `20,15,1`), or none when one is not
+/// a number.
+pub fn numbers<T: std::str::FromStr>(s: &str, sep: char) -> Option<Vec<T>> {
+    s.split(sep).map(|x| x.trim().parse().ok()).collect()
+}
+
 /// An input image that is a file and an output whose folder exists, or why not.
 pub fn check_input_output(input: &std::path::Path, out: &std::path::Path) -> Result<(), CliError> {
     if !input.is_file() {

@@ -34,15 +34,11 @@ pub struct Args {
     settings: crate::serve::Settings,
 }
 
-fn numbers(s: &str) -> Option<Vec<f32>> {
-    s.split(',').map(|x| x.trim().parse().ok()).collect()
-}
-
 pub fn run(a: Args) -> Result<(), CliError> {
     crate::check_input_output(&a.input, &a.out)?;
     let mut points = Vec::new();
     for p in &a.points {
-        let v = numbers(p)
+        let v = crate::numbers::<f32>(p, ',')
             .filter(|v| v.len() == 2 || (v.len() == 3 && (v[2] == 0.0 || v[2] == 1.0)))
             .ok_or_else(|| {
                 CliError::user(format!(
@@ -57,7 +53,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
     let bbox = match &a.bbox {
         Some(b) => Some(
-            numbers(b)
+            crate::numbers::<f32>(b, ',')
                 .filter(|v| v.len() == 4)
                 .map(|v| [v[0], v[1], v[2], v[3]])
                 .ok_or_else(|| CliError::user(format!("--box {b:?} must be X0,Y0,X1,Y1")))?,

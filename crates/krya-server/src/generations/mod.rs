@@ -228,26 +228,9 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
         (None, Some(h), _) => (h, h),
         (None, None, None) => (0, 0),
     };
-    if let Some(s) = r.steps
-        && !(1..=150).contains(&s)
-    {
-        return Err(invalid("steps", "must be from 1 to 150"));
-    }
-    if let Some(c) = r.cfg_scale
-        && !(c.is_finite() && (0.0..=30.0).contains(&c))
-    {
-        return Err(invalid("cfg_scale", "must be from 0 to 30"));
-    }
-    let seed = match r.seed {
-        None | Some(-1) => rand::random::<u32>() as i64,
-        Some(s) if (0..=u32::MAX as i64).contains(&s) => s,
-        Some(_) => {
-            return Err(invalid(
-                "seed",
-                "must be -1 (random) or from 0 to 4294967295",
-            ));
-        }
-    };
+    crate::tasks::in_range("steps", r.steps.map(f64::from), 1.0, 150.0)?;
+    crate::tasks::in_range("cfg_scale", r.cfg_scale, 0.0, 30.0)?;
+    let seed = crate::tasks::job_seed(r.seed)?;
     let batch = r.batch_size.unwrap_or(1);
     if !(1..=4).contains(&batch) {
         return Err(invalid("batch_size", "must be from 1 to 4"));

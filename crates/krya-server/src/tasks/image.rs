@@ -4,7 +4,6 @@
 //! and enqueues its job.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use krya_engine::model::cache::{ModelCache, model_bytes};
 use krya_engine::model::{ModelSource, hub};
@@ -336,25 +335,7 @@ fn run_engine(
         preview_every: 1,
         image_guidance: None,
     };
-    let mut last_preview = Instant::now() - Duration::from_secs(1);
-    let out = model.generate(
-        &req,
-        &mut |p| {
-            // Previews at most ~4 a second: encoding is cheap, but the stream is for people.
-            let preview = match p.preview {
-                Some(img)
-                    if last_preview.elapsed() >= Duration::from_millis(250)
-                        || p.step == p.total =>
-                {
-                    last_preview = Instant::now();
-                    media::preview_data_url(img)
-                }
-                _ => None,
-            };
-            let _ = progress.send(ProgressMsg::step(p.step, p.total, preview));
-        },
-        cancel,
-    )?;
+    let out = model.generate(&req, &mut crate::tasks::step_reporter(&progress), cancel)?;
     let mut outputs = Vec::new();
     for (i, img) in out.images.iter().enumerate() {
         let params = out.parameters_text(&req, &entry.id, i);

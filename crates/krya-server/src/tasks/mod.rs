@@ -466,6 +466,68 @@ pub(crate) fn model_source(
     Ok(entry)
 }
 
+/// A number field within `lo..=hi`, or the 422 naming it.
+pub(crate) fn in_range(field: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
+    match v {
+        Some(x) if !(lo..=hi).contains(&x) => {
+            Err(invalid(field, format!("must be from {lo} to {hi}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A request's seed: the one asked for, or (left out or -1) a random one, drawn once so a
+/// retry and the job's record have it.
+pub(crate) fn job_seed(seed: Option<i64>) -> Result<i64, ApiError> {
+    match seed {
+        None | Some(-1) => Ok(rand::random::<u32>() as i64),
+        Some(s) if (0..=u32::MAX as i64).contains(&s) => Ok(s),
+        Some(_) => Err(invalid(
+            "seed",
+            "must be -1 (random) or from 0 to 4294967295",
+        )),
+    }
+}
+
+/// Sends an image pipeline's steps as progress, with a preview at most about four times a
+/// second and at the last step (encoding is cheap, but the stream is for people).
+pub(crate) fn step_reporter(
+    progress: &mpsc::UnboundedSender<ProgressMsg>,
+) -> impl FnMut(krya_engine::StepProgress) + '_ {
+    let mut pacer = PreviewPacer::default();
+    move |p| {
+        let preview = p
+            .preview
+            .filter(|_| pacer.due(p.step == p.total))
+            .and_then(crate::http::media::preview_data_url);
+        let _ = progress.send(ProgressMsg::step(p.step, p.total, preview));
+    }
+}
+
+/// When a progress event may carry a new picture: about four a second, and the last.
+pub(crate) struct PreviewPacer {
+    shown: Option<std::time::Instant>,
+}
+
+impl Default for PreviewPacer {
+    fn default() -> Self {
+        Self { shown: None }
+    }
+}
+
+impl PreviewPacer {
+    pub(crate) fn due(&mut self, last: bool) -> bool {
+        let due = last
+            || self
+                .shown
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(250));
+        if due {
+            self.shown = Some(std::time::Instant::now());
+        }
+        due
+    }
+}
+
 /// How an engine job's attempt ended: a disk's or a tensor's trouble is worth another try,
 /// bad input and a model that cannot be had are not (`what` names the work in a crash).
 pub(crate) fn engine_outcome(

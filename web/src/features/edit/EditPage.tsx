@@ -30,7 +30,8 @@ interface Prompts {
 }
 const ASPECTS = ["16:9", "9:16", "1:1", "4:3", "3:2", "2:3"] as const;
 /** The mask as it is shown over the image. */
-const MASK_COLOUR = "rgb(244, 63, 94)";
+const MASK_RGB = [244, 63, 94] as const;
+const MASK_COLOUR = `rgb(${MASK_RGB.join(", ")})`;
 
 /** The mask layer over the image: painted with the pointer in image pixels. */
 function MaskCanvas({
@@ -250,23 +251,17 @@ export default function EditPage() {
       img.src = r.mask.url;
       await img.decode();
       const c = mask.current;
-      const g = c?.getContext("2d");
-      if (!c || !g) return;
+      if (!c) return;
       const tmp = document.createElement("canvas");
       tmp.width = c.width;
       tmp.height = c.height;
       const t = tmp.getContext("2d")!;
       t.drawImage(img, 0, 0, c.width, c.height);
-      const data = t.getImageData(0, 0, c.width, c.height);
-      for (let i = 0; i < data.data.length; i += 4) {
-        const on = data.data[i] >= 128;
-        data.data[i] = 244;
-        data.data[i + 1] = 63;
-        data.data[i + 2] = 94;
-        data.data[i + 3] = on ? 255 : 0;
-      }
-      g.putImageData(data, 0, 0);
-      checkPainted();
+      const drawn = t.getImageData(0, 0, c.width, c.height).data;
+      // The mask's white is the layer's paint.
+      changeLayer((a) => {
+        for (let i = 0; i < a.length; i += 4) a[i + 3] = drawn[i] >= 128 ? 255 : 0;
+      });
       setSegmentNote(`Mask ${r.embedded ? "(image read)" : ""} · score ${r.score.toFixed(2)}`);
     } catch (e) {
       setError(asApiError(e));
@@ -281,37 +276,29 @@ export default function EditPage() {
     setPaintedOn(data && version && maskPixels(data).painted ? version.id : null);
   }
 
-  /** Grows (or shrinks) the painted mask by `r` screen pixels. */
-  function reshape(r: number) {
+  /** Changes the mask layer's opacity (`change` gets its RGBA bytes); every pixel then
+   * takes the mask's colour, so paint that appears is shown as the rest. */
+  function changeLayer(change: (rgba: Uint8ClampedArray) => void) {
     const c = mask.current;
     const g = c?.getContext("2d");
     if (!c || !g) return;
-    const px = Math.max(1, Math.round((r * c.width) / Math.max(1, c.getBoundingClientRect().width)));
     const data = g.getImageData(0, 0, c.width, c.height);
-    growAlpha(data.data, c.width, c.height, Math.sign(r) * Math.abs(px));
-    for (let i = 0; i < data.data.length; i += 4) {
-      data.data[i] = 244;
-      data.data[i + 1] = 63;
-      data.data[i + 2] = 94;
-    }
+    change(data.data);
+    for (let i = 0; i < data.data.length; i += 4) data.data.set(MASK_RGB, i);
     g.putImageData(data, 0, 0);
     checkPainted();
   }
 
-  function invert() {
+  /** Grows (or shrinks) the painted mask by `r` screen pixels. */
+  function reshape(r: number) {
     const c = mask.current;
-    const g = c?.getContext("2d");
-    if (!c || !g) return;
-    const data = g.getImageData(0, 0, c.width, c.height);
-    // Painted pixels keep the mask's colour; only their opacity flips.
-    for (let i = 0; i < data.data.length; i += 4) {
-      data.data[i] = 244;
-      data.data[i + 1] = 63;
-      data.data[i + 2] = 94;
-    }
-    invertAlpha(data.data);
-    g.putImageData(data, 0, 0);
-    checkPainted();
+    if (!c) return;
+    const px = Math.max(1, Math.round((Math.abs(r) * c.width) / Math.max(1, c.getBoundingClientRect().width)));
+    changeLayer((a) => growAlpha(a, c.width, c.height, Math.sign(r) * px));
+  }
+
+  function invert() {
+    changeLayer(invertAlpha);
   }
 
   // When the job ends (the event stream says so), its record has the output: a new version.

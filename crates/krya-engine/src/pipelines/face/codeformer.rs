@@ -60,6 +60,17 @@ fn bad(m: impl Into<String>) -> EngineError {
     EngineError::bad_model(std::path::PathBuf::new(), m)
 }
 
+/// The VQGAN's ResBlocks as diffusers' `ResnetBlock2D`: GroupNorm 32 (eps 1e-6), swish.
+fn res_params() -> ResnetParams {
+    ResnetParams {
+        temb_channels: None,
+        groups: GROUPS,
+        eps: 1e-6,
+        act: Act::Silu,
+        output_scale_factor: 1.0,
+    }
+}
+
 /// One block of the VQGAN's encoder or generator.
 enum Block {
     Conv(Conv2d),
@@ -90,13 +101,7 @@ impl Block {
 
 /// The blocks under `prefix.blocks.N`, in order, each recognised from its tensors.
 fn blocks(sd: &Shapes, prefix: &str, vb: &VarBuilder, down: bool) -> Result<Vec<Block>> {
-    let res = ResnetParams {
-        temb_channels: None,
-        groups: GROUPS,
-        eps: 1e-6,
-        act: Act::Silu,
-        output_scale_factor: 1.0,
-    };
+    let res = res_params();
     let mut out = Vec::new();
     loop {
         let p = format!("{prefix}.blocks.{}", out.len());
@@ -155,13 +160,7 @@ struct Fuse {
 
 impl Fuse {
     fn new(vb: VarBuilder, ch: usize) -> Result<Self> {
-        let res = ResnetParams {
-            temb_channels: None,
-            groups: GROUPS,
-            eps: 1e-6,
-            act: Act::Silu,
-            output_scale_factor: 1.0,
-        };
+        let res = res_params();
         let pair = |name: &str| -> Result<(Conv2d, Conv2d)> {
             Ok((
                 conv(vb.pp(format!("{name}.0")), ch, ch, 3, 1, 1)?,

@@ -108,6 +108,19 @@ struct PositionEncoding {
 }
 
 impl PositionEncoding {
+    /// The encoding of every cell centre of a `gh × gw` grid, row by row: `[1, gh·gw, 2·feats]`.
+    fn grid(&self, gh: usize, gw: usize) -> candle_core::Result<Tensor> {
+        let centres: Vec<f32> = (0..gh)
+            .flat_map(|y| {
+                (0..gw)
+                    .flat_map(move |x| [(x as f32 + 0.5) / gw as f32, (y as f32 + 0.5) / gh as f32])
+            })
+            .collect();
+        let dev = self.gaussian.device();
+        self.encode(&Tensor::from_vec(centres, (gh * gw, 2), dev)?)?
+            .unsqueeze(0)
+    }
+
     /// `[n, 2]` → `[n, 2 · feats]`.
     fn encode(&self, points: &Tensor) -> candle_core::Result<Tensor> {
         let c = ((points * 2.0)? - 1.0)?.matmul(&self.gaussian)?;
@@ -430,6 +443,8 @@ pub struct Sam {
     neck_conv2: Conv2d,
     neck_norm2: ChannelNorm,
     pe: PositionEncoding,
+    /// The position encoding of the embedding's grid (the same for every click).
+    image_pe: Tensor,
     point_embed: Vec<Tensor>,
     not_a_point: Tensor,
     no_mask: Tensor,
@@ -576,6 +591,7 @@ impl Sam {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        let image_pe = pe.grid(grid, grid)?;
         let sam = Self {
             config: SamConfig {
                 image_size,
@@ -619,6 +635,7 @@ impl Sam {
             )?,
             neck_norm2: ChannelNorm::new(channels, 1e-6, ve.pp("neck.layer_norm2"))?,
             pe,
+            image_pe,
             point_embed,
             not_a_point: pr.get((1, channels), "not_a_point_embed.weight")?,
             no_mask: pr.get((1, channels), "no_mask_embed.weight")?,
@@ -744,16 +761,12 @@ impl Sam {
         // The image, its dense prompt, and its position encoding, as token sequences.
         let image = embedding.broadcast_add(&self.no_mask.reshape((1, c, 1, 1))?)?;
         let keys = image.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // [1, hw, c]
-        let grid: Vec<f32> = (0..gh)
-            .flat_map(|y| {
-                (0..gw)
-                    .flat_map(move |x| [(x as f32 + 0.5) / gw as f32, (y as f32 + 0.5) / gh as f32])
-            })
-            .collect();
-        let key_pe = self
-            .pe
-            .encode(&Tensor::from_vec(grid, (gh * gw, 2), dev)?)?
-            .unsqueeze(0)?;
+        let g = self.config.image_size / self.config.patch;
+        let key_pe = if (gh, gw) == (g, g) {
+            self.image_pe.clone()
+        } else {
+            self.pe.grid(gh, gw)?
+        };
         let mut queries = tokens.clone();
         let mut keys = keys;
         for layer in &self.layers {

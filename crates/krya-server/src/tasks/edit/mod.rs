@@ -10,7 +10,9 @@ pub mod http;
 
 use serde::Deserialize;
 
-use super::{Body, Outcome, Output, Prepared, ProgressMsg, RunContext, Services, Task};
+use super::{
+    Body, Outcome, Output, Prepared, RunContext, Services, Task, in_range, job_seed, step_reporter,
+};
 use crate::http::media;
 use crate::infra::error::{ApiError, internal, invalid};
 use crate::persistence::registry::Capability;
@@ -210,27 +212,12 @@ impl Task for EditTask {
     ) -> Result<Prepared, ApiError> {
         let mut r: EditRequest =
             serde_json::from_value(params).map_err(|e| invalid("params", e.to_string()))?;
-        if let Some(s) = r.strength
-            && !(0.0..=1.0).contains(&s)
-        {
-            return Err(invalid("strength", "must be from 0 to 1"));
-        }
-        if r.grow.is_some_and(|g| g > 256) {
-            return Err(invalid("grow", "must be from 0 to 256"));
-        }
-        if let Some(b) = r.blur
-            && !(0.0..=64.0).contains(&b)
-        {
-            return Err(invalid("blur", "must be from 0 to 64"));
-        }
-        if r.steps.is_some_and(|s| !(1..=150).contains(&s)) {
-            return Err(invalid("steps", "must be from 1 to 150"));
-        }
-        if let Some(g) = r.cfg_scale
-            && !(0.0..=30.0).contains(&g)
-        {
-            return Err(invalid("cfg_scale", "must be from 0 to 30"));
-        }
+        in_range("strength", r.strength, 0.0, 1.0)?;
+        in_range("grow", r.grow.map(f64::from), 0.0, 256.0)?;
+        in_range("blur", r.blur, 0.0, 64.0)?;
+        in_range("steps", r.steps.map(f64::from), 1.0, 150.0)?;
+        in_range("cfg_scale", r.cfg_scale, 0.0, 30.0)?;
+        in_range("image_guidance", r.image_guidance, 0.0, 10.0)?;
         for (field, text) in [
             ("prompt", &r.prompt),
             ("negative_prompt", &r.negative_prompt),
@@ -239,21 +226,7 @@ impl Task for EditTask {
                 return Err(invalid(field, "must be at most 4000 characters"));
             }
         }
-        r.seed = match r.seed {
-            None | Some(-1) => Some(rand::random::<u32>() as i64),
-            Some(s) if (0..=u32::MAX as i64).contains(&s) => Some(s),
-            Some(_) => {
-                return Err(invalid(
-                    "seed",
-                    "must be -1 (random) or from 0 to 4294967295",
-                ));
-            }
-        };
-        if let Some(g) = r.image_guidance
-            && !(0.0..=10.0).contains(&g)
-        {
-            return Err(invalid("image_guidance", "must be from 0 to 10"));
-        }
+        r.seed = Some(job_seed(r.seed)?);
         let op = r.operation;
         let only = |field: &'static str, set: bool, ops: &[EditOperation]| {
             if set && !ops.contains(&op) {
@@ -448,20 +421,7 @@ impl Task for EditTask {
                 }),
                 blur: r.blur.unwrap_or(4.0) as f32,
             };
-            let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
-            let mut on_step = |p: krya_engine::StepProgress| {
-                let preview = match p.preview {
-                    Some(img)
-                        if shown.elapsed() >= std::time::Duration::from_millis(250)
-                            || p.step == p.total =>
-                    {
-                        shown = std::time::Instant::now();
-                        media::preview_data_url(img)
-                    }
-                    _ => None,
-                };
-                let _ = progress.send(ProgressMsg::step(p.step, p.total, preview));
-            };
+            let mut on_step = step_reporter(&progress);
             let out = match r.operation {
                 EditOperation::Inpaint | EditOperation::Erase => {
                     let mask = decode(mask.as_deref().unwrap_or_default())?.to_luma8();

@@ -15,7 +15,8 @@ use serde_json::json;
 use std::path::PathBuf;
 
 use super::{
-    Body, Outcome, Output, Prepared, ProgressMsg, RunContext, Services, Task, model_source,
+    Body, Outcome, Output, Prepared, ProgressMsg, RunContext, Services, Task, in_range, job_seed,
+    model_source,
 };
 use crate::http::media;
 use crate::infra::error::{ApiError, internal, invalid};
@@ -296,44 +297,18 @@ impl Task for EnhanceTask {
         {
             return Err(invalid("scale", "must be 1, 2, 4 or 8"));
         }
-        if let Some(t) = r.tile
-            && !(64..=1024).contains(&t)
-        {
-            return Err(invalid("tile", "must be from 64 to 1024"));
-        }
-        if let Some(d) = r.denoise
-            && !(0.0..=1.0).contains(&d)
-        {
-            return Err(invalid("denoise", "must be from 0 to 1"));
-        }
-        if let Some(a) = r.sharpen
-            && !(0.0..=4.0).contains(&a)
-        {
-            return Err(invalid("sharpen", "must be from 0 to 4"));
-        }
+        in_range("tile", r.tile.map(f64::from), 64.0, 1024.0)?;
+        in_range("denoise", r.denoise, 0.0, 1.0)?;
+        in_range("sharpen", r.sharpen, 0.0, 4.0)?;
         let mut r = r;
         let generative = r.mode == Some(EnhanceMode::Generative);
         if generative {
-            for (field, v) in [("creativity", r.creativity), ("resemblance", r.resemblance)] {
-                if let Some(v) = v
-                    && !(0.0..=1.0).contains(&v)
-                {
-                    return Err(invalid(field, "must be from 0 to 1"));
-                }
-            }
+            in_range("creativity", r.creativity, 0.0, 1.0)?;
+            in_range("resemblance", r.resemblance, 0.0, 1.0)?;
             if r.prompt.as_ref().is_some_and(|p| p.chars().count() > 4000) {
                 return Err(invalid("prompt", "must be at most 4000 characters"));
             }
-            r.seed = match r.seed {
-                None | Some(-1) => Some(rand::random::<u32>() as i64),
-                Some(s) if (0..=u32::MAX as i64).contains(&s) => Some(s),
-                Some(_) => {
-                    return Err(invalid(
-                        "seed",
-                        "must be -1 (random) or from 0 to 4294967295",
-                    ));
-                }
-            };
+            r.seed = Some(job_seed(r.seed)?);
             // The model is fixed now, so a retry re-draws with the same one.
             let entry = diffusion_source(services, r.diffusion_model.as_deref())?;
             r.diffusion_model = Some(entry.id);
@@ -358,11 +333,7 @@ impl Task for EnhanceTask {
                 return Err(invalid(field, "is for face_restore: true only"));
             }
         }
-        if let Some(f) = r.fidelity
-            && !(0.0..=1.0).contains(&f)
-        {
-            return Err(invalid("fidelity", "must be from 0 to 1"));
-        }
+        in_range("fidelity", r.fidelity, 0.0, 1.0)?;
         let models = job_models(services, &r)?;
         // The restorer is fixed now, so a retry restores with the same one.
         if let Some((restorer, _)) = &models.faces {
@@ -468,12 +439,9 @@ impl Task for EnhanceTask {
                 let preview =
                     std::sync::Arc::new(std::sync::Mutex::new(image::RgbImage::new(0, 0)));
                 options.preview = Some(preview.clone());
-                let mut shown = std::time::Instant::now() - std::time::Duration::from_secs(1);
+                let mut pacer = super::PreviewPacer::default();
                 let mut report = |done, total| {
-                    let picture = if shown.elapsed() >= std::time::Duration::from_millis(250)
-                        || done == total
-                    {
-                        shown = std::time::Instant::now();
+                    let picture = if pacer.due(done == total) {
                         let img = preview.lock().unwrap().clone();
                         (img.width() > 0)
                             .then(|| media::preview_data_url(&img))
