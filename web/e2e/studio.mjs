@@ -582,7 +582,49 @@ try {
     await a.getByTestId("edit-run").click();
     await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 5, null, { timeout: 120_000 });
     const erased = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0].params);
-    check(erased.operation === "erase" && erased.mask && !erased.prompt, `erase: ${JSON.stringify(erased)}`);
+    check(erased.operation === "erase" && erased.mask && !erased.prompt && erased.model === "lama", `erase: ${JSON.stringify(erased)}`);
+    // Remove the background: a cut-out whose transparent pixels show the checkerboard.
+    await a.getByRole("group", { name: "Operation" }).getByRole("button", { name: "Remove background" }).click();
+    await a.getByTestId("edit-run").click();
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 6, null, { timeout: 120_000 });
+    const cut = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0]);
+    check(cut.params.operation === "remove_background" && cut.params.matte_model === "isnet", `remove background: ${JSON.stringify(cut.params)}`);
+    await a.waitForFunction((id) => {
+      const img = document.querySelector('[data-testid="edit-image"]');
+      return img?.getAttribute("data-version") === id && img.complete && img.naturalWidth > 0;
+    }, cut.outputs[0].id);
+    // The least opaque pixel of the cut-out (a matte spans 0 to 1: at least one is clear).
+    const clear = await a.getByTestId("edit-image").evaluate((img) => {
+      const c = document.createElement("canvas");
+      [c.width, c.height] = [img.naturalWidth, img.naturalHeight];
+      const g = c.getContext("2d");
+      g.drawImage(img, 0, 0);
+      const d = g.getImageData(0, 0, c.width, c.height).data;
+      let best = 0;
+      for (let i = 0; i < d.length; i += 4) if (d[i + 3] < d[best + 3]) best = i;
+      return { x: (best / 4) % c.width, y: Math.floor(best / 4 / c.width), alpha: d[best + 3], rgb: Array.from(d.slice(best, best + 3)), w: c.width, h: c.height };
+    });
+    check(clear.alpha === 0, `no transparent pixel in the cut-out: ${JSON.stringify(clear)}`);
+    const shot = (await a.getByTestId("edit-canvas").screenshot()).toString("base64");
+    const seen = await a.evaluate(async ({ shot, clear }) => {
+      const img = new Image();
+      img.src = `data:image/png;base64,${shot}`;
+      await img.decode();
+      const c = document.createElement("canvas");
+      [c.width, c.height] = [img.naturalWidth, img.naturalHeight];
+      const g = c.getContext("2d");
+      g.drawImage(img, 0, 0);
+      // The middle of the clear pixel, where the picture shows only what is behind it.
+      const x = Math.floor(((clear.x + 0.5) * c.width) / clear.w);
+      const y = Math.floor(((clear.y + 0.5) * c.height) / clear.h);
+      return Array.from(g.getImageData(x, y, 1, 1).data.slice(0, 3));
+    }, { shot, clear });
+    // A checker square's grey (#3a3a3a or #5a5a5a), give or take the smoothing of the
+    // scaled-up picture, and not the clear pixel's own colour.
+    const near = (v, k, d) => Math.abs(v - k) <= d;
+    const grey = seen.every((v) => near(v, seen[0], 6)) && [0x3a, 0x5a].some((k) => seen.every((v) => near(v, k, 10)));
+    const own = clear.rgb.every((v, i) => near(v, seen[i], 20));
+    check(grey && !own, `behind a clear pixel (its own colour rgb(${clear.rgb})): rgb(${seen}), not the checkerboard`);
     await a.screenshot({ path: join(shots, "edit-versions.png") });
   });
 
@@ -677,8 +719,8 @@ try {
     const cards = a.getByRole("list").first().getByRole("listitem");
     await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
     await cards.last().scrollIntoViewIfNeeded();
-    // 31 fillers, the sketch, the enhanced image and the four edits.
-    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 37 + 1);
+    // 31 fillers, the sketch, the enhanced image and the five edits.
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 38 + 1);
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 

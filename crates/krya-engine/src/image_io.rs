@@ -171,10 +171,23 @@ pub fn a1111_parameters(
 
 /// Encodes an image as PNG with a `parameters` chunk (iTXt, so any Unicode prompt survives).
 pub fn png_bytes(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
+    encode_png(img, png::ColorType::Rgb, parameters)
+}
+
+/// [`png_bytes`] of an image with an alpha channel.
+pub fn png_bytes_rgba(img: &image::RgbaImage, parameters: &str) -> Result<Vec<u8>> {
+    encode_png(img, png::ColorType::Rgba, parameters)
+}
+
+fn encode_png<P: image::Pixel<Subpixel = u8>>(
+    img: &image::ImageBuffer<P, Vec<u8>>,
+    color: png::ColorType,
+    parameters: &str,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
-        enc.set_color(png::ColorType::Rgb);
+        enc.set_color(color);
         enc.set_depth(png::BitDepth::Eight);
         if parameters.is_ascii() {
             enc.add_text_chunk("parameters".into(), parameters.into())

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use krya_engine::pipelines::edit::{self, Extend, MaskOptions};
+use krya_engine::pipelines::erase;
 use krya_engine::{CancelToken, GenerateRequest, image_io};
 
 use crate::CliError;
@@ -20,9 +21,10 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// A registered name, a Hugging Face repo id, a diffusers folder or a checkpoint file
-    /// (an InstructPix2Pix model for --instruction).
+    /// (an InstructPix2Pix model for --instruction). To erase: a LaMa file or name (the
+    /// default: the first installed, else big-lama, downloaded), or an inpainting model.
     #[arg(long)]
-    model: String,
+    model: Option<String>,
     /// Change the image as this says ("make it winter"), with an InstructPix2Pix model.
     #[arg(long)]
     instruction: Option<String>,
@@ -38,8 +40,9 @@ pub struct Args {
     /// Re-draw the whole image by --strength, as --prompt says.
     #[arg(long)]
     restyle: bool,
-    /// With --mask: remove what it covers, painted over from its surroundings (no prompt;
-    /// the mask grown more). `krya erase` is the same.
+    /// With --mask: remove what it covers, filled in from its surroundings: with LaMa, or
+    /// with an image model's inpainting (no prompt; the mask grown more). `krya erase` is
+    /// the same.
     #[arg(long)]
     pub erase: bool,
     /// What to paint (inpaint, outpaint, restyle).
@@ -139,17 +142,23 @@ pub fn run(a: Args) -> Result<(), CliError> {
     } else {
         Operation::Restyle
     };
-    let m = crate::generate::load_image_model(&a.model, &a.settings)?;
+    if let (true, Operation::Inpaint(mask)) = (a.erase, &operation) {
+        let config = a.settings.config()?;
+        if let Some(path) = lama_file(&config, a.model.as_deref())? {
+            return erase_with_lama(&a, &path, &image, mask);
+        }
+    }
+    let model = a
+        .model
+        .clone()
+        .ok_or_else(|| CliError::user("--model is needed: an image model (`krya models list`)"))?;
+    let m = crate::generate::load_image_model(&model, &a.settings)?;
     if matches!(operation, Operation::Instruct) != m.is_instruct_unet() {
         return Err(CliError::user(if m.is_instruct_unet() {
-            format!(
-                "{} is an instruction-editing model: use --instruction",
-                a.model
-            )
+            format!("{model} is an instruction-editing model: use --instruction")
         } else {
             format!(
-                "--instruction needs an instruction-editing model (InstructPix2Pix); {} is not one",
-                a.model
+                "--instruction needs an instruction-editing model (InstructPix2Pix); {model} is not one"
             )
         }));
     }
@@ -209,6 +218,57 @@ pub fn run(a: Args) -> Result<(), CliError> {
     println!("{}", a.out.display());
     eprintln!(
         "{what}: {}×{} in {:.1}s",
+        out.width(),
+        out.height(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The LaMa file `spec` names (a file, or a registered object-removal model), or the
+/// default one when there is no `spec`; `None` when `spec` is another kind of model (an
+/// image model erases by inpainting).
+fn lama_file(
+    config: &krya_server::infra::config::Config,
+    spec: Option<&str>,
+) -> Result<Option<PathBuf>, CliError> {
+    use krya_server::persistence::registry::{self, Capability};
+    let named_lama = match spec {
+        None => true,
+        Some(s) if std::path::Path::new(s).is_file() => {
+            return Ok(erase::detect_file(std::path::Path::new(s)).then(|| PathBuf::from(s)));
+        }
+        Some(s) => registry::find(&config.server.data_dir, &config.models.local, s)
+            .map_err(CliError::user)?
+            .is_some_and(|e| e.capabilities.contains(&Capability::Erase)),
+    };
+    if !named_lama {
+        return Ok(None);
+    }
+    let (path, _) = crate::enhance::weights(config, spec, Capability::Erase)?;
+    Ok(Some(path))
+}
+
+fn erase_with_lama(
+    a: &Args,
+    model: &std::path::Path,
+    image: &image::RgbImage,
+    mask: &std::path::Path,
+) -> Result<(), CliError> {
+    if a.strength.is_some() || a.steps.is_some() || a.guidance.is_some() || a.grow.is_some() {
+        return Err(CliError::user(
+            "LaMa takes no --strength, --steps, --guidance or --grow (an image model does)",
+        ));
+    }
+    let mask = image_io::load_mask(mask)?;
+    let t0 = Instant::now();
+    let eraser = erase::Eraser::load(model)?;
+    let out = eraser.erase(image, &mask)?;
+    let parameters = format!("Edit: erase, Model: {}", model.display());
+    image_io::write_png(&a.out, &out, &parameters)?;
+    println!("{}", a.out.display());
+    eprintln!(
+        "erase (LaMa): {}×{} in {:.1}s",
         out.width(),
         out.height(),
         t0.elapsed().as_secs_f64()

@@ -273,6 +273,8 @@ pub(crate) fn weights(
         Capability::Upscale => ("upscaler", "an"),
         Capability::FaceRestore => ("face restorer", "a"),
         Capability::Segment => ("segmentation model", "a"),
+        Capability::Erase => ("object-removal model", "an"),
+        Capability::Matte => ("background-removal model", "a"),
         _ => ("face detector", "a"),
     };
     let (data_dir, local) = (&config.server.data_dir, &config.models.local);

@@ -9,6 +9,7 @@ mod bench;
 mod edit;
 mod enhance;
 mod generate;
+mod matte;
 mod models;
 mod realtime;
 mod segment;
@@ -43,8 +44,10 @@ enum Command {
     Enhance(enhance::Args),
     /// Edit an image: by instruction (InstructPix2Pix), inpaint a mask, outpaint, restyle.
     Edit(edit::Args),
-    /// Remove what a mask covers (`krya edit --erase`).
+    /// Remove what a mask covers, with LaMa or an inpainting model (`krya edit --erase`).
     Erase(edit::Args),
+    /// Cut the subject out: a PNG with the background transparent (IS-Net).
+    Matte(matte::Args),
     /// A mask of the object at points (or in a box), with Segment Anything.
     Segment(segment::Args),
     /// Run the API server (and, unless jobs.in_process is off, its jobs).
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
             edit::run(args)
         }
         Command::Segment(args) => segment::run(args),
+        Command::Matte(args) => matte::run(args),
         Command::Models(cmd) => models::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Realtime(cmd) => realtime::run(cmd),

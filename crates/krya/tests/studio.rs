@@ -86,6 +86,17 @@ fn studio_end_to_end_in_chromium() {
         .join("../krya-engine/tests/golden/pix2pix")
         .to_string_lossy()
         .into();
+    // And the editor's object-removal and background-removal models: tiny LaMa and IS-Net.
+    for (name, file) in [
+        ("lama", "erase/lama.safetensors"),
+        ("isnet", "matte/isnet.safetensors"),
+    ] {
+        listed[name] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../krya-engine/tests/golden")
+            .join(file)
+            .to_string_lossy()
+            .into();
+    }
     std::fs::write(&models, listed.to_string()).unwrap();
     let (_server, base) = serve(data.path(), &[]);
     // The studio's page and scripts go out compressed at build time where the browser

@@ -100,7 +100,7 @@ export interface BatchRequest {
 }
 
 /** A kind of work a model can do; `GET /api/models?capability=` filters by it. */
-export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct" | "segment";
+export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct" | "segment" | "erase" | "matte";
 
 export interface Capture {
   /** The frame, uploaded with `POST /api/assets`. */
@@ -119,7 +119,7 @@ export type CreatedApiKey = ApiKeyView & {
 };
 
 /** What an edit does. */
-export type EditOperation = "inpaint" | "outpaint" | "restyle" | "instruct" | "erase";
+export type EditOperation = "inpaint" | "outpaint" | "restyle" | "instruct" | "erase" | "remove_background" | "replace_background";
 
 /** What `POST /api/edit/image` takes. */
 export interface EditRequest {
@@ -139,9 +139,21 @@ export interface EditRequest {
   negative_prompt?: string | null;
   /**
    * The image model (`GET /api/models?capability=inpaint`; `img2img` to restyle,
-   * `instruct` for instructions); default the first installed one.
+   * `instruct` for instructions; to erase, `erase` (LaMa) or `inpaint`); default the
+   * first installed one (to erase: LaMa, else an inpainting model, else LaMa
+   * downloaded).
    */
   model?: string | null;
+  /**
+   * Remove or replace the background: the background-removal model
+   * (`GET /api/models?capability=matte`); default the first installed one.
+   */
+  matte_model?: string | null;
+  /**
+   * Replace the background: the image to put behind the subject (an uploaded or
+   * generated asset of the caller's), scaled to cover the image; instead of `prompt`.
+   */
+  background?: string | null;
   /** Restyle: a style preset (`GET /api/styles`) applied to the prompt. */
   style?: string | null;
   /**

@@ -630,6 +630,17 @@ pub fn conv2d_no_bias(
         "weight",
         candle_nn::init::DEFAULT_KAIMING_NORMAL,
     )?;
+    conv2d_from(weight, None, cfg)
+}
+
+/// A convolution from its weight `[cout, cin / groups, k, k]` and bias (for weights
+/// transformed at load, e.g. with a batch norm folded in), with the fast CPU paths.
+pub fn conv2d_from(
+    weight: Tensor,
+    bias: Option<Tensor>,
+    cfg: Conv2dConfig,
+) -> candle_core::Result<Conv2d> {
+    let (cout, cin, k, _) = weight.dims4()?;
     let direct_3x3 = k == 3
         && (cfg.stride, cfg.padding, cfg.dilation, cfg.groups) == (1, 1, 1, 1)
         && cpu_f32(&weight)
@@ -643,11 +654,7 @@ pub fn conv2d_no_bias(
     } else {
         ConvWeight::Plain(weight)
     };
-    Ok(Conv2d {
-        weight,
-        bias: None,
-        cfg,
-    })
+    Ok(Conv2d { weight, bias, cfg })
 }
 
 /// The CPU kernel a convolution takes.

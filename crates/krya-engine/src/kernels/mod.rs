@@ -78,6 +78,7 @@ macro_rules! simd_fn {
     };
 }
 
+pub mod fft;
 pub mod flash;
 pub mod winograd;
 

@@ -174,3 +174,40 @@ fn strip_prefix<V>(dict: BTreeMap<String, V>) -> BTreeMap<String, V> {
     }
     dict
 }
+
+/// A batch norm's running statistics at `{prefix}.*` (PyTorch's default eps, 1e-5) as the
+/// affine map it is at inference: `(scale, shift)`, one value per channel, so that
+/// `bn(x) = x · scale + shift`. The tensors are taken out of `sd`.
+pub fn take_batch_norm(sd: &mut StateDict, prefix: &str) -> Result<(Tensor, Tensor)> {
+    let mut get = |name: &str| {
+        sd.remove(&format!("{prefix}.{name}")).ok_or_else(|| {
+            EngineError::bad_model(
+                std::path::PathBuf::new(),
+                format!("no tensor {prefix}.{name}"),
+            )
+        })
+    };
+    let gamma = get("weight")?;
+    let beta = get("bias")?;
+    let mean = get("running_mean")?;
+    let var = get("running_var")?;
+    sd.remove(&format!("{prefix}.num_batches_tracked"));
+    let scale = (gamma / (var + 1e-5)?.sqrt()?)?;
+    let shift = (beta - (mean * &scale)?)?;
+    Ok((scale, shift))
+}
+
+/// A convolution's weight and optional bias with a batch norm `(scale, shift)` after it
+/// folded in: `(w · scale, b · scale + shift)`.
+pub fn fold_batch_norm(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    (scale, shift): &(Tensor, Tensor),
+) -> Result<(Tensor, Tensor)> {
+    let w = weight.broadcast_mul(&scale.reshape(((), 1, 1, 1))?)?;
+    let b = match bias {
+        Some(b) => ((b * scale)? + shift)?,
+        None => shift.clone(),
+    };
+    Ok((w, b))
+}

@@ -1,7 +1,9 @@
 //! Pipelines: each turns a request into images with a step callback and a cancel token.
 
 pub mod edit;
+pub mod erase;
 pub mod face;
+pub mod matte;
 pub mod segment;
 pub mod stable_diffusion;
 pub mod upscale;

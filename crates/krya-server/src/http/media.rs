@@ -461,8 +461,24 @@ pub fn thumbnail_webp(img: &image::RgbImage, max: u32) -> Result<Vec<u8>, image:
     Ok(out)
 }
 
+/// [`thumbnail_webp`] of an image with transparency (kept).
+pub fn thumbnail_webp_rgba(img: &image::RgbaImage, max: u32) -> Result<Vec<u8>, image::ImageError> {
+    let small = fit(img, max);
+    let mut out = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(
+        small.as_raw(),
+        small.width(),
+        small.height(),
+        image::ExtendedColorType::Rgba8,
+    )?;
+    Ok(out)
+}
+
 /// `img` scaled down to at most `max` pixels on its long side (a copy when it fits).
-fn fit(img: &image::RgbImage, max: u32) -> image::RgbImage {
+fn fit<P: image::Pixel<Subpixel = u8> + 'static>(
+    img: &image::ImageBuffer<P, Vec<u8>>,
+    max: u32,
+) -> image::ImageBuffer<P, Vec<u8>> {
     let (w, h) = img.dimensions();
     if w.max(h) <= max {
         return img.clone();

@@ -82,10 +82,15 @@ pub enum Capability {
     Instruct,
     /// Click-to-segment masks (Segment Anything): `POST /api/segment`.
     Segment,
+    /// Object removal (LaMa): the editor's `erase`.
+    Erase,
+    /// Background removal (IS-Net): the editor's `remove_background` and
+    /// `replace_background`.
+    Matte,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 11] = [
         Capability::Txt2img,
         Capability::Img2img,
         Capability::Inpaint,
@@ -95,6 +100,8 @@ impl Capability {
         Capability::FaceDetect,
         Capability::Instruct,
         Capability::Segment,
+        Capability::Erase,
+        Capability::Matte,
     ];
 
     pub fn name(self) -> &'static str {
@@ -108,6 +115,8 @@ impl Capability {
             Capability::FaceDetect => "face_detect",
             Capability::Instruct => "instruct",
             Capability::Segment => "segment",
+            Capability::Erase => "erase",
+            Capability::Matte => "matte",
         }
     }
 
@@ -201,6 +210,10 @@ struct FromFiles {
     inpainting: bool,
     /// A segmentation model (one file).
     segment: bool,
+    /// An object-removal model (one file).
+    erase: bool,
+    /// A background-removal model (one file).
+    matte: bool,
 }
 
 fn from_files(source: &str) -> Option<FromFiles> {
@@ -213,9 +226,13 @@ fn from_files(source: &str) -> Option<FromFiles> {
             let upscale = krya_engine::pipelines::upscale::detect_file(&path).is_some();
             let face = krya_engine::pipelines::face::detect_file(&path);
             let segment = krya_engine::pipelines::segment::detect_file(&path);
+            let erase = krya_engine::pipelines::erase::detect_file(&path);
+            let matte = krya_engine::pipelines::matte::detect_file(&path);
             return Some(FromFiles {
-                diffusion: !upscale && face.is_none() && !segment,
+                diffusion: !upscale && face.is_none() && !segment && !erase && !matte,
                 segment,
+                erase,
+                matte,
                 upscale,
                 face,
                 ..Default::default()
@@ -235,6 +252,8 @@ fn from_files(source: &str) -> Option<FromFiles> {
         instruct: unet["in_channels"].as_u64() == Some(2 * latent),
         inpainting: unet["in_channels"].as_u64() == Some(2 * latent + 1),
         segment: false,
+        erase: false,
+        matte: false,
         resolution: sample
             .zip(blocks)
             .map(|(s, b)| (s << b.saturating_sub(1)) as u32),
@@ -410,6 +429,12 @@ fn describe(data_dir: &Path, m: &mut ModelEntry) {
     }
     if files.as_ref().is_some_and(|f| f.segment) {
         m.capabilities = vec![Capability::Segment];
+    }
+    if files.as_ref().is_some_and(|f| f.erase) {
+        m.capabilities = vec![Capability::Erase];
+    }
+    if files.as_ref().is_some_and(|f| f.matte) {
+        m.capabilities = vec![Capability::Matte];
     }
     if files.as_ref().is_some_and(|f| f.upscale) {
         m.capabilities = vec![Capability::Upscale];

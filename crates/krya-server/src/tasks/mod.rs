@@ -466,6 +466,33 @@ pub(crate) fn model_source(
     Ok(entry)
 }
 
+/// A model's weights file, downloaded first where it is a URL's (in the job, off the async
+/// runtime), the download reported as a stage of the job's progress, in MB, and stopped by
+/// `cancel`.
+pub(crate) fn fetch_file(
+    data_dir: &std::path::Path,
+    e: &registry::ModelEntry,
+    mirror: &str,
+    progress: &tokio::sync::mpsc::UnboundedSender<ProgressMsg>,
+    cancel: &krya_engine::CancelToken,
+) -> Result<PathBuf, krya_engine::EngineError> {
+    let mut shown = None;
+    registry::local_file(data_dir, e, mirror, &mut |done, total| {
+        let mb = |b: u64| (b / 1_000_000) as usize;
+        // A message per megabyte: the runner sends at most five a second.
+        if shown != Some(mb(done)) {
+            shown = Some(mb(done));
+            let stage = format!("Downloading {}", e.id);
+            let total = total.map_or(0, mb);
+            let _ = progress.send(ProgressMsg::stage(stage, mb(done), total));
+        }
+        if total.is_some_and(|t| done == t) {
+            tracing::info!(model = %e.id, bytes = done, "model downloaded");
+        }
+        cancel.check()
+    })
+}
+
 /// A number field within `lo..=hi`, or the 422 naming it.
 pub(crate) fn in_range(field: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
     match v {

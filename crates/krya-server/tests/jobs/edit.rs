@@ -15,6 +15,13 @@ fn png(img: image::DynamicImage) -> Vec<u8> {
     out
 }
 
+/// A file of the engine's golden references.
+fn golden(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden")
+        .join(rel)
+}
+
 fn upload_png(c: &Client, img: image::DynamicImage) -> String {
     let (st, a) = c.upload(png(img), "image/png");
     assert_eq!(st, 201, "{a}");
@@ -138,7 +145,7 @@ fn edit(s: &Server) {
     // (more grown) mask the image is as it was.
     let (st, j) = c.post(
         "/api/edit/image",
-        json!({"image": input, "operation": "erase", "mask": mask_id, "steps": 2}),
+        json!({"image": input, "operation": "erase", "mask": mask_id, "model": "tiny", "steps": 2}),
     );
     assert_eq!(st, 202, "{j}");
     let done = c.wait_job(j["id"].as_str().unwrap());
@@ -152,6 +159,107 @@ fn edit(s: &Server) {
     for (x, y, p) in got.enumerate_pixels() {
         if soft.get_pixel(x, y).0[0] == 0 {
             assert_eq!(p, original.get_pixel(x, y), "erase changed ({x}, {y})");
+        }
+    }
+
+    // Erase with LaMa (the installed object-removal model is the default): the engine's
+    // fill for the mask grown by 4, every other pixel exactly the input's.
+    assert_eq!(listed("erase"), ["lama"]);
+    let (st, j) = c.post(
+        "/api/edit/image",
+        json!({"image": input, "operation": "erase", "mask": mask_id}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["params"]["model"], "lama");
+    let (_, bytes) = c.bytes(&format!(
+        "/api/assets/{}",
+        done["outputs"][0]["id"].as_str().unwrap()
+    ));
+    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let eraser =
+        krya_engine::pipelines::erase::Eraser::load(&golden("erase/lama.safetensors")).unwrap();
+    let want = eraser
+        .erase(&original, &mask::grow(&mask::hard(&painted), 4))
+        .unwrap();
+    assert_eq!(got.as_raw(), want.as_raw(), "the engine's erase");
+    assert_ne!(got.as_raw(), original.as_raw());
+
+    // Remove the background: a PNG whose alpha is the engine's matte; replace it with an
+    // uploaded picture (the subject laid over it by the matte) or a painted one (the
+    // subject's pixels kept).
+    assert_eq!(listed("matte"), ["isnet"]);
+    let matter =
+        krya_engine::pipelines::matte::Matter::load(&golden("matte/isnet.safetensors")).unwrap();
+    let matte = matter.matte(&original).unwrap();
+    let (st, j) = c.post(
+        "/api/edit/image",
+        json!({"image": input, "operation": "remove_background"}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["params"]["matte_model"], "isnet");
+    let out = &done["outputs"][0];
+    assert_eq!(out["parent_id"], input.as_str());
+    let (_, bytes) = c.bytes(&format!("/api/assets/{}", out["id"].as_str().unwrap()));
+    let cut = image::load_from_memory(&bytes).unwrap();
+    assert!(cut.color().has_alpha(), "a PNG with alpha");
+    let cut = cut.into_rgba8();
+    assert_eq!(
+        cut,
+        krya_engine::pipelines::matte::cut_out(&original, &matte),
+        "the engine's cut-out"
+    );
+    let backdrop =
+        image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, 40, y as u8 * 8]));
+    let backdrop_id = upload_png(&c, image::DynamicImage::ImageRgb8(backdrop.clone()));
+    let (st, j) = c.post(
+        "/api/edit/image",
+        json!({"image": input, "operation": "replace_background", "background": backdrop_id}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, bytes) = c.bytes(&format!(
+        "/api/assets/{}",
+        done["outputs"][0]["id"].as_str().unwrap()
+    ));
+    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    // 32×32 covers 64×48 at 2× (64×64), cropped to the middle 48 rows.
+    let covered = image::imageops::crop_imm(
+        &image::imageops::resize(&backdrop, 64, 64, image::imageops::FilterType::Triangle),
+        0,
+        8,
+        64,
+        48,
+    )
+    .to_image();
+    assert_eq!(
+        got,
+        krya_engine::pipelines::matte::composite(&original, &matte, &covered)
+    );
+    let (st, j) = c.post(
+        "/api/edit/image",
+        json!({"image": input, "operation": "replace_background", "prompt": "a beach",
+               "model": "tiny", "steps": 2}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, bytes) = c.bytes(&format!(
+        "/api/assets/{}",
+        done["outputs"][0]["id"].as_str().unwrap()
+    ));
+    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    for (x, y, a) in matte.enumerate_pixels() {
+        if a.0[0] == 255 {
+            assert_eq!(
+                got.get_pixel(x, y),
+                original.get_pixel(x, y),
+                "subject at ({x}, {y})"
+            );
         }
     }
 
@@ -237,6 +345,44 @@ fn edit(s: &Server) {
         (
             json!({"image": input, "operation": "outpaint", "aspect": "1:1", "mask": mask_id}),
             "mask",
+        ),
+        (
+            json!({"image": input, "operation": "erase", "mask": mask_id, "steps": 3}),
+            "steps",
+        ),
+        (
+            json!({"image": input, "operation": "erase", "mask": mask_id, "model": "ip2p"}),
+            "model",
+        ),
+        (
+            json!({"image": input, "operation": "replace_background"}),
+            "background",
+        ),
+        (
+            json!({"image": input, "operation": "replace_background", "background": backdrop_id,
+                   "prompt": "a beach"}),
+            "background",
+        ),
+        (
+            json!({"image": input, "operation": "replace_background", "background": backdrop_id,
+                   "model": "tiny"}),
+            "model",
+        ),
+        (
+            json!({"image": input, "operation": "replace_background", "background": "nope"}),
+            "background",
+        ),
+        (
+            json!({"image": input, "operation": "remove_background", "mask": mask_id}),
+            "mask",
+        ),
+        (
+            json!({"image": input, "operation": "remove_background", "matte_model": "sam"}),
+            "matte_model",
+        ),
+        (
+            json!({"image": input, "operation": "inpaint", "mask": mask_id, "matte_model": "isnet"}),
+            "matte_model",
         ),
     ] {
         let (st, e) = c.post("/api/edit/image", body.clone());
@@ -335,7 +481,9 @@ fn edit_on_sqlite() {
         dir.path().join("models.json"),
         json!({"tiny": format!("{}/../krya-engine/tests/golden/sd15", env!("CARGO_MANIFEST_DIR")),
                "ip2p": format!("{}/../krya-engine/tests/golden/pix2pix", env!("CARGO_MANIFEST_DIR")),
-               "sam": format!("{}/../krya-engine/tests/golden/segment/sam_original.safetensors", env!("CARGO_MANIFEST_DIR"))})
+               "sam": format!("{}/../krya-engine/tests/golden/segment/sam_original.safetensors", env!("CARGO_MANIFEST_DIR")),
+               "lama": golden("erase/lama.safetensors"),
+               "isnet": golden("matte/isnet.safetensors")})
         .to_string(),
     )
     .unwrap();

@@ -1,5 +1,7 @@
-// /edit: an image changed where a mask says (inpaint), on a larger canvas (outpaint),
-// re-drawn in a style (restyle) or as an instruction says (instruct, InstructPix2Pix).
+// /edit: an image changed where a mask says (inpaint), what it covers removed (erase, LaMa
+// or an inpainting model), on a larger canvas (outpaint), re-drawn in a style (restyle) or as
+// an instruction says (instruct, InstructPix2Pix), its background cut away or replaced
+// (IS-Net's matte). Transparent pixels show a checkerboard.
 // Open an image (drop, pick, or "Edit" on a gallery image: `?asset=ID&url=…&w=…&h=…`), paint
 // the mask with a brush, an eraser or rectangles over it (invert, clear; grow and feather are
 // the server's), choose the operation and run it. Each result is a new version in the strip
@@ -15,12 +17,31 @@ import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
 import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, growAlpha, invertAlpha, maskPixels, pushAfter, redo, select, start, undo } from "./history";
 
-type Operation = "inpaint" | "erase" | "outpaint" | "restyle" | "instruct";
-/** The model capability each operation needs. */
-const NEEDS: Record<Operation, "inpaint" | "img2img" | "instruct"> = { inpaint: "inpaint", erase: "inpaint", outpaint: "inpaint", restyle: "img2img", instruct: "instruct" };
+type Operation = "inpaint" | "erase" | "outpaint" | "restyle" | "instruct" | "remove_background" | "replace_background";
+type Capability = "inpaint" | "img2img" | "instruct" | "erase" | "matte";
+/** The model capabilities each operation's picker lists, in order (erase: LaMa first). */
+const NEEDS: Record<Operation, Capability[]> = {
+  inpaint: ["inpaint"],
+  erase: ["erase", "inpaint"],
+  outpaint: ["inpaint"],
+  restyle: ["img2img"],
+  instruct: ["instruct"],
+  remove_background: ["matte"],
+  replace_background: ["inpaint"],
+};
 /** The operations that take the painted mask. */
 const MASKED: Operation[] = ["inpaint", "erase"];
-const LABELS: Record<Operation, string> = { inpaint: "Inpaint", erase: "Erase", outpaint: "Outpaint", restyle: "Restyle", instruct: "Instruct" };
+/** The operations that cut the subject out with a matte. */
+const MATTED: Operation[] = ["remove_background", "replace_background"];
+const LABELS: Record<Operation, string> = {
+  inpaint: "Inpaint",
+  erase: "Erase",
+  outpaint: "Outpaint",
+  restyle: "Restyle",
+  instruct: "Instruct",
+  remove_background: "Remove background",
+  replace_background: "Replace background",
+};
 type Tool = "brush" | "eraser" | "rect" | "lasso" | "select";
 /** Clicks and a box for click-to-segment, on one version. */
 interface Prompts {
@@ -203,7 +224,14 @@ export default function EditPage() {
   const [aspect, setAspect] = useState<(typeof ASPECTS)[number]>("16:9");
   const [comparing, setComparing] = useState(false);
   const [zoom, setZoom] = useState(1);
-  const models = useLoad(() => api.models(NEEDS[operation]).then((r) => r.models.filter((m) => m.installed)), NEEDS[operation]);
+  const models = useLoad(
+    () => Promise.all(NEEDS[operation].map((c) => api.models(c))).then((lists) => lists.flatMap((r) => r.models).filter((m, i, all) => m.installed && all.findIndex((x) => x.id === m.id) === i)),
+    NEEDS[operation].join(),
+  );
+  // Replace background: an uploaded picture, or one painted from the prompt.
+  const [backdrop, setBackdrop] = useState<{ id: string; name: string } | null>(null);
+  const [backdropMode, setBackdropMode] = useState<"image" | "prompt">("prompt");
+  const mattes = useLoad(() => api.models("matte").then((r) => r.models));
   const styles = useLoad(() => api.styles().then((r) => r.styles));
   const [style, setStyle] = useState("");
   const [imageGuidance, setImageGuidance] = useState(1.5);
@@ -366,6 +394,16 @@ export default function EditPage() {
         setJob(await api.edit({ ...common, operation, aspect }));
       } else if (operation === "restyle") {
         setJob(await api.edit({ ...common, operation, style: style || undefined }));
+      } else if (operation === "remove_background") {
+        setJob(await api.edit({ image: version.id, operation, matte_model: chosenModel || undefined }));
+      } else if (operation === "replace_background") {
+        setJob(
+          await api.edit(
+            backdropMode === "image"
+              ? { image: version.id, operation, background: backdrop?.id }
+              : { image: version.id, operation, prompt: prompt.trim(), model: chosenModel || undefined },
+          ),
+        );
       } else {
         setJob(await api.edit({ image: version.id, operation, prompt: prompt.trim(), model: chosenModel || undefined, image_guidance: imageGuidance }));
       }
@@ -381,8 +419,14 @@ export default function EditPage() {
   const [aw, ah] = aspect.split(":").map(Number);
   const target = version && version.width > 0 ? aspectSize(version.width, version.height, aw, ah) : null;
   const sameSize = target && version && target.width === version.width && target.height === version.height;
+  const byImage = operation === "replace_background" && backdropMode === "image";
   const ready =
-    !!version && !running && !submitting && !!chosenModel && (MASKED.includes(operation) ? painted : operation === "outpaint" ? !sameSize : operation === "instruct" ? prompt.trim() !== "" : true);
+    !!version &&
+    !running &&
+    !submitting &&
+    (byImage ? !!backdrop : !!chosenModel) &&
+    (MASKED.includes(operation) ? painted : operation === "outpaint" ? !sameSize : operation === "instruct" || operation === "replace_background" ? byImage || prompt.trim() !== "" : true);
+  const chosen = (models.data ?? []).find((m) => m.id === chosenModel);
   return (
     <div className="mx-auto grid max-w-6xl gap-6 px-3 py-6 sm:px-5 lg:grid-cols-[20rem_minmax(0,1fr)]">
       <aside className="flex flex-col gap-4">
@@ -478,7 +522,7 @@ export default function EditPage() {
           </label>
         ) : operation === "instruct" ? (
           <Amount label="Image guidance" value={imageGuidance} max={5} step={0.1} digits={1} onChange={setImageGuidance} testId="edit-image-guidance" />
-        ) : (
+        ) : operation !== "outpaint" ? null : (
           <div className="flex flex-col gap-3 rounded-xl border border-line p-3">
             <div className="flex flex-wrap gap-1.5" role="group" aria-label="Aspect">
               {ASPECTS.map((a) => (
@@ -495,8 +539,46 @@ export default function EditPage() {
             )}
           </div>
         )}
-        {operation === "erase" ? (
-          <p className="text-xs text-muted">Paints over what the mask covers with its surroundings (the mask grows a little more).</p>
+        {operation === "replace_background" && (
+          <div className="flex flex-col gap-3 rounded-xl border border-line p-3">
+            <div className="flex flex-wrap gap-1.5" role="group" aria-label="New background">
+              <Chip active={backdropMode === "prompt"} onClick={() => setBackdropMode("prompt")}>
+                Paint from a prompt
+              </Chip>
+              <Chip active={backdropMode === "image"} onClick={() => setBackdropMode("image")}>
+                An image
+              </Chip>
+            </div>
+            {backdropMode === "image" && (
+              <label className="flex cursor-pointer flex-col gap-1 text-sm text-muted">
+                <span>{backdrop ? `Background: ${backdrop.name}` : "Choose the background image"}</span>
+                <input
+                  type="file"
+                  accept="image/*"
+                  aria-label="Background image"
+                  className="text-xs"
+                  onChange={async (e) => {
+                    const f = e.target.files?.[0];
+                    if (!f) return;
+                    try {
+                      setBackdrop({ id: (await api.upload(f)).id, name: f.name });
+                    } catch (err) {
+                      setError(asApiError(err));
+                    }
+                  }}
+                />
+              </label>
+            )}
+          </div>
+        )}
+        {MATTED.includes(operation) && (
+          <p className="text-xs text-muted" data-testid="edit-matte-note">
+            {operation === "remove_background" ? "Cuts the subject out: the background becomes transparent." : "Keeps the subject and puts a new background behind it."}
+            {mattes.data?.[0] && !mattes.data.some((m) => m.installed) && " The background-removal model downloads on first use."}
+          </p>
+        )}
+        {operation === "remove_background" || byImage ? null : operation === "erase" ? (
+          <p className="text-xs text-muted">Removes what the mask covers, filled in from its surroundings.</p>
         ) : (
           <label className="flex flex-col gap-1.5">
             <span className="text-xs font-medium uppercase tracking-wide text-muted">{operation === "instruct" ? "Instruction" : "Prompt (optional)"}</span>
@@ -505,19 +587,22 @@ export default function EditPage() {
               value={prompt}
               maxLength={4000}
               onChange={(e) => setPrompt(e.target.value)}
-              placeholder={operation === "instruct" ? "Make it winter" : "What to paint there"}
+              placeholder={operation === "instruct" ? "Make it winter" : operation === "replace_background" ? "A sunny beach" : "What to paint there"}
               aria-label={operation === "instruct" ? "Instruction" : "Prompt"}
             />
           </label>
         )}
-        {operation !== "instruct" && operation !== "erase" && <Amount label="Strength" value={strength} onChange={setStrength} testId="edit-strength" />}
+        {["inpaint", "outpaint", "restyle"].includes(operation) && <Amount label="Strength" value={strength} onChange={setStrength} testId="edit-strength" />}
+        {!byImage && (
         <label className="flex flex-col gap-1.5">
-          <span className="text-xs font-medium uppercase tracking-wide text-muted">Image model</span>
+          <span className="text-xs font-medium uppercase tracking-wide text-muted">{operation === "remove_background" ? "Background-removal model" : "Image model"}</span>
           {models.error ? (
             <ErrorNote error={models.error} onRetry={models.reload} />
           ) : (
             <Select value={chosenModel} onChange={(e) => setModel(e.target.value)} aria-label="Image model">
-              {(models.data ?? []).length === 0 && <option value="">{operation === "instruct" ? "No instruction-editing model installed" : "No image model installed"}</option>}
+              {(models.data ?? []).length === 0 && (
+                <option value="">{operation === "instruct" ? "No instruction-editing model installed" : operation === "remove_background" ? "No background-removal model installed" : "No image model installed"}</option>
+              )}
               {(models.data ?? []).map((m) => (
                 <option key={m.id} value={m.id}>
                   {m.name}
@@ -525,7 +610,13 @@ export default function EditPage() {
               ))}
             </Select>
           )}
+          {chosen?.license && (
+            <span className="text-xs text-muted" data-testid="edit-license">
+              Licence: {chosen.license}
+            </span>
+          )}
         </label>
+        )}
         <Button variant="primary" size="lg" disabled={!ready} onClick={run} data-testid="edit-run">
           {running && <Spinner />}
           {MASKED.includes(operation) && !painted ? "Paint a mask first" : LABELS[operation]}
@@ -572,7 +663,7 @@ export default function EditPage() {
             ) : (
               // Zoomed, the picture is wider than its frame: the frame scrolls (pans).
               <div className="max-h-[75vh] overflow-auto rounded-2xl border border-line" data-testid="edit-viewport">
-              <div className="relative bg-surface" style={{ width: `${zoom * 100}%`, aspectRatio: `${version.width || 1} / ${version.height || 1}` }}>
+              <div className="checkerboard relative" style={{ width: `${zoom * 100}%`, aspectRatio: `${version.width || 1} / ${version.height || 1}` }} data-testid="edit-canvas">
                 <img src={version.url} alt={`Version ${history.at + 1}: ${version.label}`} draggable={false} className="absolute inset-0 h-full w-full object-contain" data-testid="edit-image" data-version={version.id} />
                 {MASKED.includes(operation) && version.width > 0 && <MaskCanvas key={version.id} version={version} tool={tool} size={brush} canvas={mask} onChange={checkPainted} onPrompt={(p) => void segment(p)} />}
                 {MASKED.includes(operation) &&

@@ -12,7 +12,7 @@
 
 use candle_core::{D, IndexOp, Tensor};
 
-use crate::model::state_dict::StateDict;
+use crate::model::state_dict::{self, StateDict};
 use crate::{EngineError, Result};
 
 fn bad(m: impl Into<String>) -> EngineError {
@@ -50,15 +50,9 @@ impl Take {
         act: Option<f64>,
     ) -> Result<ConvBn> {
         let w = self.get(&format!("{conv}.weight"))?;
-        let gamma = self.get(&format!("{bn}.weight"))?;
-        let beta = self.get(&format!("{bn}.bias"))?;
-        let mean = self.get(&format!("{bn}.running_mean"))?;
-        let var = self.get(&format!("{bn}.running_var"))?;
-        self.0.remove(&format!("{bn}.num_batches_tracked"));
+        let bn = state_dict::take_batch_norm(&mut self.0, bn)?;
         let k = w.dim(2)?;
-        let inv = (gamma / (var + 1e-5)?.sqrt()?)?;
-        let weight = w.broadcast_mul(&inv.reshape(((), 1, 1, 1))?)?;
-        let bias = (beta - (mean * &inv)?)?;
+        let (weight, bias) = state_dict::fold_batch_norm(&w, None, &bn)?;
         Ok(ConvBn {
             weight,
             bias: bias.reshape((1, (), 1, 1))?,

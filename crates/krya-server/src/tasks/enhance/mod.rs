@@ -162,23 +162,8 @@ impl Files {
         cancel: &krya_engine::CancelToken,
     ) -> Result<(PathBuf, Option<PathBuf>, Option<(PathBuf, PathBuf)>), krya_engine::EngineError>
     {
-        let get = |e: &registry::ModelEntry| {
-            let mut shown = None;
-            registry::local_file(data_dir, e, mirror, &mut |done, total| {
-                let mb = |b: u64| (b / 1_000_000) as usize;
-                // A message per megabyte: the runner sends at most five a second.
-                if shown != Some(mb(done)) {
-                    shown = Some(mb(done));
-                    let stage = format!("Downloading {}", e.id);
-                    let total = total.map_or(0, mb);
-                    let _ = progress.send(ProgressMsg::stage(stage, mb(done), total));
-                }
-                if total.is_some_and(|t| done == t) {
-                    tracing::info!(model = %e.id, bytes = done, "model downloaded");
-                }
-                cancel.check()
-            })
-        };
+        let get =
+            |e: &registry::ModelEntry| super::fetch_file(data_dir, e, mirror, progress, cancel);
         let up = get(&self.upscaler)?;
         let twin = self.twin.as_ref().map(get).transpose()?;
         let faces = match &self.faces {
