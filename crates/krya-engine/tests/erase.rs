@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
-use krya_engine::kernels::fft;
+use krya_engine::kernels::{self, fft};
 use krya_engine::model::state_dict;
 use krya_engine::pipelines::erase::{Eraser, lama};
 
@@ -49,13 +49,13 @@ fn reflect_pad_matches_torch_semantics() {
         .unwrap()
         .reshape((1, 1, 3, 4))
         .unwrap();
-    let p = lama::reflect_pad(&x, 2).unwrap();
+    let p = kernels::reflect_pad(&x, 2).unwrap();
     let rows: Vec<Vec<f32>> = p.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
     // F.pad(x, (2, 2, 2, 2), mode="reflect") on arange(12).view(3, 4).
     assert_eq!(rows[0], [10., 9., 8., 9., 10., 11., 10., 9.]);
     assert_eq!(rows[2], [2., 1., 0., 1., 2., 3., 2., 1.]);
     assert_eq!(rows[6], [2., 1., 0., 1., 2., 3., 2., 1.]);
-    assert!(lama::reflect_pad(&x, 3).is_err());
+    assert!(kernels::reflect_pad(&x, 3).is_err());
 }
 
 #[test]

@@ -26,6 +26,74 @@ fn close(a: &Tensor, b: &Tensor, tol: f32) {
 }
 
 #[test]
+fn transposed_convolutions_equal_candles() {
+    let dev = Device::Cpu;
+    for (b, cin, cout, h, w, k, stride, padding, output_padding) in [
+        (1, 6, 5, 7, 9, 3, 2, 1, 1),
+        (2, 4, 3, 5, 4, 2, 2, 0, 0),
+        (1, 3, 4, 6, 5, 4, 3, 2, 1),
+        (1, 5, 2, 4, 4, 3, 1, 1, 0),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (b, cin, h, w), &dev).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, (cin, cout, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+        let ours =
+            conv_transpose2d(&x, &weight, Some(&bias), stride, padding, output_padding).unwrap();
+        let theirs = x
+            .conv_transpose2d(&weight, padding, output_padding, stride, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
+        close(&ours, &theirs, 1e-5);
+    }
+}
+
+#[test]
+fn reflection_padded_convolutions_equal_padding_first() {
+    let dev = Device::Cpu;
+    // 3×3 stride 1 in the kernel's own padding (direct; Winograd at 16 × 20), a strided and
+    // a 7×7 one through padding first; sides of 2 are the smallest reflection allows.
+    for (cin, cout, h, w, k, stride, padding) in [
+        (5, 7, 9, 6, 3, 1, 1),
+        (8, 16, 16, 20, 3, 1, 1),
+        (3, 4, 2, 2, 3, 1, 1),
+        (4, 6, 9, 8, 3, 2, 1),
+        (4, 3, 10, 12, 7, 1, 3),
+    ] {
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            ..Default::default()
+        };
+        let ours = conv2d(cin, cout, k, cfg, vb.pp("c"))
+            .unwrap()
+            .reflect_padded();
+        let weight = vm.data().lock().unwrap()["c.weight"].as_tensor().clone();
+        let plain = Conv2dConfig { padding: 0, ..cfg };
+        let theirs = candle_nn::Conv2d::new(weight, ours.bias.clone(), plain);
+        let x = Tensor::randn(0f32, 1.0, (1, cin, h, w), &dev).unwrap();
+        let padded = reflect_pad(&x, padding).unwrap();
+        close(
+            &ours.forward(&x).unwrap(),
+            &theirs.forward(&padded).unwrap(),
+            1e-5,
+        );
+    }
+    // A side no longer than the padding cannot be mirrored: an error, not zeros.
+    let vm = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    let c = conv2d(2, 2, 3, cfg, vb).unwrap().reflect_padded();
+    let x = Tensor::zeros((1, 2, 1, 5), DType::F32, &dev).unwrap();
+    assert!(c.forward(&x).is_err());
+}
+
+#[test]
 #[cfg_attr(
     krya_no_avx2,
     ignore = "this CPU has no AVX2 and FMA: the SIMD kernels are not tested here"
@@ -47,6 +115,9 @@ fn convolutions_equal_candles() {
         (1, 2048, 130, 16, 16, 3, 1, 1),
         // Nine products over the whole image (40 · 62 padded pixels > SMALL_CONV).
         (1, 8, 5, 40, 60, 3, 1, 1),
+        // Few outputs of a large kernel, row by row (with and without padding).
+        (2, 6, 3, 12, 17, 7, 1, 3),
+        (1, 5, 1, 9, 8, 5, 1, 0),
     ] {
         let vm = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);

@@ -17,7 +17,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::Conv2dConfig;
 
-use crate::kernels::{Conv2d, conv2d_from, fft};
+use crate::kernels::{self, Conv2d, conv2d_from, fft};
 use crate::model::state_dict::{self, StateDict};
 use crate::{EngineError, Result};
 
@@ -40,49 +40,6 @@ fn prefix_of(key: &str) -> Option<&str> {
     ["model.model.", "generator.model.", "model.", ""]
         .into_iter()
         .find(|&c| p == c)
-}
-
-/// Pads the last two dimensions by reflection (`F.pad(…, mode="reflect")`: the edge is not
-/// repeated).
-pub fn reflect_pad(x: &Tensor, p: usize) -> candle_core::Result<Tensor> {
-    if p == 0 {
-        return Ok(x.clone());
-    }
-    let mut x = x.clone();
-    for dim in [2, 3] {
-        let n = x.dim(dim)?;
-        if n <= p {
-            candle_core::bail!("reflection padding of {p} needs a side longer than {p}, got {n}");
-        }
-        let idx: Vec<u32> = (0..n + 2 * p)
-            .map(|i| {
-                let i = i as i64 - p as i64;
-                let r = if i < 0 {
-                    -i
-                } else if i >= n as i64 {
-                    2 * (n as i64 - 1) - i
-                } else {
-                    i
-                };
-                r as u32
-            })
-            .collect();
-        let idx = Tensor::new(idx.as_slice(), x.device())?;
-        x = x.index_select(&idx, dim)?;
-    }
-    Ok(x)
-}
-
-/// A convolution padded by reflection (its batch norm folded in at load).
-struct ReflectConv {
-    conv: Conv2d,
-    pad: usize,
-}
-
-impl ReflectConv {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward(&reflect_pad(x, self.pad)?)
-    }
 }
 
 /// The spectral transform of the global stream (stride 1, no local Fourier unit).
@@ -116,9 +73,9 @@ impl Spectral {
 /// stream's convolution and the spectral transform, each batch-normed (folded) and rectified.
 struct Ffc {
     /// Into the local stream: over `cat(local, global)`.
-    to_local: Option<ReflectConv>,
+    to_local: Option<Conv2d>,
     /// Local → global.
-    l2g: Option<ReflectConv>,
+    l2g: Option<Conv2d>,
     g2g: Option<Spectral>,
     /// The global stream's batch-norm shift (its scale is in `l2g` and `g2g`).
     g_shift: Option<Tensor>,
@@ -184,15 +141,13 @@ impl Take {
 
     /// `FFC_BN_ACT` at `p` (`{p}.ffc.*`, `{p}.bn_l`, `{p}.bn_g`).
     fn ffc(&mut self, p: &str, stride: usize, pad: usize) -> Result<Ffc> {
-        let conv = |w: Tensor, b: Option<Tensor>, stride: usize| -> Result<ReflectConv> {
+        let conv = |w: Tensor, b: Option<Tensor>, stride: usize| -> Result<Conv2d> {
             let cfg = Conv2dConfig {
                 stride,
+                padding: pad,
                 ..Default::default()
             };
-            Ok(ReflectConv {
-                conv: conv2d_from(w, b, cfg)?,
-                pad,
-            })
+            Ok(conv2d_from(w, b, cfg)?.reflect_padded())
         };
         let l2l = self.0.remove(&format!("{p}.ffc.convl2l.weight"));
         let g2l = self.0.remove(&format!("{p}.ffc.convg2l.weight"));
@@ -265,7 +220,7 @@ pub struct Lama {
     /// Residual blocks: two FFCs each, added to the block's input on both streams.
     blocks: Vec<(Ffc, Ffc)>,
     up: Vec<Up>,
-    out: ReflectConv,
+    out: Conv2d,
 }
 
 impl Lama {
@@ -308,7 +263,7 @@ impl Lama {
             let (scale, shift) = t.bn(&(i + 1).to_string())?;
             // A transposed convolution's weight is [in, out, k, k]: scale the outputs.
             let weight = w.broadcast_mul(&scale.reshape((1, (), 1, 1))?)?;
-            let bias = ((b * &scale)? + shift)?.reshape((1, (), 1, 1))?;
+            let bias = ((b * &scale)? + shift)?;
             up.push(Up { weight, bias });
             i += 3;
         }
@@ -316,10 +271,11 @@ impl Lama {
         i += 1;
         let w = t.get(&format!("{i}.weight"))?;
         let b = t.get(&format!("{i}.bias"))?;
-        let out = ReflectConv {
-            conv: conv2d_from(w, Some(b), Conv2dConfig::default())?,
-            pad: 3,
+        let cfg = Conv2dConfig {
+            padding: 3,
+            ..Default::default()
         };
+        let out = conv2d_from(w, Some(b), cfg)?.reflect_padded();
         if down.is_empty() || up.len() != down.len() {
             return Err(bad(format!(
                 "LaMa with {} downsamplings and {} upsamplings",
@@ -365,10 +321,7 @@ impl Lama {
             (None, None) => return Err(bad("LaMa without features")),
         };
         for u in &self.up {
-            h = h
-                .conv_transpose2d(&u.weight, 1, 1, 2, 1)?
-                .broadcast_add(&u.bias)?
-                .relu()?;
+            h = kernels::conv_transpose2d(&h, &u.weight, Some(&u.bias), 2, 1, 1)?.relu()?;
         }
         Ok(candle_nn::ops::sigmoid(&self.out.forward(&h)?)?)
     }
