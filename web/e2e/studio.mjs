@@ -625,6 +625,11 @@ try {
     const grey = seen.every((v) => near(v, seen[0], 6)) && [0x3a, 0x5a].some((k) => seen.every((v) => near(v, k, 10)));
     const own = clear.rgb.every((v, i) => near(v, seen[i], 20));
     check(grey && !own, `behind a clear pixel (its own colour rgb(${clear.rgb})): rgb(${seen}), not the checkerboard`);
+    // Opened again from the gallery, the cut-out brings its lineage: all six versions.
+    const o = cut.outputs[0];
+    await a.goto(`/edit?asset=${o.id}&url=${encodeURIComponent(o.url)}&w=${o.width}&h=${o.height}`);
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 6, null, { timeout: 10_000 });
+    check((await a.getByTestId("edit-image").getAttribute("data-version")) === o.id, "the opened version is not the one shown");
     await a.screenshot({ path: join(shots, "edit-versions.png") });
   });
 

@@ -45,6 +45,7 @@ fn openapi_document_covers_every_endpoint() {
         ("post", "/api/edit/image"),
         ("get", "/api/edit/{id}"),
         ("post", "/api/segment"),
+        ("get", "/api/assets/{id}/versions"),
         ("get", "/api/auth/registration"),
         ("get", "/api/auth/session"),
         ("post", "/api/auth/setup"),

@@ -26,6 +26,7 @@ import type {
   TileInfo,
   Usage,
   User,
+  Versions,
 } from "./types";
 
 /** An error the user can be shown: the server's `{error: {code, message}}`, or why the
@@ -258,6 +259,7 @@ export class ApiClient {
     this.request<PublicProfile>("GET", `/api/profiles/${encodeURIComponent(handle)}`, { query: { cursor } });
   enhance = (req: EnhanceRequest) => this.request<Job>("POST", "/api/enhance/image", { json: req });
   enhanceJob = (id: string) => this.request<Job>("GET", `/api/enhance/${encodeURIComponent(id)}`);
+  versions = (assetId: string) => this.request<Versions>("GET", `/api/assets/${encodeURIComponent(assetId)}/versions`);
   edit = (req: EditRequest) => this.request<Job>("POST", "/api/edit/image", { json: req });
   editJob = (id: string) => this.request<Job>("GET", `/api/edit/${encodeURIComponent(id)}`);
   /** A mask for clicks (and a box) on an image (Segment Anything). */

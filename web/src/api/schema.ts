@@ -831,6 +831,17 @@ export interface User {
   created_at: number;
 }
 
+/**
+ * `GET /api/assets/:id`: an upload or output, to its owner, or to anyone once public.
+ * An image's versions (`GET /api/assets/{id}/versions`).
+ */
+export interface Versions {
+  /** From the original to this asset, each made from the one before (`parent_id`). */
+  versions: AssetView[];
+  /** The assets made from this one, oldest first. */
+  children: AssetView[];
+}
+
 /** The key webhooks are signed with. */
 export interface WebhookSecret {
   /** `whsec_` + base64. */

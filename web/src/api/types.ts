@@ -22,6 +22,7 @@ export type Author = S.Author;
 export type FeedItem = S.FeedItem;
 export type PublicProfile = Omit<S.PublicProfile, "items"> & { items: FeedItem[] };
 export type Asset = S.AssetView;
+export type Versions = S.Versions;
 export type ApiKey = S.ApiKeyView & { key?: string };
 export type Usage = S.Usage;
 export type ProfileUpdate = S.ProfileUpdate;

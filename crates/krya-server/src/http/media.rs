@@ -301,6 +301,31 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// `GET /api/assets/:id`: an upload or output, to its owner, or to anyone once public.
+/// An image's versions (`GET /api/assets/{id}/versions`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Versions {
+    /// From the original to this asset, each made from the one before (`parent_id`).
+    pub versions: Vec<crate::jobs::AssetView>,
+    /// The assets made from this one, oldest first.
+    pub children: Vec<crate::jobs::AssetView>,
+}
+
+#[utoipa::path(get, path = "/api/assets/{id}/versions", tag = "media", params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "Its lineage", body = Versions), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
+pub async fn versions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Versions>, ApiError> {
+    let user = crate::http::auth::current_user(&state, &headers).await?;
+    let (versions, children) = state
+        .db
+        .lineage(&id, &user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no asset {id}")))?;
+    Ok(Json(Versions { versions, children }))
+}
+
 #[utoipa::path(get, path = "/api/assets/{id}", tag = "media", security((), ("bearer" = [])), params(("id" = String, Path, description = "Asset id")), responses((status = 200, description = "The file, with its own type", content_type = "*/*", body = Vec<u8>), (status = 206, description = "The part a Range asked for"), (status = 304, description = "Not modified (If-None-Match)"), (status = 416, description = "The Range starts past the end"), (status = 404, description = "No such item, or not the caller's", body = ErrorBody)))]
 pub async fn get_asset(
     State(state): State<AppState>,

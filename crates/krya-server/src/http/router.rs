@@ -63,6 +63,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(media::upload))
         .routes(routes!(media::get_asset, storage::delete_asset))
         .routes(routes!(media::get_asset_thumbnail))
+        .routes(routes!(media::versions))
         .routes(routes!(tiles::info))
         .routes(routes!(tiles::tile))
         .routes(routes!(media::image))

@@ -326,6 +326,50 @@ impl Db {
         row.map(|r| asset_view(&r)).transpose()
     }
 
+    /// An asset's versions, as edits chain them through `parent_id`: its ancestors from the
+    /// first (the original) to the asset itself, then the assets made from it (oldest
+    /// first); the owner's only, at most 64 back and 64 on. `None`: not the owner's.
+    pub async fn lineage(
+        &self,
+        id: &str,
+        user_id: &str,
+    ) -> Result<Option<(Vec<AssetView>, Vec<AssetView>)>, sqlx::Error> {
+        let one =
+            format!("SELECT {ASSET_COLUMNS} FROM {ASSETS} WHERE a.id = $1 AND a.user_id = $2");
+        let mut chain: Vec<AssetView> = Vec::new();
+        let mut next = Some(id.to_string());
+        while let Some(at) = next.take() {
+            if chain.len() == 64 || chain.iter().any(|a| a.id == at) {
+                break;
+            }
+            let row = sqlx::query(sqlx::AssertSqlSafe(one.clone()))
+                .bind(&at)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else { break };
+            let a = asset_view(&row)?;
+            next = a.parent_id.clone();
+            chain.push(a);
+        }
+        if chain.is_empty() {
+            return Ok(None);
+        }
+        chain.reverse();
+        let children = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ASSET_COLUMNS} FROM {ASSETS} WHERE a.parent_id = $1 AND a.user_id = $2 \
+             ORDER BY a.created_at, a.id LIMIT 64"
+        )))
+        .bind(id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(asset_view)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((chain, children)))
+    }
+
     /// The assets job `id` made, in output order.
     pub async fn outputs(&self, job_id: &str) -> Result<Vec<AssetView>, sqlx::Error> {
         let mut all = self.outputs_of(&[job_id.to_string()]).await?;

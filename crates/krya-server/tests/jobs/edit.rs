@@ -103,6 +103,32 @@ fn edit(s: &Server) {
         (Some(86), Some(48))
     );
     assert_eq!(out["parent_id"], inpainted_id.as_str());
+    // The versions: original → inpainted → outpainted; the original's children.
+    let outpainted_id = out["id"].as_str().unwrap();
+    let (st, v) = c.get(&format!("/api/assets/{outpainted_id}/versions"));
+    assert_eq!(st, 200, "{v}");
+    let ids = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(&v["versions"]),
+        [
+            input.clone(),
+            inpainted_id.clone(),
+            outpainted_id.to_string()
+        ]
+    );
+    assert_eq!(ids(&v["children"]), Vec::<String>::new());
+    let (_, v) = c.get(&format!("/api/assets/{input}/versions"));
+    assert_eq!(ids(&v["versions"]), [input.clone()]);
+    assert_eq!(ids(&v["children"]), [inpainted_id.clone()]);
+    let stranger = Client::register(&s.base, "versions@example.com");
+    let (st, _) = stranger.get(&format!("/api/assets/{outpainted_id}/versions"));
+    assert_eq!(st, 404);
 
     // Restyle with a style preset, and an instruction with the InstructPix2Pix model (the
     // only one listed for instructions, and not for inpainting): the image's own size.

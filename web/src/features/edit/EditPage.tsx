@@ -15,7 +15,7 @@ import { Compare } from "../../components/Compare";
 import { Amount, Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
-import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, growAlpha, invertAlpha, maskPixels, pushAfter, redo, select, start, undo } from "./history";
+import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, growAlpha, invertAlpha, lineage, maskPixels, pushAfter, redo, select, start, undo } from "./history";
 
 type Operation = "inpaint" | "erase" | "outpaint" | "restyle" | "instruct" | "remove_background" | "replace_background";
 type Capability = "inpaint" | "img2img" | "instruct" | "erase" | "matte";
@@ -206,6 +206,26 @@ export default function EditPage() {
       }),
     );
   }
+  // Opened from the gallery: its earlier versions (the parents' chain) join the strip,
+  // unless editing has begun meanwhile.
+  useEffect(() => {
+    if (!fromGallery) return;
+    let live = true;
+    api
+      .versions(fromGallery)
+      .then((v) => {
+        if (!live || v.versions.length < 2) return;
+        setHistory((h) =>
+          h.versions.length === 1 && h.versions[0].id === fromGallery
+            ? lineage(v.versions.map((a, i) => ({ id: a.id, url: a.url, width: a.width ?? 0, height: a.height ?? 0, label: i === 0 ? "Original" : `Version ${i + 1}` })))
+            : h,
+        );
+      })
+      .catch(() => {});
+    return () => {
+      live = false;
+    };
+  }, [fromGallery]);
   const version = current(history);
   const original = history.versions[0];
   const [operation, setOperation] = useState<Operation>("inpaint");

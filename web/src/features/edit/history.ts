@@ -25,6 +25,12 @@ export function start(v: Version): History {
   return { versions: [v], at: 0 };
 }
 
+/** A history of an image's versions (original first, as its `parent_id`s chain them),
+ * at the one that was opened (the last). */
+export function lineage(versions: Version[]): History {
+  return versions.length === 0 ? empty : { versions, at: versions.length - 1 };
+}
+
 /** `v` made from the current version: after it, the later ones dropped. */
 export function push(h: History, v: Version): History {
   return { versions: [...h.versions.slice(0, h.at + 1), v], at: h.at + 1 };
