@@ -630,6 +630,30 @@ try {
     await a.goto(`/edit?asset=${o.id}&url=${encodeURIComponent(o.url)}&w=${o.width}&h=${o.height}`);
     await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 6, null, { timeout: 10_000 });
     check((await a.getByTestId("edit-image").getAttribute("data-version")) === o.id, "the opened version is not the one shown");
+    // Ctrl and the wheel zoom in.
+    await a.getByTestId("edit-viewport").hover();
+    await a.keyboard.down("Control");
+    await a.mouse.wheel(0, -200);
+    await a.keyboard.up("Control");
+    await a.waitForFunction(() => document.querySelector('[data-testid="edit-zoom"]')?.textContent !== "100%");
+    // And out again (the whole frame in view for what follows).
+    await a.keyboard.down("Control");
+    await a.mouse.wheel(0, 400);
+    await a.keyboard.up("Control");
+    await a.waitForFunction(() => document.querySelector('[data-testid="edit-zoom"]')?.textContent === "100%");
+    // Outpaint by dragging the frame's right edge out: the result has the frame's size.
+    await a.getByRole("group", { name: "Operation" }).getByRole("button", { name: "Outpaint" }).click();
+    const edge = await a.getByTestId("edit-frame-right").boundingBox();
+    await a.mouse.move(edge.x + edge.width / 2, edge.y + edge.height / 2);
+    await a.mouse.down();
+    await a.mouse.move(edge.x + edge.width / 2 + 60, edge.y + edge.height / 2, { steps: 4 });
+    await a.mouse.up();
+    const framed = (await a.getByTestId("edit-outpaint-size").textContent()).match(/(\d+) × (\d+) → (\d+) × (\d+)/);
+    check(framed && +framed[3] > +framed[1], `the dragged frame: ${framed}`);
+    await a.getByTestId("edit-run").click();
+    await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-version"]').length === 7, null, { timeout: 120_000 });
+    const wide = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0]);
+    check(wide.params.extend?.right > 0 && wide.outputs[0].width === +framed[3] && wide.outputs[0].height === +framed[4], `outpaint by the frame: ${JSON.stringify(wide.params)} → ${wide.outputs[0].width}×${wide.outputs[0].height}`);
     await a.screenshot({ path: join(shots, "edit-versions.png") });
   });
 
@@ -724,8 +748,8 @@ try {
     const cards = a.getByRole("list").first().getByRole("listitem");
     await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
     await cards.last().scrollIntoViewIfNeeded();
-    // 31 fillers, the sketch, the enhanced image and the five edits.
-    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 38 + 1);
+    // 31 fillers, the sketch, the enhanced image and the six edits.
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 39 + 1);
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 

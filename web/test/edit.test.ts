@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { aspectSize, growAlpha, canRedo, canUndo, current, invertAlpha, maskPixels, push, pushAfter, redo, select, start, undo } from "../src/features/edit/history";
+import { aspectSides, aspectSize, dragSide, growAlpha, canRedo, canUndo, current, invertAlpha, maskPixels, push, pushAfter, redo, select, start, undo } from "../src/features/edit/history";
 
 const v = (id: string) => ({ id, url: `/api/assets/${id}`, width: 64, height: 48, label: id });
 
@@ -62,5 +62,20 @@ describe("the editor's versions", () => {
     // edge of the image counts as unpainted).
     expect(painted()).toBe("000000010000000");
     growAlpha(rgba, 5, 3, 0);
+  });
+});
+
+describe("outpaint frame", () => {
+  it("splits an aspect's extension evenly, the odd pixel at the end, as the server", () => {
+    expect(aspectSides(100, 50, 1, 1)).toEqual({ left: 0, right: 0, top: 25, bottom: 25 });
+    expect(aspectSides(29, 16, 16, 9)).toEqual({ left: 0, right: 0, top: 0, bottom: 1 });
+    expect(aspectSides(31, 40, 16, 9)).toEqual({ left: 20, right: 21, top: 0, bottom: 0 });
+  });
+
+  it("drags an edge outwards, never inside the image, the canvas at most the limit", () => {
+    const none = { left: 0, top: 0, right: 0, bottom: 0 };
+    expect(dragSide(none, "right", 12.4, 64, 48)).toEqual({ ...none, right: 12 });
+    expect(dragSide({ ...none, left: 5 }, "left", -20, 64, 48)).toEqual(none);
+    expect(dragSide({ ...none, left: 100 }, "right", 9000, 64, 48, 300)).toEqual({ ...none, left: 100, right: 136 });
   });
 });

@@ -15,7 +15,7 @@ import { Compare } from "../../components/Compare";
 import { Amount, Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
-import { type History, type Version, aspectSize, canRedo, canUndo, current, empty, growAlpha, invertAlpha, lineage, maskPixels, pushAfter, redo, select, start, undo } from "./history";
+import { type History, type Sides, type Version, aspectSides, canRedo, canUndo, current, dragSide, empty, growAlpha, invertAlpha, lineage, maskPixels, pushAfter, redo, select, start, undo } from "./history";
 
 type Operation = "inpaint" | "erase" | "outpaint" | "restyle" | "instruct" | "remove_background" | "replace_background";
 type Capability = "inpaint" | "img2img" | "instruct" | "erase" | "matte";
@@ -189,6 +189,47 @@ function MaskCanvas({
   );
 }
 
+/** Outpaint's frame: the canvas the image grows to, each edge dragged outwards (or back). */
+function OutpaintFrame({ version, sides, target, onChange }: { version: Version; sides: Sides; target: { width: number; height: number }; onChange: (s: Sides) => void }) {
+  const box = useRef<HTMLDivElement | null>(null);
+  const from = useRef<{ side: keyof Sides; x: number; y: number; sides: Sides; scale: number } | null>(null);
+  const edge: Record<keyof Sides, string> = {
+    left: "left-0 top-0 h-full w-2 -translate-x-1/2 cursor-ew-resize",
+    right: "right-0 top-0 h-full w-2 translate-x-1/2 cursor-ew-resize",
+    top: "left-0 top-0 h-2 w-full -translate-y-1/2 cursor-ns-resize",
+    bottom: "bottom-0 left-0 h-2 w-full translate-y-1/2 cursor-ns-resize",
+  };
+  return (
+    <div ref={box} className="absolute inset-0 z-10 border-2 border-dashed border-white/70" data-testid="edit-frame">
+      {(Object.keys(edge) as (keyof Sides)[]).map((side) => (
+        <div
+          key={side}
+          role="separator"
+          aria-label={`Drag the ${side} edge`}
+          className={`absolute bg-white/80 ${edge[side]}`}
+          data-testid={`edit-frame-${side}`}
+          onPointerDown={(e) => {
+            const b = box.current?.getBoundingClientRect();
+            if (!b) return;
+            e.currentTarget.setPointerCapture(e.pointerId);
+            // Image pixels per screen pixel, as the frame is when the drag begins.
+            const scale = side === "left" || side === "right" ? target.width / b.width : target.height / b.height;
+            from.current = { side, x: e.clientX, y: e.clientY, sides, scale };
+          }}
+          onPointerMove={(e) => {
+            const f = from.current;
+            if (!f) return;
+            const screen = f.side === "left" || f.side === "right" ? e.clientX - f.x : e.clientY - f.y;
+            const out = f.side === "left" || f.side === "top" ? -screen : screen;
+            onChange(dragSide(f.sides, f.side, out * f.scale, version.width, version.height));
+          }}
+          onPointerUp={() => (from.current = null)}
+        />
+      ))}
+    </div>
+  );
+}
+
 export default function EditPage() {
   const { query } = useLocation();
   const fromGallery = query.get("asset");
@@ -244,6 +285,25 @@ export default function EditPage() {
   const [aspect, setAspect] = useState<(typeof ASPECTS)[number]>("16:9");
   const [comparing, setComparing] = useState(false);
   const [zoom, setZoom] = useState(1);
+  // Outpaint: the frame dragged beyond the image (null: the aspect preset's).
+  const [draggedOn, setDraggedOn] = useState<{ on: string; sides: Sides } | null>(null);
+  const viewport = useRef<HTMLDivElement | null>(null);
+  // A new version starts from the preset's frame.
+  const shownId = current(history)?.id;
+  const dragged = draggedOn && draggedOn.on === shownId ? draggedOn.sides : null;
+  const setDragged = (sides: Sides | null) => setDraggedOn(sides && shownId ? { on: shownId, sides } : null);
+  // Ctrl (or ⌘) and the wheel zoom the picture; the wheel alone scrolls (pans) it.
+  useEffect(() => {
+    const v = viewport.current;
+    if (!v) return;
+    const wheel = (e: WheelEvent) => {
+      if (!e.ctrlKey && !e.metaKey) return;
+      e.preventDefault();
+      setZoom((z) => Math.min(8, Math.max(1, e.deltaY < 0 ? z * 1.25 : z / 1.25)));
+    };
+    v.addEventListener("wheel", wheel, { passive: false });
+    return () => v.removeEventListener("wheel", wheel);
+  });
   const models = useLoad(
     () => Promise.all(NEEDS[operation].map((c) => api.models(c))).then((lists) => lists.flatMap((r) => r.models).filter((m, i, all) => m.installed && all.findIndex((x) => x.id === m.id) === i)),
     NEEDS[operation].join(),
@@ -411,7 +471,7 @@ export default function EditPage() {
       } else if (operation === "erase") {
         setJob(await api.edit({ image: version.id, operation, mask: await uploadMask(), model: chosenModel || undefined, blur }));
       } else if (operation === "outpaint") {
-        setJob(await api.edit({ ...common, operation, aspect }));
+        setJob(await api.edit(dragged ? { ...common, operation, extend: dragged } : { ...common, operation, aspect }));
       } else if (operation === "restyle") {
         setJob(await api.edit({ ...common, operation, style: style || undefined }));
       } else if (operation === "remove_background") {
@@ -437,8 +497,12 @@ export default function EditPage() {
   const running = job && !["completed", "failed", "cancelled"].includes(job.status);
   const progress = live?.progress ?? job?.progress;
   const [aw, ah] = aspect.split(":").map(Number);
-  const target = version && version.width > 0 ? aspectSize(version.width, version.height, aw, ah) : null;
+  const sides = version && version.width > 0 ? (dragged ?? aspectSides(version.width, version.height, aw, ah)) : null;
+  const target = version && sides ? { width: version.width + sides.left + sides.right, height: version.height + sides.top + sides.bottom } : null;
   const sameSize = target && version && target.width === version.width && target.height === version.height;
+  // Outpaint shows the frame it will fill: the canvas grown by `sides`, the image inside.
+  const framed = operation === "outpaint" && !!version && !!sides && !!target && !comparing;
+  const canvasSize = framed && target ? target : { width: version?.width || 1, height: version?.height || 1 };
   const byImage = operation === "replace_background" && backdropMode === "image";
   const ready =
     !!version &&
@@ -546,7 +610,14 @@ export default function EditPage() {
           <div className="flex flex-col gap-3 rounded-xl border border-line p-3">
             <div className="flex flex-wrap gap-1.5" role="group" aria-label="Aspect">
               {ASPECTS.map((a) => (
-                <Chip key={a} active={aspect === a} onClick={() => setAspect(a)}>
+                <Chip
+                  key={a}
+                  active={!dragged && aspect === a}
+                  onClick={() => {
+                    setAspect(a);
+                    setDragged(null);
+                  }}
+                >
                   {a}
                 </Chip>
               ))}
@@ -554,9 +625,10 @@ export default function EditPage() {
             {target && version && (
               <p className="text-xs text-muted" data-testid="edit-outpaint-size">
                 {version.width} × {version.height} → {target.width} × {target.height}
-                {sameSize && " (already this shape)"}
+                {sameSize && (dragged ? " (drag the frame's edges out)" : " (already this shape)")}
               </p>
             )}
+            <p className="text-xs text-muted">Or drag the frame's edges beyond the image.</p>
           </div>
         )}
         {operation === "replace_background" && (
@@ -682,9 +754,22 @@ export default function EditPage() {
               <Compare before={original.url} after={version.url} width={version.width || 1} height={version.height || 1} />
             ) : (
               // Zoomed, the picture is wider than its frame: the frame scrolls (pans).
-              <div className="max-h-[75vh] overflow-auto rounded-2xl border border-line" data-testid="edit-viewport">
-              <div className="checkerboard relative" style={{ width: `${zoom * 100}%`, aspectRatio: `${version.width || 1} / ${version.height || 1}` }} data-testid="edit-canvas">
-                <img src={version.url} alt={`Version ${history.at + 1}: ${version.label}`} draggable={false} className="absolute inset-0 h-full w-full object-contain" data-testid="edit-image" data-version={version.id} />
+              <div ref={viewport} className="max-h-[75vh] overflow-auto rounded-2xl border border-line" data-testid="edit-viewport">
+              <div className="checkerboard relative" style={{ width: `${zoom * 100}%`, aspectRatio: `${canvasSize.width} / ${canvasSize.height}` }} data-testid="edit-canvas">
+                {framed && sides && target && <OutpaintFrame version={version} sides={sides} target={target} onChange={setDragged} />}
+                <img
+                  src={version.url}
+                  alt={`Version ${history.at + 1}: ${version.label}`}
+                  draggable={false}
+                  className="absolute h-full w-full object-contain"
+                  style={
+                    framed && sides && target
+                      ? { left: `${(100 * sides.left) / target.width}%`, top: `${(100 * sides.top) / target.height}%`, width: `${(100 * version.width) / target.width}%`, height: `${(100 * version.height) / target.height}%` }
+                      : { left: 0, top: 0 }
+                  }
+                  data-testid="edit-image"
+                  data-version={version.id}
+                />
                 {MASKED.includes(operation) && version.width > 0 && <MaskCanvas key={version.id} version={version} tool={tool} size={brush} canvas={mask} onChange={checkPainted} onPrompt={(p) => void segment(p)} />}
                 {MASKED.includes(operation) &&
                   shownPrompts?.points.map((p, i) => (

@@ -74,6 +74,30 @@ export function aspectSize(w: number, h: number, aw: number, ah: number): { widt
   return { width: Math.ceil((h * aw) / ah), height: h };
 }
 
+/** Pixels added on each side of an image (outpaint). */
+export interface Sides {
+  left: number;
+  top: number;
+  right: number;
+  bottom: number;
+}
+
+/** What an outpaint to aspect `aw:ah` adds to a `w × h` image: the short side grown evenly
+ * (the odd pixel at the end), as the server's `Extend::to_aspect`. */
+export function aspectSides(w: number, h: number, aw: number, ah: number): Sides {
+  const t = aspectSize(w, h, aw, ah);
+  const dw = t.width - w;
+  const dh = t.height - h;
+  return { left: Math.floor(dw / 2), right: dw - Math.floor(dw / 2), top: Math.floor(dh / 2), bottom: dh - Math.floor(dh / 2) };
+}
+
+/** `s` with `side` moved by `delta` image pixels outwards, never inside the image, the
+ * canvas at most `max` pixels a side. */
+export function dragSide(s: Sides, side: keyof Sides, delta: number, w: number, h: number, max = 8192): Sides {
+  const across = side === "left" || side === "right" ? w + s.left + s.right - s[side] : h + s.top + s.bottom - s[side];
+  return { ...s, [side]: Math.max(0, Math.min(max - across, Math.round(s[side] + delta))) };
+}
+
 /** The painted part of an RGBA mask layer as the server takes it: white where at least
  * half opaque, black elsewhere (RGBA bytes, opaque). Also whether anything is painted. */
 export function maskPixels(rgba: Uint8ClampedArray): { pixels: Uint8ClampedArray<ArrayBuffer>; painted: boolean } {
