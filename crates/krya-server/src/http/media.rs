@@ -473,28 +473,18 @@ pub async fn thumbnail(
 }
 
 /// A WebP thumbnail, at most `max` pixels on its long side (lossless WebP: the image
-/// crate's encoder; small at this size).
-pub fn thumbnail_webp(img: &image::RgbImage, max: u32) -> Result<Vec<u8>, image::ImageError> {
+/// crate's encoder; small at this size), with the picture's transparency if it has any.
+pub fn thumbnail_webp<P: image::PixelWithColorType<Subpixel = u8> + 'static>(
+    img: &image::ImageBuffer<P, Vec<u8>>,
+    max: u32,
+) -> Result<Vec<u8>, image::ImageError> {
     let small = fit(img, max);
     let mut out = Vec::new();
     image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(
         small.as_raw(),
         small.width(),
         small.height(),
-        image::ExtendedColorType::Rgb8,
-    )?;
-    Ok(out)
-}
-
-/// [`thumbnail_webp`] of an image with transparency (kept).
-pub fn thumbnail_webp_rgba(img: &image::RgbaImage, max: u32) -> Result<Vec<u8>, image::ImageError> {
-    let small = fit(img, max);
-    let mut out = Vec::new();
-    image::codecs::webp::WebPEncoder::new_lossless(&mut out).encode(
-        small.as_raw(),
-        small.width(),
-        small.height(),
-        image::ExtendedColorType::Rgba8,
+        P::COLOR_TYPE,
     )?;
     Ok(out)
 }

@@ -22,6 +22,19 @@ fn golden(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
+/// Submits an edit, waits for it to complete, and reads its output image.
+fn edited(c: &Client, body: Value) -> (Value, image::DynamicImage) {
+    let (st, j) = c.post("/api/edit/image", body.clone());
+    assert_eq!(st, 202, "{body}: {j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    let (_, bytes) = c.bytes(&format!(
+        "/api/assets/{}",
+        done["outputs"][0]["id"].as_str().unwrap()
+    ));
+    (done, image::load_from_memory(&bytes).unwrap())
+}
+
 fn upload_png(c: &Client, img: image::DynamicImage) -> String {
     let (st, a) = c.upload(png(img), "image/png");
     assert_eq!(st, 201, "{a}");
@@ -169,18 +182,11 @@ fn edit(s: &Server) {
 
     // Erase: the masked part repainted from nothing but its surroundings; outside the
     // (more grown) mask the image is as it was.
-    let (st, j) = c.post(
-        "/api/edit/image",
+    let (_, got) = edited(
+        &c,
         json!({"image": input, "operation": "erase", "mask": mask_id, "model": "tiny", "steps": 2}),
     );
-    assert_eq!(st, 202, "{j}");
-    let done = c.wait_job(j["id"].as_str().unwrap());
-    assert_eq!(done["status"], "completed", "{done}");
-    let (_, bytes) = c.bytes(&format!(
-        "/api/assets/{}",
-        done["outputs"][0]["id"].as_str().unwrap()
-    ));
-    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let got = got.into_rgb8();
     let soft = mask::feather(&mask::grow(&mask::hard(&painted), 12), 4.0);
     for (x, y, p) in got.enumerate_pixels() {
         if soft.get_pixel(x, y).0[0] == 0 {
@@ -191,19 +197,12 @@ fn edit(s: &Server) {
     // Erase with LaMa (the installed object-removal model is the default): the engine's
     // fill for the mask grown by 4, every other pixel exactly the input's.
     assert_eq!(listed("erase"), ["lama"]);
-    let (st, j) = c.post(
-        "/api/edit/image",
+    let (done, got) = edited(
+        &c,
         json!({"image": input, "operation": "erase", "mask": mask_id}),
     );
-    assert_eq!(st, 202, "{j}");
-    let done = c.wait_job(j["id"].as_str().unwrap());
-    assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["params"]["model"], "lama");
-    let (_, bytes) = c.bytes(&format!(
-        "/api/assets/{}",
-        done["outputs"][0]["id"].as_str().unwrap()
-    ));
-    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let got = got.into_rgb8();
     let eraser =
         krya_engine::pipelines::erase::Eraser::load(&golden("erase/lama.safetensors")).unwrap();
     let want = eraser
@@ -219,18 +218,12 @@ fn edit(s: &Server) {
     let matter =
         krya_engine::pipelines::matte::Matter::load(&golden("matte/isnet.safetensors")).unwrap();
     let matte = matter.matte(&original).unwrap();
-    let (st, j) = c.post(
-        "/api/edit/image",
+    let (done, cut) = edited(
+        &c,
         json!({"image": input, "operation": "remove_background"}),
     );
-    assert_eq!(st, 202, "{j}");
-    let done = c.wait_job(j["id"].as_str().unwrap());
-    assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["params"]["matte_model"], "isnet");
-    let out = &done["outputs"][0];
-    assert_eq!(out["parent_id"], input.as_str());
-    let (_, bytes) = c.bytes(&format!("/api/assets/{}", out["id"].as_str().unwrap()));
-    let cut = image::load_from_memory(&bytes).unwrap();
+    assert_eq!(done["outputs"][0]["parent_id"], input.as_str());
     assert!(cut.color().has_alpha(), "a PNG with alpha");
     let cut = cut.into_rgba8();
     assert_eq!(
@@ -241,18 +234,11 @@ fn edit(s: &Server) {
     let backdrop =
         image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, 40, y as u8 * 8]));
     let backdrop_id = upload_png(&c, image::DynamicImage::ImageRgb8(backdrop.clone()));
-    let (st, j) = c.post(
-        "/api/edit/image",
+    let (_, got) = edited(
+        &c,
         json!({"image": input, "operation": "replace_background", "background": backdrop_id}),
     );
-    assert_eq!(st, 202, "{j}");
-    let done = c.wait_job(j["id"].as_str().unwrap());
-    assert_eq!(done["status"], "completed", "{done}");
-    let (_, bytes) = c.bytes(&format!(
-        "/api/assets/{}",
-        done["outputs"][0]["id"].as_str().unwrap()
-    ));
-    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let got = got.into_rgb8();
     // 32×32 covers 64×48 at 2× (64×64), cropped to the middle 48 rows.
     let covered = image::imageops::crop_imm(
         &image::imageops::resize(&backdrop, 64, 64, image::imageops::FilterType::Triangle),
@@ -266,19 +252,12 @@ fn edit(s: &Server) {
         got,
         krya_engine::pipelines::matte::composite(&original, &matte, &covered)
     );
-    let (st, j) = c.post(
-        "/api/edit/image",
+    let (_, got) = edited(
+        &c,
         json!({"image": input, "operation": "replace_background", "prompt": "a beach",
                "model": "tiny", "steps": 2}),
     );
-    assert_eq!(st, 202, "{j}");
-    let done = c.wait_job(j["id"].as_str().unwrap());
-    assert_eq!(done["status"], "completed", "{done}");
-    let (_, bytes) = c.bytes(&format!(
-        "/api/assets/{}",
-        done["outputs"][0]["id"].as_str().unwrap()
-    ));
-    let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    let got = got.into_rgb8();
     for (x, y, a) in matte.enumerate_pixels() {
         if a.0[0] == 255 {
             assert_eq!(

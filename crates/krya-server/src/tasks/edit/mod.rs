@@ -712,7 +712,7 @@ impl Task for EditTask {
             let (png, thumbnail) = match &cut_out {
                 Some(c) => (
                     krya_engine::image_io::png_bytes_rgba(c, &parameters)?,
-                    media::thumbnail_webp_rgba(c, 384).ok(),
+                    media::thumbnail_webp(c, 384).ok(),
                 ),
                 None => (
                     krya_engine::image_io::png_bytes(&out, &parameters)?,
