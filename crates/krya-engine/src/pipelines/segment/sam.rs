@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use crate::kernels::{Conv2d, Linear, conv2d, conv2d_no_bias, linear};
+use crate::kernels::{Conv2d, Linear, conv2d, conv2d_no_bias, gelu, linear};
 use crate::model::state_dict::StateDict;
 use crate::weights::Weights;
 use crate::{EngineError, Result};
@@ -87,18 +87,66 @@ fn hf_name(k: &str) -> String {
     s
 }
 
-/// A LayerNorm over the channels of `[b, c, h, w]`.
-struct ChannelNorm(LayerNorm);
+/// A LayerNorm over the channels of `[b, c, h, w]` (SAM's `LayerNorm2d`), computed on the
+/// planes as they lie: per pixel, the mean and variance across the channels' planes.
+struct ChannelNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
 
 impl ChannelNorm {
     fn new(c: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self(candle_nn::layer_norm(c, eps, vb)?))
+        let get = |n: &str| -> Result<Vec<f32>> { Ok(vb.get(c, n)?.to_vec1::<f32>()?) };
+        Ok(Self {
+            weight: get("weight")?,
+            bias: get("bias")?,
+            eps: eps as f32,
+        })
     }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.0
-            .forward(&x.permute((0, 2, 3, 1))?)?
-            .permute((0, 3, 1, 2))?
-            .contiguous()
+        use rayon::prelude::*;
+        let (b, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let mut v: Vec<f32> = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        // Pixels in runs, each run's mean and variance over the channels in f32 sums.
+        const RUN: usize = 256;
+        for img in v.chunks_mut(c * hw) {
+            let runs: Vec<(usize, Vec<f32>, Vec<f32>)> = (0..hw.div_ceil(RUN))
+                .into_par_iter()
+                .map(|r| {
+                    let (p0, n) = (r * RUN, RUN.min(hw - r * RUN));
+                    let (mut mean, mut var) = (vec![0f32; n], vec![0f32; n]);
+                    for ch in 0..c {
+                        for (m, x) in mean.iter_mut().zip(&img[ch * hw + p0..][..n]) {
+                            *m += x;
+                        }
+                    }
+                    mean.iter_mut().for_each(|m| *m /= c as f32);
+                    for ch in 0..c {
+                        let xs = &img[ch * hw + p0..][..n];
+                        for ((s, x), m) in var.iter_mut().zip(xs).zip(&mean) {
+                            *s += (x - m) * (x - m);
+                        }
+                    }
+                    let inv = var
+                        .iter()
+                        .map(|s| 1.0 / (s / c as f32 + self.eps).sqrt())
+                        .collect();
+                    (p0, mean, inv)
+                })
+                .collect();
+            img.par_chunks_mut(hw).enumerate().for_each(|(ch, plane)| {
+                let (g, bt) = (self.weight[ch], self.bias[ch]);
+                for (p0, mean, inv) in &runs {
+                    for ((x, m), i) in plane[*p0..][..mean.len()].iter_mut().zip(mean).zip(inv) {
+                        *x = (*x - m) * i * g + bt;
+                    }
+                }
+            });
+        }
+        Tensor::from_vec(v, (b, c, h, w), x.device())
     }
 }
 
@@ -130,37 +178,25 @@ impl PositionEncoding {
 }
 
 /// A 2×2 transposed convolution of stride 2 (the decoder's upscaling): each input pixel
-/// paints its own 2×2 block, so it is one product `[h·w, in] × [in, out·4]`.
+/// paints its own 2×2 block (`kernels::conv_transpose2d`: one product of the four taps'
+/// weights with the pixels, each tap's products laid at its offset).
 struct Up2x2 {
-    /// `[in, out · 4]`, the weight `[in, out, 2, 2]` flattened.
+    /// `[in, out, 2, 2]`.
     weight: Tensor,
     bias: Tensor,
-    out: usize,
 }
 
 impl Up2x2 {
     fn new(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            weight: vb
-                .get((cin, cout, 2, 2), "weight")?
-                .reshape((cin, cout * 4))?,
+            weight: vb.get((cin, cout, 2, 2), "weight")?,
             bias: vb.get(cout, "bias")?,
-            out: cout,
         })
     }
 
     /// `[1, in, h, w]` → `[1, out, 2h, 2w]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, cin, h, w) = x.dims4()?;
-        let y = x
-            .reshape((cin, h * w))?
-            .t()?
-            .contiguous()?
-            .matmul(&self.weight)?; // [hw, out·4]
-        y.reshape((h, w, self.out, 2, 2))?
-            .permute((2, 0, 3, 1, 4))?
-            .reshape((1, self.out, 2 * h, 2 * w))?
-            .broadcast_add(&self.bias.reshape((1, self.out, 1, 1))?)
+        crate::kernels::conv_transpose2d(&x.contiguous()?, &self.weight, Some(&self.bias), 2, 0, 0)
     }
 }
 
@@ -779,11 +815,8 @@ impl Sam {
         let n_masks = self.hyper.len();
         let iou_out = queries.i((.., 0, ..))?;
         let image = keys.transpose(1, 2)?.reshape((1, c, gh, gw))?;
-        let up = self
-            .up_norm
-            .forward(&self.up1.forward(&image)?)?
-            .gelu_erf()?;
-        let up = self.up2.forward(&up)?.gelu_erf()?;
+        let up = gelu(&self.up_norm.forward(&self.up1.forward(&image)?)?)?;
+        let up = gelu(&self.up2.forward(&up)?)?;
         let (_, uc, uh, uw) = up.dims4()?;
         let hyper = (0..n_masks)
             .map(|i| self.hyper[i].forward(&queries.i((.., 1 + i, ..))?))
