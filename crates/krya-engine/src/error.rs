@@ -61,6 +61,17 @@ impl EngineError {
             message: message.into(),
         }
     }
+
+    /// The error with `path` as the model file it is about, where it names none yet (the
+    /// architectures' loaders see tensors, not files).
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            EngineError::BadModel { path: p, message } if p.as_os_str().is_empty() => {
+                EngineError::bad_model(path, message)
+            }
+            e => e,
+        }
+    }
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -53,7 +53,7 @@ pub struct Args {
     /// How much is re-drawn, 0-1 (default 1; 0.6 with --restyle).
     #[arg(long)]
     strength: Option<f64>,
-    /// Pixels the mask is grown by (inpaint, outpaint; default 4, 12 to erase).
+    /// Pixels the mask is grown by (default 4; 12 to erase with an image model).
     #[arg(long)]
     grow: Option<u32>,
     /// The mask's feather, in pixels (inpaint, outpaint).
@@ -255,12 +255,16 @@ fn erase_with_lama(
     image: &image::RgbImage,
     mask: &std::path::Path,
 ) -> Result<(), CliError> {
-    if a.strength.is_some() || a.steps.is_some() || a.guidance.is_some() || a.grow.is_some() {
+    if a.strength.is_some() || a.steps.is_some() || a.guidance.is_some() {
         return Err(CliError::user(
-            "LaMa takes no --strength, --steps, --guidance or --grow (an image model does)",
+            "LaMa takes no --strength, --steps or --guidance (an image model does)",
         ));
     }
-    let mask = image_io::load_mask(mask)?;
+    // As the API: the mask made hard and grown by --grow (default 4) before LaMa fills it.
+    let mask = edit::mask::grow(
+        &edit::mask::hard(&image_io::load_mask(mask)?),
+        a.grow.unwrap_or(4),
+    );
     let t0 = Instant::now();
     let eraser = erase::Eraser::load(model)?;
     let out = eraser.erase(image, &mask)?;

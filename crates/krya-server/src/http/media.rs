@@ -316,7 +316,7 @@ pub async fn versions(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Versions>, ApiError> {
-    let user = crate::http::auth::current_user(&state, &headers).await?;
+    let user = auth::current_user(&state, &headers).await?;
     let (versions, children) = state
         .db
         .lineage(&id, &user.id)

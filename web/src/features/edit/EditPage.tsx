@@ -813,7 +813,7 @@ export default function EditPage() {
             </ol>
           </>
         ) : (
-          <p className="text-sm text-muted">Open an image to paint a mask over it, then inpaint or outpaint. Each result is a new version you can go back to.</p>
+          <p className="text-sm text-muted">Open an image to edit it: paint or click a mask to inpaint or erase, outpaint, restyle, follow an instruction, or remove the background. Each result is a new version you can go back to.</p>
         )}
       </section>
     </div>

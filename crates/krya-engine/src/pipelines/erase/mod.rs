@@ -55,12 +55,7 @@ impl Eraser {
                 "not an object-removal model this engine reads (LaMa)",
             ));
         }
-        let lama = Lama::from_state_dict(sd).map_err(|e| match e {
-            EngineError::BadModel { path: p, message } if p.as_os_str().is_empty() => {
-                EngineError::bad_model(path, message)
-            }
-            e => e,
-        })?;
+        let lama = Lama::from_state_dict(sd).map_err(|e| e.in_file(path))?;
         Ok(Self { lama })
     }
 

@@ -47,12 +47,7 @@ impl FaceRestorer {
             .iter()
             .map(|(k, t)| (k.clone(), t.dims().to_vec()))
             .collect();
-        let at = |e: EngineError| match e {
-            EngineError::BadModel { path: p, message } if p.as_os_str().is_empty() => {
-                EngineError::bad_model(path, message)
-            }
-            e => e,
-        };
+        let at = |e: EngineError| e.in_file(path);
         let origin = path.display().to_string();
         let net = if gfpgan::detect(&shapes) {
             let config = gfpgan::config(&shapes).map_err(at)?;
@@ -166,12 +161,7 @@ pub fn load_detector(path: &Path) -> Result<RetinaFace> {
             "not a face detection model this engine reads (RetinaFace)",
         ));
     }
-    RetinaFace::from_state_dict(sd).map_err(|e| match e {
-        EngineError::BadModel { path: p, message } if p.as_os_str().is_empty() => {
-            EngineError::bad_model(path, message)
-        }
-        e => e,
-    })
+    RetinaFace::from_state_dict(sd).map_err(|e| e.in_file(path))
 }
 
 /// GFPGANer's settings: faces scoring at least this, eyes at least this far apart.

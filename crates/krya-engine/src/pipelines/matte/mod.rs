@@ -41,12 +41,7 @@ impl Matter {
                 "not a background-removal model this engine reads (IS-Net)",
             ));
         }
-        let net = IsNet::from_state_dict(sd).map_err(|e| match e {
-            EngineError::BadModel { path: p, message } if p.as_os_str().is_empty() => {
-                EngineError::bad_model(path, message)
-            }
-            e => e,
-        })?;
+        let net = IsNet::from_state_dict(sd).map_err(|e| e.in_file(path))?;
         Ok(Self {
             net,
             size: INPUT_SIZE,

@@ -70,12 +70,8 @@ impl Segmenter {
                 "not a segmentation model this engine reads (Segment Anything)",
             ));
         }
-        let sam = Sam::from_state_dict(sd, &path.display().to_string()).map_err(|e| match e {
-            EngineError::BadModel { path: p, message } if p.as_os_str().is_empty() => {
-                EngineError::bad_model(path, message)
-            }
-            e => e,
-        })?;
+        let sam =
+            Sam::from_state_dict(sd, &path.display().to_string()).map_err(|e| e.in_file(path))?;
         Ok(Self { sam })
     }
 

@@ -131,7 +131,7 @@ impl Upscaler {
                     ));
                 }
                 let other = state_dict::read(twin)?;
-                compact::blend(&sd, &other, dn).map_err(|e| at(e, twin))?
+                compact::blend(&sd, &other, dn).map_err(|e| e.in_file(twin))?
             }
             (Some(dn), None) if dn < 1.0 => {
                 return Err(EngineError::InvalidInput(
@@ -140,7 +140,7 @@ impl Upscaler {
             }
             _ => sd,
         };
-        Self::from_state_dict(sd, path).map_err(|e| at(e, path))
+        Self::from_state_dict(sd, path).map_err(|e| e.in_file(path))
     }
 
     /// A model from tensors already read (`origin` names them in messages).
@@ -215,16 +215,6 @@ impl Upscaler {
 /// A model file that is not laid out as expected (its path is added by the loader).
 pub(crate) fn layout_error(message: impl Into<String>) -> EngineError {
     EngineError::bad_model(PathBuf::new(), message)
-}
-
-/// `e` with `path` as the model it is about, where it names none yet.
-fn at(e: EngineError, path: &Path) -> EngineError {
-    match e {
-        EngineError::BadModel { path: p, message } if p.as_os_str().is_empty() => {
-            EngineError::bad_model(path, message)
-        }
-        e => e,
-    }
 }
 
 /// LeakyReLU with `slope` below 1: `max(x, slope · x)`.
