@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use krya_engine::model::state_dict;
-use krya_engine::pipelines::segment::sam::{Point, Sam};
+use krya_engine::pipelines::segment::sam::{EncoderKind, Point, Sam};
 use serde_json::Value;
 
 mod common;
@@ -51,6 +51,7 @@ fn sam_matches_transformers() {
             (64, 8, 32, 3, 2, 3, 32),
             "{file}"
         );
+        assert_eq!(c.encoder, EncoderKind::Vit);
         assert_eq!(c.global, vec![1], "{file}");
         let embedding = sam.embed(&reference["pixel_values"]).unwrap();
         close(
@@ -181,4 +182,86 @@ fn predictor_postprocesses_as_the_reference_and_checks_prompts() {
         let e = seg.segment(&e, &points, bbox).err().unwrap();
         assert!(e.to_string().contains(says), "{e}");
     }
+}
+
+/// MobileSAM (`tools/golden/mobile_sam.py`): the reference's TinyViT at a 1024² input with
+/// narrow stages (MBConv, windows padded at 128², 64² and 64², a stride-1 last merging),
+/// batch norms with running statistics, its classifier head in the file, and SAM's decoder
+/// on its embedding; the embedding and each case's logits and scores within 1e-4. A tensor
+/// the encoder does not know is refused by name.
+#[test]
+fn mobile_sam_matches_the_reference() {
+    let reference = candle_core::safetensors::load(
+        dir().join("mobile_sam_reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let path = dir().join("mobile_sam.safetensors");
+    let sam = Sam::from_state_dict(state_dict::read(&path).unwrap(), "mobile_sam").unwrap();
+    let c = &sam.config;
+    assert_eq!(c.encoder, EncoderKind::TinyVit);
+    assert_eq!(
+        (
+            c.image_size,
+            c.patch,
+            c.width,
+            c.depth,
+            c.heads,
+            c.window,
+            c.channels
+        ),
+        (1024, 16, 32, 6, 4, 7, 32)
+    );
+    // The input: the small random planes repeated 16 times along each side.
+    let pixels = reference["pixels_small"]
+        .upsample_nearest2d(1024, 1024)
+        .unwrap();
+    let embedding = sam.embed(&pixels).unwrap();
+    close(
+        "mobile_sam embedding",
+        &embedding,
+        &reference["image_embeddings"],
+    );
+    // The cases of the script: a positive point (three masks), a box with a negative point.
+    let p = |x: f32, y: f32, positive: bool| Point { x, y, positive };
+    let cases = [
+        ("point", vec![p(300.5, 700.25, true)], None, true),
+        (
+            "box_point",
+            vec![p(500.0, 410.0, false)],
+            Some([100.0, 200.0, 800.0, 900.0]),
+            false,
+        ),
+    ];
+    for (name, points, bbox, multimask) in cases {
+        let masks = sam
+            .decode(&reference["image_embeddings"], &points, bbox, multimask)
+            .unwrap();
+        // Every 4th logit along each side (as the script keeps them).
+        let idx = Tensor::arange_step(0u32, 256, 4, &Device::Cpu).unwrap();
+        let every4 = masks
+            .logits
+            .index_select(&idx, 1)
+            .unwrap()
+            .index_select(&idx, 2)
+            .unwrap();
+        close(
+            &format!("mobile_sam {name} masks"),
+            &every4,
+            &reference[&format!("{name}.masks")],
+        );
+        let iou = Tensor::new(masks.iou.as_slice(), &Device::Cpu).unwrap();
+        close(
+            &format!("mobile_sam {name} iou"),
+            &iou,
+            &reference[&format!("{name}.iou")],
+        );
+    }
+    let mut sd = state_dict::read(&path).unwrap();
+    sd.insert(
+        "image_encoder.extra.weight".into(),
+        Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let e = Sam::from_state_dict(sd, "x").err().unwrap().to_string();
+    assert!(e.contains("image_encoder.extra.weight"), "{e}");
 }

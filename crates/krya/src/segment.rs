@@ -25,8 +25,8 @@ pub struct Args {
     /// A box around the object: X0,Y0,X1,Y1.
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1")]
     bbox: Option<String>,
-    /// A Segment Anything file (.pth or .safetensors) or a registered name (default: the
-    /// first installed, else sam-vit-b, downloaded).
+    /// A Segment Anything or MobileSAM file (.pth, .pt or .safetensors) or a registered name
+    /// (default: the first installed, else mobile-sam, downloaded).
     #[arg(long)]
     model: Option<String>,
     /// Where registered model names are looked up (as `krya serve`).

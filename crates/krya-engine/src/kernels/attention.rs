@@ -128,6 +128,35 @@ pub fn attention_tokens_gemm(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
+    blocked(q, k, v, shape, scale, causal, None)
+}
+
+/// What [`attention_tokens_biased`] adds to a block of scores: `(batch, head, first query,
+/// scores)`, the scores `rows × m`, already scaled.
+pub type ScoreBias<'a> = &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync);
+
+/// [`attention_tokens_gemm`] with `bias` added to each block's scores before the softmax
+/// (relative positions: SAM's decomposed ones), so the scores never leave the block.
+pub fn attention_tokens_biased(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+    bias: ScoreBias,
+) -> Vec<f32> {
+    blocked(q, k, v, shape, scale, false, Some(bias))
+}
+
+fn blocked(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+    causal: bool,
+    bias: Option<ScoreBias>,
+) -> Vec<f32> {
     let AttentionShape { b, n, m, heads, d } = shape;
     let c = heads * d;
     assert!(q.len() >= b * n * c && k.len() >= b * m * c && v.len() >= b * m * c);
@@ -162,6 +191,9 @@ pub fn attention_tokens_gemm(
                     scale,
                     gemm::Parallelism::None,
                 );
+                if let Some(bias) = bias {
+                    bias(bi, h, r0, scores);
+                }
                 softmax_rows(scores, keys, if causal { r0 + 1 } else { keys });
                 gemm_raw(
                     (rows, d, keys),

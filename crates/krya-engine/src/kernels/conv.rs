@@ -740,6 +740,7 @@ pub(crate) enum Fast {
     Conv1x1,
     Im2col,
     FewOutputs,
+    Depthwise,
 }
 
 /// Output channels up to which a large kernel runs as [`conv_few_outputs`].
@@ -807,6 +808,52 @@ pub fn conv_few_outputs(
     out
 }
 
+/// A depthwise convolution (`groups == cin == cout`, weight `[c, 1, k, k]`): each channel's
+/// plane convolved with its own kernel, zero-padded, any stride; one task per plane.
+/// candle runs groups as one convolution each (MobileSAM's at 256²: thousands of calls).
+pub fn conv_depthwise(
+    x: &[f32],
+    b: usize,
+    g: ConvShape,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (k, c, s) = (g.k, g.cin, g.stride);
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let (oh, ow) = g.out();
+    let mut out = vec![0f32; b * c * oh * ow];
+    out.par_chunks_mut(oh * ow)
+        .zip(x.par_chunks(g.h * g.w))
+        .enumerate()
+        .for_each(|(i, (dst, src))| {
+            let ch = i % c;
+            let mut padded = vec![0f32; hp * wp];
+            for y in 0..g.h {
+                padded[(y + g.pad) * wp + g.pad..][..g.w].copy_from_slice(&src[y * g.w..][..g.w]);
+            }
+            let kw = &weight[ch * k * k..][..k * k];
+            dst.fill(bias.map_or(0.0, |b| b[ch]));
+            for (y, row) in dst.chunks_mut(ow).enumerate() {
+                for ky in 0..k {
+                    let line = &padded[(y * s + ky) * wp..][..wp];
+                    for kx in 0..k {
+                        let wv = kw[ky * k + kx];
+                        if s == 1 {
+                            for (d, v) in row.iter_mut().zip(&line[kx..kx + ow]) {
+                                *d += wv * v;
+                            }
+                        } else {
+                            for (xo, d) in row.iter_mut().enumerate() {
+                                *d += wv * line[xo * s + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
 impl Conv2d {
     /// The same convolution, padded by reflection (PyTorch's `padding_mode="reflect"`).
     pub fn reflect_padded(mut self) -> Self {
@@ -837,18 +884,23 @@ impl Conv2d {
     /// Which fast kernel applies, if any.
     pub(crate) fn fast(&self, x: &Tensor) -> Option<Fast> {
         let c = &self.cfg;
-        let (_, _, kh, kw) = self.dims().ok()?;
-        let (_, _, h, w) = x.dims4().ok()?;
+        let (cout, cin_g, kh, kw) = self.dims().ok()?;
+        let (_, cin, h, w) = x.dims4().ok()?;
         let weight_ok = match &self.weight {
             ConvWeight::Plain(w) => cpu_f32(w),
             ConvWeight::Packed { .. } => true,
         };
-        let plain = c.groups == 1 && c.dilation == 1 && kh == kw && cpu_f32(x) && weight_ok;
+        let depthwise = c.groups > 1 && cin_g == 1 && cout == c.groups && cin == c.groups;
+        let plain =
+            (c.groups == 1 || depthwise) && c.dilation == 1 && kh == kw && cpu_f32(x) && weight_ok;
         match (kh, c.stride, c.padding) {
+            _ if depthwise && plain && h + 2 * c.padding >= kh && w + 2 * c.padding >= kw => {
+                Some(Fast::Depthwise)
+            }
             _ if !plain || h + 2 * c.padding < kh || w + 2 * c.padding < kw => None,
             (3, 1, 1) => Some(Fast::Conv3x3),
             (1, 1, 0) => Some(Fast::Conv1x1),
-            (k, 1, _) if k > 3 && self.dims().ok()?.0 <= FEW_OUTPUTS => Some(Fast::FewOutputs),
+            (k, 1, _) if k > 3 && cout <= FEW_OUTPUTS => Some(Fast::FewOutputs),
             _ => Some(Fast::Im2col),
         }
     }
@@ -927,6 +979,7 @@ impl Module for Conv2d {
                     Fast::Conv1x1 => conv1x1(xs, b, cin, h * w, wt, bias, cout),
                     Fast::Im2col => conv_im2col(xs, b, shape, wt, bias, cout),
                     Fast::FewOutputs => conv_few_outputs(xs, b, shape, wt, bias, cout),
+                    Fast::Depthwise => conv_depthwise(xs, b, shape, wt, bias),
                 })
             })??,
         };

@@ -49,6 +49,37 @@ fn transposed_convolutions_equal_candles() {
 }
 
 #[test]
+fn depthwise_convolutions_equal_candles() {
+    let dev = Device::Cpu;
+    // 3×3 stride 1 and 2 (odd and even sides), a 5×5 and an unpadded one, a batch of two.
+    for (b, c, h, w, k, stride, padding) in [
+        (1, 6, 9, 7, 3, 1, 1),
+        (2, 4, 8, 10, 3, 2, 1),
+        (1, 3, 7, 7, 3, 2, 1),
+        (1, 5, 6, 9, 5, 1, 2),
+        (1, 2, 5, 4, 3, 1, 0),
+    ] {
+        let weight = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, c, &dev).unwrap();
+        let cfg = Conv2dConfig {
+            padding,
+            stride,
+            groups: c,
+            ..Default::default()
+        };
+        let ours = conv2d_from(weight.clone(), Some(bias.clone()), cfg).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (b, c, h, w), &dev).unwrap();
+        assert!(matches!(ours.fast(&x), Some(Fast::Depthwise)));
+        let theirs = candle_nn::Conv2d::new(weight, Some(bias), cfg);
+        close(
+            &ours.forward(&x).unwrap(),
+            &theirs.forward(&x).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
 fn reflection_padded_convolutions_equal_padding_first() {
     let dev = Device::Cpu;
     // 3×3 stride 1 in the kernel's own padding (direct; Winograd at 16 × 20), a strided and

@@ -323,6 +323,7 @@ export default function EditPage() {
   const live = use(jobs, (s) => (job ? s.jobs[job.id] : undefined));
   const mask = useRef<HTMLCanvasElement | null>(null);
   const segmenters = useLoad(() => api.models("segment").then((r) => r.models));
+  const [segmenter, setSegmenter] = useState("");
   const [prompts, setPrompts] = useState<Prompts | null>(null);
   const shownPrompts = prompts && version && prompts.on === version.id ? prompts : null;
   const [segmenting, setSegmenting] = useState(false);
@@ -354,7 +355,12 @@ export default function EditPage() {
     setSegmenting(true);
     setError(null);
     try {
-      const r = await api.segment({ image: version.id, points: next.points.map((q) => ({ x: q.x, y: q.y, label: q.label })), box: next.box ?? undefined });
+      const r = await api.segment({
+        image: version.id,
+        points: next.points.map((q) => ({ x: q.x, y: q.y, label: q.label })),
+        box: next.box ?? undefined,
+        model: segmenter || undefined,
+      });
       const img = new Image();
       img.src = r.mask.url;
       await img.decode();
@@ -566,6 +572,17 @@ export default function EditPage() {
                   </Chip>
                 ))}
             </div>
+            {tool === "select" && (segmenters.data ?? []).length > 1 && (
+              <Select value={segmenter} onChange={(e) => setSegmenter(e.target.value)} aria-label="Segmentation model">
+                <option value="">Default ({(segmenters.data ?? []).find((m) => m.installed)?.name ?? segmenters.data?.[0]?.name})</option>
+                {(segmenters.data ?? []).map((m) => (
+                  <option key={m.id} value={m.id}>
+                    {m.name}
+                    {m.installed ? "" : " (downloads on first click)"}
+                  </option>
+                ))}
+              </Select>
+            )}
             {tool === "select" && (
               <p className="text-xs text-muted" data-testid="edit-segment">
                 {segmenting

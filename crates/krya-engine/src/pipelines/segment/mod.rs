@@ -8,6 +8,7 @@
 //! to the image, scaled bilinearly to the image's own size, and cut at 0.
 
 pub mod sam;
+pub mod tiny_vit;
 
 use std::path::Path;
 

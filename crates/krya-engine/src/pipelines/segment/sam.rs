@@ -23,7 +23,10 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
-use crate::kernels::{Conv2d, Linear, conv2d, conv2d_no_bias, gelu, linear};
+use super::tiny_vit::{self, TinyVit};
+use crate::kernels::{
+    AttentionShape, Conv2d, Linear, attention_tokens_biased, conv2d, conv2d_no_bias, gelu, linear,
+};
 use crate::model::state_dict::StateDict;
 use crate::weights::Weights;
 use crate::{EngineError, Result};
@@ -226,62 +229,72 @@ fn rel_table(table: &Tensor, size: usize) -> candle_core::Result<Tensor> {
         .reshape((size, size, table.dim(1)?))
 }
 
+/// `a · b`, in eight lanes (so it vectorises).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 impl VisionBlock {
-    /// Attention over `[n, h, w, c]` groups (windows, or the whole grid).
+    /// Attention over `[n, h, w, c]` groups (windows, or the whole grid), on the engine's
+    /// blocked attention with the decomposed relative positions added to each block of
+    /// scores: `q · Rh[qy, ky] + q · Rw[qx, kx]` (the unscaled query, as the reference).
     fn attend(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (n, h, w, c) = x.dims4()?;
         let heads = self.heads;
         let d = c / heads;
+        let hw = h * w;
+        // `[n, hw, 3, heads · d]`: q, k and v token-major, each head's columns together.
         let qkv = self
             .qkv
-            .forward(&x.reshape((n, h * w, c))?)?
-            .reshape((n, h * w, 3, heads, d))?
-            .permute((2, 0, 3, 1, 4))?; // [3, n, heads, hw, d]
-        let (q, k, v) = (qkv.i(0)?, qkv.i(1)?, qkv.i(2)?);
-        let q = q.contiguous()?.reshape((n * heads, h * w, d))?;
-        let k = k.contiguous()?.reshape((n * heads, h * w, d))?;
-        let v = v.contiguous()?.reshape((n * heads, h * w, d))?;
-        let (rh, rw) = (rel_table(&self.rel_h, h)?, rel_table(&self.rel_w, w)?);
-        let scale = (d as f64).powf(-0.5);
-        // Query rows a block at a time: the scores of a 64×64 grid are 4096² per head.
-        let rows = (1usize << 20) / (h * w).max(1);
-        let rows = rows.clamp(1, h * w);
-        let mut out = Vec::new();
-        let mut r0 = 0;
-        while r0 < h * w {
-            let len = rows.min(h * w - r0);
-            let qc = q.narrow(1, r0, len)?;
-            let mut s = (qc.clone() * scale)?.matmul(&k.t()?)?; // [nh, len, hw]
-            // Decomposed relative positions: q · Rh[qy, ky] + q · Rw[qx, kx].
-            let ys: Vec<u32> = (r0..r0 + len).map(|i| (i / w) as u32).collect();
-            let xs: Vec<u32> = (r0..r0 + len).map(|i| (i % w) as u32).collect();
-            let ys = Tensor::from_vec(ys, len, x.device())?;
-            let xs = Tensor::from_vec(xs, len, x.device())?;
-            let rh_q = rh.index_select(&ys, 0)?; // [len, h, d]
-            let rw_q = rw.index_select(&xs, 0)?; // [len, w, d]
-            // [nh, len, 1, d] · [len, h, d] → [nh, len, h]
-            let bias_h = qc
-                .unsqueeze(2)?
-                .broadcast_mul(&rh_q.unsqueeze(0)?)?
-                .sum(D::Minus1)?;
-            let bias_w = qc
-                .unsqueeze(2)?
-                .broadcast_mul(&rw_q.unsqueeze(0)?)?
-                .sum(D::Minus1)?;
-            let bias = bias_h
-                .unsqueeze(3)?
-                .broadcast_add(&bias_w.unsqueeze(2)?)?
-                .reshape((n * heads, len, h * w))?;
-            s = (s + bias)?;
-            let p = candle_nn::ops::softmax_last_dim(&s)?;
-            out.push(p.matmul(&v)?);
-            r0 += len;
-        }
-        let o = Tensor::cat(&out, 1)?; // [n·heads, hw, d]
-        let o = o
-            .reshape((n, heads, h, w, d))?
-            .permute((0, 2, 3, 1, 4))?
-            .reshape((n, h * w, c))?;
+            .forward(&x.reshape((n, hw, c))?)?
+            .reshape((n, hw, 3, c))?;
+        let part = |i: usize| qkv.i((.., .., i, ..))?.flatten_all()?.to_vec1::<f32>();
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        // `[size, size, d]`: the table's row for each (query, key) index along an axis.
+        let rh = rel_table(&self.rel_h, h)?.flatten_all()?.to_vec1::<f32>()?;
+        let rw = rel_table(&self.rel_w, w)?.flatten_all()?.to_vec1::<f32>()?;
+        let shape = AttentionShape {
+            b: n,
+            n: hw,
+            m: hw,
+            heads,
+            d,
+        };
+        let bias = |bi: usize, head: usize, r0: usize, scores: &mut [f32]| {
+            let (mut bh, mut bw) = (vec![0f32; h], vec![0f32; w]);
+            for (i, row) in scores.chunks_mut(hw).enumerate() {
+                let qi = r0 + i;
+                let (qy, qx) = (qi / w, qi % w);
+                let qv = &q[(bi * hw + qi) * c + head * d..][..d];
+                for (ky, o) in bh.iter_mut().enumerate() {
+                    *o = dot(qv, &rh[(qy * h + ky) * d..][..d]);
+                }
+                for (kx, o) in bw.iter_mut().enumerate() {
+                    *o = dot(qv, &rw[(qx * w + kx) * d..][..d]);
+                }
+                for (seg, b) in row.chunks_mut(w).zip(&bh) {
+                    for (s, bx) in seg.iter_mut().zip(&bw) {
+                        *s += b + bx;
+                    }
+                }
+            }
+        };
+        let scale = (d as f32).powf(-0.5);
+        let o = attention_tokens_biased(&q, &k, &v, shape, scale, &bias);
+        let o = Tensor::from_vec(o, (n, hw, c), x.device())?;
         self.proj.forward(&o)?.reshape((n, h, w, c))
     }
 
@@ -314,7 +327,7 @@ impl VisionBlock {
         let x = (x + t)?;
         let m = self
             .lin2
-            .forward(&self.lin1.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+            .forward(&gelu(&self.lin1.forward(&self.norm2.forward(&x)?)?)?)?;
         x + m
     }
 }
@@ -384,13 +397,13 @@ impl TwoWayBlock {
         };
         let queries = self.norm1.forward(&queries)?;
         let q = (&queries + query_pe)?;
+        // The image with its positions: the keys of one attention, the queries of the other.
         let k = keys.broadcast_add(key_pe)?;
         let queries = (&queries + self.to_image.forward(&q, &k, keys)?)?;
         let queries = self.norm2.forward(&queries)?;
         let mlp = self.lin2.forward(&self.lin1.forward(&queries)?.relu()?)?;
         let queries = self.norm3.forward(&(queries + mlp)?)?;
         let q = (&queries + query_pe)?;
-        let k = keys.broadcast_add(key_pe)?;
         let keys = (keys + self.to_token.forward(&k, &q, &queries)?)?;
         let keys = self.norm4.forward(&keys)?;
         Ok((queries, keys))
@@ -453,9 +466,20 @@ pub struct Masks {
     pub iou: Vec<f32>,
 }
 
-/// What the file's shapes say.
+/// Which image encoder a SAM has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderKind {
+    /// SAM's ViT-B/L/H.
+    Vit,
+    /// MobileSAM's TinyViT ([`super::tiny_vit`]).
+    TinyVit,
+}
+
+/// What the file's shapes say (for a TinyViT: its last stage's width, heads and window,
+/// and its blocks in all).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamConfig {
+    pub encoder: EncoderKind,
     /// The encoder's input side (1024) and patch (16).
     pub image_size: usize,
     pub patch: usize,
@@ -469,67 +493,30 @@ pub struct SamConfig {
     pub channels: usize,
 }
 
-pub struct Sam {
-    pub config: SamConfig,
+/// SAM's ViT encoder, before the neck.
+struct Vit {
     patch_embed: Conv2d,
     pos_embed: Tensor,
     blocks: Vec<VisionBlock>,
-    neck_conv1: Conv2d,
-    neck_norm1: ChannelNorm,
-    neck_conv2: Conv2d,
-    neck_norm2: ChannelNorm,
-    pe: PositionEncoding,
-    /// The position encoding of the embedding's grid (the same for every click).
-    image_pe: Tensor,
-    point_embed: Vec<Tensor>,
-    not_a_point: Tensor,
-    no_mask: Tensor,
-    iou_token: Tensor,
-    mask_tokens: Tensor,
-    layers: Vec<TwoWayBlock>,
-    final_attn: Attention,
-    final_norm: LayerNorm,
-    up1: Up2x2,
-    up_norm: ChannelNorm,
-    up2: Up2x2,
-    hyper: Vec<Mlp>,
-    iou_head: Mlp,
 }
 
-impl Sam {
-    /// Builds SAM from a state dict (transformers' or the original checkpoint's names).
-    pub fn from_state_dict(sd: StateDict, origin: &str) -> Result<Self> {
-        let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        let original = sd.keys().any(|k| k.starts_with("image_encoder."));
-        for (k, t) in sd {
-            let k = if original { hf_name(&k) } else { k };
-            // The prompt encoder's copy of the shared position encoding (tied).
-            if k == "prompt_encoder.shared_embedding.positional_embedding" {
-                tensors
-                    .entry("shared_image_embedding.positional_embedding".into())
-                    .or_insert(t);
-                continue;
-            }
-            tensors.insert(k, t);
-        }
-        let shapes: HashMap<String, Vec<usize>> = tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
-            .collect();
+impl Vit {
+    /// The encoder's blocks from the tensors (transformers' names), and what they say.
+    fn load(
+        ve: &VarBuilder,
+        shapes: &HashMap<String, Vec<usize>>,
+        channels: usize,
+    ) -> Result<(Self, SamConfig)> {
         let shape = |k: &str| {
             shapes
                 .get(k)
                 .cloned()
                 .ok_or_else(|| bad(format!("SAM without {k}")))
         };
-        let weights = Weights::from_tensors(tensors, origin);
-        let vb = weights.var_builder(DType::F32, &Device::Cpu);
-        let ve = vb.pp("vision_encoder");
         let pw = shape("vision_encoder.patch_embed.projection.weight")?;
         let (width, patch) = (pw[0], pw[2]);
         let pos = shape("vision_encoder.pos_embed")?;
         let grid = pos[1];
-        let image_size = grid * patch;
         let mut blocks = Vec::new();
         let mut global = Vec::new();
         let mut window = 0;
@@ -567,7 +554,142 @@ impl Sam {
         if blocks.is_empty() {
             return Err(bad("SAM without image encoder blocks"));
         }
+        let config = SamConfig {
+            encoder: EncoderKind::Vit,
+            image_size: grid * patch,
+            patch,
+            width,
+            depth: blocks.len(),
+            heads: blocks[0].heads,
+            window,
+            global,
+            channels,
+        };
+        let vit = Self {
+            patch_embed: conv2d(
+                3,
+                width,
+                patch,
+                Conv2dConfig {
+                    stride: patch,
+                    ..Default::default()
+                },
+                ve.pp("patch_embed.projection"),
+            )?,
+            pos_embed: ve.get((1, grid, grid, width), "pos_embed")?,
+            blocks,
+        };
+        Ok((vit, config))
+    }
+
+    /// `[1, 3, S, S]` → `[1, width, S / patch, S / patch]`.
+    fn forward(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = self
+            .patch_embed
+            .forward(pixels)?
+            .permute((0, 2, 3, 1))?
+            .broadcast_add(&self.pos_embed)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        x.permute((0, 3, 1, 2))?.contiguous()
+    }
+}
+
+enum Encoder {
+    Vit(Vit),
+    Tiny(TinyVit),
+}
+
+pub struct Sam {
+    pub config: SamConfig,
+    encoder: Encoder,
+    neck_conv1: Conv2d,
+    neck_norm1: ChannelNorm,
+    neck_conv2: Conv2d,
+    neck_norm2: ChannelNorm,
+    pe: PositionEncoding,
+    /// The position encoding of the embedding's grid (the same for every click).
+    image_pe: Tensor,
+    point_embed: Vec<Tensor>,
+    not_a_point: Tensor,
+    no_mask: Tensor,
+    iou_token: Tensor,
+    mask_tokens: Tensor,
+    layers: Vec<TwoWayBlock>,
+    final_attn: Attention,
+    final_norm: LayerNorm,
+    up1: Up2x2,
+    up_norm: ChannelNorm,
+    up2: Up2x2,
+    hyper: Vec<Mlp>,
+    iou_head: Mlp,
+}
+
+impl Sam {
+    /// Builds SAM from a state dict (transformers' or the original checkpoint's names).
+    pub fn from_state_dict(sd: StateDict, origin: &str) -> Result<Self> {
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        let original = sd.keys().any(|k| k.starts_with("image_encoder."));
+        // MobileSAM: the encoder's tensors (all but its neck) go to TinyViT as named.
+        let mut tiny = sd
+            .contains_key("image_encoder.patch_embed.seq.0.c.weight")
+            .then(StateDict::new);
+        for (k, t) in sd {
+            if let Some(enc) = tiny.as_mut()
+                && let Some(rest) = k.strip_prefix("image_encoder.")
+                && !rest.starts_with("neck.")
+            {
+                enc.insert(rest.to_string(), t);
+                continue;
+            }
+            let k = if original { hf_name(&k) } else { k };
+            // The prompt encoder's copy of the shared position encoding (tied).
+            if k == "prompt_encoder.shared_embedding.positional_embedding" {
+                tensors
+                    .entry("shared_image_embedding.positional_embedding".into())
+                    .or_insert(t);
+                continue;
+            }
+            tensors.insert(k, t);
+        }
+        let shapes: HashMap<String, Vec<usize>> = tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+            .collect();
+        let shape = |k: &str| {
+            shapes
+                .get(k)
+                .cloned()
+                .ok_or_else(|| bad(format!("SAM without {k}")))
+        };
+        let weights = Weights::from_tensors(tensors, origin);
+        let vb = weights.var_builder(DType::F32, &Device::Cpu);
+        let ve = vb.pp("vision_encoder");
         let channels = shape("vision_encoder.neck.conv1.weight")?[0];
+        let (encoder, config) = match tiny {
+            Some(sd) => {
+                let t = TinyVit::from_state_dict(sd)?;
+                let c = &t.config;
+                let config = SamConfig {
+                    encoder: EncoderKind::TinyVit,
+                    image_size: tiny_vit::IMAGE_SIZE,
+                    patch: 16,
+                    width: t.width(),
+                    depth: c.depths.iter().sum(),
+                    heads: *c.heads.last().unwrap_or(&0),
+                    window: *c.windows.last().unwrap_or(&0),
+                    global: vec![],
+                    channels,
+                };
+                (Encoder::Tiny(t), config)
+            }
+            None => {
+                let (vit, config) = Vit::load(&ve, &shapes, channels)?;
+                (Encoder::Vit(vit), config)
+            }
+        };
+        let width = config.width;
         let g = shape("shared_image_embedding.positional_embedding")?;
         let pe = PositionEncoding {
             gaussian: vb.get((g[0], g[1]), "shared_image_embedding.positional_embedding")?,
@@ -627,30 +749,11 @@ impl Sam {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
+        let grid = config.image_size / config.patch;
         let image_pe = pe.grid(grid, grid)?;
         let sam = Self {
-            config: SamConfig {
-                image_size,
-                patch,
-                width,
-                depth: blocks.len(),
-                heads: blocks[0].heads,
-                window,
-                global,
-                channels,
-            },
-            patch_embed: conv2d(
-                3,
-                width,
-                patch,
-                Conv2dConfig {
-                    stride: patch,
-                    ..Default::default()
-                },
-                ve.pp("patch_embed.projection"),
-            )?,
-            pos_embed: ve.get((1, grid, grid, width), "pos_embed")?,
-            blocks,
+            config,
+            encoder,
             neck_conv1: conv2d_no_bias(
                 width,
                 channels,
@@ -721,15 +824,10 @@ impl Sam {
                 "SAM's encoder takes one {s}×{s} image (got {b} of {h}×{w})"
             )));
         }
-        let mut x = self
-            .patch_embed
-            .forward(pixels)?
-            .permute((0, 2, 3, 1))?
-            .broadcast_add(&self.pos_embed)?;
-        for block in &self.blocks {
-            x = block.forward(&x)?;
-        }
-        let x = x.permute((0, 3, 1, 2))?.contiguous()?;
+        let x = match &self.encoder {
+            Encoder::Vit(vit) => vit.forward(pixels)?,
+            Encoder::Tiny(tiny) => tiny.forward(pixels)?,
+        };
         let x = self.neck_norm1.forward(&self.neck_conv1.forward(&x)?)?;
         Ok(self.neck_norm2.forward(&self.neck_conv2.forward(&x)?)?)
     }
