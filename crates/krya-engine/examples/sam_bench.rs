@@ -1,7 +1,7 @@
 //! The engine's side of the SAM benchmark (`tools/bench/sam.sh`): the median time of the
 //! image embedding of one 1024² input and of one click's decode on it.
 //!
-//!   cargo run --release -p krya-engine --example sam_bench -- [--runs 3] FILE
+//!   cargo run --release -p krya-engine --example sam_bench -- [--runs 3] [--clicks 10] FILE
 
 use std::time::Instant;
 
@@ -14,16 +14,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {
     let mut runs = 3;
+    let mut clicks = 10;
     let mut file = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().unwrap().parse().unwrap(),
+            "--clicks" => clicks = args.next().unwrap().parse().unwrap(),
             _ => file = Some(a),
         }
     }
@@ -33,7 +35,13 @@ fn main() {
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
-    let emb = seg.sam.embed(&x).unwrap();
+    // `--runs 0`: a random embedding, for profiling the decoder alone.
+    let emb = if runs == 0 {
+        let (c, g) = (seg.sam.config.channels, side / seg.sam.config.patch);
+        Tensor::randn(0f32, 1f32, (1, c, g, g), &Device::Cpu).unwrap()
+    } else {
+        seg.sam.embed(&x).unwrap()
+    };
     let embed = median(
         (0..runs)
             .map(|_| {
@@ -49,7 +57,7 @@ fn main() {
         positive: true,
     }];
     let decode = median(
-        (0..runs.max(10))
+        (0..clicks)
             .map(|_| {
                 let t = Instant::now();
                 seg.sam.decode(&emb, &click, None, true).unwrap();

@@ -128,7 +128,9 @@ pub fn attention_tokens_gemm(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
-    blocked(q, k, v, shape, scale, causal, None)
+    let c = shape.heads * shape.d;
+    let r = |x| Rows::new(x, c);
+    blocked_rows(r(q), r(k), r(v), shape, scale, causal, None)
 }
 
 /// What [`attention_tokens_biased`] adds to a block of scores: `(batch, head, first query,
@@ -145,13 +147,17 @@ pub fn attention_tokens_biased(
     scale: f32,
     bias: ScoreBias,
 ) -> Vec<f32> {
-    blocked(q, k, v, shape, scale, false, Some(bias))
+    let c = shape.heads * shape.d;
+    let r = |x| Rows::new(x, c);
+    blocked_rows(r(q), r(k), r(v), shape, scale, false, Some(bias))
 }
 
-fn blocked(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+/// The blocked attention on rows at any stride (`b` batches of `n` and `m` rows each, one
+/// after another); the output `[b, n, heads · d]`.
+fn blocked_rows(
+    q: Rows,
+    k: Rows,
+    v: Rows,
     shape: AttentionShape,
     scale: f32,
     causal: bool,
@@ -159,7 +165,9 @@ fn blocked(
 ) -> Vec<f32> {
     let AttentionShape { b, n, m, heads, d } = shape;
     let c = heads * d;
-    assert!(q.len() >= b * n * c && k.len() >= b * m * c && v.len() >= b * m * c);
+    let fits = |r: Rows, rows: usize| rows == 0 || r.data.len() >= (rows - 1) * r.stride + c;
+    assert!(fits(q, b * n) && fits(k, b * m) && fits(v, b * m));
+    let (q, qs, k, ks, v, vs) = (q.data, q.stride, k.data, k.stride, v.data, v.stride);
     let mut out = uninit(b * n * c);
     let blocks = n.div_ceil(QUERY_BLOCK);
     // Each (batch and head, block of queries) is one task writing its own part of `out`.
@@ -176,8 +184,9 @@ fn blocked(
             // Keys this block can see.
             let keys = if causal { m.min(r0 + rows) } else { m };
             scores.resize(rows * keys, 0.0);
-            let q0 = (bi * n + r0) * c + h * d;
-            let kv0 = bi * m * c + h * d;
+            let q0 = (bi * n + r0) * qs + h * d;
+            let (k0, v0) = (bi * m * ks + h * d, bi * m * vs + h * d);
+            let o0 = (bi * n + r0) * c + h * d;
             // SAFETY: rows `r0..r0 + rows` and keys `..keys` of head `h` in batch `bi` lie
             // within the asserted lengths (row stride `c`, `d` columns from `h · d`); this
             // task alone writes those rows' head-`h` columns of `out`.
@@ -186,8 +195,8 @@ fn blocked(
                 gemm_raw(
                     (rows, keys, d),
                     (scores.as_mut_ptr(), keys, false),
-                    (q.as_ptr().add(q0), c, 1),
-                    (k.as_ptr().add(kv0), 1, c),
+                    (q.as_ptr().add(q0), qs, 1),
+                    (k.as_ptr().add(k0), 1, ks),
                     scale,
                     gemm::Parallelism::None,
                 );
@@ -197,9 +206,9 @@ fn blocked(
                 softmax_rows(scores, keys, if causal { r0 + 1 } else { keys });
                 gemm_raw(
                     (rows, d, keys),
-                    (out_ptr.get().add(q0), c, false),
+                    (out_ptr.get().add(o0), c, false),
                     (scores.as_ptr(), keys, 1),
-                    (v.as_ptr().add(kv0), c, 1),
+                    (v.as_ptr().add(v0), vs, 1),
                     1.0,
                     gemm::Parallelism::None,
                 );
@@ -261,4 +270,113 @@ pub fn attention(
         .map(|start| attend(start, rows.min(n - start)))
         .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&chunks, 2)?.transpose(1, 2)?.reshape((b, n, c))
+}
+
+/// One side of [`attention_rows`]: rows of `heads · d` at a row stride (so q, k and v can
+/// be column blocks of one product's output).
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    pub fn new(data: &'a [f32], stride: usize) -> Self {
+        Self { data, stride }
+    }
+}
+
+/// `a · b` in sixteen lanes (so it vectorises).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+simd_fn! {
+    /// Each `m`-long segment of `scores` scaled and replaced by its softmax.
+    fn softmax_segments(scores: &mut [f32], m: usize, scale: f32) {
+        for seg in scores.chunks_mut(m) {
+            seg.iter_mut().for_each(|v| *v *= scale);
+            let max = row_max(seg);
+            let inv = 1.0 / exp_sum(seg, max);
+            seg.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+/// Keys up to which [`attention_rows`] takes all heads in one product.
+const FEW_KEYS: usize = 16;
+
+/// softmax(q kᵀ · scale) v for `n` queries and `m` keys and values, `heads` of `d`, on rows
+/// at any stride (q, k and v can be column blocks of one product's output): `[n, heads · d]`.
+/// For a mask decoder's handful of tokens against an image's thousands:
+/// - few keys (the image's pixels attending to the tokens): every head at once, as two
+///   products with block-diagonal keys and values (`[heads · d, heads · m]`: head `h`'s keys
+///   in its own rows and columns), the scores soft-maxed per head in between; the zeros cost
+///   less than a small product per head and block of queries;
+/// - else the blocked attention (few queries: one block per head).
+pub fn attention_rows(
+    q: Rows,
+    k: Rows,
+    v: Rows,
+    (n, m, heads, d): (usize, usize, usize, usize),
+    scale: f32,
+) -> Vec<f32> {
+    let shape = AttentionShape {
+        b: 1,
+        n,
+        m,
+        heads,
+        d,
+    };
+    if m > FEW_KEYS || n == 0 || m == 0 {
+        return blocked_rows(q, k, v, shape, scale, false, None);
+    }
+    let (c, hm) = (heads * d, heads * m);
+    let (mut kbd, mut vbd) = (vec![0f32; c * hm], vec![0f32; hm * c]);
+    for h in 0..heads {
+        for j in 0..m {
+            let (kr, vr) = (
+                &k.data[j * k.stride + h * d..][..d],
+                &v.data[j * v.stride + h * d..][..d],
+            );
+            for (dd, x) in kr.iter().enumerate() {
+                kbd[(h * d + dd) * hm + h * m + j] = *x;
+            }
+            vbd[(h * m + j) * c + h * d..][..d].copy_from_slice(vr);
+        }
+    }
+    let mut scores = uninit(n * hm);
+    matmul(
+        n,
+        hm,
+        c,
+        &mut scores,
+        hm,
+        false,
+        q.data,
+        q.stride,
+        1,
+        &kbd,
+        hm,
+    );
+    scores
+        .par_chunks_mut(hm * 64)
+        .for_each(|rows| softmax_segments(rows, m, scale));
+    let mut out = uninit(n * c);
+    matmul(n, c, hm, &mut out, c, false, &scores, hm, 1, &vbd, c);
+    out
 }

@@ -96,7 +96,7 @@ pub use conv::*;
 pub use linear::*;
 pub use math::*;
 pub use norm::*;
-use products::*;
+pub(crate) use products::*;
 
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32

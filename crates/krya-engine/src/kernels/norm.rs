@@ -110,3 +110,58 @@ impl Module for GroupNorm {
         self.run(x, false)
     }
 }
+
+simd_fn! {
+    /// One row of [`add_layer_norm_rows`]: sums in lane-wise partials (so they vectorise).
+    fn add_layer_norm_row(row: &mut [f32], add: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        const L: usize = 8;
+        if !add.is_empty() {
+            for (a, b) in row.iter_mut().zip(add) {
+                *a += b;
+            }
+        }
+        let c = row.len() as f32;
+        let (mut s1, mut s2) = ([0f32; L], [0f32; L]);
+        let mut chunks = row.chunks_exact(L);
+        for ch in &mut chunks {
+            for i in 0..L {
+                s1[i] += ch[i];
+            }
+        }
+        let mean = (s1.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / c;
+        let mut chunks = row.chunks_exact(L);
+        for ch in &mut chunks {
+            for i in 0..L {
+                s2[i] += (ch[i] - mean) * (ch[i] - mean);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+        let var = (s2.iter().sum::<f32>() + tail) / c;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = (*v - mean) * inv * g + b;
+        }
+    }
+}
+
+/// `x ← LayerNorm(x + add)` over rows of `c` (`add` may be empty: no sum), with `gamma`,
+/// `beta` and `eps`; one pass per row, rows in parallel.
+pub fn add_layer_norm_rows(
+    x: &mut [f32],
+    add: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
+    x.par_chunks_mut(c * 16).enumerate().for_each(|(r, rows)| {
+        for (i, row) in rows.chunks_mut(c).enumerate() {
+            let add = if add.is_empty() {
+                add
+            } else {
+                &add[(r * 16 + i) * c..][..c]
+            };
+            add_layer_norm_row(row, add, gamma, beta, eps);
+        }
+    });
+}

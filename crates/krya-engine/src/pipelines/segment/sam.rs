@@ -25,7 +25,8 @@ use candle_nn::{LayerNorm, VarBuilder};
 
 use super::tiny_vit::{self, TinyVit};
 use crate::kernels::{
-    AttentionShape, Conv2d, Linear, attention_tokens_biased, conv2d, conv2d_no_bias, gelu, linear,
+    AttentionShape, Conv2d, Linear, Rows, add_layer_norm_rows, attention_rows,
+    attention_tokens_biased, conv2d, conv2d_no_bias, dot, gelu, gelu_inplace, linear,
 };
 use crate::model::state_dict::StateDict;
 use crate::weights::Weights;
@@ -180,27 +181,208 @@ impl PositionEncoding {
     }
 }
 
-/// A 2×2 transposed convolution of stride 2 (the decoder's upscaling): each input pixel
-/// paints its own 2×2 block (`kernels::conv_transpose2d`: one product of the four taps'
-/// weights with the pixels, each tap's products laid at its offset).
-struct Up2x2 {
-    /// `[in, out, 2, 2]`.
-    weight: Tensor,
-    bias: Tensor,
+fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
 }
 
-impl Up2x2 {
-    fn new(cin: usize, cout: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+/// Projections of the image's tokens fused into one product, `keys @ w + terms`: `w`
+/// `[c, cols]` (the layers' `[in, out]` weights side by side), `terms` `[hw, cols]` the
+/// position encoding's share (for the projections that take `keys + key_pe`; linear, so
+/// `(keys + pe) W = keys W + pe W`) plus the biases — the same for every click, so computed
+/// once per grid.
+struct Fused {
+    w: Vec<f32>,
+    cols: usize,
+    /// Each projection's weight and bias, and whether it takes the positions.
+    parts: Vec<(Vec<f32>, Vec<f32>, bool)>,
+    /// The terms of the model's own grid.
+    terms: Vec<f32>,
+}
+
+impl Fused {
+    fn new(parts: &[(&Linear, bool)], pe: &[f32], c: usize) -> candle_core::Result<Self> {
+        let mut ps = Vec::new();
+        for (l, with_pe) in parts {
+            let b = match &l.bias {
+                Some(b) => values(b)?,
+                None => vec![0.0; l.weight_t.dim(1)?],
+            };
+            ps.push((values(&l.weight_t)?, b, *with_pe));
+        }
+        let cols = ps.iter().map(|p| p.1.len()).sum();
+        let mut w = Vec::with_capacity(c * cols);
+        for r in 0..c {
+            for (pw, pb, _) in &ps {
+                w.extend_from_slice(&pw[r * pb.len()..][..pb.len()]);
+            }
+        }
+        let mut f = Self {
+            w,
+            cols,
+            parts: ps,
+            terms: vec![],
+        };
+        f.terms = f.terms_for(pe, c);
+        Ok(f)
+    }
+
+    /// The terms for the position encoding `pe` (`[hw, c]`).
+    fn terms_for(&self, pe: &[f32], c: usize) -> Vec<f32> {
+        let hw = pe.len() / c;
+        let mut terms = vec![0f32; hw * self.cols];
+        let mut col = 0;
+        for (w, b, with_pe) in &self.parts {
+            let n = b.len();
+            let part = if *with_pe {
+                crate::kernels::linear_rows(pe, hw, c, w, n, Some(b))
+            } else {
+                b.repeat(hw)
+            };
+            for (dst, src) in terms.chunks_mut(self.cols).zip(part.chunks(n)) {
+                dst[col..col + n].copy_from_slice(src);
+            }
+            col += n;
+        }
+        terms
+    }
+
+    /// `keys @ w + terms` (`[hw, cols]`).
+    fn forward(&self, keys: &[f32], c: usize, terms: &[f32]) -> Vec<f32> {
+        let hw = keys.len() / c;
+        let mut out = terms.to_vec();
+        crate::kernels::matmul(
+            hw, self.cols, c, &mut out, self.cols, true, keys, c, 1, &self.w, self.cols,
+        );
+        out
+    }
+}
+
+/// The decoder's image side of one two-way layer, on the image's tokens as rows
+/// (`[hw, c]`): its projections of them fused (`[to_image k | to_image v | to_token q]`),
+/// the image-to-token attention's output projection, and the LayerNorm after it.
+struct ImageLayer {
+    fused: Fused,
+    out_w: Vec<f32>,
+    out_b: Vec<f32>,
+    norm: (Vec<f32>, Vec<f32>),
+}
+
+/// The decoder's upscaling, on the image's tokens as rows: each 2×2 stride-2 transposed
+/// convolution is one product (every input pixel's four taps side by side, `[in, 4 · out]`)
+/// whose rows are laid at their pixels; the channel LayerNorm between is a row's norm, and
+/// the masks are each output pixel's product with a mask token's hypernetwork output.
+struct Upscale {
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    c4: usize,
+    norm: (Vec<f32>, Vec<f32>),
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+    c8: usize,
+}
+
+impl Upscale {
+    fn new(c: usize, c4: usize, c8: usize, md: &VarBuilder) -> candle_core::Result<Self> {
+        // `[in, out, 2, 2]` → `[in, (ky · 2 + kx) · out + o]`; the bias once per tap.
+        let taps =
+            |cin: usize, cout: usize, n: &str| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+                let w = md.get((cin, cout, 2, 2), &format!("{n}.weight"))?;
+                let w = values(&w.permute((0, 2, 3, 1))?.contiguous()?)?;
+                let b = values(&md.get(cout, &format!("{n}.bias"))?)?;
+                Ok((w, b.repeat(4)))
+            };
+        let (w1, b1) = taps(c, c4, "upscale_conv1")?;
+        let (w2, b2) = taps(c4, c8, "upscale_conv2")?;
+        let norm = (
+            values(&md.get(c4, "upscale_layer_norm.weight")?)?,
+            values(&md.get(c4, "upscale_layer_norm.bias")?)?,
+        );
         Ok(Self {
-            weight: vb.get((cin, cout, 2, 2), "weight")?,
-            bias: vb.get(cout, "bias")?,
+            w1,
+            b1,
+            c4,
+            norm,
+            w2,
+            b2,
+            c8,
         })
     }
 
-    /// `[1, in, h, w]` → `[1, out, 2h, 2w]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::kernels::conv_transpose2d(&x.contiguous()?, &self.weight, Some(&self.bias), 2, 0, 0)
+    /// Image tokens `[gh · gw, c]` and hypernetwork outputs `[masks, c8]` → mask logits
+    /// `[masks, 4gh, 4gw]`.
+    fn forward(&self, keys: &[f32], c: usize, (gh, gw): (usize, usize), hyper: &[f32]) -> Vec<f32> {
+        use crate::kernels::linear_rows;
+        use rayon::prelude::*;
+        let (c4, c8) = (self.c4, self.c8);
+        // Up ×2: `[gh · gw, 4 · c4]`, each pixel's taps laid on the 2×2 block it paints,
+        // normalised and through GELU.
+        let t1 = linear_rows(keys, gh * gw, c, &self.w1, 4 * c4, Some(&self.b1));
+        let (w1, w2) = (2 * gw, 4 * gw);
+        let mut u1 = vec![0f32; 4 * gh * gw * c4];
+        u1.par_chunks_mut(2 * w1 * c4)
+            .enumerate()
+            .for_each(|(iy, rows)| {
+                for ix in 0..gw {
+                    let src = &t1[(iy * gw + ix) * 4 * c4..][..4 * c4];
+                    for (tap, px) in src.chunks(c4).enumerate() {
+                        let (ky, kx) = (tap / 2, tap % 2);
+                        rows[(ky * w1 + 2 * ix + kx) * c4..][..c4].copy_from_slice(px);
+                    }
+                }
+                add_layer_norm_rows(rows, &[], c4, &self.norm.0, &self.norm.1, 1e-6);
+                gelu_inplace(rows);
+            });
+        // Up ×2 again, through GELU, and each output pixel's product with each mask's
+        // hypernetwork output, two output rows per input row.
+        let mut t2 = linear_rows(&u1, 4 * gh * gw, c4, &self.w2, 4 * c8, Some(&self.b2));
+        t2.par_chunks_mut(1 << 14).for_each(gelu_inplace);
+        // Each pixel's products with the masks' hypernetwork outputs, per tap as one
+        // product with a block-diagonal `[4 · c8, 4 · masks]`, then laid on the planes.
+        let masks = hyper.len() / c8;
+        let mut hb = vec![0f32; 4 * c8 * 4 * masks];
+        for tap in 0..4 {
+            for o in 0..c8 {
+                for m in 0..masks {
+                    hb[(tap * c8 + o) * 4 * masks + tap * masks + m] = hyper[m * c8 + o];
+                }
+            }
+        }
+        let px = linear_rows(&t2, 4 * gh * gw, 4 * c8, &hb, 4 * masks, None);
+        let plane = 16 * gh * gw;
+        let mut logits = vec![0f32; masks * plane];
+        logits
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(m, out)| {
+                for (p, v) in px.chunks(4 * masks).enumerate() {
+                    let (y, x) = (p / w1, p % w1);
+                    for tap in 0..4 {
+                        out[(2 * y + tap / 2) * w2 + 2 * x + tap % 2] = v[tap * masks + m];
+                    }
+                }
+            });
+        logits
     }
+}
+
+/// Image planes `[c, hw]` plus a per-channel `add` → rows `[hw, c]`, in blocks of pixels.
+fn planes_to_rows(planes: &[f32], c: usize, add: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let hw = planes.len() / c;
+    const BLOCK: usize = 64;
+    let mut rows = vec![0f32; hw * c];
+    rows.par_chunks_mut(BLOCK * c)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let p0 = b * BLOCK;
+            let n = out.len() / c;
+            for (ch, a) in add.iter().enumerate() {
+                for (i, v) in planes[ch * hw + p0..][..n].iter().enumerate() {
+                    out[i * c + ch] = v + a;
+                }
+            }
+        });
+    rows
 }
 
 /// One block of the image encoder.
@@ -227,24 +409,6 @@ fn rel_table(table: &Tensor, size: usize) -> candle_core::Result<Tensor> {
     table
         .index_select(&idx, 0)?
         .reshape((size, size, table.dim(1)?))
-}
-
-/// `a · b`, in eight lanes (so it vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 impl VisionBlock {
@@ -382,13 +546,19 @@ struct TwoWayBlock {
 }
 
 impl TwoWayBlock {
+    /// One layer: the tokens (`[1, t, c]`) through candle, the image's tokens as rows
+    /// (`keys`, `[hw, c]`, updated in place) through the fused image side.
     fn forward(
         &self,
+        side: &ImageLayer,
+        terms: &[f32],
         queries: &Tensor,
-        keys: &Tensor,
+        keys: &mut [f32],
         query_pe: &Tensor,
-        key_pe: &Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
+    ) -> candle_core::Result<Tensor> {
+        let (_, t, c) = queries.dims3()?;
+        let hw = keys.len() / c;
+        let dev = queries.device();
         let queries = if self.skip_first_pe {
             self.self_attn.forward(queries, queries, queries)?
         } else {
@@ -396,17 +566,43 @@ impl TwoWayBlock {
             (queries + self.self_attn.forward(&q, &q, queries)?)?
         };
         let queries = self.norm1.forward(&queries)?;
-        let q = (&queries + query_pe)?;
-        // The image with its positions: the keys of one attention, the queries of the other.
-        let k = keys.broadcast_add(key_pe)?;
-        let queries = (&queries + self.to_image.forward(&q, &k, keys)?)?;
-        let queries = self.norm2.forward(&queries)?;
+        // The image's projections: [to_image k (with positions) | to_image v | to_token q
+        // (with positions)].
+        let proj = side.fused.forward(keys, c, terms);
+        let cols = side.fused.cols;
+        let (i1, i2) = (self.to_image.internal, self.to_token.internal);
+        let rows = Rows::new;
+        // Tokens to image.
+        let tq = values(&self.to_image.q.forward(&(&queries + query_pe)?)?)?;
+        let d = i1 / DECODER_HEADS;
+        let o = attention_rows(
+            rows(&tq, i1),
+            rows(&proj, cols),
+            rows(&proj[i1..], cols),
+            (t, hw, DECODER_HEADS, d),
+            (d as f32).powf(-0.5),
+        );
+        let o = self
+            .to_image
+            .out
+            .forward(&Tensor::from_vec(o, (1, t, i1), dev)?)?;
+        let queries = self.norm2.forward(&(&queries + o)?)?;
         let mlp = self.lin2.forward(&self.lin1.forward(&queries)?.relu()?)?;
         let queries = self.norm3.forward(&(queries + mlp)?)?;
-        let q = (&queries + query_pe)?;
-        let keys = (keys + self.to_token.forward(&k, &q, &queries)?)?;
-        let keys = self.norm4.forward(&keys)?;
-        Ok((queries, keys))
+        // Image to tokens.
+        let tk = values(&self.to_token.k.forward(&(&queries + query_pe)?)?)?;
+        let tv = values(&self.to_token.v.forward(&queries)?)?;
+        let d = i2 / DECODER_HEADS;
+        let o = attention_rows(
+            rows(&proj[2 * i1..], cols),
+            rows(&tk, i2),
+            rows(&tv, i2),
+            (hw, t, DECODER_HEADS, d),
+            (d as f32).powf(-0.5),
+        );
+        let o = crate::kernels::linear_rows(&o, hw, i2, &side.out_w, c, Some(&side.out_b));
+        add_layer_norm_rows(keys, &o, c, &side.norm.0, &side.norm.1, 1e-5);
+        Ok(queries)
     }
 }
 
@@ -609,8 +805,6 @@ pub struct Sam {
     neck_conv2: Conv2d,
     neck_norm2: ChannelNorm,
     pe: PositionEncoding,
-    /// The position encoding of the embedding's grid (the same for every click).
-    image_pe: Tensor,
     point_embed: Vec<Tensor>,
     not_a_point: Tensor,
     no_mask: Tensor,
@@ -619,9 +813,10 @@ pub struct Sam {
     layers: Vec<TwoWayBlock>,
     final_attn: Attention,
     final_norm: LayerNorm,
-    up1: Up2x2,
-    up_norm: ChannelNorm,
-    up2: Up2x2,
+    /// The image side of each layer, and of the final attention (`[k | v]`).
+    image_layers: Vec<ImageLayer>,
+    last: Fused,
+    up: Upscale,
     hyper: Vec<Mlp>,
     iou_head: Mlp,
 }
@@ -751,6 +946,41 @@ impl Sam {
             .collect::<Result<Vec<_>>>()?;
         let grid = config.image_size / config.patch;
         let image_pe = pe.grid(grid, grid)?;
+        let pe_rows = values(&image_pe)?;
+        let image_layers = layers
+            .iter()
+            .map(|l| -> candle_core::Result<ImageLayer> {
+                let norm = (
+                    values(l.norm4.weight())?,
+                    values(l.norm4.bias().expect("a LayerNorm with a bias"))?,
+                );
+                Ok(ImageLayer {
+                    fused: Fused::new(
+                        &[
+                            (&l.to_image.k, true),
+                            (&l.to_image.v, false),
+                            (&l.to_token.q, true),
+                        ],
+                        &pe_rows,
+                        channels,
+                    )?,
+                    out_w: values(&l.to_token.out.weight_t)?,
+                    out_b: values(l.to_token.out.bias.as_ref().expect("a bias"))?,
+                    norm,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let final_attn = Attention::new(
+            md.pp("transformer.final_attn_token_to_image"),
+            channels,
+            &shapes,
+            "mask_decoder.transformer.final_attn_token_to_image",
+        )?;
+        let last = Fused::new(
+            &[(&final_attn.k, true), (&final_attn.v, false)],
+            &pe_rows,
+            channels,
+        )?;
         let sam = Self {
             config,
             encoder,
@@ -774,27 +1004,21 @@ impl Sam {
             )?,
             neck_norm2: ChannelNorm::new(channels, 1e-6, ve.pp("neck.layer_norm2"))?,
             pe,
-            image_pe,
             point_embed,
             not_a_point: pr.get((1, channels), "not_a_point_embed.weight")?,
             no_mask: pr.get((1, channels), "no_mask_embed.weight")?,
             iou_token: md.get((1, channels), "iou_token.weight")?,
             mask_tokens: md.get((mask_tokens, channels), "mask_tokens.weight")?,
             layers,
-            final_attn: Attention::new(
-                md.pp("transformer.final_attn_token_to_image"),
-                channels,
-                &shapes,
-                "mask_decoder.transformer.final_attn_token_to_image",
-            )?,
+            final_attn,
             final_norm: candle_nn::layer_norm(
                 channels,
                 1e-5,
                 md.pp("transformer.layer_norm_final_attn"),
             )?,
-            up1: Up2x2::new(channels, c4, md.pp("upscale_conv1"))?,
-            up_norm: ChannelNorm::new(c4, 1e-6, md.pp("upscale_layer_norm"))?,
-            up2: Up2x2::new(c4, c8, md.pp("upscale_conv2"))?,
+            image_layers,
+            last,
+            up: Upscale::new(channels, c4, c8, &md)?,
             hyper,
             iou_head: Mlp::new(
                 md.pp("iou_prediction_head"),
@@ -892,37 +1116,76 @@ impl Sam {
             0,
         )?
         .unsqueeze(0)?; // [1, t, c]
-        // The image, its dense prompt, and its position encoding, as token sequences.
-        let image = embedding.broadcast_add(&self.no_mask.reshape((1, c, 1, 1))?)?;
-        let keys = image.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // [1, hw, c]
+        // The image with its dense prompt as rows `[hw, c]`; the position encoding's terms
+        // of the grid (the model's own, computed at load, for any embedding of its size).
+        let nm = values(&self.no_mask)?;
+        let mut keys = planes_to_rows(&values(embedding)?, c, &nm);
         let g = self.config.image_size / self.config.patch;
-        let key_pe = if (gh, gw) == (g, g) {
-            self.image_pe.clone()
+        let own = (gh, gw) == (g, g);
+        let pe = if own {
+            vec![]
         } else {
-            self.pe.grid(gh, gw)?
+            values(&self.pe.grid(gh, gw)?)?
         };
         let mut queries = tokens.clone();
-        let mut keys = keys;
-        for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, &tokens, &key_pe)?;
+        for (layer, side) in self.layers.iter().zip(&self.image_layers) {
+            let other;
+            let terms = if own {
+                &side.fused.terms
+            } else {
+                other = side.fused.terms_for(&pe, c);
+                &other
+            };
+            queries = layer.forward(side, terms, &queries, &mut keys, &tokens)?;
         }
-        let q = (&queries + &tokens)?;
-        let k = (&keys + &key_pe)?;
-        let queries = (&queries + self.final_attn.forward(&q, &k, &keys)?)?;
-        let queries = self.final_norm.forward(&queries)?;
+        // The final tokens-to-image attention.
+        let (_, t, _) = tokens.dims3()?;
+        let other;
+        let terms = if own {
+            &self.last.terms
+        } else {
+            other = self.last.terms_for(&pe, c);
+            &other
+        };
+        let proj = self.last.forward(&keys, c, terms);
+        let i = self.final_attn.internal;
+        let d = i / DECODER_HEADS;
+        let fq = values(&self.final_attn.q.forward(&(&queries + &tokens)?)?)?;
+        let o = attention_rows(
+            Rows {
+                data: &fq,
+                stride: i,
+            },
+            Rows {
+                data: &proj,
+                stride: 2 * i,
+            },
+            Rows {
+                data: &proj[i..],
+                stride: 2 * i,
+            },
+            (t, gh * gw, DECODER_HEADS, d),
+            (d as f32).powf(-0.5),
+        );
+        let o = self
+            .final_attn
+            .out
+            .forward(&Tensor::from_vec(o, (1, t, i), dev)?)?;
+        let queries = self.final_norm.forward(&(&queries + o)?)?;
         let n_masks = self.hyper.len();
         let iou_out = queries.i((.., 0, ..))?;
-        let image = keys.transpose(1, 2)?.reshape((1, c, gh, gw))?;
-        let up = gelu(&self.up_norm.forward(&self.up1.forward(&image)?)?)?;
-        let up = gelu(&self.up2.forward(&up)?)?;
-        let (_, uc, uh, uw) = up.dims4()?;
-        let hyper = (0..n_masks)
-            .map(|i| self.hyper[i].forward(&queries.i((.., 1 + i, ..))?))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let hyper = Tensor::stack(&hyper, 1)?; // [1, m, uc]
-        let masks = hyper
-            .matmul(&up.reshape((1, uc, uh * uw))?)?
-            .reshape((n_masks, uh, uw))?;
+        // The masks asked for: each one's hypernetwork output against the upscaled image.
+        let (first, count) = if multimask { (1, n_masks - 1) } else { (0, 1) };
+        let mut hyper = Vec::new();
+        for m in first..first + count {
+            hyper.extend(values(&self.hyper[m].forward(&queries.i((
+                ..,
+                1 + m,
+                ..,
+            ))?)?)?);
+        }
+        let logits = self.up.forward(&keys, c, (gh, gw), &hyper);
+        let masks = Tensor::from_vec(logits, (count, 4 * gh, 4 * gw), dev)?;
         let iou = self
             .iou_head
             .forward(&iou_out)?
@@ -930,7 +1193,7 @@ impl Sam {
             .to_vec1::<f32>()?;
         let (first, count) = if multimask { (1, n_masks - 1) } else { (0, 1) };
         Ok(Masks {
-            logits: masks.narrow(0, first, count)?,
+            logits: masks,
             iou: iou[first..first + count].to_vec(),
         })
     }
