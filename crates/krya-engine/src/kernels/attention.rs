@@ -272,16 +272,15 @@ pub fn attention(
     Tensor::cat(&chunks, 2)?.transpose(1, 2)?.reshape((b, n, c))
 }
 
-/// One side of [`attention_rows`]: rows of `heads · d` at a row stride (so q, k and v can
-/// be column blocks of one product's output).
+/// Rows of `heads · d` at a row stride (q, k or v as column blocks of a wider product).
 #[derive(Clone, Copy)]
-pub struct Rows<'a> {
+pub(crate) struct Rows<'a> {
     pub data: &'a [f32],
     pub stride: usize,
 }
 
 impl<'a> Rows<'a> {
-    pub fn new(data: &'a [f32], stride: usize) -> Self {
+    pub(crate) fn new(data: &'a [f32], stride: usize) -> Self {
         Self { data, stride }
     }
 }
@@ -315,68 +314,4 @@ simd_fn! {
             seg.iter_mut().for_each(|v| *v *= inv);
         }
     }
-}
-
-/// Keys up to which [`attention_rows`] takes all heads in one product.
-const FEW_KEYS: usize = 16;
-
-/// softmax(q kᵀ · scale) v for `n` queries and `m` keys and values, `heads` of `d`, on rows
-/// at any stride (q, k and v can be column blocks of one product's output): `[n, heads · d]`.
-/// For a mask decoder's handful of tokens against an image's thousands:
-/// - few keys (the image's pixels attending to the tokens): every head at once, as two
-///   products with block-diagonal keys and values (`[heads · d, heads · m]`: head `h`'s keys
-///   in its own rows and columns), the scores soft-maxed per head in between; the zeros cost
-///   less than a small product per head and block of queries;
-/// - else the blocked attention (few queries: one block per head).
-pub fn attention_rows(
-    q: Rows,
-    k: Rows,
-    v: Rows,
-    (n, m, heads, d): (usize, usize, usize, usize),
-    scale: f32,
-) -> Vec<f32> {
-    let shape = AttentionShape {
-        b: 1,
-        n,
-        m,
-        heads,
-        d,
-    };
-    if m > FEW_KEYS || n == 0 || m == 0 {
-        return blocked_rows(q, k, v, shape, scale, false, None);
-    }
-    let (c, hm) = (heads * d, heads * m);
-    let (mut kbd, mut vbd) = (vec![0f32; c * hm], vec![0f32; hm * c]);
-    for h in 0..heads {
-        for j in 0..m {
-            let (kr, vr) = (
-                &k.data[j * k.stride + h * d..][..d],
-                &v.data[j * v.stride + h * d..][..d],
-            );
-            for (dd, x) in kr.iter().enumerate() {
-                kbd[(h * d + dd) * hm + h * m + j] = *x;
-            }
-            vbd[(h * m + j) * c + h * d..][..d].copy_from_slice(vr);
-        }
-    }
-    let mut scores = uninit(n * hm);
-    matmul(
-        n,
-        hm,
-        c,
-        &mut scores,
-        hm,
-        false,
-        q.data,
-        q.stride,
-        1,
-        &kbd,
-        hm,
-    );
-    scores
-        .par_chunks_mut(hm * 64)
-        .for_each(|rows| softmax_segments(rows, m, scale));
-    let mut out = uninit(n * c);
-    matmul(n, c, hm, &mut out, c, false, &scores, hm, 1, &vbd, c);
-    out
 }

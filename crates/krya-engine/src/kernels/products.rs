@@ -31,6 +31,40 @@ pub(crate) fn matmul(
     }
 }
 
+/// `dst = lhs (m × k) @ rhs (n × k)ᵀ` (+ `dst` when `accumulate`): `rhs` as rows of `k`
+/// (keys, image tokens), read with its strides swapped; row strides given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_nt(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(dst.len() >= (m - 1) * dst_rs + n);
+    assert!(lhs.len() >= (m - 1) * lhs_rs + k);
+    assert!(rhs.len() >= (n - 1) * rhs_rs + k);
+    // SAFETY: the asserts bound every index the product touches within the slices.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            (dst.as_mut_ptr(), dst_rs, accumulate),
+            (lhs.as_ptr(), lhs_rs, 1),
+            (rhs.as_ptr(), 1, rhs_rs),
+            1.0,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
 /// `dst = scale · lhs (m × k) @ rhs (k × n)` (+ `dst` when `accumulate`) on raw operands:
 /// `dst` as (pointer, row stride, accumulate), `lhs` and `rhs` as (pointer, row stride,
 /// column stride).

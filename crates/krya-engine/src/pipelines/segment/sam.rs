@@ -25,8 +25,8 @@ use candle_nn::{LayerNorm, VarBuilder};
 
 use super::tiny_vit::{self, TinyVit};
 use crate::kernels::{
-    AttentionShape, Conv2d, Linear, Rows, add_layer_norm_rows, attention_rows,
-    attention_tokens_biased, conv2d, conv2d_no_bias, dot, gelu, gelu_inplace, linear,
+    AttentionShape, Conv2d, Linear, add_layer_norm_rows, attention_tokens_biased, conv2d,
+    conv2d_no_bias, dot, gelu, gelu_inplace, linear,
 };
 use crate::model::state_dict::StateDict;
 use crate::weights::Weights;
@@ -185,85 +185,187 @@ fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
 }
 
-/// Projections of the image's tokens fused into one product, `keys @ w + terms`: `w`
-/// `[c, cols]` (the layers' `[in, out]` weights side by side), `terms` `[hw, cols]` the
-/// position encoding's share (for the projections that take `keys + key_pe`; linear, so
-/// `(keys + pe) W = keys W + pe W`) plus the biases — the same for every click, so computed
-/// once per grid.
-struct Fused {
-    w: Vec<f32>,
-    cols: usize,
-    /// Each projection's weight and bias, and whether it takes the positions.
-    parts: Vec<(Vec<f32>, Vec<f32>, bool)>,
-    /// The terms of the model's own grid.
-    terms: Vec<f32>,
+/// A linear layer's `[in, out]` weight and bias as plain values.
+fn weights_of(l: &Linear) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+    let w = values(&l.weight_t)?;
+    let b = match &l.bias {
+        Some(b) => values(b)?,
+        None => vec![0.0; l.weight_t.dim(1)?],
+    };
+    Ok((w, b))
 }
 
-impl Fused {
-    fn new(parts: &[(&Linear, bool)], pe: &[f32], c: usize) -> candle_core::Result<Self> {
-        let mut ps = Vec::new();
-        for (l, with_pe) in parts {
-            let b = match &l.bias {
-                Some(b) => values(b)?,
-                None => vec![0.0; l.weight_t.dim(1)?],
-            };
-            ps.push((values(&l.weight_t)?, b, *with_pe));
-        }
-        let cols = ps.iter().map(|p| p.1.len()).sum();
-        let mut w = Vec::with_capacity(c * cols);
-        for r in 0..c {
-            for (pw, pb, _) in &ps {
-                w.extend_from_slice(&pw[r * pb.len()..][..pb.len()]);
-            }
-        }
-        let mut f = Self {
-            w,
-            cols,
-            parts: ps,
-            terms: vec![],
-        };
-        f.terms = f.terms_for(pe, c);
-        Ok(f)
+/// The decoder's attentions between its handful of tokens and the image's thousands, on
+/// the image's tokens as rows (`keys`, `[n, c]`), re-associated so that no projection of
+/// the image is ever made (`n × c × i` each; SAM's decoder spent most of a click on them):
+/// a head's scores `q_h · (keys W_h + b)ᵀ` are `(q_h W_hᵀ) · keysᵀ`, and its output
+/// `P_h (keys V_h + b)` is `(P_h keys) V_h + b` (each row of `P_h` sums to 1). The
+/// products are then with the tokens' `heads × t` rows instead of the projections' `i`
+/// columns. The sums are the same ones in another order (within 1e-4 of the reference).
+///
+/// Tokens to image: the tokens (projected by the layer's `q`) attend to the image with its
+/// positions (`k` of `keys + pe`: the position encoding's share, `pe W_k + b_k`, is the
+/// same for every click and kept per grid) and its values (`v` of `keys`).
+struct ToImage {
+    wk: Vec<f32>,
+    bk: Vec<f32>,
+    wv: Vec<f32>,
+    bv: Vec<f32>,
+    /// `pe W_k + b_k` (`[n, i]`) of the model's own grid.
+    pe_k: Vec<f32>,
+    i: usize,
+}
+
+impl ToImage {
+    fn new(att: &Attention, pe: &[f32], c: usize) -> candle_core::Result<Self> {
+        let (wk, bk) = weights_of(&att.k)?;
+        let (wv, bv) = weights_of(&att.v)?;
+        let i = att.internal;
+        let pe_k = crate::kernels::linear_rows(pe, pe.len() / c, c, &wk, i, Some(&bk));
+        Ok(Self {
+            wk,
+            bk,
+            wv,
+            bv,
+            pe_k,
+            i,
+        })
     }
 
-    /// The terms for the position encoding `pe` (`[hw, c]`).
-    fn terms_for(&self, pe: &[f32], c: usize) -> Vec<f32> {
-        let hw = pe.len() / c;
-        let mut terms = vec![0f32; hw * self.cols];
-        let mut col = 0;
-        for (w, b, with_pe) in &self.parts {
-            let n = b.len();
-            let part = if *with_pe {
-                crate::kernels::linear_rows(pe, hw, c, w, n, Some(b))
-            } else {
-                b.repeat(hw)
-            };
-            for (dst, src) in terms.chunks_mut(self.cols).zip(part.chunks(n)) {
-                dst[col..col + n].copy_from_slice(src);
-            }
-            col += n;
-        }
-        terms
+    /// `pe W_k + b_k` for another grid's position encoding.
+    fn pe_k_for(&self, pe: &[f32], c: usize) -> Vec<f32> {
+        crate::kernels::linear_rows(pe, pe.len() / c, c, &self.wk, self.i, Some(&self.bk))
     }
 
-    /// `keys @ w + terms` (`[hw, cols]`).
-    fn forward(&self, keys: &[f32], c: usize, terms: &[f32]) -> Vec<f32> {
-        let hw = keys.len() / c;
-        let mut out = terms.to_vec();
-        crate::kernels::matmul(
-            hw, self.cols, c, &mut out, self.cols, true, keys, c, 1, &self.w, self.cols,
-        );
-        out
+    /// Projected token queries `[t, i]` against `keys` `[n, c]` → `[t, i]` (before the
+    /// output projection).
+    fn forward(&self, q: &[f32], keys: &[f32], pe_k: &[f32], c: usize) -> Vec<f32> {
+        use crate::kernels::{matmul, matmul_nt, softmax_segments};
+        use rayon::prelude::*;
+        let (i, heads) = (self.i, DECODER_HEADS);
+        let d = i / heads;
+        let (t, n) = (q.len() / i, keys.len() / c);
+        let ht = heads * t;
+        // G: row `h·t + j` is token j's head-h query taken back through W_k: `q_h W_hᵀ`.
+        let mut g = vec![0f32; ht * c];
+        for (r, row) in g.chunks_mut(c).enumerate() {
+            let (h, j) = (r / t, r % t);
+            let qh = &q[j * i + h * d..][..d];
+            for (ch, o) in row.iter_mut().enumerate() {
+                *o = dot(qh, &self.wk[ch * i + h * d..][..d]);
+            }
+        }
+        // Scores `[h·t, n]`: G keysᵀ, plus each head's queries against the positions' share.
+        let mut s = vec![0f32; ht * n];
+        matmul_nt(ht, n, c, &mut s, n, false, &g, c, keys, c);
+        for h in 0..heads {
+            matmul_nt(
+                t,
+                n,
+                d,
+                &mut s[h * t * n..],
+                n,
+                true,
+                &q[h * d..],
+                i,
+                &pe_k[h * d..],
+                i,
+            );
+        }
+        s.par_chunks_mut(n)
+            .for_each(|row| softmax_segments(row, n, (d as f32).powf(-0.5)));
+        // R = P keys `[h·t, c]`; the output `R_h V_h + b_v`.
+        let mut r = vec![0f32; ht * c];
+        matmul(ht, c, n, &mut r, c, false, &s, n, 1, keys, c);
+        let mut o = vec![0f32; t * i];
+        for (j, row) in o.chunks_mut(i).enumerate() {
+            for h in 0..heads {
+                let rr = &r[(h * t + j) * c..][..c];
+                for dd in 0..d {
+                    let col = h * d + dd;
+                    let mut acc = self.bv[col];
+                    for (ch, x) in rr.iter().enumerate() {
+                        acc += x * self.wv[ch * i + col];
+                    }
+                    row[col] = acc;
+                }
+            }
+        }
+        o
     }
 }
 
-/// The decoder's image side of one two-way layer, on the image's tokens as rows
-/// (`[hw, c]`): its projections of them fused (`[to_image k | to_image v | to_token q]`),
-/// the image-to-token attention's output projection, and the LayerNorm after it.
+/// Image to tokens, re-associated as [`ToImage`]: each pixel's scores against a head's
+/// token keys are `(keys + pe) (W_q,h k_hᵀ) + b_q,h k_hᵀ` (one product with `[c, h·t]`),
+/// and its output through the projection out, `Σ_h P_h (v_h W_out,h)`, one product with
+/// `[h·t, c]`.
+struct ToToken {
+    wq: Vec<f32>,
+    bq: Vec<f32>,
+    wout: Vec<f32>,
+    bout: Vec<f32>,
+    i: usize,
+}
+
+impl ToToken {
+    fn new(att: &Attention) -> candle_core::Result<Self> {
+        let (wq, bq) = weights_of(&att.q)?;
+        let (wout, bout) = weights_of(&att.out)?;
+        Ok(Self {
+            wq,
+            bq,
+            wout,
+            bout,
+            i: att.internal,
+        })
+    }
+
+    /// The tokens' keys and values `[t, i]` and the image `keys + pe` `[n, c]` → the
+    /// attention's output through its projection `[n, c]`.
+    fn forward(&self, kt: &[f32], vt: &[f32], keys_pe: &[f32], c: usize) -> Vec<f32> {
+        use crate::kernels::{linear_rows, softmax_segments};
+        use rayon::prelude::*;
+        let (i, heads) = (self.i, DECODER_HEADS);
+        let d = i / heads;
+        let (t, n) = (kt.len() / i, keys_pe.len() / c);
+        let ht = heads * t;
+        // A `[c, h·t]`: W_q,h k_h[j]; and the bias's share b_q,h · k_h[j].
+        let mut a = vec![0f32; c * ht];
+        for (ch, row) in a.chunks_mut(ht).enumerate() {
+            for (r, o) in row.iter_mut().enumerate() {
+                let (h, j) = (r / t, r % t);
+                *o = dot(&self.wq[ch * i + h * d..][..d], &kt[j * i + h * d..][..d]);
+            }
+        }
+        let cst: Vec<f32> = (0..ht)
+            .map(|r| {
+                let (h, j) = (r / t, r % t);
+                dot(&self.bq[h * d..][..d], &kt[j * i + h * d..][..d])
+            })
+            .collect();
+        let mut s = linear_rows(keys_pe, n, c, &a, ht, Some(&cst));
+        s.par_chunks_mut(ht * 64)
+            .for_each(|rows| softmax_segments(rows, t, (d as f32).powf(-0.5)));
+        // B `[h·t, c]`: v_h[j] W_out,h.
+        let mut b = vec![0f32; ht * c];
+        for (r, row) in b.chunks_mut(c).enumerate() {
+            let (h, j) = (r / t, r % t);
+            for dd in 0..d {
+                let v = vt[j * i + h * d + dd];
+                for (o, w) in row.iter_mut().zip(&self.wout[(h * d + dd) * c..][..c]) {
+                    *o += v * w;
+                }
+            }
+        }
+        linear_rows(&s, n, ht, &b, c, Some(&self.bout))
+    }
+}
+
+/// The decoder's image side of one two-way layer: its two attentions and the LayerNorm
+/// after the image's.
 struct ImageLayer {
-    fused: Fused,
-    out_w: Vec<f32>,
-    out_b: Vec<f32>,
+    to_image: ToImage,
+    to_token: ToToken,
     norm: (Vec<f32>, Vec<f32>),
 }
 
@@ -547,17 +649,18 @@ struct TwoWayBlock {
 
 impl TwoWayBlock {
     /// One layer: the tokens (`[1, t, c]`) through candle, the image's tokens as rows
-    /// (`keys`, `[hw, c]`, updated in place) through the fused image side.
+    /// (`keys`, `[n, c]`, updated in place) through the re-associated image side, with the
+    /// grid's position encoding `pe` (`[n, c]`) and its share of the keys `pe_k`.
     fn forward(
         &self,
         side: &ImageLayer,
-        terms: &[f32],
+        (pe, pe_k): (&[f32], &[f32]),
         queries: &Tensor,
         keys: &mut [f32],
         query_pe: &Tensor,
     ) -> candle_core::Result<Tensor> {
+        use rayon::prelude::*;
         let (_, t, c) = queries.dims3()?;
-        let hw = keys.len() / c;
         let dev = queries.device();
         let queries = if self.skip_first_pe {
             self.self_attn.forward(queries, queries, queries)?
@@ -566,41 +669,20 @@ impl TwoWayBlock {
             (queries + self.self_attn.forward(&q, &q, queries)?)?
         };
         let queries = self.norm1.forward(&queries)?;
-        // The image's projections: [to_image k (with positions) | to_image v | to_token q
-        // (with positions)].
-        let proj = side.fused.forward(keys, c, terms);
-        let cols = side.fused.cols;
-        let (i1, i2) = (self.to_image.internal, self.to_token.internal);
-        let rows = Rows::new;
         // Tokens to image.
         let tq = values(&self.to_image.q.forward(&(&queries + query_pe)?)?)?;
-        let d = i1 / DECODER_HEADS;
-        let o = attention_rows(
-            rows(&tq, i1),
-            rows(&proj, cols),
-            rows(&proj[i1..], cols),
-            (t, hw, DECODER_HEADS, d),
-            (d as f32).powf(-0.5),
-        );
-        let o = self
-            .to_image
-            .out
-            .forward(&Tensor::from_vec(o, (1, t, i1), dev)?)?;
-        let queries = self.norm2.forward(&(&queries + o)?)?;
+        let o = side.to_image.forward(&tq, keys, pe_k, c);
+        let o = Tensor::from_vec(o, (1, t, self.to_image.internal), dev)?;
+        let queries = self
+            .norm2
+            .forward(&(&queries + self.to_image.out.forward(&o)?)?)?;
         let mlp = self.lin2.forward(&self.lin1.forward(&queries)?.relu()?)?;
         let queries = self.norm3.forward(&(queries + mlp)?)?;
         // Image to tokens.
-        let tk = values(&self.to_token.k.forward(&(&queries + query_pe)?)?)?;
-        let tv = values(&self.to_token.v.forward(&queries)?)?;
-        let d = i2 / DECODER_HEADS;
-        let o = attention_rows(
-            rows(&proj[2 * i1..], cols),
-            rows(&tk, i2),
-            rows(&tv, i2),
-            (hw, t, DECODER_HEADS, d),
-            (d as f32).powf(-0.5),
-        );
-        let o = crate::kernels::linear_rows(&o, hw, i2, &side.out_w, c, Some(&side.out_b));
+        let kt = values(&self.to_token.k.forward(&(&queries + query_pe)?)?)?;
+        let vt = values(&self.to_token.v.forward(&queries)?)?;
+        let keys_pe: Vec<f32> = keys.par_iter().zip(pe).map(|(a, b)| a + b).collect();
+        let o = side.to_token.forward(&kt, &vt, &keys_pe, c);
         add_layer_norm_rows(keys, &o, c, &side.norm.0, &side.norm.1, 1e-5);
         Ok(queries)
     }
@@ -815,7 +897,9 @@ pub struct Sam {
     final_norm: LayerNorm,
     /// The image side of each layer, and of the final attention (`[k | v]`).
     image_layers: Vec<ImageLayer>,
-    last: Fused,
+    last: ToImage,
+    /// The position encoding of the model's grid, as rows `[g², c]`.
+    pe_rows: Vec<f32>,
     up: Upscale,
     hyper: Vec<Mlp>,
     iou_head: Mlp,
@@ -955,17 +1039,8 @@ impl Sam {
                     values(l.norm4.bias().expect("a LayerNorm with a bias"))?,
                 );
                 Ok(ImageLayer {
-                    fused: Fused::new(
-                        &[
-                            (&l.to_image.k, true),
-                            (&l.to_image.v, false),
-                            (&l.to_token.q, true),
-                        ],
-                        &pe_rows,
-                        channels,
-                    )?,
-                    out_w: values(&l.to_token.out.weight_t)?,
-                    out_b: values(l.to_token.out.bias.as_ref().expect("a bias"))?,
+                    to_image: ToImage::new(&l.to_image, &pe_rows, channels)?,
+                    to_token: ToToken::new(&l.to_token)?,
                     norm,
                 })
             })
@@ -976,11 +1051,7 @@ impl Sam {
             &shapes,
             "mask_decoder.transformer.final_attn_token_to_image",
         )?;
-        let last = Fused::new(
-            &[(&final_attn.k, true), (&final_attn.v, false)],
-            &pe_rows,
-            channels,
-        )?;
+        let last = ToImage::new(&final_attn, &pe_rows, channels)?;
         let sam = Self {
             config,
             encoder,
@@ -1018,6 +1089,7 @@ impl Sam {
             )?,
             image_layers,
             last,
+            pe_rows,
             up: Upscale::new(channels, c4, c8, &md)?,
             hyper,
             iou_head: Mlp::new(
@@ -1122,55 +1194,32 @@ impl Sam {
         let mut keys = planes_to_rows(&values(embedding)?, c, &nm);
         let g = self.config.image_size / self.config.patch;
         let own = (gh, gw) == (g, g);
+        let other_pe;
         let pe = if own {
-            vec![]
+            &self.pe_rows
         } else {
-            values(&self.pe.grid(gh, gw)?)?
+            other_pe = values(&self.pe.grid(gh, gw)?)?;
+            &other_pe
         };
+        // The keys' share of the positions, the model's own unless the grid is another.
+        let pe_k = |a: &ToImage| -> Option<Vec<f32>> { (!own).then(|| a.pe_k_for(pe, c)) };
         let mut queries = tokens.clone();
         for (layer, side) in self.layers.iter().zip(&self.image_layers) {
-            let other;
-            let terms = if own {
-                &side.fused.terms
-            } else {
-                other = side.fused.terms_for(&pe, c);
-                &other
-            };
-            queries = layer.forward(side, terms, &queries, &mut keys, &tokens)?;
+            let other = pe_k(&side.to_image);
+            let pe_k = other.as_deref().unwrap_or(&side.to_image.pe_k);
+            queries = layer.forward(side, (pe, pe_k), &queries, &mut keys, &tokens)?;
         }
         // The final tokens-to-image attention.
         let (_, t, _) = tokens.dims3()?;
-        let other;
-        let terms = if own {
-            &self.last.terms
-        } else {
-            other = self.last.terms_for(&pe, c);
-            &other
-        };
-        let proj = self.last.forward(&keys, c, terms);
-        let i = self.final_attn.internal;
-        let d = i / DECODER_HEADS;
+        let other = pe_k(&self.last);
         let fq = values(&self.final_attn.q.forward(&(&queries + &tokens)?)?)?;
-        let o = attention_rows(
-            Rows {
-                data: &fq,
-                stride: i,
-            },
-            Rows {
-                data: &proj,
-                stride: 2 * i,
-            },
-            Rows {
-                data: &proj[i..],
-                stride: 2 * i,
-            },
-            (t, gh * gw, DECODER_HEADS, d),
-            (d as f32).powf(-0.5),
-        );
+        let o = self
+            .last
+            .forward(&fq, &keys, other.as_deref().unwrap_or(&self.last.pe_k), c);
         let o = self
             .final_attn
             .out
-            .forward(&Tensor::from_vec(o, (1, t, i), dev)?)?;
+            .forward(&Tensor::from_vec(o, (1, t, self.last.i), dev)?)?;
         let queries = self.final_norm.forward(&(&queries + o)?)?;
         let n_masks = self.hyper.len();
         let iou_out = queries.i((.., 0, ..))?;
