@@ -508,6 +508,14 @@ try {
     await a.waitForFunction(() => document.querySelectorAll('[data-testid="edit-click"]').length === 2 && !document.querySelector('[data-testid="edit-segment"]')?.textContent?.includes("Finding"));
     const took = Date.now() - t0;
     check(took < 1000 && !(await note.textContent()).includes("image read"), `the second click took ${took} ms: ${await note.textContent()}`);
+    // Another segmentation model from the picker: it reads the image for itself.
+    await a.getByLabel("Segmentation model").selectOption("sam-mobile");
+    await a.mouse.click(box.x + box.width * 0.3, box.y + box.height * 0.3);
+    await a.waitForFunction(
+      () => document.querySelectorAll('[data-testid="edit-click"]').length === 3 && document.querySelector('[data-testid="edit-segment"]')?.textContent?.includes("image read"),
+      null,
+      { timeout: 60_000 },
+    );
     const segmented = await a.evaluate(async () => {
       const r = await fetch("/api/segment", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
       return r.status;

@@ -81,6 +81,11 @@ fn studio_end_to_end_in_chromium() {
         .join("../krya-engine/tests/golden/segment/sam_original.safetensors")
         .to_string_lossy()
         .into();
+    // And a second one to pick in the editor: the tiny MobileSAM (listed after "sam").
+    listed["sam-mobile"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden/segment/mobile_sam.safetensors")
+        .to_string_lossy()
+        .into();
     // And an instruction-editing model for the editor: the tiny InstructPix2Pix.
     listed["ip2p"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../krya-engine/tests/golden/pix2pix")
