@@ -487,6 +487,35 @@ fn planes_to_rows(planes: &[f32], c: usize, add: &[f32]) -> Vec<f32> {
     rows
 }
 
+/// `f` over the `ws × ws` windows of `[b, h, w, c]` (padded with zeros at the bottom and
+/// right to whole windows, as SAM's and TinyViT's blocks do; `f` takes and gives
+/// `[windows, ws, ws, c]`), put back and cropped.
+pub(super) fn in_windows(
+    x: &Tensor,
+    ws: usize,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (ph, pw) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+    let t = x
+        .pad_with_zeros(1, 0, ph - h)?
+        .pad_with_zeros(2, 0, pw - w)?;
+    let (nh, nw) = (ph / ws, pw / ws);
+    let windows = t
+        .reshape((b, nh, ws, nw, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b * nh * nw, ws, ws, c))?;
+    f(&windows)?
+        .reshape((b, nh, nw, ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b, ph, pw, c))?
+        .narrow(1, 0, h)?
+        .narrow(2, 0, w)?
+        .contiguous()
+}
+
 /// One block of the image encoder.
 struct VisionBlock {
     norm1: LayerNorm,
@@ -565,30 +594,11 @@ impl VisionBlock {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
         let t = self.norm1.forward(x)?;
         let t = if self.window == 0 {
             self.attend(&t)?
         } else {
-            let ws = self.window;
-            let (ph, pw) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
-            let t = t
-                .pad_with_zeros(1, 0, ph - h)?
-                .pad_with_zeros(2, 0, pw - w)?;
-            let (nh, nw) = (ph / ws, pw / ws);
-            let windows = t
-                .reshape((b, nh, ws, nw, ws, c))?
-                .permute((0, 1, 3, 2, 4, 5))?
-                .contiguous()?
-                .reshape((b * nh * nw, ws, ws, c))?;
-            let o = self.attend(&windows)?;
-            o.reshape((b, nh, nw, ws, ws, c))?
-                .permute((0, 1, 3, 2, 4, 5))?
-                .contiguous()?
-                .reshape((b, ph, pw, c))?
-                .narrow(1, 0, h)?
-                .narrow(2, 0, w)?
-                .contiguous()?
+            in_windows(&t, self.window, |w| self.attend(w))?
         };
         let x = (x + t)?;
         let m = self

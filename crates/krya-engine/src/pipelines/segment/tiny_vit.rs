@@ -197,26 +197,8 @@ impl Block {
 
     /// `[b, h, w, c]` → the same.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
-        let ws = self.window;
-        let (ph, pw) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
-        let t = x
-            .pad_with_zeros(1, 0, ph - h)?
-            .pad_with_zeros(2, 0, pw - w)?;
-        let (nh, nw) = (ph / ws, pw / ws);
-        let windows = t
-            .reshape((b, nh, ws, nw, ws, c))?
-            .permute((0, 1, 3, 2, 4, 5))?
-            .contiguous()?
-            .reshape((b * nh * nw, ws, ws, c))?;
-        let o = self.attend(&self.norm.forward(&windows)?)?;
-        let o = o
-            .reshape((b, nh, nw, ws, ws, c))?
-            .permute((0, 1, 3, 2, 4, 5))?
-            .contiguous()?
-            .reshape((b, ph, pw, c))?
-            .narrow(1, 0, h)?
-            .narrow(2, 0, w)?;
+        // Padded to whole windows before the norm: a pad is the norm's bias.
+        let o = super::sam::in_windows(x, self.window, |w| self.attend(&self.norm.forward(w)?))?;
         let x = (x + o)?;
         let x = to_tokens(&self.local.forward(&to_planes(&x)?)?)?;
         let m = self
