@@ -569,6 +569,21 @@ try {
     check((await a.getByTestId("edit-size").textContent()) === `${want[1]} × ${want[2]}`, `the outpainted size: ${await a.getByTestId("edit-size").textContent()}`);
     const outpainted = await a.evaluate(async () => (await (await fetch("/api/jobs?kind=edit")).json()).items[0].outputs[0]);
     check(outpainted.width === +want[1] && outpainted.height === +want[2] && outpainted.parent_id === edited, `outpaint: ${JSON.stringify(outpainted)}`);
+    // Compared, the original sits where it lies in the outpainted picture (not stretched
+    // over the new area).
+    await a.getByTestId("edit-compare").check();
+    const placed = a.getByTestId("compare-before-placed");
+    await placed.waitFor();
+    const [ow, oh] = [outpainted.width, outpainted.height];
+    const src = await a.evaluate(async (id) => {
+      const img = new Image();
+      img.src = `/api/assets/${id}`;
+      await img.decode();
+      return { width: img.naturalWidth, height: img.naturalHeight };
+    }, original);
+    const style = await placed.evaluate((e) => ({ width: parseFloat(e.style.width), height: parseFloat(e.style.height) }));
+    check(Math.abs(style.width - (100 * src.width) / ow) < 0.01 && Math.abs(style.height - (100 * src.height) / oh) < 0.01, `the original's place: ${JSON.stringify(style)} of ${ow} × ${oh}, original ${src.width} × ${src.height}`);
+    await a.getByTestId("edit-compare").uncheck();
     // An instruction, with the instruction-editing model (the only one offered for it).
     await a.getByRole("group", { name: "Operation" }).getByRole("button", { name: "Instruct" }).click();
     await a.getByLabel("Image model").locator("option", { hasText: "ip2p" }).waitFor({ state: "attached" });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { aspectSides, aspectSize, dragSide, growAlpha, canRedo, canUndo, current, invertAlpha, maskPixels, push, pushAfter, redo, select, start, undo } from "../src/features/edit/history";
+import { aspectSides, aspectSize, dragSide, growAlpha, canRedo, canUndo, current, invertAlpha, maskPixels, originalBox, push, pushAfter, redo, select, start, undo } from "../src/features/edit/history";
 
 const v = (id: string) => ({ id, url: `/api/assets/${id}`, width: 64, height: 48, label: id });
 
@@ -66,6 +66,20 @@ describe("the editor's versions", () => {
 });
 
 describe("outpaint frame", () => {
+  it("places the original within outpainted versions for the comparison", () => {
+    // 64 × 48, inpainted (same size), outpainted by 10 left and 6 top, then by 4 more left.
+    let h = start(v("a"));
+    h = push(h, v("b"));
+    expect(originalBox(h)).toEqual({ left: 0, top: 0, width: 1, height: 1 });
+    h = push(h, { ...v("c"), width: 80, height: 60, added: { left: 10, top: 6, right: 6, bottom: 6 } });
+    h = push(h, { ...v("d"), width: 84, height: 60, added: { left: 4, top: 0, right: 0, bottom: 0 } });
+    expect(originalBox(h)).toEqual({ left: 14 / 84, top: 6 / 60, width: 64 / 84, height: 48 / 60 });
+    expect(originalBox(h, 2)).toEqual({ left: 10 / 80, top: 6 / 60, width: 64 / 80, height: 48 / 60 });
+    // A size change that says nothing of where the original went: not placed.
+    h = push(h, { ...v("e"), width: 168, height: 120 });
+    expect(originalBox(h)).toBeNull();
+  });
+
   it("splits an aspect's extension evenly, the odd pixel at the end, as the server", () => {
     expect(aspectSides(100, 50, 1, 1)).toEqual({ left: 0, right: 0, top: 25, bottom: 25 });
     expect(aspectSides(29, 16, 16, 9)).toEqual({ left: 0, right: 0, top: 0, bottom: 1 });

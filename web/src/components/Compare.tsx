@@ -22,7 +22,23 @@ export function TiledImage({ id, info, fit, zoom, pan, style }: { id: string; in
 
 /** Before and after, split by a slider; both zoom (wheel, buttons) and pan (drag) together.
  * A large output is shown through its tiles (`tiles`), never whole. */
-export function Compare({ before, after, width, height, tiles }: { before: string; after: string; width: number; height: number; tiles?: { id: string; info: TileInfo } }) {
+export function Compare({
+  before,
+  after,
+  width,
+  height,
+  tiles,
+  beforeBox,
+}: {
+  before: string;
+  after: string;
+  width: number;
+  height: number;
+  tiles?: { id: string; info: TileInfo };
+  /** Where "before" lies within "after", as fractions of its size (an outpaint's original);
+   * else it covers the whole frame. */
+  beforeBox?: { left: number; top: number; width: number; height: number } | null;
+}) {
   const [at, setAt] = useState(50);
   const [zoom, setZoom] = useState(1);
   const [pan, setPan] = useState({ x: 0, y: 0 });
@@ -70,7 +86,20 @@ export function Compare({ before, after, width, height, tiles }: { before: strin
           <img src={after} alt="After" draggable={false} className="absolute inset-0 h-full w-full object-contain" style={transform} />
         )}
         <div className="absolute inset-0" style={{ clipPath: `inset(0 ${100 - at}% 0 0)` }}>
-          <img src={before} alt="Before" draggable={false} className="pixelated h-full w-full object-contain" style={transform} />
+          {beforeBox ? (
+            <div className="absolute inset-0" style={transform}>
+              <img
+                src={before}
+                alt="Before"
+                draggable={false}
+                className="pixelated absolute max-w-none"
+                style={{ left: `${beforeBox.left * 100}%`, top: `${beforeBox.top * 100}%`, width: `${beforeBox.width * 100}%`, height: `${beforeBox.height * 100}%` }}
+                data-testid="compare-before-placed"
+              />
+            </div>
+          ) : (
+            <img src={before} alt="Before" draggable={false} className="pixelated h-full w-full object-contain" style={transform} />
+          )}
         </div>
         <div className="pointer-events-none absolute inset-y-0 w-0.5 bg-white/80" style={{ left: `${at}%` }} />
       </div>

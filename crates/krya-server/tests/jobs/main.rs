@@ -193,11 +193,13 @@ fn life_of_a_job(s: &Server) {
 
     // Failure: refunded, the error on the job.
     assert_eq!(c.credits(), 48);
-    // It answers "not done yet" for a while; a file an earlier attempt left (as a worker
-    // killed while storing would) goes when it fails.
+    // It answers "not done yet" for a while (40 polls 30 ms apart: long enough that the
+    // file below is written first even on a loaded machine; 5 were not, once in CI); a
+    // file an earlier attempt left (as a worker killed while storing would) goes when it
+    // fails.
     let failed = submit(
         &c,
-        json!({"asset": asset, "steps": 1, "fail": true, "polls": 5}),
+        json!({"asset": asset, "steps": 1, "fail": true, "polls": 40}),
     );
     assert_eq!(failed["cost"], 1);
     let left = s

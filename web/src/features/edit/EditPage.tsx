@@ -15,7 +15,7 @@ import { Compare } from "../../components/Compare";
 import { Amount, Button, Chip, ErrorNote, Select, Spinner, Textarea } from "../../components/ui";
 import { useLoad } from "../../lib/load";
 import { useLocation } from "../../lib/router";
-import { type History, type Sides, type Version, aspectSides, canRedo, canUndo, current, dragSide, empty, growAlpha, invertAlpha, lineage, maskPixels, pushAfter, redo, select, start, undo } from "./history";
+import { type History, type Sides, type Version, aspectSides, canRedo, canUndo, current, dragSide, empty, growAlpha, invertAlpha, lineage, maskPixels, originalBox, pushAfter, redo, select, start, undo } from "./history";
 
 type Operation = "inpaint" | "erase" | "outpaint" | "restyle" | "instruct" | "remove_background" | "replace_background";
 type Capability = "inpaint" | "img2img" | "instruct" | "erase" | "matte";
@@ -427,10 +427,17 @@ export default function EditPage() {
         setJob(j);
         const out = j.outputs[0];
         if (j.status === "completed" && out) {
-          const p = (j.params ?? {}) as { operation?: Operation; aspect?: string; image?: string };
+          const p = (j.params ?? {}) as { operation?: Operation; aspect?: string; image?: string; extend?: Sides };
           const label = `${LABELS[p.operation ?? "inpaint"]}${p.operation === "outpaint" && p.aspect ? ` ${p.aspect}` : ""}`;
-          // After the version it was made from, whichever is shown now.
-          setHistory((h) => pushAfter(h, p.image ?? "", { id: out.id, url: out.url, width: out.width ?? 0, height: out.height ?? 0, label }));
+          // After the version it was made from, whichever is shown now; an outpaint with
+          // what it added around it (so the comparison can place the original).
+          setHistory((h) => {
+            const parent = h.versions.find((v) => v.id === p.image);
+            const [aw, ah] = (p.aspect ?? "").split(":").map(Number);
+            const added =
+              p.operation !== "outpaint" || !parent ? undefined : (p.extend ?? (aw > 0 && ah > 0 && parent.width > 0 ? aspectSides(parent.width, parent.height, aw, ah) : undefined));
+            return pushAfter(h, p.image ?? "", { id: out.id, url: out.url, width: out.width ?? 0, height: out.height ?? 0, label, added });
+          });
         }
       },
       (e) => alive && setError(asApiError(e)),
@@ -768,7 +775,7 @@ export default function EditPage() {
               </a>
             </div>
             {comparing && original && history.at > 0 ? (
-              <Compare before={original.url} after={version.url} width={version.width || 1} height={version.height || 1} />
+              <Compare before={original.url} after={version.url} width={version.width || 1} height={version.height || 1} beforeBox={originalBox(history)} />
             ) : (
               // Zoomed, the picture is wider than its frame: the frame scrolls (pans).
               <div ref={viewport} className="max-h-[75vh] overflow-auto rounded-2xl border border-line" data-testid="edit-viewport">

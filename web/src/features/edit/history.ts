@@ -10,6 +10,8 @@ export interface Version {
   height: number;
   /** What made it ("Original", "Inpaint", "Outpaint 16:9"). */
   label: string;
+  /** An outpaint's: the pixels it added around the version it was made from. */
+  added?: Sides;
 }
 
 export interface History {
@@ -72,6 +74,27 @@ export function current(h: History): Version | undefined {
 export function aspectSize(w: number, h: number, aw: number, ah: number): { width: number; height: number } {
   if (w * ah >= h * aw) return { width: w, height: Math.ceil((w * ah) / aw) };
   return { width: Math.ceil((h * aw) / ah), height: h };
+}
+
+/** Where the original lies in version `at`, as fractions of that version's size (so the
+ * comparison draws it where it is): moved by every outpaint on the way; `null` when a
+ * version on the way changed the size without saying how (then it cannot be placed). */
+export function originalBox(h: History, at = h.at): { left: number; top: number; width: number; height: number } | null {
+  const chain = h.versions.slice(0, at + 1);
+  const [first, last] = [chain[0], chain[chain.length - 1]];
+  if (!first || !last || last.width <= 0 || last.height <= 0) return null;
+  let x = 0;
+  let y = 0;
+  for (let i = 1; i < chain.length; i++) {
+    const [prev, v] = [chain[i - 1], chain[i]];
+    if (v.added) {
+      x += v.added.left;
+      y += v.added.top;
+    } else if (v.width !== prev.width || v.height !== prev.height) {
+      return null;
+    }
+  }
+  return { left: x / last.width, top: y / last.height, width: first.width / last.width, height: first.height / last.height };
 }
 
 /** Pixels added on each side of an image (outpaint). */
