@@ -128,9 +128,7 @@ pub fn attention_tokens_gemm(
     scale: f32,
     causal: bool,
 ) -> Vec<f32> {
-    let c = shape.heads * shape.d;
-    let r = |x| Rows::new(x, c);
-    blocked_rows(r(q), r(k), r(v), shape, scale, causal, None)
+    blocked(q, k, v, shape, scale, causal, None)
 }
 
 /// What [`attention_tokens_biased`] adds to a block of scores: `(batch, head, first query,
@@ -147,17 +145,13 @@ pub fn attention_tokens_biased(
     scale: f32,
     bias: ScoreBias,
 ) -> Vec<f32> {
-    let c = shape.heads * shape.d;
-    let r = |x| Rows::new(x, c);
-    blocked_rows(r(q), r(k), r(v), shape, scale, false, Some(bias))
+    blocked(q, k, v, shape, scale, false, Some(bias))
 }
 
-/// The blocked attention on rows at any stride (`b` batches of `n` and `m` rows each, one
-/// after another); the output `[b, n, heads · d]`.
-fn blocked_rows(
-    q: Rows,
-    k: Rows,
-    v: Rows,
+fn blocked(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
     shape: AttentionShape,
     scale: f32,
     causal: bool,
@@ -165,9 +159,7 @@ fn blocked_rows(
 ) -> Vec<f32> {
     let AttentionShape { b, n, m, heads, d } = shape;
     let c = heads * d;
-    let fits = |r: Rows, rows: usize| rows == 0 || r.data.len() >= (rows - 1) * r.stride + c;
-    assert!(fits(q, b * n) && fits(k, b * m) && fits(v, b * m));
-    let (q, qs, k, ks, v, vs) = (q.data, q.stride, k.data, k.stride, v.data, v.stride);
+    assert!(q.len() >= b * n * c && k.len() >= b * m * c && v.len() >= b * m * c);
     let mut out = uninit(b * n * c);
     let blocks = n.div_ceil(QUERY_BLOCK);
     // Each (batch and head, block of queries) is one task writing its own part of `out`.
@@ -184,9 +176,8 @@ fn blocked_rows(
             // Keys this block can see.
             let keys = if causal { m.min(r0 + rows) } else { m };
             scores.resize(rows * keys, 0.0);
-            let q0 = (bi * n + r0) * qs + h * d;
-            let (k0, v0) = (bi * m * ks + h * d, bi * m * vs + h * d);
-            let o0 = (bi * n + r0) * c + h * d;
+            let q0 = (bi * n + r0) * c + h * d;
+            let kv0 = bi * m * c + h * d;
             // SAFETY: rows `r0..r0 + rows` and keys `..keys` of head `h` in batch `bi` lie
             // within the asserted lengths (row stride `c`, `d` columns from `h · d`); this
             // task alone writes those rows' head-`h` columns of `out`.
@@ -195,8 +186,8 @@ fn blocked_rows(
                 gemm_raw(
                     (rows, keys, d),
                     (scores.as_mut_ptr(), keys, false),
-                    (q.as_ptr().add(q0), qs, 1),
-                    (k.as_ptr().add(k0), 1, ks),
+                    (q.as_ptr().add(q0), c, 1),
+                    (k.as_ptr().add(kv0), 1, c),
                     scale,
                     gemm::Parallelism::None,
                 );
@@ -206,9 +197,9 @@ fn blocked_rows(
                 softmax_rows(scores, keys, if causal { r0 + 1 } else { keys });
                 gemm_raw(
                     (rows, d, keys),
-                    (out_ptr.get().add(o0), c, false),
+                    (out_ptr.get().add(q0), c, false),
                     (scores.as_ptr(), keys, 1),
-                    (v.as_ptr().add(v0), vs, 1),
+                    (v.as_ptr().add(kv0), c, 1),
                     1.0,
                     gemm::Parallelism::None,
                 );
@@ -270,19 +261,6 @@ pub fn attention(
         .map(|start| attend(start, rows.min(n - start)))
         .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&chunks, 2)?.transpose(1, 2)?.reshape((b, n, c))
-}
-
-/// Rows of `heads · d` at a row stride (q, k or v as column blocks of a wider product).
-#[derive(Clone, Copy)]
-pub(crate) struct Rows<'a> {
-    pub data: &'a [f32],
-    pub stride: usize,
-}
-
-impl<'a> Rows<'a> {
-    pub(crate) fn new(data: &'a [f32], stride: usize) -> Self {
-        Self { data, stride }
-    }
 }
 
 /// `a · b` in sixteen lanes (so it vectorises).

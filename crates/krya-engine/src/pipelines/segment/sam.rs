@@ -26,7 +26,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use super::tiny_vit::{self, TinyVit};
 use crate::kernels::{
     AttentionShape, Conv2d, Linear, add_layer_norm_rows, attention_tokens_biased, conv2d,
-    conv2d_no_bias, dot, gelu, gelu_inplace, linear,
+    conv2d_no_bias, data, dot, gelu, gelu_inplace, linear,
 };
 use crate::model::state_dict::StateDict;
 use crate::weights::Weights;
@@ -181,15 +181,11 @@ impl PositionEncoding {
     }
 }
 
-fn values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
-}
-
 /// A linear layer's `[in, out]` weight and bias as plain values.
 fn weights_of(l: &Linear) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
-    let w = values(&l.weight_t)?;
+    let w = data(&l.weight_t)?;
     let b = match &l.bias {
-        Some(b) => values(b)?,
+        Some(b) => data(b)?,
         None => vec![0.0; l.weight_t.dim(1)?],
     };
     Ok((w, b))
@@ -389,15 +385,15 @@ impl Upscale {
         let taps =
             |cin: usize, cout: usize, n: &str| -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
                 let w = md.get((cin, cout, 2, 2), &format!("{n}.weight"))?;
-                let w = values(&w.permute((0, 2, 3, 1))?.contiguous()?)?;
-                let b = values(&md.get(cout, &format!("{n}.bias"))?)?;
+                let w = data(&w.permute((0, 2, 3, 1))?)?;
+                let b = data(&md.get(cout, &format!("{n}.bias"))?)?;
                 Ok((w, b.repeat(4)))
             };
         let (w1, b1) = taps(c, c4, "upscale_conv1")?;
         let (w2, b2) = taps(c4, c8, "upscale_conv2")?;
         let norm = (
-            values(&md.get(c4, "upscale_layer_norm.weight")?)?,
-            values(&md.get(c4, "upscale_layer_norm.bias")?)?,
+            data(&md.get(c4, "upscale_layer_norm.weight")?)?,
+            data(&md.get(c4, "upscale_layer_norm.bias")?)?,
         );
         Ok(Self {
             w1,
@@ -556,11 +552,11 @@ impl VisionBlock {
             .qkv
             .forward(&x.reshape((n, hw, c))?)?
             .reshape((n, hw, 3, c))?;
-        let part = |i: usize| qkv.i((.., .., i, ..))?.flatten_all()?.to_vec1::<f32>();
+        let part = |i: usize| data(&qkv.i((.., .., i, ..))?);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         // `[size, size, d]`: the table's row for each (query, key) index along an axis.
-        let rh = rel_table(&self.rel_h, h)?.flatten_all()?.to_vec1::<f32>()?;
-        let rw = rel_table(&self.rel_w, w)?.flatten_all()?.to_vec1::<f32>()?;
+        let rh = data(&rel_table(&self.rel_h, h)?)?;
+        let rw = data(&rel_table(&self.rel_w, w)?)?;
         let shape = AttentionShape {
             b: n,
             n: hw,
@@ -680,7 +676,7 @@ impl TwoWayBlock {
         };
         let queries = self.norm1.forward(&queries)?;
         // Tokens to image.
-        let tq = values(&self.to_image.q.forward(&(&queries + query_pe)?)?)?;
+        let tq = data(&self.to_image.q.forward(&(&queries + query_pe)?)?)?;
         let o = side.to_image.forward(&tq, keys, pe_k, c);
         let o = Tensor::from_vec(o, (1, t, self.to_image.internal), dev)?;
         let queries = self
@@ -689,8 +685,8 @@ impl TwoWayBlock {
         let mlp = self.lin2.forward(&self.lin1.forward(&queries)?.relu()?)?;
         let queries = self.norm3.forward(&(queries + mlp)?)?;
         // Image to tokens.
-        let kt = values(&self.to_token.k.forward(&(&queries + query_pe)?)?)?;
-        let vt = values(&self.to_token.v.forward(&queries)?)?;
+        let kt = data(&self.to_token.k.forward(&(&queries + query_pe)?)?)?;
+        let vt = data(&self.to_token.v.forward(&queries)?)?;
         let keys_pe: Vec<f32> = keys.par_iter().zip(pe).map(|(a, b)| a + b).collect();
         let o = side.to_token.forward(&kt, &vt, &keys_pe, c);
         add_layer_norm_rows(keys, &o, c, &side.norm.0, &side.norm.1, 1e-5);
@@ -1040,13 +1036,13 @@ impl Sam {
             .collect::<Result<Vec<_>>>()?;
         let grid = config.image_size / config.patch;
         let image_pe = pe.grid(grid, grid)?;
-        let pe_rows = values(&image_pe)?;
+        let pe_rows = data(&image_pe)?;
         let image_layers = layers
             .iter()
             .map(|l| -> candle_core::Result<ImageLayer> {
                 let norm = (
-                    values(l.norm4.weight())?,
-                    values(l.norm4.bias().expect("a LayerNorm with a bias"))?,
+                    data(l.norm4.weight())?,
+                    data(l.norm4.bias().expect("a LayerNorm with a bias"))?,
                 );
                 Ok(ImageLayer {
                     to_image: ToImage::new(&l.to_image, &pe_rows, channels)?,
@@ -1200,15 +1196,15 @@ impl Sam {
         .unsqueeze(0)?; // [1, t, c]
         // The image with its dense prompt as rows `[hw, c]`; the position encoding's terms
         // of the grid (the model's own, computed at load, for any embedding of its size).
-        let nm = values(&self.no_mask)?;
-        let mut keys = planes_to_rows(&values(embedding)?, c, &nm);
+        let nm = data(&self.no_mask)?;
+        let mut keys = planes_to_rows(&data(embedding)?, c, &nm);
         let g = self.config.image_size / self.config.patch;
         let own = (gh, gw) == (g, g);
         let other_pe;
         let pe = if own {
             &self.pe_rows
         } else {
-            other_pe = values(&self.pe.grid(gh, gw)?)?;
+            other_pe = data(&self.pe.grid(gh, gw)?)?;
             &other_pe
         };
         // The keys' share of the positions, the model's own unless the grid is another.
@@ -1222,7 +1218,7 @@ impl Sam {
         // The final tokens-to-image attention.
         let (_, t, _) = tokens.dims3()?;
         let other = pe_k(&self.last);
-        let fq = values(&self.final_attn.q.forward(&(&queries + &tokens)?)?)?;
+        let fq = data(&self.final_attn.q.forward(&(&queries + &tokens)?)?)?;
         let o = self
             .last
             .forward(&fq, &keys, other.as_deref().unwrap_or(&self.last.pe_k), c);
@@ -1237,7 +1233,7 @@ impl Sam {
         let (first, count) = if multimask { (1, n_masks - 1) } else { (0, 1) };
         let mut hyper = Vec::new();
         for m in first..first + count {
-            hyper.extend(values(&self.hyper[m].forward(&queries.i((
+            hyper.extend(data(&self.hyper[m].forward(&queries.i((
                 ..,
                 1 + m,
                 ..,
