@@ -812,22 +812,29 @@ async fn live_rendering_is_metered_and_shown_in_usage() {
     let started = std::time::Instant::now();
     render_frames(&s.base, &token, 6).await;
     let wall = started.elapsed().as_secs_f64();
-    // The last settlement runs as the connection ends: wait for its usage row.
+    // The last settlement runs as the connection ends and rounds the fraction up: wait
+    // for it (a settlement during the session can make the usage row first, with the
+    // fraction still owed; waiting for the row alone once read that one in CI).
     let (base, t) = (s.base.clone(), token.clone());
+    let spent = before["credits_remaining"].as_i64().unwrap();
     let after = tokio::task::spawn_blocking(move || {
+        let mut last = Value::Null;
         for _ in 0..200 {
             let u = usage(&base, &t);
-            if u["history"]
+            let live: f64 = u["history"]
                 .as_array()
                 .unwrap_or_else(|| panic!("{u}"))
                 .iter()
-                .any(|d| d["live_seconds"].as_f64() > Some(0.0))
-            {
+                .map(|d| d["live_seconds"].as_f64().unwrap_or(0.0))
+                .sum();
+            let used = spent - u["credits_remaining"].as_i64().unwrap();
+            if live > 0.0 && used >= ((live * 1000.0).round() / 100.0).ceil() as i64 {
                 return u;
             }
+            last = u;
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("no live-canvas usage was recorded");
+        panic!("no final live-canvas settlement was recorded: {last}");
     })
     .await
     .unwrap();
