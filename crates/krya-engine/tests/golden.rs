@@ -14,7 +14,7 @@ use krya_engine::{CancelToken, GenerateRequest, SchedulerKind, StableDiffusion, 
 use serde_json::Value;
 
 mod common;
-use common::max_abs_diff;
+use common::{image_differs, max_abs_diff};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -285,24 +285,6 @@ fn run_case(case: &Value, models: &mut HashMap<String, StableDiffusion>) {
         })
         .collect();
     assert!(bad.is_empty(), "{id}: {}", bad.join("; "));
-}
-
-/// How an 8-bit image differs from diffusers' (`[h, w, 3]` u8), beyond a mean of 0.5/255
-/// or a maximum of 3/255; `None` when it matches.
-fn image_differs(img: &image::RgbImage, want: &Tensor) -> Option<String> {
-    let want: Vec<u8> = want.flatten_all().unwrap().to_vec1().unwrap();
-    let got = img.as_raw();
-    if got.len() != want.len() {
-        return Some(format!("{} values, want {}", got.len(), want.len()));
-    }
-    let diffs: Vec<f64> = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (*a as f64 - *b as f64).abs())
-        .collect();
-    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-    let max = diffs.iter().cloned().fold(0.0, f64::max);
-    (mean > 0.5 || max > 3.0).then(|| format!("mean abs diff {mean:.3}/255, max {max}/255"))
 }
 
 /// Real-time frames (`realtime::Stream`) equal diffusers' text-to-image and img2img

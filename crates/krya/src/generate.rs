@@ -7,6 +7,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use krya_engine::model::ModelSource;
+use krya_engine::pipelines::lora;
 use krya_engine::{CancelToken, GenerateRequest, SchedulerKind, device, image_io, model};
 
 use crate::{CliError, models};
@@ -58,6 +59,11 @@ pub struct Args {
     /// output keeps to the image (default 1.5).
     #[arg(long)]
     image_guidance: Option<f64>,
+    /// A LoRA to apply: a registered name or a .safetensors file, with an optional weight
+    /// (`style.safetensors:0.8`; default 1). Repeatable. `<lora:NAME:WEIGHT>` in the prompt
+    /// does the same.
+    #[arg(long = "lora", value_name = "NAME_OR_FILE[:WEIGHT]")]
+    loras: Vec<String>,
     /// Output PNG; with --batch B > 1 the files are OUT-1.png ... OUT-B.png.
     #[arg(long)]
     out: PathBuf,
@@ -144,10 +150,27 @@ pub fn run(a: Args) -> Result<(), CliError> {
             .unwrap_or(0)
     });
 
-    let m = load_image_model(&a.model, &a.settings)?;
+    // LoRAs from the flags and the prompt's tags, read before the (slower) model load.
+    let (prompt, tags) = lora::prompt::extract(&a.prompt)?;
+    let mut loras = Vec::new();
+    for spec in &a.loras {
+        let (name, weight) = split_weight(spec)?;
+        loras.push((load_lora(name, &a.settings)?, lora::Strength::new(weight)));
+    }
+    for t in tags {
+        loras.push((load_lora(&t.name, &a.settings)?, t.strength));
+    }
+
+    let mut m = load_image_model(&a.model, &a.settings)?;
+    if !loras.is_empty() {
+        let list: Vec<_> = loras.iter().map(|(f, s)| (f, *s)).collect();
+        let name = m.name.clone();
+        m = lora::apply(&m, &list)?.0;
+        m.name = name;
+    }
 
     let req = GenerateRequest {
-        prompt: a.prompt.clone(),
+        prompt,
         negative_prompt: a.negative_prompt.clone(),
         width: a.width,
         height: a.height,
@@ -185,9 +208,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
     )?;
     bar.finish_and_clear();
 
+    // The recorded prompt keeps A1111's tags (those given as flags added), so pasting the
+    // parameters back applies the same LoRAs.
+    let mut shown = a.prompt.clone();
+    for spec in &a.loras {
+        let (name, weight) = split_weight(spec)?;
+        shown.push_str(&format!(" <lora:{name}:{weight}>"));
+    }
+    let shown = GenerateRequest {
+        prompt: shown,
+        ..req.clone()
+    };
     let paths = output_paths(&a.out, out.images.len());
     for (i, (img, path)) in out.images.iter().zip(&paths).enumerate() {
-        let params = out.parameters_text(&req, &m.name, i);
+        let params = out.parameters_text(&shown, &m.name, i);
         image_io::write_png(path, img, &params)?;
         println!("{}", path.display());
     }
@@ -197,6 +231,36 @@ pub fn run(a: Args) -> Result<(), CliError> {
         t1.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `NAME_OR_FILE[:WEIGHT]`: the weight is what follows the last colon when it is a number.
+fn split_weight(spec: &str) -> Result<(&str, f32), CliError> {
+    if let Some((name, w)) = spec.rsplit_once(':')
+        && let Ok(w) = w.trim().parse::<f32>()
+    {
+        if !w.is_finite() {
+            return Err(CliError::user(format!(
+                "--lora {spec}: the weight must be a number"
+            )));
+        }
+        return Ok((name, w));
+    }
+    Ok((spec, 1.0))
+}
+
+/// The LoRA file `spec` names: a registered name, else a path.
+fn load_lora(spec: &str, settings: &crate::serve::Settings) -> Result<lora::LoraFile, CliError> {
+    let (_, source) = models::resolve(spec, settings).map_err(|_| {
+        CliError::user(format!(
+            "LoRA {spec:?} is neither a registered model nor a .safetensors file"
+        ))
+    })?;
+    match source {
+        ModelSource::Checkpoint(path) => Ok(lora::LoraFile::load(&path)?),
+        _ => Err(CliError::user(format!(
+            "LoRA {spec:?} is not one .safetensors file"
+        ))),
+    }
 }
 
 /// The image model `spec` names (a registered name, a hub id, a folder or a checkpoint),

@@ -873,6 +873,19 @@ impl Conv2d {
         }
     }
 
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The same convolution with another weight `[cout, cin / groups, k, k]` and bias (a
+    /// LoRA merged in), packed again for the fast kernels.
+    pub fn with_weight(&self, weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        Ok(Conv2d {
+            reflect: self.reflect,
+            ..conv2d_from(weight, bias, self.cfg)?
+        })
+    }
+
     /// `(cout, cin / groups, kh, kw)`.
     pub(crate) fn dims(&self) -> candle_core::Result<(usize, usize, usize, usize)> {
         match &self.weight {

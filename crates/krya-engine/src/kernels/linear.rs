@@ -24,6 +24,20 @@ impl Linear {
             bias,
         })
     }
+
+    /// The weight as stored in a state dict, `[out, in]`.
+    pub fn weight(&self) -> candle_core::Result<Tensor> {
+        self.weight_t.t()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The same layer with another weight `[out, in]` and bias (a LoRA merged in).
+    pub fn with_weight(&self, weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
+        Linear::new(weight, bias)
+    }
 }
 
 /// `candle_nn::linear` (weights named and initialised alike), stored transposed.

@@ -246,10 +246,10 @@ pub(crate) fn assemble(
     };
     Ok(StableDiffusion {
         name,
-        tokenizers,
+        tokenizers: std::sync::Arc::new(tokenizers),
         text_encoders,
         unet,
-        vae,
+        vae: std::sync::Arc::new(vae),
         scheduler_config,
         force_zeros_for_empty_prompt,
         defaults: Defaults {
@@ -270,7 +270,7 @@ pub(crate) fn assemble(
 pub struct RandomComponents {
     pub text_encoders: Vec<ClipTextModel>,
     pub unet: UNet2DConditionModel,
-    pub vae: AutoencoderKL,
+    pub vae: std::sync::Arc<AutoencoderKL>,
 }
 
 pub fn load_random(dir: &Path, device: &Device, dtype: DType) -> Result<RandomComponents> {
@@ -300,7 +300,7 @@ pub fn load_random(dir: &Path, device: &Device, dtype: DType) -> Result<RandomCo
     Ok(RandomComponents {
         text_encoders,
         unet,
-        vae,
+        vae: std::sync::Arc::new(vae),
     })
 }
 

@@ -3,6 +3,7 @@
 pub mod edit;
 pub mod erase;
 pub mod face;
+pub mod lora;
 pub mod matte;
 pub mod segment;
 pub mod stable_diffusion;

@@ -8,6 +8,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use crate::kernels::{Conv2d, GroupNorm, Linear, conv2d, group_norm, linear, linear_b};
 
 use crate::Result;
+use crate::pipelines::lora::{Layer, Visit};
 
 /// Largest attention score matrix computed at once, in bytes (see `Attention::forward`).
 pub const ATTENTION_CHUNK_BYTES: usize = 256 << 20;
@@ -57,6 +58,7 @@ pub fn conv(
 }
 
 /// diffusers' `ResnetBlock2D` with the "default" time-embedding mode.
+#[derive(Clone)]
 pub struct ResnetBlock2D {
     norm1: GroupNorm,
     conv1: Conv2d,
@@ -97,6 +99,19 @@ impl ResnetBlock2D {
         })
     }
 
+    /// The layers a LoRA can change, named under `p` as in diffusers.
+    pub(crate) fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        f(&format!("{p}.conv1"), Layer::Conv(&mut self.conv1))?;
+        if let Some(l) = &mut self.time_emb_proj {
+            f(&format!("{p}.time_emb_proj"), Layer::Linear(l))?;
+        }
+        f(&format!("{p}.conv2"), Layer::Conv(&mut self.conv2))?;
+        if let Some(c) = &mut self.shortcut {
+            f(&format!("{p}.conv_shortcut"), Layer::Conv(c))?;
+        }
+        Ok(())
+    }
+
     /// The norm then the activation (one fused pass for SiLU).
     fn norm_act(&self, norm: &GroupNorm, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.act {
@@ -130,6 +145,7 @@ impl ResnetBlock2D {
 
 /// diffusers' `Downsample2D` with a convolution. `padding == 0` pads right and bottom by
 /// one first, as the VAE encoder does.
+#[derive(Clone)]
 pub struct Downsample2D {
     conv: Conv2d,
     padding: usize,
@@ -142,6 +158,10 @@ impl Downsample2D {
             padding,
         })
     }
+    pub(crate) fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        f(&format!("{p}.conv"), Layer::Conv(&mut self.conv))
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.padding == 0 {
             let x = x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
@@ -153,6 +173,7 @@ impl Downsample2D {
 }
 
 /// diffusers' `Upsample2D`: nearest ×2 (or to the skip connection's size), then a 3×3 conv.
+#[derive(Clone)]
 pub struct Upsample2D {
     conv: Conv2d,
 }
@@ -163,6 +184,10 @@ impl Upsample2D {
             conv: conv(vb.pp("conv"), channels, channels, 3, 1, 1)?,
         })
     }
+    pub(crate) fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        f(&format!("{p}.conv"), Layer::Conv(&mut self.conv))
+    }
+
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (th, tw) = size.unwrap_or((2 * h, 2 * w));
@@ -171,6 +196,7 @@ impl Upsample2D {
 }
 
 /// diffusers' `Attention` over token sequences `[batch, tokens, channels]`.
+#[derive(Clone)]
 pub struct Attention {
     to_q: Linear,
     to_k: Linear,
@@ -200,6 +226,13 @@ impl Attention {
             heads,
             scale: (head_dim as f64).powf(-0.5),
         })
+    }
+
+    pub(crate) fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        f(&format!("{p}.to_q"), Layer::Linear(&mut self.to_q))?;
+        f(&format!("{p}.to_k"), Layer::Linear(&mut self.to_k))?;
+        f(&format!("{p}.to_v"), Layer::Linear(&mut self.to_v))?;
+        f(&format!("{p}.to_out.0"), Layer::Linear(&mut self.to_out))
     }
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> candle_core::Result<Tensor> {

@@ -11,6 +11,7 @@ use crate::kernels::{Linear, linear, linear_b};
 use serde::Deserialize;
 
 use crate::Result;
+use crate::pipelines::lora::{Layer, Visit};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipTextConfig {
@@ -82,6 +83,7 @@ impl Activation {
     }
 }
 
+#[derive(Clone)]
 struct Attention {
     q: Linear,
     k: Linear,
@@ -112,6 +114,7 @@ impl Attention {
     }
 }
 
+#[derive(Clone)]
 struct EncoderLayer {
     ln1: LayerNorm,
     attn: Attention,
@@ -131,6 +134,7 @@ impl EncoderLayer {
     }
 }
 
+#[derive(Clone)]
 pub struct ClipTextModel {
     token_embedding: candle_nn::Embedding,
     position_embedding: candle_nn::Embedding,
@@ -152,6 +156,36 @@ pub struct ClipOutput {
 }
 
 impl ClipTextModel {
+    /// The layers a LoRA can change, named as transformers' `CLIPTextModel` names them
+    /// (`text_model.encoder.layers.{i}.self_attn.q_proj`, `text_projection`).
+    pub fn visit_layers(&mut self, f: &mut Visit) -> Result<()> {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("text_model.encoder.layers.{i}");
+            f(
+                &format!("{p}.self_attn.q_proj"),
+                Layer::Linear(&mut l.attn.q),
+            )?;
+            f(
+                &format!("{p}.self_attn.k_proj"),
+                Layer::Linear(&mut l.attn.k),
+            )?;
+            f(
+                &format!("{p}.self_attn.v_proj"),
+                Layer::Linear(&mut l.attn.v),
+            )?;
+            f(
+                &format!("{p}.self_attn.out_proj"),
+                Layer::Linear(&mut l.attn.out),
+            )?;
+            f(&format!("{p}.mlp.fc1"), Layer::Linear(&mut l.fc1))?;
+            f(&format!("{p}.mlp.fc2"), Layer::Linear(&mut l.fc2))?;
+        }
+        if let Some(p) = &mut self.projection {
+            f("text_projection", Layer::Linear(p))?;
+        }
+        Ok(())
+    }
+
     pub fn new(config: ClipTextConfig, vb: VarBuilder) -> Result<Self> {
         // transformers 5 saves `CLIPTextModel` keys without the `text_model.` prefix.
         let tm = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {

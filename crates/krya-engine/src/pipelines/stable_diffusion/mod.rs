@@ -43,12 +43,13 @@ pub struct Defaults {
 }
 
 /// A loaded Stable Diffusion model: every component, built from the model's own configs.
+#[derive(Clone)]
 pub struct StableDiffusion {
     pub name: String,
-    pub tokenizers: Vec<ClipTokenizer>,
+    pub tokenizers: std::sync::Arc<Vec<ClipTokenizer>>,
     pub text_encoders: Vec<ClipTextModel>,
     pub unet: UNet2DConditionModel,
-    pub vae: AutoencoderKL,
+    pub vae: std::sync::Arc<AutoencoderKL>,
     pub scheduler_config: SchedulerConfig,
     /// SDXL: an absent negative prompt gives zero embeddings (model_index.json).
     pub force_zeros_for_empty_prompt: bool,

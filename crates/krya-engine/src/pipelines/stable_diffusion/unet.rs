@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::blocks::{Act, Attention, Downsample2D, ResnetBlock2D, ResnetParams, Upsample2D, conv};
 use crate::Result;
 use crate::kernels::{Conv2d, GroupNorm, Linear, group_norm, linear, linear_b};
+use crate::pipelines::lora::{Layer, Visit};
 
 /// The subset of diffusers' UNet config that shapes the network.
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +190,7 @@ pub fn timestep_embedding(
     }
 }
 
+#[derive(Clone)]
 struct TimestepEmbedding {
     cond_proj: Option<Linear>,
     linear_1: Linear,
@@ -214,6 +216,14 @@ impl TimestepEmbedding {
             act,
         })
     }
+    fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        if let Some(l) = &mut self.cond_proj {
+            f(&format!("{p}.cond_proj"), Layer::Linear(l))?;
+        }
+        f(&format!("{p}.linear_1"), Layer::Linear(&mut self.linear_1))?;
+        f(&format!("{p}.linear_2"), Layer::Linear(&mut self.linear_2))
+    }
+
     fn forward(&self, x: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let x = match (&self.cond_proj, cond) {
             (Some(p), Some(c)) => (x + p.forward(c)?)?,
@@ -224,6 +234,7 @@ impl TimestepEmbedding {
     }
 }
 
+#[derive(Clone)]
 struct BasicTransformerBlock {
     norm1: LayerNorm,
     attn1: Attention,
@@ -263,6 +274,16 @@ impl BasicTransformerBlock {
             only_cross,
         })
     }
+    fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        self.attn1.visit_layers(&format!("{p}.attn1"), f)?;
+        self.attn2.visit_layers(&format!("{p}.attn2"), f)?;
+        f(
+            &format!("{p}.ff.net.0.proj"),
+            Layer::Linear(&mut self.ff_in),
+        )?;
+        f(&format!("{p}.ff.net.2"), Layer::Linear(&mut self.ff_out))
+    }
+
     fn forward(&self, x: &Tensor, ctx: &Tensor) -> candle_core::Result<Tensor> {
         let self_ctx = if self.only_cross { Some(ctx) } else { None };
         let x = (self.attn1.forward(&self.norm1.forward(x)?, self_ctx)? + x)?;
@@ -274,11 +295,13 @@ impl BasicTransformerBlock {
     }
 }
 
+#[derive(Clone)]
 enum Proj {
     Conv(Conv2d),
     Linear(Linear),
 }
 
+#[derive(Clone)]
 struct Transformer2DModel {
     norm: GroupNorm,
     proj_in: Proj,
@@ -325,6 +348,22 @@ impl Transformer2DModel {
         })
     }
 
+    fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        let mut proj = |name: &str, proj: &mut Proj| -> Result<()> {
+            let name = format!("{p}.{name}");
+            match proj {
+                Proj::Conv(c) => f(&name, Layer::Conv(c)),
+                Proj::Linear(l) => f(&name, Layer::Linear(l)),
+            }
+        };
+        proj("proj_in", &mut self.proj_in)?;
+        proj("proj_out", &mut self.proj_out)?;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            b.visit_layers(&format!("{p}.transformer_blocks.{i}"), f)?;
+        }
+        Ok(())
+    }
+
     fn forward(&self, x: &Tensor, ctx: &Tensor) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let residual = x;
@@ -357,6 +396,7 @@ impl Transformer2DModel {
 }
 
 /// One down or up block: resnets, optional transformers after each, optional resampler.
+#[derive(Clone)]
 struct Block {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Transformer2DModel>,
@@ -364,11 +404,31 @@ struct Block {
     up: Option<Upsample2D>,
 }
 
+impl Block {
+    fn visit_layers(&mut self, p: &str, f: &mut Visit) -> Result<()> {
+        for (j, r) in self.resnets.iter_mut().enumerate() {
+            r.visit_layers(&format!("{p}.resnets.{j}"), f)?;
+        }
+        for (j, a) in self.attentions.iter_mut().enumerate() {
+            a.visit_layers(&format!("{p}.attentions.{j}"), f)?;
+        }
+        if let Some(d) = &mut self.down {
+            d.visit_layers(&format!("{p}.downsamplers.0"), f)?;
+        }
+        if let Some(u) = &mut self.up {
+            u.visit_layers(&format!("{p}.upsamplers.0"), f)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
 struct MidBlock {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Transformer2DModel>,
 }
 
+#[derive(Clone)]
 pub struct UNet2DConditionModel {
     time_embedding: TimestepEmbedding,
     add_embedding: Option<(TimestepEmbedding, usize)>,
@@ -707,6 +767,120 @@ impl UNet2DConditionModel {
             .conv_out
             .forward(&self.act.apply(&self.norm_out.forward(&x)?)?)?;
         Ok(x)
+    }
+
+    /// The layers a LoRA can change, named as in diffusers (`down_blocks.0.resnets.1.conv1`,
+    /// `mid_block.attentions.0.transformer_blocks.0.attn2.to_k`).
+    pub fn visit_layers(&mut self, f: &mut Visit) -> Result<()> {
+        self.time_embedding.visit_layers("time_embedding", f)?;
+        if let Some((add, _)) = &mut self.add_embedding {
+            add.visit_layers("add_embedding", f)?;
+        }
+        f("conv_in", Layer::Conv(&mut self.conv_in))?;
+        for (i, b) in self.down.iter_mut().enumerate() {
+            b.visit_layers(&format!("down_blocks.{i}"), f)?;
+        }
+        if let Some(m) = &mut self.mid {
+            for (j, r) in m.resnets.iter_mut().enumerate() {
+                r.visit_layers(&format!("mid_block.resnets.{j}"), f)?;
+            }
+            for (j, a) in m.attentions.iter_mut().enumerate() {
+                a.visit_layers(&format!("mid_block.attentions.{j}"), f)?;
+            }
+        }
+        for (i, b) in self.up.iter_mut().enumerate() {
+            b.visit_layers(&format!("up_blocks.{i}"), f)?;
+        }
+        f("conv_out", Layer::Conv(&mut self.conv_out))
+    }
+
+    /// The name a layer of `visit_layers` has in the original (LDM/SGM) UNet, which
+    /// kohya's SDXL LoRAs and A1111's own names use: `input_blocks.{n}.{0: resnet, 1:
+    /// transformer}`, `middle_block.{0,1,2}`, `output_blocks.{n}.{..}`, ResNet convs as
+    /// `in_layers.2`/`out_layers.3`, `emb_layers.1`, `skip_connection` (diffusers'
+    /// `convert_diffusers_name_to_compvis` and `_maybe_map_sgm_blocks_to_diffusers`, counted
+    /// from this UNet's own blocks instead of a fixed three per level).
+    pub fn ldm_name(&self, path: &str) -> Option<String> {
+        let resnet = |rest: &str| -> String {
+            let (head, tail) = rest.split_once('.').map_or((rest, ""), |(h, t)| (h, t));
+            let head = match head {
+                "conv1" => "in_layers.2",
+                "conv2" => "out_layers.3",
+                "time_emb_proj" => "emb_layers.1",
+                "conv_shortcut" => "skip_connection",
+                other => other,
+            };
+            if tail.is_empty() {
+                head.to_string()
+            } else {
+                format!("{head}.{tail}")
+            }
+        };
+        let inner = |kind: &str, rest: &str| -> (usize, String) {
+            if kind == "resnets" {
+                (0, resnet(rest))
+            } else {
+                (1, rest.to_string())
+            }
+        };
+        let fixed = [
+            ("conv_in", "input_blocks.0.0"),
+            ("conv_out", "out.2"),
+            ("time_embedding.linear_1", "time_embed.0"),
+            ("time_embedding.linear_2", "time_embed.2"),
+            ("add_embedding.linear_1", "label_emb.0.0"),
+            ("add_embedding.linear_2", "label_emb.0.2"),
+        ];
+        if let Some((_, ldm)) = fixed.iter().find(|(d, _)| *d == path) {
+            return Some(ldm.to_string());
+        }
+        let parts: Vec<&str> = path.splitn(5, '.').collect();
+        let num = |s: &str| s.parse::<usize>().ok();
+        match parts.as_slice() {
+            ["down_blocks", i, kind, j, rest] | ["up_blocks", i, kind, j, rest] => {
+                let (i, j) = (num(i)?, num(j)?);
+                let up = parts[0] == "up_blocks";
+                let blocks = if up { &self.up } else { &self.down };
+                // Input blocks start after conv_in; each level holds its layers and then
+                // its resampler (a level of its own going down, the last layer's going up).
+                let before: usize = blocks[..i.min(blocks.len())]
+                    .iter()
+                    .map(|b| b.resnets.len() + (!up && b.down.is_some()) as usize)
+                    .sum::<usize>()
+                    + (!up) as usize;
+                let block = blocks.get(i)?;
+                match *kind {
+                    "resnets" | "attentions" => {
+                        let (sub, rest) = inner(kind, rest);
+                        let list = if up { "output_blocks" } else { "input_blocks" };
+                        Some(format!("{list}.{}.{sub}.{rest}", before + j))
+                    }
+                    "downsamplers" if !up && j == 0 && *rest == "conv" => Some(format!(
+                        "input_blocks.{}.0.op",
+                        before + block.resnets.len()
+                    )),
+                    "upsamplers" if up && j == 0 && *rest == "conv" => Some(format!(
+                        "output_blocks.{}.{}.conv",
+                        before + block.resnets.len() - 1,
+                        1 + !block.attentions.is_empty() as usize
+                    )),
+                    _ => None,
+                }
+            }
+            ["mid_block", kind @ ("resnets" | "attentions"), j, a, b] => {
+                let j = num(j)?;
+                let (sub, rest) = inner(kind, &format!("{a}.{b}"));
+                let n = if sub == 0 { 2 * j } else { 1 };
+                Some(format!("middle_block.{n}.{rest}"))
+            }
+            ["mid_block", kind @ ("resnets" | "attentions"), j, a] => {
+                let j = num(j)?;
+                let (sub, rest) = inner(kind, a);
+                let n = if sub == 0 { 2 * j } else { 1 };
+                Some(format!("middle_block.{n}.{rest}"))
+            }
+            _ => None,
+        }
     }
 
     /// Dimension of the text conditioning this UNet expects.
