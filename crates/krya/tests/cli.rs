@@ -95,6 +95,66 @@ fn generate_writes_pngs_with_parameters() {
     }
 }
 
+/// `--lora FILE[:WEIGHT]` and `<lora:NAME:WEIGHT>` in the prompt apply the same LoRA (a
+/// registered name or a path); weight 0 is the base model's image; the recorded parameters
+/// keep the tags; a missing file or a LoRA for another base is one line, exit 2.
+#[test]
+fn generate_applies_loras_from_flags_and_prompt_tags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = golden("sd1");
+    let lora = golden("lora/sd1_kohya.safetensors");
+    let add = krya(
+        tmp.path(),
+        &["models", "add", "kohya", lora.to_str().unwrap()],
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    let run = |name: &str, prompt: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "generate",
+            "--prompt",
+            prompt,
+            "--steps",
+            "2",
+            "--seed",
+            "4",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        (krya(tmp.path(), &args), out)
+    };
+    let (o, plain) = run("plain.png", "a cat", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let spec = format!("{}:0.7", lora.display());
+    let (o, flag) = run("flag.png", "a cat", &["--lora", &spec]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, tag) = run("tag.png", "a cat <lora:kohya:0.7>", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, zero) = run("zero.png", "a cat", &["--lora", "kohya:0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pixels = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&flag), pixels(&tag));
+    assert_ne!(pixels(&flag), pixels(&plain));
+    assert_eq!(pixels(&zero), pixels(&plain));
+    assert!(png_parameters(&tag).starts_with("a cat <lora:kohya:0.7>\n"));
+    assert!(png_parameters(&flag).starts_with(&format!("a cat <lora:{}:0.7>\n", lora.display())));
+
+    let (o, _) = run("x.png", "a cat", &["--lora", "nowhere.safetensors"]);
+    assert_user_error(&o, "nowhere.safetensors");
+    let xl = golden("lora/sdxl_kohya.safetensors");
+    let (o, _) = run("x.png", "a cat", &["--lora", xl.to_str().unwrap()]);
+    assert_user_error(&o, "the file says it is for sdxl");
+    let (o, _) = run("x.png", "a cat <lora:kohya:lots>", &[]);
+    assert_user_error(&o, "not a weight");
+}
+
 #[test]
 fn turbo_defaults_and_registry_names() {
     let tmp = tempfile::tempdir().unwrap();
