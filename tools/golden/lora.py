@@ -16,7 +16,7 @@ SD 1.x and SDXL models of the golden set, and diffusers' images with them applie
   reference merges them with ComfyUI's `calculate_weight` math written out below (einsum
   forms), into a copy of the weights, and runs the plain pipeline.
 
-Files: `*.safetensors` (the adapters), `cases.json`, `reference.safetensors` with
+Files: `*.safetensors` (the adapters; `turbo_kohya` is for the studio's end-to-end test), `cases.json`, `reference.safetensors` with
 `case.{id}` (u8 `[batch, h, w, 3]`).
 """
 import json
@@ -304,6 +304,10 @@ def main():
     sdxl.load_lora_weights(str(OUT), weight_name="sdxl_kohya.safetensors", adapter_name="kohya")
     sdxl.set_adapters(["kohya"], adapter_weights=[0.9])
     case("sdxl_kohya", sdxl, "sdxl", [["sdxl_kohya.safetensors", 0.9]], seed=4, width=64, height=64)
+
+    # The studio's end-to-end test applies one to its tiny model (golden/turbo); no image.
+    turbo = DiffusionPipeline.from_pretrained(str(GOLDEN / "turbo"), local_files_only=True)
+    kohya_file(turbo, OUT / "turbo_kohya.safetensors")
 
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / "reference.safetensors"))
     (OUT / "cases.json").write_text(json.dumps(cases, indent=1))

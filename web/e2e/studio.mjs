@@ -20,6 +20,7 @@ if (!base || !shots) {
 
 const PROMPT = "a red fox in the snow";
 const SKETCH = "pencil sketch of a cat";
+const LORA_PROMPT = "a fox in the style";
 const DESKTOP = { width: 1440, height: 900 };
 const PHONE = { width: 390, height: 844 };
 
@@ -198,6 +199,24 @@ try {
     check(/Steps: 30/.test(text.parameters) && /Seed: 1234/.test(text.parameters), `parameters: ${text.parameters}`);
   });
 
+  await step("LoRA: pick one for the model, weigh it, generate; the image's parameters carry it", async () => {
+    await a.getByLabel("LoRAs", { exact: true }).selectOption("style");
+    const weight = a.getByTestId("lora-weight-style");
+    await weight.waitFor();
+    check((await weight.inputValue()) === "1", `a new LoRA's weight: ${await weight.inputValue()}`);
+    await weight.fill("0.75");
+    await a.getByLabel("Prompt", { exact: true }).fill(LORA_PROMPT);
+    await a.getByTestId("generate").click();
+    await a.waitForFunction((p) => document.querySelector('[data-testid="result-image"]')?.getAttribute("alt") === p, LORA_PROMPT, { timeout: 120_000 });
+    const g = await a.evaluate(async () => (await (await fetch("/api/generate/images")).json()).items[0]);
+    check(JSON.stringify(g.loras) === JSON.stringify([{ id: "style", weight: 0.75 }]), `loras: ${JSON.stringify(g.loras)}`);
+    const png = await a.evaluate(async (url) => Array.from(new Uint8Array(await (await fetch(url)).arrayBuffer())), g.images[0].url);
+    const text = pngText(Buffer.from(png));
+    check(text.parameters.startsWith(`${LORA_PROMPT} <lora:style:0.75>\n`), `parameters: ${text.parameters}`);
+    await a.getByRole("button", { name: "Remove style" }).click();
+    check((await a.getByTestId("lora-style").count()) === 0, "the LoRA was not removed");
+  });
+
   await step("image-to-image: upload a reference, generate at its size", async () => {
     const ref = join(shots, "reference.png");
     writeFileSync(ref, downloaded);
@@ -249,7 +268,7 @@ try {
     const after = await a.evaluate(async (k) => (await fetch("/api/auth/me", { headers: { authorization: `Bearer ${k}` } })).status, key);
     check(after === 401, `a revoked key still works (${after})`);
     const left = await a.getByTestId("usage-credits-left").textContent();
-    check(left === "48", `credits left: ${left}`);
+    check(left === "47", `credits left: ${left}`);
   });
 
   await step("real-time canvas: draw, watch it render, undo, layers, save a frame", async () => {
@@ -771,8 +790,8 @@ try {
     const cards = a.getByRole("list").first().getByRole("listitem");
     await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 30);
     await cards.last().scrollIntoViewIfNeeded();
-    // 31 fillers, the sketch, the enhanced image and the six edits.
-    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 39 + 1);
+    // 31 fillers, the sketch, the LoRA image, the enhanced image and the six edits.
+    await a.waitForFunction(() => document.querySelectorAll("main ul > li").length === 40 + 1);
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 

@@ -1,7 +1,8 @@
 import { describe, expect, it, vi } from "vitest";
 import { ApiClient } from "../src/api/client";
 import { createEventsStore, type EventSourceLike } from "../src/stores/events";
-import { buildRequest, createGenerateStore, emptyForm, mergeJob, type Job } from "../src/stores/generate";
+import type { Model } from "../src/api/types";
+import { buildRequest, createGenerateStore, emptyForm, loraFits, mergeJob, type Job } from "../src/stores/generate";
 import { createPager } from "../src/stores/pager";
 import { createSessionStore } from "../src/stores/session";
 import { createToastStore } from "../src/stores/toasts";
@@ -158,6 +159,32 @@ describe("generate store", () => {
     expect(r.aspect_ratio).toBeUndefined();
     expect(() => buildRequest({ ...emptyForm, prompt: " " })).toThrow(/prompt/);
     expect(() => buildRequest({ ...emptyForm, prompt: "x", steps: "2.5" })).toThrow(/steps: must be a whole number/);
+    // LoRAs go in order with their weights; none: no field.
+    expect(buildRequest({ ...emptyForm, prompt: "x", loras: [{ id: "ink", weight: 0.6 }, { id: "soft", weight: -0.2 }] }).loras).toEqual([
+      { id: "ink", weight: 0.6 },
+      { id: "soft", weight: -0.2 },
+    ]);
+    expect(buildRequest({ ...emptyForm, prompt: "x" }).loras).toBeUndefined();
+  });
+
+  it("adds a LoRA once, weighs and removes it; fits by family", () => {
+    const { store } = setup();
+    const g = store.getState();
+    g.addLora("ink");
+    g.addLora("ink");
+    g.addLora("soft");
+    g.setLoraWeight("soft", -0.5);
+    expect(store.getState().form.loras).toEqual([
+      { id: "ink", weight: 1 },
+      { id: "soft", weight: -0.5 },
+    ]);
+    g.removeLora("ink");
+    expect(store.getState().form.loras).toEqual([{ id: "soft", weight: -0.5 }]);
+    const m = (family: string | null) => ({ family }) as Model;
+    expect(loraFits(m("sdxl"), m("sdxl"))).toBe(true);
+    expect(loraFits(m("sdxl"), m("sd1"))).toBe(false);
+    expect(loraFits(m(null), m("sd1"))).toBe(true);
+    expect(loraFits(m("sd1"), m(null))).toBe(true);
   });
 
   it("submits, follows events to completion, and reports credits and the finished job", async () => {

@@ -91,6 +91,11 @@ fn studio_end_to_end_in_chromium() {
         .join("../krya-engine/tests/golden/pix2pix")
         .to_string_lossy()
         .into();
+    // And a LoRA for the tiny model, for /image's LoRA picker.
+    listed["style"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden/lora/turbo_kohya.safetensors")
+        .to_string_lossy()
+        .into();
     // And the editor's object-removal and background-removal models: tiny LaMa and IS-Net.
     for (name, file) in [
         ("lama", "erase/lama.safetensors"),

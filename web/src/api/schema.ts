@@ -100,7 +100,7 @@ export interface BatchRequest {
 }
 
 /** A kind of work a model can do; `GET /api/models?capability=` filters by it. */
-export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct" | "segment" | "erase" | "matte";
+export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct" | "segment" | "erase" | "matte" | "lora";
 
 export interface Capture {
   /** The frame, uploaded with `POST /api/assets`. */
@@ -318,6 +318,8 @@ export interface GenerationView {
   init_image?: string | null;
   mask?: string | null;
   clip_skip: number;
+  /** The request's `loras` (tags in the prompt are in `prompt`). */
+  loras: LoraRef[];
   seed: number;
   batch_size: number;
   is_public: boolean;
@@ -381,6 +383,8 @@ export interface ImageRequest {
   /** An http(s) URL that gets a signed POST when the generation ends. */
   webhook_url?: string | null;
   clip_skip?: number | null;
+  /** LoRAs to apply, each with its weight (`<lora:ID:WEIGHT>` in the prompt adds more). */
+  loras?: LoraRef[];
 }
 
 /** An image of a generation. */
@@ -479,6 +483,19 @@ export interface LikeResult {
 export interface Login {
   email: string;
   password: string;
+}
+
+/** One LoRA of a request. */
+export interface LoraRef {
+  /** A model id of capability `lora` (`GET /api/models?capability=lora`). */
+  id: string;
+  /** How strongly it applies: 1 as trained, 0 not at all, negative away from it. */
+  weight?: number;
+  /**
+   * The text encoder's weight where it differs from the UNet's (A1111's
+   * `<lora:ID:TE:UNET>`).
+   */
+  text_weight?: number | null;
 }
 
 /** A model as clients see it. */

@@ -242,15 +242,15 @@ export function Chip({
   );
 }
 
-/** A labelled 0–`max` slider showing its value. */
-export function Amount({ label, value, max = 1, step = 0.05, digits = 2, onChange, testId }: { label: string; value: number; max?: number; step?: number; digits?: number; onChange: (v: number) => void; testId: string }) {
+/** A labelled `min`–`max` slider showing its value. */
+export function Amount({ label, value, min = 0, max = 1, step = 0.05, digits = 2, onChange, testId }: { label: string; value: number; min?: number; max?: number; step?: number; digits?: number; onChange: (v: number) => void; testId: string }) {
   return (
     <label className="flex flex-col gap-1.5">
       <span className="flex justify-between text-xs font-medium uppercase tracking-wide text-muted">
         {label}
         <span className="tabular-nums normal-case">{value.toFixed(digits)}</span>
       </span>
-      <input type="range" min={0} max={max} step={step} value={value} onChange={(e) => onChange(Number(e.target.value))} aria-label={label} data-testid={testId} />
+      <input type="range" min={min} max={max} step={step} value={value} onChange={(e) => onChange(Number(e.target.value))} aria-label={label} data-testid={testId} />
     </label>
   );
 }

@@ -24,6 +24,18 @@ export interface GenerateForm {
   strength: number;
   /** Generating from someone's feed item keeps the link to it. */
   remixOf: string | null;
+  /** LoRAs to apply, in order, each with its weight. */
+  loras: LoraUse[];
+}
+
+export interface LoraUse {
+  id: string;
+  weight: number;
+}
+
+/** Whether a LoRA can go on a model: the same base family, or either one not saying. */
+export function loraFits(lora: Model, model: Model | undefined): boolean {
+  return !lora.family || !model?.family || lora.family === model.family;
 }
 
 /** A generation as this page follows it: the server's view plus the latest preview. */
@@ -47,11 +59,14 @@ export const emptyForm: GenerateForm = {
   init: null,
   strength: 0.6,
   remixOf: null,
+  loras: [],
 };
 
 export interface GenerateState {
   form: GenerateForm;
   models: Model[];
+  /** Models of capability `lora`. */
+  loras: Model[];
   styles: Style[];
   optionsLoaded: boolean;
   optionsError: ApiError | null;
@@ -69,6 +84,9 @@ export interface GenerateState {
   set(patch: Partial<GenerateForm>): void;
   selectModel(id: string): void;
   randomizeSeed(): void;
+  addLora(id: string): void;
+  setLoraWeight(id: string, weight: number): void;
+  removeLora(id: string): void;
   submit(): Promise<string | null>;
   applyEvent(kind: string, data: Record<string, unknown>): void;
   /** Re-reads active jobs (after the event stream reconnects: events may have been missed). */
@@ -137,6 +155,7 @@ export function buildRequest(f: GenerateForm): ImageRequest {
     req.init_image = f.init.id;
     req.strength = f.strength;
   }
+  if (f.loras.length) req.loras = f.loras.map((l) => ({ id: l.id, weight: l.weight }));
   return req;
 }
 
@@ -160,6 +179,7 @@ function formFrom(g: Generation, models: Model[]): Partial<GenerateForm> {
     init: null,
     strength: g.strength ?? 0.6,
     remixOf: null,
+    loras: (g.loras ?? []).map((l) => ({ id: l.id, weight: l.weight ?? 1 })),
   };
 }
 
@@ -184,6 +204,7 @@ export function createGenerateStore(
     return {
       form: { ...emptyForm },
       models: [],
+      loras: [],
       styles: [],
       optionsLoaded: false,
       optionsError: null,
@@ -196,8 +217,8 @@ export function createGenerateStore(
 
       async loadOptions() {
         try {
-          const [m, s] = await Promise.all([api.models("txt2img"), api.styles()]);
-          set({ models: m.models, styles: s.styles, optionsLoaded: true, optionsError: null });
+          const [m, l, s] = await Promise.all([api.models("txt2img"), api.models("lora"), api.styles()]);
+          set({ models: m.models, loras: l.models, styles: s.styles, optionsLoaded: true, optionsError: null });
           const f = get().form;
           if (!f.model || !m.models.some((x) => x.id === f.model)) {
             const pick = m.models.find((x) => x.installed) ?? m.models[0];
@@ -229,6 +250,20 @@ export function createGenerateStore(
 
       randomizeSeed() {
         get().set({ seed: String(randomSeed()) });
+      },
+
+      addLora(id) {
+        const f = get().form;
+        if (f.loras.some((l) => l.id === id)) return;
+        get().set({ loras: [...f.loras, { id, weight: 1 }] });
+      },
+
+      setLoraWeight(id, weight) {
+        get().set({ loras: get().form.loras.map((l) => (l.id === id ? { ...l, weight } : l)) });
+      },
+
+      removeLora(id) {
+        get().set({ loras: get().form.loras.filter((l) => l.id !== id) });
       },
 
       async submit() {

@@ -60,6 +60,8 @@ pub struct GenerationView {
     pub init_image: Option<String>,
     pub mask: Option<String>,
     pub clip_skip: u32,
+    /// The request's `loras` (tags in the prompt are in `prompt`).
+    pub loras: Vec<crate::tasks::lora::LoraRef>,
     pub seed: i64,
     pub batch_size: i64,
     pub is_public: bool,
@@ -135,6 +137,7 @@ pub async fn view(
         init_image: g.params.init_image.clone(),
         mask: g.params.mask.clone(),
         clip_skip: g.params.clip_skip,
+        loras: g.params.loras.clone(),
         seed: g.seed,
         batch_size: g.batch_size,
         is_public: g.is_public,

@@ -93,6 +93,9 @@ pub struct ImageRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 4)]
     pub clip_skip: Option<u32>,
+    /// LoRAs to apply, each with its weight (`<lora:ID:WEIGHT>` in the prompt adds more).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<crate::tasks::lora::LoraRef>,
 }
 
 /// What a job needs besides the generation's columns, stored as its `parameters` JSON.
@@ -108,6 +111,9 @@ pub struct Params {
     pub mask: Option<String>,
     #[serde(default)]
     pub clip_skip: u32,
+    /// The request's `loras` (its prompt's tags stay in the prompt).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<crate::tasks::lora::LoraRef>,
 }
 
 /// A checked request, ready to store.
@@ -210,6 +216,7 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             ),
         ));
     }
+    crate::tasks::lora::check(&models, entry, &prompt, &r.loras)?;
     let dims = |v: Option<u32>, field: &str| -> Result<Option<u32>, ApiError> {
         match v {
             Some(x) if !(8..=2048).contains(&x) || x % 8 != 0 => {
@@ -324,6 +331,7 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             init_image: r.init_image,
             mask: r.mask,
             clip_skip,
+            loras: r.loras,
         },
     })
 }
@@ -609,6 +617,7 @@ pub async fn remix(
         aspect_ratio: None,
         style: source.params.style.clone(),
         clip_skip: Some(source.params.clip_skip),
+        loras: source.params.loras.clone(),
         // Someone else's uploads are not the remixer's to use.
         ..Default::default()
     };

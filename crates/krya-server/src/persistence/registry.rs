@@ -87,10 +87,13 @@ pub enum Capability {
     /// Background removal (IS-Net): the editor's `remove_background` and
     /// `replace_background`.
     Matte,
+    /// A LoRA (an adapter file for a base family): applied by `loras` in requests and by
+    /// `<lora:ID:WEIGHT>` in prompts.
+    Lora,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 11] = [
+    pub const ALL: [Capability; 12] = [
         Capability::Txt2img,
         Capability::Img2img,
         Capability::Inpaint,
@@ -102,6 +105,7 @@ impl Capability {
         Capability::Segment,
         Capability::Erase,
         Capability::Matte,
+        Capability::Lora,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +121,7 @@ impl Capability {
             Capability::Segment => "segment",
             Capability::Erase => "erase",
             Capability::Matte => "matte",
+            Capability::Lora => "lora",
         }
     }
 
@@ -173,6 +178,50 @@ pub fn local_file(
     }
 }
 
+/// The LoRA file in a folder (a hub snapshot of an adapter repo): diffusers'
+/// `pytorch_lora_weights.safetensors`, else the folder's only `.safetensors` file.
+fn lora_in_folder(dir: &Path) -> Option<PathBuf> {
+    let named = dir.join("pytorch_lora_weights.safetensors");
+    if named.is_file() {
+        return Some(named);
+    }
+    let mut files = std::fs::read_dir(dir).ok()?.filter_map(|e| {
+        let p = e.ok()?.path();
+        (p.extension().and_then(|x| x.to_str()) == Some("safetensors")).then_some(p)
+    });
+    let first = files.next()?;
+    files.next().is_none().then_some(first)
+}
+
+/// The one file a LoRA entry's weights are in: a file (a URL's downloaded first), or the
+/// adapter file of a folder or a (cached) hub repo.
+pub fn lora_file(
+    data_dir: &Path,
+    entry: &ModelEntry,
+    mirror: &str,
+) -> Result<PathBuf, EngineError> {
+    let in_dir = |dir: PathBuf| {
+        lora_in_folder(&dir).ok_or_else(|| {
+            EngineError::InvalidInput(format!(
+                "model {}: {} holds no single LoRA .safetensors file",
+                entry.id,
+                dir.display()
+            ))
+        })
+    };
+    if download::is_url(&entry.source) {
+        return local_file(data_dir, entry, mirror, &mut |_, _| Ok(()));
+    }
+    match ModelSource::parse(&entry.source)? {
+        ModelSource::Checkpoint(p) => Ok(p),
+        ModelSource::Folder(d) => in_dir(d),
+        ModelSource::Hub { repo, revision } => match hub::cached_snapshot(&repo, &revision) {
+            Some(d) => in_dir(d),
+            None => in_dir(hub::pull(&repo, &revision, &mut |_| {})?),
+        },
+    }
+}
+
 /// A downloaded URL source's file as a source `ModelSource::parse` reads, else `source`.
 fn resolved(data_dir: &Path, source: &str) -> String {
     match download::is_url(source).then(|| url_file(data_dir, source)) {
@@ -214,6 +263,10 @@ struct FromFiles {
     erase: bool,
     /// A background-removal model (one file).
     matte: bool,
+    /// A LoRA, and the base family its keys are for when they tell.
+    lora: Option<Option<&'static str>>,
+    /// The base family a diffusion model's configs say (`sd1`, `sd2`, `sdxl`).
+    family: Option<&'static str>,
 }
 
 fn from_files(source: &str) -> Option<FromFiles> {
@@ -228,8 +281,15 @@ fn from_files(source: &str) -> Option<FromFiles> {
             let segment = krya_engine::pipelines::segment::detect_file(&path);
             let erase = krya_engine::pipelines::erase::detect_file(&path);
             let matte = krya_engine::pipelines::matte::detect_file(&path);
+            let lora = krya_engine::pipelines::lora::detect_file(&path);
             return Some(FromFiles {
-                diffusion: !upscale && face.is_none() && !segment && !erase && !matte,
+                diffusion: !upscale
+                    && face.is_none()
+                    && !segment
+                    && !erase
+                    && !matte
+                    && lora.is_none(),
+                lora,
                 segment,
                 erase,
                 matte,
@@ -242,6 +302,14 @@ fn from_files(source: &str) -> Option<FromFiles> {
     let read = |p: &str| -> Option<serde_json::Value> {
         krya_engine::model::config_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
     };
+    if !dir.join("unet/config.json").is_file()
+        && let Some(file) = lora_in_folder(&dir)
+    {
+        return Some(FromFiles {
+            lora: krya_engine::pipelines::lora::detect_file(&file),
+            ..Default::default()
+        });
+    }
     let unet = read("unet/config.json")?;
     let scheduler = read("scheduler/scheduler_config.json").unwrap_or_default();
     let sample = unet["sample_size"].as_u64();
@@ -260,6 +328,18 @@ fn from_files(source: &str) -> Option<FromFiles> {
         diffusion: true,
         upscale: false,
         face: None,
+        lora: None,
+        // SDXL's UNet takes pooled text and size conditioning; SD 1.x and 2.x are told by
+        // the width of the text they attend to (CLIP-L's 768, OpenCLIP-H's 1024).
+        family: if unet["addition_embed_type"] == "text_time" {
+            Some("sdxl")
+        } else {
+            match unet["cross_attention_dim"].as_u64() {
+                Some(768) => Some("sd1"),
+                Some(1024) => Some("sd2"),
+                _ => None,
+            }
+        },
         fast: scheduler["_class_name"] == "LCMScheduler"
             || scheduler["timestep_spacing"] == "trailing"
             || unet["time_cond_proj_dim"].is_u64(),
@@ -438,6 +518,14 @@ fn describe(data_dir: &Path, m: &mut ModelEntry) {
     }
     if files.as_ref().is_some_and(|f| f.upscale) {
         m.capabilities = vec![Capability::Upscale];
+    }
+    if let Some(f) = &files {
+        if let Some(family) = f.lora {
+            m.capabilities = vec![Capability::Lora];
+            m.family = m.family.take().or(family.map(String::from));
+        } else if f.diffusion {
+            m.family = m.family.take().or(f.family.map(String::from));
+        }
     }
     use krya_engine::pipelines::face::FaceModel;
     match files.as_ref().and_then(|f| f.face) {

@@ -95,8 +95,13 @@ impl Task for ImageTask {
             ctx.cancel.clone(),
             ctx.progress(),
         );
+        let models = Models {
+            data_dir: ctx.services.data_dir.clone(),
+            local: ctx.services.local_models.clone(),
+            mirror: ctx.services.model_mirror.clone(),
+        };
         let result = tokio::task::spawn_blocking(move || {
-            run_engine(&g, &entry, inputs, &cache, &cancel, progress)
+            run_engine(&g, &entry, inputs, &cache, &models, &cancel, progress)
         })
         .await;
         match result {
@@ -281,11 +286,19 @@ pub(crate) fn tiny_vae(
     })
 }
 
+/// Where the models a run names are found (LoRAs are looked up by id when it runs).
+pub(crate) struct Models {
+    pub data_dir: std::path::PathBuf,
+    pub local: std::collections::BTreeMap<String, String>,
+    pub mirror: String,
+}
+
 fn run_engine(
     g: &Generation,
     entry: &registry::ModelEntry,
     inputs: Vec<Vec<u8>>,
     cache: &ModelCache,
+    models: &Models,
     cancel: &CancelToken,
     progress: mpsc::UnboundedSender<ProgressMsg>,
 ) -> Result<Vec<Output>, EngineError> {
@@ -301,7 +314,17 @@ fn run_engine(
         Some(_) => Some(decode(inputs.next().unwrap())?.to_luma8()),
         None => None,
     };
-    let model = load_model(entry, cache)?;
+    let (prompt, loras) = crate::tasks::lora::split(&g.prompt, &g.params.loras)?;
+    let loras: Vec<_> = loras.into_iter().map(|(l, _)| l).collect();
+    let model = crate::tasks::lora::with_loras(
+        load_model(entry, cache)?,
+        entry,
+        &loras,
+        cache,
+        &models.data_dir,
+        &models.local,
+        &models.mirror,
+    )?;
     cancel.check()?;
     let (prompt, negative) = match g
         .params
@@ -309,8 +332,8 @@ fn run_engine(
         .as_deref()
         .and_then(|s| registry::styles().into_iter().find(|x| x.id == s))
     {
-        Some(style) => style.apply(&g.prompt, g.negative_prompt.as_deref()),
-        None => (g.prompt.clone(), g.negative_prompt.clone()),
+        Some(style) => style.apply(&prompt, g.negative_prompt.as_deref()),
+        None => (prompt, g.negative_prompt.clone()),
     };
     let req = GenerateRequest {
         prompt,
@@ -336,9 +359,13 @@ fn run_engine(
         image_guidance: None,
     };
     let out = model.generate(&req, &mut crate::tasks::step_reporter(&progress), cancel)?;
+    let recorded = GenerateRequest {
+        prompt: crate::tasks::lora::recorded_prompt(&req.prompt, &loras),
+        ..req.clone()
+    };
     let mut outputs = Vec::new();
     for (i, img) in out.images.iter().enumerate() {
-        let params = out.parameters_text(&req, &entry.id, i);
+        let params = out.parameters_text(&recorded, &entry.id, i);
         let png = krya_engine::image_io::png_bytes(img, &params)?;
         let thumb = media::thumbnail_webp(img, 384)
             .map_err(|e| EngineError::InvalidInput(format!("thumbnail: {e}")))?;

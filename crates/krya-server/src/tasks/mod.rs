@@ -13,6 +13,7 @@
 pub mod edit;
 pub mod enhance;
 pub mod image;
+pub mod lora;
 pub mod runner;
 pub mod webhook;
 

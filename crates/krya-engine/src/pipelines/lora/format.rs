@@ -335,6 +335,38 @@ impl LoraFile {
         })
     }
 
+    /// The bytes its tensors hold (f32), for the model cache's budget.
+    pub fn bytes(&self) -> u64 {
+        let n = |t: &Tensor| t.elem_count() as u64;
+        let opt = |t: &Option<Tensor>| t.as_ref().map_or(0, n);
+        let factor = |f: &Factor| match f {
+            Factor::Whole(w) => n(w),
+            Factor::Product { a, b } => n(a) + n(b),
+        };
+        let elements: u64 = self
+            .modules
+            .iter()
+            .map(|m| {
+                opt(&m.dora_scale)
+                    + opt(&m.bias)
+                    + match &m.kind {
+                        Kind::LoRa { down, up, mid } => n(down) + n(up) + opt(mid),
+                        Kind::LoHa {
+                            w1a,
+                            w1b,
+                            w2a,
+                            w2b,
+                            t1,
+                            t2,
+                        } => n(w1a) + n(w1b) + n(w2a) + n(w2b) + opt(t1) + opt(t2),
+                        Kind::LoKr { w1, w2, t2 } => factor(w1) + factor(w2) + opt(t2),
+                        Kind::Full { diff } => n(diff),
+                    }
+            })
+            .sum();
+        4 * elements
+    }
+
     /// The base family the file's own metadata names (kohya's `ss_base_model_version`,
     /// `ss_v2`, or `modelspec.architecture`), if any.
     pub fn base_hint(&self) -> Option<&'static str> {
