@@ -255,12 +255,23 @@ fn load_lora(spec: &str, settings: &crate::serve::Settings) -> Result<lora::Lora
             "LoRA {spec:?} is neither a registered model nor a .safetensors file"
         ))
     })?;
-    match source {
-        ModelSource::Checkpoint(path) => Ok(lora::LoraFile::load(&path)?),
-        _ => Err(CliError::user(format!(
-            "LoRA {spec:?} is not one .safetensors file"
-        ))),
-    }
+    let dir = match source {
+        ModelSource::Checkpoint(path) => return Ok(lora::LoraFile::load(&path)?),
+        ModelSource::Folder(dir) => dir,
+        ModelSource::Hub { repo, revision } => {
+            match krya_engine::model::hub::cached_snapshot(&repo, &revision) {
+                Some(d) => d,
+                None => models::pull_with_progress(&repo, &revision)?,
+            }
+        }
+    };
+    let path = lora::file_in_folder(&dir).ok_or_else(|| {
+        CliError::user(format!(
+            "LoRA {spec:?}: {} holds no single .safetensors file",
+            dir.display()
+        ))
+    })?;
+    Ok(lora::LoraFile::load(&path)?)
 }
 
 /// The image model `spec` names (a registered name, a hub id, a folder or a checkpoint),

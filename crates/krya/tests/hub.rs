@@ -14,6 +14,8 @@ use sha2::Digest;
 mod process;
 
 const REPO: &str = "tiny-org/tiny-turbo";
+/// An adapter repo: a LoRA's one file (diffusers' name) and a model card.
+const LORA_REPO: &str = "tiny-org/tiny-lora";
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 fn golden(name: &str) -> PathBuf {
@@ -112,6 +114,16 @@ fn start_hub() -> Hub {
         [
             (REPO.to_string(), repo_files()),
             (TAESD_REPO.to_string(), taesd_files()),
+            (
+                LORA_REPO.to_string(),
+                HashMap::from([
+                    (
+                        "pytorch_lora_weights.safetensors".to_string(),
+                        std::fs::read(golden("lora/sd1_peft.safetensors")).unwrap(),
+                    ),
+                    ("README.md".to_string(), b"# a tiny LoRA".to_vec()),
+                ]),
+            ),
             (
                 FILES_REPO.to_string(),
                 HashMap::from([
@@ -371,6 +383,54 @@ fn pull_fills_the_shared_cache_and_generates_offline() {
             .success()
     );
     assert_eq!(hub.requests.lock().unwrap().len(), before);
+}
+
+/// A LoRA repo (no model_index.json or config.json: one weights file) pulls its file only,
+/// and `--lora OWNER/NAME:WEIGHT` then applies it offline, as the file itself does.
+#[test]
+fn lora_repos_pull_their_one_file() {
+    let hub = start_hub();
+    let url = format!("http://127.0.0.1:{}", hub.port);
+    let tmp = tempfile::tempdir().unwrap();
+    let o = krya(tmp.path(), &url, false, &["models", "pull", LORA_REPO]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(hub.fetched(), ["pytorch_lora_weights.safetensors"]);
+    let sd1 = golden("sd1");
+    let run = |out: &str, lora: &str| {
+        let out = tmp.path().join(out);
+        let o = krya(
+            tmp.path(),
+            &url,
+            true,
+            &[
+                "generate",
+                "--prompt",
+                "a cat",
+                "--steps",
+                "2",
+                "--seed",
+                "3",
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--model",
+                sd1.to_str().unwrap(),
+                "--lora",
+                lora,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", err(&o));
+        image::open(out).unwrap().to_rgb8().into_raw()
+    };
+    let file = golden("lora/sd1_peft.safetensors");
+    assert!(
+        run("hub.png", &format!("{LORA_REPO}:0.5"))
+            == run("file.png", &format!("{}:0.5", file.display())),
+        "the pulled LoRA differs from its file"
+    );
 }
 
 #[test]

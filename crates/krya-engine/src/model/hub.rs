@@ -35,8 +35,12 @@ pub fn cached_snapshot(repo: &str, revision: &str) -> Option<PathBuf> {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| revision.to_string());
     let snap = dir.join("snapshots").join(commit);
-    // A pipeline repo has model_index.json; a single-component repo (a TAESD) config.json.
-    (snap.join("model_index.json").is_file() || snap.join("config.json").is_file()).then_some(snap)
+    // A pipeline repo has model_index.json; a single-component repo (a TAESD) config.json;
+    // an adapter repo (a LoRA) its one weights file.
+    (snap.join("model_index.json").is_file()
+        || snap.join("config.json").is_file()
+        || crate::pipelines::lora::file_in_folder(&snap).is_some())
+    .then_some(snap)
 }
 
 /// The cached snapshot, or a readable error saying how to get it.
@@ -110,6 +114,19 @@ fn is_weights_name(name: &str) -> bool {
 /// Which files of a diffusers repo a pipeline needs: `model_index.json`, each component's
 /// configs and tokenizer files, and one set of safetensors weights per component (the fp16
 /// variant where the repo has one: half the download, converted on load).
+/// An adapter repo's weights: diffusers' `pytorch_lora_weights.safetensors`, else the only
+/// `.safetensors` file at the root (the rule `lora::file_in_folder` reads the snapshot by).
+fn adapter_file(all: &[RemoteFile]) -> Option<RemoteFile> {
+    let root: Vec<&RemoteFile> = all
+        .iter()
+        .filter(|f| !f.path.contains('/') && f.path.ends_with(".safetensors"))
+        .collect();
+    root.iter()
+        .find(|f| f.path == crate::pipelines::lora::DIFFUSERS_FILE)
+        .or_else(|| (root.len() == 1).then(|| &root[0]))
+        .map(|f| (*f).clone())
+}
+
 fn wanted_files(all: &[RemoteFile], components: &[String]) -> Vec<RemoteFile> {
     let mut out: Vec<RemoteFile> = all
         .iter()
@@ -225,9 +242,13 @@ pub fn pull(
         })
         .unwrap_or_default();
     let pipeline = all.iter().any(|f| f.path == "model_index.json");
-    if !pipeline && !all.iter().any(|f| f.path == "config.json") {
+    // An adapter repo (a LoRA): its one weights file, nothing else.
+    let adapter = (!pipeline && !all.iter().any(|f| f.path == "config.json"))
+        .then(|| adapter_file(&all))
+        .flatten();
+    if !pipeline && !all.iter().any(|f| f.path == "config.json") && adapter.is_none() {
         return Err(EngineError::InvalidInput(format!(
-            "{repo} is not a diffusers repo (no model_index.json or config.json)"
+            "{repo} is neither a diffusers repo (no model_index.json or config.json) nor a LoRA repo (one .safetensors file at its root)"
         )));
     }
     let dir = repo_dir(repo);
@@ -273,10 +294,13 @@ pub fn pull(
     } else {
         vec![String::new()]
     };
-    let files: Vec<RemoteFile> = wanted_files(&all, &components)
-        .into_iter()
-        .filter(|f| f.path != "model_index.json")
-        .collect();
+    let files: Vec<RemoteFile> = match adapter {
+        Some(f) => vec![f],
+        None => wanted_files(&all, &components)
+            .into_iter()
+            .filter(|f| f.path != "model_index.json")
+            .collect(),
+    };
     let n = files.len();
     for (i, f) in files.iter().enumerate() {
         fetch_file(

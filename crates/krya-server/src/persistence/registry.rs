@@ -178,21 +178,6 @@ pub fn local_file(
     }
 }
 
-/// The LoRA file in a folder (a hub snapshot of an adapter repo): diffusers'
-/// `pytorch_lora_weights.safetensors`, else the folder's only `.safetensors` file.
-fn lora_in_folder(dir: &Path) -> Option<PathBuf> {
-    let named = dir.join("pytorch_lora_weights.safetensors");
-    if named.is_file() {
-        return Some(named);
-    }
-    let mut files = std::fs::read_dir(dir).ok()?.filter_map(|e| {
-        let p = e.ok()?.path();
-        (p.extension().and_then(|x| x.to_str()) == Some("safetensors")).then_some(p)
-    });
-    let first = files.next()?;
-    files.next().is_none().then_some(first)
-}
-
 /// The one file a LoRA entry's weights are in: a file (a URL's downloaded first), or the
 /// adapter file of a folder or a (cached) hub repo.
 pub fn lora_file(
@@ -201,7 +186,7 @@ pub fn lora_file(
     mirror: &str,
 ) -> Result<PathBuf, EngineError> {
     let in_dir = |dir: PathBuf| {
-        lora_in_folder(&dir).ok_or_else(|| {
+        krya_engine::pipelines::lora::file_in_folder(&dir).ok_or_else(|| {
             EngineError::InvalidInput(format!(
                 "model {}: {} holds no single LoRA .safetensors file",
                 entry.id,
@@ -303,7 +288,7 @@ fn from_files(source: &str) -> Option<FromFiles> {
         krya_engine::model::config_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
     };
     if !dir.join("unet/config.json").is_file()
-        && let Some(file) = lora_in_folder(&dir)
+        && let Some(file) = krya_engine::pipelines::lora::file_in_folder(&dir)
     {
         return Some(FromFiles {
             lora: krya_engine::pipelines::lora::detect_file(&file),

@@ -23,6 +23,24 @@ use crate::kernels::{Conv2d, Linear};
 use crate::pipelines::stable_diffusion::StableDiffusion;
 use crate::{EngineError, Result};
 
+/// The file diffusers saves an adapter as.
+pub const DIFFUSERS_FILE: &str = "pytorch_lora_weights.safetensors";
+
+/// The LoRA file in a folder (a hub snapshot of an adapter repo): diffusers'
+/// `pytorch_lora_weights.safetensors`, else the folder's only `.safetensors` file.
+pub fn file_in_folder(dir: &Path) -> Option<std::path::PathBuf> {
+    let named = dir.join(DIFFUSERS_FILE);
+    if named.is_file() {
+        return Some(named);
+    }
+    let mut files = std::fs::read_dir(dir).ok()?.filter_map(|e| {
+        let p = e.ok()?.path();
+        (p.extension().and_then(|x| x.to_str()) == Some("safetensors")).then_some(p)
+    });
+    let first = files.next()?;
+    files.next().is_none().then_some(first)
+}
+
 /// The base family a LoRA's keys and shapes are for: `sd1`, `sd2` or `sdxl` (SDXL's second
 /// text encoder or SGM block names; else the width of the cross-attention's context or of
 /// the text encoder), `None` when they do not say (tiny test models).
