@@ -297,6 +297,13 @@ try {
       })
     ).jsonValue();
     check(natural === 32, `the frame is ${natural} px wide, not the chosen 32`);
+    // A LoRA: picked, it renders a new frame with no error; removed again.
+    const plainFrame = await out.getAttribute("src");
+    await a.getByLabel("LoRAs", { exact: true }).selectOption("style");
+    await a.getByTestId("lora-weight-style").waitFor();
+    await a.waitForFunction((src) => document.querySelector('[data-testid="live-output"]')?.getAttribute("src") !== src, plainFrame, { timeout: 60_000 });
+    check((await a.getByRole("alert").count()) === 0, `an error with the LoRA: ${await a.getByRole("alert").allTextContents()}`);
+    await a.getByRole("button", { name: "Remove style" }).click();
     // A rectangle with the keyboard shortcut for the tool.
     await a.keyboard.press("r");
     check((await a.getByRole("button", { name: "Rectangle" }).getAttribute("aria-pressed")) === "true", "R did not pick the rectangle");

@@ -208,6 +208,19 @@ describe("realtime client", () => {
     await flush();
     const d = (sockets[0].sent[1] as { data: { canvas_data: Uint8Array } }).data;
     expect(d.canvas_data.length).toBe(0);
+    // Another LoRA weight is another input, sent with its LoRAs.
+    sockets[0].receive({ type: "frame", data: new Uint8Array(), frame_id: 2, input_frame_id: 2, latency_ms: 1 });
+    const withLora = (w: number) => async () => ({ canvas: null, params: { prompt: "text", strength: 0.5, seed: 1, loras: [{ id: "ink", weight: w }] } });
+    client.offer(withLora(0.5));
+    await flush();
+    sockets[0].receive({ type: "frame", data: new Uint8Array(), frame_id: 3, input_frame_id: 3, latency_ms: 1 });
+    client.offer(withLora(0.5));
+    await flush();
+    expect(sockets[0].sent).toHaveLength(3);
+    expect((sockets[0].sent[2] as { data: { loras: unknown } }).data.loras).toEqual([{ id: "ink", weight: 0.5 }]);
+    client.offer(withLora(0.7));
+    await flush();
+    expect(sockets[0].sent).toHaveLength(4);
   });
 
   it("an error or a timeout answers the input in flight", async () => {

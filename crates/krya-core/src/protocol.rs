@@ -34,6 +34,20 @@ pub struct Params {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub steps: Option<u32>,
+    /// LoRAs to apply (replacing the session's; `<lora:ID:WEIGHT>` in the prompt adds more).
+    pub loras: Option<Vec<LoraParam>>,
+}
+
+/// One LoRA of a session: a model id of capability `lora` and its weight (default 1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LoraParam {
+    pub id: String,
+    #[serde(default = "one")]
+    pub weight: f32,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 /// Why a message was refused: a stable code and a message naming the field.

@@ -48,7 +48,7 @@ fn server(adjust: impl FnOnce(&mut Config)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("models.json"),
-        json!({"tiny": golden("turbo"), "plain": golden("sd1")}).to_string(),
+        json!({"tiny": golden("turbo"), "plain": golden("sd1"), "kohya": golden("lora/sd1_kohya.safetensors")}).to_string(),
     )
     .unwrap();
     let mut config = Config::default();
@@ -569,6 +569,126 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
             .as_str()
             .is_some_and(|d| d.contains("own VAE")),
         "{status}"
+    );
+}
+
+/// The next frame of a session (statuses skipped); an error fails the test.
+async fn next_frame(ws: &mut Ws) -> Value {
+    loop {
+        let m = next(ws, 120).await.expect("a frame");
+        assert_ne!(m["type"], "error", "{m}");
+        if m["type"] == "frame" {
+            break m;
+        }
+    }
+}
+
+/// `loras` in the session's parameters and `<lora:ID:WEIGHT>` in its prompt render the
+/// engine's frame with the LoRA merged, the same either way; dropping them renders the base
+/// model's frame again; an unknown LoRA is an error that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loras_apply_to_the_live_canvas() {
+    let s = server(|_| {});
+    let token = register(&s.base, "lora@example.com");
+    let mut ws = connect(&s.base, Some(&token)).await;
+    assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
+    let png = canvas(0);
+    let engine = |weight: Option<f32>| {
+        let base = krya_engine::model::load(
+            &krya_engine::model::ModelSource::Folder(golden("sd1")),
+            &candle_core::Device::Cpu,
+            candle_core::DType::F32,
+        )
+        .unwrap();
+        let model = match weight {
+            Some(w) => {
+                let f = krya_engine::pipelines::lora::LoraFile::load(&golden(
+                    "lora/sd1_kohya.safetensors",
+                ))
+                .unwrap();
+                krya_engine::pipelines::lora::apply(
+                    &base,
+                    &[(&f, krya_engine::pipelines::lora::Strength::new(w))],
+                )
+                .unwrap()
+                .0
+            }
+            None => base,
+        };
+        let mut stream = krya_engine::pipelines::stable_diffusion::stream::Stream::new(
+            std::sync::Arc::new(model),
+            None,
+        )
+        .unwrap();
+        stream
+            .render(
+                &krya_engine::pipelines::stable_diffusion::stream::FrameRequest {
+                    prompt: "a lighthouse at dusk".into(),
+                    seed: 7,
+                    strength: 0.5,
+                    steps: 2,
+                    width: 32,
+                    height: 24,
+                    canvas: Some(std::sync::Arc::new(
+                        image::load_from_memory(&png).unwrap().to_rgb8(),
+                    )),
+                },
+                &krya_engine::CancelToken::new(),
+            )
+            .unwrap()
+    };
+    ws.send(packed(json!({"type": "generate", "data": {
+        "prompt": "a lighthouse at dusk", "canvas_data": serde_bytes::Bytes::new(&png),
+        "strength": 0.5, "seed": 7, "model": "plain", "steps": 2, "frame_id": 1,
+        "loras": [{"id": "kohya", "weight": 0.8}],
+    }})))
+    .await
+    .unwrap();
+    let with = frame_rgb(&next_frame(&mut ws).await);
+    let (want, base) = (engine(Some(0.8)), engine(None));
+    let d = mean_abs_diff(&with, &want);
+    assert!(
+        d < 4.0,
+        "the frame differs from the engine's with the LoRA by {d:.2}/255"
+    );
+    assert!(
+        mean_abs_diff(&with, &base) > 10.0,
+        "the LoRA changed little"
+    );
+
+    // Without it: the base model's frame.
+    ws.send(packed(
+        json!({"type": "update_params", "data": {"loras": []}}),
+    ))
+    .await
+    .unwrap();
+    let without = frame_rgb(&next_frame(&mut ws).await);
+    assert!(mean_abs_diff(&without, &base) < 4.0);
+    // As a prompt tag: the same frame as by the field.
+    ws.send(packed(json!({"type": "update_params", "data": {"prompt": "a lighthouse at dusk <lora:kohya:0.8>"}})))
+        .await
+        .unwrap();
+    let tagged = frame_rgb(&next_frame(&mut ws).await);
+    assert_eq!(tagged.as_raw(), with.as_raw());
+
+    // An unknown one, and a bad weight.
+    ws.send(packed(json!({"type": "update_params", "data": {"prompt": "a lighthouse", "loras": [{"id": "nope"}]}})))
+        .await
+        .unwrap();
+    let e = next_of(&mut ws, "error").await;
+    assert!(
+        e["data"]["message"].as_str().unwrap().contains("nope"),
+        "{e}"
+    );
+    ws.send(packed(
+        json!({"type": "update_params", "data": {"loras": [{"id": "kohya", "weight": 50}]}}),
+    ))
+    .await
+    .unwrap();
+    let e = next_of(&mut ws, "error").await;
+    assert!(
+        e["data"]["message"].as_str().unwrap().starts_with("loras:"),
+        "{e}"
     );
 }
 

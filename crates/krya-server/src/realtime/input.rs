@@ -52,6 +52,35 @@ pub(crate) fn apply(base: &Settings, p: &Params) -> Result<Settings, ProtocolErr
         }
         _ => return Err(invalid("width, height: give both or neither")),
     }
+    if let Some(list) = &p.loras {
+        if list.len() > crate::tasks::lora::MAX_LORAS {
+            return Err(invalid(format!(
+                "loras: at most {} LoRAs",
+                crate::tasks::lora::MAX_LORAS
+            )));
+        }
+        for l in list {
+            if l.id.is_empty() || l.id.len() > 200 {
+                return Err(invalid(
+                    "loras: each needs a model id (see GET /api/models?capability=lora)",
+                ));
+            }
+            if !(l.weight.is_finite() && (-5.0..=5.0).contains(&l.weight)) {
+                return Err(invalid(format!(
+                    "loras: {:?}: weights must be from -5 to 5",
+                    l.id
+                )));
+            }
+        }
+        s.loras = list
+            .iter()
+            .map(|l| crate::tasks::lora::LoraRef {
+                id: l.id.clone(),
+                weight: l.weight,
+                text_weight: None,
+            })
+            .collect();
+    }
     if let Some(v) = p.steps {
         if !(1..=MAX_STEPS as u32).contains(&v) {
             return Err(invalid(format!("steps: must be from 1 to {MAX_STEPS}")));
@@ -106,6 +135,7 @@ pub(crate) fn handle(hub: &Hub, s: &Session, bytes: &[u8]) -> Result<(), Protoco
         model: None,
         size: None,
         steps: 1,
+        loras: Vec::new(),
     });
     let settings = apply(&base, &params)?;
     st.settings = Some(settings.clone());

@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 
 use crate::infra::config::Realtime as RealtimeConfig;
 use crate::persistence::registry::ModelEntry;
+use crate::tasks::lora::{self, LoraRef};
 use crate::{AppState, http::auth, persistence::registry};
 pub use connection::{serve_session, ws};
 use input::*;
@@ -62,6 +63,8 @@ struct Settings {
     model: Option<String>,
     size: Option<(u32, u32)>,
     steps: usize,
+    /// The session's `loras` (its prompt's tags are added when it renders).
+    loras: Vec<LoraRef>,
 }
 
 /// A canvas as received: its bytes (decoded only if it is rendered) and their hash.
@@ -127,6 +130,7 @@ pub struct Session {
     rendered_us: AtomicU64,
     /// The engine stream (model, TAESD, cached prompt); render and loader threads only.
     stream: Mutex<Option<EngineStream>>,
+    stream_loras: Mutex<Vec<LoraRef>>,
 }
 
 impl Session {
@@ -143,6 +147,7 @@ impl Session {
             next_frame: AtomicU64::new(1),
             rendered_us: AtomicU64::new(0),
             stream: Mutex::new(None),
+            stream_loras: Mutex::new(Vec::new()),
         });
         (session, rx)
     }
@@ -176,6 +181,12 @@ impl Session {
     }
 
     /// The engine stream, even if a render thread panicked while holding it.
+    /// The LoRAs merged into the open stream's model. Written with the stream, under its
+    /// lock, and read under it.
+    fn stream_loras(&self) -> std::sync::MutexGuard<'_, Vec<LoraRef>> {
+        self.stream_loras.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn stream(&self) -> std::sync::MutexGuard<'_, Option<EngineStream>> {
         self.stream.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -480,13 +491,31 @@ impl Hub {
     fn open_stream(
         &self,
         model_id: Option<&str>,
+        loras: &[LoraRef],
     ) -> Result<(EngineStream, Option<String>), ProtocolError> {
         let entry = self.model_entry(model_id)?;
         let unavailable = |e: EngineError| match e {
             EngineError::InvalidInput(m) => ProtocolError::new("invalid-input", m),
             e => ProtocolError::new("model-unavailable", format!("model {}: {e}", entry.id)),
         };
+        if !loras.is_empty() {
+            let models = registry::list(&self.data_dir, &self.local_models)
+                .map_err(|e| ProtocolError::new("internal", e))?;
+            let ids: Vec<lora::LoraRef> = loras.to_vec();
+            lora::check(&models, &entry, "", &ids)
+                .map_err(|e| ProtocolError::new("invalid-input", e.message))?;
+        }
         let m = crate::tasks::image::load_model(&entry, &self.cache).map_err(unavailable)?;
+        let m = lora::with_loras(
+            m,
+            &entry,
+            loras,
+            &self.cache,
+            &self.data_dir,
+            &self.local_models,
+            "",
+        )
+        .map_err(unavailable)?;
         let source = ModelSource::parse(&entry.source).map_err(unavailable)?;
         let tiny_source = model::tiny_vae_source(&source, &m);
         let (tiny, notice) = match crate::tasks::image::tiny_vae(&self.cache, &tiny_source) {
@@ -509,7 +538,7 @@ impl Hub {
     /// holds up the render threads and the other sessions. `job` waits for it (unless newer
     /// input replaces it meanwhile); it is queued again before the loader starts, so a
     /// loader that fails at once cannot be overtaken by the re-queueing.
-    fn start_loading(self: &Arc<Self>, session: &Arc<Session>, job: &Job) {
+    fn start_loading(self: &Arc<Self>, session: &Arc<Session>, job: &Job, loras: Vec<LoraRef>) {
         let model_id = job.settings.model.clone();
         {
             let mut st = session.state.lock().unwrap();
@@ -529,12 +558,14 @@ impl Hub {
         let (hub, s) = (self.clone(), session.clone());
         std::thread::spawn(move || {
             let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                hub.open_stream(model_id.as_deref())
+                hub.open_stream(model_id.as_deref(), &loras)
             }))
             .unwrap_or_else(|_| Err(ProtocolError::new("internal", "loading the model failed")));
             let (failed, notice) = match opened {
                 Ok((stream, notice)) => {
-                    *s.stream() = Some(stream);
+                    let mut guard = s.stream();
+                    *s.stream_loras() = loras;
+                    *guard = Some(stream);
                     (None, notice)
                 }
                 Err(e) => (Some(e), None),
@@ -566,17 +597,21 @@ impl Hub {
         session: &Arc<Session>,
         job: &Job,
     ) -> Result<Rendered, ProtocolError> {
+        // The prompt's `<lora:…>` tags are LoRAs too.
+        let (prompt, loras) = lora::split(&job.settings.prompt, &job.settings.loras)
+            .map_err(|e| ProtocolError::new("invalid-input", format!("prompt: {e}")))?;
+        let loras: Vec<LoraRef> = loras.into_iter().map(|(l, _)| l).collect();
         let mut guard = session.stream();
-        // The same model as the last frame: no look-up (this runs every frame).
+        // The same model and LoRAs as the last frame: no look-up (this runs every frame).
         let ready = guard.as_ref().is_some_and(|s| {
             job.settings
                 .model
                 .as_deref()
                 .is_none_or(|id| s.model().name == id)
-        });
+        }) && *session.stream_loras() == loras;
         if !ready {
             drop(guard);
-            self.start_loading(session, job);
+            self.start_loading(session, job, loras);
             return Ok(Rendered::Loading);
         }
         let stream = guard.as_mut().unwrap();
@@ -605,7 +640,7 @@ impl Hub {
             ));
         }
         let frame = FrameRequest {
-            prompt: job.settings.prompt.clone(),
+            prompt,
             seed: job.settings.seed,
             strength: job.settings.strength,
             steps: job.settings.steps,

@@ -6,10 +6,11 @@ import { useStore } from "zustand";
 import type { Generation } from "../../api/types";
 import { api, events, generate, onChanged, toasts, use } from "../../app";
 import { ImageActions } from "../../components/ImageActions";
-import { Amount, Button, Chip, ErrorNote, Field, FieldError, Input, Select, Skeleton, Spinner } from "../../components/ui";
+import { LoraPicker } from "../../components/LoraPicker";
+import { Button, Chip, ErrorNote, Field, FieldError, Input, Select, Skeleton, Spinner } from "../../components/ui";
 import { Link, navigate, useLocation } from "../../lib/router";
 import { createPager } from "../../stores/pager";
-import { SCHEDULERS, isActive, loraFits, type Job } from "../../stores/generate";
+import { SCHEDULERS, isActive, type Job } from "../../stores/generate";
 
 /** Fields the form shows errors next to; others go in the banner by the Generate button. */
 const FIELDS = ["prompt", "negative_prompt", "model", "aspect_ratio", "style", "steps", "cfg_scale", "seed", "scheduler", "batch_size", "init_image", "strength"];
@@ -174,56 +175,14 @@ function StyleField() {
   );
 }
 
-/** LoRAs for the chosen model's family (others are listed as not fitting), each with a
- * weight from -2 to 2. */
 function LoraField() {
   const loras = use(generate, (s) => s.loras);
   const chosen = use(generate, (s) => s.form.loras);
   const models = use(generate, (s) => s.models);
   const modelId = use(generate, (s) => s.form.model);
   const error = useFieldError("loras");
-  if (loras.length === 0) return null;
-  const model = models.find((m) => m.id === modelId);
   const g = generate.getState();
-  const free = loras.filter((l) => !chosen.some((c) => c.id === l.id));
-  return (
-    <div className="flex flex-col gap-2" data-testid="lora-field">
-      <Field label="LoRAs" error={error} hint={model?.family ? `For ${model.family} models` : undefined}>
-        {(id, d) => (
-          <Select
-            id={id}
-            aria-describedby={d}
-            value=""
-            onChange={(e) => {
-              if (e.target.value) g.addLora(e.target.value);
-            }}
-          >
-            <option value="">Add a LoRA…</option>
-            {free.map((l) => (
-              <option key={l.id} value={l.id} disabled={!loraFits(l, model)}>
-                {l.name}
-                {l.family ? ` (${l.family})` : ""}
-                {loraFits(l, model) ? "" : " — another base"}
-              </option>
-            ))}
-          </Select>
-        )}
-      </Field>
-      {chosen.map((c) => {
-        const l = loras.find((x) => x.id === c.id);
-        return (
-          <div key={c.id} className="flex items-end gap-2 rounded-lg border border-line p-2" data-testid={`lora-${c.id}`}>
-            <div className="flex-1">
-              <Amount label={l?.name ?? c.id} value={c.weight} min={-2} max={2} step={0.05} onChange={(v) => g.setLoraWeight(c.id, v)} testId={`lora-weight-${c.id}`} />
-            </div>
-            <button type="button" className="h-8 rounded-lg px-2 text-sm text-muted hover:text-white" aria-label={`Remove ${l?.name ?? c.id}`} onClick={() => g.removeLora(c.id)}>
-              ×
-            </button>
-          </div>
-        );
-      })}
-    </div>
-  );
+  return <LoraPicker loras={loras} chosen={chosen} model={models.find((m) => m.id === modelId)} error={error} onAdd={g.addLora} onWeight={g.setLoraWeight} onRemove={g.removeLora} />;
 }
 
 function BatchField() {

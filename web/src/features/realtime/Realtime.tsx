@@ -5,7 +5,9 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { useStore } from "zustand";
 import type { Model } from "../../api/types";
 import { api, session, toasts } from "../../app";
+import { LoraPicker } from "../../components/LoraPicker";
 import { Button, Chip, Select, Spinner } from "../../components/ui";
+import type { LoraUse } from "../../stores/generate";
 import { Link } from "../../lib/router";
 import { RealtimeClient, type RealtimeParams, type ServerStatus } from "./client";
 import { DrawingCanvas, UNITS, type DrawingHandle } from "./DrawingCanvas";
@@ -242,6 +244,8 @@ export default function Realtime() {
   const [problem, setProblem] = useState<string | null>(null);
   const [saving, setSaving] = useState(false);
   const [showLayers, setShowLayers] = useState(true);
+  const [loraModels, setLoraModels] = useState<Model[]>([]);
+  const [loras, setLoras] = useState<LoraUse[]>([]);
   const revision = useStore(store, (s) => s.revision);
 
   // Models that can stream: installed first, distilled (fast) first.
@@ -258,6 +262,10 @@ export default function Realtime() {
         }
       },
       (e) => setProblem(`Cannot list models: ${e.message}`),
+    );
+    api.models("lora").then(
+      (r) => setLoraModels(r.models),
+      () => setLoraModels([]),
     );
   }, []);
 
@@ -336,9 +344,9 @@ export default function Realtime() {
     client.offer(async () => {
       const layers = store.getState().layers;
       const canvas = hasContent(layers) && drawing.current ? await drawing.current.jpeg(res) : null;
-      return { canvas, params: { prompt, strength, seed, model, width: res, height: res, steps } };
+      return { canvas, params: { prompt, strength, seed, model, width: res, height: res, steps, loras } };
     });
-  }, [client, store, prompt, strength, seed, model, res, steps]);
+  }, [client, store, prompt, strength, seed, model, res, steps, loras]);
 
   useEffect(() => {
     offer();
@@ -516,6 +524,18 @@ export default function Realtime() {
                   </option>
                 ))}
               </Select>
+            </div>
+          )}
+          {loraModels.length > 0 && (
+            <div className="w-64">
+              <LoraPicker
+                loras={loraModels}
+                chosen={loras}
+                model={m}
+                onAdd={(id) => setLoras((l) => (l.some((x) => x.id === id) ? l : [...l, { id, weight: 1 }]))}
+                onWeight={(id, weight) => setLoras((l) => l.map((x) => (x.id === id ? { ...x, weight } : x)))}
+                onRemove={(id) => setLoras((l) => l.filter((x) => x.id !== id))}
+              />
             </div>
           )}
         </div>

@@ -13,6 +13,8 @@ export interface RealtimeParams {
   width?: number;
   height?: number;
   steps?: number;
+  /** LoRAs, each with its weight (`<lora:ID:WEIGHT>` in the prompt adds more). */
+  loras?: { id: string; weight: number }[];
 }
 
 export interface RealtimeInput {
@@ -86,7 +88,8 @@ function sameParams(a: RealtimeParams, b: RealtimeParams): boolean {
     a.model === b.model &&
     a.width === b.width &&
     a.height === b.height &&
-    a.steps === b.steps
+    a.steps === b.steps &&
+    JSON.stringify(a.loras ?? []) === JSON.stringify(b.loras ?? [])
   );
 }
 
