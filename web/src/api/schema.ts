@@ -234,6 +234,11 @@ export interface EnhanceRequest {
   diffusion_model?: string | null;
   /** Generative: the seed; -1 or left out for a random one (the job records it). */
   seed?: number | null;
+  /**
+   * Generative: LoRAs the image model re-draws with (`<lora:ID:WEIGHT>` in `prompt`
+   * adds more).
+   */
+  loras?: LoraRef[];
 }
 
 /** Every error: a stable code (see the table in `docs/api.md`) and a message. */

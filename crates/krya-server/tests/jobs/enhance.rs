@@ -137,7 +137,8 @@ fn enhance(s: &Server) {
     assert_eq!(params["seed"], 3, "{params}");
     let (_, bytes) = c.bytes(out["url"].as_str().unwrap());
     let got = image::load_from_memory(&bytes).unwrap().into_rgb8();
-    let want = {
+    // What the engine makes of it, with a LoRA merged into the image model or not.
+    let redraw = |lora: Option<f32>| {
         use krya_engine::pipelines::upscale::enhance as e;
         let up = krya_engine::pipelines::upscale::Upscaler::load(
             std::path::Path::new(&golden("upscale/compact.safetensors")),
@@ -145,9 +146,17 @@ fn enhance(s: &Server) {
         )
         .unwrap();
         let source = krya_engine::model::ModelSource::parse(&golden("turbo")).unwrap();
-        let sd =
+        let mut sd =
             krya_engine::model::load(&source, &candle_core::Device::Cpu, candle_core::DType::F32)
                 .unwrap();
+        if let Some(w) = lora {
+            use krya_engine::pipelines::lora;
+            let f = lora::LoraFile::load(std::path::Path::new(&golden(
+                "lora/turbo_kohya.safetensors",
+            )))
+            .unwrap();
+            sd = lora::apply(&sd, &[(&f, lora::Strength::new(w))]).unwrap().0;
+        }
         let (_, upload_bytes) = c.bytes(&format!("/api/assets/{input}"));
         let d = e::decode(&upload_bytes, 1 << 24).unwrap();
         let g = e::Generative {
@@ -181,9 +190,48 @@ fn enhance(s: &Server) {
     };
     assert_eq!((got.width(), got.height()), (64, 48));
     assert!(
-        got.as_raw() == want.as_raw(),
+        got.as_raw() == redraw(None).as_raw(),
         "the server's pixels are the engine's"
     );
+    // With a LoRA (by field; a tag in the prompt would do the same): the engine's with it.
+    let (st, j) = c.post(
+        "/api/enhance/image",
+        json!({"image": input, "model": "sharp", "scale": 1, "mode": "generative",
+               "prompt": "a fox", "creativity": 0.5, "resemblance": 0.25, "seed": 3,
+               "sharpen": 0.5, "loras": [{"id": "style", "weight": 0.6}]}),
+    );
+    assert_eq!(st, 202, "{j}");
+    let done = c.wait_job(j["id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["params"]["loras"][0]["id"], "style", "{done}");
+    let (_, bytes) = c.bytes(done["outputs"][0]["url"].as_str().unwrap());
+    let with = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    assert!(
+        with.as_raw() == redraw(Some(0.6)).as_raw(),
+        "the LoRA's re-draw differs from the engine's"
+    );
+    assert!(with.as_raw() != got.as_raw());
+    for (body, field) in [
+        (
+            json!({"image": input, "model": "sharp", "loras": [{"id": "style"}]}),
+            "loras",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "mode": "generative", "loras": [{"id": "nope"}]}),
+            "loras",
+        ),
+        (
+            json!({"image": input, "model": "sharp", "mode": "generative", "prompt": "<lora:nope:1>"}),
+            "prompt",
+        ),
+    ] {
+        let (st, e) = c.post("/api/enhance/image", body);
+        assert_eq!(st, 422, "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().starts_with(field),
+            "{e}"
+        );
+    }
 
     // Face models are listed by what they do (CodeFormer with its fidelity weight); a
     // face-restored job records its restorer.
@@ -306,7 +354,7 @@ fn enhance_on_sqlite() {
         dir.path().join("models.json"),
         json!({"tiny": golden("turbo"), "sharp": golden("upscale/compact.safetensors"),
                "face": golden("face/gfpgan.pth"), "finder": golden("face/retinaface.pth"),
-               "former": golden("face/codeformer.pth")})
+               "former": golden("face/codeformer.pth"), "style": golden("lora/turbo_kohya.safetensors")})
         .to_string(),
     )
     .unwrap();

@@ -89,6 +89,10 @@ pub struct EnhanceRequest {
     /// Generative: the seed; -1 or left out for a random one (the job records it).
     #[serde(default)]
     pub seed: Option<i64>,
+    /// Generative: LoRAs the image model re-draws with (`<lora:ID:WEIGHT>` in `prompt`
+    /// adds more).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<crate::tasks::lora::LoraRef>,
 }
 
 /// How the enhancer works.
@@ -296,6 +300,14 @@ impl Task for EnhanceTask {
             r.seed = Some(job_seed(r.seed)?);
             // The model is fixed now, so a retry re-draws with the same one.
             let entry = diffusion_source(services, r.diffusion_model.as_deref())?;
+            let offered = registry::list(&services.data_dir, &services.local_models)
+                .map_err(crate::infra::error::internal)?;
+            crate::tasks::lora::check(
+                &offered,
+                &entry,
+                r.prompt.as_deref().unwrap_or(""),
+                &r.loras,
+            )?;
             r.diffusion_model = Some(entry.id);
         } else {
             for (field, set) in [
@@ -304,6 +316,7 @@ impl Task for EnhanceTask {
                 ("prompt", r.prompt.is_some()),
                 ("diffusion_model", r.diffusion_model.is_some()),
                 ("seed", r.seed.is_some()),
+                ("loras", !r.loras.is_empty()),
             ] {
                 if set {
                     return Err(invalid(field, "is for mode \"generative\" only"));
@@ -379,6 +392,7 @@ impl Task for EnhanceTask {
         };
         let cache = ctx.services.cache.clone();
         let data_dir = ctx.services.data_dir.clone();
+        let local = ctx.services.local_models.clone();
         let mirror = ctx.services.model_mirror.clone();
         let progress = ctx.progress();
         let cancel = ctx.cancel.clone();
@@ -445,10 +459,21 @@ impl Task for EnhanceTask {
                         engine::enhance(&model, &input, &options, &cancel, &mut report, &mut png)?
                     }
                     Some(entry) => {
-                        let sd = crate::tasks::image::load_model(entry, &cache)?;
+                        let (prompt, loras) =
+                            crate::tasks::lora::split(r.prompt.as_deref().unwrap_or(""), &r.loras)?;
+                        let loras: Vec<_> = loras.into_iter().map(|(l, _)| l).collect();
+                        let sd = crate::tasks::lora::with_loras(
+                            crate::tasks::image::load_model(entry, &cache)?,
+                            entry,
+                            &loras,
+                            &cache,
+                            &data_dir,
+                            &local,
+                            &mirror,
+                        )?;
                         let g = Generative {
                             model: &sd,
-                            prompt: r.prompt.clone().unwrap_or_default(),
+                            prompt,
                             negative_prompt: None,
                             creativity: r.creativity.unwrap_or(CREATIVITY),
                             resemblance: r.resemblance.unwrap_or(RESEMBLANCE),
@@ -463,8 +488,9 @@ impl Task for EnhanceTask {
                             "diffusion_model": entry.id,
                             "creativity": g.creativity,
                             "resemblance": g.resemblance,
-                            "prompt": g.prompt,
+                            "prompt": r.prompt.clone().unwrap_or_default(),
                             "seed": g.seed,
+                            "loras": loras,
                         });
                         engine::enhance_generative(
                             &model,
