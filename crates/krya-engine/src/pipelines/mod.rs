@@ -1,5 +1,6 @@
 //! Pipelines: each turns a request into images with a step callback and a cancel token.
 
+pub mod caption;
 pub mod edit;
 pub mod erase;
 pub mod face;
