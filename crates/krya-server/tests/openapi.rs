@@ -42,6 +42,8 @@ fn openapi_document_covers_every_endpoint() {
         ("post", "/api/feed/{id}/report"),
         ("post", "/api/enhance/image"),
         ("get", "/api/enhance/{id}"),
+        ("post", "/api/caption"),
+        ("get", "/api/caption/{id}"),
         ("post", "/api/edit/image"),
         ("get", "/api/edit/{id}"),
         ("post", "/api/segment"),

@@ -100,7 +100,22 @@ export interface BatchRequest {
 }
 
 /** A kind of work a model can do; `GET /api/models?capability=` filters by it. */
-export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct" | "segment" | "erase" | "matte" | "lora";
+export type Capability = "txt2img" | "img2img" | "inpaint" | "realtime" | "upscale" | "face_restore" | "face_detect" | "instruct" | "segment" | "erase" | "matte" | "lora" | "caption";
+
+/** What `POST /api/caption` takes. */
+export interface CaptionRequest {
+  /** The uploaded image (`POST /api/assets`). */
+  image: string;
+  /**
+   * A captioning model (`GET /api/models?capability=caption`); default the first
+   * installed one.
+   */
+  model?: string | null;
+  /** Words the caption starts with (conditional captioning, e.g. "a photography of"). */
+  prompt?: string | null;
+  /** The most words-pieces to add (1 to 75; default 20). */
+  max_tokens?: number | null;
+}
 
 export interface Capture {
   /** The frame, uploaded with `POST /api/assets`. */
@@ -563,6 +578,17 @@ export interface Moderation {
 export interface NewApiKey {
   name: string;
 }
+
+/**
+ * A caption request, with what every job takes (the OpenAPI document's shape of the
+ * body `create` reads).
+ */
+export type NewCaption = CaptionRequest & ({
+  /** Shown in the feed once completed. */
+  is_public?: boolean;
+  /** Told when the job ends (signed). */
+  webhook_url?: string | null;
+});
 
 /**
  * An edit request, with what every job takes (the OpenAPI document's shape of the body

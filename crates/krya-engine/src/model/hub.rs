@@ -111,9 +111,6 @@ fn is_weights_name(name: &str) -> bool {
             .any(|e| name.ends_with(e))
 }
 
-/// Which files of a diffusers repo a pipeline needs: `model_index.json`, each component's
-/// configs and tokenizer files, and one set of safetensors weights per component (the fp16
-/// variant where the repo has one: half the download, converted on load).
 /// An adapter repo's weights: diffusers' `pytorch_lora_weights.safetensors`, else the only
 /// `.safetensors` file at the root (the rule `lora::file_in_folder` reads the snapshot by).
 fn adapter_file(all: &[RemoteFile]) -> Option<RemoteFile> {
@@ -127,6 +124,9 @@ fn adapter_file(all: &[RemoteFile]) -> Option<RemoteFile> {
         .map(|f| (*f).clone())
 }
 
+/// Which files of a diffusers repo a pipeline needs: `model_index.json`, each component's
+/// configs and tokenizer files, and one set of safetensors weights per component (the fp16
+/// variant where the repo has one: half the download, converted on load).
 fn wanted_files(all: &[RemoteFile], components: &[String]) -> Vec<RemoteFile> {
     let mut out: Vec<RemoteFile> = all
         .iter()

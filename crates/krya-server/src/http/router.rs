@@ -75,6 +75,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(feed::remix))
         .routes(routes!(crate::tasks::enhance::http::create))
         .routes(routes!(crate::tasks::enhance::http::get_one))
+        .routes(routes!(crate::tasks::caption::http::create))
+        .routes(routes!(crate::tasks::caption::http::get_one))
         .routes(routes!(crate::tasks::edit::http::create))
         .routes(routes!(crate::tasks::edit::http::get_one))
         .routes(routes!(crate::http::segment::segment))

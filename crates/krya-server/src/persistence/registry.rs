@@ -90,10 +90,12 @@ pub enum Capability {
     /// A LoRA (an adapter file for a base family): applied by `loras` in requests and by
     /// `<lora:ID:WEIGHT>` in prompts.
     Lora,
+    /// Image captioning (BLIP): `POST /api/caption`.
+    Caption,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 12] = [
+    pub const ALL: [Capability; 13] = [
         Capability::Txt2img,
         Capability::Img2img,
         Capability::Inpaint,
@@ -106,6 +108,7 @@ impl Capability {
         Capability::Erase,
         Capability::Matte,
         Capability::Lora,
+        Capability::Caption,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,6 +125,7 @@ impl Capability {
             Capability::Erase => "erase",
             Capability::Matte => "matte",
             Capability::Lora => "lora",
+            Capability::Caption => "caption",
         }
     }
 
@@ -252,6 +256,8 @@ struct FromFiles {
     lora: Option<Option<&'static str>>,
     /// The base family a diffusion model's configs say (`sd1`, `sd2`, `sdxl`).
     family: Option<&'static str>,
+    /// A captioning model (a BLIP folder).
+    caption: bool,
 }
 
 fn from_files(source: &str) -> Option<FromFiles> {
@@ -287,6 +293,12 @@ fn from_files(source: &str) -> Option<FromFiles> {
     let read = |p: &str| -> Option<serde_json::Value> {
         krya_engine::model::config_json::from_str(&std::fs::read_to_string(dir.join(p)).ok()?).ok()
     };
+    if krya_engine::pipelines::caption::detect_dir(&dir) {
+        return Some(FromFiles {
+            caption: true,
+            ..Default::default()
+        });
+    }
     if !dir.join("unet/config.json").is_file()
         && let Some(file) = krya_engine::pipelines::lora::file_in_folder(&dir)
     {
@@ -314,6 +326,7 @@ fn from_files(source: &str) -> Option<FromFiles> {
         upscale: false,
         face: None,
         lora: None,
+        caption: false,
         // SDXL's UNet takes pooled text and size conditioning; SD 1.x and 2.x are told by
         // the width of the text they attend to (CLIP-L's 768, OpenCLIP-H's 1024).
         family: if unet["addition_embed_type"] == "text_time" {
@@ -503,6 +516,9 @@ fn describe(data_dir: &Path, m: &mut ModelEntry) {
     }
     if files.as_ref().is_some_and(|f| f.upscale) {
         m.capabilities = vec![Capability::Upscale];
+    }
+    if files.as_ref().is_some_and(|f| f.caption) {
+        m.capabilities = vec![Capability::Caption];
     }
     if let Some(f) = &files {
         if let Some(family) = f.lora {

@@ -10,6 +10,7 @@
 //! `deleted`
 //! keep in step, inside the runner's own transactions.
 
+pub mod caption;
 pub mod edit;
 pub mod enhance;
 pub mod image;
@@ -603,5 +604,6 @@ pub fn builtin() -> Registry {
         .with(image::ImageTask)
         .with(enhance::EnhanceTask)
         .with(edit::EditTask)
+        .with(caption::CaptionTask)
         .with(webhook::WebhookTask)
 }

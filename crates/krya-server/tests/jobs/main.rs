@@ -82,7 +82,7 @@ fn life_of_a_job(s: &Server) {
         ),
         (
             json!({"kind": "teleport", "params": {}}),
-            "kind: must be one of echo, edit, enhance, image, train, wait",
+            "kind: must be one of caption, echo, edit, enhance, image, train, wait",
         ),
         (json!({"kind": "webhook", "params": {}}), "kind"),
         (json!({"kind": "image", "params": {"prompt": "x"}}), "kind"),
@@ -311,7 +311,9 @@ fn life_of_a_job(s: &Server) {
     );
     assert_eq!(
         c.get("/api/jobs/kinds").1["kinds"],
-        json!(["echo", "edit", "enhance", "image", "train", "wait"])
+        json!([
+            "caption", "echo", "edit", "enhance", "image", "train", "wait"
+        ])
     );
     let (_, echoes) = c.get("/api/jobs?kind=echo&status=completed");
     assert_eq!(echoes["items"].as_array().unwrap().len(), 2);

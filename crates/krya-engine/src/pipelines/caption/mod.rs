@@ -62,7 +62,15 @@ impl Captioner {
         }
         let config: BlipConfig = serde_json::from_str(&read("config.json")?)
             .map_err(|e| EngineError::bad_model(dir, format!("config.json: {e}")))?;
-        let weights = Weights::mmap(&[dir.join("model.safetensors")])?;
+        // The hub's BLIP repos have `model.safetensors`, older snapshots only
+        // `pytorch_model.bin` (read without running code from it).
+        let weights = if dir.join("model.safetensors").is_file() {
+            Weights::mmap(&[dir.join("model.safetensors")])?
+        } else {
+            let bin = dir.join("pytorch_model.bin");
+            let sd = crate::model::state_dict::read(&bin)?;
+            Weights::from_tensors(sd.into_iter().collect(), &bin.display().to_string())
+        };
         let vb = weights.var_builder(DType::F32, &Device::Cpu);
         let model = Blip::new(config, vb).map_err(|e| e.in_file(dir))?;
         weights.check_all_used()?;
