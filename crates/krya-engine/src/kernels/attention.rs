@@ -254,7 +254,13 @@ pub fn attention(
             let mask = Tensor::from_vec(mask, (len, m), q.device())?.to_dtype(q.dtype())?;
             scores = scores.broadcast_add(&mask)?;
         }
-        candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)
+        // candle's fused softmax records no backward step; the composed one does.
+        let p = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        p.matmul(&v)
     };
     let chunks = (0..n)
         .step_by(rows)

@@ -15,6 +15,17 @@ use super::*;
 pub struct Linear {
     pub(crate) weight_t: Tensor,
     pub(crate) bias: Option<Tensor>,
+    /// A LoRA being trained: `y = W x + b + scale · up(down(x))`.
+    pub(crate) lora: Option<LoraBranch>,
+}
+
+/// The trainable low-rank branch of a layer (`down` `[rank, in]`, `up` `[out, rank]`, as
+/// PEFT's `lora_A`/`lora_B`), added to the frozen layer's output times `scale`.
+#[derive(Clone, Debug)]
+pub struct LoraBranch {
+    pub down: candle_core::Var,
+    pub up: candle_core::Var,
+    pub scale: f64,
 }
 
 impl Linear {
@@ -22,7 +33,18 @@ impl Linear {
         Ok(Linear {
             weight_t: weight.t()?.contiguous()?,
             bias,
+            lora: None,
         })
+    }
+
+    /// Input and output widths.
+    pub fn dims(&self) -> candle_core::Result<(usize, usize)> {
+        self.weight_t.dims2()
+    }
+
+    /// Trains a LoRA on this layer (`None`: the frozen layer alone again).
+    pub fn set_lora(&mut self, lora: Option<LoraBranch>) {
+        self.lora = lora;
     }
 
     /// The weight as stored in a state dict, `[out, in]`.
@@ -59,6 +81,19 @@ pub fn linear_b(
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.frozen(x)?;
+        match &self.lora {
+            None => Ok(y),
+            Some(l) => {
+                let h = x.broadcast_matmul(&l.down.as_tensor().t()?)?;
+                y + (h.broadcast_matmul(&l.up.as_tensor().t()?)? * l.scale)?
+            }
+        }
+    }
+}
+
+impl Linear {
+    fn frozen(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let k = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / k.max(1);

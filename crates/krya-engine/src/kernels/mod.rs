@@ -98,8 +98,11 @@ pub use math::*;
 pub use norm::*;
 pub(crate) use products::*;
 
+/// Whether the engine's own CPU kernels take `x`: f32 on the CPU, and not part of a
+/// gradient's graph (training): a tracked tensor goes through candle's ops, which record
+/// their backward steps, where the kernels record none.
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op()
 }
 
 /// The contiguous f32 data of a CPU tensor.

@@ -55,6 +55,39 @@ simd_fn! {
     }
 }
 
+/// `candle_nn::LayerNorm` whose input may be part of a gradient's graph: candle's fused
+/// layer norm records no backward step, so a tracked input takes the composed one.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    inner: candle_nn::LayerNorm,
+    eps: f64,
+}
+
+/// `candle_nn::layer_norm` (weights named alike).
+pub fn layer_norm(
+    size: usize,
+    eps: f64,
+    vb: candle_nn::VarBuilder,
+) -> candle_core::Result<LayerNorm> {
+    Ok(LayerNorm {
+        inner: candle_nn::layer_norm(size, eps, vb)?,
+        eps,
+    })
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !x.track_op() {
+            return self.inner.forward(x);
+        }
+        let bias = match self.inner.bias() {
+            Some(b) => b.clone(),
+            None => self.inner.weight().zeros_like()?,
+        };
+        candle_nn::ops::layer_norm_slow(x, self.inner.weight(), &bias, self.eps as f32)
+    }
+}
+
 /// A group norm layer (weights named as `candle_nn::group_norm` loads them).
 #[derive(Clone, Debug)]
 pub struct GroupNorm {

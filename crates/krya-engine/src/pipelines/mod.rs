@@ -8,4 +8,5 @@ pub mod lora;
 pub mod matte;
 pub mod segment;
 pub mod stable_diffusion;
+pub mod train;
 pub mod upscale;

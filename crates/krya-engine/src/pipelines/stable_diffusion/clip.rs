@@ -5,9 +5,9 @@
 //! config: SD 2.x and SDXL use exact GELU where SD 1.x uses quick GELU.
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{LayerNorm, VarBuilder, embedding, layer_norm};
+use candle_nn::{VarBuilder, embedding};
 
-use crate::kernels::{Linear, linear, linear_b};
+use crate::kernels::{LayerNorm, Linear, layer_norm, linear, linear_b};
 use serde::Deserialize;
 
 use crate::Result;

@@ -6,13 +6,15 @@
 //! a number or a list, as in diffusers.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, VarBuilder, layer_norm};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::blocks::{Act, Attention, Downsample2D, ResnetBlock2D, ResnetParams, Upsample2D, conv};
 use crate::Result;
-use crate::kernels::{Conv2d, GroupNorm, Linear, group_norm, linear, linear_b};
+use crate::kernels::{
+    Conv2d, GroupNorm, LayerNorm, Linear, group_norm, layer_norm, linear, linear_b,
+};
 use crate::pipelines::lora::{Layer, Visit};
 
 /// The subset of diffusers' UNet config that shapes the network.

@@ -1,0 +1,104 @@
+//! Trainable LoRA branches on a UNet's linear layers, named and matched as PEFT does
+//! (huggingface/peft@5d602fd:src/peft/tuners/tuners_utils.py `check_target_module_exists`:
+//! a layer is a target when its name is one or ends with `.` + one), scaled `alpha / rank`.
+
+use candle_core::{Tensor, Var};
+
+use crate::kernels::LoraBranch;
+use crate::pipelines::lora::Layer;
+use crate::pipelines::stable_diffusion::unet::UNet2DConditionModel;
+use crate::{EngineError, Result};
+
+/// Which layers train and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Layer names or their last parts (`to_q`, `to_out.0`, `ff.net.2`).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    /// diffusers' `train_text_to_image_lora.py`: rank 4, alpha = rank, the attention's
+    /// projections.
+    fn default() -> Self {
+        Self {
+            rank: 4,
+            alpha: 4.0,
+            targets: ["to_q", "to_k", "to_v", "to_out.0"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn matches(&self, path: &str) -> bool {
+        self.targets
+            .iter()
+            .any(|t| path == t || path.ends_with(&format!(".{t}")))
+    }
+}
+
+/// The branches put on a model, by layer name (in the model's order).
+pub struct Trainable {
+    pub layers: Vec<(String, LoraBranch)>,
+}
+
+impl Trainable {
+    /// Every trainable tensor (each layer's `down`, then `up`).
+    pub fn vars(&self) -> Vec<Var> {
+        self.layers
+            .iter()
+            .flat_map(|(_, l)| [l.down.clone(), l.up.clone()])
+            .collect()
+    }
+}
+
+/// Puts a LoRA branch on every linear layer of `unet` that `config` targets, its weights
+/// from `init(name, in, out)` (`down` `[rank, in]`, `up` `[out, rank]`). A target that
+/// matches no layer is an error.
+pub fn inject(
+    unet: &mut UNet2DConditionModel,
+    config: &LoraConfig,
+    init: &mut dyn FnMut(&str, usize, usize) -> Result<(Tensor, Tensor)>,
+) -> Result<Trainable> {
+    let scale = config.alpha / config.rank as f64;
+    let mut layers = Vec::new();
+    unet.visit_layers(&mut |path, layer| {
+        if !config.matches(path) {
+            return Ok(());
+        }
+        let Layer::Linear(l) = layer else {
+            return Err(EngineError::InvalidInput(format!(
+                "LoRA training: {path} is a convolution (only linear layers train yet)"
+            )));
+        };
+        let (inp, out) = l.dims()?;
+        let (down, up) = init(path, inp, out)?;
+        if down.dims() != [config.rank, inp] || up.dims() != [out, config.rank] {
+            return Err(EngineError::InvalidInput(format!(
+                "LoRA training: {path} takes down [{}, {inp}] and up [{out}, {}], not {:?} and {:?}",
+                config.rank,
+                config.rank,
+                down.dims(),
+                up.dims()
+            )));
+        }
+        let branch = LoraBranch {
+            down: Var::from_tensor(&down)?,
+            up: Var::from_tensor(&up)?,
+            scale,
+        };
+        l.set_lora(Some(branch.clone()));
+        layers.push((path.to_string(), branch));
+        Ok(())
+    })?;
+    if layers.is_empty() {
+        return Err(EngineError::InvalidInput(format!(
+            "LoRA training: no layer matches {:?}",
+            config.targets
+        )));
+    }
+    Ok(Trainable { layers })
+}
