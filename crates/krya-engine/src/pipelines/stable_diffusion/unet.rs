@@ -5,7 +5,7 @@
 //! Per-block settings (heads, layers, cross-attention size, transformer depth) may each be
 //! a number or a list, as in diffusers.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use serde_json::Value;
@@ -693,13 +693,24 @@ impl UNet2DConditionModel {
         timestep_cond: Option<&Tensor>,
         added: Option<AddedCond>,
     ) -> Result<Tensor> {
+        let t = Tensor::full(timestep as f32, sample.dim(0)?, sample.device())?;
+        self.forward_timesteps(sample, &t, context, timestep_cond, added)
+    }
+
+    /// `forward` with a timestep per sample (`[batch]`, f32): training draws one each.
+    pub fn forward_timesteps(
+        &self,
+        sample: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        timestep_cond: Option<&Tensor>,
+        added: Option<AddedCond>,
+    ) -> Result<Tensor> {
         let b = sample.dim(0)?;
-        let device: &Device = sample.device();
         let dtype = sample.dtype();
         let c = &self.config;
-        let t = Tensor::full(timestep as f32, b, device)?;
         let t_emb =
-            timestep_embedding(&t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?
+            timestep_embedding(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?
                 .to_dtype(dtype)?;
         let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
         if let Some((add, tdim)) = &self.add_embedding {

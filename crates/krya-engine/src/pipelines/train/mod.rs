@@ -7,3 +7,4 @@
 //! low-rank branches on the targeted layers, as PEFT's `LoraConfig` does.
 
 pub mod lora;
+pub mod recipe;

@@ -1,0 +1,225 @@
+//! One training step as diffusers' `train_text_to_image_lora.py` takes it (with kohya's
+//! min-SNR and noise offset): noise added at a timestep per sample (DDPM's `add_noise`),
+//! the UNet's prediction against the noise (or the velocity), each sample's mean squared
+//! error weighted by min-SNR-γ, then backward, gradients clipped to a global norm
+//! (`torch.nn.utils.clip_grad_norm_`), and AdamW at the learning rate of a constant
+//! schedule after a linear warm-up (`LambdaLR` semantics: step k, from 0, uses
+//! `lr · min(1, k / warmup)`, so with a warm-up the first step moves nothing).
+//! huggingface/diffusers@58eb52c:examples/text_to_image/train_text_to_image_lora.py,
+//! src/diffusers/training_utils.py `compute_snr`, src/diffusers/optimization.py.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::lora::Trainable;
+use crate::Result;
+use crate::pipelines::stable_diffusion::unet::UNet2DConditionModel;
+
+/// What the UNet learns to predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    /// `√ᾱ·ε − √(1−ᾱ)·x₀` (SD 2.x 768-v models).
+    Velocity,
+}
+
+/// The optimiser and loss settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    /// Gradients scaled down to this global norm (diffusers' default 1).
+    pub max_grad_norm: Option<f64>,
+    /// Min-SNR-γ weighting (typically 5).
+    pub snr_gamma: Option<f64>,
+    /// Added noise gets `offset · N(0, 1)` per sample and channel on top.
+    pub noise_offset: f64,
+    pub prediction: Prediction,
+}
+
+impl Default for Recipe {
+    /// diffusers' LoRA script: AdamW (1e-4, 0.9, 0.999, 1e-8, decay 1e-2), clipping at 1.
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            warmup_steps: 0,
+            max_grad_norm: Some(1.0),
+            snr_gamma: None,
+            noise_offset: 0.0,
+            prediction: Prediction::Epsilon,
+        }
+    }
+}
+
+/// One batch, every random draw given (so a run can be replayed exactly).
+pub struct Batch<'a> {
+    /// Clean latents `[b, c, h, w]` (already scaled by the VAE's factor).
+    pub latents: &'a Tensor,
+    /// The text encoder's states `[b, tokens, width]`.
+    pub context: &'a Tensor,
+    pub noise: &'a Tensor,
+    /// `[b, c, 1, 1]` standard normal draws for the noise offset.
+    pub offset_noise: Option<&'a Tensor>,
+    pub timesteps: &'a [usize],
+}
+
+/// An optimiser over a model's LoRA branches.
+pub struct Trainer {
+    pub recipe: Recipe,
+    vars: Vec<Var>,
+    opt: AdamW,
+    /// Optimiser steps taken.
+    pub steps: usize,
+    alphas_cumprod: Vec<f32>,
+}
+
+impl Trainer {
+    /// `alphas_cumprod`: the model's training schedule (`SchedulerConfig::alphas_cumprod`).
+    pub fn new(trainable: &Trainable, recipe: Recipe, alphas_cumprod: &[f64]) -> Result<Self> {
+        let vars = trainable.vars();
+        let opt = AdamW::new(
+            vars.clone(),
+            ParamsAdamW {
+                lr: recipe.lr,
+                beta1: recipe.beta1,
+                beta2: recipe.beta2,
+                eps: recipe.eps,
+                weight_decay: recipe.weight_decay,
+            },
+        )?;
+        Ok(Self {
+            recipe,
+            vars,
+            opt,
+            steps: 0,
+            alphas_cumprod: alphas_cumprod.iter().map(|a| *a as f32).collect(),
+        })
+    }
+
+    /// The learning rate of optimiser step `k` (from 0).
+    pub fn lr_at(&self, k: usize) -> f64 {
+        let w = self.recipe.warmup_steps;
+        if k < w {
+            self.recipe.lr * k as f64 / w.max(1) as f64
+        } else {
+            self.recipe.lr
+        }
+    }
+
+    /// The batch's loss (a scalar in the graph of the LoRA's weights).
+    pub fn loss(&self, unet: &UNet2DConditionModel, batch: &Batch) -> Result<Tensor> {
+        let dev = batch.latents.device();
+        let b = batch.latents.dim(0)?;
+        if batch.timesteps.len() != b {
+            return Err(crate::invalid!(
+                "training: {} timesteps for {b} samples",
+                batch.timesteps.len()
+            ));
+        }
+        let mut a = Vec::with_capacity(b);
+        for &t in batch.timesteps {
+            a.push(*self.alphas_cumprod.get(t).ok_or_else(|| {
+                crate::invalid!("training: timestep {t} is past the schedule's end")
+            })?);
+        }
+        let per_sample = |v: Vec<f32>| Tensor::from_vec(v, (b, 1, 1, 1), dev);
+        let sqrt_a: Vec<f32> = a.iter().map(|a| a.sqrt()).collect();
+        let sqrt_1ma: Vec<f32> = a.iter().map(|a| (1.0 - a).sqrt()).collect();
+        let noise = match batch.offset_noise {
+            Some(o) if self.recipe.noise_offset != 0.0 => batch
+                .noise
+                .broadcast_add(&(o * self.recipe.noise_offset)?)?,
+            _ => batch.noise.clone(),
+        };
+        let (ca, cn) = (per_sample(sqrt_a.clone())?, per_sample(sqrt_1ma.clone())?);
+        let noisy = (batch.latents.broadcast_mul(&ca)? + noise.broadcast_mul(&cn)?)?;
+        let target = match self.recipe.prediction {
+            Prediction::Epsilon => noise.clone(),
+            Prediction::Velocity => {
+                (noise.broadcast_mul(&ca)? - batch.latents.broadcast_mul(&cn)?)?
+            }
+        };
+        let t = Tensor::from_vec(
+            batch
+                .timesteps
+                .iter()
+                .map(|&t| t as f32)
+                .collect::<Vec<_>>(),
+            b,
+            dev,
+        )?;
+        let pred = unet.forward_timesteps(&noisy, &t, batch.context, None, None)?;
+        let per = (pred - target)?.sqr()?.flatten_from(1)?.mean(1)?; // [b]
+        let per = match self.recipe.snr_gamma {
+            None => per,
+            Some(gamma) => {
+                let w: Vec<f32> = sqrt_a
+                    .iter()
+                    .zip(&sqrt_1ma)
+                    .map(|(a, s)| {
+                        let snr = (a / s).powi(2);
+                        let clipped = snr.min(gamma as f32);
+                        match self.recipe.prediction {
+                            Prediction::Epsilon => clipped / snr,
+                            Prediction::Velocity => clipped / (snr + 1.0),
+                        }
+                    })
+                    .collect();
+                (per * Tensor::from_vec(w, b, dev)?)?
+            }
+        };
+        Ok(per.mean_all()?)
+    }
+
+    /// The loss and every LoRA weight's gradient (nothing updated).
+    pub fn gradients(
+        &self,
+        unet: &UNet2DConditionModel,
+        batch: &Batch,
+    ) -> Result<(f32, GradStore)> {
+        let loss = self.loss(unet, batch)?;
+        let grads = loss.backward()?;
+        Ok((loss.to_dtype(DType::F32)?.to_scalar::<f32>()?, grads))
+    }
+
+    /// One optimiser step on `batch`; returns its loss (before the update).
+    pub fn step(&mut self, unet: &UNet2DConditionModel, batch: &Batch) -> Result<f32> {
+        let (loss, mut grads) = self.gradients(unet, batch)?;
+        if !loss.is_finite() {
+            return Err(crate::invalid!(
+                "training: the loss is {loss} at step {} (lower the learning rate)",
+                self.steps + 1
+            ));
+        }
+        if let Some(max) = self.recipe.max_grad_norm {
+            let mut total = 0f32;
+            for v in &self.vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    total += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
+                }
+            }
+            let coef = (max as f32 / (total.sqrt() + 1e-6)).min(1.0);
+            if coef < 1.0 {
+                for v in &self.vars {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        let scaled = (g * coef as f64)?;
+                        grads.insert(v.as_tensor(), scaled);
+                    }
+                }
+            }
+        }
+        self.opt.set_learning_rate(self.lr_at(self.steps));
+        self.opt.step(&grads)?;
+        self.steps += 1;
+        Ok(loss)
+    }
+}

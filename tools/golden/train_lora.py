@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Makes LoRA training's reference: ten steps of diffusers + peft training the tiny SD 1.x
+UNet (`golden/sd1`) from one LoRA init, on the same latents, text states, noise and
+timesteps, with the recipe of diffusers' `train_text_to_image_lora.py` and kohya's options:
+AdamW, a constant learning rate after a warm-up (`constant_with_warmup`: the first step's
+rate is zero), gradients clipped to norm 1, min-SNR-γ weighting (γ = 5, ε-prediction), noise
+offset, a batch of two with a timestep each.
+
+    /var/tmp/golden-venv/bin/python tools/golden/train_lora.py   # writes crates/krya-engine/tests/golden/train/
+
+Every random draw is exported (research note §10): `init.{layer}.down/up` (B non-zero, so
+step one tests something), `step{k}.latents`, `.context`, `.noise`, `.offset_noise`,
+`.timesteps`; and the reference: `alphas_cumprod`, `loss` per step, `grad0.{layer}.down/up`
+(step one's gradients, before clipping) and `final.{layer}.down/up` after ten steps.
+Plain PyTorch, fp32, deterministic algorithms; no accelerate.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
+from peft import LoraConfig
+from safetensors.torch import save_file
+
+GOLDEN = Path(__file__).resolve().parents[2] / "crates/krya-engine/tests/golden"
+OUT = GOLDEN / "train"
+torch.set_num_threads(2)
+torch.use_deterministic_algorithms(True)
+
+STEPS, BATCH, RANK, ALPHA = 10, 2, 4, 8.0
+RECIPE = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, warmup=2, max_grad_norm=1.0,
+              snr_gamma=5.0, noise_offset=0.05, rank=RANK, alpha=ALPHA, steps=STEPS, batch=BATCH,
+              targets=["to_q", "to_k", "to_v", "to_out.0"])
+
+
+def main():
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    unet = UNet2DConditionModel.from_pretrained(str(GOLDEN / "sd1/unet")).train()
+    noise_scheduler = DDPMScheduler.from_pretrained(str(GOLDEN / "sd1/scheduler"))
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights=False, target_modules=RECIPE["targets"]))
+    g = torch.Generator().manual_seed(11)
+    data = {}
+    lora = {}
+    for name, m in unet.named_modules():
+        if hasattr(m, "lora_A") and "default" in m.lora_A:
+            a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+            with torch.no_grad():
+                a.copy_(torch.randn(a.shape, generator=g) / a.shape[1] ** 0.5)
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            data[f"init.{name}.down"], data[f"init.{name}.up"] = a.detach().clone(), b.detach().clone()
+            lora[name] = (a, b)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    assert len(params) == 2 * len(lora)
+    opt = torch.optim.AdamW(params, lr=RECIPE["lr"], betas=RECIPE["betas"], weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])
+    sched = get_scheduler("constant_with_warmup", optimizer=opt, num_warmup_steps=RECIPE["warmup"])
+    cross = unet.config.cross_attention_dim
+    losses = []
+    for step in range(STEPS):
+        latents = torch.randn(BATCH, 4, 8, 8, generator=g)
+        context = torch.randn(BATCH, 5, cross, generator=g)
+        noise = torch.randn(BATCH, 4, 8, 8, generator=g)
+        offset_noise = torch.randn(BATCH, 4, 1, 1, generator=g)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (BATCH,), generator=g)
+        for k, v in dict(latents=latents, context=context, noise=noise, offset_noise=offset_noise,
+                         timesteps=timesteps.to(torch.int64)).items():
+            data[f"step{step}.{k}"] = v
+        noise = noise + RECIPE["noise_offset"] * offset_noise
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = unet(noisy, timesteps, context).sample
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.stack([snr, RECIPE["snr_gamma"] * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3]) * weights
+        loss = loss.mean()
+        loss.backward()
+        if step == 0:
+            for name, (a, b) in lora.items():
+                data[f"grad0.{name}.down"], data[f"grad0.{name}.up"] = a.grad.clone(), b.grad.clone()
+        torch.nn.utils.clip_grad_norm_(params, RECIPE["max_grad_norm"])
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        print(step, loss.item())
+    for name, (a, b) in lora.items():
+        data[f"final.{name}.down"], data[f"final.{name}.up"] = a.detach().clone(), b.detach().clone()
+    data["alphas_cumprod"] = noise_scheduler.alphas_cumprod.float()
+    data["loss"] = torch.tensor(losses, dtype=torch.float64)
+    save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / "reference.safetensors"))
+    (OUT / "recipe.json").write_text(json.dumps(RECIPE, indent=1))
+
+
+if __name__ == "__main__":
+    main()
