@@ -97,7 +97,15 @@ impl Linear {
         let dims = x.dims().to_vec();
         let k = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / k.max(1);
-        let n = self.weight_t.dim(1)?;
+        let (kw, n) = self.weight_t.dims2()?;
+        if k != kw {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: x.shape().clone(),
+                rhs: self.weight_t.shape().clone(),
+                op: "linear",
+            }
+            .bt());
+        }
         let mut shape = dims;
         *shape.last_mut().unwrap() = n;
         if !(cpu_f32(x) && cpu_f32(&self.weight_t)) || rows == 0 || k == 0 {

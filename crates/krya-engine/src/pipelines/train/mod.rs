@@ -6,5 +6,6 @@
 //! (softmax, layer norm) are replaced by their composed forms there. `lora` puts trainable
 //! low-rank branches on the targeted layers, as PEFT's `LoraConfig` does.
 
+pub mod export;
 pub mod lora;
 pub mod recipe;

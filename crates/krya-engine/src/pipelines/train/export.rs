@@ -1,0 +1,138 @@
+//! A trained LoRA as kohya/sd-scripts saves one, which A1111, Forge and ComfyUI load:
+//! `lora_unet_<module>.lora_down.weight` / `.lora_up.weight` / `.alpha` (module names with
+//! `_` for `.`: diffusers' names for SD 1.x/2.x, the SGM names for SDXL, as kohya trains
+//! each), and the metadata those tools read (kohya-ss/sd-scripts@48d368f:train_network.py,
+//! library/sai_model_spec.py; A1111's `network.py` tells the base by
+//! `ss_base_model_version` and `ss_v2`).
+
+use std::collections::HashMap;
+
+use sha2::Digest;
+
+use super::lora::Trainable;
+use crate::pipelines::stable_diffusion::unet::UNet2DConditionModel;
+use crate::{EngineError, Result};
+
+/// What the file says about itself.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    /// `sd1`, `sd2` or `sdxl`.
+    pub family: String,
+    /// SD 2.x 768-v models predict velocity.
+    pub v_prediction: bool,
+    pub name: String,
+    pub trigger: Option<String>,
+    pub steps: usize,
+    pub resolution: usize,
+    pub rank: usize,
+    pub alpha: f64,
+    /// The base model's name.
+    pub base_model: String,
+}
+
+/// The file's bytes: tensors in f32, `alpha` per module, the metadata as strings (with
+/// `sshs_model_hash`, the SHA-256 of everything after the header, as kohya writes it).
+pub fn kohya_bytes(
+    trainable: &Trainable,
+    unet: &UNet2DConditionModel,
+    meta: &Metadata,
+) -> Result<Vec<u8>> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let bytes = |v: Vec<f32>| {
+        v.into_iter()
+            .flat_map(f32::to_le_bytes)
+            .collect::<Vec<u8>>()
+    };
+    for (path, b) in &trainable.layers {
+        let module = if meta.family == "sdxl" {
+            unet.ldm_name(path).ok_or_else(|| {
+                EngineError::InvalidInput(format!("{path} has no SGM name to save it under"))
+            })?
+        } else {
+            path.clone()
+        };
+        let key = format!("lora_unet_{}", module.replace('.', "_"));
+        for (suffix, t) in [
+            ("lora_down.weight", b.down.as_tensor()),
+            ("lora_up.weight", b.up.as_tensor()),
+        ] {
+            tensors.push((
+                format!("{key}.{suffix}"),
+                t.dims().to_vec(),
+                bytes(t.flatten_all()?.to_vec1::<f32>()?),
+            ));
+        }
+        tensors.push((
+            format!("{key}.alpha"),
+            vec![],
+            bytes(vec![meta.alpha as f32]),
+        ));
+    }
+    let views = tensors
+        .iter()
+        .map(|(k, shape, data)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::InvalidInput(format!("cannot save the LoRA: {e}")))?;
+    let (version, arch) = match (meta.family.as_str(), meta.v_prediction) {
+        ("sdxl", _) => ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
+        ("sd2", true) => ("sd_v2_v", "stable-diffusion-v2-768-v/lora"),
+        ("sd2", false) => ("sd_v2", "stable-diffusion-v2-512/lora"),
+        _ => ("sd_v1", "stable-diffusion-v1/lora"),
+    };
+    let mut m: HashMap<String, String> = [
+        ("ss_base_model_version", version.to_string()),
+        (
+            "ss_v2",
+            if meta.family == "sd2" {
+                "True"
+            } else {
+                "False"
+            }
+            .into(),
+        ),
+        ("ss_network_module", "networks.lora".into()),
+        ("ss_network_dim", meta.rank.to_string()),
+        ("ss_network_alpha", format!("{}", meta.alpha)),
+        ("ss_output_name", meta.name.clone()),
+        ("ss_steps", meta.steps.to_string()),
+        ("ss_sd_model_name", meta.base_model.clone()),
+        ("ss_resolution", format!("({0}, {0})", meta.resolution)),
+        ("modelspec.sai_model_spec", "1.0.1".into()),
+        ("modelspec.architecture", arch.into()),
+        (
+            "modelspec.implementation",
+            if meta.family == "sdxl" {
+                "https://github.com/Stability-AI/generative-models".into()
+            } else {
+                "diffusers".into()
+            },
+        ),
+        ("modelspec.title", meta.name.clone()),
+        ("modelspec.resolution", format!("{0}x{0}", meta.resolution)),
+        (
+            "modelspec.prediction_type",
+            if meta.v_prediction { "v" } else { "epsilon" }.into(),
+        ),
+        ("krya.trainer", "krya".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(t) = &meta.trigger {
+        m.insert("modelspec.trigger_phrase".into(), t.clone());
+    }
+    // kohya's hash covers the tensors' bytes (the file after its header).
+    let body = safetensors::serialize(views.clone(), None)
+        .map_err(|e| EngineError::InvalidInput(format!("cannot save the LoRA: {e}")))?;
+    let header = u64::from_le_bytes(body[..8].try_into().unwrap()) as usize;
+    let hash = sha2::Sha256::digest(&body[8 + header..]);
+    m.insert(
+        "sshs_model_hash".into(),
+        hash.iter().map(|b| format!("{b:02x}")).collect(),
+    );
+    safetensors::serialize(views, Some(m))
+        .map_err(|e| EngineError::InvalidInput(format!("cannot save the LoRA: {e}")))
+}
