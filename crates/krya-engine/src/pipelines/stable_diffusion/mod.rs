@@ -219,7 +219,7 @@ impl StableDiffusion {
     }
 
     /// Encodes prompts with every text encoder: `(context [n, seq, dim], pooled [n, dim])`.
-    fn encode_prompts(
+    pub(crate) fn encode_prompts(
         &self,
         prompts: &[&str],
         clip_skip: usize,

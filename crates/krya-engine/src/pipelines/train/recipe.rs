@@ -10,7 +10,6 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::lora::Trainable;
 use crate::Result;
@@ -72,11 +71,19 @@ pub struct Batch<'a> {
     pub timesteps: &'a [usize],
 }
 
+/// AdamW's running moments, one pair per trainable tensor (saved in checkpoints, so a
+/// resumed run continues exactly).
+#[derive(Clone)]
+pub struct Moments {
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
 /// An optimiser over a model's LoRA branches.
 pub struct Trainer {
     pub recipe: Recipe,
     vars: Vec<Var>,
-    opt: AdamW,
+    pub moments: Moments,
     /// Optimiser steps taken.
     pub steps: usize,
     alphas_cumprod: Vec<f32>,
@@ -86,20 +93,17 @@ impl Trainer {
     /// `alphas_cumprod`: the model's training schedule (`SchedulerConfig::alphas_cumprod`).
     pub fn new(trainable: &Trainable, recipe: Recipe, alphas_cumprod: &[f64]) -> Result<Self> {
         let vars = trainable.vars();
-        let opt = AdamW::new(
-            vars.clone(),
-            ParamsAdamW {
-                lr: recipe.lr,
-                beta1: recipe.beta1,
-                beta2: recipe.beta2,
-                eps: recipe.eps,
-                weight_decay: recipe.weight_decay,
-            },
-        )?;
+        let zeros = vars
+            .iter()
+            .map(|v| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             recipe,
             vars,
-            opt,
+            moments: Moments {
+                m: zeros.clone(),
+                v: zeros,
+            },
             steps: 0,
             alphas_cumprod: alphas_cumprod.iter().map(|a| *a as f32).collect(),
         })
@@ -217,9 +221,31 @@ impl Trainer {
                 }
             }
         }
-        self.opt.set_learning_rate(self.lr_at(self.steps));
-        self.opt.step(&grads)?;
+        self.adamw(&grads)?;
         self.steps += 1;
         Ok(loss)
+    }
+
+    /// torch's AdamW (decoupled decay; bias corrections as `torch.optim.adam` applies them)
+    /// at the schedule's rate for this step. A tensor without a gradient is left as it is.
+    fn adamw(&mut self, grads: &GradStore) -> Result<()> {
+        let r = &self.recipe;
+        let lr = self.lr_at(self.steps);
+        let t = (self.steps + 1) as i32;
+        let (bc1, bc2) = (1.0 - r.beta1.powi(t), 1.0 - r.beta2.powi(t));
+        for (i, var) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let m = ((&self.moments.m[i] * r.beta1)? + (g * (1.0 - r.beta1))?)?;
+            let v = ((&self.moments.v[i] * r.beta2)? + (g.sqr()? * (1.0 - r.beta2))?)?;
+            let theta = (var.as_tensor() * (1.0 - lr * r.weight_decay))?;
+            let denom = ((v.sqrt()? / bc2.sqrt())? + r.eps)?;
+            let theta = (theta - ((m.clone() / denom)? * (lr / bc1))?)?;
+            var.set(&theta.detach())?;
+            self.moments.m[i] = m.detach();
+            self.moments.v[i] = v.detach();
+        }
+        Ok(())
     }
 }
