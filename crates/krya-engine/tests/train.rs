@@ -361,3 +361,145 @@ fn saved_loras_load_back_as_kohya_files() {
         );
     }
 }
+
+fn pictures() -> Vec<krya_engine::pipelines::train::run::Example> {
+    use krya_engine::pipelines::train::run::Example;
+    let pic = |w: u32, h: u32, k: u32| {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                ((x * 7 + k * 40) % 256) as u8,
+                ((y * 5 + k * 90) % 256) as u8,
+                ((x + y) * 3 % 256) as u8,
+            ])
+        })
+    };
+    vec![
+        Example {
+            image: pic(64, 32, 0),
+            caption: "a red sofa".into(),
+        },
+        Example {
+            image: pic(48, 64, 1),
+            caption: "a cat".into(),
+        },
+        Example {
+            image: pic(40, 40, 2),
+            caption: "".into(),
+        },
+    ]
+}
+
+fn plan(steps: usize) -> krya_engine::pipelines::train::run::Plan {
+    use krya_engine::pipelines::train::recipe::Recipe;
+    krya_engine::pipelines::train::run::Plan {
+        lora: LoraConfig::default(),
+        recipe: Recipe {
+            lr: 3e-3,
+            warmup_steps: 2,
+            snr_gamma: Some(5.0),
+            noise_offset: 0.05,
+            ..Default::default()
+        },
+        steps,
+        resolution: 48,
+        caption_dropout: 0.1,
+        trigger: Some("zkx".into()),
+        seed: 9,
+        checkpoint_every: 5,
+        sample_every: 0,
+        sample_prompt: "a cat".into(),
+        sample_steps: 2,
+    }
+}
+
+/// Images go to their aspect ratio's bucket; cancelled mid-way, a run leaves a
+/// checkpoint from which it resumes to the very weights of the run that was never stopped;
+/// samples come every few steps.
+#[test]
+fn a_run_learns_and_resumes_exactly() {
+    use krya_engine::CancelToken;
+    use krya_engine::pipelines::train::run::{Checkpoint, buckets, train};
+    // kohya's buckets in steps of 16, aspect ratios up to 2:1.
+    assert_eq!(buckets(64, 16), [(48, 80), (64, 64), (80, 48)]);
+    assert_eq!(buckets(48, 16), [(32, 64), (48, 48), (64, 32)]);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let sd = model::load(
+        &ModelSource::Folder(dir.join("sd1")),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let examples = pictures();
+    let whole = train(
+        &sd,
+        &examples,
+        &plan(20),
+        None,
+        &mut |_| Ok(()),
+        &mut |_| Ok(()),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(whole.losses.len(), 20);
+
+    // Cancelled after step 12: the checkpoint says 12 steps; resumed, it ends where the
+    // whole run ended.
+    let cancel = CancelToken::new();
+    let mut saved: Vec<Vec<u8>> = Vec::new();
+    let stopped = train(
+        &sd,
+        &examples,
+        &plan(20),
+        None,
+        &mut |p| {
+            if p.step == 12 {
+                cancel.cancel();
+            }
+            Ok(())
+        },
+        &mut |c| {
+            saved.push(c.to_bytes()?);
+            Ok(())
+        },
+        &cancel,
+    );
+    assert!(matches!(stopped, Err(krya_engine::EngineError::Cancelled)));
+    // Periodic checkpoints at 5 and 10, then the one of the cancel.
+    let steps: Vec<usize> = saved
+        .iter()
+        .map(|b| Checkpoint::from_bytes(b).unwrap().step)
+        .collect();
+    assert_eq!(steps, [5, 10, 12]);
+    let last = Checkpoint::from_bytes(saved.last().unwrap()).unwrap();
+    assert_eq!(last.losses[..], whole.losses[..12]);
+    let mut samples = 0;
+    let mut p = plan(20);
+    p.sample_every = 4;
+    let resumed = train(
+        &sd,
+        &examples,
+        &p,
+        Some(last),
+        &mut |pr| {
+            samples += pr.sample.is_some() as usize;
+            assert!(pr.step > 12);
+            Ok(())
+        },
+        &mut |_| Ok(()),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(samples, 2, "samples at steps 16 and 20");
+    assert_eq!(resumed.losses, whole.losses);
+    for ((n, a), (_, b)) in whole.trainable.layers.iter().zip(&resumed.trainable.layers) {
+        let d = (a.up.as_tensor() - b.up.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{n}: the resumed run's weights differ");
+    }
+}

@@ -9,3 +9,4 @@
 pub mod export;
 pub mod lora;
 pub mod recipe;
+pub mod run;

@@ -1,0 +1,449 @@
+//! A whole LoRA training run on a loaded SD 1.x/2.x model: images to aspect-ratio buckets
+//! and their latents (encoded once), captions (with the trigger word, and dropped to the
+//! empty prompt at `caption_dropout`) to the frozen text encoder's states (encoded once),
+//! then `steps` optimiser steps, each drawing its batch, noise and timesteps from a
+//! generator seeded by `(seed, step)`: a run resumed from a checkpoint draws what the
+//! uninterrupted run would have, so it ends with the same weights. Progress after every
+//! step (its loss), a checkpoint every `checkpoint_every` steps and on cancel, and a sample
+//! image every `sample_every` steps (the current LoRA merged, a fixed prompt and seed).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use super::export::{Metadata, kohya_bytes};
+use super::lora::{LoraConfig, Trainable, inject};
+use super::recipe::{Batch, Moments, Recipe, Trainer};
+use crate::pipelines::lora::{self, LoraFile, Strength};
+use crate::pipelines::stable_diffusion::StableDiffusion;
+use crate::pipelines::stable_diffusion::unet::UNet2DConditionModel;
+use crate::rng::TorchRng;
+use crate::{CancelToken, EngineError, GenerateRequest, Result};
+
+/// One training image and its caption.
+pub struct Example {
+    pub image: RgbImage,
+    pub caption: String,
+}
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub lora: LoraConfig,
+    pub recipe: Recipe,
+    pub steps: usize,
+    /// The side of a square bucket's area (512 for SD 1.5).
+    pub resolution: usize,
+    pub caption_dropout: f64,
+    /// Put before every caption (kohya's `keep_tokens` word).
+    pub trigger: Option<String>,
+    pub seed: u64,
+    pub checkpoint_every: usize,
+    pub sample_every: usize,
+    pub sample_prompt: String,
+    pub sample_steps: usize,
+}
+
+/// Where a run stands: everything a resumed run needs.
+#[derive(Clone)]
+pub struct Checkpoint {
+    pub step: usize,
+    /// Each layer's `down` and `up`.
+    pub lora: Vec<(String, Tensor, Tensor)>,
+    pub moments: Moments,
+    pub losses: Vec<f32>,
+}
+
+impl Checkpoint {
+    /// As one safetensors file (`{layer}.down/up`, `adam.m/v.{i}`, `losses`, `step`).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut t: Vec<(String, Tensor)> = Vec::new();
+        for (name, d, u) in &self.lora {
+            t.push((format!("lora.{name}.down"), d.clone()));
+            t.push((format!("lora.{name}.up"), u.clone()));
+        }
+        for (i, (m, v)) in self.moments.m.iter().zip(&self.moments.v).enumerate() {
+            t.push((format!("adam.m.{i}"), m.clone()));
+            t.push((format!("adam.v.{i}"), v.clone()));
+        }
+        t.push((
+            "losses".into(),
+            Tensor::new(self.losses.as_slice(), &Device::Cpu)?,
+        ));
+        t.push((
+            "step".into(),
+            Tensor::new(&[self.step as u32], &Device::Cpu)?,
+        ));
+        let map: std::collections::HashMap<String, Tensor> = t.into_iter().collect();
+        let dir = tempfile_path()?;
+        candle_core::safetensors::save(&map, &dir)?;
+        let bytes = std::fs::read(&dir).map_err(|e| EngineError::io(&dir, e))?;
+        let _ = std::fs::remove_file(&dir);
+        Ok(bytes)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let t = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
+        let bad = || crate::invalid!("training: the checkpoint is incomplete");
+        let mut names: Vec<String> = t
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("lora.")?
+                    .strip_suffix(".down")
+                    .map(String::from)
+            })
+            .collect();
+        names.sort();
+        let lora = names
+            .into_iter()
+            .map(|n| {
+                let d = t.get(&format!("lora.{n}.down")).ok_or_else(bad)?.clone();
+                let u = t.get(&format!("lora.{n}.up")).ok_or_else(bad)?.clone();
+                Ok((n, d, u))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (mut m, mut v) = (Vec::new(), Vec::new());
+        while let (Some(a), Some(b)) = (
+            t.get(&format!("adam.m.{}", m.len())),
+            t.get(&format!("adam.v.{}", v.len())),
+        ) {
+            m.push(a.clone());
+            v.push(b.clone());
+        }
+        Ok(Self {
+            step: t.get("step").ok_or_else(bad)?.to_vec1::<u32>()?[0] as usize,
+            losses: t.get("losses").ok_or_else(bad)?.to_vec1()?,
+            lora,
+            moments: Moments { m, v },
+        })
+    }
+}
+
+fn tempfile_path() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir();
+    let name = format!(
+        "krya-checkpoint-{}-{}.safetensors",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    Ok(dir.join(name))
+}
+
+/// After each step.
+pub struct Progress<'a> {
+    pub step: usize,
+    pub total: usize,
+    pub loss: f32,
+    /// The sample of this step, when one was made.
+    pub sample: Option<&'a RgbImage>,
+}
+
+/// The bucket sizes for `resolution`² pixels, sides multiples of `unit`, aspect ratios up
+/// to 2:1 (kohya's `make_bucket_resolutions`, with the model's own unit for small models).
+pub fn buckets(resolution: usize, unit: usize) -> Vec<(usize, usize)> {
+    let area = resolution * resolution;
+    let side = (resolution / unit).max(1) * unit;
+    let mut out = vec![(side, side)];
+    let mut w = unit;
+    while w <= 2 * resolution {
+        let h = (area / w / unit) * unit;
+        if h >= unit && w.max(h) <= 2 * w.min(h) && w != h {
+            out.push((w, h));
+        }
+        w += unit;
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The bucket whose aspect ratio is nearest the image's.
+fn bucket_of(buckets: &[(usize, usize)], w: u32, h: u32) -> (usize, usize) {
+    let ar = (w as f64 / h as f64).ln();
+    *buckets
+        .iter()
+        .min_by(|a, b| {
+            let d = |x: &(usize, usize)| ((x.0 as f64 / x.1 as f64).ln() - ar).abs();
+            d(a).total_cmp(&d(b))
+        })
+        .expect("at least the square bucket")
+}
+
+/// The image resized to cover `(w, h)` and cropped to it, centred.
+fn cover(img: &RgbImage, w: usize, h: usize) -> RgbImage {
+    let s = (w as f64 / img.width() as f64).max(h as f64 / img.height() as f64);
+    let (sw, sh) = (
+        ((img.width() as f64 * s).round() as u32).max(w as u32),
+        ((img.height() as f64 * s).round() as u32).max(h as u32),
+    );
+    let scaled = image::imageops::resize(img, sw, sh, image::imageops::FilterType::Lanczos3);
+    image::imageops::crop_imm(
+        &scaled,
+        (sw - w as u32) / 2,
+        (sh - h as u32) / 2,
+        w as u32,
+        h as u32,
+    )
+    .to_image()
+}
+
+/// A prepared example: its bucket, its latents, its caption's states.
+struct Prepared {
+    bucket: (usize, usize),
+    latents: Tensor,
+    context: Tensor,
+}
+
+fn caption_of(plan: &Plan, caption: &str) -> String {
+    match plan
+        .trigger
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) if !caption.trim().is_empty() => format!("{t}, {}", caption.trim()),
+        Some(t) => t.to_string(),
+        None => caption.trim().to_string(),
+    }
+}
+
+/// The trained LoRA of a run.
+pub struct Trained {
+    pub trainable: Trainable,
+    pub unet: UNet2DConditionModel,
+    pub losses: Vec<f32>,
+}
+
+impl Trained {
+    /// The kohya file (see `export`).
+    pub fn kohya(&self, base: &StableDiffusion, meta: &Metadata) -> Result<Vec<u8>> {
+        kohya_bytes(&self.trainable, &base.unet, meta)
+    }
+}
+
+/// The family name kohya's metadata wants for a model.
+pub fn family_of(model: &StableDiffusion) -> &'static str {
+    if model.unet.needs_added_cond() {
+        "sdxl"
+    } else if model
+        .text_encoders
+        .first()
+        .is_some_and(|t| t.config.hidden_size == 1024)
+    {
+        "sd2"
+    } else {
+        "sd1"
+    }
+}
+
+/// Trains a LoRA on `model` from `examples` (from `resume` when given).
+pub fn train(
+    model: &StableDiffusion,
+    examples: &[Example],
+    plan: &Plan,
+    resume: Option<Checkpoint>,
+    on_step: &mut dyn FnMut(Progress) -> Result<()>,
+    on_checkpoint: &mut dyn FnMut(&Checkpoint) -> Result<()>,
+    cancel: &CancelToken,
+) -> Result<Trained> {
+    if model.unet.needs_added_cond() {
+        return Err(crate::invalid!(
+            "training: SDXL LoRAs cannot be trained yet (SD 1.x and 2.x can)"
+        ));
+    }
+    if examples.is_empty() {
+        return Err(crate::invalid!("training: no images"));
+    }
+    let f = model.vae_scale_factor();
+    // Latent sides of at least 8 (the UNet's downsamplings), pixel sides multiples of f·8.
+    let unit = (f * 8).min(plan.resolution.max(f * 8));
+    let sizes = buckets(plan.resolution, unit);
+    let scale = model.vae.config.scaling_factor;
+    let shift = model.vae.config.shift_factor.unwrap_or(0.0);
+    let mut prepared = Vec::with_capacity(examples.len());
+    for ex in examples {
+        cancel.check()?;
+        let (w, h) = bucket_of(&sizes, ex.image.width(), ex.image.height());
+        let pixels = crate::image_io::to_tensor(&cover(&ex.image, w, h), w, h, &model.device)?
+            .to_dtype(model.dtype)?;
+        // The posterior's mean: latents cached once, the same every epoch.
+        let (mean, _) = model.vae.encode(&pixels)?;
+        let latents = ((mean - shift)? * scale)?.to_dtype(DType::F32)?;
+        let (context, _) = model.encode_prompts(&[&caption_of(plan, &ex.caption)], 0)?;
+        prepared.push(Prepared {
+            bucket: (w, h),
+            latents,
+            context: context.to_dtype(DType::F32)?,
+        });
+    }
+    let (empty, _) = model.encode_prompts(&[""], 0)?;
+    let empty = empty.to_dtype(DType::F32)?;
+    let by_bucket: BTreeMap<(usize, usize), Vec<usize>> =
+        prepared
+            .iter()
+            .enumerate()
+            .fold(BTreeMap::new(), |mut m, (i, p)| {
+                m.entry(p.bucket).or_default().push(i);
+                m
+            });
+    let bucket_list: Vec<&Vec<usize>> = by_bucket.values().collect();
+
+    let mut unet = model.unet.clone();
+    let mut init_rng = TorchRng::new(plan.seed);
+    let from = resume.as_ref().map(|c| c.step).unwrap_or(0);
+    let restored: BTreeMap<&str, (&Tensor, &Tensor)> = resume
+        .as_ref()
+        .map(|c| {
+            c.lora
+                .iter()
+                .map(|(n, d, u)| (n.as_str(), (d, u)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rank = plan.lora.rank;
+    let trainable = inject(&mut unet, &plan.lora, &mut |name, inp, out| {
+        if let Some((d, u)) = restored.get(name) {
+            return Ok(((*d).clone(), (*u).clone()));
+        }
+        if resume.is_some() {
+            return Err(crate::invalid!("training: the checkpoint has no {name}"));
+        }
+        // PEFT's default: A uniform in ±1/√in (kaiming, a = √5), B zero.
+        let bound = 1.0 / (inp as f32).sqrt();
+        let a: Vec<f32> = (0..rank * inp)
+            .map(|_| (init_rng.next_u32() as f32 / 4_294_967_296.0 * 2.0 - 1.0) * bound)
+            .collect();
+        let down = Tensor::from_vec(a, (rank, inp), &Device::Cpu)?;
+        Ok((down, Tensor::zeros((out, rank), DType::F32, &Device::Cpu)?))
+    })?;
+    let mut trainer = Trainer::new(
+        &trainable,
+        plan.recipe.clone(),
+        &model.scheduler_config.alphas_cumprod()?,
+    )?;
+    let mut losses = Vec::new();
+    if let Some(c) = resume {
+        if c.moments.m.len() != trainer.moments.m.len() {
+            return Err(crate::invalid!(
+                "training: the checkpoint does not fit this LoRA"
+            ));
+        }
+        trainer.moments = c.moments;
+        trainer.steps = c.step;
+        losses = c.losses;
+    }
+    let checkpoint = |trainer: &Trainer, losses: &[f32]| -> Result<Checkpoint> {
+        Ok(Checkpoint {
+            step: trainer.steps,
+            lora: trainable
+                .layers
+                .iter()
+                .map(|(n, b)| {
+                    Ok((
+                        n.clone(),
+                        b.down.as_tensor().copy()?,
+                        b.up.as_tensor().copy()?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+            moments: trainer.moments.clone(),
+            losses: losses.to_vec(),
+        })
+    };
+    let timesteps = model.scheduler_config.num_train_timesteps;
+    for step in from..plan.steps {
+        if cancel.is_cancelled() {
+            on_checkpoint(&checkpoint(&trainer, &losses)?)?;
+            return Err(EngineError::Cancelled);
+        }
+        // Every draw of this step from (seed, step): the same whether resumed or not.
+        let mut rng = TorchRng::new(
+            plan.seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as u64 + 1),
+        );
+        let mut below = |n: usize| (rng.next_u32() as u64 * n as u64 >> 32) as usize;
+        let group = bucket_list[below(bucket_list.len())];
+        let p = &prepared[group[below(group.len())]];
+        let t = below(timesteps);
+        let dropped = (below(1 << 20) as f64) < plan.caption_dropout * (1 << 20) as f64;
+        let context = if dropped { &empty } else { &p.context };
+        let dims = p.latents.dims().to_vec();
+        let n: usize = dims.iter().product();
+        let noise = rng
+            .randn(vec![n.max(16)], &Device::Cpu)?
+            .narrow(0, 0, n)?
+            .reshape(dims.clone())?;
+        let offset = rng
+            .randn(vec![16], &Device::Cpu)?
+            .narrow(0, 0, dims[1])?
+            .reshape((1, dims[1], 1, 1))?;
+        let batch = Batch {
+            latents: &p.latents,
+            context,
+            noise: &noise,
+            offset_noise: Some(&offset),
+            timesteps: &[t],
+        };
+        let loss = trainer.step(&unet, &batch)?;
+        losses.push(loss);
+        let done = step + 1;
+        if plan.checkpoint_every > 0 && done % plan.checkpoint_every == 0 && done < plan.steps {
+            on_checkpoint(&checkpoint(&trainer, &losses)?)?;
+        }
+        let sample =
+            if plan.sample_every > 0 && (done % plan.sample_every == 0 || done == plan.steps) {
+                Some(sample(model, &trainable, plan, cancel)?)
+            } else {
+                None
+            };
+        on_step(Progress {
+            step: done,
+            total: plan.steps,
+            loss,
+            sample: sample.as_ref(),
+        })?;
+    }
+    Ok(Trained {
+        trainable,
+        unet,
+        losses,
+    })
+}
+
+/// An image from the model with the LoRA as it stands merged (the fixed prompt and seed).
+pub fn sample(
+    model: &StableDiffusion,
+    trainable: &Trainable,
+    plan: &Plan,
+    cancel: &CancelToken,
+) -> Result<RgbImage> {
+    let meta = Metadata {
+        family: family_of(model).into(),
+        rank: plan.lora.rank,
+        alpha: plan.lora.alpha,
+        ..Default::default()
+    };
+    let bytes = kohya_bytes(trainable, &model.unet, &meta)?;
+    let file = LoraFile::from_bytes(&bytes, "sample")?;
+    let (merged, _) = lora::apply(model, &[(&file, Strength::new(1.0))])?;
+    let out = merged.generate(
+        &GenerateRequest {
+            prompt: caption_of(plan, &plan.sample_prompt),
+            steps: Some(plan.sample_steps.max(1)),
+            seed: plan.seed,
+            preview_every: 0,
+            ..Default::default()
+        },
+        &mut |_| {},
+        cancel,
+    )?;
+    out.images
+        .into_iter()
+        .next()
+        .ok_or_else(|| crate::invalid!("no sample image"))
+}
