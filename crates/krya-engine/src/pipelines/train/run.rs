@@ -216,6 +216,10 @@ pub struct Trained {
     pub trainable: Trainable,
     pub unet: UNet2DConditionModel,
     pub losses: Vec<f32>,
+    /// The loss on a fixed set of draws (every image at five timesteps, the same noise)
+    /// where this run started and where it ended: what it learned, without the noise of
+    /// each step's own draws.
+    pub eval: (f32, f32),
 }
 
 impl Trained {
@@ -355,6 +359,33 @@ pub fn train(
         })
     };
     let timesteps = model.scheduler_config.num_train_timesteps;
+    let eval = |trainer: &Trainer, unet: &UNet2DConditionModel| -> Result<f32> {
+        let mut rng = TorchRng::new(plan.seed ^ 0x5eed_e7a1);
+        let mut sum = 0f32;
+        let mut n = 0;
+        for p in &prepared {
+            for k in 0..5 {
+                let dims = p.latents.dims().to_vec();
+                let len: usize = dims.iter().product();
+                let noise = rng
+                    .randn(vec![len.max(16)], &Device::Cpu)?
+                    .narrow(0, 0, len)?
+                    .reshape(dims)?;
+                let t = (2 * k + 1) * timesteps / 10;
+                let batch = Batch {
+                    latents: &p.latents,
+                    context: &p.context,
+                    noise: &noise,
+                    offset_noise: None,
+                    timesteps: &[t],
+                };
+                sum += trainer.loss(unet, &batch)?.detach().to_scalar::<f32>()?;
+                n += 1;
+            }
+        }
+        Ok(sum / n as f32)
+    };
+    let eval_before = eval(&trainer, &unet)?;
     for step in from..plan.steps {
         if cancel.is_cancelled() {
             on_checkpoint(&checkpoint(&trainer, &losses)?)?;
@@ -408,10 +439,12 @@ pub fn train(
             sample: sample.as_ref(),
         })?;
     }
+    let eval_after = eval(&trainer, &unet)?;
     Ok(Trained {
         trainable,
         unet,
         losses,
+        eval: (eval_before, eval_after),
     })
 }
 
