@@ -482,6 +482,45 @@ async fn save_to_gallery(base: &str, token: &str, frame: &Value) {
 
 /// A model without a TAESD of its own, whose TAESD cannot be downloaded: frames come from
 /// the model's own VAE, and every status says so.
+/// The engine's own frame for the golden SD 1.x model (a LoRA merged when given): the
+/// image-to-image render of `png` with the prompt, seed and strength these tests send.
+fn engine_frame(png: &[u8], lora: Option<f32>) -> image::RgbImage {
+    let mut model = krya_engine::model::load(
+        &krya_engine::model::ModelSource::Folder(golden("sd1")),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    if let Some(w) = lora {
+        use krya_engine::pipelines::lora;
+        let f = lora::LoraFile::load(&golden("lora/sd1_kohya.safetensors")).unwrap();
+        model = lora::apply(&model, &[(&f, lora::Strength::new(w))])
+            .unwrap()
+            .0;
+    }
+    let mut stream = krya_engine::pipelines::stable_diffusion::stream::Stream::new(
+        std::sync::Arc::new(model),
+        None,
+    )
+    .unwrap();
+    stream
+        .render(
+            &krya_engine::pipelines::stable_diffusion::stream::FrameRequest {
+                prompt: "a lighthouse at dusk".into(),
+                seed: 7,
+                strength: 0.5,
+                steps: 2,
+                width: 32,
+                height: 24,
+                canvas: Some(std::sync::Arc::new(
+                    image::load_from_memory(png).unwrap().to_rgb8(),
+                )),
+            },
+            &krya_engine::CancelToken::new(),
+        )
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_without_taesd_streams_through_its_own_vae() {
     let s = server(|_| {});
@@ -523,33 +562,7 @@ async fn a_model_without_taesd_streams_through_its_own_vae() {
     );
     // The frame is the model's own image-to-image result (engine side, same request).
     let img = frame_rgb(&frame);
-    let model = krya_engine::model::load(
-        &krya_engine::model::ModelSource::Folder(golden("sd1")),
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .unwrap();
-    let mut stream = krya_engine::pipelines::stable_diffusion::stream::Stream::new(
-        std::sync::Arc::new(model),
-        None,
-    )
-    .unwrap();
-    let want = stream
-        .render(
-            &krya_engine::pipelines::stable_diffusion::stream::FrameRequest {
-                prompt: "a lighthouse at dusk".into(),
-                seed: 7,
-                strength: 0.5,
-                steps: 2,
-                width: 32,
-                height: 24,
-                canvas: Some(std::sync::Arc::new(
-                    image::load_from_memory(&png).unwrap().to_rgb8(),
-                )),
-            },
-            &krya_engine::CancelToken::new(),
-        )
-        .unwrap();
+    let want = engine_frame(&png, None);
     let d = mean_abs_diff(&img, &want);
     assert!(d < 4.0, "the frame differs from the engine's by {d:.2}/255");
     // Later statuses keep saying it.
@@ -593,50 +606,6 @@ async fn loras_apply_to_the_live_canvas() {
     let mut ws = connect(&s.base, Some(&token)).await;
     assert_eq!(next(&mut ws, 10).await.unwrap()["data"]["status"], "ready");
     let png = canvas(0);
-    let engine = |weight: Option<f32>| {
-        let base = krya_engine::model::load(
-            &krya_engine::model::ModelSource::Folder(golden("sd1")),
-            &candle_core::Device::Cpu,
-            candle_core::DType::F32,
-        )
-        .unwrap();
-        let model = match weight {
-            Some(w) => {
-                let f = krya_engine::pipelines::lora::LoraFile::load(&golden(
-                    "lora/sd1_kohya.safetensors",
-                ))
-                .unwrap();
-                krya_engine::pipelines::lora::apply(
-                    &base,
-                    &[(&f, krya_engine::pipelines::lora::Strength::new(w))],
-                )
-                .unwrap()
-                .0
-            }
-            None => base,
-        };
-        let mut stream = krya_engine::pipelines::stable_diffusion::stream::Stream::new(
-            std::sync::Arc::new(model),
-            None,
-        )
-        .unwrap();
-        stream
-            .render(
-                &krya_engine::pipelines::stable_diffusion::stream::FrameRequest {
-                    prompt: "a lighthouse at dusk".into(),
-                    seed: 7,
-                    strength: 0.5,
-                    steps: 2,
-                    width: 32,
-                    height: 24,
-                    canvas: Some(std::sync::Arc::new(
-                        image::load_from_memory(&png).unwrap().to_rgb8(),
-                    )),
-                },
-                &krya_engine::CancelToken::new(),
-            )
-            .unwrap()
-    };
     ws.send(packed(json!({"type": "generate", "data": {
         "prompt": "a lighthouse at dusk", "canvas_data": serde_bytes::Bytes::new(&png),
         "strength": 0.5, "seed": 7, "model": "plain", "steps": 2, "frame_id": 1,
@@ -645,7 +614,7 @@ async fn loras_apply_to_the_live_canvas() {
     .await
     .unwrap();
     let with = frame_rgb(&next_frame(&mut ws).await);
-    let (want, base) = (engine(Some(0.8)), engine(None));
+    let (want, base) = (engine_frame(&png, Some(0.8)), engine_frame(&png, None));
     let d = mean_abs_diff(&with, &want);
     assert!(
         d < 4.0,
