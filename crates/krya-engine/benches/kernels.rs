@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
+use candle_nn::Conv2dConfig;
 use krya_engine::kernels;
 
 /// The allocator and its setting that the `krya` binary uses (see its `main.rs`), so that
@@ -74,8 +74,7 @@ fn main() {
     // SAFETY: sets an allocator option (mi_option_purge_delay = -1: keep freed memory).
     unsafe { libmimalloc_sys::mi_option_set(15, -1) };
     let dev = Device::Cpu;
-    let vm = candle_nn::VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let vb = krya_engine::weights::random_var_builder(DType::F32, &dev);
     println!("threads: {}", rayon::current_num_threads());
 
     // 3×3 convolutions of the UNet's levels at 512² (latents 64², 32², 16², 8²), then of
@@ -94,12 +93,8 @@ fn main() {
             ..Default::default()
         };
         let ours = kernels::conv2d(c, c, 3, cfg, vb.pp(&name)).unwrap();
-        let w = vm.data().lock().unwrap()[&format!("{name}.weight")]
-            .as_tensor()
-            .clone();
-        let b = vm.data().lock().unwrap()[&format!("{name}.bias")]
-            .as_tensor()
-            .clone();
+        let w = ours.weight().unwrap();
+        let b = ours.bias().unwrap().clone();
         let theirs = candle_nn::Conv2d::new(w, Some(b), cfg);
         let x = Tensor::randn(0f32, 1.0, (1, c, s, s), &dev).unwrap();
         let flops = 18.0 * (c * c * s * s) as f64;

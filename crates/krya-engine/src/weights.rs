@@ -227,3 +227,53 @@ impl Weights {
         ))
     }
 }
+
+/// Random weights as `candle_nn::VarMap` draws them (each layer's own initialisation), but
+/// as plain tensors: a `VarMap`'s are `Var`s, which the kernels treat as part of a
+/// gradient's graph (training) and hand to candle's slower ops. For speed measurements.
+pub fn random_var_builder(dtype: DType, device: &Device) -> VarBuilder<'static> {
+    struct Random;
+    impl SimpleBackend for Random {
+        fn get(
+            &self,
+            s: Shape,
+            _: &str,
+            init: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            Ok(init.var(s, dtype, dev)?.as_detached_tensor())
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt())
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            false
+        }
+    }
+    VarBuilder::from_backend(Box::new(Random), dtype, device.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_weights_are_plain_tensors() {
+        let vb = random_var_builder(DType::F32, &Device::Cpu);
+        let l = candle_nn::linear(4, 3, vb.pp("x")).unwrap();
+        assert!(!l.weight().track_op() && !l.weight().is_variable());
+        let std = l
+            .weight()
+            .flatten_all()
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        assert!(std.to_scalar::<f32>().unwrap() > 0.0, "drawn, not zeros");
+    }
+}

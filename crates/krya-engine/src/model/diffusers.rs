@@ -274,10 +274,7 @@ pub struct RandomComponents {
 }
 
 pub fn load_random(dir: &Path, device: &Device, dtype: DType) -> Result<RandomComponents> {
-    let vb = || {
-        let vm = candle_nn::VarMap::new();
-        candle_nn::VarBuilder::from_varmap(&vm, dtype, device)
-    };
+    let vb = || crate::weights::random_var_builder(dtype, device);
     let unet_cfg_path = dir.join("unet/config.json");
     let unet = with_path(
         UNet2DConditionModel::new(
