@@ -30,7 +30,7 @@ def main():
     a = p.parse_args()
     out = Path(a.dir)
     (out / "unet").mkdir(parents=True, exist_ok=True)
-    unet = UNet2DConditionModel()  # SD 1.5's shapes
+    unet = UNet2DConditionModel(cross_attention_dim=768)  # SD 1.5's shapes
     (out / "unet/config.json").write_text(json.dumps(dict(unet.config), indent=1))
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian",
