@@ -921,6 +921,25 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // In a gradient's graph (training): one op, the engine's kernels forward, the input's
+        // gradient by the engine's transposed convolution (none for the frozen weight).
+        let c = &self.cfg;
+        let plain_weight = match &self.weight {
+            ConvWeight::Plain(w) => !w.track_op(),
+            ConvWeight::Packed { .. } => true,
+        };
+        if x.track_op()
+            && matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && plain_weight
+            && (c.groups, c.dilation) == (1, 1)
+            && !self.reflect
+        {
+            return x.contiguous()?.apply_op1(super::frozen::FrozenConv {
+                layer: self.clone(),
+                weight: self.weight()?,
+            });
+        }
         let fast = self.fast(x);
         // Reflection padding: in the direct 3×3 kernel's own padding, else padded first.
         let (_, _, h, w) = x.dims4()?;

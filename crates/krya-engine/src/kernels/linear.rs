@@ -81,7 +81,22 @@ pub fn linear_b(
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.frozen(x)?;
+        // In a gradient's graph (training): the frozen layer as one op with the engine's
+        // kernel forward and an input-only backward (no gradient for the frozen weight).
+        let y = if x.track_op()
+            && matches!(x.device(), candle_core::Device::Cpu)
+            && x.dtype() == candle_core::DType::F32
+            && !self.weight_t.track_op()
+        {
+            x.contiguous()?.apply_op1(super::frozen::FrozenLinear {
+                layer: Linear {
+                    lora: None,
+                    ..self.clone()
+                },
+            })?
+        } else {
+            self.frozen(x)?
+        };
         match &self.lora {
             None => Ok(y),
             Some(l) => {

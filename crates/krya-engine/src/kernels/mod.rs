@@ -84,6 +84,7 @@ pub mod winograd;
 
 mod attention;
 mod conv;
+mod frozen;
 mod linear;
 mod math;
 mod norm;
