@@ -222,6 +222,19 @@ pub fn attention(
     causal: bool,
     chunk_bytes: usize,
 ) -> candle_core::Result<Tensor> {
+    let cpu = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+    if (q.track_op() || k.track_op() || v.track_op()) && cpu(q) && cpu(k) && cpu(v) {
+        // Training: one recorded op, the kernel forward and a blocked backward.
+        return q.contiguous()?.apply_op3(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            super::frozen::AttentionOp {
+                heads,
+                scale,
+                causal,
+            },
+        );
+    }
     let (b, n, c) = q.dims3()?;
     let m = k.dim(1)?;
     let d = c / heads;

@@ -109,3 +109,95 @@ impl CustomOp1 for FrozenConv {
         }))
     }
 }
+
+/// Attention in a gradient's graph: the forward through the engine's kernel (no score
+/// matrix kept), the backward recomputing each block of queries' scores (FlashAttention's
+/// recipe): `P = softmax(q kᵀ·s)`, `dV = Pᵀ dO`, `dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O))`,
+/// `dQ = dS K·s`, `dK = dSᵀ Q·s`. Token-major `[b, n, heads·d]` as `attention` takes them.
+pub(crate) struct AttentionOp {
+    pub(crate) heads: usize,
+    pub(crate) scale: f64,
+    pub(crate) causal: bool,
+}
+
+impl candle_core::CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (input(s1, l1)?, input(s2, l2)?, input(s3, l3)?);
+        output(super::attention(
+            &q,
+            &k,
+            &v,
+            self.heads,
+            self.scale,
+            self.causal,
+            1 << 28,
+        )?)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, n, c) = q.dims3()?;
+        let m = k.dim(1)?;
+        let h = self.heads;
+        let d = c / h;
+        let split = |t: &Tensor, len: usize| -> candle_core::Result<Tensor> {
+            t.detach()
+                .reshape((b, len, h, d))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(q, n)?, split(k, m)?, split(v, m)?);
+        let (o, dout) = (split(o, n)?, split(grad, n)?);
+        // rowsum(dO ⊙ O) = rowsum(dP ⊙ P), per query.
+        let delta = (&dout * &o)?.sum_keepdim(3)?; // [b, h, n, 1]
+        let rows = ((256usize << 20) / (b * h * m * 4).max(1)).clamp(1, n);
+        let (mut dq, mut dk, mut dv) = (Vec::new(), k.zeros_like()?, v.zeros_like()?);
+        let kt = k.t()?.contiguous()?;
+        let vt = v.t()?.contiguous()?;
+        for start in (0..n).step_by(rows) {
+            let len = rows.min(n - start);
+            let qb = q.narrow(2, start, len)?;
+            let mut s = (qb.matmul(&kt)? * self.scale)?;
+            if self.causal {
+                let mask: Vec<f32> = (start..start + len)
+                    .flat_map(|i| (0..m).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+                    .collect();
+                s = s.broadcast_add(&Tensor::from_vec(mask, (len, m), q.device())?)?;
+            }
+            let p = candle_nn::ops::softmax_last_dim(&s)?;
+            let db = dout.narrow(2, start, len)?;
+            dv = (dv + p.t()?.matmul(&db)?)?;
+            let dp = db.matmul(&vt)?;
+            let ds = (p * dp.broadcast_sub(&delta.narrow(2, start, len)?)?)?;
+            dq.push((ds.matmul(&k)? * self.scale)?);
+            dk = (dk + (ds.t()?.matmul(&qb)? * self.scale)?)?;
+        }
+        let dq = Tensor::cat(&dq, 2)?;
+        let merge = |t: Tensor, len: usize| -> candle_core::Result<Tensor> {
+            t.transpose(1, 2)?.reshape((b, len, c))
+        };
+        Ok((
+            Some(merge(dq, n)?),
+            Some(merge(dk, m)?),
+            Some(merge(dv, m)?),
+        ))
+    }
+}
