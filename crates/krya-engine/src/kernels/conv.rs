@@ -937,7 +937,6 @@ impl Module for Conv2d {
         {
             return x.contiguous()?.apply_op1(super::frozen::FrozenConv {
                 layer: self.clone(),
-                weight: self.weight()?,
             });
         }
         let fast = self.fast(x);

@@ -51,9 +51,10 @@ impl CustomOp1 for FrozenLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        // y = x Wᵀ + b  ⇒  dx = dy W, with W `[out, in]` = (Wᵀ)ᵀ.
-        let w = self.layer.weight_t.t()?.contiguous()?;
-        let g = grad.detach();
+        // y = x Wᵀ + b  ⇒  dx = dy W = dy (Wᵀ)ᵀ: the stored `Wᵀ` read transposed, not
+        // copied.
+        let w = self.layer.weight_t.t()?;
+        let g = grad.detach().contiguous()?;
         let dims = g.dims().to_vec();
         let rows = g.elem_count() / dims[dims.len() - 1];
         let mut shape = dims.clone();
@@ -69,8 +70,6 @@ impl CustomOp1 for FrozenLinear {
 /// A frozen convolution (groups 1, dilation 1) as one recorded op.
 pub(crate) struct FrozenConv {
     pub(crate) layer: Conv2d,
-    /// `[out, in, k, k]`, unpacked once for the backward.
-    pub(crate) weight: Tensor,
 }
 
 impl CustomOp1 for FrozenConv {
@@ -95,12 +94,14 @@ impl CustomOp1 for FrozenConv {
         let c = &self.layer.cfg;
         let (_, _, h, w) = arg.dims4()?;
         let (_, _, oh, _) = grad.dims4()?;
-        let k = self.weight.dim(2)?;
+        // `[out, in, k, k]`, unpacked for the backward only.
+        let weight = self.layer.weight()?;
+        let k = weight.dim(2)?;
         // The transposed convolution gives back the input's size with this output padding.
         let made = (oh - 1) * c.stride + k;
         let op = (h + 2 * c.padding).saturating_sub(made);
         let g = grad.detach().contiguous()?;
-        let dx = conv_transpose2d(&g, &self.weight, None, c.stride, c.padding, op)?;
+        let dx = conv_transpose2d(&g, &weight, None, c.stride, c.padding, op)?;
         let (_, _, dh, dw) = dx.dims4()?;
         Ok(Some(if (dh, dw) == (h, w) {
             dx
