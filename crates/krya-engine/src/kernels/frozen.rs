@@ -7,7 +7,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
-use super::{Conv2d, Linear, conv_transpose2d};
+use super::{Conv2d, GroupNorm, Linear, conv_transpose2d};
 
 /// The input of a custom op (made contiguous before it) as an untracked tensor, so the
 /// layer takes its fast path.
@@ -200,5 +200,55 @@ impl candle_core::CustomOp3 for AttentionOp {
             Some(merge(dk, m)?),
             Some(merge(dv, m)?),
         ))
+    }
+}
+
+/// A frozen group norm in a gradient's graph: the kernel forward, and the input's gradient
+/// `(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)) / σ` per group, `dx̂ = dy·γ` (no gradient for γ, β).
+pub(crate) struct GroupNormOp {
+    pub(crate) norm: GroupNorm,
+}
+
+impl CustomOp1 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "frozen-group-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        output(self.norm.run(&input(storage, layout)?, false)?)
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let dims = arg.dims().to_vec();
+        let (b, c) = (dims[0], dims[1]);
+        let g = self.norm.groups;
+        let x = arg.detach().reshape((b, g, ()))?;
+        let mean = x.mean_keepdim(2)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(2)?;
+        let inv = (var + self.norm.eps)?.sqrt()?.recip()?;
+        let xhat = xc.broadcast_mul(&inv)?;
+        let mut wshape = vec![1; dims.len()];
+        wshape[1] = c;
+        let dxhat = grad
+            .detach()
+            .broadcast_mul(&self.norm.weight.reshape(wshape)?)?
+            .reshape((b, g, ()))?;
+        let m1 = dxhat.mean_keepdim(2)?;
+        let m2 = (&dxhat * &xhat)?.mean_keepdim(2)?;
+        let dx = dxhat
+            .broadcast_sub(&m1)?
+            .sub(&xhat.broadcast_mul(&m2)?)?
+            .broadcast_mul(&inv)?;
+        Ok(Some(dx.reshape(dims)?))
     }
 }

@@ -121,7 +121,19 @@ impl GroupNorm {
         let fast =
             cpu_f32(x) && cpu_f32(&self.weight) && dims.len() >= 2 && dims[1] % self.groups == 0;
         if !fast {
-            let y = self.inner.forward(x)?;
+            let frozen = x.track_op()
+                && matches!(x.device(), Device::Cpu)
+                && x.dtype() == DType::F32
+                && !self.weight.track_op()
+                && dims.len() >= 2
+                && dims[1] % self.groups == 0;
+            let y = if frozen {
+                // Training: one op, the kernel forward and its own backward.
+                x.contiguous()?
+                    .apply_op1(super::frozen::GroupNormOp { norm: self.clone() })?
+            } else {
+                self.inner.forward(x)?
+            };
             return if silu { y.silu() } else { Ok(y) };
         }
         let (b, c) = (dims[0], dims[1]);
