@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::{DType, Device, Tensor};
 use sha2::Digest;
 
 use super::lora::Trainable;
@@ -37,12 +38,7 @@ pub fn kohya_bytes(
     unet: &UNet2DConditionModel,
     meta: &Metadata,
 ) -> Result<Vec<u8>> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let bytes = |v: Vec<f32>| {
-        v.into_iter()
-            .flat_map(f32::to_le_bytes)
-            .collect::<Vec<u8>>()
-    };
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (path, b) in &trainable.layers {
         let module = if meta.family == "sdxl" {
             unet.ldm_name(path).ok_or_else(|| {
@@ -52,30 +48,16 @@ pub fn kohya_bytes(
             path.clone()
         };
         let key = format!("lora_unet_{}", module.replace('.', "_"));
-        for (suffix, t) in [
-            ("lora_down.weight", b.down.as_tensor()),
-            ("lora_up.weight", b.up.as_tensor()),
-        ] {
-            tensors.push((
-                format!("{key}.{suffix}"),
-                t.dims().to_vec(),
-                bytes(t.flatten_all()?.to_vec1::<f32>()?),
-            ));
-        }
+        tensors.push((
+            format!("{key}.lora_down.weight"),
+            b.down.as_tensor().clone(),
+        ));
+        tensors.push((format!("{key}.lora_up.weight"), b.up.as_tensor().clone()));
         tensors.push((
             format!("{key}.alpha"),
-            vec![],
-            bytes(vec![meta.alpha as f32]),
+            Tensor::new(meta.alpha as f32, &Device::Cpu)?,
         ));
     }
-    let views = tensors
-        .iter()
-        .map(|(k, shape, data)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .map(|v| (k.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| EngineError::InvalidInput(format!("cannot save the LoRA: {e}")))?;
     let (version, arch) = match (meta.family.as_str(), meta.v_prediction) {
         ("sdxl", _) => ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
         ("sd2", true) => ("sd_v2_v", "stable-diffusion-v2-768-v/lora"),
@@ -125,14 +107,56 @@ pub fn kohya_bytes(
         m.insert("modelspec.trigger_phrase".into(), t.clone());
     }
     // kohya's hash covers the tensors' bytes (the file after its header).
-    let body = safetensors::serialize(views.clone(), None)
-        .map_err(|e| EngineError::InvalidInput(format!("cannot save the LoRA: {e}")))?;
+    let body = safetensors_bytes(&tensors, None)?;
     let header = u64::from_le_bytes(body[..8].try_into().unwrap()) as usize;
     let hash = sha2::Sha256::digest(&body[8 + header..]);
     m.insert(
         "sshs_model_hash".into(),
         hash.iter().map(|b| format!("{b:02x}")).collect(),
     );
-    safetensors::serialize(views, Some(m))
-        .map_err(|e| EngineError::InvalidInput(format!("cannot save the LoRA: {e}")))
+    safetensors_bytes(&tensors, Some(m))
+}
+
+/// Tensors (f32 or u32) as a safetensors file's bytes, with string `metadata` (candle's own
+/// `safetensors::save` writes a file, without metadata).
+pub(crate) fn safetensors_bytes(
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let data = tensors
+        .iter()
+        .map(|(k, t)| {
+            let flat = t.flatten_all()?;
+            let (dtype, bytes): (_, Vec<u8>) = match t.dtype() {
+                DType::F32 => (
+                    safetensors::Dtype::F32,
+                    flat.to_vec1::<f32>()?
+                        .into_iter()
+                        .flat_map(f32::to_le_bytes)
+                        .collect(),
+                ),
+                DType::U32 => (
+                    safetensors::Dtype::U32,
+                    flat.to_vec1::<u32>()?
+                        .into_iter()
+                        .flat_map(u32::to_le_bytes)
+                        .collect(),
+                ),
+                other => return Err(crate::invalid!("cannot save a {other:?} tensor ({k})")),
+            };
+            Ok((k.clone(), t.dims().to_vec(), dtype, bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bad = |e: safetensors::SafeTensorError| {
+        EngineError::InvalidInput(format!("cannot write safetensors: {e}"))
+    };
+    let views = data
+        .iter()
+        .map(|(k, shape, dtype, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    safetensors::serialize(views, metadata).map_err(bad)
 }

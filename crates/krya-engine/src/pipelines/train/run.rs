@@ -75,12 +75,7 @@ impl Checkpoint {
             "step".into(),
             Tensor::new(&[self.step as u32], &Device::Cpu)?,
         ));
-        let map: std::collections::HashMap<String, Tensor> = t.into_iter().collect();
-        let dir = tempfile_path()?;
-        candle_core::safetensors::save(&map, &dir)?;
-        let bytes = std::fs::read(&dir).map_err(|e| EngineError::io(&dir, e))?;
-        let _ = std::fs::remove_file(&dir);
-        Ok(bytes)
+        super::export::safetensors_bytes(&t, None)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
@@ -120,17 +115,13 @@ impl Checkpoint {
     }
 }
 
-fn tempfile_path() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir();
-    let name = format!(
-        "krya-checkpoint-{}-{}.safetensors",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    Ok(dir.join(name))
+/// Standard normal draws of `dims` (the generator draws at least 16 values at a time).
+fn normals(rng: &mut TorchRng, dims: &[usize]) -> Result<Tensor> {
+    let n: usize = dims.iter().product();
+    Ok(rng
+        .randn(vec![n.max(16)], &Device::Cpu)?
+        .narrow(0, 0, n)?
+        .reshape(dims)?)
 }
 
 /// After each step.
@@ -263,9 +254,8 @@ pub fn train(
         return Err(crate::invalid!("training: no images"));
     }
     let f = model.vae_scale_factor();
-    // Latent sides of at least 8 (the UNet's downsamplings), pixel sides multiples of f·8.
-    let unit = (f * 8).min(plan.resolution.max(f * 8));
-    let sizes = buckets(plan.resolution, unit);
+    // Pixel sides multiples of f·8: latent sides multiples of 8 (the UNet's downsamplings).
+    let sizes = buckets(plan.resolution, f * 8);
     let scale = model.vae.config.scaling_factor;
     let shift = model.vae.config.shift_factor.unwrap_or(0.0);
     let mut prepared = Vec::with_capacity(examples.len());
@@ -365,12 +355,7 @@ pub fn train(
         let mut n = 0;
         for p in &prepared {
             for k in 0..5 {
-                let dims = p.latents.dims().to_vec();
-                let len: usize = dims.iter().product();
-                let noise = rng
-                    .randn(vec![len.max(16)], &Device::Cpu)?
-                    .narrow(0, 0, len)?
-                    .reshape(dims)?;
+                let noise = normals(&mut rng, p.latents.dims())?;
                 let t = (2 * k + 1) * timesteps / 10;
                 let batch = Batch {
                     latents: &p.latents,
@@ -403,16 +388,8 @@ pub fn train(
         let t = below(timesteps);
         let dropped = (below(1 << 20) as f64) < plan.caption_dropout * (1 << 20) as f64;
         let context = if dropped { &empty } else { &p.context };
-        let dims = p.latents.dims().to_vec();
-        let n: usize = dims.iter().product();
-        let noise = rng
-            .randn(vec![n.max(16)], &Device::Cpu)?
-            .narrow(0, 0, n)?
-            .reshape(dims.clone())?;
-        let offset = rng
-            .randn(vec![16], &Device::Cpu)?
-            .narrow(0, 0, dims[1])?
-            .reshape((1, dims[1], 1, 1))?;
+        let noise = normals(&mut rng, p.latents.dims())?;
+        let offset = normals(&mut rng, &[1, p.latents.dim(1)?, 1, 1])?;
         let batch = Batch {
             latents: &p.latents,
             context,
