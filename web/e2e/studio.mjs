@@ -802,6 +802,72 @@ try {
     await a.getByRole("img", { name: SKETCH, exact: true }).waitFor();
   });
 
+  await step("train: five images captioned and one caption edited; it learns (loss chart, samples); its LoRA generates in /image", async () => {
+    // Five small pictures, drawn by the browser.
+    const pngs = await a.evaluate(() =>
+      Array.from({ length: 5 }, (_, k) => {
+        const c = document.createElement("canvas");
+        c.width = 32 + 8 * (k % 3);
+        c.height = 32;
+        const x = c.getContext("2d");
+        x.fillStyle = `hsl(${k * 70}, 80%, 50%)`;
+        x.fillRect(0, 0, c.width, c.height);
+        x.fillStyle = "#fff";
+        x.fillRect(4 + k, 4, 12, 12);
+        return c.toDataURL("image/png").split(",")[1];
+      }),
+    );
+    const files = pngs.map((b64, k) => {
+      const f = join(shots, `train-${k}.png`);
+      writeFileSync(f, Buffer.from(b64, "base64"));
+      return f;
+    });
+    await a.goto("/train");
+    await a.getByLabel("Name", { exact: true }).fill("Squares");
+    await a.getByLabel("Trigger word", { exact: true }).fill("zkx");
+    await a.getByRole("group", { name: "What it learns" }).getByRole("button", { name: "Object" }).click();
+    await a.getByLabel("Training images", { exact: true }).setInputFiles(files);
+    await a.getByRole("img", { name: "Training image 5", exact: true }).waitFor();
+    // Each is captioned by the (tiny) captioning model; one caption is then edited.
+    await a.waitForFunction(() => {
+      const boxes = [...document.querySelectorAll('[data-testid="train-images"] textarea')];
+      return boxes.length === 5 && boxes.every((t) => t.value.length > 0);
+    });
+    await a.getByLabel("Caption 2", { exact: true }).fill("a white square on orange");
+    await shoot(a, "train-new", () => a.getByTestId("train-images").waitFor());
+    await a.getByRole("button", { name: "Advanced settings" }).click();
+    for (const [label, value] of [
+      ["Steps", "12"],
+      ["Rank", "4"],
+      ["Learning rate", "0.003"],
+      ["Resolution", "32"],
+    ]) {
+      await a.getByLabel(label, { exact: true }).fill(value);
+    }
+    await a.getByTestId("train-start").click();
+    await a.getByTestId("training").waitFor();
+    await a.getByText("Done: 12 steps").waitFor({ timeout: 120_000 });
+    const points = await a.getByTestId("loss-chart").getAttribute("data-points");
+    check(points === "12", `the loss chart has ${points} points`);
+    const sample = a.getByRole("img", { name: "Sample at step 12", exact: true });
+    await sample.waitFor();
+    await a.waitForFunction(() => document.querySelector('img[alt="Sample at step 12"]')?.naturalWidth === 32);
+    const t = await a.evaluate(async () => (await (await fetch("/api/train/models")).json()).items[0]);
+    check(t.params.images.length === 5 && t.params.images[1].caption === "a white square on orange", `the training's images: ${JSON.stringify(t.params.images)}`);
+    check(t.params.trigger === "zkx" && t.params.preset === "object" && t.params.steps === 12, `params: ${JSON.stringify(t.params)}`);
+    await shoot(a, "train", () => a.getByTestId("loss-chart").waitFor());
+    const lora = t.outputs.find((o) => o.kind === "lora").id;
+    await a.getByTestId("train-use").click();
+    await a.waitForURL("**/image");
+    await a.getByTestId(`lora-${lora}`).waitFor();
+    const prompt = "zkx, a square";
+    await a.getByLabel("Prompt", { exact: true }).fill(prompt);
+    await a.getByTestId("generate").click();
+    await a.waitForFunction((p) => document.querySelector('[data-testid="result-image"]')?.getAttribute("alt") === p, prompt, { timeout: 120_000 });
+    const g = await a.evaluate(async () => (await (await fetch("/api/generate/images")).json()).items[0]);
+    check(JSON.stringify(g.loras) === JSON.stringify([{ id: lora, weight: 1 }]), `loras: ${JSON.stringify(g.loras)}`);
+  });
+
   check(uncaught.length === 0, `uncaught errors in the page:\n${uncaught.join("\n")}`);
   console.log("the studio works end to end");
 } catch (e) {

@@ -50,8 +50,16 @@ export const TOOLS: Tool[] = [
     signedIn: true,
     page: lazy(() => import("./features/edit/EditPage")),
   },
-  // Video, 3D and Train join as they are built (menu "tools" for the ones that
-  // work on an image you have).
+  {
+    path: "/train",
+    menu: "tools",
+    label: "Train",
+    hint: "Teach a model your style, face or product",
+    signedIn: true,
+    page: lazy(() => import("./features/train/TrainPage")),
+  },
+  // Video and 3D join as they are built (menu "tools" for the ones that work on an
+  // image you have).
 ];
 
 /** The tool at `path`, if any. */

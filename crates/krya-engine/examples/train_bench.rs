@@ -60,6 +60,7 @@ fn main() -> krya_engine::Result<()> {
         noise: &noise,
         offset_noise: None,
         timesteps: &[500],
+        mask: None,
     };
     trainer.step(&unet, &batch)?; // warm-up
     let mut times = Vec::new();

@@ -234,8 +234,29 @@ fn training_matches_diffusers_and_peft_step_by_step() {
             noise: &noise,
             offset_noise: Some(&offset),
             timesteps: &timesteps,
+            mask: None,
         };
         if step == 0 {
+            // A mask weighs each latent pixel's error: all ones is no mask, and a mask and
+            // its complement split the loss in two.
+            let scalar = |mask: Option<&Tensor>| -> f32 {
+                let b = Batch { mask, ..batch };
+                trainer.loss(&u, &b).unwrap().to_scalar::<f32>().unwrap()
+            };
+            let (_, _, h, w) = latents.dims4().unwrap();
+            let left: Vec<f32> = (0..h * w)
+                .map(|i| if i % w < w / 2 { 1.0 } else { 0.0 })
+                .collect();
+            let left = Tensor::from_vec(left, (1, 1, h, w), &Device::Cpu).unwrap();
+            let ones = left.ones_like().unwrap();
+            let right = (&ones - &left).unwrap();
+            let full = scalar(None);
+            assert!((scalar(Some(&ones)) - full).abs() <= 1e-6 * full.abs());
+            let (a, b) = (scalar(Some(&left)), scalar(Some(&right)));
+            assert!(
+                a > 0.0 && b > 0.0 && ((a + b) - full).abs() < 1e-5 * full.abs(),
+                "{a} + {b} vs {full}"
+            );
             let (_, grads) = trainer.gradients(&u, &batch).unwrap();
             for (name, b) in &trained.layers {
                 for (what, v) in [("down", &b.down), ("up", &b.up)] {
@@ -377,14 +398,17 @@ fn pictures() -> Vec<krya_engine::pipelines::train::run::Example> {
         Example {
             image: pic(64, 32, 0),
             caption: "a red sofa".into(),
+            mask: None,
         },
         Example {
             image: pic(48, 64, 1),
             caption: "a cat".into(),
+            mask: None,
         },
         Example {
             image: pic(40, 40, 2),
             caption: "".into(),
+            mask: None,
         },
     ]
 }
@@ -527,6 +551,7 @@ fn a_longer_run_learns_its_images() {
     let examples = vec![Example {
         image: target,
         caption: "a cat".into(),
+        mask: None,
     }];
     let mut p = plan(80);
     p.recipe.lr = 1e-2;

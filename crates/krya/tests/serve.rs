@@ -122,6 +122,90 @@ fn server_killed_mid_job_finishes_it_after_restart() {
     assert_eq!(usage["credits_used_today"], 1);
 }
 
+/// A training whose server is killed with SIGKILL after a checkpoint goes on from that
+/// checkpoint when the server is back (its log says from which step), not from zero.
+#[test]
+fn server_killed_mid_training_goes_on_from_its_checkpoint() {
+    let data = data_dir();
+    let (server, base) = serve(data.path(), &[]);
+    let token = register(&base, "trainer@example.com");
+    let mut images = Vec::new();
+    for k in 0..2u32 {
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            image::Rgb([(x * 8) as u8, (y * 8) as u8, (k * 120) as u8])
+        });
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let mut r = agent()
+            .post(format!("{base}/api/assets"))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Content-Type", "image/png")
+            .send(&png[..])
+            .unwrap();
+        let a: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        images.push(json!({"id": a["id"], "caption": "a pattern"}));
+    }
+    let (s, sub) = call(
+        "POST",
+        &format!("{base}/api/train/model"),
+        Some(&token),
+        Some(
+            json!({"name": "Pattern", "model": "tiny", "images": images, "steps": 400,
+                    "rank": 2, "resolution": 32, "checkpoint_every": 5, "sample_every": 0, "seed": 1}),
+        ),
+    );
+    assert_eq!(s, 202, "{sub}");
+    let id = sub["id"].as_str().unwrap().to_string();
+    let get = |base: &str| {
+        call(
+            "GET",
+            &format!("{base}/api/train/model/{id}"),
+            Some(&token),
+            None,
+        )
+        .1
+    };
+    let t0 = Instant::now();
+    let seen = loop {
+        let t = get(&base);
+        if let Some(step) = t["training"]["checkpoint_step"].as_u64() {
+            break step;
+        }
+        assert!(
+            t["status"] != "completed" && t0.elapsed() < Duration::from_secs(120),
+            "{t}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(server); // SIGKILL
+
+    let (_server, base) = serve(data.path(), &[]);
+    let t0 = Instant::now();
+    let t = loop {
+        let t = get(&base);
+        if !["pending", "processing"].contains(&t["status"].as_str().unwrap()) {
+            break t;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "timed out: {t}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["attempts"], 2, "{t}");
+    let from = t["training"]["resumed_at"][0].as_u64().unwrap_or(0);
+    assert!(
+        from >= seen && from < 400,
+        "went on from {from} (a checkpoint at {seen} was seen): {t}"
+    );
+    assert_eq!(
+        t["training"]["resumed_at"].as_array().unwrap().len(),
+        1,
+        "{t}"
+    );
+    assert_eq!(t["training"]["losses"].as_array().unwrap().len(), 400);
+}
+
 #[test]
 fn workers_share_a_postgres_queue() {
     let schema = format!("krya_cli_{}_{}", std::process::id(), rand_suffix());

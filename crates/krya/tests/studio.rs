@@ -96,6 +96,11 @@ fn studio_end_to_end_in_chromium() {
         .join("../krya-engine/tests/golden/lora/turbo_kohya.safetensors")
         .to_string_lossy()
         .into();
+    // And a captioning model, which writes /train's captions: the tiny BLIP.
+    listed["blip"] = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../krya-engine/tests/golden/caption")
+        .to_string_lossy()
+        .into();
     // And the editor's object-removal and background-removal models: tiny LaMa and IS-Net.
     for (name, file) in [
         ("lama", "erase/lama.safetensors"),
@@ -140,6 +145,8 @@ fn studio_end_to_end_in_chromium() {
         "settings",
         "realtime",
         "edit",
+        "train-new",
+        "train",
     ] {
         for w in [1440, 390] {
             let f = shots.join(format!("{page}-{w}.png"));

@@ -24,6 +24,8 @@ import type {
   Session,
   Style,
   TileInfo,
+  TrainRequest,
+  Training,
   Usage,
   User,
   Versions,
@@ -262,6 +264,19 @@ export class ApiClient {
   versions = (assetId: string) => this.request<Versions>("GET", `/api/assets/${encodeURIComponent(assetId)}/versions`);
   edit = (req: EditRequest) => this.request<Job>("POST", "/api/edit/image", { json: req });
   editJob = (id: string) => this.request<Job>("GET", `/api/edit/${encodeURIComponent(id)}`);
+  cancelJob = (id: string) => this.request<Job>("POST", `/api/jobs/${encodeURIComponent(id)}/cancel`);
+  /** Captions an uploaded image (BLIP): a job whose output is the caption as text. */
+  caption = (image: string) => this.request<Job>("POST", "/api/caption", { json: { image } });
+  captionJob = (id: string) => this.request<Job>("GET", `/api/caption/${encodeURIComponent(id)}`);
+  /** The caption text of a completed caption job. */
+  captionText = async (url: string) => {
+    const r = await this.send("GET", url, {});
+    if (!r.ok) throw await errorFrom(r);
+    return r.text();
+  };
+  train = (req: TrainRequest) => this.request<Job>("POST", "/api/train/model", { json: req });
+  training = (id: string) => this.request<Training>("GET", `/api/train/model/${encodeURIComponent(id)}`);
+  trainings = (cursor?: string | null) => this.request<Page<Job>>("GET", "/api/train/models", { query: { cursor } });
   /** A mask for clicks (and a box) on an image (Segment Anything). */
   segment = (req: SegmentRequest) => this.request<SegmentResult>("POST", "/api/segment", { json: req });
   /** The shape of an output's tile pyramid (404 when it has none). */

@@ -268,6 +268,12 @@ export interface ErrorDetail {
   message: string;
 }
 
+/** The loss before and after, on the same fixed draws. */
+export interface EvalLoss {
+  before: number;
+  after: number;
+}
+
 /** Pixels added on each side (outpaint). */
 export interface ExtendPixels {
   left?: number;
@@ -533,6 +539,8 @@ export interface Model {
   fast: boolean;
   /** Added on this server rather than shipped. */
   local: boolean;
+  /** The caller's own: a LoRA they trained (its id is its asset's). */
+  own: boolean;
   /** Its files are on this server (else they are downloaded on first use). */
   installed: boolean;
   /** The download's size in bytes, where it is one file of known size. */
@@ -634,9 +642,22 @@ export interface NewReport {
   reason: string;
 }
 
+/** A training request, with what every job takes. */
+export type NewTraining = TrainRequest & ({
+  /** Told when the job ends (signed). */
+  webhook_url?: string | null;
+});
+
 export interface Patch {
   is_public?: boolean | null;
 }
+
+/**
+ * What is trained: each preset sets the rank, the steps, the learning rate, caption
+ * dropout and whether the loss is masked to the subject (kohya and ai-toolkit's usual
+ * values for SD 1.5).
+ */
+export type Preset = "person" | "product" | "style" | "object";
 
 /** An account's own profile: the user and what only they (and admins) see. */
 export type Profile = User & ({
@@ -834,6 +855,91 @@ export interface TileInfo {
    */
   levels: number;
 }
+
+/** One training image. */
+export interface TrainImage {
+  /** An uploaded image (`POST /api/assets`). */
+  id: string;
+  /** What it shows (`POST /api/caption` writes one); the trigger word goes before it. */
+  caption?: string;
+  /** An uploaded mask, white where the subject is: the loss counts only there. */
+  mask?: string | null;
+}
+
+/** A training request. Left out, the settings come from the preset and the base model. */
+export interface TrainRequest {
+  /** The LoRA's name in the library. */
+  name?: string;
+  preset?: Preset;
+  /** A word that calls up what was trained (`zkx person`), put before every caption. */
+  trigger?: string | null;
+  /** The base model (SD 1.x or 2.x; `GET /api/models?capability=txt2img`). */
+  model?: string | null;
+  /** 1 to 50 images, each with its caption. */
+  images?: TrainImage[];
+  steps?: number | null;
+  rank?: number | null;
+  learning_rate?: number | null;
+  /**
+   * The side of the square whose area the images are trained at (the model's own by
+   * default); other aspect ratios go to buckets of that area.
+   */
+  resolution?: number | null;
+  /**
+   * Counts the loss only on the subject: each image's `mask`, or one made by the
+   * background-removal model (`matte_model`). Person trainings do by default where
+   * such a model is installed.
+   */
+  masked_loss?: boolean | null;
+  matte_model?: string | null;
+  /** The prompt of the sample images (the trigger word goes before it). */
+  sample_prompt?: string | null;
+  /** A sample image every this many steps (0: none; default a fifth of the steps). */
+  sample_every?: number | null;
+  /**
+   * A checkpoint every this many steps (default a tenth of the steps): what a resumed
+   * training goes on from.
+   */
+  checkpoint_every?: number | null;
+  /** -1 or left out: random. */
+  seed?: number | null;
+  /**
+   * A cancelled or failed training of the caller's to go on from its last checkpoint,
+   * with its settings (the other fields are then left out).
+   */
+  resume_from?: string | null;
+  caption_dropout?: number | null;
+  family?: string | null;
+}
+
+/** Where a training stands. */
+export interface Training {
+  /** Each step's loss, from step 1. */
+  losses: number[];
+  /** The sample images so far (the fixed prompt and seed), oldest first. */
+  samples: TrainingSample[];
+  /** The steps its attempts went on from, after a crash or a resume. */
+  resumed_at: number[];
+  /** The step of its last checkpoint: where it would go on from. */
+  checkpoint_step?: number | null;
+  seconds_per_step?: number | null;
+  /** Seconds left at this pace (while running). */
+  eta_seconds?: number | null;
+  eval_loss?: EvalLoss | null;
+  /** The trained LoRA's id once done: usable at once in `loras` and `<lora:ID:1>`. */
+  lora?: string | null;
+}
+
+/** A sample image of a training. */
+export interface TrainingSample {
+  step: number;
+  url: string;
+}
+
+/** A training job with its progress. */
+export type TrainingView = JobView & {
+  training: Training;
+};
 
 /** An upload as a form: the image in the field `file`. */
 export interface UploadForm {

@@ -35,6 +35,9 @@ export type TileInfo = S.TileInfo;
 export type Progress = S.Progress;
 export type Account = S.AccountView;
 export type ReportedItem = Omit<S.ReportedItem, "item"> & { item: FeedItem };
+export type TrainRequest = S.TrainRequest;
+export type Preset = S.Preset;
+export type Training = Omit<S.TrainingView, "status"> & { status: GenerationStatus };
 export type ReportList = { items: ReportedItem[] };
 
 export interface Page<T> {

@@ -216,7 +216,13 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
             ),
         ));
     }
-    crate::tasks::lora::check(&models, entry, &prompt, &r.loras)?;
+    let mut with_own = models.clone();
+    with_own.extend(
+        crate::tasks::lora::own_entries(&state.services(), &user.id)
+            .await
+            .map_err(crate::infra::error::internal)?,
+    );
+    crate::tasks::lora::check(&with_own, entry, &prompt, &r.loras)?;
     let dims = |v: Option<u32>, field: &str| -> Result<Option<u32>, ApiError> {
         match v {
             Some(x) if !(8..=2048).contains(&x) || x % 8 != 0 => {

@@ -50,6 +50,8 @@ pub struct Model {
     pub fast: bool,
     /// Added on this server rather than shipped.
     pub local: bool,
+    /// The caller's own: a LoRA they trained (its id is its asset's).
+    pub own: bool,
     /// Its files are on this server (else they are downloaded on first use).
     pub installed: bool,
     /// The download's size in bytes, where it is one file of known size.
@@ -92,13 +94,21 @@ pub async fn models(
         let names: Vec<_> = Capability::ALL.iter().map(|c| c.name()).collect();
         invalid("capability", format!("must be one of {}", names.join(", ")))
     })?;
-    let admin = match auth::optional_user(&state, &headers).await? {
-        Some(u) => u.is_admin,
-        None => false,
+    let user = auth::optional_user(&state, &headers).await?;
+    let admin = user.as_ref().is_some_and(|u| u.is_admin);
+    // The caller's own trained LoRAs first, then what the server offers.
+    let own = match &user {
+        Some(u) if q.capability.is_none_or(|c| c == Capability::Lora) => {
+            crate::tasks::lora::own_entries(&state.services(), &u.id)
+                .await
+                .map_err(internal)?
+        }
+        _ => Vec::new(),
     };
-    let models = offered(&state)
-        .await?
+    let own_ids: Vec<String> = own.iter().map(|m| m.id.clone()).collect();
+    let models = own
         .into_iter()
+        .chain(offered(&state).await?)
         .filter(|m| q.capability.is_none_or(|c| m.capabilities.contains(&c)))
         .map(|m| {
             let base = m.resolution.unwrap_or(512);
@@ -114,6 +124,7 @@ pub async fn models(
                         })
                     })
                     .collect(),
+                own: own_ids.contains(&m.id),
                 source: admin.then_some(m.source),
                 id: m.id,
                 name: m.name,

@@ -277,20 +277,20 @@ pub async fn get_one(
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     /// Only jobs of this kind.
-    kind: Option<String>,
+    pub(crate) kind: Option<String>,
     /// Only jobs with this status.
     #[param(pattern = "^(pending|processing|completed|failed|cancelled)$")]
-    status: Option<String>,
+    pub(crate) status: Option<String>,
     /// Only jobs with this model.
-    model: Option<String>,
+    pub(crate) model: Option<String>,
     /// Only jobs whose prompt contains this (case-insensitive for ASCII letters).
     #[param(max_length = 200)]
-    q: Option<String>,
+    pub(crate) q: Option<String>,
     /// 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
-    limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
     /// `next_cursor` of the page before.
-    cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 #[derive(serde::Serialize, ToSchema)]

@@ -28,7 +28,15 @@ where
         refuse(&mut sink, out_of_credits(), CLOSE_NO_CREDITS, "no credits").await;
         return;
     }
+    // The user's own LoRAs, for the canvas's `loras` (one trained meanwhile: reconnect).
+    let own = crate::tasks::lora::own_entries(&state.services(), &user_id)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("reading the user's LoRAs: {e}");
+            Vec::new()
+        });
     let (session, mut control) = Session::new(user_id);
+    *session.own_loras.lock().unwrap() = own;
     if !hub.register(&session) {
         let e = ProtocolError::new(
             "too-many-sessions",

@@ -131,6 +131,8 @@ pub struct Session {
     /// The engine stream (model, TAESD, cached prompt); render and loader threads only.
     stream: Mutex<Option<EngineStream>>,
     stream_loras: Mutex<Vec<LoraRef>>,
+    /// The user's own trained LoRAs (`lora::own_entries`), read when the canvas opens.
+    pub(crate) own_loras: Mutex<Vec<crate::persistence::registry::ModelEntry>>,
 }
 
 impl Session {
@@ -148,6 +150,7 @@ impl Session {
             rendered_us: AtomicU64::new(0),
             stream: Mutex::new(None),
             stream_loras: Mutex::new(Vec::new()),
+            own_loras: Mutex::new(Vec::new()),
         });
         (session, rx)
     }
@@ -492,6 +495,7 @@ impl Hub {
         &self,
         model_id: Option<&str>,
         loras: &[LoraRef],
+        own: &[crate::persistence::registry::ModelEntry],
     ) -> Result<(EngineStream, Option<String>), ProtocolError> {
         let entry = self.model_entry(model_id)?;
         let unavailable = |e: EngineError| match e {
@@ -499,8 +503,9 @@ impl Hub {
             e => ProtocolError::new("model-unavailable", format!("model {}: {e}", entry.id)),
         };
         if !loras.is_empty() {
-            let models = registry::list(&self.data_dir, &self.local_models)
+            let mut models = registry::list(&self.data_dir, &self.local_models)
                 .map_err(|e| ProtocolError::new("internal", e))?;
+            models.extend_from_slice(own);
             let ids: Vec<lora::LoraRef> = loras.to_vec();
             lora::check(&models, &entry, "", &ids)
                 .map_err(|e| ProtocolError::new("invalid-input", e.message))?;
@@ -510,6 +515,7 @@ impl Hub {
             m,
             &entry,
             loras,
+            own,
             &self.cache,
             &self.data_dir,
             &self.local_models,
@@ -558,7 +564,12 @@ impl Hub {
         let (hub, s) = (self.clone(), session.clone());
         std::thread::spawn(move || {
             let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                hub.open_stream(model_id.as_deref(), &loras)
+                let own = s
+                    .own_loras
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                hub.open_stream(model_id.as_deref(), &loras, &own)
             }))
             .unwrap_or_else(|_| Err(ProtocolError::new("internal", "loading the model failed")));
             let (failed, notice) = match opened {

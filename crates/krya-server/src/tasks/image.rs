@@ -95,10 +95,16 @@ impl Task for ImageTask {
             ctx.cancel.clone(),
             ctx.progress(),
         );
+        let own_loras = match crate::tasks::lora::own_entries(&ctx.services, &ctx.job.user_id).await
+        {
+            Ok(v) => v,
+            Err(e) => return Outcome::Retry(e),
+        };
         let models = Models {
             data_dir: ctx.services.data_dir.clone(),
             local: ctx.services.local_models.clone(),
             mirror: ctx.services.model_mirror.clone(),
+            own_loras,
         };
         let result = tokio::task::spawn_blocking(move || {
             run_engine(&g, &entry, inputs, &cache, &models, &cancel, progress)
@@ -291,6 +297,8 @@ pub(crate) struct Models {
     pub data_dir: std::path::PathBuf,
     pub local: std::collections::BTreeMap<String, String>,
     pub mirror: String,
+    /// The user's own LoRAs (`lora::own_entries`).
+    pub own_loras: Vec<registry::ModelEntry>,
 }
 
 fn run_engine(
@@ -320,6 +328,7 @@ fn run_engine(
         load_model(entry, cache)?,
         entry,
         &loras,
+        &models.own_loras,
         cache,
         &models.data_dir,
         &models.local,

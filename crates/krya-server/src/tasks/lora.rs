@@ -134,11 +134,59 @@ pub fn check(
     Ok(())
 }
 
-/// `base` with `loras` merged, through the model cache; `base` itself without any.
+/// The LoRAs `user_id` trained (`tasks::train`), as entries of capability `lora` named by
+/// their asset ids, each file copied once out of blob storage to `DATA_DIR/loras/` (assets
+/// never change, so a copy stays good) for the engine to read.
+pub(crate) async fn own_entries(
+    services: &super::Services,
+    user_id: &str,
+) -> Result<Vec<ModelEntry>, String> {
+    let rows = super::train::user_loras(&services.db, user_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let dir = services.data_dir.join("loras");
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, name, family, key) in rows {
+        let path = dir.join(format!("{id}.safetensors"));
+        if !path.is_file() {
+            let bytes = services
+                .blobs
+                .get(&key)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("LoRA {id}: its file is missing"))?;
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            let part = dir.join(format!("{id}.part-{}", crate::infra::ids::random_id()));
+            tokio::fs::write(&part, bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::fs::rename(&part, &path)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        out.push(ModelEntry {
+            id,
+            name,
+            source: path.display().to_string(),
+            family,
+            installed: true,
+            capabilities: vec![Capability::Lora],
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+/// `base` with `loras` merged, through the model cache; `base` itself without any. A LoRA
+/// is one of the user's own (`own`, from [`own_entries`]) or one the server offers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn with_loras(
     base: Arc<StableDiffusion>,
     base_entry: &ModelEntry,
     loras: &[LoraRef],
+    own: &[ModelEntry],
     cache: &ModelCache,
     data_dir: &Path,
     local: &BTreeMap<String, String>,
@@ -150,8 +198,11 @@ pub(crate) fn with_loras(
     let mut files = Vec::with_capacity(loras.len());
     let mut key = format!("{}+lora", base_entry.source);
     for l in loras {
-        let entry = registry::find(data_dir, local, &l.id)
-            .map_err(EngineError::InvalidInput)?
+        let entry = match own.iter().find(|e| e.id == l.id) {
+            Some(e) => Some(e.clone()),
+            None => registry::find(data_dir, local, &l.id).map_err(EngineError::InvalidInput)?,
+        };
+        let entry = entry
             .filter(|e| e.capabilities.contains(&Capability::Lora))
             .ok_or_else(|| {
                 EngineError::InvalidInput(format!("LoRA {:?} is no longer offered here", l.id))

@@ -16,6 +16,7 @@ pub mod enhance;
 pub mod image;
 pub mod lora;
 pub mod runner;
+pub mod train;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -101,6 +102,13 @@ pub fn tiles_key(key: &str) -> String {
         _ => key,
     };
     format!("{stem}-tiles.bin")
+}
+
+/// Where a kind keeps what outlives an attempt (a training's checkpoint, loss log and
+/// samples): under its `blob_prefix`, so deleting the job deletes it, but kept when an
+/// interrupted attempt's files are cleared.
+pub fn state_prefix(task: &dyn Task, job: &Job) -> String {
+    format!("{}state/", task.blob_prefix(job))
 }
 
 /// An output's file: in memory, or (large ones) a temporary file stored a part at a time
@@ -605,5 +613,6 @@ pub fn builtin() -> Registry {
         .with(enhance::EnhanceTask)
         .with(edit::EditTask)
         .with(caption::CaptionTask)
+        .with(train::TrainTask)
         .with(webhook::WebhookTask)
 }

@@ -167,7 +167,9 @@ impl Runner {
         let prefix = task.blob_prefix(&job);
         let mine = format!("{prefix}a{}-", job.attempt);
         if job.attempt > 1 {
-            // What an interrupted attempt left behind.
+            // What an interrupted attempt left behind (but the kind's state, which its
+            // next attempt goes on from: a training's checkpoint).
+            let state = crate::tasks::state_prefix(&*task, &job);
             for key in self
                 .services
                 .blobs
@@ -175,7 +177,7 @@ impl Runner {
                 .await
                 .map_err(|e| e.to_string())?
             {
-                if !key.starts_with(&mine) {
+                if !key.starts_with(&mine) && !key.starts_with(&state) {
                     self.services
                         .blobs
                         .delete(&key)

@@ -104,14 +104,14 @@ impl Task for Echo {
 }
 
 /// Long work in a slot of its own: runs until the test lets it end.
-pub struct Train;
+pub struct Long;
 
-pub static TRAIN_MAY_END: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub static LONG_MAY_END: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[async_trait::async_trait]
-impl Task for Train {
+impl Task for Long {
     fn kind(&self) -> &'static str {
-        "train"
+        "long"
     }
 
     fn slot(&self) -> Slot {
@@ -127,7 +127,7 @@ impl Task for Train {
     }
 
     async fn run(&self, ctx: RunContext) -> Outcome {
-        while !TRAIN_MAY_END.load(std::sync::atomic::Ordering::SeqCst) {
+        while !LONG_MAY_END.load(std::sync::atomic::Ordering::SeqCst) {
             if ctx.cancel.is_cancelled() {
                 return Outcome::Cancelled;
             }
@@ -175,6 +175,6 @@ impl Task for Wait {
 pub fn tasks() -> Registry {
     krya_server::tasks::builtin()
         .with(Echo)
-        .with(Train)
+        .with(Long)
         .with(Wait)
 }

@@ -12,6 +12,7 @@ mod edit;
 mod enhance;
 mod kinds;
 mod moderation;
+mod train;
 
 use std::time::Duration;
 
@@ -82,7 +83,7 @@ fn life_of_a_job(s: &Server) {
         ),
         (
             json!({"kind": "teleport", "params": {}}),
-            "kind: must be one of caption, echo, edit, enhance, image, train, wait",
+            "kind: must be one of caption, echo, edit, enhance, image, long, train, wait",
         ),
         (json!({"kind": "webhook", "params": {}}), "kind"),
         (json!({"kind": "image", "params": {"prompt": "x"}}), "kind"),
@@ -312,7 +313,7 @@ fn life_of_a_job(s: &Server) {
     assert_eq!(
         c.get("/api/jobs/kinds").1["kinds"],
         json!([
-            "caption", "echo", "edit", "enhance", "image", "train", "wait"
+            "caption", "echo", "edit", "enhance", "image", "long", "train", "wait"
         ])
     );
     let (_, echoes) = c.get("/api/jobs?kind=echo&status=completed");
@@ -552,7 +553,7 @@ fn slots_keep_long_and_waiting_work_apart() {
     let s = start(config(dir.path()), dir);
     let c = Client::register(&s.base, "slots@example.com");
     let (asset, _) = upload(&c);
-    let (st, train) = c.post("/api/jobs", json!({"kind": "train", "params": {}}));
+    let (st, train) = c.post("/api/jobs", json!({"kind": "long", "params": {}}));
     assert_eq!(st, 202, "{train}");
     let train = train["id"].as_str().unwrap().to_string();
     c.wait_until(&format!("/api/jobs/{train}"), |j| {
@@ -583,7 +584,7 @@ fn slots_keep_long_and_waiting_work_apart() {
         last_start < first_end,
         "the waiting jobs ran one after another"
     );
-    TRAIN_MAY_END.store(true, std::sync::atomic::Ordering::SeqCst);
+    LONG_MAY_END.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(c.wait_job(&train)["status"], "completed");
 }
 

@@ -507,10 +507,16 @@ export default function ImagePage() {
   const remix = query.get("remix");
   const reuse = query.get("reuse");
   const openId = query.get("open");
+  const lora = query.get("lora");
   useEffect(() => {
     const g = generate.getState();
     void (async () => {
-      if (!g.optionsLoaded || g.optionsError) await g.loadOptions();
+      // A LoRA to start with (from /train: one just trained, so the lists are read again).
+      if (!g.optionsLoaded || g.optionsError || lora) await g.loadOptions();
+      if (lora) {
+        if (generate.getState().loras.some((l) => l.id === lora)) g.addLora(lora);
+        navigate("/image", { replace: true });
+      }
       try {
         if (remix) g.prefillRemix(await api.feedItem(remix));
         else if (reuse) {
@@ -523,7 +529,7 @@ export default function ImagePage() {
       }
       if (remix || reuse || openId) navigate("/image", { replace: true });
     })();
-  }, [remix, reuse, openId]);
+  }, [remix, reuse, openId, lora]);
   const history = use(generate, (s) => s.order);
   const live = use(events, (s) => s.status);
   const running = use(generate, (s) => Object.values(s.jobs).some(isActive));

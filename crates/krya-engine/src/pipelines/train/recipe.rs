@@ -69,6 +69,9 @@ pub struct Batch<'a> {
     /// `[b, c, 1, 1]` standard normal draws for the noise offset.
     pub offset_noise: Option<&'a Tensor>,
     pub timesteps: &'a [usize],
+    /// `[b, 1, h, w]` weights in 0..=1 at the latents' size: the loss counts each latent
+    /// pixel by its weight (kohya's masked loss: a person's subject, not the background).
+    pub mask: Option<&'a Tensor>,
 }
 
 /// AdamW's running moments, one pair per trainable tensor (saved in checkpoints, so a
@@ -162,7 +165,12 @@ impl Trainer {
             dev,
         )?;
         let pred = unet.forward_timesteps(&noisy, &t, batch.context, None, None)?;
-        let per = (pred - target)?.sqr()?.flatten_from(1)?.mean(1)?; // [b]
+        let err = (pred - target)?.sqr()?;
+        let err = match batch.mask {
+            Some(m) => err.broadcast_mul(m)?,
+            None => err,
+        };
+        let per = err.flatten_from(1)?.mean(1)?; // [b]
         let per = match self.recipe.snr_gamma {
             None => per,
             Some(gamma) => {

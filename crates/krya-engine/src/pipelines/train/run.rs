@@ -25,6 +25,9 @@ use crate::{CancelToken, EngineError, GenerateRequest, Result};
 pub struct Example {
     pub image: RgbImage,
     pub caption: String,
+    /// Where the subject is (white) in the image: the loss counts only it (a person's
+    /// photos without their backgrounds). Any size; it is fitted to the image's bucket.
+    pub mask: Option<image::GrayImage>,
 }
 
 /// What a run does.
@@ -182,11 +185,38 @@ fn cover(img: &RgbImage, w: usize, h: usize) -> RgbImage {
     .to_image()
 }
 
-/// A prepared example: its bucket, its latents, its caption's states.
+/// A prepared example: its bucket, its latents, its caption's states, its loss mask.
 struct Prepared {
     bucket: (usize, usize),
     latents: Tensor,
     context: Tensor,
+    mask: Option<Tensor>,
+}
+
+/// A mask (the image's size) fitted to the bucket `(w, h)` like its image, then averaged over
+/// each latent pixel's area (kohya: `interpolate(mode="area")`): `[1, 1, h/f, w/f]` in 0..=1.
+fn latent_mask(
+    mask: &image::GrayImage,
+    (w, h): (usize, usize),
+    latents: &[usize],
+) -> Result<Tensor> {
+    let (lh, lw) = (latents[2], latents[3]);
+    let rgb = image::DynamicImage::ImageLuma8(mask.clone()).to_rgb8();
+    let fitted = cover(&rgb, w, h);
+    let (fy, fx) = (h / lh, w / lw);
+    let mut out = vec![0f32; lh * lw];
+    for (y, row) in out.chunks_mut(lw).enumerate() {
+        for (x, o) in row.iter_mut().enumerate() {
+            let mut sum = 0u32;
+            for dy in 0..fy {
+                for dx in 0..fx {
+                    sum += fitted.get_pixel((x * fx + dx) as u32, (y * fy + dy) as u32)[0] as u32;
+                }
+            }
+            *o = sum as f32 / (255 * fx * fy) as f32;
+        }
+    }
+    Ok(Tensor::from_vec(out, (1, 1, lh, lw), &Device::Cpu)?)
 }
 
 fn caption_of(plan: &Plan, caption: &str) -> String {
@@ -268,10 +298,23 @@ pub fn train(
         let (mean, _) = model.vae.encode(&pixels)?;
         let latents = ((mean - shift)? * scale)?.to_dtype(DType::F32)?;
         let (context, _) = model.encode_prompts(&[&caption_of(plan, &ex.caption)], 0)?;
+        let mask = match &ex.mask {
+            Some(m) => {
+                let (iw, ih) = ex.image.dimensions();
+                let m = if m.dimensions() == (iw, ih) {
+                    m.clone()
+                } else {
+                    image::imageops::resize(m, iw, ih, image::imageops::FilterType::Triangle)
+                };
+                Some(latent_mask(&m, (w, h), latents.dims())?)
+            }
+            None => None,
+        };
         prepared.push(Prepared {
             bucket: (w, h),
             latents,
             context: context.to_dtype(DType::F32)?,
+            mask,
         });
     }
     let (empty, _) = model.encode_prompts(&[""], 0)?;
@@ -363,6 +406,7 @@ pub fn train(
                     noise: &noise,
                     offset_noise: None,
                     timesteps: &[t],
+                    mask: p.mask.as_ref(),
                 };
                 sum += trainer.loss(unet, &batch)?.detach().to_scalar::<f32>()?;
                 n += 1;
@@ -396,6 +440,7 @@ pub fn train(
             noise: &noise,
             offset_noise: Some(&offset),
             timesteps: &[t],
+            mask: p.mask.as_ref(),
         };
         let loss = trainer.step(&unet, &batch)?;
         losses.push(loss);
@@ -425,7 +470,8 @@ pub fn train(
     })
 }
 
-/// An image from the model with the LoRA as it stands merged (the fixed prompt and seed).
+/// An image from the model with the LoRA as it stands merged (the fixed prompt and seed, at
+/// the training's resolution).
 pub fn sample(
     model: &StableDiffusion,
     trainable: &Trainable,
@@ -444,6 +490,9 @@ pub fn sample(
     let out = merged.generate(
         &GenerateRequest {
             prompt: caption_of(plan, &plan.sample_prompt),
+            // At the size it trains at (a square of a multiple of 8).
+            width: Some((plan.resolution / 8).max(1) * 8),
+            height: Some((plan.resolution / 8).max(1) * 8),
             steps: Some(plan.sample_steps.max(1)),
             seed: plan.seed,
             preview_every: 0,
@@ -456,4 +505,36 @@ pub fn sample(
         .into_iter()
         .next()
         .ok_or_else(|| crate::invalid!("no sample image"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mask is fitted to the bucket as its image is, then averaged over each latent
+    /// pixel's area.
+    #[test]
+    fn masks_fit_the_bucket_and_average_per_latent_pixel() {
+        // The left half white, on a 2:1 image cropped to a square bucket: the centre crop
+        // keeps its middle half, so the left half of the crop is white.
+        let m =
+            image::GrayImage::from_fn(64, 32, |x, _| image::Luma([if x < 32 { 255 } else { 0 }]));
+        let t = latent_mask(&m, (32, 32), &[1, 4, 4, 4]).unwrap();
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let want = [1.0, 1.0, 0.0, 0.0];
+        assert!(
+            v[..4].iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-3),
+            "{v:?}"
+        );
+        assert_eq!(t.dims(), &[1, 1, 4, 4]);
+        // A latent pixel half covered counts half.
+        let m = image::GrayImage::from_fn(8, 8, |x, _| image::Luma([if x < 3 { 255 } else { 0 }]));
+        let v: Vec<f32> = latent_mask(&m, (8, 8), &[1, 4, 2, 2])
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!((v[0] - 0.75).abs() < 1e-3 && v[1].abs() < 1e-3, "{v:?}");
+    }
 }

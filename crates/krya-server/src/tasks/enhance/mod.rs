@@ -300,8 +300,13 @@ impl Task for EnhanceTask {
             r.seed = Some(job_seed(r.seed)?);
             // The model is fixed now, so a retry re-draws with the same one.
             let entry = diffusion_source(services, r.diffusion_model.as_deref())?;
-            let offered = registry::list(&services.data_dir, &services.local_models)
+            let mut offered = registry::list(&services.data_dir, &services.local_models)
                 .map_err(crate::infra::error::internal)?;
+            offered.extend(
+                crate::tasks::lora::own_entries(services, user_id)
+                    .await
+                    .map_err(crate::infra::error::internal)?,
+            );
             crate::tasks::lora::check(
                 &offered,
                 &entry,
@@ -390,6 +395,14 @@ impl Task for EnhanceTask {
             }
             _ => None,
         };
+        let own_loras = if diffusion.is_some() {
+            match crate::tasks::lora::own_entries(&ctx.services, &ctx.job.user_id).await {
+                Ok(v) => v,
+                Err(e) => return Outcome::Retry(e),
+            }
+        } else {
+            Vec::new()
+        };
         let cache = ctx.services.cache.clone();
         let data_dir = ctx.services.data_dir.clone();
         let local = ctx.services.local_models.clone();
@@ -466,6 +479,7 @@ impl Task for EnhanceTask {
                             crate::tasks::image::load_model(entry, &cache)?,
                             entry,
                             &loras,
+                            &own_loras,
                             &cache,
                             &data_dir,
                             &local,
