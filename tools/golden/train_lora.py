@@ -12,7 +12,8 @@ Every random draw is exported (research note §10): `init.{layer}.down/up` (B no
 step one tests something), `step{k}.latents`, `.context`, `.noise`, `.offset_noise`,
 `.timesteps`; and the reference: `alphas_cumprod`, `loss` per step, `grad0.{layer}.down/up`
 (step one's gradients, before clipping) and `final.{layer}.down/up` after ten steps.
-Plain PyTorch, fp32, deterministic algorithms; no accelerate.
+Then the same with the text encoder trained too (`reference_te.safetensors`, see
+`text_encoder_too`). Plain PyTorch, fp32, deterministic algorithms; no accelerate.
 """
 import json
 import shutil
@@ -94,6 +95,86 @@ def main():
     data["loss"] = torch.tensor(losses, dtype=torch.float64)
     save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / "reference.safetensors"))
     (OUT / "recipe.json").write_text(json.dumps(RECIPE, indent=1))
+    text_encoder_too()
+
+
+TE_RECIPE = dict(RECIPE, te_lr=5e-4, te_targets=["q_proj", "k_proj", "v_proj", "out_proj"], tokens=77)
+
+
+def te_name(name):
+    """transformers' module name as Krya names the layer (`text_model.encoder.layers.0…`)."""
+    name = name.removeprefix("text_model.")
+    return f"text_model.{name}"
+
+
+def text_encoder_too():
+    """The same recipe with a LoRA on the text encoder as well (diffusers' `--train_text_encoder`:
+    its own learning rate, one optimiser, the gradients of both clipped together): each step's
+    text states come from the text encoder with its LoRA, on random token ids. Writes
+    `reference_te.safetensors` (`te_init.*`, `te_final.*` for the text encoder's layers,
+    `step{k}.ids`) and `recipe_te.json`."""
+    from peft import inject_adapter_in_model
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(GOLDEN / "sd1/unet")).train()
+    te = CLIPTextModel.from_pretrained(str(GOLDEN / "sd1/text_encoder")).train()
+    noise_scheduler = DDPMScheduler.from_pretrained(str(GOLDEN / "sd1/scheduler"))
+    unet.requires_grad_(False)
+    te.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights=False, target_modules=RECIPE["targets"]))
+    te = inject_adapter_in_model(
+        LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights=False, target_modules=TE_RECIPE["te_targets"]), te)
+    g = torch.Generator().manual_seed(12)
+    data = {}
+    lora, te_lora = {}, {}
+    for model, prefix, out, rename in ((unet, "init", lora, str), (te, "te_init", te_lora, te_name)):
+        for name, m in model.named_modules():
+            if hasattr(m, "lora_A") and "default" in m.lora_A:
+                a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+                with torch.no_grad():
+                    a.copy_(torch.randn(a.shape, generator=g) / a.shape[1] ** 0.5)
+                    b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+                a.requires_grad_(True)
+                b.requires_grad_(True)
+                key = rename(name)
+                data[f"{prefix}.{key}.down"], data[f"{prefix}.{key}.up"] = a.detach().clone(), b.detach().clone()
+                out[key] = (a, b)
+    unet_params = [p for ab in lora.values() for p in ab]
+    te_params = [p for ab in te_lora.values() for p in ab]
+    assert len(te_lora) == 4 * te.config.num_hidden_layers
+    opt = torch.optim.AdamW([{"params": unet_params}, {"params": te_params, "lr": TE_RECIPE["te_lr"]}],
+                            lr=RECIPE["lr"], betas=RECIPE["betas"], weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])
+    sched = get_scheduler("constant_with_warmup", optimizer=opt, num_warmup_steps=RECIPE["warmup"])
+    losses = []
+    for step in range(STEPS):
+        latents = torch.randn(BATCH, 4, 8, 8, generator=g)
+        ids = torch.randint(0, te.config.vocab_size, (BATCH, TE_RECIPE["tokens"]), generator=g)
+        noise = torch.randn(BATCH, 4, 8, 8, generator=g)
+        offset_noise = torch.randn(BATCH, 4, 1, 1, generator=g)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (BATCH,), generator=g)
+        for k, v in dict(latents=latents, ids=ids.to(torch.int64), noise=noise, offset_noise=offset_noise,
+                         timesteps=timesteps.to(torch.int64)).items():
+            data[f"step{step}.{k}"] = v
+        context = te(ids).last_hidden_state
+        noise = noise + RECIPE["noise_offset"] * offset_noise
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = unet(noisy, timesteps, context).sample
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.stack([snr, RECIPE["snr_gamma"] * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
+        loss = (F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3]) * weights).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet_params + te_params, RECIPE["max_grad_norm"])
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        print("te", step, loss.item())
+    for prefix, layers in (("final", lora), ("te_final", te_lora)):
+        for name, (a, b) in layers.items():
+            data[f"{prefix}.{name}.down"], data[f"{prefix}.{name}.up"] = a.detach().clone(), b.detach().clone()
+    data["loss"] = torch.tensor(losses, dtype=torch.float64)
+    save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / "reference_te.safetensors"))
+    (OUT / "recipe_te.json").write_text(json.dumps(TE_RECIPE, indent=1))
 
 
 if __name__ == "__main__":

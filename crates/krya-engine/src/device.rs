@@ -1,7 +1,8 @@
 //! Device and precision choice: CPU in f32 by default; CUDA or Metal (behind the cargo
 //! features of the same name) in f16 when present.
 
-use candle_core::{DType, Device};
+use candle_core::DType;
+pub use candle_core::Device;
 
 use crate::Result;
 

@@ -148,7 +148,7 @@ fn lora_gradients_are_the_losses_finite_differences() {
 /// two. Step one's gradients agree tightly, each step's loss and the final weights to 1e-3.
 #[test]
 fn training_matches_diffusers_and_peft_step_by_step() {
-    use krya_engine::pipelines::train::recipe::{Batch, Prediction, Recipe, Trainer};
+    use krya_engine::pipelines::train::recipe::{Batch, Trainer};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let r = candle_core::safetensors::load(dir.join("train/reference.safetensors"), &Device::Cpu)
         .unwrap();
@@ -167,53 +167,19 @@ fn training_matches_diffusers_and_peft_step_by_step() {
         assert!((*a as f32 - b).abs() < 1e-6, "alphas_cumprod {a} vs {b}");
     }
     let mut u = sd.unet.clone();
-    let config = LoraConfig {
-        rank: recipe["rank"].as_u64().unwrap() as usize,
-        alpha: recipe["alpha"].as_f64().unwrap(),
-        targets: recipe["targets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap().to_string())
-            .collect(),
-    };
-    let trained = inject(&mut u, &config, &mut |name, _, _| {
-        Ok((
-            r[&format!("init.{name}.down")].clone(),
-            r[&format!("init.{name}.up")].clone(),
-        ))
-    })
-    .unwrap();
-    let mut trainer = Trainer::new(
-        &trained,
-        Recipe {
-            lr: recipe["lr"].as_f64().unwrap(),
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: recipe["eps"].as_f64().unwrap(),
-            weight_decay: recipe["weight_decay"].as_f64().unwrap(),
-            warmup_steps: recipe["warmup"].as_u64().unwrap() as usize,
-            max_grad_norm: recipe["max_grad_norm"].as_f64(),
-            snr_gamma: recipe["snr_gamma"].as_f64(),
-            noise_offset: recipe["noise_offset"].as_f64().unwrap(),
-            prediction: Prediction::Epsilon,
+    let trained = inject(
+        &mut u,
+        &golden_config(&recipe, "targets"),
+        &mut |name, _, _| {
+            Ok((
+                r[&format!("init.{name}.down")].clone(),
+                r[&format!("init.{name}.up")].clone(),
+            ))
         },
-        &alphas,
     )
     .unwrap();
+    let mut trainer = Trainer::new(&trained, golden_recipe(&recipe), &alphas).unwrap();
     let want_loss: Vec<f64> = r["loss"].to_vec1().unwrap();
-    let rel = |a: &Tensor, b: &Tensor| -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap();
-        let n = b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-        (d / n).unwrap().to_scalar::<f32>().unwrap()
-    };
     for (step, want) in want_loss.iter().enumerate() {
         let get = |k: &str| r[&format!("step{step}.{k}")].clone();
         let timesteps: Vec<usize> = get("timesteps")
@@ -286,6 +252,142 @@ fn training_matches_diffusers_and_peft_step_by_step() {
     }
 }
 
+/// `‖a − b‖ / ‖b‖`.
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap();
+    let n = b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+    (d / n).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// The LoRA of a reference recipe (`targets_key`: its layers).
+fn golden_config(recipe: &serde_json::Value, targets_key: &str) -> LoraConfig {
+    LoraConfig {
+        rank: recipe["rank"].as_u64().unwrap() as usize,
+        alpha: recipe["alpha"].as_f64().unwrap(),
+        targets: recipe[targets_key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect(),
+    }
+}
+
+/// The optimiser of a reference recipe.
+fn golden_recipe(recipe: &serde_json::Value) -> krya_engine::pipelines::train::recipe::Recipe {
+    use krya_engine::pipelines::train::recipe::{Prediction, Recipe};
+    Recipe {
+        lr: recipe["lr"].as_f64().unwrap(),
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: recipe["eps"].as_f64().unwrap(),
+        weight_decay: recipe["weight_decay"].as_f64().unwrap(),
+        warmup_steps: recipe["warmup"].as_u64().unwrap() as usize,
+        max_grad_norm: recipe["max_grad_norm"].as_f64(),
+        snr_gamma: recipe["snr_gamma"].as_f64(),
+        noise_offset: recipe["noise_offset"].as_f64().unwrap(),
+        prediction: Prediction::Epsilon,
+        text_lr: recipe["te_lr"].as_f64(),
+    }
+}
+
+/// With the text encoder trained too (diffusers' `--train_text_encoder`, peft's LoRA on its
+/// attention, its own learning rate, one optimiser and one clipping over both), each step's
+/// text states come from the encoder with its LoRA on the reference's token ids, in the
+/// graph: after ten steps the losses and both models' LoRA weights match.
+#[test]
+fn text_encoder_training_matches_diffusers_and_peft() {
+    use krya_engine::pipelines::train::lora::inject_text;
+    use krya_engine::pipelines::train::recipe::{Batch, Trainer};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let r =
+        candle_core::safetensors::load(dir.join("train/reference_te.safetensors"), &Device::Cpu)
+            .unwrap();
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train/recipe_te.json")).unwrap())
+            .unwrap();
+    let sd = model::load(
+        &ModelSource::Folder(dir.join("sd1")),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let init = |prefix: &'static str| {
+        let r = &r;
+        move |name: &str, _: usize, _: usize| {
+            Ok((
+                r[&format!("{prefix}.{name}.down")].clone(),
+                r[&format!("{prefix}.{name}.up")].clone(),
+            ))
+        }
+    };
+    let mut u = sd.unet.clone();
+    let unet_lora = inject(
+        &mut u,
+        &golden_config(&recipe, "targets"),
+        &mut init("init"),
+    )
+    .unwrap();
+    let mut te = sd.text_encoders[0].clone();
+    let te_lora = inject_text(
+        &mut te,
+        &golden_config(&recipe, "te_targets"),
+        &mut init("te_init"),
+    )
+    .unwrap();
+    assert_eq!(te_lora.layers.len(), 8);
+    let alphas = sd.scheduler_config.alphas_cumprod().unwrap();
+    let mut trainer =
+        Trainer::with_text(&unet_lora, Some(&te_lora), golden_recipe(&recipe), &alphas).unwrap();
+    let want_loss: Vec<f64> = r["loss"].to_vec1().unwrap();
+    for (step, want) in want_loss.iter().enumerate() {
+        let get = |k: &str| r[&format!("step{step}.{k}")].clone();
+        let ids: Vec<Vec<u32>> = get("ids")
+            .to_vec2::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|row| row.into_iter().map(|t| t as u32).collect())
+            .collect();
+        let timesteps: Vec<usize> = get("timesteps")
+            .to_vec1::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(|t| t as usize)
+            .collect();
+        let context = te.forward(&ids, &Device::Cpu).unwrap().last_hidden_state;
+        let (latents, noise, offset) = (get("latents"), get("noise"), get("offset_noise"));
+        let batch = Batch {
+            latents: &latents,
+            context: &context,
+            noise: &noise,
+            offset_noise: Some(&offset),
+            timesteps: &timesteps,
+            mask: None,
+        };
+        let loss = trainer.step(&u, &batch).unwrap() as f64;
+        assert!(
+            (loss - want).abs() / want.abs() < 1e-3,
+            "step {}: loss {loss} vs {want}",
+            step + 1
+        );
+    }
+    for (prefix, layers) in [("final", &unet_lora), ("te_final", &te_lora)] {
+        for (name, b) in &layers.layers {
+            for (what, v) in [("down", &b.down), ("up", &b.up)] {
+                let e = rel(v.as_tensor(), &r[&format!("{prefix}.{name}.{what}")]);
+                assert!(e < 1e-3, "{name}.{what} after 10 steps: relative error {e}");
+            }
+        }
+    }
+}
+
 /// A trained LoRA saved as kohya does (SD 1.x with diffusers' names, SDXL with the SGM
 /// ones) loads back through the engine's own LoRA loader and, merged into the base, gives
 /// what the UNet with its training branches gives.
@@ -328,7 +430,7 @@ fn saved_loras_load_back_as_kohya_files() {
             base_model: name.into(),
             ..Default::default()
         };
-        let bytes = kohya_bytes(&trained, &sd.unet, &meta).unwrap();
+        let bytes = kohya_bytes(&trained, None, &sd.unet, &meta).unwrap();
         let file = LoraFile::from_bytes(&bytes, "tiny-style.safetensors").unwrap();
         assert_eq!(file.base_hint(), Some(family));
         assert_eq!(file.metadata["modelspec.trigger_phrase"], "zkx style");
@@ -433,6 +535,7 @@ fn plan(steps: usize) -> krya_engine::pipelines::train::run::Plan {
         sample_every: 0,
         sample_prompt: "a cat".into(),
         sample_steps: 2,
+        text: None,
     }
 }
 
@@ -454,77 +557,133 @@ fn a_run_learns_and_resumes_exactly() {
     )
     .unwrap();
     let examples = pictures();
-    let whole = train(
-        &sd,
-        &examples,
-        &plan(20),
-        None,
-        &mut |_| Ok(()),
-        &mut |_| Ok(()),
-        &CancelToken::new(),
-    )
-    .unwrap();
-    assert_eq!(whole.losses.len(), 20);
-
-    // Cancelled after step 12: the checkpoint says 12 steps; resumed, it ends where the
-    // whole run ended.
-    let cancel = CancelToken::new();
-    let mut saved: Vec<Vec<u8>> = Vec::new();
-    let stopped = train(
-        &sd,
-        &examples,
-        &plan(20),
-        None,
-        &mut |p| {
-            if p.step == 12 {
-                cancel.cancel();
+    // The UNet alone, then with the text encoder training too.
+    for text in [false, true] {
+        let plan = |steps| {
+            let mut p = plan(steps);
+            if text {
+                p.text = Some(LoraConfig {
+                    targets: ["q_proj", "k_proj", "v_proj", "out_proj"]
+                        .map(String::from)
+                        .to_vec(),
+                    ..LoraConfig::default()
+                });
+                p.recipe.text_lr = Some(1e-3);
             }
-            Ok(())
-        },
-        &mut |c| {
-            saved.push(c.to_bytes()?);
-            Ok(())
-        },
-        &cancel,
-    );
-    assert!(matches!(stopped, Err(krya_engine::EngineError::Cancelled)));
-    // Periodic checkpoints at 5 and 10, then the one of the cancel.
-    let steps: Vec<usize> = saved
-        .iter()
-        .map(|b| Checkpoint::from_bytes(b).unwrap().step)
-        .collect();
-    assert_eq!(steps, [5, 10, 12]);
-    let last = Checkpoint::from_bytes(saved.last().unwrap()).unwrap();
-    assert_eq!(last.losses[..], whole.losses[..12]);
-    let mut samples = 0;
-    let mut p = plan(20);
-    p.sample_every = 4;
-    let resumed = train(
-        &sd,
-        &examples,
-        &p,
-        Some(last),
-        &mut |pr| {
-            samples += pr.sample.is_some() as usize;
-            assert!(pr.step > 12);
-            Ok(())
-        },
-        &mut |_| Ok(()),
-        &CancelToken::new(),
-    )
-    .unwrap();
-    assert_eq!(samples, 2, "samples at steps 16 and 20");
-    assert_eq!(resumed.losses, whole.losses);
-    for ((n, a), (_, b)) in whole.trainable.layers.iter().zip(&resumed.trainable.layers) {
-        let d = (a.up.as_tensor() - b.up.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
+            p
+        };
+        let whole = train(
+            &sd,
+            &examples,
+            &plan(20),
+            None,
+            &mut |_| Ok(()),
+            &mut |_| Ok(()),
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!(whole.losses.len(), 20);
+        assert_eq!(whole.text.is_some(), text);
+
+        // Cancelled after step 12: the checkpoint says 12 steps; resumed, it ends where the
+        // whole run ended.
+        let cancel = CancelToken::new();
+        let mut saved: Vec<Vec<u8>> = Vec::new();
+        let stopped = train(
+            &sd,
+            &examples,
+            &plan(20),
+            None,
+            &mut |p| {
+                if p.step == 12 {
+                    cancel.cancel();
+                }
+                Ok(())
+            },
+            &mut |c| {
+                saved.push(c.to_bytes()?);
+                Ok(())
+            },
+            &cancel,
+        );
+        assert!(matches!(stopped, Err(krya_engine::EngineError::Cancelled)));
+        // Periodic checkpoints at 5 and 10, then the one of the cancel.
+        let steps: Vec<usize> = saved
+            .iter()
+            .map(|b| Checkpoint::from_bytes(b).unwrap().step)
+            .collect();
+        assert_eq!(steps, [5, 10, 12]);
+        let last = Checkpoint::from_bytes(saved.last().unwrap()).unwrap();
+        assert_eq!(last.losses[..], whole.losses[..12]);
+        let mut samples = 0;
+        let mut p = plan(20);
+        p.sample_every = 4;
+        let resumed = train(
+            &sd,
+            &examples,
+            &p,
+            Some(last),
+            &mut |pr| {
+                samples += pr.sample.is_some() as usize;
+                assert!(pr.step > 12);
+                Ok(())
+            },
+            &mut |_| Ok(()),
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!(samples, 2, "samples at steps 16 and 20");
+        assert_eq!(resumed.losses, whole.losses);
+        // The loss where the whole run started, carried by the checkpoint.
+        assert_eq!(resumed.eval.0, whole.eval.0);
+        let layers = |t: &krya_engine::pipelines::train::run::Trained| {
+            let mut all: Vec<_> = t.trainable.layers.clone();
+            all.extend(t.text.iter().flat_map(|x| x.layers.clone()));
+            all
+        };
+        let (a, b) = (layers(&whole), layers(&resumed));
+        assert_eq!(a.len(), b.len());
+        for ((n, a), (_, b)) in a.iter().zip(&b) {
+            let d = (a.up.as_tensor() - b.up.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "{n}: the resumed run's weights differ");
+        }
+        // The kohya file carries the text encoder's layers when it trained.
+        let meta = krya_engine::pipelines::train::export::Metadata {
+            family: "sd1".into(),
+            ..Default::default()
+        };
+        let file = krya_engine::pipelines::lora::LoraFile::from_bytes(
+            &whole.kohya(&sd, &meta).unwrap(),
+            "t",
+        )
+        .unwrap();
+        let (_, bytes) = krya_engine::pipelines::lora::apply(
+            &sd,
+            &[(&file, krya_engine::pipelines::lora::Strength::new(1.0))],
+        )
+        .unwrap();
+        assert!(bytes > 0);
+        if text {
+            let names = candle_core::safetensors::load_buffer(
+                &whole.kohya(&sd, &meta).unwrap(),
+                &Device::Cpu,
+            )
             .unwrap();
-        assert_eq!(d, 0.0, "{n}: the resumed run's weights differ");
+            assert_eq!(
+                names
+                    .keys()
+                    .filter(|k| k.starts_with("lora_te_") && k.ends_with(".lora_up.weight"))
+                    .count(),
+                8
+            );
+        }
     }
 }
 

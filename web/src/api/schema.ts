@@ -654,8 +654,9 @@ export interface Patch {
 
 /**
  * What is trained: each preset sets the rank, the steps, the learning rate, caption
- * dropout and whether the loss is masked to the subject (kohya and ai-toolkit's usual
- * values for SD 1.5).
+ * dropout, whether the loss is masked to the subject and whether the text encoder trains
+ * too (kohya and ai-toolkit's usual values for SD 1.5; the research note's suggestion:
+ * a person or product with the text encoder, a style without).
  */
 export type Preset = "person" | "product" | "style" | "object";
 
@@ -892,6 +893,11 @@ export interface TrainRequest {
    */
   masked_loss?: boolean | null;
   matte_model?: string | null;
+  /**
+   * Trains a LoRA on the text encoder too (at half the learning rate), so the trigger
+   * word's meaning is learned as well: person and product trainings do by default.
+   */
+  train_text_encoder?: boolean | null;
   /** The prompt of the sample images (the trigger word goes before it). */
   sample_prompt?: string | null;
   /** A sample image every this many steps (0: none; default a fifth of the steps). */

@@ -218,9 +218,13 @@ async fn check(state: &AppState, user: &User, r: ImageRequest) -> Result<Checked
     }
     let mut with_own = models.clone();
     with_own.extend(
-        crate::tasks::lora::own_entries(&state.services(), &user.id)
-            .await
-            .map_err(crate::infra::error::internal)?,
+        crate::tasks::lora::own_entries(
+            &state.services(),
+            &user.id,
+            Some(&crate::tasks::lora::ids_in(&prompt, &r.loras)),
+        )
+        .await
+        .map_err(crate::infra::error::internal)?,
     );
     crate::tasks::lora::check(&with_own, entry, &prompt, &r.loras)?;
     let dims = |v: Option<u32>, field: &str| -> Result<Option<u32>, ApiError> {

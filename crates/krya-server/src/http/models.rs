@@ -99,7 +99,7 @@ pub async fn models(
     // The caller's own trained LoRAs first, then what the server offers.
     let own = match &user {
         Some(u) if q.capability.is_none_or(|c| c == Capability::Lora) => {
-            crate::tasks::lora::own_entries(&state.services(), &u.id)
+            crate::tasks::lora::own_entries(&state.services(), &u.id, None)
                 .await
                 .map_err(internal)?
         }

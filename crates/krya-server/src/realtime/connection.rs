@@ -29,7 +29,7 @@ where
         return;
     }
     // The user's own LoRAs, for the canvas's `loras` (one trained meanwhile: reconnect).
-    let own = crate::tasks::lora::own_entries(&state.services(), &user_id)
+    let own = crate::tasks::lora::own_entries(&state.services(), &user_id, None)
         .await
         .unwrap_or_else(|e| {
             tracing::warn!("reading the user's LoRAs: {e}");

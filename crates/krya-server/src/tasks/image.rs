@@ -95,7 +95,13 @@ impl Task for ImageTask {
             ctx.cancel.clone(),
             ctx.progress(),
         );
-        let own_loras = match crate::tasks::lora::own_entries(&ctx.services, &ctx.job.user_id).await
+        let ids = crate::tasks::lora::ids_in(&g.prompt, &g.params.loras);
+        let own_loras = match crate::tasks::lora::own_entries(
+            &ctx.services,
+            &ctx.job.user_id,
+            Some(&ids),
+        )
+        .await
         {
             Ok(v) => v,
             Err(e) => return Outcome::Retry(e),
@@ -250,14 +256,36 @@ pub(crate) fn load_model(
     entry: &registry::ModelEntry,
     cache: &ModelCache,
 ) -> Result<Arc<krya_engine::StableDiffusion>, EngineError> {
-    cache.get_or_load(&entry.source, || {
+    load_model_on(entry, cache, device::best_device()?, &entry.source)
+}
+
+/// The model on the CPU in f32, as training runs it: on a CPU build the very copy
+/// [`load_model`] gives, beside a GPU build's a copy of its own.
+pub(crate) fn load_model_cpu(
+    entry: &registry::ModelEntry,
+    cache: &ModelCache,
+) -> Result<Arc<krya_engine::StableDiffusion>, EngineError> {
+    let key = if device::best_device()?.is_cpu() {
+        entry.source.clone()
+    } else {
+        format!("{}#cpu", entry.source)
+    };
+    load_model_on(entry, cache, device::Device::Cpu, &key)
+}
+
+fn load_model_on(
+    entry: &registry::ModelEntry,
+    cache: &ModelCache,
+    dev: device::Device,
+    key: &str,
+) -> Result<Arc<krya_engine::StableDiffusion>, EngineError> {
+    cache.get_or_load(key, || {
         let mut source = ModelSource::parse(&entry.source)?;
         if let ModelSource::Hub { repo, revision } = &source
             && hub::cached_snapshot(repo, revision).is_none()
         {
             source = ModelSource::Folder(hub::pull(repo, revision, &mut |_| {})?);
         }
-        let dev = device::best_device()?;
         let mut m = model::load(&source, &dev, device::default_dtype(&dev))?;
         m.name = entry.id.clone();
         // Step previews through the model's tiny autoencoder when one is here (its own

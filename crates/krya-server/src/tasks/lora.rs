@@ -134,27 +134,57 @@ pub fn check(
     Ok(())
 }
 
+/// The LoRA ids a request names (`loras` and the prompt's tags; none when the prompt's
+/// tags do not parse, which `check` reports).
+pub fn ids_in(prompt: &str, loras: &[LoraRef]) -> Vec<String> {
+    split(prompt, loras)
+        .map(|(_, l)| l.into_iter().map(|(l, _)| l.id).collect())
+        .unwrap_or_default()
+}
+
 /// The LoRAs `user_id` trained (`tasks::train`), as entries of capability `lora` named by
-/// their asset ids, each file copied once out of blob storage to `DATA_DIR/loras/` (assets
-/// never change, so a copy stays good) for the engine to read.
+/// their asset ids: all of them, or (`wanted`) those a request names. Each file is copied
+/// once out of blob storage to `DATA_DIR/loras/USER/` (assets never change, so a copy stays
+/// good) for the engine to read; listing all of them also removes the copies of LoRAs
+/// since deleted. One whose file is missing is left out (a warning), not an error.
 pub(crate) async fn own_entries(
     services: &super::Services,
     user_id: &str,
+    wanted: Option<&[String]>,
 ) -> Result<Vec<ModelEntry>, String> {
+    if wanted.is_some_and(|w| w.is_empty()) {
+        return Ok(Vec::new());
+    }
     let rows = super::train::user_loras(&services.db, user_id)
         .await
         .map_err(|e| e.to_string())?;
-    let dir = services.data_dir.join("loras");
+    let dir = services.data_dir.join("loras").join(user_id);
+    if wanted.is_none() {
+        // Copies of LoRAs no longer listed (deleted, their job deleted).
+        if let Ok(mut rd) = tokio::fs::read_dir(&dir).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.split('.').next().unwrap_or_default();
+                if !rows.iter().any(|r| r.0 == id) {
+                    let _ = tokio::fs::remove_file(e.path()).await;
+                }
+            }
+        }
+    }
     let mut out = Vec::with_capacity(rows.len());
     for (id, name, family, key) in rows {
+        if wanted.is_some_and(|w| !w.contains(&id)) {
+            continue;
+        }
         let path = dir.join(format!("{id}.safetensors"));
         if !path.is_file() {
-            let bytes = services
-                .blobs
-                .get(&key)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("LoRA {id}: its file is missing"))?;
+            let bytes = match services.blobs.get(&key).await.map_err(|e| e.to_string())? {
+                Some(b) => b,
+                None => {
+                    tracing::warn!(lora = %id, %key, "a trained LoRA's file is missing");
+                    continue;
+                }
+            };
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| e.to_string())?;

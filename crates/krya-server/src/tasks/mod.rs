@@ -391,6 +391,10 @@ pub trait Task: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// It completed, its end committed: what the kind kept only while it ran can go (a
+    /// training's checkpoint).
+    async fn ended(&self, _services: &Services, _job: &Job) {}
+
     /// Its owner deleted it (its files under `blob_prefix` go too).
     async fn deleted(&self, _tx: &mut sqlx::AnyConnection, _job: &Job) -> Result<(), sqlx::Error> {
         Ok(())

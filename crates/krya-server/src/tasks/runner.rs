@@ -321,6 +321,7 @@ impl Runner {
             return Ok(());
         };
         tracing::info!(outputs = stored.len(), "completed");
+        task.ended(&self.services, job).await;
         self.publish(task, job, "completed", data);
         Ok(())
     }
@@ -387,10 +388,14 @@ impl Runner {
         .map_err(|e| e.to_string())?;
         if ended {
             tracing::info!(code, error = message, "failed");
-            // A failed job keeps no files: what its attempts left is removed.
+            // A failed job keeps no files: what its attempts left is removed (but its
+            // state, from which it may be resumed: a training's checkpoint).
             let prefix = task.blob_prefix(job);
+            let state = crate::tasks::state_prefix(task, job);
             for key in self.services.blobs.list(&prefix).await.unwrap_or_default() {
-                let _ = self.services.blobs.delete(&key).await;
+                if !key.starts_with(&state) {
+                    let _ = self.services.blobs.delete(&key).await;
+                }
             }
         }
         if ended {

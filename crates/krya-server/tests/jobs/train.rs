@@ -228,6 +228,15 @@ fn train(s: &Server) {
         (&json!(true), &json!("isnet")),
         "{p}"
     );
+    // A person's text encoder trains too: its layers are in the file, as kohya names them.
+    assert_eq!(p["train_text_encoder"], true, "{p}");
+    assert!(
+        masked
+            .keys()
+            .any(|k| k.starts_with("lora_te_text_model_encoder_layers_0_self_attn_q_proj")),
+        "{:?}",
+        masked.keys().collect::<Vec<_>>()
+    );
     let (p, plain) = person(Some(false));
     assert_eq!(p["masked_loss"], false, "{p}");
     assert!(masked != plain, "the mask changed nothing");

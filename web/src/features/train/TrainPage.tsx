@@ -71,13 +71,14 @@ function NewTraining({ onStarted }: { onStarted: (job: Job) => void }) {
 
   async function add(files: File[]) {
     setError(null);
-    const room = MAX_IMAGES - shots.length;
-    const take = files.filter((f) => f.type.startsWith("image/")).slice(0, room);
+    const take = files.filter((f) => f.type.startsWith("image/")).slice(0, MAX_IMAGES);
     setUploading((n) => n + take.length);
     for (const f of take) {
       try {
         const a = await api.upload(f);
-        setShots((s) => [...s, { id: a.id, url: a.url, caption: "", captioning: canCaption }]);
+        // At most 50, however many drops came at once (a caption for one left out
+        // changes nothing).
+        setShots((s) => (s.length < MAX_IMAGES ? [...s, { id: a.id, url: a.url, caption: "", captioning: canCaption }] : s));
         if (canCaption) {
           captionOf(a.id).then(
             (text) => setShots((s) => s.map((x) => (x.id === a.id ? { ...x, caption: x.caption || text, captioning: false } : x))),
@@ -278,20 +279,29 @@ function TrainingView({ id, onResumed, onStatus }: { id: string; onResumed: (job
   const live = use(jobs, (s) => s.jobs[id]);
   const running = !t || !ENDED.includes(t.status);
   const report = useEffectEvent(onStatus);
-  // Polled while it runs (the loss curve and samples are in the record, not the events).
+  // Polled while it runs (the loss curve and samples are in the record, not the events),
+  // and a few times after a cancel (the trainer writes its last checkpoint as it stops).
+  // A failed read is tried again, less often.
   useEffect(() => {
     let current = true;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let after = 0;
+    let failures = 0;
     const load = async () => {
       try {
         const next = await api.training(id);
         if (!current) return;
         setT(next);
         setError(null);
+        failures = 0;
         report(next.status);
-        if (!ENDED.includes(next.status)) timer = setTimeout(load, 1000);
+        const settling = next.status === "cancelled" && after++ < 5;
+        if (!ENDED.includes(next.status) || settling) timer = setTimeout(load, 1000);
       } catch (e) {
-        if (current) setError(asApiError(e));
+        if (!current) return;
+        setError(asApiError(e));
+        failures++;
+        timer = setTimeout(load, Math.min(30_000, 1000 * 2 ** failures));
       }
     };
     void load();

@@ -1,5 +1,6 @@
 //! A trained LoRA as kohya/sd-scripts saves one, which A1111, Forge and ComfyUI load:
-//! `lora_unet_<module>.lora_down.weight` / `.lora_up.weight` / `.alpha` (module names with
+//! `lora_unet_<module>.lora_down.weight` / `.lora_up.weight` / `.alpha`, and `lora_te_…` for
+//! the text encoder's layers (module names with
 //! `_` for `.`: diffusers' names for SD 1.x/2.x, the SGM names for SDXL, as kohya trains
 //! each), and the metadata those tools read (kohya-ss/sd-scripts@48d368f:train_network.py,
 //! library/sai_model_spec.py; A1111's `network.py` tells the base by
@@ -35,19 +36,30 @@ pub struct Metadata {
 /// `sshs_model_hash`, the SHA-256 of everything after the header, as kohya writes it).
 pub fn kohya_bytes(
     trainable: &Trainable,
+    text: Option<&Trainable>,
     unet: &UNet2DConditionModel,
     meta: &Metadata,
 ) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for (path, b) in &trainable.layers {
-        let module = if meta.family == "sdxl" {
-            unet.ldm_name(path).ok_or_else(|| {
+    let unet_layers = trainable.layers.iter().map(|l| (true, l));
+    let text_layers = text.into_iter().flat_map(|t| &t.layers).map(|l| (false, l));
+    for (in_unet, (path, b)) in unet_layers.chain(text_layers) {
+        let key = if !in_unet {
+            // kohya: `lora_te_` (SDXL's first encoder: `lora_te1_`) and transformers' names.
+            let prefix = if meta.family == "sdxl" {
+                "lora_te1"
+            } else {
+                "lora_te"
+            };
+            format!("{prefix}_{}", path.replace('.', "_"))
+        } else if meta.family == "sdxl" {
+            let module = unet.ldm_name(path).ok_or_else(|| {
                 EngineError::InvalidInput(format!("{path} has no SGM name to save it under"))
-            })?
+            })?;
+            format!("lora_unet_{}", module.replace('.', "_"))
         } else {
-            path.clone()
+            format!("lora_unet_{}", path.replace('.', "_"))
         };
-        let key = format!("lora_unet_{}", module.replace('.', "_"));
         tensors.push((
             format!("{key}.lora_down.weight"),
             b.down.as_tensor().clone(),
@@ -55,7 +67,11 @@ pub fn kohya_bytes(
         tensors.push((format!("{key}.lora_up.weight"), b.up.as_tensor().clone()));
         tensors.push((
             format!("{key}.alpha"),
-            Tensor::new(meta.alpha as f32, &Device::Cpu)?,
+            // Each branch's own (its scale is alpha / rank).
+            Tensor::new(
+                (b.scale * b.down.as_tensor().dim(0)? as f64) as f32,
+                &Device::Cpu,
+            )?,
         ));
     }
     let (version, arch) = match (meta.family.as_str(), meta.v_prediction) {

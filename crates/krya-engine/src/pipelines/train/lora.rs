@@ -1,11 +1,12 @@
-//! Trainable LoRA branches on a UNet's linear layers, named and matched as PEFT does
+//! Trainable LoRA branches on a UNet's (or a text encoder's) linear layers, named and matched as PEFT does
 //! (huggingface/peft@5d602fd:src/peft/tuners/tuners_utils.py `check_target_module_exists`:
 //! a layer is a target when its name is one or ends with `.` + one), scaled `alpha / rank`.
 
 use candle_core::{Tensor, Var};
 
 use crate::kernels::LoraBranch;
-use crate::pipelines::lora::Layer;
+use crate::pipelines::lora::{Layer, Visit};
+use crate::pipelines::stable_diffusion::clip::ClipTextModel;
 use crate::pipelines::stable_diffusion::unet::UNet2DConditionModel;
 use crate::{EngineError, Result};
 
@@ -63,9 +64,27 @@ pub fn inject(
     config: &LoraConfig,
     init: &mut dyn FnMut(&str, usize, usize) -> Result<(Tensor, Tensor)>,
 ) -> Result<Trainable> {
+    inject_into(&mut |f| unet.visit_layers(f), config, init)
+}
+
+/// [`inject`] on a text encoder (targets as transformers names its layers: `q_proj`,
+/// `k_proj`, `v_proj`, `out_proj`, `fc1`, `fc2`).
+pub fn inject_text(
+    encoder: &mut ClipTextModel,
+    config: &LoraConfig,
+    init: &mut dyn FnMut(&str, usize, usize) -> Result<(Tensor, Tensor)>,
+) -> Result<Trainable> {
+    inject_into(&mut |f| encoder.visit_layers(f), config, init)
+}
+
+fn inject_into(
+    visit: &mut dyn FnMut(&mut Visit) -> Result<()>,
+    config: &LoraConfig,
+    init: &mut dyn FnMut(&str, usize, usize) -> Result<(Tensor, Tensor)>,
+) -> Result<Trainable> {
     let scale = config.alpha / config.rank as f64;
     let mut layers = Vec::new();
-    unet.visit_layers(&mut |path, layer| {
+    visit(&mut |path, layer| {
         if !config.matches(path) {
             return Ok(());
         }

@@ -39,6 +39,8 @@ pub struct Recipe {
     /// Added noise gets `offset · N(0, 1)` per sample and channel on top.
     pub noise_offset: f64,
     pub prediction: Prediction,
+    /// The text encoder's learning rate, when it trains too (the schedule scales both).
+    pub text_lr: Option<f64>,
 }
 
 impl Default for Recipe {
@@ -55,6 +57,7 @@ impl Default for Recipe {
             snr_gamma: None,
             noise_offset: 0.0,
             prediction: Prediction::Epsilon,
+            text_lr: None,
         }
     }
 }
@@ -90,12 +93,30 @@ pub struct Trainer {
     /// Optimiser steps taken.
     pub steps: usize,
     alphas_cumprod: Vec<f32>,
+    /// `vars[text_from..]` are the text encoder's (trained at `recipe.text_lr`).
+    text_from: usize,
 }
 
 impl Trainer {
     /// `alphas_cumprod`: the model's training schedule (`SchedulerConfig::alphas_cumprod`).
     pub fn new(trainable: &Trainable, recipe: Recipe, alphas_cumprod: &[f64]) -> Result<Self> {
-        let vars = trainable.vars();
+        Self::with_text(trainable, None, recipe, alphas_cumprod)
+    }
+
+    /// An optimiser over the UNet's branches and the text encoder's (one AdamW, as
+    /// diffusers' `--train_text_encoder`: the text encoder's tensors in a group of their own
+    /// at `recipe.text_lr`, the gradients of both clipped together).
+    pub fn with_text(
+        trainable: &Trainable,
+        text: Option<&Trainable>,
+        recipe: Recipe,
+        alphas_cumprod: &[f64],
+    ) -> Result<Self> {
+        let mut vars = trainable.vars();
+        let text_from = vars.len();
+        if let Some(t) = text {
+            vars.extend(t.vars());
+        }
         let zeros = vars
             .iter()
             .map(|v| v.as_tensor().zeros_like())
@@ -109,16 +130,22 @@ impl Trainer {
             },
             steps: 0,
             alphas_cumprod: alphas_cumprod.iter().map(|a| *a as f32).collect(),
+            text_from,
         })
     }
 
     /// The learning rate of optimiser step `k` (from 0).
     pub fn lr_at(&self, k: usize) -> f64 {
+        self.rate(self.recipe.lr, k)
+    }
+
+    /// `base` under the warm-up at step `k`.
+    fn rate(&self, base: f64, k: usize) -> f64 {
         let w = self.recipe.warmup_steps;
         if k < w {
-            self.recipe.lr * k as f64 / w.max(1) as f64
+            base * k as f64 / w.max(1) as f64
         } else {
-            self.recipe.lr
+            base
         }
     }
 
@@ -238,13 +265,15 @@ impl Trainer {
     /// at the schedule's rate for this step. A tensor without a gradient is left as it is.
     fn adamw(&mut self, grads: &GradStore) -> Result<()> {
         let r = &self.recipe;
-        let lr = self.lr_at(self.steps);
+        let unet_lr = self.lr_at(self.steps);
+        let text_lr = self.rate(r.text_lr.unwrap_or(r.lr), self.steps);
         let t = (self.steps + 1) as i32;
         let (bc1, bc2) = (1.0 - r.beta1.powi(t), 1.0 - r.beta2.powi(t));
         for (i, var) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let lr = if i < self.text_from { unet_lr } else { text_lr };
             let m = ((&self.moments.m[i] * r.beta1)? + (g * (1.0 - r.beta1))?)?;
             let v = ((&self.moments.v[i] * r.beta2)? + (g.sqr()? * (1.0 - r.beta2))?)?;
             let theta = (var.as_tensor() * (1.0 - lr * r.weight_decay))?;

@@ -13,13 +13,16 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::export::{Metadata, kohya_bytes};
-use super::lora::{LoraConfig, Trainable, inject};
+use super::lora::{LoraConfig, Trainable, inject, inject_text};
 use super::recipe::{Batch, Moments, Recipe, Trainer};
 use crate::pipelines::lora::{self, LoraFile, Strength};
 use crate::pipelines::stable_diffusion::StableDiffusion;
 use crate::pipelines::stable_diffusion::unet::UNet2DConditionModel;
 use crate::rng::TorchRng;
 use crate::{CancelToken, EngineError, GenerateRequest, Result};
+
+/// Where a text encoder's layers are in a checkpoint.
+const TEXT: &str = "text_encoder.";
 
 /// One training image and its caption.
 pub struct Example {
@@ -46,6 +49,9 @@ pub struct Plan {
     pub sample_every: usize,
     pub sample_prompt: String,
     pub sample_steps: usize,
+    /// A LoRA on the text encoder too (at `recipe.text_lr`): each step's caption goes
+    /// through it, in the graph, instead of states encoded once.
+    pub text: Option<LoraConfig>,
 }
 
 /// Where a run stands: everything a resumed run needs.
@@ -56,6 +62,8 @@ pub struct Checkpoint {
     pub lora: Vec<(String, Tensor, Tensor)>,
     pub moments: Moments,
     pub losses: Vec<f32>,
+    /// The loss on the fixed draws where the run started (see `Trained::eval`).
+    pub eval_before: Option<f32>,
 }
 
 impl Checkpoint {
@@ -78,6 +86,9 @@ impl Checkpoint {
             "step".into(),
             Tensor::new(&[self.step as u32], &Device::Cpu)?,
         ));
+        if let Some(e) = self.eval_before {
+            t.push(("eval_before".into(), Tensor::new(&[e], &Device::Cpu)?));
+        }
         super::export::safetensors_bytes(&t, None)
     }
 
@@ -112,6 +123,10 @@ impl Checkpoint {
         Ok(Self {
             step: t.get("step").ok_or_else(bad)?.to_vec1::<u32>()?[0] as usize,
             losses: t.get("losses").ok_or_else(bad)?.to_vec1()?,
+            eval_before: t
+                .get("eval_before")
+                .map(|e| e.to_vec1::<f32>().map(|v| v[0]))
+                .transpose()?,
             lora,
             moments: Moments { m, v },
         })
@@ -185,11 +200,13 @@ fn cover(img: &RgbImage, w: usize, h: usize) -> RgbImage {
     .to_image()
 }
 
-/// A prepared example: its bucket, its latents, its caption's states, its loss mask.
+/// A prepared example: its bucket, its latents, its caption and its states, its loss mask.
 struct Prepared {
     bucket: (usize, usize),
     latents: Tensor,
     context: Tensor,
+    /// The caption as encoded (with the trigger word), for a text encoder that trains.
+    caption: String,
     mask: Option<Tensor>,
 }
 
@@ -235,6 +252,8 @@ fn caption_of(plan: &Plan, caption: &str) -> String {
 /// The trained LoRA of a run.
 pub struct Trained {
     pub trainable: Trainable,
+    /// The text encoder's branches, when it trained.
+    pub text: Option<Trainable>,
     pub unet: UNet2DConditionModel,
     pub losses: Vec<f32>,
     /// The loss on a fixed set of draws (every image at five timesteps, the same noise)
@@ -246,7 +265,7 @@ pub struct Trained {
 impl Trained {
     /// The kohya file (see `export`).
     pub fn kohya(&self, base: &StableDiffusion, meta: &Metadata) -> Result<Vec<u8>> {
-        kohya_bytes(&self.trainable, &base.unet, meta)
+        kohya_bytes(&self.trainable, self.text.as_ref(), &base.unet, meta)
     }
 }
 
@@ -314,6 +333,7 @@ pub fn train(
             bucket: (w, h),
             latents,
             context: context.to_dtype(DType::F32)?,
+            caption: caption_of(plan, &ex.caption),
             mask,
         });
     }
@@ -341,28 +361,64 @@ pub fn train(
                 .collect()
         })
         .unwrap_or_default();
+    // A layer's branch: from the checkpoint (its name, the text encoder's under
+    // `text_encoder.`), else PEFT's default: A uniform in ±1/√in (kaiming, a = √5), B zero.
+    let mut branch =
+        |name: &str, rank: usize, inp: usize, out: usize| -> Result<(Tensor, Tensor)> {
+            if let Some((d, u)) = restored.get(name) {
+                return Ok(((*d).clone(), (*u).clone()));
+            }
+            if resume.is_some() {
+                return Err(crate::invalid!("training: the checkpoint has no {name}"));
+            }
+            let bound = 1.0 / (inp as f32).sqrt();
+            let a: Vec<f32> = (0..rank * inp)
+                .map(|_| (init_rng.next_u32() as f32 / 4_294_967_296.0 * 2.0 - 1.0) * bound)
+                .collect();
+            let down = Tensor::from_vec(a, (rank, inp), &Device::Cpu)?;
+            Ok((down, Tensor::zeros((out, rank), DType::F32, &Device::Cpu)?))
+        };
     let rank = plan.lora.rank;
     let trainable = inject(&mut unet, &plan.lora, &mut |name, inp, out| {
-        if let Some((d, u)) = restored.get(name) {
-            return Ok(((*d).clone(), (*u).clone()));
-        }
-        if resume.is_some() {
-            return Err(crate::invalid!("training: the checkpoint has no {name}"));
-        }
-        // PEFT's default: A uniform in ±1/√in (kaiming, a = √5), B zero.
-        let bound = 1.0 / (inp as f32).sqrt();
-        let a: Vec<f32> = (0..rank * inp)
-            .map(|_| (init_rng.next_u32() as f32 / 4_294_967_296.0 * 2.0 - 1.0) * bound)
-            .collect();
-        let down = Tensor::from_vec(a, (rank, inp), &Device::Cpu)?;
-        Ok((down, Tensor::zeros((out, rank), DType::F32, &Device::Cpu)?))
+        branch(name, rank, inp, out)
     })?;
-    let mut trainer = Trainer::new(
+    // The text encoder with its branches, in a copy of the model that encodes through it.
+    let text = match &plan.text {
+        None => None,
+        Some(config) => {
+            if model.text_encoders.len() != 1 {
+                return Err(crate::invalid!(
+                    "training: the text encoder trains only on SD 1.x and 2.x models"
+                ));
+            }
+            let mut encoder = model.text_encoders[0].clone();
+            let t = inject_text(&mut encoder, config, &mut |name, inp, out| {
+                branch(&format!("{TEXT}{name}"), config.rank, inp, out)
+            })?;
+            let mut with = model.clone();
+            with.text_encoders[0] = encoder;
+            Some((t, with))
+        }
+    };
+    let mut trainer = Trainer::with_text(
         &trainable,
+        text.as_ref().map(|(t, _)| t),
         plan.recipe.clone(),
         &model.scheduler_config.alphas_cumprod()?,
     )?;
+    // A caption's states: encoded once, or (the text encoder training) now, in the graph.
+    let states = |p: &Prepared, dropped: bool| -> Result<Tensor> {
+        match &text {
+            Some((_, with)) => {
+                let caption = if dropped { "" } else { p.caption.as_str() };
+                Ok(with.encode_prompts(&[caption], 0)?.0.to_dtype(DType::F32)?)
+            }
+            None if dropped => Ok(empty.clone()),
+            None => Ok(p.context.clone()),
+        }
+    };
     let mut losses = Vec::new();
+    let resumed_eval = resume.as_ref().and_then(|c| c.eval_before);
     if let Some(c) = resume {
         if c.moments.m.len() != trainer.moments.m.len() {
             return Err(crate::invalid!(
@@ -373,19 +429,19 @@ pub fn train(
         trainer.steps = c.step;
         losses = c.losses;
     }
-    let checkpoint = |trainer: &Trainer, losses: &[f32]| -> Result<Checkpoint> {
+    let checkpoint = |trainer: &Trainer, losses: &[f32], eval_before: f32| -> Result<Checkpoint> {
         Ok(Checkpoint {
+            eval_before: Some(eval_before),
             step: trainer.steps,
             lora: trainable
                 .layers
                 .iter()
-                .map(|(n, b)| {
-                    Ok((
-                        n.clone(),
-                        b.down.as_tensor().copy()?,
-                        b.up.as_tensor().copy()?,
-                    ))
-                })
+                .map(|(n, b)| (n.clone(), b))
+                .chain(
+                    text.iter()
+                        .flat_map(|(t, _)| t.layers.iter().map(|(n, b)| (format!("{TEXT}{n}"), b))),
+                )
+                .map(|(n, b)| Ok((n, b.down.as_tensor().copy()?, b.up.as_tensor().copy()?)))
                 .collect::<Result<_>>()?,
             moments: trainer.moments.clone(),
             losses: losses.to_vec(),
@@ -400,9 +456,10 @@ pub fn train(
             for k in 0..5 {
                 let noise = normals(&mut rng, p.latents.dims())?;
                 let t = (2 * k + 1) * timesteps / 10;
+                let context = states(p, false)?.detach();
                 let batch = Batch {
                     latents: &p.latents,
-                    context: &p.context,
+                    context: &context,
                     noise: &noise,
                     offset_noise: None,
                     timesteps: &[t],
@@ -414,10 +471,14 @@ pub fn train(
         }
         Ok(sum / n as f32)
     };
-    let eval_before = eval(&trainer, &unet)?;
+    // Where the whole run started (a resumed one: as its checkpoint says).
+    let eval_before = match resumed_eval {
+        Some(e) => e,
+        None => eval(&trainer, &unet)?,
+    };
     for step in from..plan.steps {
         if cancel.is_cancelled() {
-            on_checkpoint(&checkpoint(&trainer, &losses)?)?;
+            on_checkpoint(&checkpoint(&trainer, &losses, eval_before)?)?;
             return Err(EngineError::Cancelled);
         }
         // Every draw of this step from (seed, step): the same whether resumed or not.
@@ -431,12 +492,12 @@ pub fn train(
         let p = &prepared[group[below(group.len())]];
         let t = below(timesteps);
         let dropped = (below(1 << 20) as f64) < plan.caption_dropout * (1 << 20) as f64;
-        let context = if dropped { &empty } else { &p.context };
+        let context = states(p, dropped)?;
         let noise = normals(&mut rng, p.latents.dims())?;
         let offset = normals(&mut rng, &[1, p.latents.dim(1)?, 1, 1])?;
         let batch = Batch {
             latents: &p.latents,
-            context,
+            context: &context,
             noise: &noise,
             offset_noise: Some(&offset),
             timesteps: &[t],
@@ -446,11 +507,17 @@ pub fn train(
         losses.push(loss);
         let done = step + 1;
         if plan.checkpoint_every > 0 && done % plan.checkpoint_every == 0 && done < plan.steps {
-            on_checkpoint(&checkpoint(&trainer, &losses)?)?;
+            on_checkpoint(&checkpoint(&trainer, &losses, eval_before)?)?;
         }
         let sample =
             if plan.sample_every > 0 && (done % plan.sample_every == 0 || done == plan.steps) {
-                Some(sample(model, &trainable, plan, cancel)?)
+                Some(sample(
+                    model,
+                    &trainable,
+                    text.as_ref().map(|(t, _)| t),
+                    plan,
+                    cancel,
+                )?)
             } else {
                 None
             };
@@ -464,6 +531,7 @@ pub fn train(
     let eval_after = eval(&trainer, &unet)?;
     Ok(Trained {
         trainable,
+        text: text.map(|(t, _)| t),
         unet,
         losses,
         eval: (eval_before, eval_after),
@@ -475,6 +543,7 @@ pub fn train(
 pub fn sample(
     model: &StableDiffusion,
     trainable: &Trainable,
+    text: Option<&Trainable>,
     plan: &Plan,
     cancel: &CancelToken,
 ) -> Result<RgbImage> {
@@ -484,7 +553,7 @@ pub fn sample(
         alpha: plan.lora.alpha,
         ..Default::default()
     };
-    let bytes = kohya_bytes(trainable, &model.unet, &meta)?;
+    let bytes = kohya_bytes(trainable, text, &model.unet, &meta)?;
     let file = LoraFile::from_bytes(&bytes, "sample")?;
     let (merged, _) = lora::apply(model, &[(&file, Strength::new(1.0))])?;
     let out = merged.generate(

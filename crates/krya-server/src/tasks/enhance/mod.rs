@@ -303,9 +303,16 @@ impl Task for EnhanceTask {
             let mut offered = registry::list(&services.data_dir, &services.local_models)
                 .map_err(crate::infra::error::internal)?;
             offered.extend(
-                crate::tasks::lora::own_entries(services, user_id)
-                    .await
-                    .map_err(crate::infra::error::internal)?,
+                crate::tasks::lora::own_entries(
+                    services,
+                    user_id,
+                    Some(&crate::tasks::lora::ids_in(
+                        r.prompt.as_deref().unwrap_or(""),
+                        &r.loras,
+                    )),
+                )
+                .await
+                .map_err(crate::infra::error::internal)?,
             );
             crate::tasks::lora::check(
                 &offered,
@@ -396,7 +403,9 @@ impl Task for EnhanceTask {
             _ => None,
         };
         let own_loras = if diffusion.is_some() {
-            match crate::tasks::lora::own_entries(&ctx.services, &ctx.job.user_id).await {
+            let ids = crate::tasks::lora::ids_in(r.prompt.as_deref().unwrap_or(""), &r.loras);
+            match crate::tasks::lora::own_entries(&ctx.services, &ctx.job.user_id, Some(&ids)).await
+            {
                 Ok(v) => v,
                 Err(e) => return Outcome::Retry(e),
             }

@@ -147,9 +147,11 @@ pub async fn list(
 pub async fn sample(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((id, step)): Path<(String, usize)>,
+    Path((id, step)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let _owned = get_of_kind(&state, &headers, &id, KIND).await?;
+    let no_sample = || ApiError::not_found(format!("training {id} has no sample at step {step}"));
+    let step: usize = step.parse().map_err(|_| no_sample())?;
     let key = sample_key(&id, step);
     let file = crate::http::files::File {
         key: &key,
@@ -157,8 +159,5 @@ pub async fn sample(
         cache: "private, max-age=3600",
         disposition: None,
     };
-    crate::http::files::send(&state, &headers, file, || {
-        ApiError::not_found(format!("training {id} has no sample at step {step}"))
-    })
-    .await
+    crate::http::files::send(&state, &headers, file, no_sample).await
 }

@@ -39,8 +39,9 @@ const MAX_INPUT_PIXELS: u64 = 8192 * 8192;
 const MAX_STEPS: u32 = 20_000;
 
 /// What is trained: each preset sets the rank, the steps, the learning rate, caption
-/// dropout and whether the loss is masked to the subject (kohya and ai-toolkit's usual
-/// values for SD 1.5).
+/// dropout, whether the loss is masked to the subject and whether the text encoder trains
+/// too (kohya and ai-toolkit's usual values for SD 1.5; the research note's suggestion:
+/// a person or product with the text encoder, a style without).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
@@ -63,15 +64,16 @@ struct Defaults {
     learning_rate: f64,
     caption_dropout: f64,
     masked: bool,
+    text_encoder: bool,
 }
 
 impl Preset {
     fn defaults(self) -> Defaults {
-        let (rank, steps, learning_rate, caption_dropout, masked) = match self {
-            Preset::Person => (16, 1200, 1e-4, 0.05, true),
-            Preset::Product => (16, 1000, 1e-4, 0.05, false),
-            Preset::Style => (32, 1500, 1e-4, 0.1, false),
-            Preset::Object => (8, 800, 1e-4, 0.05, false),
+        let (rank, steps, learning_rate, caption_dropout, masked, text_encoder) = match self {
+            Preset::Person => (16, 1200, 1e-4, 0.05, true, true),
+            Preset::Product => (16, 1000, 1e-4, 0.05, false, true),
+            Preset::Style => (32, 1500, 1e-4, 0.1, false, false),
+            Preset::Object => (8, 800, 1e-4, 0.05, false, false),
         };
         Defaults {
             rank,
@@ -79,6 +81,7 @@ impl Preset {
             learning_rate,
             caption_dropout,
             masked,
+            text_encoder,
         }
     }
 }
@@ -135,6 +138,10 @@ pub struct TrainRequest {
     pub masked_loss: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matte_model: Option<String>,
+    /// Trains a LoRA on the text encoder too (at half the learning rate), so the trigger
+    /// word's meaning is learned as well: person and product trainings do by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_text_encoder: Option<bool>,
     /// The prompt of the sample images (the trigger word goes before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_prompt: Option<String>,
@@ -326,6 +333,7 @@ impl TrainRequest {
         self.learning_rate = Some(lr);
         self.resolution = Some(resolution);
         self.masked_loss = Some(masked);
+        self.train_text_encoder = Some(self.train_text_encoder.unwrap_or(d.text_encoder));
         self.matte_model = matte_model;
         self.sample_every = Some(self.sample_every.unwrap_or((steps / 5).max(1)));
         self.checkpoint_every = Some(self.checkpoint_every.unwrap_or((steps / 10).max(1)));
@@ -348,6 +356,7 @@ impl TrainRequest {
                 snr_gamma: Some(5.0),
                 noise_offset: 0.05,
                 prediction: Prediction::Epsilon,
+                text_lr: Some(self.learning_rate.unwrap_or(1e-4) / 2.0),
                 ..Default::default()
             },
             steps: self.steps.unwrap_or(1) as usize,
@@ -359,6 +368,14 @@ impl TrainRequest {
             sample_every: self.sample_every.unwrap_or(0) as usize,
             sample_prompt: self.sample_prompt.clone().unwrap_or_default(),
             sample_steps,
+            // diffusers' text-encoder targets: the attention's projections.
+            text: (self.train_text_encoder == Some(true)).then(|| LoraConfig {
+                rank,
+                alpha: rank as f64,
+                targets: ["q_proj", "k_proj", "v_proj", "out_proj"]
+                    .map(String::from)
+                    .to_vec(),
+            }),
         }
     }
 }
@@ -451,6 +468,12 @@ impl Task for TrainTask {
                 Ok(l) => log = l,
                 Err(e) => return Outcome::Retry(e),
             }
+            // A resumed training shows the samples of the one it goes on from as its own.
+            if *d != dir
+                && let Err(e) = copy_samples(&blobs, id, &ctx.job.id).await
+            {
+                return Outcome::Retry(e);
+            }
         }
         let base = match super::model_source(
             &ctx.services,
@@ -482,6 +505,7 @@ impl Task for TrainTask {
             progress: ctx.progress(),
             cancel: ctx.cancel.clone(),
             job_id: ctx.job.id.clone(),
+            attempt: ctx.job.attempt,
             dir,
         };
         let work = tokio::task::spawn_blocking(move || {
@@ -494,6 +518,29 @@ impl Task for TrainTask {
             other => super::engine_outcome(other.map(|r| r.map(|mut v| v.remove(0))), "training"),
         }
     }
+
+    /// Completed and recorded: the checkpoint is no longer needed (the loss log and the
+    /// samples stay, for the page that shows the training).
+    async fn ended(&self, services: &Services, job: &super::Job) {
+        let key = format!("{}{CHECKPOINT}", state_dir(&job.id));
+        if let Err(e) = services.blobs.delete(&key).await {
+            tracing::warn!(%key, error = %e, "deleting a finished training's checkpoint failed");
+        }
+    }
+}
+
+/// The sample images of training `from`, copied to training `to`'s state.
+async fn copy_samples(blobs: &Blobs, from: &str, to: &str) -> Result<(), String> {
+    let prefix = format!("{}samples/", state_dir(from));
+    for key in blobs.list(&prefix).await.map_err(|e| e.to_string())? {
+        let Some(bytes) = blobs.get(&key).await.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let name = key.trim_start_matches(&prefix);
+        let dest = format!("{}samples/{name}", state_dir(to));
+        blobs.put(&dest, bytes).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A resumed training: the settings of the one it goes on from (the caller's, stopped,
@@ -560,11 +607,27 @@ struct Run {
     progress: tokio::sync::mpsc::UnboundedSender<super::ProgressMsg>,
     cancel: CancelToken,
     job_id: String,
+    attempt: i64,
     dir: String,
 }
 
 impl Run {
+    /// Whether the job is still this attempt's: not deleted, not taken over by another
+    /// worker after this one lost its lease (cancelled by its owner it still is: its last
+    /// checkpoint is what a resume goes on from).
+    fn still_mine(&self) -> bool {
+        match self.rt.block_on(self.services.db.job(&self.job_id)) {
+            Ok(Some(j)) => j.attempts == self.attempt && j.status != "completed",
+            _ => false,
+        }
+    }
+
+    /// Writes the training's state, unless the job is no longer this attempt's (a late
+    /// write must not overwrite the next attempt's, or outlive a deleted job).
     fn put(&self, key: String, bytes: Vec<u8>) -> Result<(), EngineError> {
+        if !self.still_mine() {
+            return Err(EngineError::Cancelled);
+        }
         self.rt
             .block_on(self.services.blobs.put(&key, bytes))
             .map_err(|e| EngineError::Io {
@@ -612,12 +675,22 @@ impl Run {
             }
             None => None,
         };
+        // Each image no larger than twice the training's side (its bucket is at most that
+        // wide), so fifty large uploads are not held at full size.
+        let side = 2 * r.resolution.unwrap_or(512);
+        let shrink = |img: image::DynamicImage| {
+            if img.width().max(img.height()) > side {
+                img.resize(side, side, image::imageops::FilterType::Lanczos3)
+            } else {
+                img
+            }
+        };
         let mut examples = Vec::with_capacity(files.len());
         for (i, (image, mask, caption)) in files.iter().enumerate() {
             self.cancel.check()?;
-            let image = decode(image)?.to_rgb8();
+            let image = shrink(decode(image)?).to_rgb8();
             let mask = match (mask, &matter) {
-                (Some(m), _) => Some(decode(m)?.to_luma8()),
+                (Some(m), _) => Some(shrink(decode(m)?).to_luma8()),
                 (None, Some(m)) => {
                     let stage = "Finding the subject";
                     let _ = self
@@ -633,7 +706,8 @@ impl Run {
                 mask,
             });
         }
-        let model = super::image::load_model(&base, &self.services.cache)?;
+        // Training runs on the CPU in f32 (whatever device serves images).
+        let model = super::image::load_model_cpu(&base, &self.services.cache)?;
         let sample_steps = base.default_steps.unwrap_or(20).clamp(1, 30) as usize;
         let v = model.scheduler_config.prediction_type
             == krya_engine::schedulers::PredictionType::VPrediction;
@@ -708,12 +782,6 @@ impl Run {
         let mut l = log.into_inner().unwrap();
         l.eval_loss = Some(trained.eval);
         self.write_log(&l)?;
-        // Done: the LoRA is the output, and the checkpoint is no longer needed.
-        let _ = self.rt.block_on(
-            self.services
-                .blobs
-                .delete(&format!("{}{CHECKPOINT}", self.dir)),
-        );
         let dataset = serde_json::json!({
             "name": r.name, "trigger": r.trigger, "images": r.images,
         });
