@@ -13,7 +13,8 @@ step one tests something), `step{k}.latents`, `.context`, `.noise`, `.offset_noi
 `.timesteps`; and the reference: `alphas_cumprod`, `loss` per step, `grad0.{layer}.down/up`
 (step one's gradients, before clipping) and `final.{layer}.down/up` after ten steps.
 Then the same with the text encoder trained too (`reference_te.safetensors`, see
-`text_encoder_too`). Plain PyTorch, fp32, deterministic algorithms; no accelerate.
+`text_encoder_too`), and on the tiny SDXL UNet with its added conditioning
+(`reference_sdxl.safetensors`, see `sdxl`). Plain PyTorch, fp32, deterministic algorithms; no accelerate.
 """
 import json
 import shutil
@@ -96,6 +97,7 @@ def main():
     save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / "reference.safetensors"))
     (OUT / "recipe.json").write_text(json.dumps(RECIPE, indent=1))
     text_encoder_too()
+    sdxl()
 
 
 TE_RECIPE = dict(RECIPE, te_lr=5e-4, te_targets=["q_proj", "k_proj", "v_proj", "out_proj"], tokens=77)
@@ -175,6 +177,63 @@ def text_encoder_too():
     data["loss"] = torch.tensor(losses, dtype=torch.float64)
     save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / "reference_te.safetensors"))
     (OUT / "recipe_te.json").write_text(json.dumps(TE_RECIPE, indent=1))
+
+
+def sdxl():
+    """The same recipe on the tiny SDXL UNet (`golden/sdxl`), with its added conditioning
+    (`text_embeds`, the pooled text state, and `time_ids`: original size, crop corner, target
+    size) as diffusers' `train_text_to_image_lora_sdxl.py` passes it. Writes
+    `reference_sdxl.safetensors` (`step{k}.pooled`, `.time_ids` besides the others)."""
+    unet = UNet2DConditionModel.from_pretrained(str(GOLDEN / "sdxl/unet")).train()
+    noise_scheduler = DDPMScheduler.from_pretrained(str(GOLDEN / "sdxl/scheduler"))
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights=False, target_modules=RECIPE["targets"]))
+    g = torch.Generator().manual_seed(13)
+    data, lora = {}, {}
+    for name, m in unet.named_modules():
+        if hasattr(m, "lora_A") and "default" in m.lora_A:
+            a, b = m.lora_A["default"].weight, m.lora_B["default"].weight
+            with torch.no_grad():
+                a.copy_(torch.randn(a.shape, generator=g) / a.shape[1] ** 0.5)
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            data[f"init.{name}.down"], data[f"init.{name}.up"] = a.detach().clone(), b.detach().clone()
+            lora[name] = (a, b)
+    params = [p for ab in lora.values() for p in ab]
+    opt = torch.optim.AdamW(params, lr=RECIPE["lr"], betas=RECIPE["betas"], weight_decay=RECIPE["weight_decay"], eps=RECIPE["eps"])
+    sched = get_scheduler("constant_with_warmup", optimizer=opt, num_warmup_steps=RECIPE["warmup"])
+    c = unet.config
+    pooled_dim = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+    losses = []
+    for step in range(STEPS):
+        ch = c.in_channels
+        latents = torch.randn(BATCH, ch, 8, 8, generator=g)
+        context = torch.randn(BATCH, 5, c.cross_attention_dim, generator=g)
+        pooled = torch.randn(BATCH, pooled_dim, generator=g)
+        time_ids = torch.randint(0, 128, (BATCH, 6), generator=g).float()
+        noise = torch.randn(BATCH, ch, 8, 8, generator=g)
+        offset_noise = torch.randn(BATCH, ch, 1, 1, generator=g)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (BATCH,), generator=g)
+        for k, v in dict(latents=latents, context=context, pooled=pooled, time_ids=time_ids, noise=noise,
+                         offset_noise=offset_noise, timesteps=timesteps.to(torch.int64)).items():
+            data[f"step{step}.{k}"] = v
+        noise = noise + RECIPE["noise_offset"] * offset_noise
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = torch.stack([snr, RECIPE["snr_gamma"] * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
+        loss = (F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3]) * weights).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, RECIPE["max_grad_norm"])
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        print("sdxl", step, loss.item())
+    for name, (a, b) in lora.items():
+        data[f"final.{name}.down"], data[f"final.{name}.up"] = a.detach().clone(), b.detach().clone()
+    data["alphas_cumprod"] = noise_scheduler.alphas_cumprod.float()
+    data["loss"] = torch.tensor(losses, dtype=torch.float64)
+    save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / "reference_sdxl.safetensors"))
 
 
 if __name__ == "__main__":

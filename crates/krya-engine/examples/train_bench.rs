@@ -61,6 +61,7 @@ fn main() -> krya_engine::Result<()> {
         offset_noise: None,
         timesteps: &[500],
         mask: None,
+        added: None,
     };
     trainer.step(&unet, &batch)?; // warm-up
     let mut times = Vec::new();

@@ -874,7 +874,7 @@ export interface TrainRequest {
   preset?: Preset;
   /** A word that calls up what was trained (`zkx person`), put before every caption. */
   trigger?: string | null;
-  /** The base model (SD 1.x or 2.x; `GET /api/models?capability=txt2img`). */
+  /** The base model (SD 1.x, 2.x or XL; `GET /api/models?capability=txt2img`). */
   model?: string | null;
   /** 1 to 50 images, each with its caption. */
   images?: TrainImage[];

@@ -252,3 +252,50 @@ impl CustomOp1 for GroupNormOp {
         Ok(Some(dx.reshape(dims)?))
     }
 }
+
+/// GEGLU (`a · gelu(g)` over the two halves of the last dimension) as one recorded op:
+/// the kernel's forward, and a backward in one pass (candle's composed form keeps both
+/// halves as strided copies and records four ops).
+pub(crate) struct GegluOp;
+
+impl CustomOp1 for GegluOp {
+    fn name(&self) -> &'static str {
+        "geglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(v) = storage else {
+            candle_core::bail!("geglu runs on f32")
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("geglu takes contiguous inputs")
+        };
+        let mut dims = layout.dims().to_vec();
+        let last = dims.last_mut().expect("geglu takes a last dimension");
+        *last /= 2;
+        let out = super::math::geglu_rows(&v[a..b], *last);
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let dims = arg.dims().to_vec();
+        let d = dims[dims.len() - 1] / 2;
+        let h = arg.detach().contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let go = grad
+            .detach()
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let dh = super::math::geglu_backward_rows(&h, &go, d);
+        Ok(Some(Tensor::from_vec(dh, dims, arg.device())?))
+    }
+}

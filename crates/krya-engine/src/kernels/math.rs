@@ -71,6 +71,11 @@ simd_fn! {
 pub fn geglu(h: &Tensor) -> candle_core::Result<Tensor> {
     let dims = h.dims().to_vec();
     let last = *dims.last().unwrap_or(&0);
+    if h.track_op() && last % 2 == 0 && h.device().is_cpu() && h.dtype() == candle_core::DType::F32
+    {
+        // Training: one recorded op (kernel forward, one-pass backward).
+        return h.contiguous()?.apply_op1(super::frozen::GegluOp);
+    }
     if !cpu_f32(h) || last % 2 == 1 {
         let half = last / 2;
         let n = dims.len() - 1;
@@ -99,4 +104,33 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     let mut v = data(x)?;
     v.par_chunks_mut(1 << 14).for_each(gelu_inplace);
     Tensor::from_vec(v, x.dims(), x.device())
+}
+
+/// GEGLU's backward: for rows `h = [a, g]` and the output's gradient `go` (`[rows, d]`),
+/// `[go · gelu(g), go · a · gelu'(g)]` with `gelu'(x) = Φ(x) + x φ(x)`.
+pub fn geglu_backward_rows(h: &[f32], go: &[f32], d: usize) -> Vec<f32> {
+    let rows = h.len() / (2 * d);
+    let mut out = uninit(rows * 2 * d);
+    out.par_chunks_mut(2 * d)
+        .zip(h.par_chunks(2 * d))
+        .zip(go.par_chunks(d))
+        .for_each(|((o, row), go)| geglu_backward_row(o, row, go));
+    out
+}
+
+simd_fn! {
+    /// One row of [`geglu_backward_rows`].
+    fn geglu_backward_row(o: &mut [f32], row: &[f32], go: &[f32]) {
+        let d = go.len();
+        let (a, g) = row.split_at(d);
+        let (da, dg) = o.split_at_mut(d);
+        for i in 0..d {
+            let x = g[i];
+            let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            // φ(x) = e^(−x²/2) / √(2π)
+            let pdf = exp(-0.5 * x * x) * 0.398_942_3;
+            da[i] = go[i] * x * cdf;
+            dg[i] = go[i] * a[i] * (cdf + x * pdf);
+        }
+    }
 }

@@ -380,3 +380,22 @@ fn the_avx512_kernels_are_the_ones_tested() {
         "the tests above took another path than AVX-512"
     );
 }
+
+/// GEGLU in a gradient's graph (one op with its own backward) gives the value and the
+/// gradient candle's composed form gives.
+#[test]
+fn geglu_op_backward_matches_the_composed_one() {
+    let dev = Device::Cpu;
+    let h = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.0, (2, 5, 16), &dev).unwrap())
+        .unwrap();
+    let w = Tensor::randn(0f32, 1.0, (2, 5, 8), &dev).unwrap();
+    let composed =
+        (h.narrow(2, 0, 8).unwrap() * h.narrow(2, 8, 8).unwrap().gelu_erf().unwrap()).unwrap();
+    let op = geglu(h.as_tensor()).unwrap();
+    close(&op, &composed, 1e-5);
+    let grad = |y: &Tensor| {
+        let loss = (y * &w).unwrap().sum_all().unwrap();
+        loss.backward().unwrap().get(h.as_tensor()).unwrap().clone()
+    };
+    close(&grad(&op), &grad(&composed), 1e-5);
+}

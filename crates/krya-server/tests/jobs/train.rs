@@ -241,6 +241,38 @@ fn train(s: &Server) {
     assert_eq!(p["masked_loss"], false, "{p}");
     assert!(masked != plain, "the mask changed nothing");
 
+    // An SDXL model trains its UNet (saved under the SGM names kohya uses); its text
+    // encoders do not train yet.
+    let mut body = request(&images, 3);
+    body["model"] = json!("xl");
+    body["checkpoint_every"] = json!(3);
+    body["train_text_encoder"] = json!(true);
+    let (st, e) = c.post("/api/train/model", body.clone());
+    assert_eq!(st, 422, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("train_text_encoder"),
+        "{e}"
+    );
+    body.as_object_mut().unwrap().remove("train_text_encoder");
+    let (st, j) = c.post("/api/train/model", body);
+    assert_eq!(st, 202, "{j}");
+    let t = wait_training(&c, j["id"].as_str().unwrap());
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["params"]["train_text_encoder"], false, "{t}");
+    let (_, file) = c.bytes(&format!(
+        "/api/assets/{}",
+        t["training"]["lora"].as_str().unwrap()
+    ));
+    assert!(
+        tensors(&file)
+            .keys()
+            .any(|k| k.starts_with("lora_unet_input_blocks_")),
+        "not SGM names"
+    );
+
     // The LoRA is the owner's at once: listed, and applied by its id.
     let (_, list) = c.get("/api/models?capability=lora");
     let own = list["models"]
@@ -254,7 +286,7 @@ fn train(s: &Server) {
         (Some("Sofa"), Some(true))
     );
     let (_, page) = c.get("/api/train/models");
-    assert_eq!(page["items"].as_array().unwrap().len(), 5, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 6, "{page}");
     let generate = |c: &Client, loras: Value| {
         c.post(
             "/api/generate/image",
@@ -291,8 +323,9 @@ fn train_on_sqlite() {
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/../krya-engine/tests/golden");
     std::fs::write(
         dir.path().join("models.json"),
-        json!({"tiny": format!("{golden}/turbo"), "isnet": format!("{golden}/matte/isnet.safetensors")})
-            .to_string(),
+        json!({"tiny": format!("{golden}/turbo"), "xl": format!("{golden}/sdxl"),
+               "isnet": format!("{golden}/matte/isnet.safetensors")})
+        .to_string(),
     )
     .unwrap();
     let s = start(config(dir.path()), dir);

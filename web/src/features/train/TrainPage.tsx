@@ -48,7 +48,7 @@ async function captionOf(image: string): Promise<string> {
 }
 
 function NewTraining({ onStarted }: { onStarted: (job: Job) => void }) {
-  const models = useLoad(() => api.models("txt2img").then((r) => r.models.filter((m) => m.installed && m.family !== "sdxl")));
+  const models = useLoad(() => api.models("txt2img").then((r) => r.models.filter((m) => m.installed)));
   const captioners = useLoad(() => api.models("caption").then((r) => r.models.filter((m) => m.installed)));
   const [name, setName] = useState("");
   const [preset, setPreset] = useState<Preset>("style");
@@ -151,7 +151,7 @@ function NewTraining({ onStarted }: { onStarted: (job: Job) => void }) {
           <ErrorNote error={models.error} onRetry={models.reload} />
         ) : (
           <Select value={chosen} onChange={(e) => setModel(e.target.value)} aria-label="Base model">
-            {offered.length === 0 && <option value="">No SD 1.x or 2.x model installed</option>}
+            {offered.length === 0 && <option value="">No image model installed</option>}
             {offered.map((m) => (
               <option key={m.id} value={m.id}>
                 {m.name}

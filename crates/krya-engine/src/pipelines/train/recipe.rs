@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::lora::Trainable;
 use crate::Result;
-use crate::pipelines::stable_diffusion::unet::UNet2DConditionModel;
+use crate::pipelines::stable_diffusion::unet::{AddedCond, UNet2DConditionModel};
 
 /// What the UNet learns to predict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +75,9 @@ pub struct Batch<'a> {
     /// `[b, 1, h, w]` weights in 0..=1 at the latents' size: the loss counts each latent
     /// pixel by its weight (kohya's masked loss: a person's subject, not the background).
     pub mask: Option<&'a Tensor>,
+    /// SDXL's added conditioning: the pooled text state `[b, d]` and the `time_ids`
+    /// `[b, 6]` (original size, crop corner, target size).
+    pub added: Option<(&'a Tensor, &'a Tensor)>,
 }
 
 /// AdamW's running moments, one pair per trainable tensor (saved in checkpoints, so a
@@ -191,7 +194,11 @@ impl Trainer {
             b,
             dev,
         )?;
-        let pred = unet.forward_timesteps(&noisy, &t, batch.context, None, None)?;
+        let added = batch.added.map(|(text_embeds, time_ids)| AddedCond {
+            text_embeds,
+            time_ids,
+        });
+        let pred = unet.forward_timesteps(&noisy, &t, batch.context, None, added)?;
         let err = (pred - target)?.sqr()?;
         let err = match batch.mask {
             Some(m) => err.broadcast_mul(m)?,

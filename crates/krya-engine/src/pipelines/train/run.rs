@@ -1,4 +1,5 @@
-//! A whole LoRA training run on a loaded SD 1.x/2.x model: images to aspect-ratio buckets
+//! A whole LoRA training run on a loaded SD 1.x/2.x or XL model (SDXL with its pooled text
+//! state and size conditioning; its text encoders stay frozen): images to aspect-ratio buckets
 //! and their latents (encoded once), captions (with the trigger word, and dropped to the
 //! empty prompt at `caption_dropout`) to the frozen text encoder's states (encoded once),
 //! then `steps` optimiser steps, each drawing its batch, noise and timesteps from a
@@ -184,20 +185,19 @@ fn bucket_of(buckets: &[(usize, usize)], w: u32, h: u32) -> (usize, usize) {
 
 /// The image resized to cover `(w, h)` and cropped to it, centred.
 fn cover(img: &RgbImage, w: usize, h: usize) -> RgbImage {
-    let s = (w as f64 / img.width() as f64).max(h as f64 / img.height() as f64);
-    let (sw, sh) = (
-        ((img.width() as f64 * s).round() as u32).max(w as u32),
-        ((img.height() as f64 * s).round() as u32).max(h as u32),
-    );
+    let (sw, sh, left, top) = cover_geometry(img.width(), img.height(), w, h);
     let scaled = image::imageops::resize(img, sw, sh, image::imageops::FilterType::Lanczos3);
-    image::imageops::crop_imm(
-        &scaled,
-        (sw - w as u32) / 2,
-        (sh - h as u32) / 2,
-        w as u32,
-        h as u32,
-    )
-    .to_image()
+    image::imageops::crop_imm(&scaled, left, top, w as u32, h as u32).to_image()
+}
+
+/// Where [`cover`] scales an `iw × ih` image to and the crop's top-left corner in it.
+fn cover_geometry(iw: u32, ih: u32, w: usize, h: usize) -> (u32, u32, u32, u32) {
+    let s = (w as f64 / iw as f64).max(h as f64 / ih as f64);
+    let (sw, sh) = (
+        ((iw as f64 * s).round() as u32).max(w as u32),
+        ((ih as f64 * s).round() as u32).max(h as u32),
+    );
+    (sw, sh, (sw - w as u32) / 2, (sh - h as u32) / 2)
 }
 
 /// A prepared example: its bucket, its latents, its caption and its states, its loss mask.
@@ -205,6 +205,9 @@ struct Prepared {
     bucket: (usize, usize),
     latents: Tensor,
     context: Tensor,
+    /// SDXL's pooled text state and micro-conditioning.
+    pooled: Option<Tensor>,
+    time_ids: Option<Tensor>,
     /// The caption as encoded (with the trigger word), for a text encoder that trains.
     caption: String,
     mask: Option<Tensor>,
@@ -294,11 +297,6 @@ pub fn train(
     on_checkpoint: &mut dyn FnMut(&Checkpoint) -> Result<()>,
     cancel: &CancelToken,
 ) -> Result<Trained> {
-    if model.unet.needs_added_cond() {
-        return Err(crate::invalid!(
-            "training: SDXL LoRAs cannot be trained yet (SD 1.x and 2.x can)"
-        ));
-    }
     if examples.is_empty() {
         return Err(crate::invalid!("training: no images"));
     }
@@ -316,7 +314,25 @@ pub fn train(
         // The posterior's mean: latents cached once, the same every epoch.
         let (mean, _) = model.vae.encode(&pixels)?;
         let latents = ((mean - shift)? * scale)?.to_dtype(DType::F32)?;
-        let (context, _) = model.encode_prompts(&[&caption_of(plan, &ex.caption)], 0)?;
+        let (context, pooled) = model.encode_prompts(&[&caption_of(plan, &ex.caption)], 0)?;
+        // SDXL's micro-conditioning (diffusers' SDXL scripts): the image's own size, the
+        // crop's corner in the scaled image, the bucket's size.
+        let time_ids = match pooled {
+            Some(_) => {
+                let (iw, ih) = ex.image.dimensions();
+                let (_, _, left, top) = cover_geometry(iw, ih, w, h);
+                let ids = [
+                    ih as f32,
+                    iw as f32,
+                    top as f32,
+                    left as f32,
+                    h as f32,
+                    w as f32,
+                ];
+                Some(Tensor::from_slice(&ids, (1, 6), &Device::Cpu)?)
+            }
+            None => None,
+        };
         let mask = match &ex.mask {
             Some(m) => {
                 let (iw, ih) = ex.image.dimensions();
@@ -333,12 +349,15 @@ pub fn train(
             bucket: (w, h),
             latents,
             context: context.to_dtype(DType::F32)?,
+            pooled: pooled.map(|p| p.to_dtype(DType::F32)).transpose()?,
+            time_ids,
             caption: caption_of(plan, &ex.caption),
             mask,
         });
     }
-    let (empty, _) = model.encode_prompts(&[""], 0)?;
+    let (empty, empty_pooled) = model.encode_prompts(&[""], 0)?;
     let empty = empty.to_dtype(DType::F32)?;
+    let empty_pooled = empty_pooled.map(|p| p.to_dtype(DType::F32)).transpose()?;
     let by_bucket: BTreeMap<(usize, usize), Vec<usize>> =
         prepared
             .iter()
@@ -406,15 +425,20 @@ pub fn train(
         plan.recipe.clone(),
         &model.scheduler_config.alphas_cumprod()?,
     )?;
-    // A caption's states: encoded once, or (the text encoder training) now, in the graph.
-    let states = |p: &Prepared, dropped: bool| -> Result<Tensor> {
+    // A caption's states (and SDXL's pooled one): encoded once, or (the text encoder
+    // training) now, in the graph.
+    let states = |p: &Prepared, dropped: bool| -> Result<(Tensor, Option<Tensor>)> {
         match &text {
             Some((_, with)) => {
                 let caption = if dropped { "" } else { p.caption.as_str() };
-                Ok(with.encode_prompts(&[caption], 0)?.0.to_dtype(DType::F32)?)
+                let (c, pooled) = with.encode_prompts(&[caption], 0)?;
+                Ok((
+                    c.to_dtype(DType::F32)?,
+                    pooled.map(|p| p.to_dtype(DType::F32)).transpose()?,
+                ))
             }
-            None if dropped => Ok(empty.clone()),
-            None => Ok(p.context.clone()),
+            None if dropped => Ok((empty.clone(), empty_pooled.clone())),
+            None => Ok((p.context.clone(), p.pooled.clone())),
         }
     };
     let mut losses = Vec::new();
@@ -456,7 +480,8 @@ pub fn train(
             for k in 0..5 {
                 let noise = normals(&mut rng, p.latents.dims())?;
                 let t = (2 * k + 1) * timesteps / 10;
-                let context = states(p, false)?.detach();
+                let (context, pooled) = states(p, false)?;
+                let context = context.detach();
                 let batch = Batch {
                     latents: &p.latents,
                     context: &context,
@@ -464,6 +489,7 @@ pub fn train(
                     offset_noise: None,
                     timesteps: &[t],
                     mask: p.mask.as_ref(),
+                    added: pooled.as_ref().zip(p.time_ids.as_ref()),
                 };
                 sum += trainer.loss(unet, &batch)?.detach().to_scalar::<f32>()?;
                 n += 1;
@@ -492,7 +518,7 @@ pub fn train(
         let p = &prepared[group[below(group.len())]];
         let t = below(timesteps);
         let dropped = (below(1 << 20) as f64) < plan.caption_dropout * (1 << 20) as f64;
-        let context = states(p, dropped)?;
+        let (context, pooled) = states(p, dropped)?;
         let noise = normals(&mut rng, p.latents.dims())?;
         let offset = normals(&mut rng, &[1, p.latents.dim(1)?, 1, 1])?;
         let batch = Batch {
@@ -502,6 +528,7 @@ pub fn train(
             offset_noise: Some(&offset),
             timesteps: &[t],
             mask: p.mask.as_ref(),
+            added: pooled.as_ref().zip(p.time_ids.as_ref()),
         };
         let loss = trainer.step(&unet, &batch)?;
         losses.push(loss);

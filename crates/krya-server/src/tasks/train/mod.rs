@@ -112,7 +112,7 @@ pub struct TrainRequest {
     /// A word that calls up what was trained (`zkx person`), put before every caption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
-    /// The base model (SD 1.x or 2.x; `GET /api/models?capability=txt2img`).
+    /// The base model (SD 1.x, 2.x or XL; `GET /api/models?capability=txt2img`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// 1 to 50 images, each with its caption.
@@ -288,11 +288,12 @@ impl TrainRequest {
             Capability::Txt2img,
             "an image model",
         )?;
-        if entry.family.as_deref() == Some("sdxl") {
+        let sdxl = entry.family.as_deref() == Some("sdxl");
+        if sdxl && self.train_text_encoder == Some(true) {
             return Err(invalid(
-                "model",
+                "train_text_encoder",
                 format!(
-                    "{} is an SDXL model: SDXL LoRAs cannot be trained yet (SD 1.x and 2.x can)",
+                    "{} is an SDXL model: its text encoders do not train yet (its UNet does)",
                     entry.id
                 ),
             ));
@@ -333,7 +334,7 @@ impl TrainRequest {
         self.learning_rate = Some(lr);
         self.resolution = Some(resolution);
         self.masked_loss = Some(masked);
-        self.train_text_encoder = Some(self.train_text_encoder.unwrap_or(d.text_encoder));
+        self.train_text_encoder = Some(self.train_text_encoder.unwrap_or(d.text_encoder && !sdxl));
         self.matte_model = matte_model;
         self.sample_every = Some(self.sample_every.unwrap_or((steps / 5).max(1)));
         self.checkpoint_every = Some(self.checkpoint_every.unwrap_or((steps / 10).max(1)));
