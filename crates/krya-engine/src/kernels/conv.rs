@@ -1045,40 +1045,59 @@ pub fn conv_transpose2d(
     }
     let oh = ((h - 1) * stride + kh + output_padding).saturating_sub(2 * padding);
     let ow = ((w - 1) * stride + kw + output_padding).saturating_sub(2 * padding);
-    // [kh · kw · out, in]: row `tap · out + o`.
-    let taps = weight
-        .permute((2, 3, 1, 0))?
-        .reshape((kh * kw * cout, cin))?
-        .contiguous()?;
+    let (kk, hw) = (kh * kw, h * w);
     let bias = bias.map(data).transpose()?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     let mut out = vec![0f32; b * cout * oh * ow];
-    for bi in 0..b {
-        let xb = x.get(bi)?.reshape((cin, h * w))?.contiguous()?;
-        let y = data(&taps.matmul(&xb)?)?;
-        out[bi * cout * oh * ow..(bi + 1) * cout * oh * ow]
-            .par_chunks_mut(oh * ow)
-            .enumerate()
-            .for_each(|(o, plane)| {
-                plane.fill(bias.as_ref().map_or(0.0, |b| b[o]));
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let tap = &y[((ky * kw + kx) * cout + o) * h * w..][..h * w];
-                        for iy in 0..h {
-                            let oy = (iy * stride + ky) as isize - padding as isize;
-                            if oy < 0 || oy >= oh as isize {
-                                continue;
-                            }
-                            let row = &mut plane[oy as usize * ow..][..ow];
-                            for (ix, v) in tap[iy * w..(iy + 1) * w].iter().enumerate() {
-                                let ox = (ix * stride + kx) as isize - padding as isize;
-                                if ox >= 0 && (ox as usize) < ow {
-                                    row[ox as usize] += v;
+    with_slice(&weight, |wv| {
+        with_slice(&x, |xv| {
+            // Every tap's products, `[tap][out][h·w]`.
+            let mut y = uninit(kk * cout * hw);
+            for bi in 0..b {
+                let xb = &xv[bi * cin * hw..][..cin * hw];
+                for t in 0..kk {
+                    // The tap's `[out, in]` weight read in place from `[in, out, k, k]`
+                    // (row stride k·k, column stride out·k·k): no permuted copy of it.
+                    super::products::matmul(
+                        cout,
+                        hw,
+                        cin,
+                        &mut y[t * cout * hw..][..cout * hw],
+                        hw,
+                        false,
+                        &wv[t..],
+                        kk,
+                        cout * kk,
+                        xb,
+                        hw,
+                    );
+                }
+                out[bi * cout * oh * ow..(bi + 1) * cout * oh * ow]
+                    .par_chunks_mut(oh * ow)
+                    .enumerate()
+                    .for_each(|(o, plane)| {
+                        plane.fill(bias.as_ref().map_or(0.0, |b| b[o]));
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let tap = &y[((ky * kw + kx) * cout + o) * hw..][..hw];
+                                for iy in 0..h {
+                                    let oy = (iy * stride + ky) as isize - padding as isize;
+                                    if oy < 0 || oy >= oh as isize {
+                                        continue;
+                                    }
+                                    let row = &mut plane[oy as usize * ow..][..ow];
+                                    for (ix, v) in tap[iy * w..(iy + 1) * w].iter().enumerate() {
+                                        let ox = (ix * stride + kx) as isize - padding as isize;
+                                        if ox >= 0 && (ox as usize) < ow {
+                                            row[ox as usize] += v;
+                                        }
+                                    }
                                 }
                             }
                         }
-                    }
-                }
-            });
-    }
+                    });
+            }
+        })
+    })??;
     Tensor::from_vec(out, (b, cout, oh, ow), &Device::Cpu)
 }
