@@ -14,7 +14,8 @@ step one tests something), `step{k}.latents`, `.context`, `.noise`, `.offset_noi
 (step one's gradients, before clipping) and `final.{layer}.down/up` after ten steps.
 Then the same with the text encoder trained too (`reference_te.safetensors`, see
 `text_encoder_too`), and on the tiny SDXL UNet with its added conditioning
-(`reference_sdxl.safetensors`, see `sdxl`). Plain PyTorch, fp32, deterministic algorithms; no accelerate.
+(`reference_sdxl.safetensors`, see `sdxl`), and with the resnets' convolutions trained too
+(LoCon, `reference_conv.safetensors`). Plain PyTorch, fp32, deterministic algorithms; no accelerate.
 """
 import json
 import shutil
@@ -43,11 +44,21 @@ def main():
     if OUT.exists():
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
+    unet_run(RECIPE["targets"], 11, "reference.safetensors")
+    (OUT / "recipe.json").write_text(json.dumps(RECIPE, indent=1))
+    text_encoder_too()
+    sdxl()
+    # LoCon: the resnets' 3×3 convolutions too (peft's Conv2d LoRA: A a k×k convolution with
+    # the layer's stride and padding, B a 1×1 one).
+    unet_run(RECIPE["targets"] + ["conv1", "conv2"], 14, "reference_conv.safetensors")
+
+
+def unet_run(targets, seed, out_name):
     unet = UNet2DConditionModel.from_pretrained(str(GOLDEN / "sd1/unet")).train()
     noise_scheduler = DDPMScheduler.from_pretrained(str(GOLDEN / "sd1/scheduler"))
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights=False, target_modules=RECIPE["targets"]))
-    g = torch.Generator().manual_seed(11)
+    unet.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, init_lora_weights=False, target_modules=targets))
+    g = torch.Generator().manual_seed(seed)
     data = {}
     lora = {}
     for name, m in unet.named_modules():
@@ -94,10 +105,7 @@ def main():
         data[f"final.{name}.down"], data[f"final.{name}.up"] = a.detach().clone(), b.detach().clone()
     data["alphas_cumprod"] = noise_scheduler.alphas_cumprod.float()
     data["loss"] = torch.tensor(losses, dtype=torch.float64)
-    save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / "reference.safetensors"))
-    (OUT / "recipe.json").write_text(json.dumps(RECIPE, indent=1))
-    text_encoder_too()
-    sdxl()
+    save_file({k: v.contiguous() for k, v in data.items()}, str(OUT / out_name))
 
 
 TE_RECIPE = dict(RECIPE, te_lr=5e-4, te_targets=["q_proj", "k_proj", "v_proj", "out_proj"], tokens=77)

@@ -148,10 +148,20 @@ fn lora_gradients_are_the_losses_finite_differences() {
 /// two. Step one's gradients agree tightly, each step's loss and the final weights to 1e-3.
 #[test]
 fn training_matches_diffusers_and_peft_step_by_step() {
+    matches_unet_reference("reference.safetensors", &[]);
+}
+
+/// The same with the resnets' 3×3 convolutions trained too (LoCon; peft's Conv2d LoRA: a
+/// k×k `down` with the layer's stride and padding, a 1×1 `up`).
+#[test]
+fn conv_layers_train_as_peft_trains_them() {
+    matches_unet_reference("reference_conv.safetensors", &["conv1", "conv2"]);
+}
+
+fn matches_unet_reference(file: &str, more_targets: &[&str]) {
     use krya_engine::pipelines::train::recipe::{Batch, Trainer};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let r = candle_core::safetensors::load(dir.join("train/reference.safetensors"), &Device::Cpu)
-        .unwrap();
+    let r = candle_core::safetensors::load(dir.join("train").join(file), &Device::Cpu).unwrap();
     let recipe: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("train/recipe.json")).unwrap())
             .unwrap();
@@ -167,16 +177,16 @@ fn training_matches_diffusers_and_peft_step_by_step() {
         assert!((*a as f32 - b).abs() < 1e-6, "alphas_cumprod {a} vs {b}");
     }
     let mut u = sd.unet.clone();
-    let trained = inject(
-        &mut u,
-        &golden_config(&recipe, "targets"),
-        &mut |name, _, _| {
-            Ok((
-                r[&format!("init.{name}.down")].clone(),
-                r[&format!("init.{name}.up")].clone(),
-            ))
-        },
-    )
+    let mut config = golden_config(&recipe, "targets");
+    config
+        .targets
+        .extend(more_targets.iter().map(|t| t.to_string()));
+    let trained = inject(&mut u, &config, &mut |name, _, _| {
+        Ok((
+            r[&format!("init.{name}.down")].clone(),
+            r[&format!("init.{name}.up")].clone(),
+        ))
+    })
     .unwrap();
     let mut trainer = Trainer::new(&trained, golden_recipe(&recipe), &alphas).unwrap();
     let want_loss: Vec<f64> = r["loss"].to_vec1().unwrap();
@@ -513,7 +523,7 @@ fn an_sdxl_run_trains_and_saves() {
     .unwrap();
 }
 
-/// A trained LoRA saved as kohya does (SD 1.x with diffusers' names, SDXL with the SGM
+/// A trained LoRA (linear and convolution layers) saved as kohya does (SD 1.x with diffusers' names, SDXL with the SGM
 /// ones) loads back through the engine's own LoRA loader and, merged into the base, gives
 /// what the UNet with its training branches gives.
 #[test]
@@ -533,9 +543,12 @@ fn saved_loras_load_back_as_kohya_files() {
         let config = LoraConfig {
             rank: 3,
             alpha: 1.5,
-            targets: ["to_q", "to_k", "to_v", "to_out.0", "ff.net.2"]
-                .map(String::from)
-                .to_vec(),
+            // And the resnets' convolutions (LoCon).
+            targets: [
+                "to_q", "to_k", "to_v", "to_out.0", "ff.net.2", "conv1", "conv2",
+            ]
+            .map(String::from)
+            .to_vec(),
         };
         let trained = inject(&mut u, &config, &mut |_, inp, out| {
             Ok((

@@ -898,6 +898,11 @@ export interface TrainRequest {
    * word's meaning is learned as well: person and product trainings do by default.
    */
   train_text_encoder?: boolean | null;
+  /**
+   * Trains the resnets' 3×3 convolutions too (LoCon, kohya's `conv_dim`): more of a
+   * style's texture is learned, in a larger file. Off by default.
+   */
+  train_conv_layers?: boolean | null;
   /** The prompt of the sample images (the trigger word goes before it). */
   sample_prompt?: string | null;
   /** A sample image every this many steps (0: none; default a fifth of the steps). */

@@ -651,6 +651,9 @@ pub struct Conv2d {
     pub(crate) cfg: Conv2dConfig,
     /// Padded by reflection instead of zeros (`padding_mode="reflect"`).
     pub(crate) reflect: bool,
+    /// A trainable LoRA branch (LoCon: `down` a `[rank, in, k, k]` convolution with the
+    /// layer's stride and padding, `up` a `[out, rank, 1, 1]` one), added to the output.
+    pub(crate) lora: Option<super::LoraBranch>,
 }
 
 /// A convolution's weight as loaded, or packed for the direct 3×3 kernel instead (so the
@@ -730,6 +733,7 @@ pub fn conv2d_from(
         bias,
         cfg,
         reflect: false,
+        lora: None,
     })
 }
 
@@ -921,6 +925,34 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(l) = &self.lora else {
+            return self.forward_frozen(x);
+        };
+        // Training a LoRA on the layer: its branch through candle's convolutions (whose
+        // backward gives the branch's gradients), beside the frozen layer.
+        let c = &self.cfg;
+        let branch = x
+            .contiguous()?
+            .conv2d(
+                l.down.as_tensor(),
+                c.padding,
+                c.stride,
+                c.dilation,
+                c.groups,
+            )?
+            .conv2d(l.up.as_tensor(), 0, 1, 1, 1)?;
+        self.forward_frozen(x)? + (branch * l.scale)?
+    }
+}
+
+impl Conv2d {
+    /// Puts a trainable LoRA branch on the layer (`None` takes it off).
+    pub fn set_lora(&mut self, lora: Option<super::LoraBranch>) {
+        self.lora = lora;
+    }
+
+    /// The layer without its LoRA branch.
+    pub(crate) fn forward_frozen(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // In a gradient's graph (training): one op, the engine's kernels forward, the input's
         // gradient by the engine's transposed convolution (none for the frozen weight).
         let c = &self.cfg;
@@ -952,6 +984,7 @@ impl Module for Conv2d {
                     ..self.cfg
                 },
                 reflect: false,
+                lora: None,
             };
             return inner.forward(&reflect_pad(x, self.cfg.padding)?);
         }

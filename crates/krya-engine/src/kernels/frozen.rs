@@ -82,7 +82,7 @@ impl CustomOp1 for FrozenConv {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        output(self.layer.forward(&input(storage, layout)?)?)
+        output(self.layer.forward_frozen(&input(storage, layout)?)?)
     }
 
     fn bwd(

@@ -257,6 +257,8 @@ fn train(s: &Server) {
         "{e}"
     );
     body.as_object_mut().unwrap().remove("train_text_encoder");
+    // And its resnets' convolutions (LoCon).
+    body["train_conv_layers"] = json!(true);
     let (st, j) = c.post("/api/train/model", body);
     assert_eq!(st, 202, "{j}");
     let t = wait_training(&c, j["id"].as_str().unwrap());
@@ -266,11 +268,18 @@ fn train(s: &Server) {
         "/api/assets/{}",
         t["training"]["lora"].as_str().unwrap()
     ));
+    let keys = tensors(&file);
     assert!(
-        tensors(&file)
-            .keys()
+        keys.keys()
             .any(|k| k.starts_with("lora_unet_input_blocks_")),
         "not SGM names"
+    );
+    // A resnet's first convolution, in SGM's names (`in_layers.2`), its `down` 4-D.
+    assert!(
+        keys.keys()
+            .any(|k| k.contains("_in_layers_2.lora_down.weight")),
+        "no convolution layers: {:?}",
+        keys.keys().collect::<Vec<_>>()
     );
 
     // The LoRA is the owner's at once: listed, and applied by its id.

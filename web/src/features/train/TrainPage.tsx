@@ -17,11 +17,11 @@ import { Link, navigate, useLocation } from "../../lib/router";
 import { ema, etaText, lossPath } from "./chart";
 
 const MAX_IMAGES = 50;
-const PRESETS: { id: Preset; label: string; hint: string; steps: number; rank: number }[] = [
-  { id: "person", label: "Person", hint: "A face and build; backgrounds left out where a background-removal model is installed", steps: 1200, rank: 16 },
-  { id: "product", label: "Product", hint: "Its shape, colours and labels", steps: 1000, rank: 16 },
-  { id: "style", label: "Style", hint: "A palette, a medium, brushwork", steps: 1500, rank: 32 },
-  { id: "object", label: "Object", hint: "A thing or a creature", steps: 800, rank: 8 },
+const PRESETS: { id: Preset; label: string; hint: string; steps: number; rank: number; text: boolean }[] = [
+  { id: "person", label: "Person", hint: "A face and build; backgrounds left out where a background-removal model is installed", steps: 1200, rank: 16, text: true },
+  { id: "product", label: "Product", hint: "Its shape, colours and labels", steps: 1000, rank: 16, text: true },
+  { id: "style", label: "Style", hint: "A palette, a medium, brushwork", steps: 1500, rank: 32, text: false },
+  { id: "object", label: "Object", hint: "A thing or a creature", steps: 800, rank: 8, text: false },
 ];
 
 /** An image of the training set as it is being prepared. */
@@ -62,6 +62,9 @@ function NewTraining({ onStarted }: { onStarted: (job: Job) => void }) {
   const [lr, setLr] = useState("");
   const [resolution, setResolution] = useState("");
   const [samplePrompt, setSamplePrompt] = useState("");
+  // null: the preset's choice.
+  const [textEncoder, setTextEncoder] = useState<boolean | null>(null);
+  const [conv, setConv] = useState(false);
   const [error, setError] = useState<ApiError | null>(null);
   const [starting, setStarting] = useState(false);
   const offered: Model[] = models.data ?? [];
@@ -110,6 +113,8 @@ function NewTraining({ onStarted }: { onStarted: (job: Job) => void }) {
           learning_rate: num(lr),
           resolution: num(resolution),
           sample_prompt: samplePrompt.trim() || undefined,
+          train_text_encoder: textEncoder ?? undefined,
+          train_conv_layers: conv || undefined,
         }),
       );
     } catch (e) {
@@ -234,6 +239,14 @@ function NewTraining({ onStarted }: { onStarted: (job: Job) => void }) {
               <Input inputMode="decimal" value={value} onChange={(e) => set(e.target.value)} placeholder={placeholder} aria-label={label} />
             </label>
           ))}
+          <label className="flex items-center gap-2 text-sm text-neutral-300 sm:col-span-2">
+            <input type="checkbox" checked={textEncoder ?? p.text} onChange={(e) => setTextEncoder(e.target.checked)} data-testid="train-text-encoder" />
+            Train the text encoder too (SD 1.x and 2.x)
+          </label>
+          <label className="flex items-center gap-2 text-sm text-neutral-300 sm:col-span-2">
+            <input type="checkbox" checked={conv} onChange={(e) => setConv(e.target.checked)} data-testid="train-conv" />
+            Train the convolutions too (LoCon: more texture, a larger file)
+          </label>
           <label className="flex flex-col gap-1.5 sm:col-span-2">
             <span className="text-xs font-medium uppercase tracking-wide text-muted">Sample prompt</span>
             <Input value={samplePrompt} maxLength={1000} onChange={(e) => setSamplePrompt(e.target.value)} placeholder="The trigger word alone" aria-label="Sample prompt" />

@@ -56,9 +56,10 @@ impl Trainable {
     }
 }
 
-/// Puts a LoRA branch on every linear layer of `unet` that `config` targets, its weights
-/// from `init(name, in, out)` (`down` `[rank, in]`, `up` `[out, rank]`). A target that
-/// matches no layer is an error.
+/// Puts a LoRA branch on every layer of `unet` that `config` targets (linear layers, and
+/// convolutions as LoCon does), its weights from `init(name, fan_in, out)` (`down` `rank ×
+/// fan_in`, `up` `out × rank` values, shaped for the layer). A target that matches no layer is
+/// an error.
 pub fn inject(
     unet: &mut UNet2DConditionModel,
     config: &LoraConfig,
@@ -88,28 +89,47 @@ fn inject_into(
         if !config.matches(path) {
             return Ok(());
         }
-        let Layer::Linear(l) = layer else {
-            return Err(EngineError::InvalidInput(format!(
-                "LoRA training: {path} is a convolution (only linear layers train yet)"
-            )));
+        let rank = config.rank;
+        // A linear layer's branch: `[rank, in]` and `[out, rank]`; a convolution's (LoCon):
+        // `[rank, in, k, k]` (the layer's stride and padding) and `[out, rank, 1, 1]`. `init`
+        // makes them flat (`fan_in` = in·k·k).
+        let (fan_in, out, down_shape, up_shape) = match &layer {
+            Layer::Linear(l) => {
+                let (inp, out) = l.dims()?;
+                (inp, out, vec![rank, inp], vec![out, rank])
+            }
+            Layer::Conv(c) => {
+                if c.cfg.groups != 1 {
+                    return Err(EngineError::InvalidInput(format!(
+                        "LoRA training: {path} is a grouped convolution"
+                    )));
+                }
+                let (out, inp, kh, kw) = c.dims()?;
+                (
+                    inp * kh * kw,
+                    out,
+                    vec![rank, inp, kh, kw],
+                    vec![out, rank, 1, 1],
+                )
+            }
         };
-        let (inp, out) = l.dims()?;
-        let (down, up) = init(path, inp, out)?;
-        if down.dims() != [config.rank, inp] || up.dims() != [out, config.rank] {
+        let (down, up) = init(path, fan_in, out)?;
+        if down.elem_count() != rank * fan_in || up.elem_count() != out * rank {
             return Err(EngineError::InvalidInput(format!(
-                "LoRA training: {path} takes down [{}, {inp}] and up [{out}, {}], not {:?} and {:?}",
-                config.rank,
-                config.rank,
+                "LoRA training: {path} takes down {down_shape:?} and up {up_shape:?}, not {:?} and {:?}",
                 down.dims(),
                 up.dims()
             )));
         }
         let branch = LoraBranch {
-            down: Var::from_tensor(&down)?,
-            up: Var::from_tensor(&up)?,
+            down: Var::from_tensor(&down.reshape(down_shape)?)?,
+            up: Var::from_tensor(&up.reshape(up_shape)?)?,
             scale,
         };
-        l.set_lora(Some(branch.clone()));
+        match layer {
+            Layer::Linear(l) => l.set_lora(Some(branch.clone())),
+            Layer::Conv(c) => c.set_lora(Some(branch.clone())),
+        }
         layers.push((path.to_string(), branch));
         Ok(())
     })?;

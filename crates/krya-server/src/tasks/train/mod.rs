@@ -142,6 +142,10 @@ pub struct TrainRequest {
     /// word's meaning is learned as well: person and product trainings do by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_text_encoder: Option<bool>,
+    /// Trains the resnets' 3×3 convolutions too (LoCon, kohya's `conv_dim`): more of a
+    /// style's texture is learned, in a larger file. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_conv_layers: Option<bool>,
     /// The prompt of the sample images (the trigger word goes before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_prompt: Option<String>,
@@ -335,6 +339,7 @@ impl TrainRequest {
         self.resolution = Some(resolution);
         self.masked_loss = Some(masked);
         self.train_text_encoder = Some(self.train_text_encoder.unwrap_or(d.text_encoder && !sdxl));
+        self.train_conv_layers = Some(self.train_conv_layers.unwrap_or(false));
         self.matte_model = matte_model;
         self.sample_every = Some(self.sample_every.unwrap_or((steps / 5).max(1)));
         self.checkpoint_every = Some(self.checkpoint_every.unwrap_or((steps / 10).max(1)));
@@ -345,12 +350,16 @@ impl TrainRequest {
 
     fn plan(&self, sample_steps: usize) -> Plan {
         let rank = self.rank.unwrap_or(16) as usize;
+        let mut lora = LoraConfig {
+            rank,
+            alpha: rank as f64,
+            ..Default::default()
+        };
+        if self.train_conv_layers == Some(true) {
+            lora.targets.extend(["conv1", "conv2"].map(String::from));
+        }
         Plan {
-            lora: LoraConfig {
-                rank,
-                alpha: rank as f64,
-                ..Default::default()
-            },
+            lora,
             recipe: Recipe {
                 lr: self.learning_rate.unwrap_or(1e-4),
                 warmup_steps: (self.steps.unwrap_or(1) as usize / 20).min(100),
