@@ -1067,22 +1067,45 @@ pub fn conv_transpose2d(
     padding: usize,
     output_padding: usize,
 ) -> candle_core::Result<Tensor> {
-    let (b, cin, h, w) = x.dims4()?;
-    let (win, cout, kh, kw) = weight.dims4()?;
-    if win != cin || !cpu_f32(x) {
+    let (_, cin, _, _) = x.dims4()?;
+    let dims = weight.dims4()?;
+    if dims.0 != cin || !cpu_f32(x) {
         let y = x.conv_transpose2d(weight, padding, output_padding, stride, 1)?;
         return match bias {
             Some(bias) => y.broadcast_add(&bias.reshape((1, (), 1, 1))?),
             None => Ok(y),
         };
     }
+    let weight = weight.contiguous()?;
+    with_slice(&weight, |wv| {
+        conv_transpose2d_slice(x, wv, dims, bias, stride, padding, output_padding)
+    })?
+}
+
+/// [`conv_transpose2d`] with the weight `[in, out, kh, kw]` (`dims`) as a slice (a frozen
+/// convolution's backward unpacks its packed weight into a buffer it keeps).
+pub(crate) fn conv_transpose2d_slice(
+    x: &Tensor,
+    wv: &[f32],
+    (win, cout, kh, kw): (usize, usize, usize, usize),
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, cin, h, w) = x.dims4()?;
+    if win != cin || wv.len() < win * cout * kh * kw {
+        candle_core::bail!(
+            "conv_transpose2d: a [{win}, {cout}, {kh}, {kw}] weight for {cin} inputs"
+        )
+    }
     let oh = ((h - 1) * stride + kh + output_padding).saturating_sub(2 * padding);
     let ow = ((w - 1) * stride + kw + output_padding).saturating_sub(2 * padding);
     let (kk, hw) = (kh * kw, h * w);
     let bias = bias.map(data).transpose()?;
-    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let x = x.contiguous()?;
     let mut out = vec![0f32; b * cout * oh * ow];
-    with_slice(&weight, |wv| {
+    {
         with_slice(&x, |xv| {
             // Every tap's products, `[tap][out][h·w]`.
             let mut y = uninit(kk * cout * hw);
@@ -1130,7 +1153,7 @@ pub fn conv_transpose2d(
                         }
                     });
             }
-        })
-    })??;
+        })?;
+    }
     Tensor::from_vec(out, (b, cout, oh, ow), &Device::Cpu)
 }

@@ -55,14 +55,23 @@ pub fn pack(weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
 
 /// The `[cout, cin, 3, 3]` weights back from [`pack`].
 pub fn unpack(packed: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-    let mut weight = vec![0.0; cout * cin * 9];
-    for (co, w) in weight.chunks_exact_mut(cin * 9).enumerate() {
-        let (blk, i) = (co / MR, co % MR);
-        for (ct, v) in w.iter_mut().enumerate() {
-            *v = packed[(blk * cin * 9 + ct) * MR + i];
-        }
-    }
+    let mut weight = super::uninit(cout * cin * 9);
+    unpack_into(packed, cout, cin, &mut weight);
     weight
+}
+
+/// [`unpack`] into `weight` (`cout · cin · 9` floats), an output channel per task.
+pub fn unpack_into(packed: &[f32], cout: usize, cin: usize, weight: &mut [f32]) {
+    use rayon::prelude::*;
+    weight[..cout * cin * 9]
+        .par_chunks_exact_mut(cin * 9)
+        .enumerate()
+        .for_each(|(co, w)| {
+            let (blk, i) = (co / MR, co % MR);
+            for (ct, v) in w.iter_mut().enumerate() {
+                *v = packed[(blk * cin * 9 + ct) * MR + i];
+            }
+        });
 }
 
 pub use super::simd::lanes;

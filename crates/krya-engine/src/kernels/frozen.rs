@@ -5,9 +5,15 @@
 //! convolution backward is a direct loop; here the input's gradient of a convolution is the
 //! engine's transposed convolution.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-use super::{Conv2d, GroupNorm, Linear, conv_transpose2d};
+use super::conv::{ConvWeight, conv_transpose2d_slice};
+use super::{Conv2d, GroupNorm, Linear};
+
+thread_local! {
+    /// A frozen 3×3 convolution's weight, unpacked for its backward.
+    static UNPACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The input of a custom op (made contiguous before it) as an untracked tensor, so the
 /// layer takes its fast path.
@@ -42,7 +48,26 @@ impl CustomOp1 for FrozenLinear {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        output(self.layer.forward(&input(storage, layout)?)?)
+        // The kernel on the input's storage, its output the op's own (no copy either way).
+        let CpuStorage::F32(v) = storage else {
+            candle_core::bail!("frozen layers run on f32")
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen layers take contiguous inputs")
+        };
+        let mut dims = layout.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        let (kw, n) = self.layer.weight_t.dims2()?;
+        if k != kw || k == 0 {
+            candle_core::bail!("linear: {k} inputs for a layer of {kw}")
+        }
+        let rows = (b - a) / k;
+        let bias = self.layer.bias.as_ref().map(super::data).transpose()?;
+        let out = super::with_slice(&self.layer.weight_t, |w| {
+            super::linear::linear_rows(&v[a..b], rows, k, w, n, bias.as_deref())
+        })?;
+        *dims.last_mut().unwrap() = n;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
     fn bwd(
@@ -94,14 +119,28 @@ impl CustomOp1 for FrozenConv {
         let c = &self.layer.cfg;
         let (_, _, h, w) = arg.dims4()?;
         let (_, _, oh, _) = grad.dims4()?;
-        // `[out, in, k, k]`, unpacked for the backward only.
-        let weight = self.layer.weight()?;
-        let k = weight.dim(2)?;
+        let (cout, cin, k, kw) = self.layer.dims()?;
         // The transposed convolution gives back the input's size with this output padding.
         let made = (oh - 1) * c.stride + k;
         let op = (h + 2 * c.padding).saturating_sub(made);
         let g = grad.detach().contiguous()?;
-        let dx = conv_transpose2d(&g, &weight, None, c.stride, c.padding, op)?;
+        let transposed = |wv: &[f32]| {
+            conv_transpose2d_slice(&g, wv, (cout, cin, k, kw), None, c.stride, c.padding, op)
+        };
+        let dx = match &self.layer.weight {
+            ConvWeight::Plain(weight) => super::with_slice(&weight.contiguous()?, transposed)??,
+            // `[out, in, 3, 3]` unpacked into a buffer kept for the next layer's backward
+            // (no fresh pages for every layer of every step).
+            ConvWeight::Packed { packed, cout, cin } => UNPACKED.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let n = cout * cin * 9;
+                if buf.len() < n {
+                    buf.resize(n, 0.0);
+                }
+                super::direct::unpack_into(packed, *cout, *cin, &mut buf);
+                transposed(&buf[..n])
+            })?,
+        };
         let (_, _, dh, dw) = dx.dims4()?;
         Ok(Some(if (dh, dw) == (h, w) {
             dx
