@@ -18,14 +18,22 @@ thread_local! {
 /// The input of a custom op (made contiguous before it) as an untracked tensor, so the
 /// layer takes its fast path.
 fn input(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(
+        slice(storage, layout)?,
+        layout.shape(),
+        &candle_core::Device::Cpu,
+    )
+}
+
+/// A custom op's contiguous f32 input, in its storage.
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = storage else {
-        candle_core::bail!("frozen layers run on f32")
+        candle_core::bail!("the training ops run on f32")
     };
     let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("frozen layers take contiguous inputs")
+        candle_core::bail!("the training ops take contiguous inputs")
     };
-    let t = Tensor::from_slice(&v[a..b], layout.shape(), &candle_core::Device::Cpu)?;
-    Ok(t)
+    Ok(&v[a..b])
 }
 
 fn output(y: Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -49,22 +57,17 @@ impl CustomOp1 for FrozenLinear {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         // The kernel on the input's storage, its output the op's own (no copy either way).
-        let CpuStorage::F32(v) = storage else {
-            candle_core::bail!("frozen layers run on f32")
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen layers take contiguous inputs")
-        };
+        let x = slice(storage, layout)?;
         let mut dims = layout.dims().to_vec();
         let k = *dims.last().unwrap_or(&0);
         let (kw, n) = self.layer.weight_t.dims2()?;
         if k != kw || k == 0 {
             candle_core::bail!("linear: {k} inputs for a layer of {kw}")
         }
-        let rows = (b - a) / k;
+        let rows = x.len() / k;
         let bias = self.layer.bias.as_ref().map(super::data).transpose()?;
         let out = super::with_slice(&self.layer.weight_t, |w| {
-            super::linear::linear_rows(&v[a..b], rows, k, w, n, bias.as_deref())
+            super::linear::linear_rows(x, rows, k, w, n, bias.as_deref())
         })?;
         *dims.last_mut().unwrap() = n;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
@@ -307,16 +310,11 @@ impl CustomOp1 for GegluOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = storage else {
-            candle_core::bail!("geglu runs on f32")
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            candle_core::bail!("geglu takes contiguous inputs")
-        };
+        let h = slice(storage, layout)?;
         let mut dims = layout.dims().to_vec();
         let last = dims.last_mut().expect("geglu takes a last dimension");
         *last /= 2;
-        let out = super::math::geglu_rows(&v[a..b], *last);
+        let out = super::math::geglu_rows(h, *last);
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
