@@ -6,6 +6,7 @@
 //! engine's transposed convolution.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::conv::{ConvWeight, conv_transpose2d_slice};
 use super::{Conv2d, GroupNorm, Linear};
@@ -218,14 +219,14 @@ impl candle_core::CustomOp3 for AttentionOp {
         for start in (0..n).step_by(rows) {
             let len = rows.min(n - start);
             let qb = q.narrow(2, start, len)?;
-            let mut s = (qb.matmul(&kt)? * self.scale)?;
-            if self.causal {
-                let mask: Vec<f32> = (start..start + len)
-                    .flat_map(|i| (0..m).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-                    .collect();
-                s = s.broadcast_add(&Tensor::from_vec(mask, (len, m), q.device())?)?;
-            }
-            let p = candle_nn::ops::softmax_last_dim(&s)?;
+            let s = (qb.matmul(&kt)? * self.scale)?;
+            // Soft-maxed by the engine's kernel (row `i` of the block over its first
+            // `start + i + 1` keys when causal), each head's block a task.
+            let mut p = super::data(&s)?;
+            let first = if self.causal { start + 1 } else { m };
+            p.par_chunks_mut(len * m)
+                .for_each(|blk| super::attention::softmax_rows(blk, m, first));
+            let p = Tensor::from_vec(p, s.dims(), q.device())?;
             let db = dout.narrow(2, start, len)?;
             dv = (dv + p.t()?.matmul(&db)?)?;
             let dp = db.matmul(&vt)?;
