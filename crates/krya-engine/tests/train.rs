@@ -192,12 +192,7 @@ fn matches_unet_reference(file: &str, more_targets: &[&str]) {
     let want_loss: Vec<f64> = r["loss"].to_vec1().unwrap();
     for (step, want) in want_loss.iter().enumerate() {
         let get = |k: &str| r[&format!("step{step}.{k}")].clone();
-        let timesteps: Vec<usize> = get("timesteps")
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|t| t as usize)
-            .collect();
+        let timesteps = golden_timesteps(&get("timesteps"));
         let (latents, context, noise, offset) = (
             get("latents"),
             get("context"),
@@ -248,19 +243,9 @@ fn matches_unet_reference(file: &str, more_targets: &[&str]) {
                 }
             }
         }
-        let loss = trainer.step(&u, &batch).unwrap() as f64;
-        assert!(
-            (loss - want).abs() / want.abs() < 1e-3,
-            "step {}: loss {loss} vs {want}",
-            step + 1
-        );
+        assert_loss(trainer.step(&u, &batch).unwrap(), *want, step);
     }
-    for (name, b) in &trained.layers {
-        for (what, v) in [("down", &b.down), ("up", &b.up)] {
-            let e = rel(v.as_tensor(), &r[&format!("final.{name}.{what}")]);
-            assert!(e < 1e-3, "{name}.{what} after 10 steps: relative error {e}");
-        }
-    }
+    assert_final(&trained, &r, "final");
 }
 
 /// `‖a − b‖ / ‖b‖`.
@@ -275,6 +260,39 @@ fn rel(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap();
     let n = b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
     (d / n).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// A reference's timesteps (int64) as the trainer takes them.
+fn golden_timesteps(t: &Tensor) -> Vec<usize> {
+    t.to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|t| t as usize)
+        .collect()
+}
+
+/// Step `step`'s loss is the reference's within 1e-3 (relative).
+fn assert_loss(loss: f32, want: f64, step: usize) {
+    let loss = loss as f64;
+    assert!(
+        (loss - want).abs() / want.abs() < 1e-3,
+        "step {}: loss {loss} vs {want}",
+        step + 1
+    );
+}
+
+/// Every branch's weights are the reference's `{prefix}.{layer}.down/up` within 1e-3.
+fn assert_final(
+    layers: &krya_engine::pipelines::train::lora::Trainable,
+    r: &std::collections::HashMap<String, Tensor>,
+    prefix: &str,
+) {
+    for (name, b) in &layers.layers {
+        for (what, v) in [("down", &b.down), ("up", &b.up)] {
+            let e = rel(v.as_tensor(), &r[&format!("{prefix}.{name}.{what}")]);
+            assert!(e < 1e-3, "{name}.{what} after 10 steps: relative error {e}");
+        }
+    }
 }
 
 /// The LoRA of a reference recipe (`targets_key`: its layers).
@@ -366,12 +384,7 @@ fn text_encoder_training_matches_diffusers_and_peft() {
             .into_iter()
             .map(|row| row.into_iter().map(|t| t as u32).collect())
             .collect();
-        let timesteps: Vec<usize> = get("timesteps")
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|t| t as usize)
-            .collect();
+        let timesteps = golden_timesteps(&get("timesteps"));
         let context = te.forward(&ids, &Device::Cpu).unwrap().last_hidden_state;
         let (latents, noise, offset) = (get("latents"), get("noise"), get("offset_noise"));
         let batch = Batch {
@@ -383,21 +396,10 @@ fn text_encoder_training_matches_diffusers_and_peft() {
             mask: None,
             added: None,
         };
-        let loss = trainer.step(&u, &batch).unwrap() as f64;
-        assert!(
-            (loss - want).abs() / want.abs() < 1e-3,
-            "step {}: loss {loss} vs {want}",
-            step + 1
-        );
+        assert_loss(trainer.step(&u, &batch).unwrap(), *want, step);
     }
-    for (prefix, layers) in [("final", &unet_lora), ("te_final", &te_lora)] {
-        for (name, b) in &layers.layers {
-            for (what, v) in [("down", &b.down), ("up", &b.up)] {
-                let e = rel(v.as_tensor(), &r[&format!("{prefix}.{name}.{what}")]);
-                assert!(e < 1e-3, "{name}.{what} after 10 steps: relative error {e}");
-            }
-        }
-    }
+    assert_final(&unet_lora, &r, "final");
+    assert_final(&te_lora, &r, "te_final");
 }
 
 /// On the tiny SDXL UNet with its added conditioning (the pooled text state and the size
@@ -435,12 +437,7 @@ fn sdxl_training_matches_diffusers_and_peft() {
     let want_loss: Vec<f64> = r["loss"].to_vec1().unwrap();
     for (step, want) in want_loss.iter().enumerate() {
         let get = |k: &str| r[&format!("step{step}.{k}")].clone();
-        let timesteps: Vec<usize> = get("timesteps")
-            .to_vec1::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|t| t as usize)
-            .collect();
+        let timesteps = golden_timesteps(&get("timesteps"));
         let (latents, context, noise, offset) = (
             get("latents"),
             get("context"),
@@ -457,19 +454,9 @@ fn sdxl_training_matches_diffusers_and_peft() {
             mask: None,
             added: Some((&pooled, &time_ids)),
         };
-        let loss = trainer.step(&u, &batch).unwrap() as f64;
-        assert!(
-            (loss - want).abs() / want.abs() < 1e-3,
-            "step {}: loss {loss} vs {want}",
-            step + 1
-        );
+        assert_loss(trainer.step(&u, &batch).unwrap(), *want, step);
     }
-    for (name, b) in &trained.layers {
-        for (what, v) in [("down", &b.down), ("up", &b.up)] {
-            let e = rel(v.as_tensor(), &r[&format!("final.{name}.{what}")]);
-            assert!(e < 1e-3, "{name}.{what} after 10 steps: relative error {e}");
-        }
-    }
+    assert_final(&trained, &r, "final");
 }
 
 /// A whole run on the tiny SDXL model: its images' pooled states and size conditioning go

@@ -58,19 +58,10 @@ impl CustomOp1 for FrozenLinear {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         // The kernel on the input's storage, its output the op's own (no copy either way).
-        let x = slice(storage, layout)?;
         let mut dims = layout.dims().to_vec();
         let k = *dims.last().unwrap_or(&0);
-        let (kw, n) = self.layer.weight_t.dims2()?;
-        if k != kw || k == 0 {
-            candle_core::bail!("linear: {k} inputs for a layer of {kw}")
-        }
-        let rows = x.len() / k;
-        let bias = self.layer.bias.as_ref().map(super::data).transpose()?;
-        let out = super::with_slice(&self.layer.weight_t, |w| {
-            super::linear::linear_rows(x, rows, k, w, n, bias.as_deref())
-        })?;
-        *dims.last_mut().unwrap() = n;
+        let out = self.layer.frozen_rows(slice(storage, layout)?, k)?;
+        *dims.last_mut().unwrap() = self.layer.weight_t.dim(1)?;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 

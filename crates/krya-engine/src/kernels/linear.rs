@@ -131,11 +131,21 @@ impl Linear {
             };
             return y.reshape(shape);
         }
-        let bias = self.bias.as_ref().map(data).transpose()?;
-        let out = with_slice(&self.weight_t, |w| {
-            with_slice(x, |xs| linear_rows(xs, rows, k, w, n, bias.as_deref()))
-        })??;
+        let out = with_slice(x, |xs| self.frozen_rows(xs, k))??;
         Tensor::from_vec(out, shape, x.device())
+    }
+
+    /// The frozen layer on rows of `k` inputs (`x` on the CPU in f32, `k` its input size):
+    /// the output rows (the training op runs it on its input's storage).
+    pub(crate) fn frozen_rows(&self, x: &[f32], k: usize) -> candle_core::Result<Vec<f32>> {
+        let (kw, n) = self.weight_t.dims2()?;
+        if k != kw || k == 0 {
+            candle_core::bail!("linear: {k} inputs for a layer of {kw}")
+        }
+        let bias = self.bias.as_ref().map(data).transpose()?;
+        with_slice(&self.weight_t, |w| {
+            linear_rows(x, x.len() / k, k, w, n, bias.as_deref())
+        })
     }
 }
 

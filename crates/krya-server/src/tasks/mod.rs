@@ -108,7 +108,19 @@ pub fn tiles_key(key: &str) -> String {
 /// samples): under its `blob_prefix`, so deleting the job deletes it, but kept when an
 /// interrupted attempt's files are cleared.
 pub fn state_prefix(task: &dyn Task, job: &Job) -> String {
-    format!("{}state/", task.blob_prefix(job))
+    format!("{}{STATE}", task.blob_prefix(job))
+}
+
+const STATE: &str = "state/";
+
+/// Where a job's files are kept (`Task::blob_prefix`'s default).
+pub fn job_prefix(job_id: &str) -> String {
+    format!("jobs/{job_id}/")
+}
+
+/// [`state_prefix`] of a job of a kind that keeps the default prefix, by its id alone.
+pub fn job_state_prefix(job_id: &str) -> String {
+    format!("{}{STATE}", job_prefix(job_id))
 }
 
 /// An output's file: in memory, or (large ones) a temporary file stored a part at a time
@@ -333,7 +345,7 @@ pub trait Task: Send + Sync + 'static {
 
     /// Where its output files are stored (attempt-named files go under it).
     fn blob_prefix(&self, job: &Job) -> String {
-        format!("jobs/{}/", job.id)
+        job_prefix(&job.id)
     }
 
     /// The delay before retry `attempt + 1` after a transient failure.

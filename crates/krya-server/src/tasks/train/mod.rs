@@ -196,7 +196,7 @@ const LOG: &str = "log.json";
 
 /// A training's state prefix (`jobs/{id}/state/`).
 pub(crate) fn state_dir(job_id: &str) -> String {
-    format!("jobs/{job_id}/state/")
+    super::job_state_prefix(job_id)
 }
 
 pub(crate) fn sample_key(job_id: &str, step: usize) -> String {
@@ -459,12 +459,13 @@ impl Task for TrainTask {
         }
         let blobs = ctx.services.blobs.clone();
         let dir = state_dir(&ctx.job.id);
-        // This job's own checkpoint (an earlier attempt's), else the one it resumes.
+        // This job's own checkpoint (an earlier attempt's), else the one it resumes: the
+        // checkpoint and the job it is from.
         let mut from = None;
-        for d in std::iter::once(dir.clone()).chain(r.resume_from.as_deref().map(state_dir)) {
-            match blobs.get(&format!("{d}{CHECKPOINT}")).await {
+        for id in std::iter::once(ctx.job.id.as_str()).chain(r.resume_from.as_deref()) {
+            match blobs.get(&format!("{}{CHECKPOINT}", state_dir(id))).await {
                 Ok(Some(b)) => {
-                    from = Some((b, d));
+                    from = Some((b, id.to_string()));
                     break;
                 }
                 Ok(None) => {}
@@ -472,14 +473,13 @@ impl Task for TrainTask {
             }
         }
         let mut log = TrainLog::default();
-        if let Some((_, d)) = &from {
-            let id = d.trim_end_matches("/state/").trim_start_matches("jobs/");
+        if let Some((_, id)) = &from {
             match read_log(&blobs, id).await {
                 Ok(l) => log = l,
                 Err(e) => return Outcome::Retry(e),
             }
             // A resumed training shows the samples of the one it goes on from as its own.
-            if *d != dir
+            if *id != ctx.job.id
                 && let Err(e) = copy_samples(&blobs, id, &ctx.job.id).await
             {
                 return Outcome::Retry(e);
