@@ -286,6 +286,11 @@ describe("generate store", () => {
   it("mergeJob never moves a finished job back", () => {
     const done = mergeJob(undefined, generation("x", { status: "completed" }) as Partial<Job>);
     expect(mergeJob(done, { status: "processing" }).status).toBe("completed");
+    // A read issued before the end, answered after its event: the event's images stay.
+    const ended = mergeJob(undefined, { ...generation("y", { status: "completed" }), images: [{ id: "i" }] } as unknown as Partial<Job>);
+    const stale = mergeJob(ended, { status: "processing", images: [] });
+    expect(stale.images.length).toBe(1);
+    expect(stale.status).toBe("completed");
   });
 });
 

@@ -118,7 +118,12 @@ export function isActive(j: Pick<Generation, "status">): boolean {
 export function mergeJob(old: Job | undefined, incoming: Partial<Job>): Job {
   const base = (old ?? { preview: null, images: [], progress: { step: 0, total: 0 } }) as Job;
   const next = { ...base, ...incoming } as Job;
-  if (old && ORDER[incoming.status ?? old.status] < ORDER[old.status]) next.status = old.status;
+  if (old && ORDER[incoming.status ?? old.status] < ORDER[old.status]) {
+    // A snapshot from before the job ended (a read that crossed its `completed` event):
+    // it neither moves the job back nor takes the images the event brought.
+    next.status = old.status;
+    next.images = old.images;
+  }
   if (old && incoming.progress && incoming.progress.step < old.progress.step) next.progress = old.progress;
   if (!isActive(next)) next.queue_position = null;
   if (next.status === "completed") next.preview = null;
